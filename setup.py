@@ -1,0 +1,33 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "mambavla"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
+        ("share/" + package_name + "/config", glob("config/*.yaml")),
+    ],
+    package_data={"mambavla": ["py.typed"]},
+    install_requires=["setuptools"],
+    zip_safe=False,
+    maintainer="mambavla",
+    maintainer_email="maintainers@mambavla.dev",
+    description="Mamba vision-language-action policy with a flow-matching head, as ROS 2 nodes for Franka arms.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "mambavla = mambavla.cli:main",
+            "policy_node = mambavla.ros.policy_node:main",
+            "controller_node = mambavla.ros.controller_node:main",
+            "sim_node = mambavla.ros.sim_node:main",
+        ],
+    },
+)

@@ -2,12 +2,18 @@
 and the pose <-> vector conversions. Pure numpy: importable everywhere (no torch, no rclpy).
 
 Action (7-D, one row of a chunk): end-effector target position (m, base frame), target orientation
-as a rotation vector (rad, base frame), gripper command (0 = open, 1 = closed).
+as a rotation vector (rad) relative to `EE_REFERENCE_QUAT`, gripper command (0 = open, 1 = closed).
+Orientations are stored relative to the gripper-pointing-down reference because a plain base-frame
+rotation vector of that pose sits at |r| = pi, where the vector flips sign: a policy would have to
+learn a discontinuity at the most common pose.
 In `delta` mode the first six are relative to the end-effector pose at observation time:
 p_target = p_obs + d_p, R_target = exp(d_r) * R_obs.
 
-Proprio (8-D): end-effector position, end-effector rotation vector, the two finger positions (m).
-This is LIBERO's `ee_states` (6) + `gripper_states` (2), so LIBERO data maps onto it directly.
+Proprio (8-D): end-effector position, end-effector rotation vector (relative to the reference, as
+above), the two finger positions (m). The same layout as LIBERO's `ee_states` (6) + `gripper_states`
+(2); LIBERO's base-frame axis-angle converts with `pose_to_vector(p, rotvec_to_quat(aa))`.
+
+Always go through `pose_to_vector` / `vector_to_pose`: they apply the reference.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ PROPRIO_NAMES: tuple[str, ...] = ("ee_x", "ee_y", "ee_z", "ee_rx", "ee_ry", "ee_
 ACTION_MODES: tuple[str, ...] = ("absolute", "delta")
 GRIPPER_CLOSE_THRESHOLD = 0.5  # gripper command above this means "grasp"
 FRANKA_MAX_FINGER_WIDTH = 0.08  # m, both fingers together
+EE_REFERENCE_QUAT = np.array([1.0, 0.0, 0.0, 0.0])  # (x, y, z, w): pi about base x, gripper pointing down
 
 
 def quat_to_rotvec(quat_xyzw: np.ndarray) -> np.ndarray:
@@ -63,15 +70,23 @@ def quat_angle_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 2.0 * np.arccos(np.clip(dot, -1.0, 1.0))
 
 
+def quat_conjugate(quat_xyzw: np.ndarray) -> np.ndarray:
+    return np.asarray(quat_xyzw, dtype=np.float64) * np.array([-1.0, -1.0, -1.0, 1.0])
+
+
 def pose_to_vector(position: np.ndarray, quat_xyzw: np.ndarray) -> np.ndarray:
-    """Position [..., 3] and quaternion [..., 4] -> [..., 6] (position, rotation vector)."""
-    return np.concatenate([np.asarray(position, dtype=np.float64), quat_to_rotvec(quat_xyzw)], axis=-1)
+    """Base-frame position [..., 3] and quaternion [..., 4] -> [..., 6] (position, rotation vector
+    of the orientation relative to EE_REFERENCE_QUAT)."""
+    q = np.asarray(quat_xyzw, dtype=np.float64)
+    relative = quat_multiply(np.broadcast_to(quat_conjugate(EE_REFERENCE_QUAT), q.shape), q)
+    return np.concatenate([np.asarray(position, dtype=np.float64), quat_to_rotvec(relative)], axis=-1)
 
 
 def vector_to_pose(vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[..., 6] (position, rotation vector) -> position [..., 3], quaternion (x, y, z, w) [..., 4]."""
+    """Inverse of `pose_to_vector`: [..., 6] -> base-frame position [..., 3], quaternion (x, y, z, w) [..., 4]."""
     v = np.asarray(vector, dtype=np.float64)
-    return v[..., :3], rotvec_to_quat(v[..., 3:6])
+    relative = rotvec_to_quat(v[..., 3:6])
+    return v[..., :3], quat_multiply(np.broadcast_to(EE_REFERENCE_QUAT, relative.shape), relative)
 
 
 def delta_to_absolute(delta: np.ndarray, obs_position: np.ndarray, obs_quat_xyzw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +99,5 @@ def delta_to_absolute(delta: np.ndarray, obs_position: np.ndarray, obs_quat_xyzw
 
 def absolute_to_delta(position: np.ndarray, quat_xyzw: np.ndarray, obs_position: np.ndarray, obs_quat_xyzw: np.ndarray) -> np.ndarray:
     """Inverse of `delta_to_absolute`: absolute target poses -> [..., 6] deltas from the observed pose."""
-    obs_conj = np.asarray(obs_quat_xyzw, dtype=np.float64) * np.array([-1.0, -1.0, -1.0, 1.0])
-    rel = quat_multiply(quat_xyzw, np.broadcast_to(obs_conj, np.shape(quat_xyzw)))
+    rel = quat_multiply(quat_xyzw, np.broadcast_to(quat_conjugate(obs_quat_xyzw), np.shape(quat_xyzw)))
     return np.concatenate([np.asarray(position) - np.asarray(obs_position), quat_to_rotvec(rel)], axis=-1)

@@ -1,0 +1,259 @@
+"""The controller's state machine: chunk admission, blending, interpolation, rate limits and watchdog.
+
+States: STOPPED (not tracking; the initial state until enabled), IDLE (tracking, holding the pose it
+was enabled at), ACTIVE (executing chunks), HOLDING (no fresh chunk for `hold_after` s: holds the
+measured pose), ERROR (franky reported a fault; needs recovery). After `stop_after` s without a chunk
+`update` asks the caller to stop the arm, which then reports STOPPED.
+
+Thread model: `submit` runs on a ROS callback thread, `update` / `record_pose` on the control
+thread; a lock makes each call atomic.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from mambavla.control.safety import SafetyLimits, check_rows, rate_limit
+from mambavla.control.trajectory import PoseTrajectory, blend, slerp
+from mambavla.runtime.chunk import ActionChunk
+from mambavla.spaces import ACTION_NAMES, delta_to_absolute, quat_angle_between, vector_to_pose
+
+
+class ControllerState(str, Enum):
+    IDLE = "IDLE"
+    ACTIVE = "ACTIVE"
+    HOLDING = "HOLDING"
+    STOPPED = "STOPPED"
+    ERROR = "ERROR"
+
+
+RUNNING = (ControllerState.IDLE, ControllerState.ACTIVE, ControllerState.HOLDING)
+
+
+@dataclass(frozen=True)
+class ControlTarget:
+    position: np.ndarray  # (3,) m
+    quat: np.ndarray  # (4,) x, y, z, w
+    gripper: float  # 0 open .. 1 closed
+    stop: bool = False  # the watchdog asks the caller to stop the arm
+
+
+class ControllerCore:
+    def __init__(
+        self,
+        limits: SafetyLimits = SafetyLimits(),
+        blend_window: float = 0.1,
+        hold_after: float = 1.0,
+        stop_after: float = 5.0,
+        max_tick_dt: float = 0.02,
+        action_names: tuple[str, ...] = ACTION_NAMES,
+        pose_history: float = 3.0,
+    ):
+        if not 0 < hold_after < stop_after:
+            raise ValueError(f"need 0 < hold_after < stop_after, got {hold_after}, {stop_after}")
+        self.limits = limits
+        self.blend_window = blend_window
+        self.hold_after = hold_after
+        self.stop_after = stop_after
+        self.max_tick_dt = max_tick_dt
+        self.action_names = tuple(action_names)
+        self.pose_history = pose_history
+        self._lock = threading.Lock()
+        self._history: deque[tuple[float, np.ndarray, np.ndarray]] = deque()
+        self.state = ControllerState.STOPPED
+        self.reason = "not enabled"
+        self.last_rejection = ""
+        self.chunks_accepted = 0
+        self.chunks_rejected = 0
+        self.chunk_id = 0  # id of the chunk being executed (count of accepted chunks)
+        self.speed_limited = False
+        self._trajectory = None
+        self._hold: tuple[np.ndarray, np.ndarray] | None = None
+        self._target: tuple[np.ndarray, np.ndarray] | None = None
+        self._gripper = 0.0
+        self._last_chunk_time: float | None = None
+        self._now = 0.0
+
+    # ---- measured state ----
+
+    def record_pose(self, t: float, position: np.ndarray, quat: np.ndarray) -> None:
+        with self._lock:
+            self._history.append((t, np.asarray(position, dtype=np.float64), np.asarray(quat, dtype=np.float64)))
+            while self._history and self._history[0][0] < t - self.pose_history:
+                self._history.popleft()
+
+    def measured_pose(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return (self._history[-1][1], self._history[-1][2]) if self._history else None
+
+    def _pose_at(self, t: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Measured pose at time t, interpolated in the history; None if t is not covered."""
+        h = self._history
+        if not h or t < h[0][0] or t > h[-1][0] + 0.1:
+            return None
+        samples = list(h)
+        for (t0, p0, q0), (t1, p1, q1) in zip(samples, samples[1:]):
+            if t0 <= t <= t1:
+                a = (t - t0) / (t1 - t0) if t1 > t0 else 0.0
+                return p0 + a * (p1 - p0), slerp(q0, q1, a)
+        return h[-1][1], h[-1][2]
+
+    # ---- state transitions (called by the node) ----
+
+    def activate(self, now: float, gripper: float = 0.0) -> None:
+        """Tracking has started: hold the measured pose until the first chunk."""
+        with self._lock:
+            pose = self.measured_pose()
+            if pose is None:
+                raise RuntimeError("activate needs a measured pose first (record_pose)")
+            self._hold = pose
+            self._target = pose
+            self._gripper = gripper
+            self._trajectory = None
+            self._last_chunk_time = None
+            self.state = ControllerState.IDLE
+            self.reason = "enabled, waiting for chunks"
+
+    def deactivate(self, reason: str, error: bool = False) -> None:
+        with self._lock:
+            self.state = ControllerState.ERROR if error else ControllerState.STOPPED
+            self.reason = reason
+            self._trajectory = None
+
+    def reject(self, reason: str) -> str:
+        """Count a rejection found before a chunk could be built (malformed message)."""
+        with self._lock:
+            return self._reject(reason)
+
+    def _reject(self, reason: str) -> str:
+        self.chunks_rejected += 1
+        self.last_rejection = reason
+        return reason
+
+    # ---- chunk admission ----
+
+    def submit(self, chunk: ActionChunk, now: float) -> str | None:
+        """Validate a chunk and schedule it; returns the rejection reason, or None when accepted."""
+        with self._lock:
+            result = self._build(chunk, now)
+            if isinstance(result, str):
+                return self._reject(result)
+            if self.state == ControllerState.ACTIVE:
+                old = self._trajectory
+            else:  # entering from IDLE/HOLDING: fade from the current target, not from an old chunk
+                old = PoseTrajectory.constant(now, *self._target, self._gripper)
+            self._trajectory = blend(old, result, now, self.blend_window)
+            self.state = ControllerState.ACTIVE
+            self.reason = "executing chunks"
+            self._last_chunk_time = now
+            self.chunks_accepted += 1
+            self.chunk_id = self.chunks_accepted
+            return None
+
+    def _build(self, chunk: ActionChunk, now: float) -> PoseTrajectory | str:
+        if self.state not in RUNNING:
+            return f"controller is {self.state.value} ({self.reason}): chunk ignored"
+        if tuple(chunk.action_names) != self.action_names:
+            return f"action names {list(chunk.action_names)} != expected {list(self.action_names)}"
+        actions = np.asarray(chunk.actions, dtype=np.float64)
+        if actions.shape[0] == 0:
+            return "empty chunk"
+        bad = ~np.isfinite(actions)
+        if bad.any():
+            k, j = (int(i) for i in np.argwhere(bad)[0])
+            return f"non-finite value {actions[k, j]} at row {k} ({self.action_names[j]})"
+        if not (np.isfinite(chunk.stamp) and np.isfinite(chunk.dt)):
+            return f"non-finite stamp {chunk.stamp} or dt {chunk.dt}"
+        age = now - chunk.stamp
+        if age > self.limits.max_chunk_age:
+            return f"stale chunk: observation {age:.3f} s old > max_chunk_age {self.limits.max_chunk_age} s"
+        if -age > self.limits.max_chunk_future:
+            return f"chunk stamp {-age:.3f} s in the future > max_chunk_future {self.limits.max_chunk_future} s"
+        times = chunk.times().astype(np.float64)
+        if times[-1] < now:
+            return f"every row is in the past (last row {now - times[-1]:.3f} s ago)"
+        if chunk.action_mode == "delta":
+            obs = self._pose_at(chunk.stamp)
+            if obs is None:
+                return "delta chunk: no measured pose at the observation time"
+            positions, quats = delta_to_absolute(actions[:, :6], *obs)
+        else:
+            positions, quats = vector_to_pose(actions[:, :6])
+        reason = check_rows(self.limits, positions, quats)
+        if reason:
+            return reason
+        trajectory = PoseTrajectory(times, positions, quats, np.clip(actions[:, 6], 0.0, 1.0))
+        start = trajectory.sample(now)
+        offset = float(np.linalg.norm(start.position - self._target[0]))
+        if offset > self.limits.max_start_offset:
+            return f"chunk starts {offset:.3f} m from the current target > max_start_offset {self.limits.max_start_offset} m"
+        angle = float(quat_angle_between(start.quat, self._target[1]))
+        if angle > self.limits.max_start_offset_angle:
+            return (f"chunk starts {angle:.3f} rad from the current target orientation > max_start_offset_angle "
+                    f"{self.limits.max_start_offset_angle} rad")
+        return trajectory
+
+    # ---- control tick ----
+
+    def update(self, now: float, dt: float) -> ControlTarget | None:
+        """One control tick: the next streamed target, or None when not tracking."""
+        with self._lock:
+            self._now = now
+            if self.state not in RUNNING:
+                return None
+            silent = None if self._last_chunk_time is None else now - self._last_chunk_time
+            if self.state == ControllerState.ACTIVE and silent is not None and silent > self.hold_after:
+                measured = self.measured_pose()
+                self._hold = measured if measured is not None else self._target
+                self._trajectory = None
+                self.state = ControllerState.HOLDING
+                self.reason = f"watchdog: no chunk for {silent:.2f} s > hold_after {self.hold_after} s, holding pose"
+            if self.state == ControllerState.HOLDING and silent is not None and silent > self.stop_after:
+                self.reason = f"watchdog: no chunk for {silent:.2f} s > stop_after {self.stop_after} s, stopping"
+                return ControlTarget(self._target[0], self._target[1], self._gripper, stop=True)
+            if self.state == ControllerState.ACTIVE:
+                sample = self._trajectory.sample(now)
+                desired, gripper = (sample.position, sample.quat), sample.gripper
+            else:
+                desired, gripper = self._hold, self._gripper
+            step_dt = min(max(dt, 0.0), self.max_tick_dt)
+            position, quat, self.speed_limited = rate_limit(*self._target, *desired, step_dt, self.limits)
+            if not (np.all(np.isfinite(position)) and np.all(np.isfinite(quat))):
+                # cannot happen with validated chunks; never stream it if it does
+                self.state = ControllerState.ERROR
+                self.reason = "internal: non-finite target computed"
+                return ControlTarget(self._target[0], self._target[1], self._gripper, stop=True)
+            self._target = (position, quat / np.linalg.norm(quat))
+            self._gripper = gripper
+            return ControlTarget(self._target[0], self._target[1], gripper)
+
+    # ---- reporting ----
+
+    def status(self) -> dict:
+        with self._lock:
+            seconds_left = 0.0
+            if self.state == ControllerState.ACTIVE and self._trajectory is not None:
+                seconds_left = max(0.0, self._trajectory.end_time - self._now)
+            tracking_error = float("nan")
+            measured = self.measured_pose()
+            if measured is not None and self._target is not None:
+                tracking_error = float(np.linalg.norm(measured[0] - self._target[0]))
+            return {
+                "state": self.state.value,
+                "reason": self.reason,
+                "chunk_id": self.chunk_id,
+                "seconds_left": seconds_left,
+                "tracking_error": tracking_error,
+                "chunks_accepted": self.chunks_accepted,
+                "chunks_rejected": self.chunks_rejected,
+                "last_rejection": self.last_rejection,
+                "speed_limited": self.speed_limited,
+            }
+
+    @property
+    def target(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._target

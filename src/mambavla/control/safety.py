@@ -1,0 +1,78 @@
+"""Safety limits and the checks that use them. Every number comes from node parameters (config/*.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mambavla.control.trajectory import slerp
+from mambavla.spaces import quat_angle_between
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    workspace_min: tuple[float, float, float] = (0.25, -0.45, 0.02)  # m, base frame
+    workspace_max: tuple[float, float, float] = (0.80, 0.45, 0.75)
+    max_linear_speed: float = 0.25  # m/s, streamed target
+    max_angular_speed: float = 1.0  # rad/s, streamed target
+    max_jump: float = 0.05  # m between consecutive chunk rows
+    max_jump_angle: float = 0.35  # rad between consecutive chunk rows
+    max_start_offset: float = 0.10  # m from the current target to the chunk's target now
+    max_start_offset_angle: float = 0.6  # rad
+    max_chunk_age: float = 1.0  # s: observation older than this is stale
+    max_chunk_future: float = 0.25  # s: stamp further ahead than this is a clock error
+
+    def __post_init__(self) -> None:
+        lo, hi = np.asarray(self.workspace_min), np.asarray(self.workspace_max)
+        if lo.shape != (3,) or hi.shape != (3,) or not np.all(lo < hi):
+            raise ValueError(f"workspace box must satisfy min < max per axis, got {self.workspace_min} .. {self.workspace_max}")
+        for name in ("max_linear_speed", "max_angular_speed", "max_jump", "max_jump_angle", "max_start_offset",
+                     "max_start_offset_angle", "max_chunk_age", "max_chunk_future"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def outside_workspace(self, positions: np.ndarray) -> np.ndarray:
+        """[N, 3] -> bool [N]: rows outside the box."""
+        p = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        return np.any((p < np.asarray(self.workspace_min)) | (p > np.asarray(self.workspace_max)), axis=1)
+
+
+def check_rows(limits: SafetyLimits, positions: np.ndarray, quats: np.ndarray) -> str | None:
+    """Workspace and row-to-row jump checks on absolute targets; returns the rejection reason or None."""
+    outside = limits.outside_workspace(positions)
+    if outside.any():
+        k = int(np.argmax(outside))
+        return (f"row {k} target {np.round(positions[k], 3).tolist()} outside workspace box "
+                f"{list(limits.workspace_min)}..{list(limits.workspace_max)}")
+    if len(positions) > 1:
+        steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+        k = int(np.argmax(steps))
+        if steps[k] > limits.max_jump:
+            return f"jump of {steps[k]:.3f} m between rows {k} and {k + 1} exceeds max_jump {limits.max_jump} m"
+        angles = quat_angle_between(quats[:-1], quats[1:])
+        k = int(np.argmax(angles))
+        if angles[k] > limits.max_jump_angle:
+            return f"jump of {angles[k]:.3f} rad between rows {k} and {k + 1} exceeds max_jump_angle {limits.max_jump_angle} rad"
+    return None
+
+
+def rate_limit(prev_pos: np.ndarray, prev_quat: np.ndarray, pos: np.ndarray, quat: np.ndarray, dt: float,
+               limits: SafetyLimits) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Move from the previous streamed target toward the desired one at no more than the speed limits.
+
+    Returns (position, quaternion, limited) where `limited` says a limit was active this tick.
+    """
+    limited = False
+    step = np.asarray(pos, dtype=np.float64) - prev_pos
+    dist = float(np.linalg.norm(step))
+    max_step = limits.max_linear_speed * dt
+    if dist > max_step:
+        pos = prev_pos + step * (max_step / dist)
+        limited = True
+    angle = float(quat_angle_between(prev_quat, quat))
+    max_angle = limits.max_angular_speed * dt
+    if angle > max_angle:
+        quat = slerp(prev_quat, quat, max_angle / angle)
+        limited = True
+    return np.asarray(pos, dtype=np.float64), np.asarray(quat, dtype=np.float64), limited

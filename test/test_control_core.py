@@ -1,0 +1,160 @@
+"""ControllerCore without ROS or franky: chunk admission, interpolation, blending, limits, watchdog."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mambavla.control import ControllerCore, ControllerState, SafetyLimits
+from mambavla.runtime.chunk import ActionChunk
+from mambavla.spaces import EE_REFERENCE_QUAT, pose_to_vector, quat_angle_between
+
+HOME_P = np.array([0.55, 0.0, 0.50])
+HOME_Q = np.array(EE_REFERENCE_QUAT, dtype=float)
+RATE = 100.0
+
+
+def make_core(**kw) -> ControllerCore:
+    core = ControllerCore(SafetyLimits(), blend_window=0.1, hold_after=0.5, stop_after=1.5, **kw)
+    for k in range(11):  # one second of measured history at the home pose
+        core.record_pose(k * 0.1, HOME_P, HOME_Q)
+    core.activate(1.0)
+    return core
+
+
+def line_chunk(stamp: float, start: np.ndarray, velocity: np.ndarray, rows: int = 16, dt: float = 0.05,
+               gripper: float = 0.0) -> ActionChunk:
+    positions = start + np.arange(rows)[:, None] * dt * velocity
+    vec = pose_to_vector(positions, np.broadcast_to(HOME_Q, (rows, 4)))
+    actions = np.concatenate([vec, np.full((rows, 1), gripper)], axis=1)
+    return ActionChunk(actions=actions, dt=dt, stamp=stamp)
+
+
+def run(core: ControllerCore, t0: float, seconds: float, measured=None):
+    targets = []
+    for k in range(int(seconds * RATE)):
+        t = t0 + k / RATE
+        if measured is not None:
+            core.record_pose(t, measured, HOME_Q)
+        targets.append(core.update(t, 1.0 / RATE))
+    return targets
+
+
+def test_chunk_is_interpolated_between_rows_at_the_tick_rate():
+    core = make_core()
+    chunk = line_chunk(1.0, HOME_P, np.array([0.1, 0.0, 0.0]))
+    assert core.submit(chunk, 1.0) is None
+    targets = run(core, 1.0, 0.45)
+    assert core.state == ControllerState.ACTIVE
+    xs = np.array([t.position[0] for t in targets])
+    # after the blend window the target is the chunk's line, between rows too (t = 1.0 + 0.42)
+    assert xs[42] == pytest.approx(HOME_P[0] + 0.1 * 0.42, abs=2e-3)
+    assert np.all(np.diff(xs) >= -1e-9)
+
+
+def test_rows_already_in_the_past_are_dropped():
+    core = make_core()
+    chunk = line_chunk(1.0, HOME_P, np.array([0.0, 0.1, 0.0]))
+    assert core.submit(chunk, 1.3) is None  # arrives 0.3 s late: executes from row 6
+    run(core, 1.3, 0.01)
+    assert core.status()["seconds_left"] == pytest.approx(1.0 + 15 * 0.05 - 1.3, abs=1e-6)
+
+
+def test_streamed_target_never_exceeds_speed_limits():
+    core = make_core()
+    # fast but jump-free chunk: 0.9 m/s (45 mm per row) along y
+    chunk = line_chunk(1.0, HOME_P, np.array([0.0, 0.9, 0.0]), rows=8)
+    assert core.submit(chunk, 1.0) is None
+    targets = run(core, 1.0, 0.5)
+    steps = np.linalg.norm(np.diff([t.position for t in targets], axis=0), axis=1)
+    assert steps.max() <= core.limits.max_linear_speed / RATE + 1e-9
+    assert core.status()["speed_limited"]
+
+
+def test_blending_leaves_no_jump_at_the_chunk_boundary():
+    core = make_core()
+    assert core.submit(line_chunk(1.0, HOME_P, np.array([0.1, 0.0, 0.0])), 1.0) is None
+    targets = run(core, 1.0, 0.4)
+    # the replacement disagrees by 3 cm: the blend spreads that over the window
+    second = line_chunk(1.4, targets[-1].position + np.array([0.0, 0.03, 0.0]), np.array([0.1, 0.0, 0.0]))
+    assert core.submit(second, 1.4) is None
+    targets += run(core, 1.4, 0.4)
+    steps = np.linalg.norm(np.diff([t.position for t in targets], axis=0), axis=1)
+    assert steps.max() < 0.004  # 4 mm per 10 ms tick, under the 2.5 mm/tick speed limit plus motion
+    assert targets[-1].position[1] == pytest.approx(0.03, abs=2e-3)
+
+
+def test_delta_chunk_is_relative_to_the_pose_at_observation_time():
+    core = make_core()
+    moved = HOME_P + np.array([0.02, 0.0, 0.0])
+    for k in range(1, 6):  # the arm moved 2 cm between the observation (t=1.0) and now (t=1.05)
+        core.record_pose(1.0 + k * 0.01, moved, HOME_Q)
+    deltas = np.zeros((16, 7))
+    deltas[:, 2] = -0.01  # 1 cm down from the observed pose
+    assert core.submit(ActionChunk(actions=deltas, dt=0.05, stamp=1.0, action_mode="delta"), 1.05) is None
+    targets = run(core, 1.05, 0.5)
+    np.testing.assert_allclose(targets[-1].position, HOME_P + np.array([0.0, 0.0, -0.01]), atol=1e-6)
+    assert float(quat_angle_between(targets[-1].quat, HOME_Q)) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda a: a.__setitem__((3, 0), np.nan), "non-finite"),
+        (lambda a: a.__setitem__((5, 2), np.inf), "non-finite"),
+        (lambda a: a.__setitem__((slice(None), 2), -0.3), "outside workspace"),
+        (lambda a: a.__setitem__((slice(8, None), 1), 0.3), "jump"),
+        (lambda a: a.__setitem__((slice(8, None), 4), 1.0), "jump"),
+        (lambda a: a.__setitem__((slice(None), 0), 0.75), "starts"),
+    ],
+    ids=["nan", "inf", "workspace", "jump", "angle-jump", "start-offset"],
+)
+def test_bad_chunks_are_rejected_with_a_reason_and_never_streamed(mutate, fragment):
+    core = make_core()
+    chunk = line_chunk(1.0, HOME_P, np.zeros(3))
+    mutate(chunk.actions)
+    reason = core.submit(chunk, 1.0)
+    assert reason is not None and fragment in reason
+    assert core.status()["last_rejection"] == reason and core.chunks_rejected == 1
+    targets = run(core, 1.0, 0.2)
+    np.testing.assert_allclose(targets[-1].position, HOME_P)  # still holding
+    assert core.state == ControllerState.IDLE
+
+
+@pytest.mark.parametrize(
+    ("stamp", "fragment"), [(1.0 - 50.0, "stale"), (1.0 + 50.0, "future"), (1.0 - 0.9, "past")],
+    ids=["far-past", "far-future", "all-rows-past"],
+)
+def test_chunks_with_bad_stamps_are_rejected(stamp, fragment):
+    core = make_core()
+    reason = core.submit(line_chunk(stamp, HOME_P, np.zeros(3), rows=4), 1.0)
+    assert reason is not None and fragment in reason
+
+
+def test_wrong_action_names_are_rejected():
+    core = make_core()
+    chunk = ActionChunk(actions=np.zeros((4, 7)), dt=0.05, stamp=1.0, action_names=("a", "b", "c", "d", "e", "f", "g"))
+    assert "action names" in core.submit(chunk, 1.0)
+
+
+def test_stopped_controller_ignores_chunks():
+    core = ControllerCore(SafetyLimits(), hold_after=0.5, stop_after=1.5)
+    core.record_pose(0.0, HOME_P, HOME_Q)
+    assert core.state == ControllerState.STOPPED
+    assert "STOPPED" in core.submit(line_chunk(0.0, HOME_P, np.zeros(3)), 0.0)
+    assert core.update(0.0, 0.01) is None
+
+
+def test_watchdog_holds_the_measured_pose_then_asks_to_stop():
+    core = make_core()
+    assert core.submit(line_chunk(1.0, HOME_P, np.array([0.05, 0.0, 0.0])), 1.0) is None
+    arm = HOME_P + np.array([0.02, 0.0, 0.0])
+    targets = run(core, 1.0, 0.6, measured=arm)  # 0.6 s > hold_after
+    assert core.state == ControllerState.HOLDING
+    targets += run(core, 1.6, 0.3, measured=arm)
+    np.testing.assert_allclose(targets[-1].position, arm, atol=1e-9)  # holds where the arm is
+    assert not targets[-1].stop
+    later = run(core, 1.9, 0.7, measured=arm)  # past stop_after = 1.5 s
+    assert later[-1].stop
+    core.deactivate("watchdog")
+    assert core.state == ControllerState.STOPPED

@@ -1,0 +1,28 @@
+"""Simulated FR3 workcell (franky-sim + MuJoCo), its tasks, and the scripted expert.
+
+Offscreen rendering needs a GL backend chosen before MuJoCo is imported: `osmesa` (software) unless
+`MUJOCO_GL` says otherwise (`egl` on a GPU).
+"""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"] if os.environ["MUJOCO_GL"] in ("osmesa", "egl") else "")
+
+from mambavla.sim.config import EVAL_SEED_BASE, WorkcellConfig  # noqa: E402
+from mambavla.sim.tasks import TASK_CHOICES, TASK_FAMILIES, SceneState, TaskMonitor, TaskSpec, eval_seeds  # noqa: E402
+from mambavla.sim.workcell import RobotState, Snapshot, Workcell  # noqa: E402
+
+__all__ = [
+    "EVAL_SEED_BASE",
+    "RobotState",
+    "SceneState",
+    "Snapshot",
+    "TASK_CHOICES",
+    "TASK_FAMILIES",
+    "TaskMonitor",
+    "TaskSpec",
+    "Workcell",
+    "WorkcellConfig",
+    "eval_seeds",
+]

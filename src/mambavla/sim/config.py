@@ -1,0 +1,88 @@
+"""Every number of the simulated workcell in one place: scene geometry, cameras, task thresholds,
+expert timing. Lengths in metres, angles in radians, times in seconds of simulated time.
+
+The robot base is the world origin and the table top is the plane z = 0, so base-frame and world
+coordinates coincide (actions and proprio are base-frame).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.12, 0.10),
+    "green": (0.12, 0.65, 0.18),
+    "blue": (0.12, 0.28, 0.85),
+    "yellow": (0.95, 0.80, 0.10),
+    "purple": (0.55, 0.20, 0.70),
+}
+CUBE_COLOURS: tuple[str, ...] = ("red", "green", "blue")
+PLATE_COLOURS: tuple[str, ...] = ("yellow", "purple")
+
+# Seeds at or above this are held out for evaluation; `collect` refuses them unless asked.
+EVAL_SEED_BASE = 1_000_000
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    name: str
+    parent: str  # "world" or a body name of the robot without its "robot0_" prefix
+    pos: tuple[float, float, float]
+    xyaxes: tuple[float, float, float, float, float, float]
+    fovy: float
+
+
+@dataclass(frozen=True)
+class WorkcellConfig:
+    camera_size: tuple[int, int] = (128, 128)  # (height, width)
+    cameras: tuple[CameraConfig, ...] = (
+        # Facing the robot from across the table, 45 degrees down; image right is the robot's left (+y).
+        CameraConfig("front", "world", (1.1, 0.0, 0.62), (0.0, 1.0, 0.0, -0.7071, 0.0, 0.7071), 50.0),
+        # On the hand, beside the flange, looking along the fingers (tilted 14 degrees towards them).
+        CameraConfig("wrist", "hand", (0.07, 0.0, 0.03), (0.0, 1.0, 0.0, 0.970, 0.0, 0.243), 75.0),
+    )
+    shadows: bool = False  # osmesa: ~12 ms per 128x128 frame without shadows, ~50-80 ms with
+    policy_dt: float = 0.05  # recording / policy rate (20 Hz)
+    monitor_dt: float = 0.01  # how often the task monitor reads MuJoCo state in the server loop
+
+    table_size: tuple[float, float] = (1.1, 1.2)  # x, y extent of the table top
+    table_center_x: float = 0.45
+    cube_half: float = 0.02
+    cube_mass: float = 0.05
+    cube_friction: tuple[float, float, float] = (1.5, 0.01, 0.001)
+    plate_radius: float = 0.06
+    plate_half_height: float = 0.002
+
+    # Object placement area (x, y), minimum centre distance between objects.
+    object_x: tuple[float, float] = (0.38, 0.62)
+    object_y: tuple[float, float] = (-0.20, 0.20)
+    min_object_distance: float = 0.10
+    max_cube_yaw: float = 0.6
+    # Home joint configuration (gripper pointing down) and its per-episode jitter.
+    home_q: tuple[float, ...] = (0.0, -0.3, 0.0, -2.2, 0.0, 1.9, 0.785)
+    home_q_jitter: float = 0.05
+
+    # Task thresholds.
+    lift_height: float = 0.05  # cube bottom above the table
+    lift_hold: float = 0.5
+    place_hold: float = 0.3
+    push_y: float = 0.17  # |y| the cube centre must pass for push-left / push-right
+    push_hold: float = 0.3
+    push_lane_y: float = 0.06  # pushed cube starts with |y| below this
+    push_lane_clearance: float = 0.10  # other objects keep this |dx| from the pushed cube
+
+    # Expert.
+    stiffness: float = 1000.0
+    rotational_stiffness: float = 60.0
+    tracker_period: float = 0.01
+    speed: float = 0.22  # m/s for free-space moves
+    approach_height: float = 0.10  # above the cube centre before descending
+    grasp_height: float = 0.022  # TCP height when closing the fingers
+    carry_height: float = 0.14
+    grasp_force: float = 30.0
+    gripper_speed: float = 0.08
+    settle_tolerance: float = 0.006
+    settle_timeout: float = 1.5
+    episode_timeout: float = 25.0
+    waypoint_jitter: float = 0.004
+    timing_jitter: float = 0.15

@@ -1,0 +1,204 @@
+"""Tasks of the workcell: what to do (a `TaskSpec` and its instruction), where things start (a seeded
+`Layout`) and when it is done (success predicates on a `SceneState`, held for a while by
+`TaskMonitor`). Pure numpy: no MuJoCo, no franky, so predicates test on hand-placed states.
+
+Task families: `lift` (a cube's bottom >= 5 cm above the table, held 0.5 s), `place` (a cube resting
+on a plate, gripper released), `push-left` / `push-right` (a cube pushed to the robot's left, +y, or
+right, -y). `push` picks a side from the seed. Training seeds are below `EVAL_SEED_BASE`;
+`eval_seeds(n)` are held out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mambavla.sim.config import CUBE_COLOURS, EVAL_SEED_BASE, PLATE_COLOURS, WorkcellConfig
+
+TASK_FAMILIES: tuple[str, ...] = ("lift", "place", "push-left", "push-right")
+TASK_CHOICES: tuple[str, ...] = TASK_FAMILIES + ("push", "all")
+
+_PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "lift": (
+        "lift the {cube} cube",
+        "pick up the {cube} cube",
+        "raise the {cube} block off the table",
+        "grab the {cube} cube and lift it",
+    ),
+    "place": (
+        "place the {cube} cube on the {plate} plate",
+        "put the {cube} cube onto the {plate} plate",
+        "move the {cube} block to the {plate} plate",
+        "pick up the {cube} cube and set it down on the {plate} plate",
+    ),
+    "push": (
+        "push the {cube} cube to the {side} side",
+        "slide the {cube} cube to the {side}",
+        "shove the {cube} block over to the {side}",
+        "push the {cube} cube {side}",
+    ),
+}
+
+
+def eval_seeds(n: int) -> list[int]:
+    """The first n held-out evaluation seeds (never used by `collect` without `--eval`)."""
+    return list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + n))
+
+
+def is_eval_seed(seed: int) -> bool:
+    return seed >= EVAL_SEED_BASE
+
+
+def resolve_task(task: str, seed: int) -> str:
+    """A concrete task family for `task` (which may be `push` or `all`) and this seed."""
+    if task not in TASK_CHOICES:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_CHOICES)}")
+    if task == "push":
+        return ("push-left", "push-right")[seed % 2]
+    if task == "all":
+        return TASK_FAMILIES[seed % len(TASK_FAMILIES)]
+    return task
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    family: str  # one of TASK_FAMILIES
+    cube: str  # colour of the cube to act on
+    plate: str | None = None  # place: colour of the target plate
+    instruction: str = ""
+
+    @property
+    def side(self) -> str | None:
+        return {"push-left": "left", "push-right": "right"}.get(self.family)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Initial scene: cube positions (x, y) and yaws, plate positions, arm joint configuration."""
+
+    cubes: dict[str, tuple[float, float, float]]  # colour -> (x, y, yaw)
+    plates: dict[str, tuple[float, float]]  # colour -> (x, y)
+    home_q: tuple[float, ...]
+
+
+@dataclass
+class SceneState:
+    """What the predicates need, read from MuJoCo state (world = robot base frame)."""
+
+    cube_pos: dict[str, np.ndarray]  # colour -> (3,) centre
+    plate_pos: dict[str, np.ndarray]  # colour -> (3,) centre of the plate top
+    finger_width: float
+    time: float = 0.0
+    cube_speed: dict[str, float] = field(default_factory=dict)
+
+
+def sample_episode(task: str, seed: int, config: WorkcellConfig) -> tuple[TaskSpec, Layout]:
+    """Task, instruction and layout for a seed: the same seed always gives the same episode."""
+    rng = np.random.default_rng(seed)
+    family = resolve_task(task, seed)
+    cube = str(rng.choice(CUBE_COLOURS))
+    plate = str(rng.choice(PLATE_COLOURS)) if family == "place" else None
+    key = "push" if family.startswith("push") else family
+    template = str(rng.choice(_PARAPHRASES[key]))
+    side = {"push-left": "left", "push-right": "right"}.get(family)
+    spec = TaskSpec(family, cube, plate, template.format(cube=cube, plate=plate, side=side))
+    return spec, _sample_layout(spec, rng, config)
+
+
+def _sample_layout(spec: TaskSpec, rng: np.random.Generator, c: WorkcellConfig) -> Layout:
+    names = [("cube", n) for n in CUBE_COLOURS] + [("plate", n) for n in PLATE_COLOURS]
+    target = ("cube", spec.cube)
+    names.remove(target)
+    names.insert(0, target)  # place the target first so its constraints are cheap to meet
+    if spec.plate is not None:
+        names.remove(("plate", spec.plate))
+        names.insert(1, ("plate", spec.plate))
+    for _ in range(2000):
+        placed: dict[tuple[str, str], np.ndarray] = {}
+        for kind, name in names:
+            if spec.family.startswith("push") and (kind, name) == target:
+                xy = np.array([rng.uniform(0.44, 0.56), rng.uniform(-c.push_lane_y, c.push_lane_y)])
+            else:
+                xy = np.array([rng.uniform(*c.object_x), rng.uniform(*c.object_y)])
+            placed[(kind, name)] = xy
+        if _layout_ok(placed, spec, target, c):
+            break
+    else:
+        raise RuntimeError(f"could not sample a layout for {spec}")
+    cubes = {n: (float(p[0]), float(p[1]), float(rng.uniform(-c.max_cube_yaw, c.max_cube_yaw))) for (k, n), p in placed.items() if k == "cube"}
+    plates = {n: (float(p[0]), float(p[1])) for (k, n), p in placed.items() if k == "plate"}
+    home_q = tuple(float(q + rng.uniform(-c.home_q_jitter, c.home_q_jitter)) for q in c.home_q)
+    return Layout(cubes, plates, home_q)
+
+
+def _layout_ok(placed: dict, spec: TaskSpec, target: tuple[str, str], c: WorkcellConfig) -> bool:
+    keys = list(placed)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            if np.linalg.norm(placed[a] - placed[b]) < c.min_object_distance:
+                return False
+    if spec.plate is not None and np.linalg.norm(placed[target] - placed[("plate", spec.plate)]) < 0.16:
+        return False
+    if spec.family.startswith("push"):
+        tx, ty = placed[target]
+        sign = 1.0 if spec.family == "push-left" else -1.0
+        for key, (x, y) in placed.items():
+            # Keep the lane clear: nothing within reach of the cube's path or behind it (where the finger starts).
+            if key != target and abs(x - tx) < c.push_lane_clearance and (sign * (y - ty) > -0.12):
+                return False
+    return True
+
+
+def cube_lifted(state: SceneState, cube: str, config: WorkcellConfig) -> bool:
+    """The cube's bottom is at least `lift_height` above the table."""
+    return float(state.cube_pos[cube][2]) - config.cube_half >= config.lift_height
+
+
+def cube_on_plate(state: SceneState, cube: str, plate: str, config: WorkcellConfig) -> bool:
+    """The cube rests on the plate (centre over the plate, bottom near its top) and the fingers let go."""
+    pos, top = state.cube_pos[cube], state.plate_pos[plate]
+    over = float(np.linalg.norm(pos[:2] - top[:2])) <= config.plate_radius
+    resting = abs(float(pos[2]) - config.cube_half - float(top[2])) <= 0.012
+    released = state.finger_width >= 2.0 * config.cube_half + 0.006
+    return over and resting and released
+
+
+def cube_pushed(state: SceneState, cube: str, side: str, config: WorkcellConfig) -> bool:
+    """The cube is on the table, past `push_y` on the robot's left (+y) or right (-y)."""
+    pos = state.cube_pos[cube]
+    on_table = float(pos[2]) <= config.cube_half + 0.012
+    y = float(pos[1]) if side == "left" else -float(pos[1])
+    return on_table and y >= config.push_y
+
+
+def predicate(spec: TaskSpec, state: SceneState, config: WorkcellConfig) -> bool:
+    if spec.family == "lift":
+        return cube_lifted(state, spec.cube, config)
+    if spec.family == "place":
+        return cube_on_plate(state, spec.cube, spec.plate, config)
+    return cube_pushed(state, spec.cube, spec.side, config)
+
+
+def hold_time(spec: TaskSpec, config: WorkcellConfig) -> float:
+    return {"lift": config.lift_hold, "place": config.place_hold}.get(spec.family, config.push_hold)
+
+
+class TaskMonitor:
+    """Success = the task's predicate held continuously for the task's hold time (simulated seconds)."""
+
+    def __init__(self, spec: TaskSpec, config: WorkcellConfig):
+        self.spec, self.config = spec, config
+        self.hold = hold_time(spec, config)
+        self.since: float | None = None
+        self.success = False
+        self.success_time: float | None = None
+
+    def update(self, state: SceneState) -> bool:
+        if predicate(self.spec, state, self.config):
+            self.since = state.time if self.since is None else self.since
+            if not self.success and state.time - self.since >= self.hold - 1e-9:
+                self.success, self.success_time = True, state.time
+        else:
+            self.since = None
+        return self.success

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.checkpoint) if args.checkpoint else preset(args.preset)
     if args.fusion:
         config = config.replace(fusion=args.fusion)
-    model = MambaVLA(config, load_pretrained=False)
+    model = MambaVLA(config)
     counts = model.parameter_counts()
     if args.json:
         print(json.dumps({"name": config.name, "fusion": config.fusion, "parameters": counts}, indent=2))

@@ -1,0 +1,51 @@
+"""Checkpoint folder: `model.safetensors` (policy weights), `config.json`, `stats.json`
+(normalisation statistics) and optional `meta.json` (how it was trained)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mambavla.model.config import MambaVLAConfig
+from mambavla.model.modeling_mambavla import MambaVLA
+
+WEIGHTS, CONFIG, STATS, META = "model.safetensors", "config.json", "stats.json", "meta.json"
+
+
+def save_checkpoint(model: MambaVLA, path: str | Path, meta: dict | None = None) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path / WEIGHTS))
+    (path / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
+    (path / STATS).write_text(json.dumps(model.normalizer.stats, indent=2))
+    if meta is not None:
+        (path / META).write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def _require(path: Path, name: str) -> Path:
+    file = path / name
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {path} has no {name} (expected {WEIGHTS}, {CONFIG}, {STATS})")
+    return file
+
+
+def load_config(path: str | Path) -> MambaVLAConfig:
+    return MambaVLAConfig.from_dict(json.loads(_require(Path(path), CONFIG).read_text()))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> MambaVLA:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {path}")
+    config = load_config(path)
+    stats = json.loads(_require(path, STATS).read_text())
+    model = MambaVLA(config, stats)
+    missing, unexpected = model.load_state_dict(load_file(str(_require(path, WEIGHTS))), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(device).eval()

@@ -1,0 +1,144 @@
+"""Fusion stacks over `[instruction | observations ... | actions]` with one interface:
+
+    hidden, new_state = fusion(x, state=None, cond=None, mask=None)
+
+`state` is what the stack needs to continue the sequence: per-layer `Mamba2State` (constant size)
+for `MambaFusion`, per-layer KV caches (growing with the sequence) for `TransformerFusion`, the
+side-by-side baseline. `cond` (B, d) is the flow-matching time embedding, applied by FiLM to the tokens
+from `cond_start` on (the action tokens: all of them when they are scanned from a cached state);
+`mask` (B, L) marks padding to ignore (left-padded prompts).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mambavla.model.config import MambaVLAConfig
+from mambavla.model.mamba2 import Mamba2Mixer, Mamba2State, RMSNorm
+
+
+class FiLM(nn.Module):
+    """adaLN-style modulation of a normalised input by the flow time; zero-init so it starts as identity."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.proj = nn.Linear(d, 2 * d)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: Tensor, cond: Tensor | None, start: int = 0) -> Tensor:
+        if cond is None:
+            return h
+        scale, shift = self.proj(cond)[:, None].chunk(2, dim=-1)
+        if start == 0:
+            return h * (1 + scale) + shift
+        return torch.cat([h[:, :start], h[:, start:] * (1 + scale) + shift], dim=1)
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, config: MambaVLAConfig):
+        super().__init__()
+        self.norm = RMSNorm(config.d_model)
+        self.film = FiLM(config.d_model)
+        self.mixer = Mamba2Mixer(config.d_model, config.d_state, config.d_conv, config.expand, config.headdim,
+                                 config.ngroups, config.chunk_len)
+
+    def forward(self, x: Tensor, state: Mamba2State | None, cond: Tensor | None, mask: Tensor | None,
+                cond_start: int = 0) -> tuple[Tensor, Mamba2State]:
+        y, state = self.mixer(self.film(self.norm(x), cond, cond_start), state, mask)
+        return x + y, state
+
+
+class MambaFusion(nn.Module):
+    def __init__(self, config: MambaVLAConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layers))
+
+    def forward(self, x: Tensor, state: list[Mamba2State] | None = None, cond: Tensor | None = None,
+                mask: Tensor | None = None, cond_start: int = 0) -> tuple[Tensor, list[Mamba2State]]:
+        state = state or [None] * len(self.layers)
+        new_state = []
+        for layer, s in zip(self.layers, state):
+            x, s = layer(x, s, cond, mask, cond_start)
+            new_state.append(s)
+        return x, new_state
+
+
+class KVCache(NamedTuple):
+    k: Tensor  # (B, heads, S, head_dim), rotary already applied
+    v: Tensor  # (B, heads, S, head_dim)
+    valid: Tensor  # (B, S) bool: False for padding
+
+
+def _rotary(x: Tensor, positions: Tensor) -> Tensor:
+    """Rotary position embedding; x (B, heads, L, hd), positions (L,)."""
+    hd = x.shape[-1]
+    freqs = 1.0 / (10000 ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd))
+    angles = positions.float()[:, None] * freqs  # (L, hd/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: MambaVLAConfig, mlp_hidden: int):
+        super().__init__()
+        d = config.d_model
+        self.heads = config.n_heads_attn
+        self.norm1, self.norm2 = RMSNorm(d), RMSNorm(d)
+        self.film = FiLM(d)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(d, mlp_hidden, bias=False), nn.GELU(), nn.Linear(mlp_hidden, d, bias=False))
+
+    def forward(self, x: Tensor, cache: KVCache | None, cond: Tensor | None, mask: Tensor | None,
+                cond_start: int = 0) -> tuple[Tensor, KVCache]:
+        batch, length, d = x.shape
+        q, k, v = self.qkv(self.film(self.norm1(x), cond, cond_start)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        past = 0 if cache is None else cache.k.shape[2]
+        positions = torch.arange(past, past + length, device=x.device)
+        q, k = _rotary(q, positions), _rotary(k, positions)
+        valid = torch.ones(batch, length, dtype=torch.bool, device=x.device) if mask is None else mask
+        if cache is not None:
+            k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
+            valid = torch.cat([cache.valid, valid], dim=1)
+        # query i (absolute past + i) sees valid keys up to itself, and always itself (no empty rows)
+        key_pos = torch.arange(past + length, device=x.device)
+        causal = key_pos[None, :] <= positions[:, None]  # (L, S)
+        allowed = (causal[None] & valid[:, None, :]) | (key_pos[None, None, :] == positions[None, :, None])
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B, heads, L, hd)
+        x = x + self.out(y.transpose(1, 2).reshape(batch, length, d))
+        x = x + self.mlp(self.norm2(x))
+        return x, KVCache(k, v, valid)
+
+
+def matched_mlp_hidden(config: MambaVLAConfig) -> int:
+    """MLP width that gives a transformer block the parameter count of a Mamba block."""
+    d = config.d_model
+    mamba = sum(p.numel() for p in MambaBlock(config).parameters())
+    rest = d + d + 2 * d * d + 2 * d + 4 * d * d  # two norms, FiLM, qkv + out
+    return max(8, round((mamba - rest) / (2 * d) / 8) * 8)
+
+
+class TransformerFusion(nn.Module):
+    def __init__(self, config: MambaVLAConfig):
+        super().__init__()
+        hidden = matched_mlp_hidden(config)
+        self.layers = nn.ModuleList(TransformerBlock(config, hidden) for _ in range(config.n_layers))
+
+    def forward(self, x: Tensor, state: list[KVCache] | None = None, cond: Tensor | None = None,
+                mask: Tensor | None = None, cond_start: int = 0) -> tuple[Tensor, list[KVCache]]:
+        state = state or [None] * len(self.layers)
+        new_state = []
+        for layer, cache in zip(self.layers, state):
+            x, cache = layer(x, cache, cond, mask, cond_start)
+            new_state.append(cache)
+        return x, new_state
+
+
+def build_fusion(config: MambaVLAConfig) -> nn.Module:
+    return MambaFusion(config) if config.fusion == "mamba" else TransformerFusion(config)

@@ -1,0 +1,202 @@
+"""Mamba-2 (SSD) mixer with explicit recurrent state in and out.
+
+`Mamba2Mixer.forward(u, state) -> (y, new_state)` continues a scan from any `(conv, ssm)` state over
+any number of tokens; that is what lets the policy cache the instruction prefix, stream observations
+and re-scan only the action tokens per flow step. Library modules cannot do this (mamba-ssm's
+`Mamba2.forward` never passes `initial_states`; transformers' decode path takes one token).
+
+Two scan paths, one module: the chunked SSD reference in plain PyTorch (CPU, and anywhere the
+kernels are missing) and mamba-ssm's Triton kernels on CUDA (`mamba_chunk_scan_combined` with
+`initial_states`, `selective_state_update` for one token). `test_model_mamba2.py` checks they agree.
+The causal depthwise conv carries its last `d_conv - 1` inputs as state (no causal-conv1d needed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import types
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Mamba2State(NamedTuple):
+    conv: Tensor  # (B, conv_dim, d_conv - 1): the last pre-conv inputs
+    ssm: Tensor  # (B, nheads, headdim, d_state), fp32
+
+
+_KERNELS: tuple | None = None
+
+
+def ssd_kernels() -> tuple | None:
+    """(mamba_chunk_scan_combined, selective_state_update) from mamba-ssm, or None if unavailable."""
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            if importlib.util.find_spec("mamba_ssm") is None or not torch.cuda.is_available():
+                raise ImportError("mamba-ssm or CUDA not available")
+            if importlib.util.find_spec("selective_scan_cuda") is None:
+                # mamba_ssm/__init__ imports Mamba-1's compiled scan, which the SSD Triton kernels never
+                # use; an empty module lets the package import without building that extension.
+                sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
+            from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+            _KERNELS = (mamba_chunk_scan_combined, selective_state_update)
+        except ImportError:
+            _KERNELS = ()
+    return _KERNELS or None
+
+
+def _segsum_exp(a: Tensor) -> Tensor:
+    """a (..., T) -> (..., T, T) with out[i, j] = exp(a[j+1] + ... + a[i]) for i >= j, else 0."""
+    T = a.size(-1)
+    a = a[..., None].expand(*a.shape, T)  # (..., T, T): a[..., i, j] = a_i
+    strictly_lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), -1)
+    seg = torch.cumsum(a.masked_fill(~strictly_lower, 0.0), dim=-2)
+    lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device))
+    return torch.exp(seg.masked_fill(~lower, -math.inf))
+
+
+def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, state: Tensor, chunk_len: int) -> tuple[Tensor, Tensor]:
+    """Chunked SSD in PyTorch, continuing from `state`.
+
+    x (b, l, h, p), dt (b, l, h) after softplus, A (h,) negative, B and C (b, l, g, n), D (h,),
+    state (b, h, p, n). Returns y (b, l, h, p) and the final state (b, h, p, n). Computed in fp32.
+    """
+    b, l, h, p = x.shape
+    dtype = x.dtype
+    x, dt, B, C, state = x.float(), dt.float(), B.float(), C.float(), state.float()
+    B = B.repeat_interleave(h // B.shape[2], dim=2)  # (b, l, h, n)
+    C = C.repeat_interleave(h // C.shape[2], dim=2)
+    if l == 1:  # one token: the recurrence itself
+        decay = torch.exp(dt[:, 0] * A)  # (b, h)
+        state = state * decay[..., None, None] + (dt[:, 0, :, None] * x[:, 0])[..., None] * B[:, 0, :, None, :]
+        y = torch.einsum("bhpn,bhn->bhp", state, C[:, 0]) + D[:, None] * x[:, 0]
+        return y[:, None].to(dtype), state
+
+    pad = (-l) % chunk_len  # zero padding at the end: no input and no decay, so the state is unchanged
+    xdt = F.pad(x * dt[..., None], (0, 0, 0, 0, 0, pad))
+    Adt = F.pad(dt * A, (0, 0, 0, pad))
+    Bp, Cp = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
+    c = (l + pad) // chunk_len
+    xdt = xdt.view(b, c, chunk_len, h, p)
+    Bp, Cp = Bp.view(b, c, chunk_len, h, -1), Cp.view(b, c, chunk_len, h, -1)
+    Adt = Adt.view(b, c, chunk_len, h).permute(0, 3, 1, 2)  # (b, h, c, T)
+    A_cum = torch.cumsum(Adt, dim=-1)  # (b, h, c, T)
+
+    # within each chunk: quadratic (attention-like) form
+    decay_within = _segsum_exp(Adt)  # (b, h, c, T, T)
+    scores = torch.einsum("bcihn,bcjhn->bhcij", Cp, Bp) * decay_within
+    y = torch.einsum("bhcij,bcjhp->bcihp", scores, xdt)
+
+    # what each chunk adds to the state at its end, then the recurrence across chunks
+    decay_to_end = torch.exp(A_cum[..., -1:] - A_cum)  # (b, h, c, T)
+    chunk_states = torch.einsum("bcjhn,bhcj,bcjhp->bchpn", Bp, decay_to_end, xdt)
+    chunk_decay = torch.exp(A_cum[..., -1])  # (b, h, c)
+    entering = []
+    for i in range(c):
+        entering.append(state)
+        state = state * chunk_decay[:, :, i, None, None] + chunk_states[:, i]
+    entering = torch.stack(entering, dim=1)  # (b, c, h, p, n)
+
+    # the state entering each chunk, read out through C with the decay so far
+    y = y + torch.einsum("bcihn,bchpn,bhci->bcihp", Cp, entering, torch.exp(A_cum))
+    y = y.reshape(b, c * chunk_len, h, p)[:, :l] + D[:, None] * x
+    return y.to(dtype), state
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
+        if gate is not None:  # Mamba-2's gated norm: norm(x * silu(z))
+            x = x * F.silu(gate)
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, d_model: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64,
+                 ngroups: int = 1, chunk_len: int = 64, dt_range: tuple[float, float] = (1e-3, 1e-1)):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv, self.headdim, self.ngroups = d_model, d_state, d_conv, headdim, ngroups
+        self.d_inner = expand * d_model
+        self.nheads = self.d_inner // headdim
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+        self.chunk_len = chunk_len
+        self.use_kernels = True  # take the Triton path on CUDA when mamba-ssm is importable
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, 1, d_conv))
+        self.conv_bias = nn.Parameter(torch.zeros(self.conv_dim))
+        nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
+        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_range[1]) - math.log(dt_range[0])) + math.log(dt_range[0]))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(1.0, 16.0)))
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        self.norm = RMSNorm(self.d_inner)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def empty_state(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Mamba2State:
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
+        return Mamba2State(
+            torch.zeros(batch, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
+            torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=torch.float32),
+        )
+
+    def forward(self, u: Tensor, state: Mamba2State | None = None, mask: Tensor | None = None) -> tuple[Tensor, Mamba2State]:
+        """u (B, L, d_model); mask (B, L) bool, False marks padding that must leave the state untouched."""
+        batch, length, _ = u.shape
+        if state is None:
+            state = self.empty_state(batch, u.device, u.dtype)
+        zxbcdt = self.in_proj(u)  # (B, L, d_in_proj)
+        z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        if mask is not None:
+            xBC = xBC * mask[..., None].to(xBC.dtype)
+
+        # causal depthwise conv continuing from the carried inputs
+        window = torch.cat([state.conv.to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)  # (B, conv_dim, d_conv - 1 + L)
+        conv_state = window[..., -(self.d_conv - 1):]
+        xBC = F.silu(F.conv1d(window, self.conv_weight.to(xBC.dtype), self.conv_bias.to(xBC.dtype), groups=self.conv_dim))
+        xBC = xBC.transpose(1, 2)  # (B, L, conv_dim)
+
+        x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        x = x.reshape(batch, length, self.nheads, self.headdim)  # (B, L, H, P)
+        B = B.reshape(batch, length, self.ngroups, self.d_state)  # (B, L, G, N)
+        C = C.reshape(batch, length, self.ngroups, self.d_state)
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, L, H)
+        if mask is not None:
+            dt = dt * mask[..., None]
+        A = -torch.exp(self.A_log.float())  # (H,)
+
+        y, ssm_state = self._scan(x, dt, A, B, C, state.ssm)
+        y = self.norm(y.reshape(batch, length, self.d_inner), gate=z)
+        return self.out_proj(y), Mamba2State(conv_state, ssm_state)
+
+    def _scan(self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor]:
+        kernels = ssd_kernels() if (self.use_kernels and x.is_cuda) else None
+        if kernels is None:
+            return ssd_scan_reference(x, dt, A, B, C, self.D.float(), ssm_state, self.chunk_len)
+        chunk_scan, state_update = kernels
+        if x.shape[1] == 1:  # decode: the kernel updates the state in place, so hand it a copy
+            state = ssm_state.clone()
+            h, p, n = self.nheads, self.headdim, self.d_state
+            y = state_update(
+                state, x[:, 0], dt[:, 0, :, None].expand(-1, h, p).to(x.dtype),
+                A[:, None, None].expand(h, p, n), B[:, 0], C[:, 0], D=self.D[:, None].expand(h, p).to(x.dtype),
+            )
+            return y[:, None], state
+        y, state = chunk_scan(
+            x, dt.to(x.dtype), A, B, C, chunk_size=self.chunk_len, D=self.D.to(x.dtype),
+            initial_states=ssm_state, return_final_states=True,
+        )
+        return y, state.float()

@@ -1,0 +1,184 @@
+"""MambaVLA: vision + language tokens fused by a Mamba-2 stack, actions by rectified flow matching.
+
+Sequence per episode: `[instruction tokens | frame 1 tokens | frame 2 tokens | ... | action tokens]`
+with frame tokens = per-camera grids (through the connector) + one proprio token. The three levels of
+recurrent-state caching this layout allows:
+  1. `condition(instruction)` once per instruction -> prefix state;
+  2. `condition(frame, state)` once per control step, continuing from the last state (streaming);
+  3. `velocity(x_t, t, context_state)` per flow step re-scans only the H action tokens.
+Causality makes each level exact: the state after a prefix is all that later tokens can see.
+
+Flow convention (rectified flow): x_t = t * noise + (1 - t) * actions, target velocity
+noise - actions, t ~ Beta(a, b) during training; sampling integrates from t = 1 to 0 with Euler steps.
+Time enters the action tokens through FiLM in every layer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mambavla.model.config import MambaVLAConfig
+from mambavla.model.fusion import build_fusion
+from mambavla.model.language import InstructionEncoder
+from mambavla.model.mamba2 import RMSNorm
+from mambavla.model.normalization import Normalizer, placeholder_stats
+from mambavla.model.vision import Connector, PretrainedTower, ResNetEncoder
+
+
+def _time_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of flow time t (B,) in [0, 1] -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = 1000.0 * t.float()[:, None] * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def _pixel_stats(config: MambaVLAConfig) -> tuple[list[float], list[float]]:
+    if config.vision_path:
+        pre = Path(config.vision_path) / "preprocessor_config.json"
+        if pre.exists():
+            data = json.loads(pre.read_text())
+            if "image_mean" in data and "image_std" in data:
+                return list(data["image_mean"]), list(data["image_std"])
+    if config.vision == "dinov2":
+        return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+
+
+class MambaVLA(nn.Module):
+    def __init__(self, config: MambaVLAConfig, stats: dict | None = None):
+        super().__init__()
+        self.config = config
+        d, H, A = config.d_model, config.chunk_size, config.action_dim
+        in_channels = 4 if config.use_depth else 3
+        if config.vision == "resnet":
+            self.vision = nn.ModuleDict({cam: ResNetEncoder(in_channels, config.resnet_widths, config.vision_grid, d) for cam in config.cameras})
+        else:
+            if config.use_depth:
+                raise ValueError("depth input is supported with the resnet encoder only")
+            self.vision = nn.ModuleDict({"tower": PretrainedTower(config)})
+        mean, std = _pixel_stats(config)
+        if config.use_depth:
+            mean, std = mean + [0.0], std + [1.0]
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.camera_embed = nn.Parameter(torch.randn(len(config.cameras), d) * 0.02)
+        self.connector = Connector(config)
+
+        # frozen and shipped by its own package: a plain attribute, so not in state_dict or .to()
+        self.instruction_encoder = InstructionEncoder(config.language, config.max_instruction_tokens, config.instruction_cache_size)
+        self.instruction_proj = nn.Linear(self.instruction_encoder.width, d)
+        self.proprio_proj = nn.Linear(config.proprio_dim, d)
+
+        self.fusion = build_fusion(config)
+
+        self.action_in = nn.Linear(A, d)
+        self.action_pos = nn.Parameter(torch.randn(H, d) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.norm_out = RMSNorm(d)
+        self.action_out = nn.Linear(d, A)
+
+        self.normalizer = Normalizer(stats if stats is not None else placeholder_stats(config), config)
+
+    # ---- encoders -------------------------------------------------------------------------------
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.instruction_encoder.to(self.pixel_mean.device)  # follow the policy across devices
+        return out
+
+    def encode_instruction(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """texts -> instruction tokens (B, L, d), mask (B, L)."""
+        emb, mask = self.instruction_encoder.encode(texts)
+        return self.instruction_proj(emb.to(self.instruction_proj.weight.dtype)), mask
+
+    def encode_frame(self, images: dict[str, Tensor], proprio: Tensor) -> Tensor:
+        """images {camera: (B, C, H, W) uint8 or float 0..255}, proprio (B, P) in robot units
+        -> frame tokens (B, tokens_per_frame, d)."""
+        tokens = []
+        for i, cam in enumerate(self.config.cameras):
+            pixels = (images[cam].to(self.pixel_mean.dtype) / 255.0 - self.pixel_mean) / self.pixel_std
+            encoder = self.vision[cam] if self.config.vision == "resnet" else self.vision["tower"]
+            grid = encoder(pixels.to(self.camera_embed.dtype)) + self.camera_embed[i]  # (B, g*g, d)
+            tokens.append(self.connector(grid))
+        tokens.append(self.proprio_proj(self.normalizer.proprio(proprio.float()).to(self.camera_embed.dtype))[:, None])
+        return torch.cat(tokens, dim=1)
+
+    # ---- fusion with cached state -----------------------------------------------------------------
+
+    def condition(self, tokens: Tensor, state: list | None = None, mask: Tensor | None = None) -> list:
+        """Scan context tokens (instruction or frames) from `state`; returns the new state."""
+        _, state = self.fusion(tokens, state, mask=mask)
+        return state
+
+    def velocity(self, x_t: Tensor, t: Tensor, state: list) -> Tensor:
+        """x_t (B, H, A) normalised noisy actions, t (B,) -> velocity (B, H, A). Re-scans only the
+        action tokens from the context state (which it does not modify)."""
+        tokens, cond = self.action_tokens(x_t, t)
+        hidden, _ = self.fusion(tokens, state, cond=cond)
+        return self.action_out(self.norm_out(hidden))
+
+    def action_tokens(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """x_t (B, H, A), t (B,) -> action tokens (B, H, d) and the time condition (B, d)."""
+        cond = self.time_mlp(_time_embedding(t, self.config.d_model).to(x_t.dtype))
+        return self.action_in(x_t) + self.action_pos, cond
+
+    @torch.no_grad()
+    def sample_actions(self, state: list, noise: Tensor, steps: int | None = None) -> Tensor:
+        """Euler integration from noise (t = 1) to actions (t = 0); returns normalised actions (B, H, A)."""
+        steps = steps or self.config.flow_steps
+        x = noise
+        for i in range(steps):
+            t = torch.full((x.shape[0],), 1.0 - i / steps, device=x.device, dtype=x.dtype)
+            x = x - self.velocity(x, t, state) / steps
+        return x
+
+    # ---- training -----------------------------------------------------------------------------
+
+    def loss(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
+        """Flow-matching loss on a batch: {"instruction": [str] * B, "images": {camera: (B, C, H, W)},
+        "proprio": (B, P), "actions": (B, H, A) in robot units}. Optionally "frames": images with a
+        leading time axis (B, K, C, H, W) and "proprio" (B, K, P) for history training."""
+        prompt, mask = self.encode_instruction(list(batch["instruction"]))
+        images, proprio = batch["images"], batch["proprio"]
+        if proprio.dim() == 2:  # one frame
+            frames = self.encode_frame(images, proprio)
+        else:  # (B, K, ...) -> frames concatenated in time order
+            frames = torch.cat([self.encode_frame({c: v[:, k] for c, v in images.items()}, proprio[:, k]) for k in range(proprio.shape[1])], dim=1)
+        tokens = torch.cat([prompt, frames], dim=1)
+        full_mask = torch.cat([mask, torch.ones(frames.shape[:2], dtype=torch.bool, device=mask.device)], dim=1)
+        state = self.condition(tokens, mask=full_mask)
+
+        actions = self.normalizer.actions(batch["actions"].float()).to(tokens.dtype)
+        b = actions.shape[0]
+        noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
+        a, c = self.config.time_beta
+        beta = torch.distributions.Beta(torch.tensor(a), torch.tensor(c))
+        t = (beta.sample((b,)).to(actions.device) * 0.999 + 0.001).to(actions.dtype)
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+        return F.mse_loss(self.velocity(x_t, t, state), noise - actions)
+
+    # ---- introspection ------------------------------------------------------------------------
+
+    def parameter_counts(self) -> dict[str, int]:
+        def count(*modules) -> int:
+            return sum(p.numel() for m in modules for p in (m.parameters() if isinstance(m, nn.Module) else [m]))
+
+        counts = {
+            "vision": count(self.vision, self.camera_embed),
+            "connector": count(self.connector),
+            "language_encoder (frozen, shipped separately)": self.instruction_encoder.parameter_count(),
+            "language_projection": count(self.instruction_proj),
+            "proprio": count(self.proprio_proj),
+            f"fusion ({self.config.fusion})": count(self.fusion),
+            "action_head": count(self.action_in, self.action_pos, self.time_mlp, self.norm_out, self.action_out),
+        }
+        counts["policy_total (checkpoint)"] = count(self)
+        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return counts

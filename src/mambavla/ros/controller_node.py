@@ -1,0 +1,420 @@
+"""controller_node: executes action chunks on a Franka arm through franky's Cartesian impedance tracker.
+
+Chunk scheduling and every safety rule live in `mambavla.control.ControllerCore`; this node connects it
+to ROS (chunk subscription, state publishers, services, diagnostics) and to franky (a control thread
+streaming targets at `rate_hz`, a gripper thread, error handling). franky runs the 1 kHz torque loop.
+
+Services (std_srvs/Trigger): ~/enable starts tracking, ~/stop brings the arm to rest and stops
+tracking, ~/recover runs franky's automatic error recovery after a fault.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import franky
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+from diagnostic_msgs.msg import DiagnosticArray
+
+from mambavla.control import ControllerCore, ControllerState, SafetyLimits
+from mambavla.control.core import RUNNING
+from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, trajectory_to_chunk
+from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
+from mambavla.ros.params import declare
+from mambavla.ros.spin import run_node
+from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, STATE_QOS
+from mambavla.spaces import ACTION_NAMES, FRANKA_MAX_FINGER_WIDTH, GRIPPER_CLOSE_THRESHOLD
+
+GRIPPER_HYSTERESIS = 0.1  # command must cross threshold +- this to switch, so noise cannot chatter
+
+
+class GripperWorker:
+    """Sends open/grasp commands asynchronously and polls the width, off the arm's control thread."""
+
+    def __init__(self, gripper, speed: float, force: float, open_width: float, logger):
+        self._gripper, self._speed, self._force, self._open_width = gripper, speed, force, open_width
+        self._logger = logger
+        self._desired_closed = False
+        self._commanded_closed: bool | None = None
+        self.width = float("nan")
+        self.error = ""
+        self._running = True
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="gripper", daemon=True)
+        self._thread.start()
+
+    def command(self, value: float) -> None:
+        if value > GRIPPER_CLOSE_THRESHOLD + GRIPPER_HYSTERESIS and not self._desired_closed:
+            self._desired_closed = True
+            self._wake.set()
+        elif value < GRIPPER_CLOSE_THRESHOLD - GRIPPER_HYSTERESIS and self._desired_closed:
+            self._desired_closed = False
+            self._wake.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._desired_closed
+
+    def _loop(self) -> None:
+        while self._running:
+            self._wake.wait(0.1)
+            self._wake.clear()
+            try:
+                if self._desired_closed != self._commanded_closed:
+                    closed = self._desired_closed
+                    if closed:  # wide epsilons: any object between the fingers counts as grasped
+                        self._gripper.grasp_async(0.0, self._speed, self._force, epsilon_inner=0.1, epsilon_outer=0.1)
+                    else:
+                        self._gripper.move_async(self._open_width, self._speed)
+                    self._commanded_closed = closed
+                self.width = float(self._gripper.width)
+                self.error = ""
+            except Exception as err:  # franky raises several exception types; report, keep running
+                if str(err) != self.error:
+                    self._logger.error(f"gripper: {err}")
+                self.error = str(err)
+
+    def close(self) -> None:
+        self._running = False
+        self._wake.set()
+        self._thread.join(timeout=2.0)
+
+
+class ControllerNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("controller_node", **kwargs)
+        p = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        self.robot_ip = p("robot_ip", "172.16.0.2", "FCI address of the arm (franky-sim prints its loopback address)")
+        self.realtime = p("realtime", True, "require a realtime kernel (false for franky-sim)")
+        self.enable_on_start = p("enable_on_start", False,
+                                 "start tracking without ~/enable (config/controller_sim.yaml sets it; keep false on a real arm)")
+        self.rate_hz = p("rate_hz", 200.0, "target streaming rate in Hz (100-500); franky closes the 1 kHz torque loop")
+        self.translational_stiffness = p("translational_stiffness", 800.0, "Cartesian stiffness, N/m")
+        self.rotational_stiffness = p("rotational_stiffness", 40.0, "Cartesian stiffness, Nm/rad")
+        damping = p("damping", [-1.0], "6 Cartesian damping values [x y z rx ry rz]; [-1] = critical damping")
+        self.damping = None if len(damping) != 6 else np.array(damping)
+        self.translational_error_clip = np.array(p("translational_error_clip", [0.05, 0.05, 0.05],
+                                                   "per-axis translation error the impedance law sees at most, m"))
+        self.rotational_error_clip = np.array(p("rotational_error_clip", [0.2, 0.2, 0.2],
+                                                "per-axis rotation error the impedance law sees at most, rad"))
+        limits = SafetyLimits(
+            workspace_min=tuple(p("workspace_min", [0.25, -0.45, 0.02], "workspace box lower corner (base frame), m")),
+            workspace_max=tuple(p("workspace_max", [0.80, 0.45, 0.75], "workspace box upper corner (base frame), m")),
+            max_linear_speed=p("max_linear_speed", 0.25, "streamed target speed limit, m/s"),
+            max_angular_speed=p("max_angular_speed", 1.0, "streamed target angular speed limit, rad/s"),
+            max_jump=p("max_jump", 0.05, "reject chunks whose consecutive rows are further apart, m"),
+            max_jump_angle=p("max_jump_angle", 0.35, "reject chunks whose consecutive rows rotate more, rad"),
+            max_start_offset=p("max_start_offset", 0.10, "reject chunks starting further from the current target, m"),
+            max_start_offset_angle=p("max_start_offset_angle", 0.6, "same for orientation, rad"),
+            max_chunk_age=p("max_chunk_age", 1.0, "reject chunks whose observation is older than this, s"),
+            max_chunk_future=p("max_chunk_future", 0.25, "reject chunks stamped further in the future, s"),
+        )
+        self.core = ControllerCore(
+            limits,
+            blend_window=p("blend_window", 0.1, "seconds over which a new chunk fades in over the one it replaces"),
+            hold_after=p("hold_after", 1.0, "watchdog T1: hold the current pose after this long without a chunk, s"),
+            stop_after=p("stop_after", 5.0, "watchdog T2: stop tracking after this long without a chunk, s"),
+            max_tick_dt=p("max_tick_dt", 0.02, "a late tick advances the target by at most this many seconds of motion"),
+            action_names=tuple(p("action_names", list(ACTION_NAMES), "expected chunk dimensions, in order")),
+        )
+        self.gripper_enabled = p("gripper", True, "drive the Franka Hand from the chunk's gripper column")
+        self.gripper_speed = p("gripper_speed", 0.1, "finger speed, m/s")
+        self.gripper_force = p("gripper_force", 20.0, "grasp force, N")
+        self.auto_recover = p("auto_recover", False, "after a franky fault, run error recovery at once (still STOPPED)")
+        self.base_frame = p("base_frame", "fr3_link0", "frame of chunk targets and /ee_pose")
+        self.arm_id = p("arm_id", "fr3", "prefix of the published joint names")
+        action_topic = p("action_topic", "/action_chunk", "action chunks (trajectory_msgs/JointTrajectory)")
+        joint_states_topic = p("joint_states_topic", "/joint_states", "published joint states")
+        ee_pose_topic = p("ee_pose_topic", "/ee_pose", "published end-effector pose")
+        state_rate = p("state_rate_hz", 50.0, "joint state / pose publishing rate, Hz")
+        diagnostics_rate = p("diagnostics_rate_hz", 2.0, "status publishing rate, Hz")
+
+        if not 20.0 <= self.rate_hz <= 1000.0:
+            raise ValueError(f"rate_hz must be within 20..1000, got {self.rate_hz}")
+        self.joint_names = [f"{self.arm_id}_joint{i}" for i in range(1, 8)] + [
+            f"{self.arm_id}_finger_joint1", f"{self.arm_id}_finger_joint2"]
+
+        self.robot = None
+        self.gripper: GripperWorker | None = None
+        self.tracker = None
+        self.franky_error = ""
+        self._snapshot = None  # (stamp, q, dq, tau, position, quat) from the control thread
+        self._tick_periods: list[float] = []
+        self._rate_stats = (float("nan"), float("nan"), float("nan"))  # mean Hz, jitter std ms, max period ms
+        self._requests: queue.Queue = queue.Queue()
+        self._running = True
+        self._connected_before = False
+
+        self.create_subscription(JointTrajectory, action_topic, self._on_chunk, COMMAND_QOS)
+        self.joint_pub = self.create_publisher(JointState, joint_states_topic, STATE_QOS)
+        self.pose_pub = self.create_publisher(PoseStamped, ee_pose_topic, STATE_QOS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        for name in ("enable", "stop", "recover"):
+            self.create_service(Trigger, f"~/{name}", lambda req, resp, name=name: self._on_service(name, resp))
+        self.create_timer(1.0 / state_rate, self._publish_state)
+        self.create_timer(1.0 / diagnostics_rate, self._publish_diagnostics)
+        self._thread = threading.Thread(target=self._control_loop, name="control", daemon=True)
+        self._thread.start()
+
+    # ---- ROS side ----
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_chunk(self, msg: JointTrajectory) -> None:
+        try:
+            chunk = trajectory_to_chunk(msg, self.base_frame)
+        except ValueError as err:
+            reason = self.core.reject(f"malformed chunk: {err}")
+        else:
+            reason = self.core.submit(chunk, self._now())
+        if reason:
+            self.get_logger().warning(f"rejected chunk: {reason}", throttle_duration_sec=1.0)
+
+    def _on_service(self, name: str, response: Trigger.Response) -> Trigger.Response:
+        done = threading.Event()
+        result: list = []
+        self._requests.put((name, done, result))
+        if not done.wait(timeout=15.0):
+            response.success, response.message = False, f"{name}: control thread did not answer within 15 s"
+        else:
+            response.success, response.message = result
+        log = self.get_logger().info if response.success else self.get_logger().warning
+        log(f"~/{name}: {response.message}")
+        return response
+
+    def _publish_state(self) -> None:
+        snap = self._snapshot
+        if snap is None:
+            return
+        stamp, q, dq, tau, position, quat = snap
+        width = self.gripper.width if self.gripper is not None else float("nan")
+        js = JointState()
+        js.header.stamp = seconds_to_stamp(stamp)
+        js.name = self.joint_names
+        js.position = [float(v) for v in q] + [width / 2.0, width / 2.0]
+        js.velocity = [float(v) for v in dq] + [0.0, 0.0]
+        js.effort = [float(v) for v in tau] + [0.0, 0.0]
+        self.joint_pub.publish(js)
+        self.pose_pub.publish(pose_to_msg(position, quat, stamp, self.base_frame))
+
+    def _publish_diagnostics(self) -> None:
+        status = self.core.status()
+        state = status["state"]
+        level = {"IDLE": OK, "ACTIVE": OK, "HOLDING": WARN, "STOPPED": WARN, "ERROR": ERROR}[state]
+        rate, jitter, worst = self._rate_stats
+        values = {
+            **status,
+            "target_rate_hz": rate,
+            "target_jitter_ms": jitter,
+            "target_max_period_ms": worst,
+            "franky_error": self.franky_error,
+            "gripper_width": self.gripper.width if self.gripper is not None else float("nan"),
+            "gripper_error": self.gripper.error if self.gripper is not None else "",
+            "robot_ip": self.robot_ip,
+        }
+        self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/controller_node",
+                                               self.robot_ip, level, f"{state}: {status['reason']}", values))
+
+    # ---- control thread ----
+
+    def _connect(self) -> bool:
+        try:
+            config = franky.RealtimeConfig.Enforce if self.realtime else franky.RealtimeConfig.Ignore
+            self.robot = franky.Robot(self.robot_ip, realtime_config=config)
+            if self.gripper_enabled:
+                self.gripper = GripperWorker(franky.Gripper(self.robot_ip), self.gripper_speed, self.gripper_force,
+                                             FRANKA_MAX_FINGER_WIDTH, self.get_logger())
+        except Exception as err:  # NetworkException, IncompatibleVersionException, RealtimeException ...
+            self.robot = None
+            self.franky_error = f"cannot connect to {self.robot_ip}: {err}"
+            self.core.deactivate(self.franky_error, error=True)
+            self.get_logger().error(self.franky_error, throttle_duration_sec=10.0)
+            return False
+        self.franky_error = ""
+        self.core.deactivate("connected; call ~/enable")
+        self.get_logger().info(f"connected to {self.robot_ip}")
+        self._read_state()
+        if self.enable_on_start and not self._connected_before:
+            ok, message = self._enable()
+            self.get_logger().info(f"enable_on_start: {message}")
+        self._connected_before = True
+        return True
+
+    def _disconnect(self, message: str) -> None:
+        self.tracker = None
+        self.robot = None
+        if self.gripper is not None:
+            self.gripper.close()
+            self.gripper = None
+        self.franky_error = message
+        self.core.deactivate(message, error=True)
+        self.get_logger().error(message)
+
+    def _read_state(self) -> None:
+        state = self.robot.state
+        pose = state.O_T_EE
+        position, quat = np.asarray(pose.translation), np.asarray(pose.quaternion)
+        now = self._now()
+        self.core.record_pose(now, position, quat)
+        self._snapshot = (now, np.asarray(state.q), np.asarray(state.dq), np.asarray(state.tau_J), position, quat)
+
+    def _enable(self) -> tuple[bool, str]:
+        if self.robot is None:
+            return False, f"not connected: {self.franky_error}"
+        if self.core.state == ControllerState.ERROR:
+            return False, f"in ERROR ({self.core.reason}): call ~/recover first"
+        if self.core.state in RUNNING:
+            return True, f"already enabled ({self.core.state.value})"
+        if self.robot.has_errors:
+            return False, "robot reports errors: call ~/recover first"
+        try:
+            kwargs = dict(translational_stiffness=self.translational_stiffness,
+                          rotational_stiffness=self.rotational_stiffness,
+                          translational_error_clip=self.translational_error_clip,
+                          rotational_error_clip=self.rotational_error_clip, period=1.0 / self.rate_hz)
+            if self.damping is not None:
+                kwargs["damping"] = self.damping
+            self.tracker = franky.CartesianImpedanceTracker(self.robot, **kwargs)
+        except Exception as err:
+            self.tracker = None
+            self.franky_error = f"could not start tracking: {err}"
+            self.core.deactivate(self.franky_error, error=True)
+            return False, self.franky_error
+        self._read_state()
+        self.core.activate(self._now(), gripper=1.0 if self.gripper is not None and self.gripper.closed else 0.0)
+        self._tick_periods.clear()
+        return True, "tracking: holding the current pose until chunks arrive"
+
+    def _stop(self, reason: str) -> tuple[bool, str]:
+        tracker, self.tracker = self.tracker, None
+        self.core.deactivate(reason)
+        if tracker is None:
+            return True, f"already stopped ({reason})"
+        try:
+            tracker.stop()  # ramps torque into damping and waits for the arm to rest
+        except Exception as err:
+            self._fault(f"stop: {err}")
+            return False, self.franky_error
+        return True, reason
+
+    def _fault(self, message: str) -> None:
+        self.tracker = None
+        self.franky_error = message
+        self.core.deactivate(f"franky: {message}", error=True)
+        self.get_logger().error(f"franky fault: {message}")
+        if self.auto_recover:
+            ok, text = self._recover()
+            self.get_logger().warning(f"auto_recover: {text}")
+
+    def _recover(self) -> tuple[bool, str]:
+        if self.robot is None:
+            return False, f"not connected: {self.franky_error}"
+        if self.core.state in RUNNING:
+            return True, "nothing to recover: tracking"
+        try:
+            ok = bool(self.robot.recover_from_errors())
+        except Exception as err:
+            return False, f"recovery failed: {err}"
+        if not ok:
+            return False, "franky error recovery reported failure"
+        self.franky_error = ""
+        self.core.deactivate("recovered: call ~/enable")
+        return True, "recovered: call ~/enable"
+
+    def _control_lost(self) -> None:
+        message = "robot left control"
+        try:
+            self.robot.join_motion(timeout=0.5)  # re-raises the stored control exception, if any
+        except Exception as err:
+            message = str(err) or type(err).__name__
+        self._fault(message)
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                name, done, result = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if name == "enable":
+                result.extend(self._enable())
+            elif name == "stop":
+                result.extend(self._stop("stopped by ~/stop"))
+            else:
+                result.extend(self._recover())
+            done.set()
+
+    def _tick_stats(self, dt: float) -> None:
+        periods = self._tick_periods
+        periods.append(dt)
+        if len(periods) >= int(self.rate_hz):  # one second of ticks
+            arr = np.array(periods[1:])
+            self._rate_stats = (1.0 / arr.mean(), arr.std() * 1e3, arr.max() * 1e3)
+            periods.clear()
+
+    def _control_loop(self) -> None:
+        next_connect = 0.0
+        while self._running:
+            try:
+                self._serve_requests()
+                if self.robot is None:
+                    if time.monotonic() >= next_connect and not self._connect():
+                        next_connect = time.monotonic() + 2.0
+                    time.sleep(0.05)
+                    continue
+                if self.tracker is None:
+                    try:
+                        self._read_state()
+                    except Exception as err:  # connection lost while not tracking: reconnect later
+                        self._disconnect(f"lost connection to {self.robot_ip}: {err}")
+                        next_connect = time.monotonic() + 2.0
+                    time.sleep(0.02)
+                    continue
+                dt = self.tracker.tick()
+                if dt is None:
+                    self._control_lost()
+                    continue
+                self._tick_stats(dt)
+                self._read_state()
+                target = self.core.update(self._now(), dt)
+                if target is None:
+                    self._stop(self.core.reason)
+                elif target.stop:
+                    self._stop(self.core.reason)
+                    self.get_logger().warning(self.core.reason)
+                else:
+                    self.tracker.set_target(franky.Affine(target.position, target.quat))
+                    if self.gripper is not None:
+                        self.gripper.command(target.gripper)
+            except Exception as err:  # a franky call failed outside a motion: never leave tracking unattended
+                self.get_logger().error(f"control loop: {err}")
+                if self.tracker is not None:
+                    self._fault(str(err))
+                time.sleep(0.05)
+
+    def shutdown(self) -> None:
+        """Stop tracking (arm brought to rest), then the threads."""
+        done = threading.Event()
+        result: list = []
+        if self._thread.is_alive():
+            self._requests.put(("stop", done, result))
+            done.wait(timeout=10.0)
+        self._running = False
+        self._thread.join(timeout=5.0)
+        if self.gripper is not None:
+            self.gripper.close()
+
+
+def main(args=None) -> None:
+    run_node(ControllerNode, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""policy_node: cameras + robot state + instruction in, action chunks out, through `PolicyRuntime`.
+
+Callbacks only convert and store messages; inference runs on one worker thread with the latest
+observation. The node holds no model logic: it translates messages to and from the runtime.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+
+from mambavla.ros.convert import chunk_to_trajectory, image_to_rgb, pose_from_msg, stamp_to_seconds
+from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
+from mambavla.ros.params import declare
+from mambavla.ros.spin import run_node
+from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+from mambavla.spaces import pose_to_vector
+
+INFER_MODES = ("consumed", "rate", "frame")
+
+
+class PolicyNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("policy_node", **kwargs)
+        p = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        self.checkpoint = p("checkpoint", "", "checkpoint folder; empty runs the untrained `preset` (and says so)")
+        self.preset = p("preset", "tiny", "model preset used when no checkpoint is given")
+        self.device = p("device", "cpu", "torch device: cpu, cuda, cuda:1 ...")
+        self.seed = p("seed", 0, "seed of the flow-matching noise (and of untrained weights)")
+        self.torch_threads = p("torch_threads", 0, "CPU threads for inference; 0 keeps torch's default")
+        self.camera_topics = p("camera_topics", ["/cameras/front/image_raw", "/cameras/wrist/image_raw"],
+                               "one sensor_msgs/Image topic per camera, in the checkpoint's camera order")
+        instruction_topic = p("instruction_topic", "/instruction", "std_msgs/String instruction (transient-local)")
+        joint_states_topic = p("joint_states_topic", "/joint_states", "robot joint states (finger positions used)")
+        ee_pose_topic = p("ee_pose_topic", "/ee_pose", "end-effector pose (geometry_msgs/PoseStamped)")
+        action_topic = p("action_topic", "/action_chunk", "published action chunks (trajectory_msgs/JointTrajectory)")
+        self.base_frame = p("base_frame", "fr3_link0", "frame of absolute targets (header.frame_id of chunks)")
+        self.infer_mode = p("infer_mode", "consumed",
+                            "when to infer: consumed (the last chunk is `consume_fraction` executed), rate, or frame (every new set of frames)")
+        self.consume_fraction = p("consume_fraction", 0.5, "fraction of a chunk's duration after which the next is computed")
+        self.infer_rate_hz = p("infer_rate_hz", 5.0, "inference rate in `rate` mode, Hz")
+        self.max_observation_age = p("max_observation_age", 0.5, "frames and robot state older than this are dropped, s")
+        self.max_instruction_chars = p("max_instruction_chars", 1000, "longer instructions are rejected")
+        diagnostics_rate = p("diagnostics_rate_hz", 1.0, "status publishing rate, Hz")
+        if self.infer_mode not in INFER_MODES:
+            raise ValueError(f"infer_mode must be one of {INFER_MODES}, got {self.infer_mode!r}")
+
+        self.runtime = None
+        self.state = "LOADING"
+        self.reason = "loading the policy"
+        self._lock = threading.Condition()
+        self._frames: dict[int, tuple[np.ndarray, float, float]] = {}  # camera index -> (rgb, stamp, receipt)
+        self._used_stamps: dict[int, float] = {}
+        self._pose: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._fingers: tuple[np.ndarray, float] | None = None
+        self._pending_instruction: str | None = None
+        self.instruction = ""
+        self.chunks_published = 0
+        self.frames_dropped = 0
+        self.inputs_rejected = 0
+        self.last_rejection = ""
+        self.latencies_ms: deque[float] = deque(maxlen=500)  # frame receipt -> chunk published
+        self.inference_ms: deque[float] = deque(maxlen=500)
+        self._last_chunk_stamp: float | None = None
+        self._last_infer = 0.0
+        self._running = True
+
+        for index, topic in enumerate(self.camera_topics):
+            self.create_subscription(Image, topic, lambda msg, i=index: self._on_image(i, msg), SENSOR_QOS)
+        self.create_subscription(String, instruction_topic, self._on_instruction, LATCHED_QOS)
+        self.create_subscription(PoseStamped, ee_pose_topic, self._on_pose, STATE_QOS)
+        self.create_subscription(JointState, joint_states_topic, self._on_joint_state, STATE_QOS)
+        self.chunk_pub = self.create_publisher(JointTrajectory, action_topic, COMMAND_QOS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self.create_timer(1.0 / diagnostics_rate, self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
+        self._worker.start()
+
+    # ---- callbacks: convert and store only ----
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _reject(self, reason: str) -> None:
+        self.inputs_rejected += 1
+        self.last_rejection = reason
+        self.get_logger().warning(reason, throttle_duration_sec=2.0)
+
+    def _on_image(self, index: int, msg: Image) -> None:
+        receipt = self._now()
+        runtime = self.runtime
+        if runtime is None:
+            return
+        try:
+            rgb = image_to_rgb(msg, runtime.image_size)
+        except ValueError as err:
+            self._reject(f"{self.camera_topics[index]}: {err}")
+            return
+        with self._lock:
+            self._frames[index] = (rgb, stamp_to_seconds(msg.header.stamp), receipt)
+            self._lock.notify_all()
+
+    def _on_instruction(self, msg: String) -> None:
+        text = " ".join(msg.data.split())
+        if not text:
+            self._reject("instruction rejected: empty")
+            return
+        if len(text) > self.max_instruction_chars:
+            self._reject(f"instruction rejected: {len(text)} characters > max_instruction_chars {self.max_instruction_chars}")
+            return
+        with self._lock:
+            self._pending_instruction = text
+            self._lock.notify_all()
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        try:
+            position, quat = pose_from_msg(msg)
+        except ValueError as err:
+            self._reject(f"ee_pose: {err}")
+            return
+        self._pose = (position, quat, stamp_to_seconds(msg.header.stamp))
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        fingers = [i for i, n in enumerate(msg.name) if n.endswith("finger_joint1") or n.endswith("finger_joint2")]
+        if len(fingers) != 2 or max(fingers) >= len(msg.position):
+            return
+        values = np.array([msg.position[i] for i in fingers], dtype=np.float64)
+        if np.all(np.isfinite(values)):
+            self._fingers = (values, stamp_to_seconds(msg.header.stamp))
+
+    # ---- worker ----
+
+    def _load(self) -> None:
+        from mambavla.runtime import PolicyRuntime
+
+        if self.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        if self.checkpoint:
+            self.runtime = PolicyRuntime.from_checkpoint(self.checkpoint, device=self.device, seed=self.seed)
+            source = f"checkpoint {self.checkpoint}"
+        else:
+            self.runtime = PolicyRuntime.from_preset(self.preset, device=self.device, seed=self.seed)
+            source = f"UNTRAINED preset {self.preset!r} (no checkpoint given): actions are noise"
+            self.get_logger().warning(f"running an {source}")
+        cams = self.runtime.camera_names
+        if len(cams) != len(self.camera_topics):
+            raise ValueError(f"camera_topics has {len(self.camera_topics)} topics but the policy expects cameras {cams}")
+        self.policy_source = source
+        self.get_logger().info(f"policy: {source}; cameras {dict(zip(cams, self.camera_topics))}, "
+                               f"image {self.runtime.image_size}, {self.runtime.chunk_size} x {self.runtime.dt} s, "
+                               f"{self.runtime.action_mode} actions")
+
+    def _due(self, now: float) -> bool:
+        if self.infer_mode == "rate":
+            return now >= self._last_infer + 1.0 / self.infer_rate_hz
+        if self.infer_mode == "consumed" and self._last_chunk_stamp is not None:
+            horizon = self.runtime.chunk_size * self.runtime.dt
+            return now >= self._last_chunk_stamp + self.consume_fraction * horizon
+        return True
+
+    def _observation(self, now: float) -> dict | None:
+        """The latest observation if every part is fresh and at least one frame is new; else None."""
+        n = len(self.camera_topics)
+        if len(self._frames) < n:
+            self.reason = f"waiting for cameras ({len(self._frames)}/{n} seen)"
+            return None
+        if self.infer_mode == "frame" and any(self._frames[i][1] <= self._used_stamps.get(i, -1.0) for i in range(n)):
+            return None
+        if all(self._frames[i][1] <= self._used_stamps.get(i, -1.0) for i in range(n)):
+            return None  # nothing new since the last chunk: do not feed the same frame twice
+        for i in range(n):
+            age = now - self._frames[i][1]
+            if age > self.max_observation_age:
+                self.frames_dropped += 1
+                self.reason = f"dropped a stale frame from {self.camera_topics[i]} ({age:.2f} s old)"
+                del self._frames[i]
+                return None
+        if self._pose is None or self._fingers is None:
+            self.reason = "waiting for robot state (ee_pose and finger joint_states)"
+            return None
+        if now - self._pose[2] > self.max_observation_age:
+            self.reason = f"robot state is {now - self._pose[2]:.2f} s old"
+            return None
+        stamp = min(self._frames[i][1] for i in range(n))
+        for i in range(n):
+            self._used_stamps[i] = self._frames[i][1]
+        proprio = np.concatenate([pose_to_vector(self._pose[0], self._pose[1]), self._fingers[0]]).astype(np.float32)
+        return {
+            "images": {cam: self._frames[i][0] for i, cam in enumerate(self.runtime.camera_names)},
+            "proprio": proprio,
+            "stamp": stamp,
+            "receipt": max(self._frames[i][2] for i in range(n)),
+        }
+
+    def _work(self) -> None:
+        try:
+            self._load()
+        except Exception as err:  # a bad checkpoint path or config: report it, keep the node up
+            self.state, self.reason = "ERROR", f"could not load the policy: {err}"
+            self.get_logger().error(self.reason)
+            return
+        self.state, self.reason = "WAITING", "waiting for an instruction"
+        while self._running:
+            with self._lock:
+                if self._pending_instruction is None and (not self.instruction or not self._due(self._now())
+                                                          or (obs := self._observation(self._now())) is None):
+                    self._lock.wait(timeout=0.01)
+                    continue
+                text, self._pending_instruction = self._pending_instruction, None
+            if text is not None:
+                self._apply_instruction(text)
+                continue
+            self._infer(obs)
+
+    def _apply_instruction(self, text: str) -> None:
+        try:
+            self.runtime.set_instruction(text)  # also resets the streaming history
+        except ValueError as err:
+            self._reject(f"instruction rejected: {err}")
+            return
+        self.instruction = text
+        self._last_chunk_stamp = None
+        self._used_stamps.clear()
+        self.state, self.reason = "RUNNING", "instruction set"
+        self.get_logger().info(f"instruction: {text[:200]!r}")
+
+    def _infer(self, obs: dict) -> None:
+        self._last_infer = self._now()
+        receipt = obs.pop("receipt")
+        try:
+            chunk = self.runtime.step(obs)
+        except ValueError as err:
+            self._reject(f"observation rejected by the policy: {err}")
+            return
+        self.chunk_pub.publish(chunk_to_trajectory(chunk, self.base_frame))
+        published = self._now()
+        self.chunks_published += 1
+        self._last_chunk_stamp = chunk.stamp
+        self.latencies_ms.append((published - receipt) * 1e3)
+        self.inference_ms.append(chunk.timing_ms.get("total", float("nan")))
+        self.state, self.reason = "RUNNING", "publishing chunks"
+
+    # ---- status ----
+
+    def latency_stats(self) -> dict:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+        inf = np.array(self.inference_ms) if self.inference_ms else np.array([np.nan])
+        return {
+            "last_latency_ms": float(lat[-1]),
+            "mean_latency_ms": float(np.mean(lat)),
+            "p50_latency_ms": float(np.percentile(lat, 50)),
+            "p99_latency_ms": float(np.percentile(lat, 99)),
+            "mean_inference_ms": float(np.mean(inf)),
+        }
+
+    def _publish_diagnostics(self) -> None:
+        level = {"LOADING": OK, "WAITING": OK, "RUNNING": OK, "ERROR": ERROR}[self.state]
+        if self.state == "RUNNING" and self.last_rejection and self.inputs_rejected:
+            level = WARN if level == OK else level
+        values = {
+            "state": self.state,
+            "reason": self.reason,
+            "policy": getattr(self, "policy_source", ""),
+            "instruction": self.instruction[:200],
+            "chunks_published": self.chunks_published,
+            "frames_dropped": self.frames_dropped,
+            "inputs_rejected": self.inputs_rejected,
+            "last_rejection": self.last_rejection,
+            **self.latency_stats(),
+        }
+        self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/policy_node", self.device,
+                                               level, f"{self.state}: {self.reason}", values))
+
+    def shutdown(self) -> None:
+        self._running = False
+        with self._lock:
+            self._lock.notify_all()
+        self._worker.join(timeout=10.0)
+
+
+def main(args=None) -> None:
+    run_node(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    main()

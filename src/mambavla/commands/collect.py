@@ -1,0 +1,39 @@
+"""`mambavla collect`: record scripted-expert demonstrations in the simulated workcell as rosbag2 episodes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from mambavla.sim.tasks import TASK_CHOICES
+
+    p = subparsers.add_parser("collect", help="record expert demonstrations in simulation (one bag per episode)")
+    p.add_argument("--task", required=True, choices=TASK_CHOICES, help="task family; 'push' alternates sides, 'all' cycles every family")
+    p.add_argument("--episodes", type=int, required=True, help="number of episodes (seeds SEED, SEED+1, ...)")
+    p.add_argument("--out", required=True, help="output directory (one episode_<seed>/ bag per episode, summary.json)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--camera-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None, help="image size (default 128 128)")
+    p.add_argument("--no-render", action="store_true", help="record robot state and actions only (no images; faster)")
+    p.add_argument("--eval", action="store_true", help="allow held-out evaluation seeds (>= 1000000)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mambavla.sim.collect import collect
+
+    summary = collect(args.task, args.episodes, args.out, seed=args.seed, camera_size=args.camera_size,
+                      allow_eval_seeds=args.eval, progress=not args.json, render=not args.no_render)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "episodes_detail"}, indent=2))
+        return 0
+    print(f"{summary['episodes']} episodes of {summary['task']} in {summary['out']}")
+    print(f"  success rate        {summary['success_rate']:.1%}")
+    for task, s in summary["success_by_task"].items():
+        print(f"    {task:<12} {s['success_rate']:.1%} of {s['episodes']}")
+    print(f"  seconds per episode {summary['seconds_per_episode']:.2f} (simulated {summary['sim_seconds_per_episode']:.2f})")
+    print(f"  real-time factor    {summary['real_time_factor']}  (server loop {summary['server_loop_hz']} Hz)")
+    print(f"  summary             {summary['out']}/summary.json")
+    return 0

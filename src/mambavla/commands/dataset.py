@@ -1,0 +1,63 @@
+"""`mambavla dataset`: inspect episode directories and import LIBERO demonstrations."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("dataset", help="dataset statistics and imports")
+    sub = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    stats = sub.add_parser("stats", help="episodes, frames, tasks, success rate, action ranges of a directory of bags")
+    stats.add_argument("dir", help="directory of episode bags")
+    stats.add_argument("--chunk", type=int, default=16, help="action chunk length for the norm stats (default 16)")
+    stats.add_argument("--action-mode", choices=("absolute", "delta"), default="absolute")
+    stats.add_argument("--norm-out", default=None, help="also write the normalisation statistics JSON here")
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    stats.set_defaults(func=run_stats)
+    imp = sub.add_parser("import-libero", help="convert LIBERO HDF5 demonstrations into episode bags")
+    imp.add_argument("files", nargs="+", help="LIBERO *.hdf5 files")
+    imp.add_argument("--out", required=True, help="output directory")
+    imp.add_argument("--no-flip", action="store_true", help="do not flip LIBERO's upside-down images")
+    imp.set_defaults(func=run_import)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from mambavla.data import EpisodeDataset, compute_norm_stats
+
+    ds = EpisodeDataset(args.dir, chunk=args.chunk, action_mode=args.action_mode, verbose=not args.json)
+    summary = ds.summary()
+    if args.norm_out:
+        with open(args.norm_out, "w") as f:
+            json.dump(compute_norm_stats(ds), f, indent=2)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{args.dir}: {summary['episodes']} episodes, {summary['frames']} frames at dt {summary['dt']} s"
+          f" ({len(summary['skipped'])} skipped)")
+    print(f"  cameras       {', '.join(summary['cameras'])} {summary['image_size']}")
+    print(f"  tasks         {', '.join(f'{k} ({v})' for k, v in summary['tasks'].items())}")
+    print(f"  instructions  {summary['instructions']} distinct")
+    rate = summary["success_rate"]
+    print(f"  success rate  {'unknown' if rate is None else f'{rate:.1%}'}")
+    f = summary["episode_frames"]
+    print(f"  frames/ep     min {f['min']}  mean {f['mean']}  max {f['max']}")
+    print("  action range")
+    for name, (lo, hi) in summary["action_range"].items():
+        print(f"    {name:<8} {lo:+.4f} .. {hi:+.4f}")
+    for item in summary["skipped"]:
+        print(f"  skipped {item['path']}: {item['reason']}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mambavla.data import import_libero
+
+    total = 0
+    for path in tqdm(args.files, desc="import LIBERO", unit="file"):
+        total += len(import_libero(path, args.out, flip_images=not args.no_flip))
+    print(f"wrote {total} episodes to {args.out}")
+    return 0

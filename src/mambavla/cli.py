@@ -13,6 +13,7 @@ import sys
 COMMANDS = (
     "info",
     "bench",
+    "collect", "dataset",
 )
 
 

@@ -114,15 +114,23 @@ def _sample_layout(spec: TaskSpec, rng: np.random.Generator, c: WorkcellConfig) 
     if spec.plate is not None:
         names.remove(("plate", spec.plate))
         names.insert(1, ("plate", spec.plate))
-    for _ in range(2000):
+    push = spec.family.startswith("push")
+    # Pushing keeps a lane clear, so the other objects may also use a wider band in x.
+    other_x = (c.object_x[0] - 0.06, c.object_x[1] + 0.06) if push else c.object_x
+    for _ in range(200):
         placed: dict[tuple[str, str], np.ndarray] = {}
         for kind, name in names:
-            if spec.family.startswith("push") and (kind, name) == target:
-                xy = np.array([rng.uniform(0.44, 0.56), rng.uniform(-c.push_lane_y, c.push_lane_y)])
+            for _ in range(200):
+                if push and (kind, name) == target:
+                    xy = np.array([rng.uniform(0.44, 0.56), rng.uniform(-c.push_lane_y, c.push_lane_y)])
+                else:
+                    xy = np.array([rng.uniform(*other_x), rng.uniform(*c.object_y)])
+                if _fits(xy, (kind, name), placed, spec, target, c):
+                    placed[(kind, name)] = xy
+                    break
             else:
-                xy = np.array([rng.uniform(*c.object_x), rng.uniform(*c.object_y)])
-            placed[(kind, name)] = xy
-        if _layout_ok(placed, spec, target, c):
+                break
+        if len(placed) == len(names):
             break
     else:
         raise RuntimeError(f"could not sample a layout for {spec}")
@@ -132,21 +140,19 @@ def _sample_layout(spec: TaskSpec, rng: np.random.Generator, c: WorkcellConfig) 
     return Layout(cubes, plates, home_q)
 
 
-def _layout_ok(placed: dict, spec: TaskSpec, target: tuple[str, str], c: WorkcellConfig) -> bool:
-    keys = list(placed)
-    for i, a in enumerate(keys):
-        for b in keys[i + 1 :]:
-            if np.linalg.norm(placed[a] - placed[b]) < c.min_object_distance:
-                return False
-    if spec.plate is not None and np.linalg.norm(placed[target] - placed[("plate", spec.plate)]) < 0.16:
-        return False
-    if spec.family.startswith("push"):
+def _fits(xy: np.ndarray, key: tuple[str, str], placed: dict, spec: TaskSpec, target: tuple[str, str], c: WorkcellConfig) -> bool:
+    """Whether an object at xy keeps its distance from the objects placed so far and out of the push lane."""
+    for other, p in placed.items():
+        if np.linalg.norm(xy - p) < c.min_object_distance:
+            return False
+        if spec.plate is not None and {key, other} == {target, ("plate", spec.plate)} and np.linalg.norm(xy - p) < 0.16:
+            return False
+    if spec.family.startswith("push") and key != target:
         tx, ty = placed[target]
         sign = 1.0 if spec.family == "push-left" else -1.0
-        for key, (x, y) in placed.items():
-            # Keep the lane clear: nothing within reach of the cube's path or behind it (where the finger starts).
-            if key != target and abs(x - tx) < c.push_lane_clearance and (sign * (y - ty) > -0.12):
-                return False
+        # Nothing within reach of the cube's path, nor behind it where the finger comes down.
+        if abs(xy[0] - tx) < c.push_lane_clearance and sign * (xy[1] - ty) > -0.12:
+            return False
     return True
 
 

@@ -194,6 +194,25 @@ class Workcell:
             raise error[0]
         return spec
 
+    def set_cube_pose(self, colour: str, position, yaw: float = 0.0, timeout: float = 10.0) -> None:
+        """Teleport a cube (at rest) — for tests, demos and scripted scenarios."""
+        import mujoco
+
+        if colour not in self._cube_qpos:
+            raise ValueError(f"no {colour!r} cube; cubes are {', '.join(self._cube_qpos)}")
+        done = threading.Event()
+
+        def apply() -> None:
+            d, adr, dof = self._sim.data, self._cube_qpos[colour], self._cube_dof[colour]
+            d.qpos[adr : adr + 7] = (*position, np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
+            d.qvel[dof : dof + 6] = 0.0
+            mujoco.mj_forward(self._sim.model, d)
+            done.set()
+
+        self._pending.append(apply)
+        if not done.wait(timeout):
+            raise TimeoutError("the simulation server did not apply the cube pose")
+
     def _apply_layout(self, layout: Layout) -> None:
         import mujoco
 

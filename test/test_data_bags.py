@@ -1,0 +1,119 @@
+"""The recorded episode read back from its MCAP bag, and the errors for unusable bags."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from sim_fixtures import CAMERA_SIZE, recorded_episode
+
+from mambavla import spaces
+from mambavla.data import DatasetError, EpisodeDataset, EpisodeError, EpisodeWriter, read_episode
+
+EXPECTED_TYPES = {
+    "/cameras/front/image_raw": "sensor_msgs/msg/Image",
+    "/cameras/wrist/image_raw": "sensor_msgs/msg/Image",
+    "/joint_states": "sensor_msgs/msg/JointState",
+    "/ee_pose": "geometry_msgs/msg/PoseStamped",
+    "/instruction": "std_msgs/msg/String",
+    "/action": "trajectory_msgs/msg/JointTrajectory",
+}
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_recorded_bag_has_the_topics_types_and_counts():
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+
+    path, summary = recorded_episode()
+    meta = json.loads((path / "episode.json").read_text())
+    assert meta["success"] is True and meta["seed"] == summary["seed"] and meta["dt"] == 0.05
+    assert meta["image_size"] == list(CAMERA_SIZE) and meta["frames"] == summary["frames"]
+    assert list(path.glob("*.mcap"))
+    ts = get_typestore(Stores.ROS2_KILTED)
+    with Reader(path) as reader:
+        assert {c.topic: c.msgtype for c in reader.connections} == EXPECTED_TYPES
+        counts = {t: info.msgcount for t, info in reader.topics.items()}
+        assert counts["/instruction"] == 1
+        assert all(counts[t] == meta["frames"] for t in EXPECTED_TYPES if t != "/instruction")
+        for conn, _, raw in reader.messages():
+            msg = ts.deserialize_cdr(raw, conn.msgtype)
+            if conn.msgtype == "sensor_msgs/msg/Image":
+                assert (msg.height, msg.width, msg.encoding) == (*CAMERA_SIZE, "rgb8")
+                assert np.asarray(msg.data).reshape(msg.height, msg.width, 3).std() > 5
+            elif conn.topic == "/action":
+                assert list(msg.joint_names) == list(spaces.ACTION_NAMES) and len(msg.points[0].positions) == 7
+            elif conn.topic == "/instruction":
+                assert msg.data == summary["instruction"]
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_read_episode_gives_aligned_arrays_of_a_lift():
+    path, summary = recorded_episode()
+    ep = read_episode(path)
+    n = summary["frames"]
+    assert len(ep) == n and ep.instruction == summary["instruction"]
+    assert ep.images["front"].shape == (n, *CAMERA_SIZE, 3) and ep.images["wrist"].shape == (n, *CAMERA_SIZE, 3)
+    assert ep.proprio.shape == (n, 8) and ep.actions.shape == (n, 7)
+    assert np.allclose(np.diff(ep.times), 0.05, atol=1e-6)
+    assert ep.proprio[0, 6:].sum() == pytest.approx(0.08, abs=2e-3)  # fingers open at the start
+    assert ep.actions[0, 6] == 0.0 and ep.actions[-1, 6] == 1.0  # open, then grasped
+    assert ep.proprio[-1, 2] > ep.proprio[:, 2].min() + 0.08  # the hand came back up with the cube
+    # The commanded target leads the measured pose, but tracks it closely.
+    assert np.abs(ep.actions[:, :3] - ep.proprio[:, :3]).max() < 0.05
+
+
+def _tiny_episode(path, size=(8, 10), frames=5, cameras=("front", "wrist")):
+    with EpisodeWriter(path, cameras, size, 0.05, {"task": "lift", "seed": 0, "success": True}) as w:
+        w.write_instruction(0.0, "lift the red cube")
+        for t in range(frames):
+            img = np.full((*size, 3), 10 * t, np.uint8)
+            pose = spaces.vector_to_pose(np.array([0.5, 0.0, 0.3 + 0.01 * t, 0, 0, 0]))
+            w.write_frame(0.05 * t, {c: img for c in cameras}, np.zeros(7), np.full(2, 0.04), pose[0], pose[1],
+                          np.array([0.5, 0.0, 0.3 + 0.01 * (t + 1), 0, 0, 0, 0.0]))
+    return path
+
+
+def test_empty_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="no episodes"):
+        EpisodeDataset(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        EpisodeDataset(tmp_path / "missing")
+
+
+def test_truncated_and_corrupt_bags_are_reported_and_skipped(tmp_path, capsys):
+    good = _tiny_episode(tmp_path / "a_good")
+    truncated = shutil.copytree(good, tmp_path / "b_truncated")
+    mcap = next(truncated.glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])
+    unclosed = shutil.copytree(good, tmp_path / "c_unclosed")
+    (unclosed / "metadata.yaml").unlink()
+    garbage = shutil.copytree(good, tmp_path / "d_garbage")
+    next(garbage.glob("*.mcap")).write_bytes(b"not an mcap file at all" * 10)
+
+    with pytest.raises(EpisodeError, match="corrupt or truncated"):
+        read_episode(truncated)
+    with pytest.raises(EpisodeError, match="not closed"):
+        read_episode(unclosed)
+    ds = EpisodeDataset(tmp_path, chunk=4)
+    assert [p.name for p in (e.path for e in ds.episodes)] == ["a_good"]
+    assert sorted(p.split("/")[-1] for p, _ in ds.skipped) == ["b_truncated", "c_unclosed", "d_garbage"]
+    assert "skipping episode" in capsys.readouterr().err
+    assert len(ds) == 5
+
+
+def test_missing_topics_and_mismatched_camera_sizes_are_rejected(tmp_path):
+    _tiny_episode(tmp_path / "a", size=(8, 10))
+    _tiny_episode(tmp_path / "b", size=(12, 10))
+    _tiny_episode(tmp_path / "c", cameras=("front",))
+    ds = EpisodeDataset(tmp_path, chunk=2, verbose=False)
+    reasons = dict((p.split("/")[-1], r) for p, r in ds.skipped)
+    assert set(reasons) == {"b", "c"}
+    assert "mismatched camera size" in reasons["b"]
+    assert "cameras" in reasons["c"]
+    with pytest.raises(EpisodeError, match="missing topics /cameras/wrist/image_raw"):
+        read_episode(tmp_path / "c", cameras=("front", "wrist"))
+    with pytest.raises(DatasetError, match="no usable episodes"):
+        EpisodeDataset(tmp_path / "b" / "..", cameras=("left",), verbose=False)

@@ -88,6 +88,7 @@ def collect(
     allow_eval_seeds: bool = False,
     progress: bool = True,
     render: bool = True,
+    speed: float = 1.0,
 ) -> dict:
     """Record `episodes` expert episodes with seeds seed, seed+1, ... into `out`; returns the summary
     (also written to `out/summary.json`)."""
@@ -106,7 +107,7 @@ def collect(
     out.mkdir(parents=True, exist_ok=True)
     results = []
     wall0 = time.perf_counter()
-    with Workcell(task=task, seed=seed, camera_size=camera_size) as cell:
+    with Workcell(task=task, seed=seed, camera_size=camera_size, speed=speed) as cell:
         robot = franky.Robot(cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
         gripper = franky.Gripper(cell.robot_ip)
         sim0, steps0, wall_loop0 = cell.sim_time, cell.steps, time.perf_counter()
@@ -120,7 +121,7 @@ def collect(
     summary = summarize(results)
     summary.update({
         "task": task, "episodes": episodes, "out": str(out), "seeds": [seeds[0], seeds[-1]],
-        "camera_size": list(cell.config.camera_size), "render": render,
+        "camera_size": list(cell.config.camera_size), "render": render, "speed": speed,
         "wall_seconds": round(time.perf_counter() - wall0, 2),
         "real_time_factor": round(sim_elapsed / loop_wall, 3) if loop_wall > 0 else None,
         "server_loop_hz": round(steps / loop_wall, 1) if loop_wall > 0 else None,

@@ -20,6 +20,8 @@ simulated time (the policy rate), for recorders that must not miss frames.
 
 `host=None` binds the first free 127.x.y.z address (several workcells can run side by side);
 pass "127.0.0.1" to insist on that address. The robot and gripper use libfranka's ports there.
+`speed` paces the server: 1 = real time (as a robot), 2 = twice as fast, 0 = as fast as the CPU allows
+(franky keeps up; the expert times everything in simulated seconds).
 """
 
 from __future__ import annotations
@@ -82,12 +84,13 @@ class Workcell:
         camera_size: tuple[int, int] | None = None,
         host: str | None = None,
         config: WorkcellConfig | None = None,
-        realtime: float = 1.0,
+        speed: float = 1.0,
     ):
         config = config or WorkcellConfig()
         self.config = replace(config, camera_size=tuple(camera_size)) if camera_size else config
         self.camera_names: tuple[str, ...] = tuple(c.name for c in self.config.cameras)
-        self._task, self._seed, self._host, self._realtime = task, seed, host, realtime
+        self._task, self._seed, self._host = task, seed, host
+        self._realtime = 1.0 / speed if speed > 0 else False  # franky-sim sleeps realtime x 1 ms per step
         self.spec, self.layout = sample_episode(task, seed, self.config)
         self.commanded_action: np.ndarray | None = None  # set by a client (the expert) for recording
         self._sim = self._server = self._robot = None

@@ -12,11 +12,12 @@ from mambavla.data import EpisodeDataset, EpisodeWriter, compute_norm_stats, imp
 SIZE = (6, 7)
 
 
-def write_episode(path, frames, task="lift", success=True, seed=0):
+def write_episode(path, frames, task="lift", success=True, seed=0, compression="message"):
     """Synthetic episode: the hand rises 1 cm per frame and turns a little; the action is the next pose."""
     rng = np.random.default_rng(seed)
     vectors = np.stack([[0.5, 0.01 * seed, 0.2 + 0.01 * t, 0.0, 0.0, 0.02 * t] for t in range(frames + 1)])
-    with EpisodeWriter(path, ("front", "wrist"), SIZE, 0.05, {"task": task, "seed": seed, "success": success}) as w:
+    meta = {"task": task, "seed": seed, "success": success}
+    with EpisodeWriter(path, ("front", "wrist"), SIZE, 0.05, meta, compression=compression) as w:
         w.write_instruction(0.0, f"{task} the red cube")
         for t in range(frames):
             pos, quat = spaces.vector_to_pose(vectors[t])
@@ -101,6 +102,15 @@ def test_summary_reports_tasks_success_and_action_ranges(demos):
     assert summary["action_range"]["z"][1] == pytest.approx(0.3, abs=1e-4)
     assert summary["action_range"]["gripper"] == [0.0, 1.0]
     assert EpisodeDataset(demos, successful_only=True, verbose=False).summary()["episodes"] == 1
+
+
+def test_every_compression_mode_reads_back_the_same_episode(tmp_path):
+    episodes = {c: read_episode(write_episode(tmp_path / c, 6, compression=c)) for c in ("none", "message", "file")}
+    assert list((tmp_path / "file").glob("*.mcap.zstd")) and list((tmp_path / "message").glob("*.mcap"))
+    for ep in episodes.values():
+        assert np.array_equal(ep.images["front"], episodes["none"].images["front"])
+        assert np.array_equal(ep.actions, episodes["none"].actions)
+    assert len(EpisodeDataset(tmp_path, chunk=2)) == 18
 
 
 def write_libero(path, demos=2, frames=6):

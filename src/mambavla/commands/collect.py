@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-render", action="store_true", help="record robot state and actions only (no images; faster)")
     p.add_argument("--speed", type=float, default=1.0, metavar="FACTOR",
                    help="simulation speed: 1 = real time (default), 2 = twice as fast, 0 = as fast as the CPU allows")
+    p.add_argument("--compression", choices=("message", "file", "none"), default="message",
+                   help="rosbag2 zstd compression (default message: plain .mcap of compressed messages)")
     p.add_argument("--eval", action="store_true", help="allow held-out evaluation seeds (>= 1000000)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = collect(args.task, args.episodes, args.out, seed=args.seed, camera_size=args.camera_size,
                       allow_eval_seeds=args.eval, progress=not args.json, render=not args.no_render,
-                      speed=args.speed)
+                      speed=args.speed, compression=args.compression)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "episodes_detail"}, indent=2))
         return 0

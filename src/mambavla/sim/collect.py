@@ -25,13 +25,14 @@ def episode_name(seed: int) -> str:
     return f"episode_{seed:07d}"
 
 
-def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, task: str | None = None, render: bool = True) -> dict:
+def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, task: str | None = None, render: bool = True,
+                   compression: str = "message") -> dict:
     """Reset to `seed`, run the expert and record the episode as a bag at `path`. Returns its summary."""
     wall0 = time.perf_counter()
     spec = cell.reset(seed=seed, task=task)
     meta = {"task": spec.family, "instruction": spec.instruction, "seed": seed, "cube": spec.cube, "plate": spec.plate,
             "source": "mambavla-sim-expert", "held_out": is_eval_seed(seed)}
-    writer = EpisodeWriter(path, cell.camera_names if render else (), cell.config.camera_size, cell.config.policy_dt, meta)
+    writer = EpisodeWriter(path, cell.camera_names if render else (), cell.config.camera_size, cell.config.policy_dt, meta, compression)
     samples = cell.start_sampling()
     t0 = cell.sim_time
     errors: list[BaseException] = []
@@ -89,6 +90,7 @@ def collect(
     progress: bool = True,
     render: bool = True,
     speed: float = 1.0,
+    compression: str = "message",
 ) -> dict:
     """Record `episodes` expert episodes with seeds seed, seed+1, ... into `out`; returns the summary
     (also written to `out/summary.json`)."""
@@ -113,7 +115,7 @@ def collect(
         sim0, steps0, wall_loop0 = cell.sim_time, cell.steps, time.perf_counter()
         bar = tqdm(seeds, desc=f"collect {task}", unit="episode", disable=not progress)
         for s in bar:
-            results.append(record_episode(cell, robot, gripper, out / episode_name(s), s, task, render=render))
+            results.append(record_episode(cell, robot, gripper, out / episode_name(s), s, task, render=render, compression=compression))
             done = sum(r["success"] for r in results)
             bar.set_postfix(success=f"{done}/{len(results)}")
         loop_wall = time.perf_counter() - wall_loop0
@@ -121,7 +123,7 @@ def collect(
     summary = summarize(results)
     summary.update({
         "task": task, "episodes": episodes, "out": str(out), "seeds": [seeds[0], seeds[-1]],
-        "camera_size": list(cell.config.camera_size), "render": render, "speed": speed,
+        "camera_size": list(cell.config.camera_size), "render": render, "speed": speed, "compression": compression,
         "wall_seconds": round(time.perf_counter() - wall0, 2),
         "real_time_factor": round(sim_elapsed / loop_wall, 3) if loop_wall > 0 else None,
         "server_loop_hz": round(steps / loop_wall, 1) if loop_wall > 0 else None,

@@ -186,8 +186,10 @@ class ControllerNode(Node):
             response.success, response.message = False, f"{name}: control thread did not answer within 15 s"
         else:
             response.success, response.message = result
-        log = self.get_logger().info if response.success else self.get_logger().warning
-        log(f"~/{name}: {response.message}")
+        if response.success:  # rclpy refuses two severities from one call site
+            self.get_logger().info(f"~/{name}: {response.message}")
+        else:
+            self.get_logger().warning(f"~/{name} refused: {response.message}")
         return response
 
     def _publish_state(self) -> None:

@@ -69,9 +69,16 @@ class MambaFusion(nn.Module):
 
 
 class KVCache(NamedTuple):
-    k: Tensor  # (B, heads, S, head_dim), rotary already applied
-    v: Tensor  # (B, heads, S, head_dim)
-    valid: Tensor  # (B, S) bool: False for padding
+    """Preallocated keys/values of one layer; the first `length` positions are the cached context.
+
+    Buffers grow by doubling, so a streaming step copies nothing but its own tokens. Continuing a
+    cache writes past `length` into shared buffers: it never changes the cached context, but two
+    continuations of one cache that are both kept overwrite each other (a caller keeps one)."""
+
+    k: Tensor  # (B, heads, capacity, head_dim), rotary already applied
+    v: Tensor  # (B, heads, capacity, head_dim)
+    valid: Tensor  # (B, capacity) bool: False for padding
+    length: int
 
 
 def _rotary(x: Tensor, positions: Tensor) -> Tensor:
@@ -99,21 +106,37 @@ class TransformerBlock(nn.Module):
                 cond_start: int = 0) -> tuple[Tensor, KVCache]:
         batch, length, d = x.shape
         q, k, v = self.qkv(self.film(self.norm1(x), cond, cond_start)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        past = 0 if cache is None else cache.k.shape[2]
-        positions = torch.arange(past, past + length, device=x.device)
+        past = 0 if cache is None else cache.length
+        total = past + length
+        positions = torch.arange(past, total, device=x.device)
         q, k = _rotary(q, positions), _rotary(k, positions)
-        valid = torch.ones(batch, length, dtype=torch.bool, device=x.device) if mask is None else mask
-        if cache is not None:
-            k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-            valid = torch.cat([cache.valid, valid], dim=1)
+        cache = self._reserve(cache, batch, total, k)
+        cache.k[:, :, past:total] = k
+        cache.v[:, :, past:total] = v
+        cache.valid[:, past:total] = True if mask is None else mask
+        keys, values, valid = cache.k[:, :, :total], cache.v[:, :, :total], cache.valid[:, :total]
         # query i (absolute past + i) sees valid keys up to itself, and always itself (no empty rows)
-        key_pos = torch.arange(past + length, device=x.device)
+        key_pos = torch.arange(total, device=x.device)
         causal = key_pos[None, :] <= positions[:, None]  # (L, S)
         allowed = (causal[None] & valid[:, None, :]) | (key_pos[None, None, :] == positions[None, :, None])
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B, heads, L, hd)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None])  # (B, heads, L, hd)
         x = x + self.out(y.transpose(1, 2).reshape(batch, length, d))
         x = x + self.mlp(self.norm2(x))
-        return x, KVCache(k, v, valid)
+        return x, cache._replace(length=total)
+
+    @staticmethod
+    def _reserve(cache: KVCache | None, batch: int, total: int, like: Tensor) -> KVCache:
+        """A cache with room for `total` positions: the given one, or a doubled copy of it."""
+        if cache is not None and cache.k.shape[2] >= total:
+            return cache
+        capacity = max(256, 2 * total)
+        shape = (batch, like.shape[1], capacity, like.shape[3])
+        grown = KVCache(like.new_zeros(shape), like.new_zeros(shape),
+                        torch.zeros(batch, capacity, dtype=torch.bool, device=like.device), 0 if cache is None else cache.length)
+        if cache is not None:
+            n = cache.length
+            grown.k[:, :, :n], grown.v[:, :, :n], grown.valid[:, :n] = cache.k[:, :, :n], cache.v[:, :, :n], cache.valid[:, :n]
+        return grown
 
 
 def matched_mlp_hidden(config: MambaVLAConfig) -> int:

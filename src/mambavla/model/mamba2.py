@@ -32,23 +32,31 @@ class Mamba2State(NamedTuple):
 _KERNELS: tuple | None = None
 
 
+def _import_ssd_ops():
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError:
+        # mamba_ssm/__init__ imports Mamba-1's compiled CUDA scan (and Mamba-3), which the SSD Triton
+        # kernels never use; without that build, load the kernels with the package's __init__ skipped.
+        spec = importlib.util.find_spec("mamba_ssm")
+        for name in [n for n in sys.modules if n == "mamba_ssm" or n.startswith("mamba_ssm.")]:
+            del sys.modules[name]
+        package = types.ModuleType("mamba_ssm")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["mamba_ssm"] = package
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    return mamba_chunk_scan_combined, selective_state_update
+
+
 def ssd_kernels() -> tuple | None:
-    """(mamba_chunk_scan_combined, selective_state_update) from mamba-ssm, or None if unavailable."""
+    """(mamba_chunk_scan_combined, selective_state_update) from mamba-ssm, or None without CUDA or mamba-ssm."""
     global _KERNELS
     if _KERNELS is None:
-        try:
-            if importlib.util.find_spec("mamba_ssm") is None or not torch.cuda.is_available():
-                raise ImportError("mamba-ssm or CUDA not available")
-            if importlib.util.find_spec("selective_scan_cuda") is None:
-                # mamba_ssm/__init__ imports Mamba-1's compiled scan, which the SSD Triton kernels never
-                # use; an empty module lets the package import without building that extension.
-                sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
-            from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-
-            _KERNELS = (mamba_chunk_scan_combined, selective_state_update)
-        except ImportError:
-            _KERNELS = ()
+        _KERNELS = ()
+        if torch.cuda.is_available() and importlib.util.find_spec("mamba_ssm") is not None:
+            _KERNELS = _import_ssd_ops()
     return _KERNELS or None
 
 
@@ -190,9 +198,11 @@ class Mamba2Mixer(nn.Module):
         if x.shape[1] == 1:  # decode: the kernel updates the state in place, so hand it a copy
             state = ssm_state.clone()
             h, p, n = self.nheads, self.headdim, self.d_state
+            # dt is already softplus'd (and masked); a zero bias with stride-0 head dims takes the
+            # kernel's tied-head fast path (mamba-ssm 2.3.2 also needs a non-None dt_bias there)
             y = state_update(
-                state, x[:, 0], dt[:, 0, :, None].expand(-1, h, p).to(x.dtype),
-                A[:, None, None].expand(h, p, n), B[:, 0], C[:, 0], D=self.D[:, None].expand(h, p).to(x.dtype),
+                state, x[:, 0], dt[:, 0, :, None].expand(-1, h, p), A[:, None, None].expand(h, p, n), B[:, 0], C[:, 0],
+                D=self.D[:, None].expand(h, p), dt_bias=dt.new_zeros(h)[:, None].expand(h, p),
             )
             return y[:, None], state
         y, state = chunk_scan(

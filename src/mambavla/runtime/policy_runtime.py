@@ -20,7 +20,12 @@ from mambavla.runtime.chunk import ActionChunk
 
 
 class PolicyRuntime:
-    def __init__(self, model: MambaVLA, device: str | torch.device = "cpu", seed: int = 0, dtype: torch.dtype | None = None):
+    """`cuda_graph`: on CUDA, capture the whole streaming step (vision, state update, every flow step)
+    as one CUDA graph and replay it. Possible because a Mamba step has static shapes: the recurrent
+    state has a fixed size, unlike a growing KV cache. Default: on for CUDA + Mamba + stream mode."""
+
+    def __init__(self, model: MambaVLA, device: str | torch.device = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
+                 cuda_graph: bool | None = None):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
@@ -34,19 +39,26 @@ class PolicyRuntime:
         self._state: list | None = None  # context state after the last frame (stream mode)
         self._window: deque = deque(maxlen=self.config.history_frames)  # frame tokens (window mode)
         self.frames_seen = 0
+        graphable = self.device.type == "cuda" and self.config.fusion == "mamba" and self.config.history_mode == "stream"
+        if cuda_graph and not graphable:
+            raise ValueError("cuda_graph needs device 'cuda', the mamba fusion and history_mode 'stream'")
+        self.cuda_graph = graphable if cuda_graph is None else cuda_graph
+        self._graph: _StepGraph | None = None
         self.reset()
 
     # ---- construction ------------------------------------------------------------------------
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None) -> PolicyRuntime:
-        return cls(load_checkpoint(path), device=device, seed=seed, dtype=dtype)
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
+                        cuda_graph: bool | None = None) -> PolicyRuntime:
+        return cls(load_checkpoint(path), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph)
 
     @classmethod
-    def from_preset(cls, name: str, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None, **overrides) -> PolicyRuntime:
+    def from_preset(cls, name: str, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
+                    cuda_graph: bool | None = None, **overrides) -> PolicyRuntime:
         torch.manual_seed(seed)  # untrained weights are reproducible from the seed
         config = preset(name).replace(**overrides) if overrides else preset(name)
-        return cls(MambaVLA(config), device=device, seed=seed, dtype=dtype)
+        return cls(MambaVLA(config), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph)
 
     # ---- what callers need to know --------------------------------------------------------------
 
@@ -88,6 +100,9 @@ class PolicyRuntime:
         """Forget the observation history (keeps the instruction); restart the noise sequence."""
         self._generator.manual_seed(self.seed)
         self._state = self._prefix_state
+        if self._graph is not None and self._prefix_state is not None:
+            self._graph.load_state(self._prefix_state)
+            self._state = self._graph.state
         self._window.clear()
         self.frames_seen = 0
 
@@ -108,6 +123,8 @@ class PolicyRuntime:
         if self._prefix_state is None:
             raise ValueError("instruction: no instruction set; call set_instruction() before step()")
         images, proprio, stamp = self._validate(observation)
+        if self.cuda_graph:
+            return self._graph_step(images, proprio, stamp)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         tokens = self.model.encode_frame(images, proprio)  # (1, tokens_per_frame, d)
@@ -129,6 +146,38 @@ class PolicyRuntime:
         timing = {"vision": (t1 - t0) * 1e3, "fusion": (t2 - t1) * 1e3, "flow": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
         return ActionChunk(actions=actions, dt=self.config.dt, stamp=stamp, action_names=self.config.action_names,
                            action_mode=self.config.action_mode, timing_ms=timing)
+
+    def _graph_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, stamp: float) -> ActionChunk:
+        t0 = time.perf_counter()
+        if self._graph is None:
+            self._graph = _StepGraph(self.model, self._state, images, proprio, self.dtype)
+            self._state = self._graph.state
+        noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=self._generator, device=self.device, dtype=self.dtype)
+        actions = self._graph.run(images, proprio, noise)
+        t1 = time.perf_counter()
+        self.frames_seen += 1
+        return ActionChunk(actions=actions, dt=self.config.dt, stamp=stamp, action_names=self.config.action_names,
+                           action_mode=self.config.action_mode, timing_ms={"total": (t1 - t0) * 1e3, "cuda_graph": 1.0})
+
+    @torch.no_grad()
+    def extend_history(self, observation: dict, frames: int, block: int = 16) -> None:
+        """Stream `frames` copies of `observation` into the history without sampling actions: puts the
+        policy at a given history length (benchmarks, warm starts). Stream mode only."""
+        if self.config.history_mode != "stream":
+            raise ValueError("extend_history: only for history_mode 'stream'")
+        if self._prefix_state is None:
+            raise ValueError("instruction: no instruction set; call set_instruction() first")
+        images, proprio, _ = self._validate(observation)
+        tokens = self.model.encode_frame(images, proprio)
+        state = self._state
+        for start in range(0, frames, block):
+            n = min(block, frames - start)
+            state = self.model.condition(tokens.repeat(1, n, 1), state)
+        if self._graph is not None:
+            self._graph.load_state(state)
+        else:
+            self._state = state
+        self.frames_seen += frames
 
     # ---- input checks ----------------------------------------------------------------------------
 
@@ -183,3 +232,46 @@ class PolicyRuntime:
             raise ValueError(f"depth[{cam!r}]: expected finite float [{h}, {w}], got shape {depth.shape}")
         # scaled so that depth_scale metres maps to 255, the range of the colour channels
         return torch.from_numpy(np.clip(depth / self.config.depth_scale, 0, 1).astype(np.float32) * 255.0)[None]
+
+
+class _StepGraph:
+    """One CUDA graph for a whole streaming step. Inputs are copied into static buffers, the graph
+    is replayed, and the recurrent state is updated in place in its static buffers."""
+
+    def __init__(self, model: MambaVLA, state: list, images: dict[str, torch.Tensor], proprio: torch.Tensor, dtype: torch.dtype):
+        self.model = model
+        self.images = {c: torch.zeros_like(v) for c, v in images.items()}
+        self.proprio = torch.zeros_like(proprio)
+        self.noise = torch.zeros((1, model.config.chunk_size, model.config.action_dim), device=proprio.device, dtype=dtype)
+        self.state = [type(s)(*(t.clone() for t in s)) for s in state]
+        saved = [type(s)(*(t.clone() for t in s)) for s in state]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: Triton compiles/autotunes, allocator settles
+            for _ in range(3):
+                self._body()
+        torch.cuda.current_stream().wait_stream(side)
+        self.load_state(saved)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.actions = self._body()
+
+    def _body(self) -> torch.Tensor:
+        tokens = self.model.encode_frame(self.images, self.proprio)
+        new_state = self.model.condition(tokens, self.state)
+        actions = self.model.sample_actions(new_state, self.noise)
+        self.load_state(new_state)
+        return self.model.normalizer.unnormalize_actions(actions.float())
+
+    def load_state(self, state: list) -> None:
+        for dst, src in zip(self.state, state):
+            for d, s in zip(dst, src):
+                d.copy_(s)
+
+    def run(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
+        for c, v in images.items():
+            self.images[c].copy_(v, non_blocking=True)
+        self.proprio.copy_(proprio, non_blocking=True)
+        self.noise.copy_(noise)
+        self.graph.replay()
+        return self.actions[0].cpu().numpy()

@@ -1,0 +1,146 @@
+"""PolicyRuntime: determinism, checkpoint round trip, and clear errors for every bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from mambavla.model.checkpoint import load_checkpoint, save_checkpoint
+from mambavla.runtime import ActionChunk, PolicyRuntime
+
+
+def _obs(runtime: PolicyRuntime, seed: int = 0, stamp: float = 12.5) -> dict:
+    rng = np.random.default_rng(seed)
+    h, w = runtime.image_size
+    return {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in runtime.camera_names},
+            "proprio": rng.normal(size=runtime.proprio_dim).astype(np.float32), "stamp": stamp}
+
+
+@pytest.fixture(scope="module")
+def runtime() -> PolicyRuntime:
+    rt = PolicyRuntime.from_preset("tiny", seed=0)
+    rt.set_instruction("lift the red cube")
+    return rt
+
+
+def test_step_returns_chunk_in_robot_units_with_timing(runtime):
+    chunk = runtime.step(_obs(runtime))
+    assert isinstance(chunk, ActionChunk)
+    assert chunk.actions.shape == (runtime.chunk_size, len(runtime.action_names))
+    assert chunk.actions.dtype == np.float32 and np.isfinite(chunk.actions).all()
+    assert chunk.stamp == 12.5 and chunk.dt == runtime.dt
+    assert chunk.action_names == runtime.action_names
+    assert set(chunk.timing_ms) == {"vision", "fusion", "flow", "total"}
+    assert chunk.timing_ms["total"] >= chunk.timing_ms["flow"] > 0
+    np.testing.assert_allclose(chunk.times()[-1], 12.5 + (runtime.chunk_size - 1) * runtime.dt)
+
+
+def test_same_seed_and_inputs_give_same_chunks():
+    chunks = []
+    for _ in range(2):
+        rt = PolicyRuntime.from_preset("tiny", seed=7)
+        rt.set_instruction("push the blue cube to the left")
+        chunks.append([rt.step(_obs(rt, seed=k)).actions for k in range(3)])
+    for a, b in zip(*chunks):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_reset_restarts_history_and_noise(runtime):
+    runtime.reset()
+    first = [runtime.step(_obs(runtime, seed=k)).actions for k in range(2)]
+    runtime.reset()
+    again = [runtime.step(_obs(runtime, seed=k)).actions for k in range(2)]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert runtime.frames_seen == 2
+
+
+def test_checkpoint_round_trip_gives_identical_chunks(tmp_path):
+    torch.manual_seed(1)
+    rt = PolicyRuntime.from_preset("tiny", seed=3, fusion="transformer", connector="vss_l2", scan="csm")
+    path = save_checkpoint(rt.model, tmp_path / "ckpt", meta={"note": "test"})
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "meta.json", "model.safetensors", "stats.json"]
+    loaded = PolicyRuntime.from_checkpoint(path, seed=3)
+    assert loaded.config == rt.config
+    for r in (rt, loaded):
+        r.set_instruction("place the green cube on the red plate")
+    for k in range(3):
+        np.testing.assert_array_equal(rt.step(_obs(rt, seed=k)).actions, loaded.step(_obs(loaded, seed=k)).actions)
+    state_a, state_b = rt.model.state_dict(), load_checkpoint(path).state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_missing_checkpoint_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        PolicyRuntime.from_checkpoint(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        PolicyRuntime.from_checkpoint(tmp_path / "empty")
+
+
+def _bad(runtime, **changes):
+    obs = _obs(runtime)
+    for key, value in changes.items():
+        if key.startswith("img_"):
+            obs["images"][key[4:]] = value
+        elif value is _DROP:
+            del obs[key]
+        else:
+            obs[key] = value
+    return obs
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda rt: _bad(rt, images={"front": np.zeros((32, 32, 3), np.uint8)}), "missing camera"),
+    (lambda rt: _bad(rt, img_side=np.zeros((32, 32, 3), np.uint8)), "unknown camera"),
+    (lambda rt: _bad(rt, img_front=np.zeros((64, 32, 3), np.uint8)), r"images\['front'\]: expected shape \(32, 32, 3\)"),
+    (lambda rt: _bad(rt, img_front=np.zeros((32, 32, 4), np.uint8)), r"expected shape"),
+    (lambda rt: _bad(rt, img_wrist=np.zeros((32, 32, 3), np.float32)), r"images\['wrist'\]: expected dtype uint8"),
+    (lambda rt: _bad(rt, img_wrist=[[0]]), "expected a numpy array"),
+    (lambda rt: _bad(rt, images=None), "images: expected a dict"),
+    (lambda rt: _bad(rt, proprio=_DROP), "proprio: missing"),
+    (lambda rt: _bad(rt, proprio=np.zeros(7, np.float32)), r"proprio: expected shape \(8,\)"),
+    (lambda rt: _bad(rt, proprio=np.array([np.nan] + [0.0] * 7, np.float32)), "proprio: contains NaN or Inf"),
+    (lambda rt: _bad(rt, proprio=np.array([np.inf] + [0.0] * 7)), "NaN or Inf"),
+    (lambda rt: _bad(rt, proprio=np.zeros(8, np.int64)), "expected a float array"),
+    (lambda rt: _bad(rt, stamp=float("nan")), "stamp"),
+    (lambda rt: "not a dict", "observation: expected a dict"),
+])
+def test_bad_observation_raises_value_error_naming_the_field(runtime, make, message):
+    with pytest.raises(ValueError, match=message):
+        runtime.step(make(runtime))
+
+
+@pytest.mark.parametrize("text", ["", "   ", None, 42])
+def test_empty_or_non_text_instruction_is_rejected(runtime, text):
+    with pytest.raises(ValueError, match="instruction: expected a non-empty string"):
+        runtime.set_instruction(text)
+
+
+def test_step_before_any_instruction_is_rejected():
+    rt = PolicyRuntime.from_preset("tiny")
+    with pytest.raises(ValueError, match="no instruction set"):
+        rt.step(_obs(rt))
+
+
+def test_unknown_preset_and_bad_config_are_rejected():
+    with pytest.raises(ValueError, match="unknown preset"):
+        PolicyRuntime.from_preset("huge")
+    with pytest.raises(ValueError, match="config.fusion"):
+        PolicyRuntime.from_preset("tiny", fusion="rnn")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_step_matches_eager_step():
+    chunks = {}
+    for graph in (False, True):
+        rt = PolicyRuntime.from_preset("tiny", device="cuda", seed=5, cuda_graph=graph)
+        rt.set_instruction("lift the red cube")
+        chunks[graph] = [rt.step(_obs(rt, seed=k)).actions for k in range(4)]
+        rt.reset()
+        chunks[graph].append(rt.step(_obs(rt, seed=0)).actions)
+    for a, b in zip(chunks[False], chunks[True]):
+        np.testing.assert_allclose(a, b, atol=1e-3)

@@ -24,6 +24,19 @@ from mambavla.runtime.chunk import ActionChunk
 from mambavla.spaces import ACTION_NAMES, delta_to_absolute, quat_angle_between, vector_to_pose
 
 
+REJECTION_KINDS = ("malformed", "action names", "non-finite", "stale", "future", "past", "no measured pose",
+                   "outside workspace", "jump", "starts", "controller is")
+
+
+def rejection_kind(reason: str) -> str:
+    """A short category of a rejection reason, for counting."""
+    for kind in REJECTION_KINDS:
+        if kind in reason:
+            return {"starts": "start offset", "controller is": "not tracking", "no measured pose": "no pose history",
+                    "past": "all rows past"}.get(kind, kind)
+    return "other"
+
+
 class ControllerState(str, Enum):
     IDLE = "IDLE"
     ACTIVE = "ACTIVE"
@@ -70,6 +83,7 @@ class ControllerCore:
         self.last_rejection = ""
         self.chunks_accepted = 0
         self.chunks_rejected = 0
+        self.rejections_by_kind: dict[str, int] = {}
         self.chunk_id = 0  # id of the chunk being executed (count of accepted chunks)
         self.speed_limited = False
         self._trajectory = None
@@ -132,6 +146,8 @@ class ControllerCore:
     def _reject(self, reason: str) -> str:
         self.chunks_rejected += 1
         self.last_rejection = reason
+        kind = rejection_kind(reason)
+        self.rejections_by_kind[kind] = self.rejections_by_kind.get(kind, 0) + 1
         return reason
 
     # ---- chunk admission ----
@@ -251,6 +267,7 @@ class ControllerCore:
                 "chunks_accepted": self.chunks_accepted,
                 "chunks_rejected": self.chunks_rejected,
                 "last_rejection": self.last_rejection,
+                "rejections_by_kind": dict(self.rejections_by_kind),
                 "speed_limited": self.speed_limited,
             }
 

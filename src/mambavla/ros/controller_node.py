@@ -10,6 +10,7 @@ tracking, ~/recover runs franky's automatic error recovery after a fault.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -155,6 +156,7 @@ class ControllerNode(Node):
         self.create_subscription(JointTrajectory, action_topic, self._on_chunk, COMMAND_QOS)
         self.joint_pub = self.create_publisher(JointState, joint_states_topic, STATE_QOS)
         self.pose_pub = self.create_publisher(PoseStamped, ee_pose_topic, STATE_QOS)
+        self.target_pub = self.create_publisher(PoseStamped, "~/target_pose", STATE_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
         for name in ("enable", "stop", "recover"):
             self.create_service(Trigger, f"~/{name}", lambda req, resp, name=name: self._on_service(name, resp))
@@ -206,6 +208,9 @@ class ControllerNode(Node):
         js.effort = [float(v) for v in tau] + [0.0, 0.0]
         self.joint_pub.publish(js)
         self.pose_pub.publish(pose_to_msg(position, quat, stamp, self.base_frame))
+        target = self.core.target
+        if target is not None and self.core.state in RUNNING:
+            self.target_pub.publish(pose_to_msg(target[0], target[1], stamp, self.base_frame))
 
     def _publish_diagnostics(self) -> None:
         status = self.core.status()
@@ -214,6 +219,7 @@ class ControllerNode(Node):
         rate, jitter, worst = self._rate_stats
         values = {
             **status,
+            "rejections_by_kind": json.dumps(status["rejections_by_kind"]),
             "target_rate_hz": rate,
             "target_jitter_ms": jitter,
             "target_max_period_ms": worst,

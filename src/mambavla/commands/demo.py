@@ -1,0 +1,293 @@
+"""`mambavla demo`: the simulated workcell, controller_node and policy_node, started as child processes
+with the same config/*.yaml the launch files use; publishes the task's instruction and reports.
+
+Writes `summary.json`, `demo.png` (final front camera frame | top view of the end-effector path and
+the controller's targets over the workspace box) and the node logs to the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("demo", help="run the simulated arm following the task's instruction (sim + controller + policy nodes)")
+    p.add_argument("--task", default="lift", help="workcell task: lift, place, push-left, push-right, push, all (default: lift)")
+    p.add_argument("--seed", type=int, default=0, help="episode seed (default: 0)")
+    p.add_argument("--checkpoint", default="", help="checkpoint folder; without one an UNTRAINED preset runs")
+    p.add_argument("--preset", default="tiny", help="preset for the untrained policy (default: tiny)")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long the policy runs after the instruction (default: 20)")
+    p.add_argument("--device", default="cpu", help="policy device (default: cpu)")
+    p.add_argument("--out", default="", help="output folder (default: runs/demo/<time>)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if args.seconds <= 0:
+        raise ValueError("--seconds must be positive")
+    if args.checkpoint and not Path(args.checkpoint).is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {args.checkpoint}")
+    out = Path(args.out or f"runs/demo/{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+
+    from mambavla.model.config import preset
+
+    if args.checkpoint:
+        from mambavla.model.checkpoint import load_config
+
+        config = load_config(args.checkpoint)
+        policy_source = f"checkpoint {args.checkpoint}"
+    else:
+        config = preset(args.preset)
+        policy_source = f"UNTRAINED preset {args.preset!r}"
+        log(f"no checkpoint given: running an UNTRAINED {args.preset!r} policy. Its actions are noise, so expect the "
+            f"controller to reject most chunks and the arm to hold; pass --checkpoint for a trained policy.")
+
+    summary = _run_stack(args, config, out, log)
+    summary["policy"] = policy_source
+    summary["untrained"] = not args.checkpoint
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary, log)
+    return 0
+
+
+def _run_stack(args, config, out: Path, log) -> dict:
+    import rclpy
+    from std_msgs.msg import String
+
+    from mambavla.ros.launcher import NodeProcess
+    from mambavla.ros.qos import LATCHED_QOS
+
+    # A private DDS domain unless the caller chose one: the demo must not drive someone else's nodes.
+    if "ROS_DOMAIN_ID" not in os.environ:
+        os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
+    rclpy.init()
+    monitor = _Monitor()
+    processes: list[NodeProcess] = []
+    summary: dict = {"task": args.task, "seed": args.seed, "seconds": args.seconds, "output": str(out)}
+    try:
+        log("starting sim_node ...")
+        sim = NodeProcess("sim_node", ["sim_node.yaml"], {"task": args.task, "seed": args.seed,
+                                                          "camera_size": list(config.image_size)}, out / "sim_node.log")
+        processes.append(sim)
+        task = monitor.wait(lambda: monitor.task, 90.0, "sim_node to publish /sim/task", processes)
+        log(f"workcell up on {task['robot_ip']}: {task['instruction']!r}")
+        processes.append(NodeProcess("controller_node", ["controller.yaml", "controller_sim.yaml"],
+                                     {"robot_ip": task["robot_ip"]}, out / "controller_node.log"))
+        policy_params = {"checkpoint": args.checkpoint, "preset": args.preset, "device": args.device}
+        processes.append(NodeProcess("policy_node", ["policy.yaml", "policy_sim.yaml"], policy_params, out / "policy_node.log"))
+        monitor.wait(lambda: monitor.status("controller").get("state") == "IDLE", 90.0, "controller_node to track", processes)
+        monitor.wait(lambda: monitor.status("policy").get("state") == "WAITING", 180.0, "policy_node to load", processes)
+        start_pose = monitor.pose()
+        pub = monitor.node.create_publisher(String, "/instruction", LATCHED_QOS)
+        pub.publish(String(data=task["instruction"]))
+        log(f"instruction published; running for {args.seconds:.0f} s ...")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < args.seconds and not monitor.success:
+            if not all(p.alive for p in processes):
+                dead = [p.node for p in processes if not p.alive]
+                raise RuntimeError(f"node(s) exited: {dead}\n" + "\n".join(p.log_tail() for p in processes if not p.alive))
+            time.sleep(0.1)
+        summary["elapsed_s"] = round(time.monotonic() - t0, 2)
+        summary.update(_collect(monitor, task, start_pose))
+        _write_picture(out / "demo.png", monitor, task)
+        summary["picture"] = str(out / "demo.png")
+    finally:
+        for proc in reversed(processes):  # policy first, then the controller stops the arm, then the sim
+            proc.stop()
+        monitor.close()
+        rclpy.try_shutdown()
+    return summary
+
+
+class _Monitor:
+    """Records what the nodes publish: diagnostics, poses, targets, chunks, the last front frame."""
+
+    def __init__(self):
+        import threading
+
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Bool, String
+        from trajectory_msgs.msg import JointTrajectory
+
+        from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+
+        self.node = rclpy.create_node("mambavla_demo")
+        self.statuses: dict[str, dict] = {}
+        self.poses: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+        self.chunks = 0
+        self.frame = None
+        self.task = None
+        self.success = False
+        n = self.node
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, DIAGNOSTICS_QOS)
+        n.create_subscription(PoseStamped, "/ee_pose", lambda m: self.poses.append(_position(m)), STATE_QOS)
+        n.create_subscription(PoseStamped, "/controller_node/target_pose", lambda m: self.targets.append(_position(m)), STATE_QOS)
+        n.create_subscription(JointTrajectory, "/action_chunk", self._on_chunk, COMMAND_QOS)
+        n.create_subscription(Image, "/cameras/front/image_raw", lambda m: setattr(self, "frame", m), SENSOR_QOS)
+        n.create_subscription(String, "/sim/task", lambda m: setattr(self, "task", json.loads(m.data)), LATCHED_QOS)
+        n.create_subscription(Bool, "/sim/success", lambda m: setattr(self, "success", self.success or m.data), STATE_QOS)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(n)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def _on_diag(self, msg) -> None:
+        from mambavla.ros.diagnostics import status_values
+
+        for status in msg.status:
+            self.statuses[status.name.split("/")[-1].replace("_node", "")] = status_values(msg, status.name)
+
+    def _on_chunk(self, msg) -> None:
+        self.chunks += 1
+
+    def status(self, name: str) -> dict:
+        return dict(self.statuses.get(name) or {})
+
+    def pose(self) -> np.ndarray | None:
+        return self.poses[-1] if self.poses else None
+
+    def wait(self, predicate, timeout: float, what: str, processes) -> object:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            result = predicate()
+            if result:
+                return result
+            dead = [p for p in processes if not p.alive]
+            if dead:
+                raise RuntimeError(f"{dead[0].node} exited while waiting for {what}:\n{dead[0].log_tail()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def _position(msg) -> np.ndarray:
+    p = msg.pose.position
+    return np.array([p.x, p.y, p.z])
+
+
+def _number(value, default=float("nan")) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _collect(monitor: _Monitor, task: dict, start_pose) -> dict:
+    ctrl, policy, sim = monitor.status("controller"), monitor.status("policy"), monitor.status("sim")
+    poses = np.array(monitor.poses) if monitor.poses else np.zeros((0, 3))
+    end_pose = poses[-1] if len(poses) else None
+    return {
+        "instruction": task["instruction"],
+        "success": bool(monitor.success),
+        "chunks_published": int(_number(policy.get("chunks_published"), 0)),
+        "chunks_executed": int(_number(ctrl.get("chunks_accepted"), 0)),
+        "chunks_rejected": int(_number(ctrl.get("chunks_rejected"), 0)),
+        "rejections_by_kind": json.loads(ctrl.get("rejections_by_kind") or "{}"),
+        "last_rejection": ctrl.get("last_rejection", ""),
+        "controller_state": ctrl.get("state", ""),
+        "latency_ms": {k: _number(policy.get(f"{k}_latency_ms")) for k in ("p50", "p99", "mean")},
+        "inference_ms_mean": _number(policy.get("mean_inference_ms")),
+        "frames_dropped": int(_number(policy.get("frames_dropped"), 0)),
+        "controller_rate_hz": _number(ctrl.get("target_rate_hz")),
+        "controller_jitter_ms": _number(ctrl.get("target_jitter_ms")),
+        "sim_loop_hz": _number(sim.get("sim_loop_hz")),
+        "sim_realtime_factor": _number(sim.get("realtime_factor")),
+        "ee_moved_m": float(np.linalg.norm(end_pose - start_pose)) if end_pose is not None and start_pose is not None else 0.0,
+        "ee_path_m": float(np.linalg.norm(np.diff(poses, axis=0), axis=1).sum()) if len(poses) > 1 else 0.0,
+        "tracking_error_m": _number(ctrl.get("tracking_error")),
+    }
+
+
+def _print_summary(s: dict, log) -> None:
+    log(f"\n{s['policy']} on task {s['task']!r}: {s['instruction']!r}")
+    log(f"  success:            {s['success']}")
+    log(f"  chunks published:   {s['chunks_published']}   executed: {s['chunks_executed']}   rejected: {s['chunks_rejected']} "
+        f"{s['rejections_by_kind'] or ''}")
+    if s["last_rejection"]:
+        log(f"  last rejection:     {s['last_rejection']}")
+    lat = s["latency_ms"]
+    log(f"  latency (frame in -> chunk out): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; inference {s['inference_ms_mean']:.1f} ms")
+    log(f"  controller:         {s['controller_rate_hz']:.1f} Hz, jitter {s['controller_jitter_ms']:.2f} ms, state {s['controller_state']}")
+    log(f"  franky-sim loop:    {s['sim_loop_hz']:.0f} Hz (real-time factor {s['sim_realtime_factor']:.2f})")
+    log(f"  end effector moved: {s['ee_moved_m'] * 100:.1f} cm (path {s['ee_path_m'] * 100:.1f} cm)")
+    log(f"  wrote {s['output']}/summary.json and {s.get('picture', '')}")
+
+
+# ---- picture: numpy + zlib, no imaging library ----
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    path.write_bytes(png)
+
+
+def _top_view(poses: np.ndarray, targets: np.ndarray, size: int = 256) -> np.ndarray:
+    """x (forward, up in the picture) / y (left, left in the picture) over the controller's workspace box."""
+    from mambavla.ros.launcher import config_path
+    import yaml
+
+    params = yaml.safe_load(config_path("controller.yaml").read_text())["controller_node"]["ros__parameters"]
+    lo, hi = np.array(params["workspace_min"]), np.array(params["workspace_max"])
+    img = np.full((size, size, 3), 255, np.uint8)
+    img[[0, -1], :] = img[:, [0, -1]] = 120  # the workspace box outline
+
+    def pixel(p):
+        u = (hi[1] - p[..., 1]) / (hi[1] - lo[1]) * (size - 1)
+        v = (hi[0] - p[..., 0]) / (hi[0] - lo[0]) * (size - 1)
+        return np.clip(np.rint(v), 0, size - 1).astype(int), np.clip(np.rint(u), 0, size - 1).astype(int)
+
+    for points, colour in ((targets, (220, 40, 40)), (poses, (30, 90, 220))):
+        if len(points):
+            v, u = pixel(np.asarray(points))
+            for dv in (-1, 0, 1):
+                for du in (-1, 0, 1):
+                    img[np.clip(v + dv, 0, size - 1), np.clip(u + du, 0, size - 1)] = colour
+    if len(poses):
+        v, u = pixel(np.asarray(poses[:1]))
+        img[max(v[0] - 3, 0): v[0] + 4, max(u[0] - 3, 0): u[0] + 4] = (20, 160, 60)  # start
+    return img
+
+
+def _write_picture(path: Path, monitor: _Monitor, task: dict, size: int = 256) -> None:
+    from mambavla.ros.convert import image_to_rgb
+
+    frame = image_to_rgb(monitor.frame) if monitor.frame is not None else np.zeros((size, size, 3), np.uint8)
+    scale_y, scale_x = max(1, size // frame.shape[0]), max(1, size // frame.shape[1])
+    big = np.repeat(np.repeat(frame, scale_y, axis=0), scale_x, axis=1)[:size, :size]
+    left = np.zeros((size, size, 3), np.uint8)
+    left[: big.shape[0], : big.shape[1]] = big
+    right = _top_view(np.array(monitor.poses), np.array(monitor.targets), size)
+    write_png(path, np.concatenate([left, np.full((size, 4, 3), 255, np.uint8), right], axis=1))

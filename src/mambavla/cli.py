@@ -14,7 +14,7 @@ COMMANDS = (
     "info",
     "bench",
     "collect", "dataset",
-    "instruct", "demo",
+    "instruct", "demo", "bench-ros",
 )
 
 

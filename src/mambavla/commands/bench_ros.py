@@ -1,0 +1,146 @@
+"""`mambavla bench-ros`: camera-message-in to chunk-message-out latency of policy_node over Fast DDS.
+
+For each preset, policy_node runs as a child process in `frame` mode (one inference per new set of
+frames); this process plays the cameras and the robot state and measures, for every chunk received,
+the time since the frames it was computed from were published (chunk stamp = frame stamp). Frames
+are paced so the node is never saturated: this is the latency of one observation, not of a queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench-ros", help="camera-in -> chunk-out latency of policy_node over DDS (JSON)")
+    p.add_argument("--presets", default="tiny,base", help="comma-separated presets (default: tiny,base)")
+    p.add_argument("--checkpoint", default="", help="benchmark this checkpoint instead of presets")
+    p.add_argument("--device", default="cpu", help="policy device (default: cpu)")
+    p.add_argument("--chunks", type=int, default=100, help="measured chunks per policy (default: 100)")
+    p.add_argument("--warmup", type=int, default=10, help="chunks discarded first (default: 10)")
+    p.add_argument("--camera-size", default="", help="HxW of the published frames (default: the policy's own size)")
+    p.add_argument("--torch-threads", type=int, default=0, help="policy_node torch threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+    import rclpy
+
+    from mambavla.model.config import preset
+
+    targets = [("checkpoint", args.checkpoint)] if args.checkpoint else [("preset", p) for p in args.presets.split(",") if p]
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    rclpy.init()
+    results = {"device": args.device, "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads, "policies": []}
+    try:
+        for kind, name in targets:
+            if kind == "checkpoint":
+                from mambavla.model.checkpoint import load_config
+
+                config = load_config(name)
+            else:
+                config = preset(name)
+            size = tuple(int(v) for v in args.camera_size.lower().split("x")) if args.camera_size else tuple(config.image_size)
+            log(f"{kind} {name}: {args.warmup} + {args.chunks} chunks, frames {size[0]}x{size[1]} ...")
+            result = _bench_one(kind, name, config, size, args)
+            results["policies"].append(result)
+            lat = result["latency_ms"]
+            log(f"  camera-in -> chunk-out: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, mean {lat['mean']:.1f} ms "
+                f"(inference {result['inference_ms_mean']:.1f} ms)")
+    finally:
+        rclpy.try_shutdown()
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dict:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image, JointState
+    from geometry_msgs.msg import PoseStamped
+    from std_msgs.msg import String
+    from trajectory_msgs.msg import JointTrajectory
+
+    from mambavla.ros.convert import pose_to_msg, rgb_to_image, seconds_to_stamp, stamp_to_seconds
+    from mambavla.ros.diagnostics import status_values
+    from mambavla.ros.launcher import NodeProcess
+    from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+    from mambavla.spaces import EE_REFERENCE_QUAT
+
+    node = rclpy.create_node("mambavla_bench_ros")
+    latencies: list[float] = []
+    received = threading.Event()
+    status: dict = {}
+
+    def on_chunk(msg):
+        latencies.append(node.get_clock().now().nanoseconds * 1e-9 - stamp_to_seconds(msg.header.stamp))
+        received.set()
+
+    def on_diag(msg):
+        values = status_values(msg, "mambavla/policy_node")
+        if values:
+            status.update(values)
+
+    node.create_subscription(JointTrajectory, "/action_chunk", on_chunk, COMMAND_QOS)
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, DIAGNOSTICS_QOS)
+    cams = {c: node.create_publisher(Image, f"/cameras/{c}/image_raw", SENSOR_QOS) for c in config.cameras}
+    pose_pub = node.create_publisher(PoseStamped, "/ee_pose", STATE_QOS)
+    joint_pub = node.create_publisher(JointState, "/joint_states", STATE_QOS)
+    node.create_publisher(String, "/instruction", LATCHED_QOS).publish(String(data="pick up the red cube"))
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    params = {"infer_mode": "frame", "device": args.device, "torch_threads": args.torch_threads,
+              "max_observation_age": 5.0, "camera_topics": [f"/cameras/{c}/image_raw" for c in config.cameras],
+              "checkpoint": name if kind == "checkpoint" else "", "preset": name if kind == "preset" else "tiny"}
+    policy = NodeProcess("policy_node", ["policy.yaml"], params)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8) for _ in range(8)]
+    try:
+        total = args.warmup + args.chunks
+        deadline = time.monotonic() + 300.0
+        k = 0
+        while len(latencies) < total and time.monotonic() < deadline:
+            if not policy.alive:
+                raise RuntimeError(f"policy_node exited:\n{policy.log_tail()}")
+            now = node.get_clock().now().nanoseconds * 1e-9
+            pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, now, "fr3_link0"))
+            js = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"],
+                            position=[0.0] * 7 + [0.04, 0.04])
+            js.header.stamp = seconds_to_stamp(now)
+            joint_pub.publish(js)
+            received.clear()
+            for cam, pub in cams.items():  # one observation: every camera, one stamp
+                pub.publish(rgb_to_image(frames[k % len(frames)], now, cam))
+            k += 1
+            received.wait(timeout=2.0)  # next observation only after this one's chunk: no queueing
+            time.sleep(0.02)
+        if len(latencies) < total:
+            raise RuntimeError(f"only {len(latencies)} of {total} chunks within 300 s:\n{policy.log_tail()}")
+        time.sleep(1.5)  # one more diagnostics message with the inference time
+    finally:
+        policy.stop()
+        executor.shutdown()
+        node.destroy_node()
+    lat = np.array(latencies[args.warmup:]) * 1e3
+    return {
+        kind: name,
+        "camera_size": list(size),
+        "chunk_size": config.chunk_size,
+        "chunks": int(len(lat)),
+        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+                       "mean": float(lat.mean()), "max": float(lat.max())},
+        "inference_ms_mean": float(status.get("mean_inference_ms", "nan")),
+    }

@@ -15,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (one episode_<seed>/ bag per episode, summary.json)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--camera-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None, help="image size (default 128 128)")
+    p.add_argument("--rate", type=float, default=None, metavar="HZ", help="recording (policy) rate in Hz (default 20)")
     p.add_argument("--no-render", action="store_true", help="record robot state and actions only (no images; faster)")
     p.add_argument("--speed", type=float, default=1.0, metavar="FACTOR",
                    help="simulation speed: 1 = real time (default), 2 = twice as fast, 0 = as fast as the CPU allows")
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = collect(args.task, args.episodes, args.out, seed=args.seed, camera_size=args.camera_size,
                       allow_eval_seeds=args.eval, progress=not args.json, render=not args.no_render,
-                      speed=args.speed, compression=args.compression)
+                      speed=args.speed, compression=args.compression, rate_hz=args.rate)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "episodes_detail"}, indent=2))
         return 0

@@ -119,7 +119,9 @@ class EpisodeDataset:
         self.skipped: list[tuple[str, str]] = []
         self.cameras: tuple[str, ...] | None = tuple(cameras) if cameras else None
         self.image_size: tuple[int, int] | None = None
-        for path in paths:
+        from tqdm import tqdm
+
+        for path in tqdm(paths, desc="episodes", unit="bag", disable=not verbose or len(paths) < 20, leave=False):
             try:
                 ep = self._load(path, use_cache)
                 self._check_consistent(ep)
@@ -149,7 +151,11 @@ class EpisodeDataset:
         ep = read_episode(path, cameras=self.cameras)
         self.decoded += 1
         if use_cache:
-            _save_cache(folder, ep)
+            try:
+                _save_cache(folder, ep)
+            except OSError as err:  # read-only dataset directory: keep going without a cache
+                print(f"warning: cannot write the decode cache {folder}: {err}", file=sys.stderr)
+                return CachedEpisode(path, ep.instruction, ep.meta, ep.images, ep.proprio, ep.actions)
             return _load_cache(folder, path)
         return CachedEpisode(path, ep.instruction, ep.meta, ep.images, ep.proprio, ep.actions)
 

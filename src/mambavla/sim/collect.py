@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from mambavla import spaces
 from mambavla.data.bags import EpisodeWriter
+from mambavla.sim.config import WorkcellConfig
 from mambavla.sim.expert import ScriptedExpert
 from mambavla.sim.tasks import is_eval_seed
 from mambavla.sim.workcell import Snapshot, Workcell
@@ -91,6 +93,7 @@ def collect(
     render: bool = True,
     speed: float = 1.0,
     compression: str = "message",
+    rate_hz: float | None = None,
 ) -> dict:
     """Record `episodes` expert episodes with seeds seed, seed+1, ... into `out`; returns the summary
     (also written to `out/summary.json`)."""
@@ -99,6 +102,8 @@ def collect(
 
     out = Path(out)
     seeds = list(range(seed, seed + episodes))
+    if rate_hz is not None and not 0 < rate_hz <= 1000:
+        raise ValueError("--rate must be in (0, 1000] Hz")
     if episodes < 1:
         raise ValueError("--episodes must be at least 1")
     if not allow_eval_seeds and any(is_eval_seed(s) for s in seeds):
@@ -109,7 +114,8 @@ def collect(
     out.mkdir(parents=True, exist_ok=True)
     results = []
     wall0 = time.perf_counter()
-    with Workcell(task=task, seed=seed, camera_size=camera_size, speed=speed) as cell:
+    config = WorkcellConfig() if rate_hz is None else replace(WorkcellConfig(), policy_dt=1.0 / rate_hz)
+    with Workcell(task=task, seed=seed, camera_size=camera_size, speed=speed, config=config) as cell:
         robot = franky.Robot(cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
         gripper = franky.Gripper(cell.robot_ip)
         sim0, steps0, wall_loop0 = cell.sim_time, cell.steps, time.perf_counter()
@@ -123,7 +129,7 @@ def collect(
     summary = summarize(results)
     summary.update({
         "task": task, "episodes": episodes, "out": str(out), "seeds": [seeds[0], seeds[-1]],
-        "camera_size": list(cell.config.camera_size), "render": render, "speed": speed, "compression": compression,
+        "camera_size": list(cell.config.camera_size), "rate_hz": round(1.0 / cell.config.policy_dt, 3), "render": render, "speed": speed, "compression": compression,
         "wall_seconds": round(time.perf_counter() - wall0, 2),
         "real_time_factor": round(sim_elapsed / loop_wall, 3) if loop_wall > 0 else None,
         "server_loop_hz": round(steps / loop_wall, 1) if loop_wall > 0 else None,

@@ -62,6 +62,8 @@ def test_reset_refuses_while_a_motion_is_running():
     cell, robot, _ = shared_workcell()
     tracker = franky.CartesianImpedanceTracker(robot, translational_stiffness=800.0, period=0.01)
     try:
+        wait_sim_time(cell, 0.2)  # the move command reaches the server asynchronously
+        assert robot.is_in_control
         with pytest.raises(RuntimeError, match="motion is running"):
             cell.reset(seed=1)
     finally:

@@ -77,9 +77,8 @@ def write_snapshot(cell: Workcell, writer: EpisodeWriter, snap: Snapshot, t0: fl
     action = snap.action
     if action is None:  # before the expert's first command: hold where the arm is, gripper open
         action = np.concatenate([spaces.pose_to_vector(state.ee_position, state.ee_quat), [0.0]])
-    joint_velocities = snap.qvel[cell._robot._dof_addrs]
     writer.write_frame(snap.time - t0, images, state.joint_positions, state.finger_positions, state.ee_position,
-                       state.ee_quat, action, joint_velocities)
+                       state.ee_quat, action, state.joint_velocities)
 
 
 def collect(

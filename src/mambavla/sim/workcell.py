@@ -40,8 +40,6 @@ from mambavla.sim.scene import ROBOT_PREFIX, build_scene
 from mambavla.sim.tasks import Layout, SceneState, TaskMonitor, TaskSpec, sample_episode
 
 
-JOINT_NAMES: tuple[str, ...] = tuple(f"fr3_joint{i}" for i in range(1, 8))
-FINGER_NAMES: tuple[str, ...] = ("fr3_finger_joint1", "fr3_finger_joint2")
 OPEN_WIDTH = spaces.FRANKA_MAX_FINGER_WIDTH
 
 
@@ -62,6 +60,7 @@ class Snapshot:
 class RobotState:
     time: float
     joint_positions: np.ndarray  # (7,) rad
+    joint_velocities: np.ndarray  # (7,) rad/s
     finger_positions: np.ndarray  # (2,) m, each finger
     ee_position: np.ndarray  # (3,) m, base frame (franky's end-effector frame)
     ee_quat: np.ndarray  # (4,) x, y, z, w
@@ -308,6 +307,7 @@ class Workcell:
         return RobotState(
             time=snap.time,
             joint_positions=q[self._robot._qpos_addrs].copy(),
+            joint_velocities=snap.qvel[self._robot._dof_addrs].copy(),
             finger_positions=q[self._robot._finger_qpos_addrs].copy(),
             ee_position=pos,
             ee_quat=np.roll(quat_wxyz, -1),
@@ -334,6 +334,8 @@ class Workcell:
     # Internals.
 
     def _index_model(self) -> None:
+        # franky-sim's robot keeps its joint addresses in `_qpos_addrs` / `_dof_addrs` /
+        # `_finger_qpos_addrs` (no public accessor); the workcell reads them, never writes.
         import mujoco
 
         m = self._sim.model

@@ -167,3 +167,20 @@ def test_libero_import_rejects_files_without_the_schema(tmp_path):
     (tmp_path / "text.hdf5").write_text("nope")
     with pytest.raises(EpisodeError, match="not a readable HDF5"):
         import_libero(tmp_path / "text.hdf5", tmp_path / "out")
+
+
+def test_contact_sheet_png_has_a_row_per_episode(demos, tmp_path):
+    import struct
+    import zlib
+
+    from mambavla.data.preview import contact_sheet, write_png
+
+    sheet = contact_sheet([demos / "episode_0", demos / "episode_1", demos / "missing"], frames_per_episode=3)
+    assert sheet.shape == (2 * (SIZE[0] + 2), 3 * 2 * SIZE[1], 3)
+    data = write_png(tmp_path / "sheet.png", sheet).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (height, width) == sheet.shape[:2]
+    idat = data[data.index(b"IDAT") + 4 : data.index(b"IEND") - 8]
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + 3 * width)
+    assert np.array_equal(rows[:, 1:].reshape(sheet.shape), sheet)

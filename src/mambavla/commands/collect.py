@@ -41,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"    {task:<12} {s['success_rate']:.1%} of {s['episodes']}")
     print(f"  seconds per episode {summary['seconds_per_episode']:.2f} (simulated {summary['sim_seconds_per_episode']:.2f})")
     print(f"  real-time factor    {summary['real_time_factor']}  (server loop {summary['server_loop_hz']} Hz)")
-    print(f"  summary             {summary['out']}/summary.json")
+    print(f"  summary             {summary['out']}/summary.json" + (f", {summary['out']}/preview.png" if summary["render"] else ""))
     return 0

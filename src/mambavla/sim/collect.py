@@ -135,6 +135,10 @@ def collect(
         "episodes_detail": results,
     })
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if render:
+        from mambavla.data.preview import contact_sheet, write_png
+
+        write_png(out / "preview.png", contact_sheet([r["path"] for r in results[:6]]))
     return summary
 
 

@@ -1,0 +1,83 @@
+"""Options beyond the default policy: windowed history, depth input, connectors, local transformers towers."""
+
+import numpy as np
+import pytest
+import torch
+
+from mambavla.model.config import preset
+from mambavla.model.language import default_encoder_path
+from mambavla.model.modeling_mambavla import MambaVLA
+from mambavla.runtime import PolicyRuntime
+
+
+def _obs(rt, seed, depth=False):
+    rng = np.random.default_rng(seed)
+    h, w = rt.image_size
+    obs = {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in rt.camera_names},
+           "proprio": rng.normal(size=8).astype(np.float32)}
+    if depth:
+        obs["depth"] = {c: rng.uniform(0.2, 1.5, (h, w)).astype(np.float32) for c in rt.camera_names}
+    return obs
+
+
+def test_window_mode_rescans_last_frames_from_the_instruction_state():
+    torch.manual_seed(0)
+    rt = PolicyRuntime.from_preset("tiny", seed=1, history_mode="window", history_frames=2)
+    rt.set_instruction("lift the blue cube")
+    observations = [_obs(rt, k) for k in range(4)]
+    chunks = [rt.step(o) for o in observations]
+    model = rt.model
+    with torch.no_grad():
+        prompt, _ = model.encode_instruction(["lift the blue cube"])
+        frames = [model.encode_frame({c: torch.from_numpy(o["images"][c]).permute(2, 0, 1)[None].float() for c in rt.camera_names},
+                                     torch.from_numpy(o["proprio"])[None]) for o in observations]
+        g = torch.Generator().manual_seed(1)
+        for k, chunk in enumerate(chunks):
+            state = model.condition(torch.cat([prompt, *frames[max(0, k - 1):k + 1]], dim=1))
+            noise = torch.randn((1, model.config.chunk_size, model.config.action_dim), generator=g)
+            expected = model.normalizer.unnormalize_actions(model.sample_actions(state, noise))[0].numpy()
+            np.testing.assert_allclose(chunk.actions, expected, atol=1e-4)
+
+
+def test_depth_input_is_used_and_required():
+    rt = PolicyRuntime.from_preset("tiny", use_depth=True)
+    rt.set_instruction("lift the red cube")
+    a = rt.step(_obs(rt, 0, depth=True)).actions
+    rt.reset()
+    obs = _obs(rt, 0, depth=True)
+    obs["depth"] = {c: np.full_like(v, 0.3) for c, v in obs["depth"].items()}
+    b = rt.step(obs).actions
+    assert not np.allclose(a, b)  # depth changes the action
+    with pytest.raises(ValueError, match=r"depth\['front'\]"):
+        rt.step(_obs(rt, 0))
+
+
+@pytest.mark.parametrize("connector, scan", [("mlp", "bsm"), ("vss_mlp", "csm"), ("vss_l2", "bsm")])
+def test_every_connector_gives_finite_chunks(connector, scan):
+    rt = PolicyRuntime.from_preset("tiny", connector=connector, scan=scan)
+    rt.set_instruction("push the green cube to the right")
+    chunk = rt.step(_obs(rt, 0))
+    assert np.isfinite(chunk.actions).all()
+
+
+def test_local_transformers_towers_load_from_folders(tmp_path):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, image_size=32, patch_size=8))
+    tower.save_pretrained(tmp_path / "siglip")
+    config = preset("tiny").replace(vision="auto", vision_path=str(tmp_path / "siglip"), freeze_vision=True,
+                                    language=str(default_encoder_path()))
+    model = MambaVLA(config)
+    assert model.vision["tower"].width == 32
+    assert not any(p.requires_grad for p in model.vision["tower"].tower.parameters())
+    rt = PolicyRuntime(model)
+    rt.set_instruction("lift the red cube")
+    assert np.isfinite(rt.step(_obs(rt, 0)).actions).all()
+
+
+def test_missing_local_folders_are_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="language encoder folder not found"):
+        MambaVLA(preset("tiny").replace(language=str(tmp_path / "missing")))
+    with pytest.raises(ValueError, match="vision_path"):
+        preset("tiny").replace(vision="auto")

@@ -7,7 +7,6 @@ Offscreen rendering needs a GL backend chosen before MuJoCo is imported: `osmesa
 import os
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"] if os.environ["MUJOCO_GL"] in ("osmesa", "egl") else "")
 
 from mambavla.sim.config import EVAL_SEED_BASE, WorkcellConfig  # noqa: E402
 from mambavla.sim.tasks import TASK_CHOICES, TASK_FAMILIES, SceneState, TaskMonitor, TaskSpec, eval_seeds  # noqa: E402

@@ -13,6 +13,7 @@ import sys
 COMMANDS = (
     "info",
     "bench",
+    "train",
     "collect", "dataset",
     "instruct", "demo", "bench-ros",
 )

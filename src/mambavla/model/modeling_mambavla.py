@@ -20,7 +20,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambavla.model.config import MambaVLAConfig
@@ -103,7 +102,8 @@ class MambaVLA(nn.Module):
         -> frame tokens (B, tokens_per_frame, d)."""
         tokens = []
         for i, cam in enumerate(self.config.cameras):
-            pixels = (images[cam].to(self.pixel_mean.dtype) / 255.0 - self.pixel_mean) / self.pixel_std
+            # contiguous NCHW: torch 2.13's CPU conv/GroupNorm backward corrupts memory on channels-last input
+            pixels = (images[cam].to(self.pixel_mean.dtype).contiguous() / 255.0 - self.pixel_mean) / self.pixel_std
             encoder = self.vision[cam] if self.config.vision == "resnet" else self.vision["tower"]
             grid = encoder(pixels.to(self.camera_embed.dtype)) + self.camera_embed[i]  # (B, g*g, d)
             tokens.append(self.connector(grid))
@@ -143,8 +143,9 @@ class MambaVLA(nn.Module):
 
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
         """Flow-matching loss on a batch: {"instruction": [str] * B, "images": {camera: (B, C, H, W)},
-        "proprio": (B, P), "actions": (B, H, A) in robot units}. Optionally "frames": images with a
-        leading time axis (B, K, C, H, W) and "proprio" (B, K, P) for history training."""
+        "proprio": (B, P), "actions": (B, H, A) in robot units}, optionally "action_pad" (B, H) bool to
+        leave out steps past an episode's end. For history training, images (B, K, C, H, W) and
+        proprio (B, K, P) with K frames in time order."""
         prompt, mask = self.encode_instruction(list(batch["instruction"]))
         images, proprio = batch["images"], batch["proprio"]
         if proprio.dim() == 2:  # one frame
@@ -162,7 +163,11 @@ class MambaVLA(nn.Module):
         beta = torch.distributions.Beta(torch.tensor(a), torch.tensor(c))
         t = (beta.sample((b,)).to(actions.device) * 0.999 + 0.001).to(actions.dtype)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
-        return F.mse_loss(self.velocity(x_t, t, state), noise - actions)
+        error = (self.velocity(x_t, t, state) - (noise - actions)).pow(2)  # (B, H, A)
+        if "action_pad" in batch:  # steps past the end of an episode carry no information
+            keep = (~batch["action_pad"].to(error.device, torch.bool)).to(error.dtype)[..., None]
+            return (error * keep).sum() / (keep.sum() * error.shape[-1]).clamp_min(1.0)
+        return error.mean()
 
     # ---- introspection ------------------------------------------------------------------------
 

@@ -44,12 +44,14 @@ class Probe:
         self.status_history: dict[str, deque] = {}
         self.poses: deque = deque(maxlen=5000)  # (receipt, position, quat)
         self.chunks: deque = deque(maxlen=1000)  # (receipt, JointTrajectory)
+        self.finger_width = float("nan")
         self.task: dict | None = None
         self.success = False
         n = self.node
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, DIAGNOSTICS_QOS)
         n.create_subscription(PoseStamped, "/ee_pose", self._on_pose, STATE_QOS)
         n.create_subscription(JointTrajectory, "/action_chunk", self._on_chunk, COMMAND_QOS)
+        n.create_subscription(JointState, "/joint_states", self._on_joints, STATE_QOS)
         n.create_subscription(String, "/sim/task", lambda m: setattr(self, "task", json.loads(m.data)), LATCHED_QOS)
         n.create_subscription(Bool, "/sim/success", lambda m: setattr(self, "success", m.data), STATE_QOS)
         self.chunk_pub = n.create_publisher(JointTrajectory, "/action_chunk", COMMAND_QOS)
@@ -76,6 +78,11 @@ class Probe:
         position, quat = pose_from_msg(msg)
         with self.lock:
             self.poses.append((time.monotonic(), position, quat))
+
+    def _on_joints(self, msg: JointState) -> None:
+        fingers = [p for name, p in zip(msg.name, msg.position) if "finger_joint" in name]
+        if len(fingers) == 2:
+            self.finger_width = float(sum(fingers))
 
     def _on_chunk(self, msg: JointTrajectory) -> None:
         with self.lock:
@@ -105,6 +112,7 @@ class Probe:
 
     def close(self) -> None:
         self.executor.shutdown()
+        self._thread.join(timeout=5.0)  # destroying a node under a spinning executor aborts in C++
         self.node.destroy_node()
 
 

@@ -54,7 +54,7 @@ def settle(probe: Probe) -> None:
     probe.wait_for(still, "the arm to come to rest")
 
 
-def stream_line(probe: Probe, velocity: np.ndarray, seconds: float, period: float = 0.3):
+def stream_line(probe: Probe, velocity: np.ndarray, seconds: float, period: float = 0.3, gripper: float = 0.0):
     """Publish a chunk every `period` s continuing a straight line from the pose at the first chunk."""
     start_p, quat = probe.pose()
     t_start = probe.now()
@@ -62,7 +62,7 @@ def stream_line(probe: Probe, velocity: np.ndarray, seconds: float, period: floa
     while time.monotonic() < end:
         now = probe.now()
         origin = start_p + (now - t_start) * np.asarray(velocity)
-        probe.chunk_pub.publish(chunk_message(line_rows(origin, quat, velocity), now))
+        probe.chunk_pub.publish(chunk_message(line_rows(origin, quat, velocity, gripper=gripper), now))
         time.sleep(period)
     return start_p, start_p + (probe.now() - t_start) * np.asarray(velocity)
 
@@ -81,6 +81,16 @@ def test_chunks_move_the_end_effector_toward_the_commanded_targets(stack):
     assert np.linalg.norm(reached - commanded) < 0.03
     rate = float(probe.latest(CTRL)["target_rate_hz"])
     assert 50.0 < rate < 150.0  # streaming at the configured 100 Hz (loose: shared CI cores)
+
+
+def test_the_gripper_column_closes_and_opens_the_hand(stack):
+    probe, _, _ = stack
+    probe.wait_for(lambda: probe.finger_width > 0.07, "the hand to start open")
+    stream_line(probe, np.zeros(3), seconds=2.0, gripper=1.0)
+    probe.wait_for(lambda: probe.finger_width < 0.03, "the hand to close")
+    assert float(probe.latest(CTRL)["gripper_width"]) < 0.03
+    stream_line(probe, np.zeros(3), seconds=2.0, gripper=0.0)
+    probe.wait_for(lambda: probe.finger_width > 0.07, "the hand to open again")
 
 
 BAD_CHUNKS = {

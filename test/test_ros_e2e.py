@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 
 def test_instruction_in_chunks_out_and_the_arm_follows_only_safe_chunks(tmp_path):
     checkpoint = os.environ.get("MAMBAVLA_TEST_CHECKPOINT", "")
-    cmd = [sys.executable, "-m", "mambavla.cli", "demo", "--task", "lift", "--seconds", "8", "--json",
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "mambavla.cli", "demo", "--task", "lift", "--seconds", "8", "--json",
            "--out", str(tmp_path)]
     if checkpoint:
         cmd += ["--checkpoint", checkpoint]

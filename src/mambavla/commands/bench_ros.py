@@ -133,6 +133,7 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
     finally:
         policy.stop()
         executor.shutdown()
+        spinner.join(timeout=5.0)
         node.destroy_node()
     lat = np.array(latencies[args.warmup:]) * 1e3
     return {

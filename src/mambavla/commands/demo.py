@@ -182,6 +182,7 @@ class _Monitor:
 
     def close(self) -> None:
         self.executor.shutdown()
+        self._thread.join(timeout=5.0)  # destroying a node under a spinning executor aborts in C++
         self.node.destroy_node()
 
 

@@ -146,6 +146,7 @@ class ControllerNode(Node):
         self.gripper: GripperWorker | None = None
         self.tracker = None
         self.franky_error = ""
+        self.gripper_error = "" if self.gripper_enabled else "gripper disabled by parameter"
         self._snapshot = None  # (stamp, q, dq, tau, position, quat) from the control thread
         self._tick_periods: list[float] = []
         self._rate_stats = (float("nan"), float("nan"), float("nan"))  # mean Hz, jitter std ms, max period ms
@@ -225,7 +226,7 @@ class ControllerNode(Node):
             "target_max_period_ms": worst,
             "franky_error": self.franky_error,
             "gripper_width": self.gripper.width if self.gripper is not None else float("nan"),
-            "gripper_error": self.gripper.error if self.gripper is not None else "",
+            "gripper_error": self.gripper.error if self.gripper is not None else self.gripper_error,
             "robot_ip": self.robot_ip,
         }
         self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/controller_node",
@@ -237,15 +238,19 @@ class ControllerNode(Node):
         try:
             config = franky.RealtimeConfig.Enforce if self.realtime else franky.RealtimeConfig.Ignore
             self.robot = franky.Robot(self.robot_ip, realtime_config=config)
-            if self.gripper_enabled:
-                self.gripper = GripperWorker(franky.Gripper(self.robot_ip), self.gripper_speed, self.gripper_force,
-                                             FRANKA_MAX_FINGER_WIDTH, self.get_logger())
         except Exception as err:  # NetworkException, IncompatibleVersionException, RealtimeException ...
             self.robot = None
             self.franky_error = f"cannot connect to {self.robot_ip}: {err}"
             self.core.deactivate(self.franky_error, error=True)
             self.get_logger().error(self.franky_error, throttle_duration_sec=10.0)
             return False
+        if self.gripper_enabled:
+            try:
+                self.gripper = GripperWorker(franky.Gripper(self.robot_ip), self.gripper_speed, self.gripper_force,
+                                             FRANKA_MAX_FINGER_WIDTH, self.get_logger())
+            except Exception as err:  # the arm is still usable; the status says the hand is not
+                self.gripper_error = f"no gripper at {self.robot_ip}: {err}"
+                self.get_logger().error(self.gripper_error)
         self.franky_error = ""
         self.core.deactivate("connected; call ~/enable")
         self.get_logger().info(f"connected to {self.robot_ip}")

@@ -1,12 +1,32 @@
-"""Parameter declaration with defaults and descriptions, read back as plain Python values."""
+"""Parameter declaration with defaults and descriptions, read back as plain Python values.
+
+Scalars are declared with dynamic typing and converted here, so `-p rate_hz:=100` (an integer on the
+command line) sets a float parameter instead of failing; a value that cannot be converted is a clear
+startup error.
+"""
 
 from __future__ import annotations
 
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
-_ARRAY_TYPES = {float: ParameterType.PARAMETER_DOUBLE_ARRAY, str: ParameterType.PARAMETER_STRING_ARRAY,
-                int: ParameterType.PARAMETER_INTEGER_ARRAY}
+
+def _convert(name: str, value, kind: type):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ValueError(f"parameter {name!r}: expected {kind.__name__}, got {value!r}")
 
 
 def declare(node: Node, name: str, default, description: str, item_type: type | None = None):
@@ -16,8 +36,10 @@ def declare(node: Node, name: str, default, description: str, item_type: type | 
     """
     if isinstance(default, (list, tuple)):
         item_type = item_type or type(default[0])
-        descriptor = ParameterDescriptor(description=description, type=_ARRAY_TYPES[item_type])
+        descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
         value = node.declare_parameter(name, [item_type(v) for v in default], descriptor).value
-        return [item_type(v) for v in value]
-    value = node.declare_parameter(name, default, ParameterDescriptor(description=description)).value
-    return type(default)(value) if default is not None else value
+        if not isinstance(value, (list, tuple)) and not hasattr(value, "tolist"):
+            raise ValueError(f"parameter {name!r}: expected a list of {item_type.__name__}, got {value!r}")
+        return [_convert(name, v, item_type) for v in (value.tolist() if hasattr(value, "tolist") else value)]
+    descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
+    return _convert(name, node.declare_parameter(name, default, descriptor).value, type(default))

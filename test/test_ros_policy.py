@@ -3,6 +3,8 @@ robot and operator. Instructions in, chunks out; bad images and instructions are
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -143,9 +145,12 @@ def test_bad_instructions_are_rejected_and_the_current_one_stays(policy, text, f
     assert node.alive
 
 
-def test_a_new_instruction_replaces_the_old_one(policy):
+def test_mambavla_instruct_replaces_the_instruction(policy):
     probe, _, _ = policy
-    probe.instruction_pub.publish(String(data="push the blue cube to the left"))
+    done = subprocess.run([sys.executable, "-m", "mambavla.cli", "instruct", "push  the blue cube to the left"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "1 subscriber" in done.stdout or "subscriber(s)" in done.stdout
     probe.wait_status(POLICY, lambda s: s["instruction"] == "push the blue cube to the left", "the new instruction")
     t = time.monotonic()
     probe.wait_for(lambda: chunks_after(probe, t), "chunks for the new instruction")

@@ -12,8 +12,8 @@ from mambavla.spaces import quat_angle_between
 
 @dataclass(frozen=True)
 class SafetyLimits:
-    workspace_min: tuple[float, float, float] = (0.25, -0.45, 0.02)  # m, base frame
-    workspace_max: tuple[float, float, float] = (0.80, 0.45, 0.75)
+    workspace_min: tuple[float, float, float] = (0.25, -0.45, 0.01)  # m, base frame
+    workspace_max: tuple[float, float, float] = (0.80, 0.45, 0.70)
     max_linear_speed: float = 0.25  # m/s, streamed target
     max_angular_speed: float = 1.0  # rad/s, streamed target
     max_jump: float = 0.05  # m between consecutive chunk rows

@@ -105,17 +105,18 @@ class ControllerNode(Node):
                                                    "per-axis translation error the impedance law sees at most, m"))
         self.rotational_error_clip = np.array(p("rotational_error_clip", [0.2, 0.2, 0.2],
                                                 "per-axis rotation error the impedance law sees at most, rad"))
+        d = SafetyLimits()  # defaults live in one place
         limits = SafetyLimits(
-            workspace_min=tuple(p("workspace_min", [0.25, -0.45, 0.02], "workspace box lower corner (base frame), m")),
-            workspace_max=tuple(p("workspace_max", [0.80, 0.45, 0.75], "workspace box upper corner (base frame), m")),
-            max_linear_speed=p("max_linear_speed", 0.25, "streamed target speed limit, m/s"),
-            max_angular_speed=p("max_angular_speed", 1.0, "streamed target angular speed limit, rad/s"),
-            max_jump=p("max_jump", 0.05, "reject chunks whose consecutive rows are further apart, m"),
-            max_jump_angle=p("max_jump_angle", 0.35, "reject chunks whose consecutive rows rotate more, rad"),
-            max_start_offset=p("max_start_offset", 0.10, "reject chunks starting further from the current target, m"),
-            max_start_offset_angle=p("max_start_offset_angle", 0.6, "same for orientation, rad"),
-            max_chunk_age=p("max_chunk_age", 1.0, "reject chunks whose observation is older than this, s"),
-            max_chunk_future=p("max_chunk_future", 0.25, "reject chunks stamped further in the future, s"),
+            workspace_min=tuple(p("workspace_min", list(d.workspace_min), "workspace box lower corner (base frame), m")),
+            workspace_max=tuple(p("workspace_max", list(d.workspace_max), "workspace box upper corner (base frame), m")),
+            max_linear_speed=p("max_linear_speed", d.max_linear_speed, "streamed target speed limit, m/s"),
+            max_angular_speed=p("max_angular_speed", d.max_angular_speed, "streamed target angular speed limit, rad/s"),
+            max_jump=p("max_jump", d.max_jump, "reject chunks whose consecutive rows are further apart, m"),
+            max_jump_angle=p("max_jump_angle", d.max_jump_angle, "reject chunks whose consecutive rows rotate more, rad"),
+            max_start_offset=p("max_start_offset", d.max_start_offset, "reject chunks starting further from the current target, m"),
+            max_start_offset_angle=p("max_start_offset_angle", d.max_start_offset_angle, "same for orientation, rad"),
+            max_chunk_age=p("max_chunk_age", d.max_chunk_age, "reject chunks whose observation is older than this, s"),
+            max_chunk_future=p("max_chunk_future", d.max_chunk_future, "reject chunks stamped further in the future, s"),
         )
         self.core = ControllerCore(
             limits,
@@ -177,7 +178,10 @@ class ControllerNode(Node):
         except ValueError as err:
             reason = self.core.reject(f"malformed chunk: {err}")
         else:
-            reason = self.core.submit(chunk, self._now())
+            try:
+                reason = self.core.submit(chunk, self._now())
+            except Exception as err:  # a bug must not take the node (and the watchdog) down; nothing was scheduled
+                reason = self.core.reject(f"malformed chunk: internal error {type(err).__name__}: {err}")
         if reason:
             self.get_logger().warning(f"rejected chunk: {reason}", throttle_duration_sec=1.0)
 

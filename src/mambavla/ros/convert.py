@@ -22,6 +22,7 @@ from mambavla.runtime.chunk import ActionChunk
 DELTA_SUFFIX = "/ee_at_stamp"
 IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
+MAX_CHUNK_POINTS = 1000
 
 try:  # used where installed (a full ROS 2 install); never required
     from cv_bridge import CvBridge as _CvBridge
@@ -153,6 +154,8 @@ def trajectory_to_chunk(msg: JointTrajectory, base_frame: str, dt_tolerance: flo
         raise ValueError(f"joint_names must be non-empty and unique, got {list(names)}")
     if not msg.points:
         raise ValueError("chunk has no points")
+    if len(msg.points) > MAX_CHUNK_POINTS:
+        raise ValueError(f"chunk has {len(msg.points)} points > {MAX_CHUNK_POINTS}")
     rows = []
     for k, point in enumerate(msg.points):
         if len(point.positions) != len(names):

@@ -161,13 +161,16 @@ class PolicyNode(Node):
                                f"image {self.runtime.image_size}, {self.runtime.chunk_size} x {self.runtime.dt} s, "
                                f"{self.runtime.action_mode} actions")
 
+    def _due_time(self) -> float:
+        """In `consumed` mode: when the last chunk is `consume_fraction` executed (0 before the first)."""
+        if self.infer_mode != "consumed" or self._last_chunk_stamp is None:
+            return 0.0
+        return self._last_chunk_stamp + self.consume_fraction * self.runtime.chunk_size * self.runtime.dt
+
     def _due(self, now: float) -> bool:
         if self.infer_mode == "rate":
             return now >= self._last_infer + 1.0 / self.infer_rate_hz
-        if self.infer_mode == "consumed" and self._last_chunk_stamp is not None:
-            horizon = self.runtime.chunk_size * self.runtime.dt
-            return now >= self._last_chunk_stamp + self.consume_fraction * horizon
-        return True
+        return now >= self._due_time()
 
     def _observation(self, now: float) -> dict | None:
         """The latest observation if every part is fresh and at least one frame is new; else None."""
@@ -179,6 +182,8 @@ class PolicyNode(Node):
             return None
         if all(self._frames[i][1] <= self._used_stamps.get(i, -1.0) for i in range(n)):
             return None  # nothing new since the last chunk: do not feed the same frame twice
+        if min(self._frames[i][1] for i in range(n)) < self._due_time():
+            return None  # wait for frames taken after the due time: an older view makes the chunk late
         for i in range(n):
             age = now - self._frames[i][1]
             if age > self.max_observation_age:

@@ -70,6 +70,7 @@ class WorkcellConfig:
     push_hold: float = 0.3
     push_lane_y: float = 0.06  # pushed cube starts with |y| below this
     push_lane_clearance: float = 0.10  # other objects keep this |dx| from the pushed cube
+    push_max_cube_yaw: float = 0.3  # a cube turned further tends to spin off a sideways push
 
     # Expert.
     stiffness: float = 1000.0

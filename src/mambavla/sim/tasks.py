@@ -134,7 +134,11 @@ def _sample_layout(spec: TaskSpec, rng: np.random.Generator, c: WorkcellConfig) 
             break
     else:
         raise RuntimeError(f"could not sample a layout for {spec}")
-    cubes = {n: (float(p[0]), float(p[1]), float(rng.uniform(-c.max_cube_yaw, c.max_cube_yaw))) for (k, n), p in placed.items() if k == "cube"}
+    cubes = {}
+    for (kind, name), p in placed.items():
+        if kind == "cube":
+            max_yaw = c.push_max_cube_yaw if push and (kind, name) == target else c.max_cube_yaw
+            cubes[name] = (float(p[0]), float(p[1]), float(rng.uniform(-max_yaw, max_yaw)))
     plates = {n: (float(p[0]), float(p[1])) for (k, n), p in placed.items() if k == "plate"}
     home_q = tuple(float(q + rng.uniform(-c.home_q_jitter, c.home_q_jitter)) for q in c.home_q)
     return Layout(cubes, plates, home_q)

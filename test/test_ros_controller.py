@@ -83,6 +83,20 @@ def test_chunks_move_the_end_effector_toward_the_commanded_targets(stack):
     assert 50.0 < rate < 150.0  # streaming at the configured 100 Hz (loose: shared CI cores)
 
 
+def test_delta_chunks_are_relative_to_the_pose_at_the_observation_time(stack):
+    probe, _, _ = stack
+    settle(probe)
+    start, _ = probe.pose()
+    rows = np.zeros((16, 7))
+    rows[:, 1] = np.linspace(0.0, 0.03, 16)  # 3 cm along +y over 0.75 s, relative to the observed pose
+    probe.chunk_pub.publish(chunk_message(rows, probe.now(), frame_id="fr3_link0/ee_at_stamp"))
+    status = probe.wait_status(CTRL, lambda s: s["state"] == "ACTIVE", "ACTIVE on the delta chunk")
+    assert status["last_rejection"] == "" or int(status["chunks_accepted"]) > 0
+    settle(probe)
+    moved = probe.pose()[0] - start
+    assert moved[1] == pytest.approx(0.03, abs=0.008) and abs(moved[0]) < 0.008 and abs(moved[2]) < 0.008
+
+
 def test_the_gripper_column_closes_and_opens_the_hand(stack):
     probe, _, _ = stack
     probe.wait_for(lambda: probe.finger_width > 0.07, "the hand to start open")

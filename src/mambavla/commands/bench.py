@@ -29,6 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     import numpy as np
 
@@ -77,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = {
         "preset": None if args.checkpoint else args.preset, "checkpoint": args.checkpoint, "device": args.device,
-        "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name() if cuda else _cpu_name(),
         "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
         "fusions": {},
     }

@@ -1,9 +1,9 @@
 """Fusion stacks over `[instruction | observations ... | actions]` with one interface:
 
-    hidden, new_state = fusion(x, state=None, cond=None, mask=None)
+    hidden, new_state = fusion(x, state=None, cond=None, mask=None, cond_start=0)
 
 `state` is what the stack needs to continue the sequence: per-layer `Mamba2State` (constant size)
-for `MambaFusion`, per-layer KV caches (growing with the sequence) for `TransformerFusion`, the
+for Mamba blocks, per-layer KV caches (growing with the sequence) for transformer blocks, the
 side-by-side baseline. `cond` (B, d) is the flow-matching time embedding, applied by FiLM to the tokens
 from `cond_start` on (the action tokens: all of them when they are scanned from a cached state);
 `mask` (B, L) marks padding to ignore (left-padded prompts).
@@ -53,13 +53,15 @@ class MambaBlock(nn.Module):
         return x + y, state
 
 
-class MambaFusion(nn.Module):
-    def __init__(self, config: MambaVLAConfig):
-        super().__init__()
-        self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layers))
+class FusionStack(nn.Module):
+    """Blocks applied in order, each continuing from its own entry of `state`."""
 
-    def forward(self, x: Tensor, state: list[Mamba2State] | None = None, cond: Tensor | None = None,
-                mask: Tensor | None = None, cond_start: int = 0) -> tuple[Tensor, list[Mamba2State]]:
+    def __init__(self, blocks):
+        super().__init__()
+        self.layers = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor, state: list | None = None, cond: Tensor | None = None,
+                mask: Tensor | None = None, cond_start: int = 0) -> tuple[Tensor, list]:
         state = state or [None] * len(self.layers)
         new_state = []
         for layer, s in zip(self.layers, state):
@@ -147,21 +149,10 @@ def matched_mlp_hidden(config: MambaVLAConfig) -> int:
     return max(8, round((mamba - rest) / (2 * d) / 8) * 8)
 
 
-class TransformerFusion(nn.Module):
-    def __init__(self, config: MambaVLAConfig):
-        super().__init__()
-        hidden = matched_mlp_hidden(config)
-        self.layers = nn.ModuleList(TransformerBlock(config, hidden) for _ in range(config.n_layers))
-
-    def forward(self, x: Tensor, state: list[KVCache] | None = None, cond: Tensor | None = None,
-                mask: Tensor | None = None, cond_start: int = 0) -> tuple[Tensor, list[KVCache]]:
-        state = state or [None] * len(self.layers)
-        new_state = []
-        for layer, cache in zip(self.layers, state):
-            x, cache = layer(x, cache, cond, mask, cond_start)
-            new_state.append(cache)
-        return x, new_state
-
-
-def build_fusion(config: MambaVLAConfig) -> nn.Module:
-    return MambaFusion(config) if config.fusion == "mamba" else TransformerFusion(config)
+def build_fusion(config: MambaVLAConfig) -> FusionStack:
+    """Mamba-2 blocks (state: per-layer Mamba2State) or, for comparison, transformer blocks with the
+    same parameter count (state: per-layer KVCache)."""
+    if config.fusion == "mamba":
+        return FusionStack(MambaBlock(config) for _ in range(config.n_layers))
+    hidden = matched_mlp_hidden(config)
+    return FusionStack(TransformerBlock(config, hidden) for _ in range(config.n_layers))

@@ -33,7 +33,9 @@ def test_window_mode_rescans_last_frames_from_the_instruction_state():
                                      torch.from_numpy(o["proprio"])[None]) for o in observations]
         g = torch.Generator().manual_seed(1)
         for k, chunk in enumerate(chunks):
-            state = model.condition(torch.cat([prompt, *frames[max(0, k - 1):k + 1]], dim=1))
+            window = frames[max(0, k - 1):k + 1]
+            window = [window[0]] * (2 - len(window)) + window  # the first frame repeated until the window is full
+            state = model.condition(torch.cat([prompt, *window], dim=1))
             noise = torch.randn((1, model.config.chunk_size, model.config.action_dim), generator=g)
             expected = model.normalizer.unnormalize_actions(model.sample_actions(state, noise))[0].numpy()
             np.testing.assert_allclose(chunk.actions, expected, atol=1e-4)

@@ -134,10 +134,12 @@ def test_unknown_preset_and_bad_config_are_rejected():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_step_matches_eager_step():
+@pytest.mark.parametrize("history", [{"history_mode": "stream"}, {"history_mode": "window", "history_frames": 3},
+                                     {"history_mode": "window", "history_frames": 1}])
+def test_cuda_graph_step_matches_eager_step(history):
     chunks = {}
     for graph in (False, True):
-        rt = PolicyRuntime.from_preset("tiny", device="cuda", seed=5, cuda_graph=graph)
+        rt = PolicyRuntime.from_preset("tiny", device="cuda", seed=5, cuda_graph=graph, **history)
         rt.set_instruction("lift the red cube")
         chunks[graph] = [rt.step(_obs(rt, seed=k)).actions for k in range(4)]
         rt.reset()

@@ -19,7 +19,7 @@ def test_train_command_writes_a_checkpoint_the_runtime_can_run(tmp_path, capsys)
     shutil.copytree(bag, data / bag.name)
     out = tmp_path / "ckpt"
     assert main(["train", "--data", str(data), "--out", str(out), "--preset", "tiny", "--steps", "4",
-                 "--batch-size", "4", "--action-mode", "delta", "--json"]) == 0
+                 "--batch-size", "4", "--action-mode", "delta", "--history-frames", "2", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["episodes"] == 1 and summary["steps"] == 4 and np.isfinite(summary["loss_last"])
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "stats.json", "meta.json",
@@ -29,6 +29,7 @@ def test_train_command_writes_a_checkpoint_the_runtime_can_run(tmp_path, capsys)
     runtime = PolicyRuntime.from_checkpoint(out)
     assert runtime.image_size == CAMERA_SIZE
     assert runtime.action_mode == "delta"
+    assert (runtime.config.history_mode, runtime.config.history_frames) == ("window", 2)
     stats = compute_norm_stats(EpisodeDataset([data], chunk=runtime.chunk_size, action_mode="delta", verbose=False))
     assert json.loads((out / "stats.json").read_text()) == stats
     runtime.set_instruction("lift the red cube")

@@ -13,6 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="base", help="model preset (default: base)")
     p.add_argument("--fusion", choices=("mamba", "transformer"), help="override the preset's fusion")
     p.add_argument("--action-mode", choices=("absolute", "delta"), default="absolute")
+    p.add_argument("--history-frames", type=int, default=1,
+                   help="frames of history per sample; the checkpoint then runs in window mode with this many (default 1)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -26,12 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mambavla.train.trainer import TrainSettings, train
 
-    if args.steps < 1 or args.batch_size < 1:
-        raise ValueError("--steps and --batch-size must be positive")
+    if args.steps < 1 or args.batch_size < 1 or args.history_frames < 1:
+        raise ValueError("--steps, --batch-size and --history-frames must be positive")
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=min(100, args.steps // 10),
                              seed=args.seed, device=args.device, save_every=args.save_every)
     summary = train(args.data, args.out, args.preset, args.action_mode, settings,
-                    overrides={"fusion": args.fusion} if args.fusion else None, progress=not args.json)
+                    overrides={"fusion": args.fusion} if args.fusion else None, progress=not args.json,
+                    history_frames=args.history_frames)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

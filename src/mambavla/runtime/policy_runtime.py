@@ -20,9 +20,13 @@ from mambavla.runtime.chunk import ActionChunk
 
 
 class PolicyRuntime:
-    """`cuda_graph`: on CUDA, capture the whole streaming step (vision, state update, every flow step)
-    as one CUDA graph and replay it. Possible because a Mamba step has static shapes: the recurrent
-    state has a fixed size, unlike a growing KV cache. Default: on for CUDA + Mamba + stream mode."""
+    """History: `stream` continues the recurrent state frame after frame (O(1) per step); `window`
+    re-scans the last T frames from the instruction state each step, repeating the first frame until T
+    have been seen (as training pads windows at an episode's start).
+
+    `cuda_graph`: on CUDA with the Mamba fusion, capture the whole step (vision, state update, every
+    flow step) as one CUDA graph and replay it. Possible because a Mamba step has static shapes: the
+    recurrent state and the window have fixed sizes, unlike a growing KV cache. Default: on where possible."""
 
     def __init__(self, model: MambaVLA, device: str | torch.device = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
                  cuda_graph: bool | None = None):
@@ -39,9 +43,9 @@ class PolicyRuntime:
         self._state: list | None = None  # context state after the last frame (stream mode)
         self._window: deque = deque(maxlen=self.config.history_frames)  # frame tokens (window mode)
         self.frames_seen = 0
-        graphable = self.device.type == "cuda" and self.config.fusion == "mamba" and self.config.history_mode == "stream"
+        graphable = self.device.type == "cuda" and self.config.fusion == "mamba"
         if cuda_graph and not graphable:
-            raise ValueError("cuda_graph needs device 'cuda', the mamba fusion and history_mode 'stream'")
+            raise ValueError("cuda_graph needs device 'cuda' and the mamba fusion")
         self.cuda_graph = graphable if cuda_graph is None else cuda_graph
         self._graph: _StepGraph | None = None
         self.reset()
@@ -100,10 +104,10 @@ class PolicyRuntime:
         """Forget the observation history (keeps the instruction); restart the noise sequence."""
         self._generator.manual_seed(self.seed)
         self._state = self._prefix_state
-        if self._graph is not None and self._prefix_state is not None:
-            self._graph.load_state(self._prefix_state)
-            self._state = self._graph.state
         self._window.clear()
+        if self._graph is not None and self._prefix_state is not None:
+            self._graph.restart(self._prefix_state)
+            self._state = self._graph.state
         self.frames_seen = 0
 
     @torch.no_grad()
@@ -135,7 +139,8 @@ class PolicyRuntime:
             context = self._state
         else:  # re-scan the last T frames from the instruction prefix state
             self._window.append(tokens)
-            context = self.model.condition(torch.cat(list(self._window), dim=1), self._prefix_state)
+            padding = [self._window[0]] * (self.config.history_frames - len(self._window))
+            context = self.model.condition(torch.cat(padding + list(self._window), dim=1), self._prefix_state)
         sync()
         t2 = time.perf_counter()
         noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=self._generator, device=self.device, dtype=self.dtype)
@@ -150,8 +155,11 @@ class PolicyRuntime:
     def _graph_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, stamp: float) -> ActionChunk:
         t0 = time.perf_counter()
         if self._graph is None:
-            self._graph = _StepGraph(self.model, self._state, images, proprio, self.dtype)
+            self._graph = _StepGraph(self.model, self._prefix_state, images, proprio, self.dtype)
+            self._graph.restart(self._state if self.config.history_mode == "stream" else self._prefix_state)
             self._state = self._graph.state
+        if self.config.history_mode == "window" and self.frames_seen == 0:
+            self._graph.fill_window(images, proprio)
         noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=self._generator, device=self.device, dtype=self.dtype)
         actions = self._graph.run(images, proprio, noise)
         t1 = time.perf_counter()
@@ -174,7 +182,7 @@ class PolicyRuntime:
             n = min(block, frames - start)
             state = self.model.condition(tokens.repeat(1, n, 1), state)
         if self._graph is not None:
-            self._graph.load_state(state)
+            self._graph.restart(state)
         else:
             self._state = state
         self.frames_seen += frames
@@ -235,38 +243,58 @@ class PolicyRuntime:
 
 
 class _StepGraph:
-    """One CUDA graph for a whole streaming step. Inputs are copied into static buffers, the graph
-    is replayed, and the recurrent state is updated in place in its static buffers."""
+    """One CUDA graph for a whole step. Inputs are copied into static buffers and the graph replayed;
+    it updates its own static history in place: the recurrent state (stream mode) or the window of the
+    last T-1 frames' tokens (window mode, re-scanned from the static instruction state)."""
 
-    def __init__(self, model: MambaVLA, state: list, images: dict[str, torch.Tensor], proprio: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, model: MambaVLA, prefix_state: list, images: dict[str, torch.Tensor], proprio: torch.Tensor, dtype: torch.dtype):
         self.model = model
+        self.stream = model.config.history_mode == "stream"
         self.images = {c: torch.zeros_like(v) for c, v in images.items()}
         self.proprio = torch.zeros_like(proprio)
         self.noise = torch.zeros((1, model.config.chunk_size, model.config.action_dim), device=proprio.device, dtype=dtype)
-        self.state = [type(s)(*(t.clone() for t in s)) for s in state]
-        saved = [type(s)(*(t.clone() for t in s)) for s in state]
+        self.state = [type(s)(*(t.clone() for t in s)) for s in prefix_state]  # stream: history; window: instruction
+        n, d = model.config.tokens_per_frame, model.config.d_model
+        self.window = torch.zeros(1, (model.config.history_frames - 1) * n, d, device=proprio.device, dtype=dtype)
+        saved = ([t.clone() for s in self.state for t in s], self.window.clone())
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: Triton compiles/autotunes, allocator settles
             for _ in range(3):
                 self._body()
         torch.cuda.current_stream().wait_stream(side)
-        self.load_state(saved)
+        for dst, src in zip([t for s in self.state for t in s], saved[0]):
+            dst.copy_(src)
+        self.window.copy_(saved[1])
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.actions = self._body()
 
     def _body(self) -> torch.Tensor:
         tokens = self.model.encode_frame(self.images, self.proprio)
-        new_state = self.model.condition(tokens, self.state)
-        actions = self.model.sample_actions(new_state, self.noise)
-        self.load_state(new_state)
+        if self.stream:
+            context = self.model.condition(tokens, self.state)
+            self._load(context)
+        else:
+            frames = torch.cat([self.window, tokens], dim=1)
+            context = self.model.condition(frames, self.state)
+            self.window.copy_(frames[:, tokens.shape[1]:])
+        actions = self.model.sample_actions(context, self.noise)
         return self.model.normalizer.unnormalize_actions(actions.float())
 
-    def load_state(self, state: list) -> None:
+    def _load(self, state: list) -> None:
         for dst, src in zip(self.state, state):
             for d, s in zip(dst, src):
                 d.copy_(s)
+
+    def restart(self, state: list) -> None:
+        """Stream mode: continue from `state`. Window mode: `state` is the instruction's state."""
+        self._load(state)
+
+    def fill_window(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> None:
+        """Start a window with copies of the first frame (eager, once per episode)."""
+        tokens = self.model.encode_frame(images, proprio)
+        self.window.copy_(tokens.repeat(1, self.model.config.history_frames - 1, 1))
 
     def run(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
         for c, v in images.items():

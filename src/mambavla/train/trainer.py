@@ -34,25 +34,40 @@ class TrainSettings:
     save_every: int = 500
 
 
-def config_for_dataset(base: MambaVLAConfig, dataset: EpisodeDataset) -> MambaVLAConfig:
-    """The preset, adapted to what the episodes contain: cameras, image size, rate, action mode."""
+def config_for_dataset(base: MambaVLAConfig, dataset: EpisodeDataset, history_frames: int) -> MambaVLAConfig:
+    """The preset, adapted to what the episodes contain (cameras, image size, rate, action mode) and to
+    how it is trained: on windows of `history_frames` frames, so it runs in window mode."""
     return base.replace(cameras=tuple(dataset.cameras), image_size=tuple(dataset.image_size), dt=dataset.dt,
-                        chunk_size=dataset.chunk, action_mode=dataset.action_mode)
+                        chunk_size=dataset.chunk, action_mode=dataset.action_mode,
+                        history_mode="window", history_frames=history_frames)
 
 
-def batches(dataset: EpisodeDataset, batch_size: int, device: torch.device, seed: int):
-    """Endless shuffled batches in the layout `MambaVLA.loss` takes."""
+def batches(dataset: EpisodeDataset, batch_size: int, history_frames: int, device: torch.device, seed: int):
+    """Endless shuffled batches in the layout `MambaVLA.loss` takes: the last `history_frames` frames up to
+    each sample (the episode's first frame repeated before its start), instruction, future chunk."""
     rng = np.random.default_rng(seed)
+    back = np.arange(1 - history_frames, 1)
     while True:
         for order in np.array_split(rng.permutation(len(dataset)), max(1, len(dataset) // batch_size)):
-            samples = [dataset[int(i)] for i in order[:batch_size]]
+            images = {c: [] for c in dataset.cameras}
+            proprio, actions, pads, instructions = [], [], [], []
+            for index in order[:batch_size]:
+                e, t = dataset.locate(int(index))
+                episode = dataset.episodes[e]
+                frames = np.maximum(t + back, 0)
+                for c in dataset.cameras:
+                    images[c].append(np.asarray(episode.images[c][frames]))  # (K, H, W, 3)
+                proprio.append(np.asarray(episode.proprio[frames], dtype=np.float32))
+                chunk, pad = dataset.action_chunk(e, t)
+                actions.append(chunk)
+                pads.append(pad)
+                instructions.append(episode.instruction)
             yield {
-                "instruction": [s["instruction"] for s in samples],
-                "images": {c: torch.from_numpy(np.stack([s["images"][c] for s in samples])).permute(0, 3, 1, 2).to(device, torch.float32)
-                           for c in dataset.cameras},
-                "proprio": torch.from_numpy(np.stack([s["proprio"] for s in samples])).to(device),
-                "actions": torch.from_numpy(np.stack([s["actions"] for s in samples])).to(device),
-                "action_pad": torch.from_numpy(np.stack([s["action_pad"] for s in samples])).to(device),
+                "instruction": instructions,
+                "images": {c: torch.from_numpy(np.stack(v)).permute(0, 1, 4, 2, 3).to(device, torch.float32) for c, v in images.items()},
+                "proprio": torch.from_numpy(np.stack(proprio)).to(device),  # (B, K, P)
+                "actions": torch.from_numpy(np.stack(actions)).to(device),
+                "action_pad": torch.from_numpy(np.stack(pads)).to(device),
             }
 
 
@@ -76,12 +91,13 @@ def loss_curve(losses: list[float], height: int = 240, width: int = 640) -> np.n
 
 
 def train(data: list[str], out: str | Path, preset_name: str = "base", action_mode: str = "absolute",
-          settings: TrainSettings | None = None, overrides: dict | None = None, progress: bool = True) -> dict:
+          settings: TrainSettings | None = None, overrides: dict | None = None, progress: bool = True,
+          history_frames: int = 1) -> dict:
     settings = settings or TrainSettings()
     out = Path(out)
     base = preset(preset_name).replace(**(overrides or {}))
     dataset = EpisodeDataset(data, chunk=base.chunk_size, action_mode=action_mode, successful_only=True, verbose=progress)
-    config = config_for_dataset(base, dataset)
+    config = config_for_dataset(base, dataset, history_frames)
     torch.manual_seed(settings.seed)
     device = torch.device(settings.device)
     stats = compute_norm_stats(dataset)
@@ -93,7 +109,7 @@ def train(data: list[str], out: str | Path, preset_name: str = "base", action_mo
         if settings.save_every and (step + 1) % settings.save_every == 0 and step + 1 < settings.steps:
             save_checkpoint(model, out, meta={"steps_done": step + 1, "partial": True})
 
-    losses = fit(model, batches(dataset, settings.batch_size, device, settings.seed), settings.steps, lr=settings.lr,
+    losses = fit(model, batches(dataset, settings.batch_size, history_frames, device, settings.seed), settings.steps, lr=settings.lr,
                  warmup=settings.warmup, seed=settings.seed, progress=progress, on_step=on_step)
     seconds = time.time() - started
     window = max(1, min(100, settings.steps // 10))
@@ -106,6 +122,7 @@ def train(data: list[str], out: str | Path, preset_name: str = "base", action_mo
         "skipped_episodes": len(dataset.skipped),
         "samples": len(dataset),
         "action_mode": action_mode,
+        "history_frames": history_frames,
         "steps": settings.steps,
         "batch_size": settings.batch_size,
         "device": str(device),

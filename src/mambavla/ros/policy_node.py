@@ -223,10 +223,15 @@ class PolicyNode(Node):
                     self._lock.wait(timeout=0.01)
                     continue
                 text, self._pending_instruction = self._pending_instruction, None
-            if text is not None:
-                self._apply_instruction(text)
-                continue
-            self._infer(obs)
+            try:
+                if text is not None:
+                    self._apply_instruction(text)
+                else:
+                    self._infer(obs)
+            except Exception as err:  # a failing policy must not silently kill the worker: report, keep trying
+                self.state, self.reason = "ERROR", f"inference failed: {type(err).__name__}: {err}"
+                self.get_logger().error(self.reason, throttle_duration_sec=5.0)
+                time.sleep(0.5)
 
     def _apply_instruction(self, text: str) -> None:
         try:

@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="run the simulated arm following the task's instruction (sim + controller + policy nodes)")
     p.add_argument("--task", default="lift", help="workcell task: lift, place, push-left, push-right, push, all (default: lift)")
     p.add_argument("--seed", type=int, default=0, help="episode seed (default: 0)")
-    p.add_argument("--checkpoint", default="", help="checkpoint folder; without one an UNTRAINED preset runs")
+    p.add_argument("--checkpoint", default=os.environ.get("MAMBAVLA_CHECKPOINT", ""),
+                   help="checkpoint folder (default: $MAMBAVLA_CHECKPOINT); without one an UNTRAINED preset runs")
     p.add_argument("--preset", default="tiny", help="preset for the untrained policy (default: tiny)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long the policy runs after the instruction (default: 20)")
     p.add_argument("--device", default="cpu", help="policy device (default: cpu)")

@@ -104,10 +104,11 @@ def test_delta_chunk_is_relative_to_the_pose_at_observation_time():
         (lambda a: a.__setitem__((5, 2), np.inf), "non-finite"),
         (lambda a: a.__setitem__((slice(None), 2), -0.3), "outside workspace"),
         (lambda a: a.__setitem__((slice(8, None), 1), 0.3), "jump"),
-        (lambda a: a.__setitem__((slice(8, None), 4), 1.0), "jump"),
+        (lambda a: a.__setitem__((slice(8, None), 5), 1.0), "jump"),  # a yaw jump: tilt stays 0
         (lambda a: a.__setitem__((slice(None), 0), 0.75), "starts"),
+        (lambda a: a.__setitem__((slice(None), 3), 1.3), "tilts"),
     ],
-    ids=["nan", "inf", "workspace", "jump", "angle-jump", "start-offset"],
+    ids=["nan", "inf", "workspace", "jump", "angle-jump", "start-offset", "tilt"],
 )
 def test_bad_chunks_are_rejected_with_a_reason_and_never_streamed(mutate, fragment):
     core = make_core()
@@ -129,6 +130,16 @@ def test_chunks_with_bad_stamps_are_rejected(stamp, fragment):
     core = make_core()
     reason = core.submit(line_chunk(stamp, HOME_P, np.zeros(3), rows=4), 1.0)
     assert reason is not None and fragment in reason
+
+
+def test_yaw_is_free_but_tilt_is_limited():
+    from mambavla.control.safety import tilt
+    from mambavla.spaces import vector_to_pose
+
+    _, yawed = vector_to_pose(np.array([[0.5, 0, 0.3, 0, 0, 1.5]]))  # 1.5 rad about the gripper axis
+    _, tilted = vector_to_pose(np.array([[0.5, 0, 0.3, 0.8, 0, 0]]))
+    assert tilt(yawed)[0] == pytest.approx(0.0, abs=1e-9)
+    assert tilt(tilted)[0] == pytest.approx(0.8, abs=1e-9)
 
 
 def test_wrong_action_names_are_rejected():

@@ -25,14 +25,14 @@ from mambavla.spaces import ACTION_NAMES, delta_to_absolute, quat_angle_between,
 
 
 REJECTION_KINDS = ("malformed", "action names", "non-finite", "stale", "future", "past", "no measured pose",
-                   "outside workspace", "jump", "starts", "controller is")
+                   "outside workspace", "tilts", "jump", "starts", "controller is")
 
 
 def rejection_kind(reason: str) -> str:
     """A short category of a rejection reason, for counting."""
     for kind in REJECTION_KINDS:
         if kind in reason:
-            return {"starts": "start offset", "controller is": "not tracking", "no measured pose": "no pose history",
+            return {"tilts": "tilt", "starts": "start offset", "controller is": "not tracking", "no measured pose": "no pose history",
                     "past": "all rows past"}.get(kind, kind)
     return "other"
 

@@ -22,13 +22,14 @@ class SafetyLimits:
     max_start_offset_angle: float = 0.6  # rad
     max_chunk_age: float = 1.0  # s: observation older than this is stale
     max_chunk_future: float = 0.25  # s: stamp further ahead than this is a clock error
+    max_tilt: float = 1.0  # rad between the gripper axis and straight down (yaw is free)
 
     def __post_init__(self) -> None:
         lo, hi = np.asarray(self.workspace_min), np.asarray(self.workspace_max)
         if lo.shape != (3,) or hi.shape != (3,) or not np.all(lo < hi):
             raise ValueError(f"workspace box must satisfy min < max per axis, got {self.workspace_min} .. {self.workspace_max}")
         for name in ("max_linear_speed", "max_angular_speed", "max_jump", "max_jump_angle", "max_start_offset",
-                     "max_start_offset_angle", "max_chunk_age", "max_chunk_future"):
+                     "max_start_offset_angle", "max_chunk_age", "max_chunk_future", "max_tilt"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -38,13 +39,24 @@ class SafetyLimits:
         return np.any((p < np.asarray(self.workspace_min)) | (p > np.asarray(self.workspace_max)), axis=1)
 
 
+def tilt(quats: np.ndarray) -> np.ndarray:
+    """[N, 4] (x, y, z, w) -> [N] angle (rad) between the end effector's z axis and straight down."""
+    x, y, z, w = np.moveaxis(np.asarray(quats, dtype=np.float64).reshape(-1, 4), -1, 0)
+    axis_z = 1.0 - 2.0 * (x * x + y * y)  # base-frame z component of the rotated z axis
+    return np.arccos(np.clip(-axis_z, -1.0, 1.0))
+
+
 def check_rows(limits: SafetyLimits, positions: np.ndarray, quats: np.ndarray) -> str | None:
-    """Workspace and row-to-row jump checks on absolute targets; returns the rejection reason or None."""
+    """Workspace, tilt and row-to-row jump checks on absolute targets; the rejection reason or None."""
     outside = limits.outside_workspace(positions)
     if outside.any():
         k = int(np.argmax(outside))
         return (f"row {k} target {np.round(positions[k], 3).tolist()} outside workspace box "
                 f"{list(limits.workspace_min)}..{list(limits.workspace_max)}")
+    tilts = tilt(quats)
+    if tilts.max() > limits.max_tilt:
+        k = int(np.argmax(tilts))
+        return f"row {k} tilts the gripper {tilts[k]:.2f} rad from pointing down > max_tilt {limits.max_tilt} rad"
     if len(positions) > 1:
         steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
         k = int(np.argmax(steps))

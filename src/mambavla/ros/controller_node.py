@@ -117,6 +117,7 @@ class ControllerNode(Node):
             max_start_offset_angle=p("max_start_offset_angle", d.max_start_offset_angle, "same for orientation, rad"),
             max_chunk_age=p("max_chunk_age", d.max_chunk_age, "reject chunks whose observation is older than this, s"),
             max_chunk_future=p("max_chunk_future", d.max_chunk_future, "reject chunks stamped further in the future, s"),
+            max_tilt=p("max_tilt", d.max_tilt, "reject targets tilting the gripper further from pointing down, rad"),
         )
         self.core = ControllerCore(
             limits,

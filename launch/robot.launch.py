@@ -22,7 +22,7 @@ def config(name):
 def generate_launch_description():
     arguments = [
         DeclareLaunchArgument("robot_ip", description="FCI address of the arm"),
-        DeclareLaunchArgument("checkpoint", default_value="", description="checkpoint folder (empty: untrained preset)"),
+        DeclareLaunchArgument("checkpoint", description="checkpoint folder (required: no untrained policy near a real arm)"),
         DeclareLaunchArgument("device", default_value="cuda", description="policy device"),
         DeclareLaunchArgument("front_camera", default_value="/cameras/front/image_raw", description="front camera image topic"),
         DeclareLaunchArgument("wrist_camera", default_value="/cameras/wrist/image_raw", description="wrist camera image topic"),

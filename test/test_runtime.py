@@ -119,6 +119,13 @@ def test_empty_or_non_text_instruction_is_rejected(runtime, text):
         runtime.set_instruction(text)
 
 
+def test_instruction_longer_than_the_policy_reads_is_rejected_not_cut(runtime):
+    runtime.set_instruction("lift the red cube")
+    with pytest.raises(ValueError, match="tokens, this policy reads at most 32"):
+        runtime.set_instruction("pick up the red cube " * 10)
+    assert runtime.instruction == "lift the red cube"  # the previous instruction stays in force
+
+
 def test_step_before_any_instruction_is_rejected():
     rt = PolicyRuntime.from_preset("tiny")
     with pytest.raises(ValueError, match="no instruction set"):
@@ -144,5 +151,7 @@ def test_cuda_graph_step_matches_eager_step(history):
         chunks[graph] = [rt.step(_obs(rt, seed=k)).actions for k in range(4)]
         rt.reset()
         chunks[graph].append(rt.step(_obs(rt, seed=0)).actions)
+        rt.set_instruction("push the blue cube to the left")  # the graph's static state follows a new instruction
+        chunks[graph] += [rt.step(_obs(rt, seed=k)).actions for k in range(2)]
     for a, b in zip(chunks[False], chunks[True]):
         np.testing.assert_allclose(a, b, atol=1e-3)

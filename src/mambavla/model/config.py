@@ -115,7 +115,7 @@ PRESETS: dict[str, MambaVLAConfig] = {
     "tiny": MambaVLAConfig(
         name="tiny", image_size=(32, 32), resnet_widths=(8, 16), vision_grid=2, language="minilm",
         d_model=64, n_layers=2, d_state=16, headdim=32, chunk_len=16, chunk_size=4, flow_steps=3,
-        n_heads_attn=2, max_instruction_tokens=16,
+        n_heads_attn=2,
     ),
     # MambaVLA reference sizes
     "base": MambaVLAConfig(name="base"),

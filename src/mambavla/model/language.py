@@ -54,7 +54,10 @@ class InstructionEncoder:
         if text in self._cache:
             self._cache.move_to_end(text)
             return self._cache[text]
-        enc = self.tokenizer(text, truncation=True, max_length=self.max_tokens, return_tensors="pt").to(self.device)
+        enc = self.tokenizer(text, return_tensors="pt").to(self.device)
+        n = int(enc["input_ids"].shape[1])
+        if n > self.max_tokens:  # a cut-off instruction would be followed as if it were whole
+            raise ValueError(f"instruction: {n} tokens, this policy reads at most {self.max_tokens}; shorten it")
         hidden = self.model(**enc).last_hidden_state[0]  # (L, width)
         self._cache[text] = hidden
         if len(self._cache) > self.cache_size:

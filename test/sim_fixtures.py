@@ -1,9 +1,11 @@
-"""One workcell and one short recorded expert episode per test session, shared by test_sim_* and
-test_data_* (cached here rather than in a conftest so other suites are untouched)."""
+"""Helpers shared by test_sim_* and test_data_*: a workcell with franky attached, and one short recorded
+expert episode per test session (cached here rather than in a conftest so other suites are untouched).
+Nothing keeps a 1 kHz server thread running after the tests that need it."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import shutil
 import tempfile
@@ -14,18 +16,20 @@ EPISODE_SEED = 3
 EPISODE_TASK = "lift"
 
 
-@functools.lru_cache(maxsize=None)
-def shared_workcell():
-    """(workcell, franky robot, franky gripper), started once; stopped at exit."""
+@contextlib.contextmanager
+def running_workcell():
+    """(workcell, franky robot, franky gripper); the server stops on exit."""
     import franky
 
     from mambavla.sim import Workcell
 
-    cell = Workcell(task=EPISODE_TASK, seed=EPISODE_SEED, camera_size=CAMERA_SIZE).start()
-    atexit.register(cell.stop)
-    robot = franky.Robot(cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
-    gripper = franky.Gripper(cell.robot_ip)
-    return cell, robot, gripper
+    with Workcell(task=EPISODE_TASK, seed=EPISODE_SEED, camera_size=CAMERA_SIZE) as cell:
+        robot = franky.Robot(cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
+        gripper = franky.Gripper(cell.robot_ip)
+        try:
+            yield cell, robot, gripper
+        finally:
+            del robot, gripper
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,8 +37,8 @@ def recorded_episode() -> tuple[Path, dict]:
     """A real lift episode: expert through franky against franky-sim, recorded to an MCAP bag."""
     from mambavla.sim.collect import episode_name, record_episode
 
-    cell, robot, gripper = shared_workcell()
     root = Path(tempfile.mkdtemp(prefix="mambavla-episode-"))
     atexit.register(shutil.rmtree, root, True)
-    summary = record_episode(cell, robot, gripper, root / episode_name(EPISODE_SEED), EPISODE_SEED, EPISODE_TASK)
+    with running_workcell() as (cell, robot, gripper):
+        summary = record_episode(cell, robot, gripper, root / episode_name(EPISODE_SEED), EPISODE_SEED, EPISODE_TASK)
     return root / episode_name(EPISODE_SEED), summary

@@ -5,15 +5,21 @@ import threading
 
 import numpy as np
 import pytest
-from sim_fixtures import CAMERA_SIZE, EPISODE_SEED, recorded_episode, shared_workcell
+from sim_fixtures import CAMERA_SIZE, EPISODE_SEED, recorded_episode, running_workcell
 
 from mambavla.sim.workcell import wait_sim_time
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 
-def test_franky_sees_the_same_end_effector_pose_as_the_workcell():
-    cell, robot, _ = shared_workcell()
+@pytest.fixture(scope="module")
+def workcell():
+    with running_workcell() as handles:
+        yield handles
+
+
+def test_franky_sees_the_same_end_effector_pose_as_the_workcell(workcell):
+    cell, robot, _ = workcell
     pose = robot.current_pose.end_effector_pose
     state = cell.robot_state()
     assert np.allclose(pose.translation, state.ee_position, atol=2e-3)
@@ -22,8 +28,8 @@ def test_franky_sees_the_same_end_effector_pose_as_the_workcell():
     assert state.proprio.shape == (8,) and state.proprio.dtype == np.float32
 
 
-def test_render_gives_both_cameras_at_the_configured_size_from_another_thread():
-    cell, _, _ = shared_workcell()
+def test_render_gives_both_cameras_at_the_configured_size_from_another_thread(workcell):
+    cell, _, _ = workcell
     out = {}
     thread = threading.Thread(target=lambda: out.update(cell.render()))
     thread.start()
@@ -35,8 +41,8 @@ def test_render_gives_both_cameras_at_the_configured_size_from_another_thread():
     assert not np.array_equal(out["front"], out["wrist"])
 
 
-def test_reset_is_seeded_and_success_is_read_from_mujoco_state():
-    cell, _, _ = shared_workcell()
+def test_reset_is_seeded_and_success_is_read_from_mujoco_state(workcell):
+    cell, _, _ = workcell
     spec = cell.reset(seed=11, task="place")
     first = cell.scene_state()
     cell.reset(seed=12, task="place")
@@ -56,10 +62,10 @@ def test_reset_is_seeded_and_success_is_read_from_mujoco_state():
     assert cell.task_state()["success"] is True
 
 
-def test_reset_refuses_while_a_motion_is_running():
+def test_reset_refuses_while_a_motion_is_running(workcell):
     import franky
 
-    cell, robot, _ = shared_workcell()
+    cell, robot, _ = workcell
     tracker = franky.CartesianImpedanceTracker(robot, translational_stiffness=800.0, period=0.01)
     try:
         wait_sim_time(cell, 0.2)  # the move command reaches the server asynchronously

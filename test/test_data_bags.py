@@ -34,6 +34,8 @@ def test_recorded_bag_has_the_topics_types_and_counts():
     ts = get_typestore(Stores.ROS2_KILTED)
     with Reader(path) as reader:
         assert {c.topic: c.msgtype for c in reader.connections} == EXPECTED_TYPES
+        instruction = next(c for c in reader.connections if c.topic == "/instruction")
+        assert instruction.ext.offered_qos_profiles[0].durability.name == "TRANSIENT_LOCAL"  # latched on replay
         counts = {t: info.msgcount for t, info in reader.topics.items()}
         assert counts["/instruction"] == 1
         assert all(counts[t] == meta["frames"] for t in EXPECTED_TYPES if t != "/instruction")

@@ -5,7 +5,7 @@ One episode = one rosbag2 directory (`metadata.yaml` + one `.mcap`), standard me
     /cameras/<name>/image_raw  sensor_msgs/msg/Image            rgb8, one per frame and camera
     /joint_states              sensor_msgs/msg/JointState       fr3_joint1..7 (rad) + two finger joints (m)
     /ee_pose                   geometry_msgs/msg/PoseStamped    end-effector pose, frame `fr3_link0`
-    /instruction               std_msgs/msg/String              once, at the start
+    /instruction               std_msgs/msg/String              once, at the start (offered QoS: reliable, transient local)
     /action                    trajectory_msgs/msg/JointTrajectory
                                joint_names = spaces.ACTION_NAMES, one point: the commanded absolute
                                target (x, y, z, rotation vector w.r.t. spaces.EE_REFERENCE_QUAT, gripper)
@@ -59,6 +59,14 @@ def _typestore():
     return get_typestore(Stores.ROS2_KILTED)
 
 
+def _latched_qos():
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    never = QosTime(0, 0)
+    return Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, never, never,
+               QosLiveliness.AUTOMATIC, never, False)
+
+
 class EpisodeError(ValueError):
     """An episode that cannot be used, with the reason."""
 
@@ -90,7 +98,11 @@ class EpisodeWriter:
             self._writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
         self._writer.open()
         self._conns = {camera_topic(c): self._writer.add_connection(camera_topic(c), IMAGE_TYPE, typestore=self._ts) for c in self.cameras}
-        self._conns.update({topic: self._writer.add_connection(topic, t, typestore=self._ts) for topic, t in TYPES.items()})
+        for topic, msgtype in TYPES.items():
+            # `ros2 bag play` offers the recorded QoS: the instruction must stay latched (transient local),
+            # as policy_node subscribes to it that way.
+            qos = [_latched_qos()] if topic == INSTRUCTION_TOPIC else []
+            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self._ts, offered_qos_profiles=qos)
         self._last_stamp = 0
 
     def _header(self, t: float, frame_id: str):

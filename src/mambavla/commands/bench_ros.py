@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunks", type=int, default=100, help="measured chunks per policy (default: 100)")
     p.add_argument("--warmup", type=int, default=10, help="chunks discarded first (default: 10)")
     p.add_argument("--camera-size", default="", help="HxW of the published frames (default: the policy's own size)")
-    X
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="policy_node torch threads; 0 = torch's choice (default: 1, as config/policy_sim.yaml: on a "
+                        "shared 2-core CPU more threads oversubscribe and inference gets several times slower)")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.set_defaults(func=run)
 

@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="tiny", help="preset for the untrained policy (default: tiny)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long the policy runs after the instruction (default: 20)")
     p.add_argument("--device", default="cpu", help="policy device (default: cpu)")
+    p.add_argument("--controller-rate", type=float, default=0.0,
+                   help="controller target rate in Hz (default: config/controller_sim.yaml)")
     p.add_argument("--out", default="", help="output folder (default: runs/demo/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)
@@ -89,8 +91,11 @@ def _run_stack(args, config, out: Path, log) -> dict:
         processes.append(sim)
         task = monitor.wait(lambda: monitor.task, 90.0, "sim_node to publish /sim/task", processes)
         log(f"workcell up on {task['robot_ip']}: {task['instruction']!r}")
-        processes.append(NodeProcess("controller_node", ["controller.yaml", "controller_sim.yaml"],
-                                     {"robot_ip": task["robot_ip"]}, out / "controller_node.log"))
+        controller_params = {"robot_ip": task["robot_ip"]}
+        if args.controller_rate > 0:
+            controller_params["rate_hz"] = args.controller_rate
+        processes.append(NodeProcess("controller_node", ["controller.yaml", "controller_sim.yaml"], controller_params,
+                                     out / "controller_node.log"))
         policy_params = {"checkpoint": args.checkpoint, "preset": args.preset, "device": args.device}
         processes.append(NodeProcess("policy_node", ["policy.yaml", "policy_sim.yaml"], policy_params, out / "policy_node.log"))
         monitor.wait(lambda: monitor.status("controller").get("state") == "IDLE", 90.0, "controller_node to track", processes)
@@ -217,6 +222,7 @@ def _collect(monitor: _Monitor, task: dict, start_pose) -> dict:
         "frames_dropped": int(_number(policy.get("frames_dropped"), 0)),
         "controller_rate_hz": _number(ctrl.get("target_rate_hz")),
         "controller_jitter_ms": _number(ctrl.get("target_jitter_ms")),
+        "controller_max_period_ms": _number(ctrl.get("target_max_period_ms")),
         "sim_loop_hz": _number(sim.get("sim_loop_hz")),
         "sim_realtime_factor": _number(sim.get("realtime_factor")),
         "ee_moved_m": float(np.linalg.norm(end_pose - start_pose)) if end_pose is not None and start_pose is not None else 0.0,
@@ -234,7 +240,8 @@ def _print_summary(s: dict, log) -> None:
         log(f"  last rejection:     {s['last_rejection']}")
     lat = s["latency_ms"]
     log(f"  latency (frame in -> chunk out): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; inference {s['inference_ms_mean']:.1f} ms")
-    log(f"  controller:         {s['controller_rate_hz']:.1f} Hz, jitter {s['controller_jitter_ms']:.2f} ms, state {s['controller_state']}")
+    log(f"  controller:         {s['controller_rate_hz']:.1f} Hz, jitter (std) {s['controller_jitter_ms']:.2f} ms, "
+        f"longest period {s['controller_max_period_ms']:.1f} ms, state {s['controller_state']}")
     log(f"  franky-sim loop:    {s['sim_loop_hz']:.0f} Hz (real-time factor {s['sim_realtime_factor']:.2f})")
     log(f"  end effector moved: {s['ee_moved_m'] * 100:.1f} cm (path {s['ee_path_m'] * 100:.1f} cm)")
     log(f"  wrote {s['output']}/summary.json and {s.get('picture', '')}")

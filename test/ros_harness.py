@@ -29,7 +29,7 @@ from mambavla.ros.diagnostics import status_values  # noqa: E402
 from mambavla.ros.launcher import NodeProcess  # noqa: E402
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS  # noqa: E402
 
-TIMEOUT = 60.0  # generous: two CI cores shared with other test modules
+TIMEOUT = 120.0  # generous: two CI cores shared with other test modules; loading torch alone can take a minute
 
 
 class Probe:

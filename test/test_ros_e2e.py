@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -25,9 +27,17 @@ def test_instruction_in_chunks_out_and_the_arm_follows_only_safe_chunks(tmp_path
            "--out", str(tmp_path)]
     cmd += ["--checkpoint", checkpoint]  # explicit: an exported MAMBAVLA_CHECKPOINT must not change the test
     env = {**os.environ, "ROS_DOMAIN_ID": str(1 + (os.getpid() + 7) % 200), "MUJOCO_GL": "osmesa"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = proc.communicate(timeout=600)  # generous: model loading on two busy cores is slow
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # the demo dumps every thread's stack before it is killed
+        time.sleep(2.0)
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"mambavla demo did not finish within 600 s:\n{stderr[-6000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout)
     assert summary == json.loads((tmp_path / "summary.json").read_text())
 
     assert summary["instruction"]

@@ -70,6 +70,7 @@ def policy(tmp_path_factory):
     node = NodeProcess("policy_node", ["policy.yaml", "policy_sim.yaml"],
                        {"preset": "tiny", "max_observation_age": 1.0, "diagnostics_rate_hz": 5.0}, logs / "policy.log")
     try:
+        probe.wait_status(POLICY, lambda s: s["state"] in ("WAITING", "RUNNING"), "the policy to load", timeout=300.0)
         yield probe, world, node
     finally:
         node.stop()

@@ -1,8 +1,9 @@
 """`mambavla demo`: the simulated workcell, controller_node and policy_node, started as child processes
 with the same config/*.yaml the launch files use; publishes the task's instruction and reports.
 
-Writes `summary.json`, `demo.png` (final front camera frame | top view of the end-effector path and
-the controller's targets over the workspace box) and the node logs to the output folder.
+Writes `summary.json`, `demo.png` (final front camera frame | top view over the workspace box of the
+targets the policy asked for, the targets the controller streamed and the end-effector path) and the
+node logs to the output folder.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` shows where a run hangs
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     if args.seconds <= 0:
@@ -59,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"no checkpoint given: running an UNTRAINED {args.preset!r} policy. Its actions are noise, so expect the "
             f"controller to reject most chunks and the arm to hold; pass --checkpoint for a trained policy.")
 
+    _exit_if_stuck(budget=args.seconds + 600.0)
     summary = _run_stack(args, config, out, log)
     summary["policy"] = policy_source
     summary["untrained"] = not args.checkpoint
@@ -68,6 +74,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary, log)
     return 0
+
+
+def _exit_if_stuck(budget: float) -> None:
+    """Whatever blocks, the demo ends: after `budget` s print every thread's stack and exit; the nodes
+    get SIGINT from the kernel when their parent dies (see mambavla.ros.launcher)."""
+    import faulthandler
+    import threading
+
+    def watchdog():
+        time.sleep(budget)
+        print(f"mambavla demo: still running after {budget:.0f} s; giving up. Thread stacks:", file=sys.stderr)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(3)
+
+    threading.Thread(target=watchdog, name="demo-watchdog", daemon=True).start()
 
 
 def _run_stack(args, config, out: Path, log) -> dict:
@@ -99,7 +120,7 @@ def _run_stack(args, config, out: Path, log) -> dict:
         policy_params = {"checkpoint": args.checkpoint, "preset": args.preset, "device": args.device}
         processes.append(NodeProcess("policy_node", ["policy.yaml", "policy_sim.yaml"], policy_params, out / "policy_node.log"))
         monitor.wait(lambda: monitor.status("controller").get("state") == "IDLE", 90.0, "controller_node to track", processes)
-        monitor.wait(lambda: monitor.status("policy").get("state") == "WAITING", 180.0, "policy_node to load", processes)
+        monitor.wait(lambda: monitor.status("policy").get("state") == "WAITING", 300.0, "policy_node to load", processes)
         start_pose = monitor.pose()
         pub = monitor.node.create_publisher(String, "/instruction", LATCHED_QOS)
         pub.publish(String(data=task["instruction"]))
@@ -142,6 +163,7 @@ class _Monitor:
         self.statuses: dict[str, dict] = {}
         self.poses: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
+        self.requested: list[np.ndarray] = []  # chunk rows as the policy published them (absolute mode)
         self.chunks = 0
         self.frame = None
         self.task = None
@@ -167,6 +189,8 @@ class _Monitor:
 
     def _on_chunk(self, msg) -> None:
         self.chunks += 1
+        if not msg.header.frame_id.endswith("/ee_at_stamp") and list(msg.joint_names[:3]) == ["x", "y", "z"]:
+            self.requested.extend(np.array(p.positions[:3]) for p in msg.points)  # absolute targets asked for
 
     def status(self, name: str) -> dict:
         return dict(self.statuses.get(name) or {})
@@ -263,8 +287,9 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     path.write_bytes(png)
 
 
-def _top_view(poses: np.ndarray, targets: np.ndarray, size: int = 256) -> np.ndarray:
-    """x (forward, up in the picture) / y (left, left in the picture) over the controller's workspace box."""
+def _top_view(poses: np.ndarray, targets: np.ndarray, requested: np.ndarray, size: int = 256) -> np.ndarray:
+    """Top view over the controller's workspace box, x forward (up), y left (left): policy-requested
+    targets (orange, clipped to the box edge), controller targets (red), end-effector path (blue), start (green)."""
     from mambavla.ros.launcher import config_path
     import yaml
 
@@ -278,7 +303,8 @@ def _top_view(poses: np.ndarray, targets: np.ndarray, size: int = 256) -> np.nda
         v = (hi[0] - p[..., 0]) / (hi[0] - lo[0]) * (size - 1)
         return np.clip(np.rint(v), 0, size - 1).astype(int), np.clip(np.rint(u), 0, size - 1).astype(int)
 
-    for points, colour in ((targets, (220, 40, 40)), (poses, (30, 90, 220))):
+    requested = np.asarray(requested)[np.all(np.isfinite(requested), axis=1)] if len(requested) else requested
+    for points, colour in ((requested, (250, 170, 60)), (targets, (220, 40, 40)), (poses, (30, 90, 220))):
         if len(points):
             v, u = pixel(np.asarray(points))
             for dv in (-1, 0, 1):
@@ -298,5 +324,5 @@ def _write_picture(path: Path, monitor: _Monitor, task: dict, size: int = 256) -
     big = np.repeat(np.repeat(frame, scale_y, axis=0), scale_x, axis=1)[:size, :size]
     left = np.zeros((size, size, 3), np.uint8)
     left[: big.shape[0], : big.shape[1]] = big
-    right = _top_view(np.array(monitor.poses), np.array(monitor.targets), size)
+    right = _top_view(np.array(monitor.poses), np.array(monitor.targets), np.array(monitor.requested[-2000:]), size)
     write_png(path, np.concatenate([left, np.full((size, 4, 3), 255, np.uint8), right], axis=1))

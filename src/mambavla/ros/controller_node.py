@@ -155,6 +155,7 @@ class ControllerNode(Node):
         self._requests: queue.Queue = queue.Queue()
         self._running = True
         self._connected_before = False
+        self._next_tick: float | None = None
 
         self.create_subscription(JointTrajectory, action_topic, self._on_chunk, COMMAND_QOS)
         self.joint_pub = self.create_publisher(JointState, joint_states_topic, STATE_QOS)
@@ -297,7 +298,7 @@ class ControllerNode(Node):
             kwargs = dict(translational_stiffness=self.translational_stiffness,
                           rotational_stiffness=self.rotational_stiffness,
                           translational_error_clip=self.translational_error_clip,
-                          rotational_error_clip=self.rotational_error_clip, period=1.0 / self.rate_hz)
+                          rotational_error_clip=self.rotational_error_clip)  # unpaced: _pace() keeps time
             if self.damping is not None:
                 kwargs["damping"] = self.damping
             self.tracker = franky.CartesianImpedanceTracker(self.robot, **kwargs)
@@ -309,6 +310,7 @@ class ControllerNode(Node):
         self._read_state()
         self.core.activate(self._now(), gripper=1.0 if self.gripper is not None and self.gripper.closed else 0.0)
         self._tick_periods.clear()
+        self._next_tick = None
         return True, "tracking: holding the current pose until chunks arrive"
 
     def _stop(self, reason: str) -> tuple[bool, str]:
@@ -369,6 +371,18 @@ class ControllerNode(Node):
                 result.extend(self._recover())
             done.set()
 
+    def _pace(self) -> None:
+        """Sleep to the next tick boundary. Missed boundaries are skipped, not made up: a loop that fell
+        behind (a loaded CPU) must not spin flat out to catch up."""
+        period = 1.0 / self.rate_hz
+        now = time.perf_counter()
+        if self._next_tick is None or now - self._next_tick > period:
+            self._next_tick = now + period
+            return
+        if self._next_tick > now:
+            time.sleep(self._next_tick - now)
+        self._next_tick += period
+
     def _tick_stats(self, dt: float) -> None:
         periods = self._tick_periods
         periods.append(dt)
@@ -395,7 +409,8 @@ class ControllerNode(Node):
                         next_connect = time.monotonic() + 2.0
                     time.sleep(0.02)
                     continue
-                dt = self.tracker.tick()
+                self._pace()
+                dt = self.tracker.tick()  # unpaced: measures and reports whether franky still has control
                 if dt is None:
                     self._control_lost()
                     continue

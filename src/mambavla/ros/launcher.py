@@ -16,6 +16,15 @@ import time
 from pathlib import Path
 
 
+def _interrupt_on_parent_death() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the parent's finally-block still stops the nodes
+        pass
+
+
 def config_path(name: str) -> Path:
     """A file of the package's `config/`: the source tree's, else the installed share folder's."""
     candidates = [Path(__file__).resolve().parents[3] / "config" / name,
@@ -40,8 +49,11 @@ class NodeProcess:
         self.command = cmd
         self.log_path = Path(log_path) if log_path else None
         self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
+        # Own session (a terminal's Ctrl-C reaches only the parent, which then stops the nodes in order),
+        # but SIGINT when the parent dies, so no node outlives the process that started it.
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **(env or {})}, start_new_session=True)
+                                        env={**os.environ, **(env or {})}, start_new_session=True,
+                                        preexec_fn=_interrupt_on_parent_death)
 
     @property
     def alive(self) -> bool:

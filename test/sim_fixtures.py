@@ -21,11 +21,13 @@ def running_workcell():
     """(workcell, franky robot, franky gripper); the server stops on exit."""
     import franky
 
+    from mambavla.realtime import keep_thread_scheduling
     from mambavla.sim import Workcell
 
     with Workcell(task=EPISODE_TASK, seed=EPISODE_SEED, camera_size=CAMERA_SIZE) as cell:
-        robot = franky.Robot(cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
-        gripper = franky.Gripper(cell.robot_ip)
+        with keep_thread_scheduling():  # else the test runner and every node it starts run at SCHED_FIFO 99
+            robot = franky.Robot(cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
+            gripper = franky.Gripper(cell.robot_ip)
         try:
             yield cell, robot, gripper
         finally:

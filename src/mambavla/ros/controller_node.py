@@ -26,6 +26,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 
 from mambavla.control import ControllerCore, ControllerState, SafetyLimits
 from mambavla.control.core import RUNNING
+from mambavla.realtime import keep_thread_scheduling
 from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, trajectory_to_chunk
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
@@ -190,9 +191,11 @@ class ControllerNode(Node):
     def _on_service(self, name: str, response: Trigger.Response) -> Trigger.Response:
         done = threading.Event()
         result: list = []
-        self._requests.put((name, done, result))
+        cancelled = threading.Event()
+        self._requests.put((name, done, result, cancelled))
         if not done.wait(timeout=15.0):
-            response.success, response.message = False, f"{name}: control thread did not answer within 15 s"
+            cancelled.set()  # the caller was told it failed: it must not take effect later
+            response.success, response.message = False, f"{name}: control thread did not answer within 15 s (cancelled)"
         else:
             response.success, response.message = result
         if response.success:  # rclpy refuses two severities from one call site
@@ -206,7 +209,8 @@ class ControllerNode(Node):
         if snap is None:
             return
         stamp, q, dq, tau, position, quat = snap
-        width = self.gripper.width if self.gripper is not None else float("nan")
+        gripper = self.gripper  # the control thread may clear it between check and use
+        width = gripper.width if gripper is not None else float("nan")
         js = JointState()
         js.header.stamp = seconds_to_stamp(stamp)
         js.name = self.joint_names
@@ -222,6 +226,7 @@ class ControllerNode(Node):
     def _publish_diagnostics(self) -> None:
         status = self.core.status()
         state = status["state"]
+        gripper = self.gripper  # the control thread may clear it between check and use
         level = {"IDLE": OK, "ACTIVE": OK, "HOLDING": WARN, "STOPPED": WARN, "ERROR": ERROR}[state]
         rate, jitter, worst = self._rate_stats
         values = {
@@ -231,8 +236,8 @@ class ControllerNode(Node):
             "target_jitter_ms": jitter,
             "target_max_period_ms": worst,
             "franky_error": self.franky_error,
-            "gripper_width": self.gripper.width if self.gripper is not None else float("nan"),
-            "gripper_error": self.gripper.error if self.gripper is not None else self.gripper_error,
+            "gripper_width": gripper.width if gripper is not None else float("nan"),
+            "gripper_error": gripper.error if gripper is not None else self.gripper_error,
             "robot_ip": self.robot_ip,
         }
         self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/controller_node",
@@ -243,7 +248,8 @@ class ControllerNode(Node):
     def _connect(self) -> bool:
         try:
             config = franky.RealtimeConfig.Enforce if self.realtime else franky.RealtimeConfig.Ignore
-            self.robot = franky.Robot(self.robot_ip, realtime_config=config)
+            with keep_thread_scheduling(enabled=not self.realtime):  # real-time only where asked for
+                self.robot = franky.Robot(self.robot_ip, realtime_config=config)
         except Exception as err:  # NetworkException, IncompatibleVersionException, RealtimeException ...
             self.robot = None
             self.franky_error = f"cannot connect to {self.robot_ip}: {err}"
@@ -252,7 +258,9 @@ class ControllerNode(Node):
             return False
         if self.gripper_enabled:
             try:
-                self.gripper = GripperWorker(franky.Gripper(self.robot_ip), self.gripper_speed, self.gripper_force,
+                with keep_thread_scheduling(enabled=not self.realtime):
+                    hand = franky.Gripper(self.robot_ip)
+                self.gripper = GripperWorker(hand, self.gripper_speed, self.gripper_force,
                                              FRANKA_MAX_FINGER_WIDTH, self.get_logger())
             except Exception as err:  # the arm is still usable; the status says the hand is not
                 self.gripper_error = f"no gripper at {self.robot_ip}: {err}"
@@ -315,7 +323,7 @@ class ControllerNode(Node):
 
     def _stop(self, reason: str) -> tuple[bool, str]:
         tracker, self.tracker = self.tracker, None
-        self.core.deactivate(reason)
+        self.core.deactivate(reason, error=self.core.state == ControllerState.ERROR)  # an ERROR still needs ~/recover
         if tracker is None:
             return True, f"already stopped ({reason})"
         try:
@@ -326,7 +334,12 @@ class ControllerNode(Node):
         return True, reason
 
     def _fault(self, message: str) -> None:
-        self.tracker = None
+        tracker, self.tracker = self.tracker, None
+        if tracker is not None and self.robot is not None and self.robot.is_in_control:
+            try:  # never leave an impedance motion running unattended after an error
+                tracker.stop()
+            except Exception as err:
+                message = f"{message}; stopping the motion also failed: {err}"
         self.franky_error = message
         self.core.deactivate(f"franky: {message}", error=True)
         self.get_logger().error(f"franky fault: {message}")
@@ -360,9 +373,11 @@ class ControllerNode(Node):
     def _serve_requests(self) -> None:
         while True:
             try:
-                name, done, result = self._requests.get_nowait()
+                name, done, result, cancelled = self._requests.get_nowait()
             except queue.Empty:
                 return
+            if cancelled.is_set():
+                continue
             if name == "enable":
                 result.extend(self._enable())
             elif name == "stop":
@@ -437,7 +452,7 @@ class ControllerNode(Node):
         done = threading.Event()
         result: list = []
         if self._thread.is_alive():
-            self._requests.put(("stop", done, result))
+            self._requests.put(("stop", done, result, threading.Event()))
             done.wait(timeout=10.0)
         self._running = False
         self._thread.join(timeout=5.0)

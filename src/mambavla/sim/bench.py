@@ -26,6 +26,8 @@ def _rate(cell, seconds: float) -> dict:
 def measure(seconds: float = 3.0, camera_size: tuple[int, int] = (128, 128), frames: int = 30) -> dict:
     import franky
 
+    from mambavla.realtime import keep_thread_scheduling
+
     from mambavla.sim.workcell import Workcell
 
     result: dict = {"camera_size": list(camera_size)}
@@ -57,7 +59,8 @@ def measure(seconds: float = 3.0, camera_size: tuple[int, int] = (128, 128), fra
         result["rendering"] = _rate(cell, seconds)
         result["rendering"]["frames_per_s_both_cameras"] = round(rendered[0] / (time.perf_counter() - wall0), 1)
 
-        robot = franky.Robot(cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
+        with keep_thread_scheduling():
+            robot = franky.Robot(cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
         with franky.CartesianImpedanceTracker(robot, translational_stiffness=1000.0, period=0.01) as tracker:
             pose = robot.current_pose.end_effector_pose
             done = threading.Event()

@@ -99,6 +99,8 @@ def collect(
     import franky
     from tqdm import tqdm
 
+    from mambavla.realtime import keep_thread_scheduling
+
     out = Path(out)
     seeds = list(range(seed, seed + episodes))
     if rate_hz is not None and not 0 < rate_hz <= 1000:
@@ -115,8 +117,9 @@ def collect(
     wall0 = time.perf_counter()
     config = WorkcellConfig() if rate_hz is None else replace(WorkcellConfig(), policy_dt=1.0 / rate_hz)
     with Workcell(task=task, seed=seed, camera_size=camera_size, speed=speed, config=config) as cell:
-        robot = franky.Robot(cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
-        gripper = franky.Gripper(cell.robot_ip)
+        with keep_thread_scheduling():
+            robot = franky.Robot(cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
+            gripper = franky.Gripper(cell.robot_ip)
         sim0, steps0, wall_loop0 = cell.sim_time, cell.steps, time.perf_counter()
         bar = tqdm(seeds, desc=f"collect {task}", unit="episode", disable=not progress)
         for s in bar:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -271,22 +269,6 @@ def _print_summary(s: dict, log) -> None:
     log(f"  wrote {s['output']}/summary.json and {s.get('picture', '')}")
 
 
-# ---- picture: numpy + zlib, no imaging library ----
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    path.write_bytes(png)
-
-
 def _top_view(poses: np.ndarray, targets: np.ndarray, requested: np.ndarray, size: int = 256) -> np.ndarray:
     """Top view over the controller's workspace box, x forward (up), y left (left): policy-requested
     targets (orange, clipped to the box edge), controller targets (red), end-effector path (blue), start (green)."""
@@ -317,6 +299,7 @@ def _top_view(poses: np.ndarray, targets: np.ndarray, requested: np.ndarray, siz
 
 
 def _write_picture(path: Path, monitor: _Monitor, task: dict, size: int = 256) -> None:
+    from mambavla.data.preview import write_png
     from mambavla.ros.convert import image_to_rgb
 
     frame = image_to_rgb(monitor.frame) if monitor.frame is not None else np.zeros((size, size, 3), np.uint8)

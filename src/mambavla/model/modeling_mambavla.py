@@ -148,10 +148,12 @@ class MambaVLA(nn.Module):
         proprio (B, K, P) with K frames in time order."""
         prompt, mask = self.encode_instruction(list(batch["instruction"]))
         images, proprio = batch["images"], batch["proprio"]
-        if proprio.dim() == 2:  # one frame
-            frames = self.encode_frame(images, proprio)
-        else:  # (B, K, ...) -> frames concatenated in time order
-            frames = torch.cat([self.encode_frame({c: v[:, k] for c, v in images.items()}, proprio[:, k]) for k in range(proprio.shape[1])], dim=1)
+        if proprio.dim() == 2:  # one frame: K = 1
+            images, proprio = {c: v[:, None] for c, v in images.items()}, proprio[:, None]
+        b, k = proprio.shape[:2]
+        # every frame of every window through the encoders in one batch, then back to time order
+        frames = self.encode_frame({c: v.flatten(0, 1) for c, v in images.items()}, proprio.flatten(0, 1))
+        frames = frames.reshape(b, k * frames.shape[1], frames.shape[2])
         tokens = torch.cat([prompt, frames], dim=1)
         full_mask = torch.cat([mask, torch.ones(frames.shape[:2], dtype=torch.bool, device=mask.device)], dim=1)
         state = self.condition(tokens, mask=full_mask)

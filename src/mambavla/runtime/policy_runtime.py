@@ -274,7 +274,7 @@ class _StepGraph:
         tokens = self.model.encode_frame(self.images, self.proprio)
         if self.stream:
             context = self.model.condition(tokens, self.state)
-            self._load(context)
+            self.restart(context)
         else:
             frames = torch.cat([self.window, tokens], dim=1)
             context = self.model.condition(frames, self.state)
@@ -282,14 +282,12 @@ class _StepGraph:
         actions = self.model.sample_actions(context, self.noise)
         return self.model.normalizer.unnormalize_actions(actions.float())
 
-    def _load(self, state: list) -> None:
+    def restart(self, state: list) -> None:
+        """Copy `state` into the static buffers. Stream mode: the history to continue from; window
+        mode: the instruction's state."""
         for dst, src in zip(self.state, state):
             for d, s in zip(dst, src):
                 d.copy_(s)
-
-    def restart(self, state: list) -> None:
-        """Stream mode: continue from `state`. Window mode: `state` is the instruction's state."""
-        self._load(state)
 
     def fill_window(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> None:
         """Start a window with copies of the first frame (eager, once per episode)."""

@@ -56,6 +56,9 @@ class MambaVLAConfig:
     # history
     history_mode: str = "stream"  # stream: continue from the cached state; window: re-scan last T frames
     history_frames: int = 8  # T for window mode
+    # seconds of observation time between policy steps: a stream-mode policy was trained on frames
+    # this far apart, so whoever steps it (policy_node, eval-sim, replay) observes at this period
+    policy_period: float = 0.2
     # flow matching
     flow_steps: int = 5
     time_beta: tuple[float, float] = (1.5, 1.0)  # t ~ Beta(a, b), t = 1 is noise
@@ -79,6 +82,8 @@ class MambaVLAConfig:
             raise ValueError('config.vision "auto" needs config.vision_path (a local transformers checkpoint)')
         if not self.cameras:
             raise ValueError("config.cameras must name at least one camera")
+        if not self.policy_period > 0:
+            raise ValueError(f"config.policy_period must be > 0 s, got {self.policy_period}")
         if self.chunk_size < 1 or self.flow_steps < 1:
             raise ValueError("chunk_size and flow_steps must be >= 1")
 

@@ -91,6 +91,11 @@ class PolicyRuntime:
         return self.config.dt
 
     @property
+    def policy_period(self) -> float:
+        """Seconds of observation time between steps that the policy was trained for."""
+        return self.config.policy_period
+
+    @property
     def chunk_size(self) -> int:
         return self.config.chunk_size
 

@@ -76,7 +76,11 @@ class WorkcellConfig:
     stiffness: float = 1000.0
     rotational_stiffness: float = 60.0
     tracker_period: float = 0.01
-    speed: float = 0.22  # m/s for free-space moves
+    # Peak target speeds (min-jerk peak = 1.875 x mean), kept under the controller's max_linear_speed
+    # (0.25 m/s) so a policy that imitates the expert asks for nothing the controller would clip.
+    speed: float = 0.20  # m/s, free-space moves
+    approach_speed: float = 0.15  # m/s, descending onto a cube or plate, pushing
+    lift_speed: float = 0.18  # m/s, lifting and retreating
     approach_height: float = 0.10  # above the cube centre before descending
     grasp_height: float = 0.022  # TCP height when closing the fingers
     carry_height: float = 0.14
@@ -86,4 +90,4 @@ class WorkcellConfig:
     settle_timeout: float = 1.5
     episode_timeout: float = 25.0
     waypoint_jitter: float = 0.004
-    timing_jitter: float = 0.15
+    timing_jitter: float = 0.25  # moves take up to this fraction longer (never faster than the peak speed)

@@ -71,20 +71,20 @@ class ScriptedExpert:
             return [
                 Segment("close"),
                 self._move(start, pre, yaw, rng),
-                self._move(pre, np.array([*start_xy, z_push]), yaw, rng, speed=0.15),
+                self._move(pre, np.array([*start_xy, z_push]), yaw, rng, speed=c.approach_speed),
                 Segment("settle", np.array([*start_xy, z_push]), yaw),
-                self._move(np.array([*start_xy, z_push]), np.array([*end_xy, z_push]), yaw, rng, speed=0.12),
+                self._move(np.array([*start_xy, z_push]), np.array([*end_xy, z_push]), yaw, rng, speed=c.approach_speed),
                 Segment("hold", duration=0.3),
-                self._move(np.array([*end_xy, z_push]), np.array([*end_xy, z_push + 0.08]), yaw, rng, speed=0.15),
+                self._move(np.array([*end_xy, z_push]), np.array([*end_xy, z_push + 0.08]), yaw, rng, speed=c.lift_speed),
                 Segment("hold", duration=0.4),
             ]
         lifted = np.array([grasp[0], grasp[1], carry_z])
         segments = [
             self._move(start, above, yaw, rng),
-            self._move(above, grasp, yaw, rng, speed=0.12),
+            self._move(above, grasp, yaw, rng, speed=c.approach_speed),
             Segment("settle", grasp, yaw),
             Segment("grasp"),
-            self._move(grasp, lifted, yaw, rng, speed=0.15),
+            self._move(grasp, lifted, yaw, rng, speed=c.lift_speed),
         ]
         if spec.family == "lift":
             return segments + [Segment("hold", duration=c.lift_hold + 0.5)]
@@ -93,16 +93,17 @@ class ScriptedExpert:
         put = np.array([px, py, 2 * c.plate_half_height + c.grasp_height + 0.006]) + jitter() * np.array([1, 1, 0])
         return segments + [
             self._move(lifted, plate_above, yaw, rng),
-            self._move(plate_above, put, yaw, rng, speed=0.12),
+            self._move(plate_above, put, yaw, rng, speed=c.approach_speed),
             Segment("release"),
-            self._move(put, put + np.array([0, 0, 0.08]), yaw, rng, speed=0.15),
+            self._move(put, put + np.array([0, 0, 0.08]), yaw, rng, speed=c.lift_speed),
             Segment("hold", duration=c.place_hold + 0.4),
         ]
 
     def _move(self, a: np.ndarray, b: np.ndarray, yaw: float, rng: np.random.Generator, speed: float | None = None) -> Segment:
         c = self.config
         distance = float(np.linalg.norm(np.asarray(b) - np.asarray(a)))
-        duration = max(0.6, 1.5 * distance / (speed or c.speed)) * (1 + rng.uniform(-c.timing_jitter, c.timing_jitter))
+        peak = speed or c.speed
+        duration = max(0.6, 1.875 * distance / peak) * (1 + rng.uniform(0.0, c.timing_jitter))  # min-jerk peak speed <= peak
         return Segment("move", np.asarray(b, dtype=float), yaw, duration)
 
     def run(self, seed: int) -> bool:

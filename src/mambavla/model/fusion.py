@@ -48,8 +48,8 @@ class MambaBlock(nn.Module):
                                  config.ngroups, config.chunk_len)
 
     def forward(self, x: Tensor, state: Mamba2State | None, cond: Tensor | None, mask: Tensor | None,
-                cond_start: int = 0) -> tuple[Tensor, Mamba2State]:
-        y, state = self.mixer(self.film(self.norm(x), cond, cond_start), state, mask)
+                cond_start: int = 0, frames: tuple[int, int] | None = None) -> tuple[Tensor, Mamba2State]:
+        y, state = self.mixer(self.film(self.norm(x), cond, cond_start), state, mask, frames=frames)
         return x + y, state
 
 
@@ -61,11 +61,19 @@ class FusionStack(nn.Module):
         self.layers = nn.ModuleList(blocks)
 
     def forward(self, x: Tensor, state: list | None = None, cond: Tensor | None = None,
-                mask: Tensor | None = None, cond_start: int = 0) -> tuple[Tensor, list]:
+                mask: Tensor | None = None, cond_start: int = 0, frames: tuple[int, int] | None = None) -> tuple[Tensor, list]:
+        """`frames=(start, n)` (Mamba blocks only): the returned state is, per layer, the state after
+        every block of n tokens following `start`, with a frame axis after the batch axis."""
         state = state or [None] * len(self.layers)
         new_state = []
         for layer, s in zip(self.layers, state):
-            x, s = layer(x, s, cond, mask, cond_start)
+            if frames is None:
+                x, s = layer(x, s, cond, mask, cond_start)
+            elif isinstance(layer, MambaBlock):
+                x, s = layer(x, s, cond, mask, cond_start, frames=frames)
+            else:
+                raise ValueError("states after every frame (stream-mode training) need the mamba fusion; "
+                                 "train the transformer fusion in window mode")
             new_state.append(s)
         return x, new_state
 

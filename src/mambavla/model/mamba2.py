@@ -118,6 +118,40 @@ def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     return y.to(dtype), state
 
 
+def frame_states(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, state: Tensor, start: int, n: int) -> Tensor:
+    """SSM state after `start` tokens plus each whole block of n tokens after them, continuing from `state`.
+
+    x (b, l, h, p), dt (b, l, h) after softplus, A (h,), B (b, l, g, n_state), state (b, h, p, n_state)
+    -> (b, T, h, p, n_state) in fp32, T = (l - start) // n. The recurrence h' = exp(dt A) h + dt x B^T,
+    summed in closed form inside each block and carried across blocks (T small steps)."""
+    b, l, h, p = x.shape
+    T = (l - start) // n
+    x, dt, state = x.float(), dt.float(), state.float()
+    B = B.float().repeat_interleave(h // B.shape[2], dim=2)  # (b, l, h, N)
+    xdt = x * dt[..., None]  # (b, l, h, p)
+    Adt = dt * A  # (b, l, h)
+
+    def block_sum(Adt_blk: Tensor, xdt_blk: Tensor, B_blk: Tensor) -> tuple[Tensor, Tensor]:
+        """(..., s, h) blocks -> what each block adds to the state (..., h, p, N) and its total decay (..., h)."""
+        cum = torch.cumsum(Adt_blk, dim=-2)
+        total = cum[..., -1, :]
+        to_end = torch.exp(total[..., None, :] - cum)  # decay from after token s to the block's end
+        added = torch.einsum("...sh,...shp,...shn->...hpn", to_end, xdt_blk, B_blk)
+        return added, total
+
+    if start > 0:
+        added, total = block_sum(Adt[:, :start], xdt[:, :start], B[:, :start])
+        state = state * torch.exp(total)[..., None, None] + added
+    span = slice(start, start + T * n)
+    added, total = block_sum(Adt[:, span].reshape(b, T, n, h), xdt[:, span].reshape(b, T, n, h, p),
+                             B[:, span].reshape(b, T, n, h, -1))  # (b, T, h, p, N), (b, T, h)
+    states = []
+    for t in range(T):
+        state = state * torch.exp(total[:, t])[..., None, None] + added[:, t]
+        states.append(state)
+    return torch.stack(states, dim=1)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
@@ -160,8 +194,14 @@ class Mamba2Mixer(nn.Module):
             torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=torch.float32),
         )
 
-    def forward(self, u: Tensor, state: Mamba2State | None = None, mask: Tensor | None = None) -> tuple[Tensor, Mamba2State]:
-        """u (B, L, d_model); mask (B, L) bool, False marks padding that must leave the state untouched."""
+    def forward(self, u: Tensor, state: Mamba2State | None = None, mask: Tensor | None = None,
+                frames: tuple[int, int] | None = None) -> tuple[Tensor, Mamba2State]:
+        """u (B, L, d_model); mask (B, L) bool, False marks padding that must leave the state untouched.
+
+        `frames=(start, n)`: also return the state after each of the T = (L - start) // n blocks of n
+        tokens that follow `start` (the state the streaming runtime holds after each frame), as a
+        `Mamba2State` with a frame axis: conv (B, T, conv_dim, d_conv - 1), ssm (B, T, H, P, N).
+        Used by stream-mode training to score every frame's action chunk from one parallel scan."""
         batch, length, _ = u.shape
         if state is None:
             state = self.empty_state(batch, u.device, u.dtype)
@@ -187,6 +227,12 @@ class Mamba2Mixer(nn.Module):
 
         y, ssm_state = self._scan(x, dt, A, B, C, state.ssm)
         y = self.norm(y.reshape(batch, length, self.d_inner), gate=z)
+        if frames is not None:
+            start, n = frames
+            ends = start + n * torch.arange(1, (length - start) // n + 1, device=u.device)  # (T,) tokens seen
+            conv_at = window.unfold(-1, self.d_conv - 1, 1)[:, :, ends]  # (B, conv_dim, T, d_conv - 1)
+            ssm_at = frame_states(x, dt, A, B, state.ssm, start, n)
+            return self.out_proj(y), Mamba2State(conv_at.transpose(1, 2), ssm_at)
         return self.out_proj(y), Mamba2State(conv_state, ssm_state)
 
     def _scan(self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor]:

@@ -125,8 +125,11 @@ class MambaVLA(nn.Module):
         return self.action_out(self.norm_out(hidden))
 
     def action_tokens(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """x_t (B, H, A), t (B,) -> action tokens (B, H, d) and the time condition (B, d)."""
-        cond = self.time_mlp(_time_embedding(t, self.config.d_model).to(x_t.dtype))
+        """x_t (B, H, A), t (B,) fp32 -> action tokens (B, H, d) and the time condition (B, d)."""
+        # the sinusoid sees t in fp32: bf16 rounding of t before the x1000 scale would shift phases by ~1 rad
+        with torch.autocast(t.device.type, enabled=False):
+            embedding = _time_embedding(t.float(), self.config.d_model)
+        cond = self.time_mlp(embedding.to(self.time_mlp[0].weight.dtype))
         return self.action_in(x_t) + self.action_pos, cond
 
     @torch.no_grad()
@@ -135,11 +138,49 @@ class MambaVLA(nn.Module):
         steps = steps or self.config.flow_steps
         x = noise
         for i in range(steps):
-            t = torch.full((x.shape[0],), 1.0 - i / steps, device=x.device, dtype=x.dtype)
+            t = torch.full((x.shape[0],), 1.0 - i / steps, device=x.device, dtype=torch.float32)
             x = x - self.velocity(x, t, state) / steps
         return x
 
     # ---- training -----------------------------------------------------------------------------
+
+    def stream_states(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor], proprio: Tensor) -> list:
+        """One parallel scan of `[instruction | frame 1 | ... | frame T]` -> per layer, the state after
+        every frame, batch (B * T): exactly what the streaming runtime holds after each step.
+
+        prompt (B, Lp, d), mask (B, Lp), images {camera: (B, T, C, H, W)}, proprio (B, T, P)."""
+        b, k = proprio.shape[:2]
+        frames = self.encode_frame({c: v.flatten(0, 1) for c, v in images.items()}, proprio.flatten(0, 1))
+        n = frames.shape[1]
+        tokens = torch.cat([prompt, frames.reshape(b, k * n, -1)], dim=1)
+        full_mask = torch.cat([mask, torch.ones(b, k * n, dtype=torch.bool, device=mask.device)], dim=1)
+        _, states = self.fusion(tokens, mask=full_mask, frames=(prompt.shape[1], n))
+        return [type(s)(*(t.flatten(0, 1) for t in s)) for s in states]
+
+    def flow_loss(self, state: list, actions: Tensor, pad: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Flow-matching loss of action chunks (B, H, A) in robot units, each from its context state;
+        pad (B, H) bool leaves out steps past an episode's end."""
+        actions = self.normalizer.actions(actions.float()).to(self.action_in.weight.dtype)
+        b = actions.shape[0]
+        noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
+        a, c = self.config.time_beta
+        beta = torch.distributions.Beta(torch.tensor(a), torch.tensor(c))
+        t = beta.sample((b,)).to(actions.device) * 0.999 + 0.001  # (B,) fp32
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+        error = (self.velocity(x_t, t, state).float() - (noise - actions)).pow(2)  # (B, H, A)
+        if pad is None:
+            return error.mean()
+        keep = (~pad.to(error.device, torch.bool)).to(error.dtype)[..., None]
+        return (error * keep).sum() / (keep.sum() * error.shape[-1]).clamp_min(1.0)
+
+    def stream_loss(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
+        """Stream-mode training: episode segments of T frames, every frame's chunk scored from the state
+        after that frame. batch: {"instruction": [str] * B, "images": {camera: (B, T, C, H, W)},
+        "proprio": (B, T, P), "actions": (B, T, H, A), "action_pad": (B, T, H) bool}."""
+        prompt, mask = self.encode_instruction(list(batch["instruction"]))
+        state = self.stream_states(prompt, mask, batch["images"], batch["proprio"])
+        pad = batch.get("action_pad")
+        return self.flow_loss(state, batch["actions"].flatten(0, 1), None if pad is None else pad.flatten(0, 1), generator)
 
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
         """Flow-matching loss on a batch: {"instruction": [str] * B, "images": {camera: (B, C, H, W)},
@@ -157,19 +198,7 @@ class MambaVLA(nn.Module):
         tokens = torch.cat([prompt, frames], dim=1)
         full_mask = torch.cat([mask, torch.ones(frames.shape[:2], dtype=torch.bool, device=mask.device)], dim=1)
         state = self.condition(tokens, mask=full_mask)
-
-        actions = self.normalizer.actions(batch["actions"].float()).to(tokens.dtype)
-        b = actions.shape[0]
-        noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
-        a, c = self.config.time_beta
-        beta = torch.distributions.Beta(torch.tensor(a), torch.tensor(c))
-        t = (beta.sample((b,)).to(actions.device) * 0.999 + 0.001).to(actions.dtype)
-        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
-        error = (self.velocity(x_t, t, state) - (noise - actions)).pow(2)  # (B, H, A)
-        if "action_pad" in batch:  # steps past the end of an episode carry no information
-            keep = (~batch["action_pad"].to(error.device, torch.bool)).to(error.dtype)[..., None]
-            return (error * keep).sum() / (keep.sum() * error.shape[-1]).clamp_min(1.0)
-        return error.mean()
+        return self.flow_loss(state, batch["actions"], batch.get("action_pad"), generator)
 
     # ---- introspection ------------------------------------------------------------------------
 

@@ -101,6 +101,15 @@ def test_late_joiner_gets_the_instruction_and_chunks_come_out(policy):
     assert float(status["p50_latency_ms"]) > 0.0 and int(status["frames_dropped"]) == 0
 
 
+def test_by_default_one_chunk_per_policy_period_of_frame_time(policy):
+    probe, _, _ = policy
+    t = time.monotonic()
+    msgs = probe.wait_for(lambda: (lambda c: c if len(c) >= 6 else None)(chunks_after(probe, t)), "six chunks")
+    stamps = np.array([stamp_to_seconds(m.header.stamp) for m in msgs])
+    period = preset("tiny").policy_period  # 0.2 s; frames come every 0.1 s, `consumed` would step every 0.1 s
+    assert np.diff(stamps).min() >= period - 0.011, np.diff(stamps)
+
+
 @pytest.mark.parametrize(
     ("make", "fragment"),
     [

@@ -20,12 +20,10 @@ from trajectory_msgs.msg import JointTrajectory
 
 from mambavla.ros.convert import chunk_to_trajectory, image_to_rgb, pose_from_msg, stamp_to_seconds
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
+from mambavla.ros.observation import INFER_MODES, Frame, Observation, ObservationBuffer, PeriodSchedule
 from mambavla.ros.params import declare
 from mambavla.ros.spin import run_node
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
-from mambavla.spaces import pose_to_vector
-
-INFER_MODES = ("consumed", "rate", "frame")
 
 
 class PolicyNode(Node):
@@ -44,8 +42,9 @@ class PolicyNode(Node):
         ee_pose_topic = p("ee_pose_topic", "/ee_pose", "end-effector pose (geometry_msgs/PoseStamped)")
         action_topic = p("action_topic", "/action_chunk", "published action chunks (trajectory_msgs/JointTrajectory)")
         self.base_frame = p("base_frame", "fr3_link0", "frame of absolute targets (header.frame_id of chunks)")
-        self.infer_mode = p("infer_mode", "consumed",
-                            "when to infer: consumed (the last chunk is `consume_fraction` executed), rate, or frame (every new set of frames)")
+        self.infer_mode = p("infer_mode", "period",
+                            "when to infer: period (once per the checkpoint's policy_period of frame time, as trained), "
+                            "consumed (the last chunk is `consume_fraction` executed), rate, or frame (every new set of frames)")
         self.consume_fraction = p("consume_fraction", 0.5, "fraction of a chunk's duration after which the next is computed")
         self.infer_rate_hz = p("infer_rate_hz", 5.0, "inference rate in `rate` mode, Hz")
         self.max_observation_age = p("max_observation_age", 0.5, "frames and robot state older than this are dropped, s")
@@ -58,10 +57,8 @@ class PolicyNode(Node):
         self.state = "LOADING"
         self.reason = "loading the policy"
         self._lock = threading.Condition()
-        self._frames: dict[int, tuple[np.ndarray, float, float]] = {}  # camera index -> (rgb, stamp, receipt)
-        self._used_stamps: dict[int, float] = {}
-        self._pose: tuple[np.ndarray, np.ndarray, float] | None = None
-        self._fingers: tuple[np.ndarray, float] | None = None
+        self._observations = ObservationBuffer(len(self.camera_topics), self.max_observation_age)
+        self._period: PeriodSchedule | None = None  # built from the checkpoint's policy_period
         self._pending_instruction: str | None = None
         self.instruction = ""
         self.chunks_published = 0
@@ -106,7 +103,7 @@ class PolicyNode(Node):
             self._reject(f"{self.camera_topics[index]}: {err}")
             return
         with self._lock:
-            self._frames[index] = (rgb, stamp_to_seconds(msg.header.stamp), receipt)
+            self._observations.add_frame(index, Frame(rgb, stamp_to_seconds(msg.header.stamp), receipt))
             self._lock.notify_all()
 
     def _on_instruction(self, msg: String) -> None:
@@ -127,7 +124,8 @@ class PolicyNode(Node):
         except ValueError as err:
             self._reject(f"ee_pose: {err}")
             return
-        self._pose = (position, quat, stamp_to_seconds(msg.header.stamp))
+        with self._lock:
+            self._observations.add_pose(stamp_to_seconds(msg.header.stamp), position, quat)
 
     def _on_joint_state(self, msg: JointState) -> None:
         fingers = [i for i, n in enumerate(msg.name) if n.endswith("finger_joint1") or n.endswith("finger_joint2")]
@@ -135,7 +133,8 @@ class PolicyNode(Node):
             return
         values = np.array([msg.position[i] for i in fingers], dtype=np.float64)
         if np.all(np.isfinite(values)):
-            self._fingers = (values, stamp_to_seconds(msg.header.stamp))
+            with self._lock:
+                self._observations.add_fingers(stamp_to_seconds(msg.header.stamp), values)
 
     # ---- worker ----
 
@@ -157,56 +156,34 @@ class PolicyNode(Node):
         if len(cams) != len(self.camera_topics):
             raise ValueError(f"camera_topics has {len(self.camera_topics)} topics but the policy expects cameras {cams}")
         self.policy_source = source
+        self._period = PeriodSchedule(self.runtime.policy_period)
         self.get_logger().info(f"policy: {source}; cameras {dict(zip(cams, self.camera_topics))}, "
                                f"image {self.runtime.image_size}, {self.runtime.chunk_size} x {self.runtime.dt} s, "
-                               f"{self.runtime.action_mode} actions")
+                               f"{self.runtime.action_mode} actions, infer_mode {self.infer_mode}"
+                               + (f" (every {self.runtime.policy_period} s of frame time)" if self.infer_mode == "period" else ""))
 
-    def _due_time(self) -> float:
-        """In `consumed` mode: when the last chunk is `consume_fraction` executed (0 before the first)."""
-        if self.infer_mode != "consumed" or self._last_chunk_stamp is None:
-            return 0.0
-        return self._last_chunk_stamp + self.consume_fraction * self.runtime.chunk_size * self.runtime.dt
+    def _not_before(self) -> float:
+        """Frames older than this are not worth a step (the schedule of the infer mode)."""
+        if self.infer_mode == "period":
+            return self._period.not_before()
+        if self.infer_mode == "consumed" and self._last_chunk_stamp is not None:
+            return self._last_chunk_stamp + self.consume_fraction * self.runtime.chunk_size * self.runtime.dt
+        return float("-inf")
 
     def _due(self, now: float) -> bool:
         if self.infer_mode == "rate":
             return now >= self._last_infer + 1.0 / self.infer_rate_hz
-        return now >= self._due_time()
+        return True
 
-    def _observation(self, now: float) -> dict | None:
-        """The latest observation if every part is fresh and at least one frame is new; else None."""
-        n = len(self.camera_topics)
-        if len(self._frames) < n:
-            self.reason = f"waiting for cameras ({len(self._frames)}/{n} seen)"
+    def _observation(self, now: float) -> Observation | None:
+        """Choose the observation to infer on now (a query: nothing is consumed); None when there is none."""
+        dropped = self._observations.drop_stale(now)
+        self.frames_dropped = self._observations.frames_dropped
+        choice = self._observations.select(now, self._not_before(), all_new=self.infer_mode == "frame")
+        if isinstance(choice, str):
+            self.reason = dropped or choice
             return None
-        if self.infer_mode == "frame" and any(self._frames[i][1] <= self._used_stamps.get(i, -1.0) for i in range(n)):
-            return None
-        if all(self._frames[i][1] <= self._used_stamps.get(i, -1.0) for i in range(n)):
-            return None  # nothing new since the last chunk: do not feed the same frame twice
-        if min(self._frames[i][1] for i in range(n)) < self._due_time():
-            return None  # wait for frames taken after the due time: an older view makes the chunk late
-        for i in range(n):
-            age = now - self._frames[i][1]
-            if age > self.max_observation_age:
-                self.frames_dropped += 1
-                self.reason = f"dropped a stale frame from {self.camera_topics[i]} ({age:.2f} s old)"
-                del self._frames[i]
-                return None
-        if self._pose is None or self._fingers is None:
-            self.reason = "waiting for robot state (ee_pose and finger joint_states)"
-            return None
-        if now - self._pose[2] > self.max_observation_age:
-            self.reason = f"robot state is {now - self._pose[2]:.2f} s old"
-            return None
-        stamp = min(self._frames[i][1] for i in range(n))
-        for i in range(n):
-            self._used_stamps[i] = self._frames[i][1]
-        proprio = np.concatenate([pose_to_vector(self._pose[0], self._pose[1]), self._fingers[0]]).astype(np.float32)
-        return {
-            "images": {cam: self._frames[i][0] for i, cam in enumerate(self.runtime.camera_names)},
-            "proprio": proprio,
-            "stamp": stamp,
-            "receipt": max(self._frames[i][2] for i in range(n)),
-        }
+        return choice
 
     def _work(self) -> None:
         try:
@@ -223,6 +200,10 @@ class PolicyNode(Node):
                     self._lock.wait(timeout=0.01)
                     continue
                 text, self._pending_instruction = self._pending_instruction, None
+                if text is None:
+                    self._observations.consume(obs)
+                    if self._period is not None:
+                        self._period.consumed(obs.stamp)
             try:
                 if text is not None:
                     self._apply_instruction(text)
@@ -241,15 +222,17 @@ class PolicyNode(Node):
             return
         self.instruction = text
         self._last_chunk_stamp = None
-        self._used_stamps.clear()
+        with self._lock:
+            self._observations.reset()
+            self._period.reset()
         self.state, self.reason = "RUNNING", "instruction set"
         self.get_logger().info(f"instruction: {text[:200]!r}")
 
-    def _infer(self, obs: dict) -> None:
+    def _infer(self, obs: Observation) -> None:
         self._last_infer = self._now()
-        receipt = obs.pop("receipt")
         try:
-            chunk = self.runtime.step(obs)
+            chunk = self.runtime.step({"images": dict(zip(self.runtime.camera_names, obs.images)),
+                                       "proprio": obs.proprio, "stamp": obs.stamp})
         except ValueError as err:
             self._reject(f"observation rejected by the policy: {err}")
             return
@@ -257,7 +240,7 @@ class PolicyNode(Node):
         published = self._now()
         self.chunks_published += 1
         self._last_chunk_stamp = chunk.stamp
-        self.latencies_ms.append((published - receipt) * 1e3)
+        self.latencies_ms.append((published - obs.receipt) * 1e3)
         self.inference_ms.append(chunk.timing_ms.get("total", float("nan")))
         self.state, self.reason = "RUNNING", "publishing chunks"
 

@@ -1,12 +1,17 @@
 """The controller's state machine: chunk admission, blending, interpolation, rate limits and watchdog.
 
 States: STOPPED (not tracking; the initial state until enabled), IDLE (tracking, holding the pose it
-was enabled at), ACTIVE (executing chunks), HOLDING (no fresh chunk for `hold_after` s: holds the
-measured pose), ERROR (franky reported a fault; needs recovery). After `stop_after` s without a chunk
+was enabled at), ACTIVE (executing chunks), HOLDING (no fresh chunk for `hold_after` s: the streamed
+target jumps onto the measured pose, so an arm lagging its targets stops where it is instead of
+catching up), ERROR (franky reported a fault; needs recovery). After `stop_after` s without a chunk
 `update` asks the caller to stop the arm, which then reports STOPPED.
 
+Two clocks: `now` is the ROS clock that chunk stamps and the pose history use; `mono` (monotonic,
+defaults to `now`) times the watchdog, so a clock step cannot silence it.
+
 Thread model: `submit` runs on a ROS callback thread, `update` / `record_pose` on the control
-thread; a lock makes each call atomic.
+thread; a lock makes each call atomic. A chunk is validated outside the lock (only a snapshot of the
+state is taken under it), so a flood of chunks cannot hold the control tick up.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from mambavla.runtime.chunk import ActionChunk
 from mambavla.spaces import ACTION_NAMES, delta_to_absolute, quat_angle_between, vector_to_pose
 
 
-REJECTION_KINDS = ("malformed", "action names", "non-finite", "stale", "future", "past", "no measured pose",
+REJECTION_KINDS = ("malformed", "action names", "non-finite", "dt", "stale", "future", "past", "no measured pose",
                    "outside workspace", "tilts", "jump", "starts", "controller is")
 
 
@@ -92,11 +97,14 @@ class ControllerCore:
         self._gripper = 0.0
         self._last_chunk_time: float | None = None
         self._now = 0.0
+        self._epoch = 0  # counts activations and deactivations: a chunk validated across one is refused
 
     # ---- measured state ----
 
     def record_pose(self, t: float, position: np.ndarray, quat: np.ndarray) -> None:
         with self._lock:
+            if self._history and t < self._history[-1][0]:
+                self._history.clear()  # the ROS clock stepped back: older samples would unsort the history
             self._history.append((t, np.asarray(position, dtype=np.float64), np.asarray(quat, dtype=np.float64)))
             while self._history and self._history[0][0] < t - self.pose_history:
                 self._history.popleft()
@@ -104,17 +112,17 @@ class ControllerCore:
     def measured_pose(self) -> tuple[np.ndarray, np.ndarray] | None:
         return (self._history[-1][1], self._history[-1][2]) if self._history else None
 
-    def _pose_at(self, t: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """Measured pose at time t, interpolated in the history; None if t is not covered."""
-        h = self._history
-        if not h or t < h[0][0] or t > h[-1][0] + 0.1:
+    @staticmethod
+    def _pose_at(samples: list, t: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Measured pose at time t, interpolated in a copy of the history; None if t is not covered."""
+        if not samples or t < samples[0][0] or t > samples[-1][0] + 0.1:
             return None
-        samples = list(h)
-        for (t0, p0, q0), (t1, p1, q1) in zip(samples, samples[1:]):
-            if t0 <= t <= t1:
-                a = (t - t0) / (t1 - t0) if t1 > t0 else 0.0
-                return p0 + a * (p1 - p0), slerp(q0, q1, a)
-        return h[-1][1], h[-1][2]
+        k = int(np.searchsorted([s[0] for s in samples], t, side="right")) - 1
+        if k + 1 >= len(samples):
+            return samples[-1][1], samples[-1][2]
+        (t0, p0, q0), (t1, p1, q1) = samples[k], samples[k + 1]
+        a = (t - t0) / (t1 - t0) if t1 > t0 else 0.0
+        return p0 + a * (p1 - p0), slerp(q0, q1, a)
 
     # ---- state transitions (called by the node) ----
 
@@ -129,6 +137,7 @@ class ControllerCore:
             self._gripper = gripper
             self._trajectory = None
             self._last_chunk_time = None
+            self._epoch += 1
             self.state = ControllerState.IDLE
             self.reason = "enabled, waiting for chunks"
 
@@ -137,6 +146,7 @@ class ControllerCore:
             self.state = ControllerState.ERROR if error else ControllerState.STOPPED
             self.reason = reason
             self._trajectory = None
+            self._epoch += 1
 
     def reject(self, reason: str) -> str:
         """Count a rejection found before a chunk could be built (malformed message)."""
@@ -152,12 +162,16 @@ class ControllerCore:
 
     # ---- chunk admission ----
 
-    def submit(self, chunk: ActionChunk, now: float) -> str | None:
+    def submit(self, chunk: ActionChunk, now: float, mono: float | None = None) -> str | None:
         """Validate a chunk and schedule it; returns the rejection reason, or None when accepted."""
+        with self._lock:  # a snapshot only: validation runs without the lock
+            state, reason, target, history, epoch = self.state, self.reason, self._target, list(self._history), self._epoch
+        result = self._build(chunk, now, state, reason, target, history)
         with self._lock:
-            result = self._build(chunk, now)
             if isinstance(result, str):
                 return self._reject(result)
+            if self._epoch != epoch or self.state not in RUNNING:  # stopped or re-enabled while validating
+                return self._reject(f"controller is {self.state.value} ({self.reason}): chunk ignored")
             if self.state == ControllerState.ACTIVE:
                 old = self._trajectory
             else:  # entering from IDLE/HOLDING: fade from the current target, not from an old chunk
@@ -165,14 +179,15 @@ class ControllerCore:
             self._trajectory = blend(old, result, now, self.blend_window)
             self.state = ControllerState.ACTIVE
             self.reason = "executing chunks"
-            self._last_chunk_time = now
+            self._last_chunk_time = now if mono is None else mono
             self.chunks_accepted += 1
             self.chunk_id = self.chunks_accepted
             return None
 
-    def _build(self, chunk: ActionChunk, now: float) -> PoseTrajectory | str:
-        if self.state not in RUNNING:
-            return f"controller is {self.state.value} ({self.reason}): chunk ignored"
+    def _build(self, chunk: ActionChunk, now: float, state: ControllerState, state_reason: str,
+               target: tuple[np.ndarray, np.ndarray] | None, history: list) -> PoseTrajectory | str:
+        if state not in RUNNING or target is None:
+            return f"controller is {state.value} ({state_reason}): chunk ignored"
         if tuple(chunk.action_names) != self.action_names:
             return f"action names {list(chunk.action_names)} != expected {list(self.action_names)}"
         actions = np.asarray(chunk.actions, dtype=np.float64)
@@ -184,16 +199,20 @@ class ControllerCore:
             return f"non-finite value {actions[k, j]} at row {k} ({self.action_names[j]})"
         if not (np.isfinite(chunk.stamp) and np.isfinite(chunk.dt)):
             return f"non-finite stamp {chunk.stamp} or dt {chunk.dt}"
+        if len(actions) > 1 and not self.limits.min_chunk_dt <= chunk.dt <= self.limits.max_chunk_dt:
+            return f"chunk dt {chunk.dt:.4g} s outside {self.limits.min_chunk_dt}..{self.limits.max_chunk_dt} s"
         age = now - chunk.stamp
         if age > self.limits.max_chunk_age:
             return f"stale chunk: observation {age:.3f} s old > max_chunk_age {self.limits.max_chunk_age} s"
         if -age > self.limits.max_chunk_future:
             return f"chunk stamp {-age:.3f} s in the future > max_chunk_future {self.limits.max_chunk_future} s"
         times = chunk.times().astype(np.float64)
-        if times[-1] < now:
+        if len(times) == 1:
+            times = np.array([max(now, float(times[0]))])  # a single row is a hold target: valid from now on
+        elif times[-1] < now:
             return f"every row is in the past (last row {now - times[-1]:.3f} s ago)"
         if chunk.action_mode == "delta":
-            obs = self._pose_at(chunk.stamp)
+            obs = self._pose_at(history, chunk.stamp)
             if obs is None:
                 return "delta chunk: no measured pose at the observation time"
             positions, quats = delta_to_absolute(actions[:, :6], *obs)
@@ -204,10 +223,10 @@ class ControllerCore:
             return reason
         trajectory = PoseTrajectory(times, positions, quats, np.clip(actions[:, 6], 0.0, 1.0))
         start = trajectory.sample(now)
-        offset = float(np.linalg.norm(start.position - self._target[0]))
+        offset = float(np.linalg.norm(start.position - target[0]))
         if offset > self.limits.max_start_offset:
             return f"chunk starts {offset:.3f} m from the current target > max_start_offset {self.limits.max_start_offset} m"
-        angle = float(quat_angle_between(start.quat, self._target[1]))
+        angle = float(quat_angle_between(start.quat, target[1]))
         if angle > self.limits.max_start_offset_angle:
             return (f"chunk starts {angle:.3f} rad from the current target orientation > max_start_offset_angle "
                     f"{self.limits.max_start_offset_angle} rad")
@@ -215,16 +234,20 @@ class ControllerCore:
 
     # ---- control tick ----
 
-    def update(self, now: float, dt: float) -> ControlTarget | None:
+    def update(self, now: float, dt: float, mono: float | None = None) -> ControlTarget | None:
         """One control tick: the next streamed target, or None when not tracking."""
         with self._lock:
             self._now = now
             if self.state not in RUNNING:
                 return None
-            silent = None if self._last_chunk_time is None else now - self._last_chunk_time
+            mono = now if mono is None else mono
+            silent = None if self._last_chunk_time is None else mono - self._last_chunk_time
             if self.state == ControllerState.ACTIVE and silent is not None and silent > self.hold_after:
                 measured = self.measured_pose()
                 self._hold = measured if measured is not None else self._target
+                # hold where the arm is, not where it was going: an arm lagging its targets would
+                # otherwise keep moving until the rate-limited target walked back to it
+                self._target = self._hold
                 self._trajectory = None
                 self.state = ControllerState.HOLDING
                 self.reason = f"watchdog: no chunk for {silent:.2f} s > hold_after {self.hold_after} s, holding pose"

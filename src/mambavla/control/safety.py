@@ -23,15 +23,20 @@ class SafetyLimits:
     max_chunk_age: float = 1.0  # s: observation older than this is stale
     max_chunk_future: float = 0.25  # s: stamp further ahead than this is a clock error
     max_tilt: float = 1.0  # rad between the gripper axis and straight down (yaw is free)
+    min_chunk_dt: float = 0.005  # s between chunk rows: closer rows are a unit error (ms for s)
+    max_chunk_dt: float = 0.5  # s between chunk rows: further apart, one chunk would steer for minutes
 
     def __post_init__(self) -> None:
         lo, hi = np.asarray(self.workspace_min), np.asarray(self.workspace_max)
         if lo.shape != (3,) or hi.shape != (3,) or not np.all(lo < hi):
             raise ValueError(f"workspace box must satisfy min < max per axis, got {self.workspace_min} .. {self.workspace_max}")
         for name in ("max_linear_speed", "max_angular_speed", "max_jump", "max_jump_angle", "max_start_offset",
-                     "max_start_offset_angle", "max_chunk_age", "max_chunk_future", "max_tilt"):
+                     "max_start_offset_angle", "max_chunk_age", "max_chunk_future", "max_tilt", "min_chunk_dt",
+                     "max_chunk_dt"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.min_chunk_dt < self.max_chunk_dt:
+            raise ValueError(f"need min_chunk_dt < max_chunk_dt, got {self.min_chunk_dt}, {self.max_chunk_dt}")
 
     def outside_workspace(self, positions: np.ndarray) -> np.ndarray:
         """[N, 3] -> bool [N]: rows outside the box."""

@@ -16,6 +16,7 @@ COMMANDS = (
     "train",
     "collect", "dataset",
     "instruct", "demo", "bench-ros",
+    "replay",
 )
 
 

@@ -1,0 +1,251 @@
+"""`mambavla replay`: offline replay of recorded episodes and foreign bags, the errors, and --live."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mambavla import spaces
+from mambavla.cli import main
+from mambavla.data import EpisodeWriter
+
+SIZE = (48, 64)  # (H, W) recorded; the tiny policy sees 32 x 32
+DT = 0.05
+
+
+def _trajectory(n: int):
+    """A slow straight move with a grasp half way: positions, quats, finger positions, actions."""
+    t = np.arange(n) * DT
+    position = np.stack([0.45 + 0.02 * t, 0.05 * t, 0.3 - 0.03 * t], axis=1)
+    quat = np.tile(spaces.EE_REFERENCE_QUAT, (n, 1))
+    gripper = (t > t[-1] / 2).astype(float)
+    fingers = np.where(gripper[:, None] > 0.5, 0.02, 0.04) * np.ones((n, 2))
+    actions = np.concatenate([spaces.pose_to_vector(position, quat), gripper[:, None]], axis=1)
+    return t, position, quat, fingers, actions
+
+
+def _image(k: int, h: int, w: int) -> np.ndarray:
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = 200  # red: a swapped channel shows
+    img[: h // 2, (k * 3) % w] = (0, 255, 0)
+    return img
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+
+    from mambavla.model.checkpoint import save_checkpoint
+    from mambavla.model.config import preset
+    from mambavla.model.modeling_mambavla import MambaVLA
+
+    torch.manual_seed(0)
+    return save_checkpoint(MambaVLA(preset("tiny")), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def episode(tmp_path_factory):
+    """Our own layout, written with EpisodeWriter as `mambavla collect` does: 3 s at 20 Hz."""
+    path = tmp_path_factory.mktemp("bags") / "episode_0000001"
+    t, position, quat, fingers, actions = _trajectory(60)
+    with EpisodeWriter(path, ("front", "wrist"), SIZE, DT, meta={"instruction": "lift the red cube"}) as writer:
+        writer.write_instruction(0.0, "lift the red cube")
+        for k in range(len(t)):
+            writer.write_frame(t[k], {"front": _image(k, *SIZE), "wrist": _image(k + 5, *SIZE)}, np.zeros(7), fingers[k],
+                               position[k], quat[k], actions[k])
+    return path
+
+
+def _foreign_bag(path, with_front: bool = True):
+    """Another driver's layout: JPEG CompressedImage, bgr8 raw frames, JointState with extra joints in
+    their own order, the pose on its own topic, no instruction, no actions."""
+    import cv2
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    T = ts.types
+    t, position, quat, fingers, _ = _trajectory(50)
+    t = t + 1700000000.0  # wall-clock stamps, as a real recording has
+    joints = ["panda_finger_joint2", "extra_rail_joint"] + [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1"]
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {}
+        if with_front:
+            conns["jpeg"] = writer.add_connection("/camera/color/image_raw/compressed", "sensor_msgs/msg/CompressedImage", typestore=ts)
+        conns["bgr"] = writer.add_connection("/wrist_cam/image_raw", "sensor_msgs/msg/Image", typestore=ts)
+        conns["joints"] = writer.add_connection("/franka/joint_states", "sensor_msgs/msg/JointState", typestore=ts)
+        conns["pose"] = writer.add_connection("/franka/ee_pose", "geometry_msgs/msg/PoseStamped", typestore=ts)
+        conns["desc"] = writer.add_connection("/robot_description", "std_msgs/msg/String", typestore=ts)
+        writer.write(conns["desc"], int(t[0] * 1e9), ts.serialize_cdr(T["std_msgs/msg/String"](data="<robot/>"), "std_msgs/msg/String"))
+        for k, tk in enumerate(t):
+            ns = int(round(tk * 1e9))
+            header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9), frame_id="cam")
+            rgb = _image(k, *SIZE)
+            if with_front:
+                jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].reshape(-1)
+                msg = T["sensor_msgs/msg/CompressedImage"](header=header, format="rgb8; jpeg compressed bgr8", data=jpeg)
+                writer.write(conns["jpeg"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
+            bgr = np.ascontiguousarray(rgb[..., ::-1])
+            msg = T["sensor_msgs/msg/Image"](header=header, height=SIZE[0], width=SIZE[1], encoding="bgr8", is_bigendian=0,
+                                             step=SIZE[1] * 3, data=bgr.reshape(-1))
+            writer.write(conns["bgr"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
+            values = {"panda_finger_joint1": fingers[k, 0], "panda_finger_joint2": fingers[k, 1], "extra_rail_joint": 0.7}
+            msg = T["sensor_msgs/msg/JointState"](header=header, name=joints, position=np.array([values.get(n, 0.1) for n in joints]),
+                                                  velocity=np.zeros(0), effort=np.zeros(0))
+            writer.write(conns["joints"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
+            p, q = position[k], quat[k]
+            pose = T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
+                                               orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]))
+            msg = T["geometry_msgs/msg/PoseStamped"](header=header, pose=pose)
+            writer.write(conns["pose"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
+    return path
+
+
+def _replay(capsys, *argv) -> tuple[int, dict | None, str]:
+    code = main(["replay", *map(str, argv), "--json", "--no-progress"])
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out) if code == 0 else None), captured.err
+
+
+@pytest.mark.slow
+def test_offline_replay_of_an_episode_gives_finite_metrics_and_pictures(checkpoint, episode, tmp_path, capsys):
+    code, summary, err = _replay(capsys, episode, "--checkpoint", checkpoint, "--out", tmp_path, "--zero-latency")
+    assert code == 0, err
+    m = summary["metrics"]
+    # period mode: one step per policy_period (0.2 s) of frame time over 3 s of 20 Hz frames
+    assert m["chunks"] == 15
+    assert set(m["mae"]) == set(spaces.ACTION_NAMES) and all(np.isfinite(v) and v > 0 for v in m["mae"].values())
+    assert len(m["by_horizon"]["position_mm"]) == 4 and all(np.isfinite(m["by_horizon"]["position_mm"]))
+    assert 0.0 <= m["gripper_agreement"] <= 1.0 and m["seams"]["seams"] == 14
+    assert m["safety"]["accepted"] + m["safety"]["rejected"] == 15
+    assert sum(m["safety"]["rejected_by_kind"].values()) == m["safety"]["rejected"]
+    assert m["inference_ms"]["n"] == 15 and m["inference_ms"]["p99"] >= m["inference_ms"]["p50"] > 0
+    assert m["reference"] == ["ee_pose"] and m["gripper_reference"] == ["actions"]
+    for name in ("trajectories_episode_0000001.png", "horizon_error.png", "worst_frames.png", "replay.json"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert json.loads((tmp_path / "replay.json").read_text())["metrics"]["chunks"] == 15
+
+
+def test_scores_are_zero_for_the_recording_itself_and_exact_for_an_offset(episode):
+    from mambavla.control.safety import SafetyLimits
+    from mambavla.evaluation.bag import inspect, read_messages
+    from mambavla.evaluation.metrics import score
+    from mambavla.evaluation.recording import PredictedChunk, Recording
+
+    info = inspect(episode, ("front", "wrist"))
+    recording = Recording()
+    for msg in read_messages(info, ["ee_pose", "actions", "joint_states"]):
+        recording.add(msg.role, msg.stamp, msg.value)
+    _, _, _, _, actions = _trajectory(60)
+
+    def chunks(offset):
+        out = []
+        for k in range(0, 50, 4):
+            rows = actions[k:k + 8] + offset
+            out.append(PredictedChunk(k * DT, k * DT + 0.01, k * DT, DT, rows, "absolute", rows, 5.0, {}))
+        return out
+
+    exact, _ = score([(chunks(0.0), recording)], SafetyLimits())
+    assert max(exact["mae"].values()) < 1e-6 and exact["gripper_agreement"] == 1.0
+    assert exact["seams"]["position_jump_mm"]["max"] < 1e-6 and exact["safety"]["rejected"] == 0
+    shifted, _ = score([(chunks(np.array([0.01, 0, 0, 0, 0, 0, 0])), recording)], SafetyLimits())
+    assert shifted["mae"]["x"] == pytest.approx(10.0) and shifted["mae"]["y"] < 1e-6
+    assert shifted["by_horizon"]["position_mm"] == pytest.approx([10.0] * 8)
+    far, _ = score([(chunks(np.array([0.5, 0, 0, 0, 0, 0, 0])), recording)], SafetyLimits())
+    assert far["safety"]["rejected"] == 13 and "outside workspace" in far["safety"]["rejected_by_kind"]
+
+
+@pytest.mark.slow
+def test_foreign_bag_replays_with_map_and_instruction(checkpoint, tmp_path, capsys):
+    bag = _foreign_bag(tmp_path / "foreign")
+    code, _, err = _replay(capsys, bag, "--checkpoint", checkpoint, "--map", "front=/camera/color/image_raw/compressed",
+                           "--out", tmp_path / "out")
+    assert code == 2 and "--instruction" in err and "/robot_description" in err  # no instruction recorded: say so
+    code, summary, err = _replay(capsys, bag, "--checkpoint", checkpoint, "--map", "front=/camera/color/image_raw/compressed",
+                                 "--instruction", "lift the red cube", "--out", tmp_path / "out", "--zero-latency")
+    assert code == 0, err
+    roles = summary["roles"]["foreign"]["roles"]
+    assert roles == {"front": "/camera/color/image_raw/compressed", "wrist": "/wrist_cam/image_raw",
+                     "joint_states": "/franka/joint_states", "ee_pose": "/franka/ee_pose"}
+    m = summary["metrics"]
+    assert m["chunks"] >= 10 and all(np.isfinite(v) for v in m["mae"].values())
+    assert m["gripper_reference"] == ["finger joints"]
+
+
+def test_images_decode_jpeg_png_and_raw_encodings_to_rgb():
+    import cv2
+    from types import SimpleNamespace as Msg
+
+    from mambavla.data.images import image_to_rgb
+
+    rgb = _image(3, *SIZE)
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    raw = lambda enc, arr, ch: Msg(encoding=enc, height=SIZE[0], width=SIZE[1], step=SIZE[1] * ch, is_bigendian=0,  # noqa: E731
+                                   data=arr.tobytes())
+    assert np.array_equal(image_to_rgb(raw("rgb8", rgb, 3)), rgb)
+    assert np.array_equal(image_to_rgb(raw("bgr8", bgr, 3)), rgb)
+    rgba = np.concatenate([bgr, np.full((*SIZE, 1), 255, np.uint8)], axis=2)
+    assert np.array_equal(image_to_rgb(raw("bgra8", rgba, 4)), rgb)
+    png = Msg(format="png", data=cv2.imencode(".png", bgr)[1].tobytes())
+    assert np.array_equal(image_to_rgb(png), rgb)
+    jpeg = Msg(format="jpeg", data=cv2.imencode(".jpg", bgr)[1].tobytes())
+    assert np.abs(image_to_rgb(jpeg).astype(int) - rgb).mean() < 8
+    assert image_to_rgb(raw("bgr8", bgr, 3), (32, 32)).shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="encoding"):
+        image_to_rgb(raw("32FC1", rgb, 3))
+    with pytest.raises(ValueError, match="decode"):
+        image_to_rgb(Msg(format="jpeg", data=b"not a jpeg"))
+
+
+@pytest.mark.slow
+def test_bag_without_a_camera_gets_an_error_with_the_topic_table(checkpoint, tmp_path, capsys):
+    bag = _foreign_bag(tmp_path / "no_front", with_front=False)
+    code, _, err = _replay(capsys, bag, "--checkpoint", checkpoint, "--instruction", "x", "--out", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err
+    assert "no topic for camera(s) front" in err and "--map" in err
+    assert "/wrist_cam/image_raw" in err and "sensor_msgs/msg/Image" in err and "/franka/ee_pose" in err
+    code, _, err = _replay(capsys, bag, "--checkpoint", checkpoint, "--map", "front=/franka/ee_pose", "--out", tmp_path / "out")
+    assert code == 2 and "front" in err and "geometry_msgs/msg/PoseStamped" in err
+
+
+def test_truncated_bag_is_reported_without_a_traceback(checkpoint, episode, tmp_path, capsys):
+    bag = tmp_path / "truncated"
+    shutil.copytree(episode, bag)
+    mcap = next(bag.glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 3])
+    code, _, err = _replay(capsys, bag, "--checkpoint", checkpoint, "--out", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err and "corrupt" in err and str(bag) in err
+
+
+def test_schedule_matches_policy_node_observation_module():
+    """runtime.schedule holds a copy of ros/observation's classes until policy_node imports it: same choices."""
+    from mambavla.ros import observation as node
+    from mambavla.runtime import schedule as ours
+
+    rng = np.random.default_rng(0)
+    pair = [(mod.ObservationBuffer(2, 0.5), mod.PeriodSchedule(0.2)) for mod in (node, ours)]
+    choices = []
+    for k in range(400):
+        t = k * 0.013
+        event = rng.integers(4)
+        results = []
+        for mod, (buffer, period) in zip((node, ours), pair):
+            if event < 2:
+                buffer.add_frame(int(event), mod.Frame(np.zeros((2, 2, 3), np.uint8), t - rng.uniform(0, 0.02) * 0, t))
+            elif event == 2:
+                buffer.add_pose(t, np.array([0.4, 0.0, 0.3]), spaces.EE_REFERENCE_QUAT)
+            else:
+                buffer.add_fingers(t, np.array([0.04, 0.04]))
+            buffer.drop_stale(t)
+            choice = buffer.select(t, period.not_before())
+            if not isinstance(choice, str):
+                buffer.consume(choice)
+                period.consumed(choice.stamp)
+                choice = (choice.stamp, choice.stamps, choice.proprio.tolist())
+            results.append(choice)
+        assert results[0] == results[1]
+        choices.append(results[0])
+    assert sum(not isinstance(c, str) for c in choices) >= 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -249,3 +250,19 @@ def test_schedule_matches_policy_node_observation_module():
         assert results[0] == results[1]
         choices.append(results[0])
     assert sum(not isinstance(c, str) for c in choices) >= 5
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+def test_live_replay_scores_policy_node(checkpoint, episode, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (os.getpid() + 7) % 200))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    code, summary, err = _replay(capsys, episode, "--checkpoint", checkpoint, "--live", "--out", tmp_path)
+    assert code == 0, err
+    m = summary["metrics"]
+    # policy_node in period mode over 3 s of frames: about one chunk per 0.2 s (fewer when the CPU lags)
+    assert 5 <= m["chunks"] <= 16, m["chunks"]
+    assert all(np.isfinite(v) for v in m["mae"].values()) and m["observation_to_chunk_ms"]["n"] == m["chunks"]
+    assert summary["mode"] == "live" and summary["policy_node_status"]["state"] == "RUNNING"
+    assert m["safety"]["accepted"] + m["safety"]["rejected"] == m["chunks"]
+    assert (tmp_path / "horizon_error.png").exists() and (tmp_path / "worst_frames.png").exists()

@@ -14,7 +14,7 @@ COMMANDS = (
     "info",
     "bench",
     "train",
-    "collect", "dataset",
+    "collect", "dataset", "eval-sim",
     "instruct", "demo", "bench-ros",
     "replay",
 )

@@ -22,6 +22,11 @@ simulated time (the policy rate), for recorders that must not miss frames.
 pass "127.0.0.1" to insist on that address. The robot and gripper use libfranka's ports there.
 `speed` paces the server: 1 = real time (as a robot), 2 = twice as fast, 0 = as fast as the CPU allows
 (franky keeps up; the expert times everything in simulated seconds).
+
+Lockstep (`hold_at(t)` / `release()`): the caller holds physics at a simulated time while it thinks
+(evaluation: the simulator waits for the policy). libfranka drops a client that hears nothing for about
+1 s, so a hold never blocks the server loop longer than `MAX_HOLD` at a time: after that one 1 ms step
+runs (counted in `keepalive_steps`) and the hold resumes.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from mambavla.sim.tasks import Layout, SceneState, TaskMonitor, TaskSpec, sample
 
 
 OPEN_WIDTH = spaces.FRANKA_MAX_FINGER_WIDTH
+MAX_HOLD = 0.25  # s of wall time the server loop may be held at once (libfranka times out after ~1 s)
+HALF_STEP = 0.5e-3  # s: tolerance when comparing simulated times on the 1 ms step grid
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,10 @@ class Workcell:
         self._renderer = None
         self._render_data = None
         self.steps = 0
+        self._gate = threading.Condition()
+        self._hold_time: float | None = None  # hold physics once simulated time reaches this
+        self._held = False
+        self.keepalive_steps = 0  # steps let through during a hold so libfranka does not time out
 
     # Lifecycle.
 
@@ -128,6 +139,7 @@ class Workcell:
         return self
 
     def stop(self) -> None:
+        self.release()
         if self._server is not None:
             self._server.cleanup()
             self._server = None
@@ -240,6 +252,38 @@ class Workcell:
     def _pre_step(self, sim) -> None:
         while self._pending:
             self._pending.pop(0)()
+        if self._hold_time is not None:
+            self._hold(float(sim.data.time))
+
+    def _hold(self, t: float) -> None:
+        with self._gate:
+            if self._hold_time is None or t < self._hold_time - HALF_STEP:
+                return
+            self._held = True
+            self._gate.notify_all()
+            released = self._gate.wait_for(lambda: self._hold_time is None or t < self._hold_time - HALF_STEP, MAX_HOLD)
+            if not released:  # one step now; the next pre-step holds again
+                self.keepalive_steps += 1
+
+    # Lockstep.
+
+    def hold_at(self, t: float, timeout: float = 30.0) -> Snapshot:
+        """Run physics until simulated time `t`, then hold it there until the next `hold_at` (later) or
+        `release()`. Returns the snapshot at the hold (time >= t; == t on the 1 ms grid unless already past)."""
+        with self._gate:
+            self._hold_time = t
+            self._held = False
+            self._gate.notify_all()
+            if not self._gate.wait_for(lambda: self._held, timeout):
+                raise TimeoutError(f"the simulation server did not reach simulated time {t:.3f} s within {timeout} s")
+            return self._snapshot
+
+    def release(self) -> None:
+        """Let physics run freely again."""
+        with self._gate:
+            self._hold_time = None
+            self._held = False
+            self._gate.notify_all()
 
     def _post_step(self, sim) -> None:
         d = sim.data

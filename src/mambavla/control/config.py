@@ -1,0 +1,104 @@
+"""The controller's numbers read from the node parameter files (config/controller.yaml, then overrides
+such as config/controller_sim.yaml), without ROS: for tools that run `ControllerCore` in-process
+(`mambavla eval-sim`) with the same limits `controller_node` loads.
+
+Keys missing from the files keep the defaults of `SafetyLimits` / `ControllerCore`, which stay the one
+source of the default values.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from mambavla.control.core import ControllerCore
+from mambavla.control.safety import SafetyLimits
+
+NODE_NAME = "controller_node"
+SIM_PARAM_FILES = ("controller.yaml", "controller_sim.yaml")
+CORE_KEYS = ("blend_window", "hold_after", "stop_after", "max_tick_dt", "action_names")
+
+
+def config_path(name: str) -> Path:
+    """A file of the package's `config/`: the source tree's, else the installed share folder's."""
+    candidates = [Path(__file__).resolve().parents[3] / "config" / name,
+                  Path(sys.prefix) / "share" / "mambavla" / "config" / name]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"config file {name!r} not found in {[str(c.parent) for c in candidates]}")
+
+
+def load_params(files: tuple[str | Path, ...] = SIM_PARAM_FILES, node: str = NODE_NAME) -> dict:
+    """`node`'s ros__parameters merged over `files` in order (later files override), as ROS loads them.
+
+    A bare name is looked up in the package's config/ folder; a path is read as given."""
+    import yaml
+
+    params: dict = {}
+    for name in files:
+        path = Path(name) if Path(name).is_file() else config_path(str(name))
+        document = yaml.safe_load(path.read_text()) or {}
+        section = document.get(node, document.get(f"/{node}", {}))
+        params.update((section or {}).get("ros__parameters", {}) or {})
+    return params
+
+
+def safety_limits(params: dict) -> SafetyLimits:
+    names = {f.name for f in fields(SafetyLimits)}
+    kwargs = {k: (tuple(float(x) for x in v) if isinstance(v, list) else float(v)) for k, v in params.items() if k in names}
+    return SafetyLimits(**kwargs)
+
+
+def core_kwargs(params: dict) -> dict:
+    """Keyword arguments of `ControllerCore` (limits included) from the parameters."""
+    kwargs = {k: params[k] for k in CORE_KEYS if k in params}
+    if "action_names" in kwargs:
+        kwargs["action_names"] = tuple(kwargs["action_names"])
+    for k in CORE_KEYS[:-1]:
+        if k in kwargs:
+            kwargs[k] = float(kwargs[k])
+    return {"limits": safety_limits(params), **kwargs}
+
+
+def controller_core(params: dict) -> ControllerCore:
+    return ControllerCore(**core_kwargs(params))
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    """How controller_node drives franky: streaming rate, impedance gains, gripper."""
+
+    rate_hz: float = 200.0
+    translational_stiffness: float = 800.0
+    rotational_stiffness: float = 40.0
+    damping: tuple[float, ...] = (-1.0,)  # 6 values, or [-1] for critical damping
+    translational_error_clip: tuple[float, float, float] = (0.05, 0.05, 0.05)
+    rotational_error_clip: tuple[float, float, float] = (0.2, 0.2, 0.2)
+    gripper: bool = True
+    gripper_speed: float = 0.1
+    gripper_force: float = 20.0
+
+    @classmethod
+    def from_params(cls, params: dict) -> "TrackingParams":
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in params:
+                value = params[f.name]
+                kwargs[f.name] = tuple(float(x) for x in value) if isinstance(value, list) else type(f.default)(value)
+        tracking = cls(**kwargs)
+        if not 20.0 <= tracking.rate_hz <= 1000.0:
+            raise ValueError(f"rate_hz must be within 20..1000, got {tracking.rate_hz}")
+        return tracking
+
+    def tracker_kwargs(self) -> dict:
+        """Keyword arguments of `franky.CartesianImpedanceTracker` (unpaced: the caller keeps time)."""
+        kwargs = dict(translational_stiffness=self.translational_stiffness, rotational_stiffness=self.rotational_stiffness,
+                      translational_error_clip=np.array(self.translational_error_clip),
+                      rotational_error_clip=np.array(self.rotational_error_clip))
+        if len(self.damping) == 6:
+            kwargs["damping"] = np.array(self.damping)
+        return kwargs

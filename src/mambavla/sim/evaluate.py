@@ -1,0 +1,316 @@
+"""Closed-loop evaluation in the simulated workcell, through the robot's control path and in simulated time.
+
+    policy (PolicyRuntime) -> ActionChunk -> ControllerCore (safety checks, blending, rate limits; the
+    limits of config/controller.yaml + controller_sim.yaml) -> franky.CartesianImpedanceTracker
+    (+ franky.Gripper) -> franky-sim (Workcell)
+
+as `controller_node` wires it, without ROS. The policy is separated from the host: the controller's
+clock is the simulated clock, and the simulator waits for the policy (lockstep). Physics is held at
+every control tick (1 / rate_hz of simulated time) and at every observation (every `policy_period`);
+an observation is rendered from the held snapshot, the chunk is stamped with the snapshot's time and
+submitted before physics moves on, so a chunk arrives with zero simulated latency however long this
+machine takes to infer. `latency` emulates a fixed inference time in simulated seconds instead: the
+chunk is submitted that much later while the arm keeps executing the previous one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mambavla.control import ControllerState
+from mambavla.control.config import SIM_PARAM_FILES, TrackingParams, controller_core, load_params
+from mambavla.control.gripper import gripper_should_close
+from mambavla.realtime import keep_thread_scheduling
+from mambavla.sim.tasks import EVAL_SEED_BASE
+from mambavla.sim.workcell import HALF_STEP, OPEN_WIDTH, Snapshot, Workcell
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    seed: int
+    instruction: str = ""
+    success: bool = False
+    end: str = ""  # success, timeout, controller STOPPED/ERROR: reason, error
+    sim_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    chunks_produced: int = 0
+    chunks_accepted: int = 0
+    chunks_rejected: int = 0
+    rejections_by_kind: dict[str, int] = field(default_factory=dict)
+    inference_ms: list[float] = field(default_factory=list)  # wall time of each policy step
+    controller_states: dict[str, int] = field(default_factory=dict)  # control ticks spent in each state
+    observation_stamps: list[float] = field(default_factory=list)  # simulated time of each observation
+    submit_delays: list[float] = field(default_factory=list)  # simulated s from observation to submission
+    error: str = ""
+    frames: list[np.ndarray] = field(default_factory=list, repr=False)  # front | wrist, for the GIF
+
+    def as_dict(self) -> dict:
+        return {
+            "task": self.task, "seed": self.seed, "instruction": self.instruction, "success": self.success, "end": self.end,
+            "sim_seconds": round(self.sim_seconds, 3), "wall_seconds": round(self.wall_seconds, 3),
+            "chunks_produced": self.chunks_produced, "chunks_accepted": self.chunks_accepted,
+            "chunks_rejected": self.chunks_rejected, "rejections_by_kind": dict(self.rejections_by_kind),
+            "controller_states": dict(self.controller_states), "error": self.error,
+        }
+
+
+class SimEvaluator:
+    """Runs episodes on one started workcell with one franky connection (re-made after a franky error)."""
+
+    def __init__(self, cell: Workcell, runtime, param_files: tuple[str, ...] = SIM_PARAM_FILES,
+                 latency: float = 0.0, time_limit: float | None = None):
+        if latency < 0:
+            raise ValueError(f"--latency must be >= 0 s, got {latency}")
+        self.cell, self.runtime = cell, runtime
+        self.params = load_params(param_files)
+        self.tracking = TrackingParams.from_params(self.params)
+        controller_core(self.params)  # bad limits fail here, before any episode
+        self.latency = float(latency)
+        self.time_limit = float(time_limit if time_limit is not None else cell.config.episode_timeout)
+        if not self.time_limit > 0:
+            raise ValueError(f"time limit must be > 0 s, got {self.time_limit}")
+        self.robot = self.gripper = None
+        self._connect()
+
+    # ---- franky connection ----
+
+    def _connect(self) -> None:
+        import franky
+
+        with keep_thread_scheduling():  # franky would make this thread SCHED_FIFO 99
+            self.robot = franky.Robot(self.cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
+            self.gripper = franky.Gripper(self.cell.robot_ip) if self.tracking.gripper else None
+
+    def _reconnect(self) -> None:
+        self.cell.release()
+        self.robot = self.gripper = None
+        self._connect()
+        if self.robot.has_errors:
+            self.robot.recover_from_errors()
+
+    # ---- one episode ----
+
+    def run_episode(self, task: str, seed: int, keep_frames: bool = False) -> EpisodeResult:
+        import franky
+
+        result = EpisodeResult(task, seed)
+        wall0 = time.perf_counter()
+        core = controller_core(self.params)
+        try:
+            self.cell.release()
+            spec = self.cell.reset(seed=seed, task=task)  # the arm is idle: the last tracker was stopped
+            result.instruction = spec.instruction
+            self.runtime.set_instruction(spec.instruction)  # also forgets the history
+            tracker = franky.CartesianImpedanceTracker(self.robot, **self.tracking.tracker_kwargs())
+            try:
+                self._drive(core, tracker, result, keep_frames)
+            finally:
+                self.cell.release()
+                tracker.stop()  # brings the arm to rest so the next reset may teleport it
+        except Exception as err:  # franky raises several types; one episode fails, the run goes on
+            result.success, result.end, result.error = False, "error", f"{type(err).__name__}: {err}"
+            try:
+                self._reconnect()
+            except Exception as again:
+                raise RuntimeError(f"episode {task} seed {seed} failed ({result.error}) and reconnecting failed: {again}") from again
+        status = core.status()
+        result.chunks_accepted, result.chunks_rejected = status["chunks_accepted"], status["chunks_rejected"]
+        result.rejections_by_kind = status["rejections_by_kind"]
+        result.wall_seconds = time.perf_counter() - wall0
+        return result
+
+    def _drive(self, core, tracker, result: EpisodeResult, keep_frames: bool) -> None:
+        """The control loop of controller_node, one event (tick, observation, submission) per hold."""
+        import franky
+
+        cell, runtime = self.cell, self.runtime
+        tick, period = 1.0 / self.tracking.rate_hz, runtime.policy_period
+        obs_stride = observation_stride(self.latency, period)
+        snap = cell.hold_at(cell.sim_time)
+        t0 = last_tick = snap.time
+        self._record_pose(core, t0)
+        core.activate(t0, gripper=0.0)
+        closed = False
+        n_tick = n_obs = 0
+        pending: deque = deque()  # (simulated submission time, chunk)
+        states: Counter = Counter()
+        while True:
+            now = snap.time
+            self._record_pose(core, now)
+            if snap.success:
+                result.success, result.end = True, "success"
+                break
+            if now - t0 >= self.time_limit - HALF_STEP:
+                result.end = "timeout"
+                break
+            if now >= t0 + n_obs * period - HALF_STEP:
+                pending.append((now + self.latency, self._observe(snap, result, keep_frames)))
+                n_obs += obs_stride
+            while pending and now >= pending[0][0] - HALF_STEP:
+                due, chunk = pending.popleft()
+                result.submit_delays.append(now - chunk.stamp)
+                core.submit(chunk, now)  # a rejection is counted by the core, by kind
+            if now >= t0 + n_tick * tick - HALF_STEP:
+                if tracker.tick() is None:  # franky no longer in control
+                    self.robot.join_motion(timeout=0.5)  # re-raises the stored control exception
+                    raise RuntimeError("robot left control")
+                target = core.update(now, now - last_tick if n_tick else tick)
+                last_tick = now
+                n_tick += 1
+                states[core.state.value] += 1
+                if target is None or target.stop:
+                    result.end = f"controller {core.state.value}: {core.reason}"
+                    break
+                tracker.set_target(franky.Affine(target.position, target.quat))
+                if self.gripper is not None and gripper_should_close(target.gripper, closed) != closed:
+                    closed = not closed
+                    if closed:  # wide epsilons, as controller_node: any object between the fingers counts as grasped
+                        self.gripper.grasp_async(0.0, self.tracking.gripper_speed, self.tracking.gripper_force,
+                                                 epsilon_inner=0.1, epsilon_outer=0.1)
+                    else:
+                        self.gripper.move_async(OPEN_WIDTH, self.tracking.gripper_speed)
+            upcoming = [t0 + n_tick * tick, t0 + n_obs * period] + ([pending[0][0]] if pending else [])
+            snap = cell.hold_at(min(upcoming))
+        result.sim_seconds = snap.time - t0
+        result.controller_states = dict(states)
+        if core.state == ControllerState.ERROR and not result.end.startswith("controller"):
+            result.end = f"controller ERROR: {core.reason}"
+
+    def _record_pose(self, core, now: float) -> None:
+        pose = self.robot.state.O_T_EE  # what controller_node records: franky's measured pose
+        core.record_pose(now, np.asarray(pose.translation), np.asarray(pose.quaternion))
+
+    def _observe(self, snap: Snapshot, result: EpisodeResult, keep_frames: bool):
+        import cv2
+
+        runtime = self.runtime
+        cameras = self.cell.camera_names if keep_frames else runtime.camera_names
+        images = self.cell.render(cameras=cameras, snap=snap)
+        h, w = runtime.image_size
+        policy_images = {c: images[c] if images[c].shape[:2] == (h, w) else cv2.resize(images[c], (w, h), interpolation=cv2.INTER_AREA)
+                         for c in runtime.camera_names}
+        proprio = self.cell.robot_state(snap).proprio  # the recorded episodes' proprio, at the snapshot
+        start = time.perf_counter()
+        chunk = runtime.step({"images": policy_images, "proprio": proprio, "stamp": snap.time})
+        result.inference_ms.append((time.perf_counter() - start) * 1e3)
+        result.chunks_produced += 1
+        result.observation_stamps.append(snap.time)
+        if keep_frames:
+            result.frames.append(np.concatenate([images[c] for c in cameras], axis=1))
+        return chunk
+
+
+def observation_stride(latency: float, period: float) -> int:
+    """Observations stay on the policy's grid, skipping those that fall inside an emulated inference."""
+    return max(1, math.ceil(latency / period - 1e-9))
+
+
+# ---- the run and its summary ----
+
+
+def episode_seeds(episodes: int, first: int = 0) -> list[int]:
+    """Held-out seeds first .. first + episodes - 1 of the evaluation range."""
+    if episodes < 1:
+        raise ValueError("--episodes must be at least 1")
+    if first < 0:
+        raise ValueError("--seed must be >= 0 (an offset into the held-out seeds)")
+    return list(range(EVAL_SEED_BASE + first, EVAL_SEED_BASE + first + episodes))
+
+
+def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, latency: float = 0.0,
+             time_limit: float | None = None, gif_episodes: int = 1, speed: float = 0.0, progress: bool = True,
+             cell: Workcell | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
+    """Evaluate on `episodes` held-out seeds per task. Returns (summary, results per task).
+
+    `cell`: an already started workcell to use (tests); otherwise one is started and stopped here."""
+    from tqdm import tqdm
+
+    from mambavla.sim.tasks import TASK_FAMILIES
+
+    unknown = [t for t in tasks if t not in TASK_FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASK_FAMILIES)}")
+    seeds = episode_seeds(episodes, seed)
+    own = None if cell is not None else Workcell(task=tasks[0], seed=seeds[0], speed=speed)
+    if own is not None:
+        cell = own.start()
+    try:
+        evaluator = SimEvaluator(cell, runtime, latency=latency, time_limit=time_limit)
+        results: dict[str, list[EpisodeResult]] = {t: [] for t in tasks}
+        wall0, sim0, keepalive0 = time.perf_counter(), 0.0, cell.keepalive_steps
+        bar = tqdm(total=len(tasks) * len(seeds), desc="eval-sim", unit="episode", disable=not progress)
+        for task in tasks:
+            for i, s in enumerate(seeds):
+                r = evaluator.run_episode(task, s, keep_frames=i < gif_episodes)
+                results[task].append(r)
+                sim0 += r.sim_seconds
+                done = results[task]
+                bar.set_postfix(task=task, success=f"{sum(x.success for x in done)}/{len(done)}")
+                bar.update()
+        bar.close()
+        wall = time.perf_counter() - wall0
+        summary = summarize(results)
+        summary.update({
+            "seeds": [seeds[0], seeds[-1]], "latency_s": latency, "lockstep": True,
+            "policy_period_s": runtime.policy_period, "control_rate_hz": evaluator.tracking.rate_hz,
+            "time_limit_s": evaluator.time_limit, "wall_seconds": round(wall, 2), "sim_seconds": round(sim0, 3),
+            "sim_real_factor": round(sim0 / wall, 3) if wall > 0 else None,
+            "keepalive_steps": cell.keepalive_steps - keepalive0,
+        })
+    finally:
+        if own is not None:
+            own.stop()
+    return summary, results
+
+
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    p = np.percentile(np.asarray(values), [50, 95, 99])
+    return {"p50": round(float(p[0]), 2), "p95": round(float(p[1]), 2), "p99": round(float(p[2]), 2)}
+
+
+def summarize(results: dict[str, list[EpisodeResult]]) -> dict:
+    tasks = {}
+    for task, rs in results.items():
+        n, k = len(rs), sum(r.success for r in rs)
+        lo, hi = wilson_interval(k, n)
+        success_times = [r.sim_seconds for r in rs if r.success]
+        rejections: Counter = Counter()
+        states: Counter = Counter()
+        for r in rs:
+            rejections.update(r.rejections_by_kind)
+            states.update(r.controller_states)
+        tasks[task] = {
+            "success_rate": k / n, "ci95": [round(lo, 4), round(hi, 4)], "episodes": n, "successes": k,
+            "mean_success_sim_seconds": round(float(np.mean(success_times)), 3) if success_times else None,
+            "mean_episode_sim_seconds": round(float(np.mean([r.sim_seconds for r in rs])), 3),
+            "mean_episode_wall_seconds": round(float(np.mean([r.wall_seconds for r in rs])), 3),
+            "chunks_produced": sum(r.chunks_produced for r in rs),
+            "chunks_accepted": sum(r.chunks_accepted for r in rs),
+            "chunks_rejected": sum(r.chunks_rejected for r in rs),
+            "rejections_by_kind": dict(rejections),
+            "inference_ms": percentiles([v for r in rs for v in r.inference_ms]),
+            "controller_states": dict(states),
+            "ends": dict(Counter(r.end.split(":")[0] for r in rs)),
+            "errors": [f"seed {r.seed}: {r.error}" for r in rs if r.error],
+            "episodes_detail": [r.as_dict() for r in rs],
+        }
+    return {
+        "tasks": tasks,
+        "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
+        "inference_ms": percentiles([v for rs in results.values() for r in rs for v in r.inference_ms]),
+    }

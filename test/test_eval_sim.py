@@ -1,0 +1,158 @@
+"""`mambavla eval-sim`: the closed loop policy -> ControllerCore -> franky -> franky-sim, in lockstep simulated time.
+
+One workcell for the module; the command's own workcell is swapped for it."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("franky_sim")
+
+PERIOD = 0.2  # the tiny preset's policy_period
+
+
+@pytest.fixture(scope="module")
+def cell():
+    from mambavla.sim import Workcell
+
+    with Workcell(task="lift", seed=0, camera_size=(48, 64), speed=0.0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    import torch
+
+    from mambavla.runtime import PolicyRuntime
+
+    torch.set_num_threads(1)
+    rt = PolicyRuntime.from_preset("tiny")
+    assert rt.image_size == (32, 32) and rt.policy_period == PERIOD
+    return rt
+
+
+@pytest.fixture(scope="module")
+def evaluator(cell, runtime):
+    from mambavla.sim.evaluate import SimEvaluator
+
+    return SimEvaluator(cell, runtime, time_limit=0.5)
+
+
+class SlowRuntime:
+    """A policy slower than real time: sleeps `seconds` (wall) before every step."""
+
+    def __init__(self, runtime, seconds: float):
+        self._runtime, self.seconds = runtime, seconds
+
+    def __getattr__(self, name):
+        return getattr(self._runtime, name)
+
+    def step(self, observation):
+        time.sleep(self.seconds)
+        return self._runtime.step(observation)
+
+
+def test_eval_sim_command_runs_an_episode_end_to_end(cell, runtime, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from mambavla import cli
+    from mambavla.sim import evaluate
+
+    class SharedCell:  # the command starts and stops "its" workcell: hand it the module's
+        def __init__(self, **kwargs):
+            pass
+
+        def start(self):
+            return cell
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(evaluate, "Workcell", SharedCell)
+    sim0 = cell.sim_time
+    limit = 1.0
+    code = cli.main(["eval-sim", "--preset", "tiny", "--tasks", "lift", "--episodes", "1", "--time-limit", str(limit),
+                     "--out", str(tmp_path), "--gif-episodes", "1", "--json", "--torch-threads", "1"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert printed == summary
+    assert summary["preset"] == "tiny" and summary["checkpoint"] is None
+    lift = summary["tasks"]["lift"]
+    for key in ("success_rate", "episodes", "mean_episode_sim_seconds", "chunks_produced", "chunks_accepted", "chunks_rejected"):
+        assert math.isfinite(lift[key]), key
+    for key in ("p50", "p95", "p99"):
+        assert math.isfinite(lift["inference_ms"][key]) and lift["inference_ms"][key] > 0
+    assert lift["episodes"] == 1 and lift["success_rate"] == 0.0 and lift["successes"] == 0
+    lo, hi = lift["ci95"]
+    assert lo == 0.0 and 0.7 < hi < 0.85  # Wilson, 0 of 1
+    assert summary["mean_success_rate"] == 0.0
+    episode = lift["episodes_detail"][0]
+    assert episode["end"] == "timeout" and episode["success"] is False and episode["error"] == ""
+    assert episode["seed"] == 1_000_000 and episode["instruction"]
+    # every chunk the policy produced was judged by the controller, one observation per policy period
+    assert lift["chunks_produced"] == round(limit / PERIOD)
+    assert lift["chunks_accepted"] + lift["chunks_rejected"] == lift["chunks_produced"]
+    assert sum(lift["rejections_by_kind"].values()) == lift["chunks_rejected"]
+    # simulated time ran for the limit (one 10 ms tick of slack), whatever the wall time was
+    assert episode["sim_seconds"] == pytest.approx(limit, abs=0.011)
+    assert cell.sim_time - sim0 >= limit
+    assert sum(lift["controller_states"].values()) == pytest.approx(limit * summary["control_rate_hz"], abs=2)
+    assert summary["sim_real_factor"] > 0 and summary["wall_seconds"] > 0
+    with Image.open(tmp_path / "success.png") as png:
+        png.load()
+        assert png.size[0] > 100
+    with Image.open(tmp_path / "episodes_lift.gif") as gif:
+        assert gif.n_frames == lift["chunks_produced"]
+        gif.seek(gif.n_frames - 1)
+        assert np.asarray(gif.convert("RGB")).std() > 5  # a rendered scene, not a blank frame
+
+
+def test_slow_policy_observes_every_policy_period_of_sim_time(evaluator, runtime, cell):
+    """The simulator waits for a policy slower than real time (0.6 s a step, over libfranka's keep-alive):
+    observations 0.2 s of simulated time apart, chunks submitted at their observation's time, franky intact."""
+    evaluator.runtime = SlowRuntime(runtime, 0.6)
+    keepalive0 = cell.keepalive_steps
+    try:
+        result = evaluator.run_episode("lift", 1_000_001)
+    finally:
+        evaluator.runtime = runtime
+    assert result.error == "" and result.end == "timeout"
+    stamps = np.array(result.observation_stamps)
+    assert len(stamps) == 3  # t = 0, 0.2, 0.4 of a 0.5 s episode
+    np.testing.assert_allclose(np.diff(stamps), PERIOD, atol=1e-6)
+    assert result.submit_delays == [0.0] * 3
+    assert cell.keepalive_steps > keepalive0  # 1.8 s held in total, never more than MAX_HOLD at once
+    # the connection survived the long holds: a normal episode runs on it
+    again = evaluator.run_episode("lift", 1_000_002)
+    assert again.error == "" and again.end == "timeout" and again.chunks_produced == 3
+
+
+def test_emulated_latency_delays_submission_in_sim_time(evaluator, monkeypatch):
+    monkeypatch.setattr(evaluator, "latency", 0.3)  # the server takes one franky client: reuse the evaluator's
+    monkeypatch.setattr(evaluator, "time_limit", 0.9)
+    result = evaluator.run_episode("push-left", 1_000_000)
+    assert result.error == "" and result.end == "timeout"
+    # an inference of 0.3 s skips the observation at 0.2 s: observations every 0.4 s, each chunk 0.3 s late
+    np.testing.assert_allclose(np.diff(result.observation_stamps), 2 * PERIOD, atol=1e-6)
+    np.testing.assert_allclose(result.submit_delays, 0.3, atol=1e-6)
+    assert result.chunks_accepted + result.chunks_rejected == len(result.submit_delays)
+
+
+def test_controller_limits_come_from_the_node_parameter_files(tmp_path):
+    from mambavla.control.config import TrackingParams, controller_core, load_params
+
+    override = tmp_path / "tight.yaml"
+    override.write_text("controller_node:\n  ros__parameters:\n    max_linear_speed: 0.1\n    rate_hz: 50.0\n"
+                        "    workspace_min: [0.3, -0.2, 0.05]\n")
+    params = load_params(("controller.yaml", "controller_sim.yaml", str(override)))
+    core = controller_core(params)
+    assert core.limits.max_linear_speed == 0.1 and core.limits.workspace_min == (0.3, -0.2, 0.05)
+    assert core.limits.max_start_offset == 0.10 and core.stop_after == 5.0  # from controller.yaml
+    assert TrackingParams.from_params(params).rate_hz == 50.0
+    assert TrackingParams.from_params(load_params()).rate_hz == 100.0  # controller_sim.yaml over controller.yaml

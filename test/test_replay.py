@@ -157,6 +157,10 @@ def test_scores_are_zero_for_the_recording_itself_and_exact_for_an_offset(episod
     assert shifted["by_horizon"]["position_mm"] == pytest.approx([10.0] * 8)
     far, _ = score([(chunks(np.array([0.5, 0, 0, 0, 0, 0, 0])), recording)], SafetyLimits())
     assert far["safety"]["rejected"] == 13 and "outside workspace" in far["safety"]["rejected_by_kind"]
+    late = chunks(0.0)[-1]
+    late.published = late.stamp + 10.0  # long after the recording: no pose to check it against, counted, no crash
+    after, _ = score([([late], recording)], SafetyLimits())
+    assert after["safety"]["rejected_by_kind"] == {"no pose": 1}
 
 
 @pytest.mark.slow

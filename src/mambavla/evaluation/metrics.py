@@ -112,8 +112,8 @@ def safety_checks(chunks: list[PredictedChunk], recording: Recording, limits: Sa
         lo, hi = np.searchsorted(pose_t, now - core.pose_history), np.searchsorted(pose_t, now, side="right")
         for k in range(lo, hi):
             core.record_pose(pose_t[k], positions[k], quats[k])
-        if hi == 0:
-            reason = "no measured pose before the chunk: controller not tracking"
+        if hi == lo:  # e.g. published after the recording ended
+            reason = f"no measured pose within {core.pose_history} s before the chunk was published"
             by_kind["no pose"] = by_kind.get("no pose", 0) + 1
             examples.setdefault("no pose", reason)
             per_chunk.append(reason)

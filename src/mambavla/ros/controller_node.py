@@ -6,19 +6,28 @@ streaming targets at `rate_hz`, a gripper thread, error handling). franky runs t
 
 Services (std_srvs/Trigger): ~/enable starts tracking, ~/stop brings the arm to rest and stops
 tracking, ~/recover runs franky's automatic error recovery after a fault.
+
+Threads: the control thread alone calls franky for the arm; connecting (blocking, no timeout in
+franky) runs on its own thread and hands the robot over. ROS callbacks run in separate callback
+groups (chunks, state publishing, diagnostics, services), so a waiting service request or a flood of
+chunks never holds up state publishing or chunk handling. Services never wait on a control thread
+that is stuck in a robot call: they answer that it is stuck.
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import sys
 import threading
 import time
 
 import franky
 import numpy as np
 from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -35,6 +44,9 @@ from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, STATE_QOS
 from mambavla.spaces import ACTION_NAMES, FRANKA_MAX_FINGER_WIDTH, GRIPPER_CLOSE_THRESHOLD
 
 GRIPPER_HYSTERESIS = 0.1  # command must cross threshold +- this to switch, so noise cannot chatter
+SERVICE_WAIT = 5.0  # s a service request waits for the control thread to carry it out
+STUCK_AFTER = 3.0  # s without a control-loop pass: the control thread is stuck in a robot call (a stop takes ~1 s)
+SERVICE_QOS = QoSProfile(depth=100)  # no concurrent request may be dropped (a dropped one could be ~/stop)
 
 
 class GripperWorker:
@@ -119,6 +131,8 @@ class ControllerNode(Node):
             max_chunk_age=p("max_chunk_age", d.max_chunk_age, "reject chunks whose observation is older than this, s"),
             max_chunk_future=p("max_chunk_future", d.max_chunk_future, "reject chunks stamped further in the future, s"),
             max_tilt=p("max_tilt", d.max_tilt, "reject targets tilting the gripper further from pointing down, rad"),
+            min_chunk_dt=p("min_chunk_dt", d.min_chunk_dt, "reject chunks whose rows are closer in time, s"),
+            max_chunk_dt=p("max_chunk_dt", d.max_chunk_dt, "reject chunks whose rows are further apart in time, s"),
         )
         self.core = ControllerCore(
             limits,
@@ -150,23 +164,34 @@ class ControllerNode(Node):
         self.tracker = None
         self.franky_error = ""
         self.gripper_error = "" if self.gripper_enabled else "gripper disabled by parameter"
-        self._snapshot = None  # (stamp, q, dq, tau, position, quat) from the control thread
+        self._snapshot = None  # (stamp, q, dq, tau, position, quat, monotonic time) from the control thread
+        self.state_max_age = max(3.0 / state_rate, 0.5)  # an older robot state is not published as if fresh
         self._tick_periods: list[float] = []
         self._rate_stats = (float("nan"), float("nan"), float("nan"))  # mean Hz, jitter std ms, max period ms
         self._requests: queue.Queue = queue.Queue()
         self._running = True
         self._connected_before = False
         self._next_tick: float | None = None
+        self._connections: queue.Queue = queue.Queue()  # (robot, gripper worker | None, gripper error) from the connector
+        self._want_connection = threading.Event()
+        self._beat = time.monotonic()  # last control-loop pass
+        self._busy = ""  # the robot call the control thread is in
+        self.action_topic = action_topic
 
-        self.create_subscription(JointTrajectory, action_topic, self._on_chunk, COMMAND_QOS)
+        self.create_subscription(JointTrajectory, action_topic, self._on_chunk, COMMAND_QOS,
+                                 callback_group=MutuallyExclusiveCallbackGroup())
         self.joint_pub = self.create_publisher(JointState, joint_states_topic, STATE_QOS)
         self.pose_pub = self.create_publisher(PoseStamped, ee_pose_topic, STATE_QOS)
         self.target_pub = self.create_publisher(PoseStamped, "~/target_pose", STATE_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        services = MutuallyExclusiveCallbackGroup()  # one request at a time, in arrival order
         for name in ("enable", "stop", "recover"):
-            self.create_service(Trigger, f"~/{name}", lambda req, resp, name=name: self._on_service(name, resp))
-        self.create_timer(1.0 / state_rate, self._publish_state)
-        self.create_timer(1.0 / diagnostics_rate, self._publish_diagnostics)
+            self.create_service(Trigger, f"~/{name}", lambda req, resp, name=name: self._on_service(name, resp),
+                                qos_profile=SERVICE_QOS, callback_group=services)
+        self.create_timer(1.0 / state_rate, self._publish_state, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0 / diagnostics_rate, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self._connector = threading.Thread(target=self._connect_loop, name="connect", daemon=True)
+        self._connector.start()
         self._thread = threading.Thread(target=self._control_loop, name="control", daemon=True)
         self._thread.start()
 
@@ -182,22 +207,34 @@ class ControllerNode(Node):
             reason = self.core.reject(f"malformed chunk: {err}")
         else:
             try:
-                reason = self.core.submit(chunk, self._now())
+                reason = self.core.submit(chunk, self._now(), mono=time.monotonic())
             except Exception as err:  # a bug must not take the node (and the watchdog) down; nothing was scheduled
                 reason = self.core.reject(f"malformed chunk: internal error {type(err).__name__}: {err}")
         if reason:
             self.get_logger().warning(f"rejected chunk: {reason}", throttle_duration_sec=1.0)
 
+    def _stuck(self) -> str:
+        """Why the control thread cannot serve requests now ('' when it can)."""
+        silent = time.monotonic() - self._beat
+        if silent > STUCK_AFTER and self._thread.is_alive():
+            return f"control thread blocked in {self._busy or 'a robot call'} for {silent:.1f} s"
+        return "" if self._thread.is_alive() else "control thread has ended"
+
     def _on_service(self, name: str, response: Trigger.Response) -> Trigger.Response:
         done = threading.Event()
         result: list = []
         cancelled = threading.Event()
-        self._requests.put((name, done, result, cancelled))
-        if not done.wait(timeout=15.0):
-            cancelled.set()  # the caller was told it failed: it must not take effect later
-            response.success, response.message = False, f"{name}: control thread did not answer within 15 s (cancelled)"
+        stuck = self._stuck()
+        if stuck:
+            response.success, response.message = False, f"{name} refused: {stuck}"
         else:
-            response.success, response.message = result
+            self._requests.put((name, done, result, cancelled))
+            if not done.wait(timeout=SERVICE_WAIT):
+                cancelled.set()  # the caller was told it failed: it must not take effect later
+                response.success, response.message = False, (
+                    f"{name}: not done within {SERVICE_WAIT} s ({self._stuck() or 'control thread busy'}); cancelled")
+            else:
+                response.success, response.message = result
         if response.success:  # rclpy refuses two severities from one call site
             self.get_logger().info(f"~/{name}: {response.message}")
         else:
@@ -206,9 +243,9 @@ class ControllerNode(Node):
 
     def _publish_state(self) -> None:
         snap = self._snapshot
-        if snap is None:
-            return
-        stamp, q, dq, tau, position, quat = snap
+        if snap is None or self.robot is None or time.monotonic() - snap[6] > self.state_max_age:
+            return  # disconnected or the control thread is stuck: an old state must not look fresh
+        stamp, q, dq, tau, position, quat, _ = snap
         gripper = self.gripper  # the control thread may clear it between check and use
         width = gripper.width if gripper is not None else float("nan")
         js = JointState()
@@ -229,6 +266,9 @@ class ControllerNode(Node):
         gripper = self.gripper  # the control thread may clear it between check and use
         level = {"IDLE": OK, "ACTIVE": OK, "HOLDING": WARN, "STOPPED": WARN, "ERROR": ERROR}[state]
         rate, jitter, worst = self._rate_stats
+        stuck = self._stuck()
+        publishers = self.count_publishers(self.action_topic)
+        snap = self._snapshot
         values = {
             **status,
             "rejections_by_kind": json.dumps(status["rejections_by_kind"]),
@@ -239,40 +279,77 @@ class ControllerNode(Node):
             "gripper_width": gripper.width if gripper is not None else float("nan"),
             "gripper_error": gripper.error if gripper is not None else self.gripper_error,
             "robot_ip": self.robot_ip,
+            "robot_state_age_s": float("nan") if snap is None else time.monotonic() - snap[6],
+            "control_thread": stuck or "ok",
+            "chunk_publishers": publishers,
         }
+        message = f"{state}: {status['reason']}"
+        if publishers > 1:  # two policies (or a stray node) steering one arm
+            level = max(level, WARN)
+            message += f"; {publishers} publishers on {self.action_topic}"
+        if stuck:
+            level, message = ERROR, f"{message}; {stuck}"
         self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/controller_node",
-                                               self.robot_ip, level, f"{state}: {status['reason']}", values))
+                                               self.robot_ip, level, message, values))
 
     # ---- control thread ----
 
-    def _connect(self) -> bool:
-        try:
-            config = franky.RealtimeConfig.Enforce if self.realtime else franky.RealtimeConfig.Ignore
-            with keep_thread_scheduling(enabled=not self.realtime):  # real-time only where asked for
-                self.robot = franky.Robot(self.robot_ip, realtime_config=config)
-        except Exception as err:  # NetworkException, IncompatibleVersionException, RealtimeException ...
-            self.robot = None
-            self.franky_error = f"cannot connect to {self.robot_ip}: {err}"
-            self.core.deactivate(self.franky_error, error=True)
-            self.get_logger().error(self.franky_error, throttle_duration_sec=10.0)
-            return False
-        if self.gripper_enabled:
+    def _connect_loop(self) -> None:
+        """Connector thread: franky.Robot / franky.Gripper block without a timeout, so never on the control thread."""
+        while self._running:
+            if not self._want_connection.wait(timeout=0.2):
+                continue
+            self._want_connection.clear()
             try:
-                with keep_thread_scheduling(enabled=not self.realtime):
-                    hand = franky.Gripper(self.robot_ip)
-                self.gripper = GripperWorker(hand, self.gripper_speed, self.gripper_force,
-                                             FRANKA_MAX_FINGER_WIDTH, self.get_logger())
-            except Exception as err:  # the arm is still usable; the status says the hand is not
-                self.gripper_error = f"no gripper at {self.robot_ip}: {err}"
-                self.get_logger().error(self.gripper_error)
+                config = franky.RealtimeConfig.Enforce if self.realtime else franky.RealtimeConfig.Ignore
+                with keep_thread_scheduling(enabled=not self.realtime):  # real-time only where asked for
+                    robot = franky.Robot(self.robot_ip, realtime_config=config)
+            except Exception as err:  # NetworkException, IncompatibleVersionException, RealtimeException ...
+                message = f"cannot connect to {self.robot_ip}: {err}"
+                if self.realtime and "realtime" in str(err).lower():
+                    message += " (this kernel is not real-time: use a PREEMPT_RT kernel, or realtime:=false for tests only)"
+                self._connections.put((None, None, message))
+                continue
+            gripper, gripper_error = None, ""
+            if self.gripper_enabled:
+                try:
+                    with keep_thread_scheduling(enabled=not self.realtime):
+                        hand = franky.Gripper(self.robot_ip)
+                    gripper = GripperWorker(hand, self.gripper_speed, self.gripper_force, FRANKA_MAX_FINGER_WIDTH,
+                                            self.get_logger())
+                except Exception as err:  # the arm is still usable; the status says the hand is not
+                    gripper_error = f"no gripper at {self.robot_ip}: {err}"
+            self._connections.put((robot, gripper, gripper_error))
+
+    def _adopt_connection(self) -> bool:
+        """Control thread: take over a robot the connector opened (False while none is ready)."""
+        try:
+            robot, gripper, text = self._connections.get_nowait()
+        except queue.Empty:
+            return False
+        if robot is None:
+            self.franky_error = text
+            self.core.deactivate(text, error=True)
+            self.get_logger().error(text, throttle_duration_sec=10.0)
+            return False
+        self.robot, self.gripper = robot, gripper
+        if text:
+            self.gripper_error = text
+            self.get_logger().error(text)
+        self._busy = "reading the robot state"
+        self._read_state()
+        if self._connected_before:  # the robot was lost (a fault): whatever came back needs ~/recover
+            self.core.deactivate(f"reconnected to {self.robot_ip} after losing it ({self.franky_error}): call ~/recover",
+                                 error=True)
+            self.get_logger().warning(f"reconnected to {self.robot_ip}: staying in ERROR until ~/recover")
+            return True
         self.franky_error = ""
         self.core.deactivate("connected; call ~/enable")
         self.get_logger().info(f"connected to {self.robot_ip}")
-        self._read_state()
-        if self.enable_on_start and not self._connected_before:
+        self._connected_before = True
+        if self.enable_on_start:
             ok, message = self._enable()
             self.get_logger().info(f"enable_on_start: {message}")
-        self._connected_before = True
         return True
 
     def _disconnect(self, message: str) -> None:
@@ -291,7 +368,8 @@ class ControllerNode(Node):
         position, quat = np.asarray(pose.translation), np.asarray(pose.quaternion)
         now = self._now()
         self.core.record_pose(now, position, quat)
-        self._snapshot = (now, np.asarray(state.q), np.asarray(state.dq), np.asarray(state.tau_J), position, quat)
+        self._snapshot = (now, np.asarray(state.q), np.asarray(state.dq), np.asarray(state.tau_J), position, quat,
+                          time.monotonic())
 
     def _enable(self) -> tuple[bool, str]:
         if self.robot is None:
@@ -409,32 +487,44 @@ class ControllerNode(Node):
     def _control_loop(self) -> None:
         next_connect = 0.0
         while self._running:
+            self._beat, self._busy = time.monotonic(), ""
             try:
+                self._busy = "a service request"
                 self._serve_requests()
                 if self.robot is None:
-                    if time.monotonic() >= next_connect and not self._connect():
-                        next_connect = time.monotonic() + 2.0
-                    time.sleep(0.05)
+                    if not self._adopt_connection():
+                        if time.monotonic() >= next_connect and self._connections.empty():
+                            self._want_connection.set()
+                            next_connect = time.monotonic() + 2.0
+                        time.sleep(0.05)
                     continue
                 if self.tracker is None:
                     try:
+                        self._busy = "reading the robot state"
                         self._read_state()
                     except Exception as err:  # connection lost while not tracking: reconnect later
                         self._disconnect(f"lost connection to {self.robot_ip}: {err}")
                         next_connect = time.monotonic() + 2.0
                     time.sleep(0.02)
                     continue
+                self._busy = ""
                 self._pace()
+                self._beat, self._busy = time.monotonic(), "tracker.tick()"
                 dt = self.tracker.tick()  # unpaced: measures and reports whether franky still has control
                 if dt is None:
+                    self._busy = "handling lost control"
                     self._control_lost()
                     continue
                 self._tick_stats(dt)
+                self._busy = "reading the robot state"
                 self._read_state()
-                target = self.core.update(self._now(), dt)
+                self._busy = "streaming the target"
+                target = self.core.update(self._now(), dt, mono=time.monotonic())
                 if target is None:
+                    self._busy = "tracker.stop()"
                     self._stop(self.core.reason)
                 elif target.stop:
+                    self._busy = "tracker.stop()"
                     self._stop(self.core.reason)
                     self.get_logger().warning(self.core.reason)
                 else:
@@ -461,6 +551,8 @@ class ControllerNode(Node):
 
 
 def main(args=None) -> None:
+    # the control thread must get the interpreter lock back quickly while callbacks (a chunk flood) run
+    sys.setswitchinterval(0.001)
     run_node(ControllerNode, args)
 
 

@@ -3,6 +3,9 @@
 Scalars are declared with dynamic typing and converted here, so `-p rate_hz:=100` (an integer on the
 command line) sets a float parameter instead of failing; a value that cannot be converted is a clear
 startup error.
+
+The nodes read every parameter once, at start: they are declared read-only, so `ros2 param set`
+reports failure instead of success-that-does-nothing.
 """
 
 from __future__ import annotations
@@ -29,17 +32,17 @@ def _convert(name: str, value, kind: type):
     raise ValueError(f"parameter {name!r}: expected {kind.__name__}, got {value!r}")
 
 
-def declare(node: Node, name: str, default, description: str, item_type: type | None = None):
+def declare(node: Node, name: str, default, description: str, item_type: type | None = None, read_only: bool = True):
     """Declare `name` with `default` and `description`; return its (possibly overridden) value.
 
     Lists need `item_type` when the default is empty, since ROS cannot infer an empty array's type.
     """
     if isinstance(default, (list, tuple)):
         item_type = item_type or type(default[0])
-        descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
+        descriptor = ParameterDescriptor(description=description, dynamic_typing=True, read_only=read_only)
         value = node.declare_parameter(name, [item_type(v) for v in default], descriptor).value
         if not isinstance(value, (list, tuple)) and not hasattr(value, "tolist"):
             raise ValueError(f"parameter {name!r}: expected a list of {item_type.__name__}, got {value!r}")
         return [_convert(name, v, item_type) for v in (value.tolist() if hasattr(value, "tolist") else value)]
-    descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
+    descriptor = ParameterDescriptor(description=description, dynamic_typing=True, read_only=read_only)
     return _convert(name, node.declare_parameter(name, default, descriptor).value, type(default))

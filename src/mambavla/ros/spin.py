@@ -1,5 +1,10 @@
 """One `main()` for every node: spin until SIGINT/SIGTERM, then let the node stop its threads (and the
-arm) while the ROS context is still valid, then tear down."""
+arm) while the ROS context is still valid, then tear down.
+
+Once shutdown starts, further SIGINT/SIGTERM are ignored: a second Ctrl-C, or launch's SIGTERM that
+follows SIGINT after 5 s, must not abort the controlled stop of the arm halfway. Each node keeps its
+shutdown within launch's 5 s SIGTERM timeout.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,16 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
+EXECUTOR_THREADS = 4  # one per callback group that may wait (services) plus chunks, state and diagnostics
+
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def run_node(node_factory, args=None) -> None:
@@ -20,14 +32,18 @@ def run_node(node_factory, args=None) -> None:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     node = None
+    executor = None
     try:
         node = node_factory()
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        _ignore_signals()
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
         if node is not None:
             node.shutdown()
             node.destroy_node()

@@ -241,8 +241,12 @@ def to_delta(chunk: np.ndarray, proprio: np.ndarray) -> np.ndarray:
 
 
 def _stats(x: np.ndarray) -> dict:
-    # std is floored so that normalising a constant dimension never divides by zero
-    return {"mean": x.mean(0).tolist(), "std": np.maximum(x.std(0), 1e-6).tolist(), "min": x.min(0).tolist(), "max": x.max(0).tolist()}
+    # std is floored at 1% of the dimension's scale (|mean| or range), 1 where that is 0: a (nearly) constant
+    # dimension must not amplify sensor noise by 1e6 (the same rule as model/normalization.py)
+    mean, lo, hi = x.mean(0), x.min(0), x.max(0)
+    scale = np.maximum(np.abs(mean), hi - lo)
+    std = np.where(scale > 0, np.maximum(x.std(0), 0.01 * scale), 1.0)
+    return {"mean": mean.tolist(), "std": std.tolist(), "min": lo.tolist(), "max": hi.tolist()}
 
 
 def compute_norm_stats(dataset: EpisodeDataset) -> dict:

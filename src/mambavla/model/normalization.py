@@ -52,7 +52,11 @@ class Normalizer(nn.Module):
             return torch.tensor(stats[key][field], dtype=torch.float32)
 
         self.register_buffer("proprio_mean", buffer("proprio", "mean"), persistent=False)
-        self.register_buffer("proprio_std", buffer("proprio", "std").clamp_min(_EPS), persistent=False)
+        # std floored at 1% of the dimension's scale (|mean| or range), 1 where that is 0, as data/dataset.py
+        # `_stats` does: stats written with a 1e-6 floor must not amplify noise on a constant dimension by 1e6
+        scale = torch.maximum(buffer("proprio", "mean").abs(), buffer("proprio", "max") - buffer("proprio", "min"))
+        std = torch.where(scale > 0, torch.maximum(buffer("proprio", "std"), 0.01 * scale), torch.ones_like(scale))
+        self.register_buffer("proprio_std", std.clamp_min(_EPS), persistent=False)
         self.register_buffer("action_low", buffer("actions", "min"), persistent=False)
         self.register_buffer("action_range", (buffer("actions", "max") - buffer("actions", "min")).clamp_min(_EPS), persistent=False)
 

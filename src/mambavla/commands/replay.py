@@ -44,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mambavla.evaluation.bag import parse_maps
-    from mambavla.evaluation.replay import find_bags, node_parameters, safety_limits
-    from mambavla.ros.launcher import config_path
+    from mambavla.control.config import load_params, safety_limits
+    from mambavla.evaluation.replay import find_bags
     from mambavla.runtime.schedule import ScheduleConfig
 
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     maps = parse_maps(args.map)
     bags = find_bags(args.bag)
     out = Path(args.out or f"runs/replay/{time.strftime('%Y%m%d-%H%M%S')}")
-    policy_params = node_parameters(config_path("policy.yaml"), "policy_node")
-    limits = safety_limits(node_parameters(config_path("controller.yaml"), "controller_node"))
+    policy_params = load_params(("policy.yaml",), "policy_node")
+    limits = safety_limits(load_params(("controller.yaml",)))  # the robot's limits, as controller_node loads them
 
     if args.checkpoint:
         from mambavla.model.checkpoint import load_config

@@ -19,7 +19,8 @@ import numpy as np
 
 from mambavla.evaluation.bag import ReplayError, inspect, read_messages
 from mambavla.evaluation.recording import PredictedChunk, Recording, absolute_targets, interpolate
-from mambavla.evaluation.replay import node_parameters, write_report
+from mambavla.control.config import load_params
+from mambavla.evaluation.replay import write_report
 from mambavla.data.images import resize_rgb
 
 
@@ -46,10 +47,10 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
 
     from mambavla.ros.convert import pose_to_msg, rgb_to_image, seconds_to_stamp, trajectory_to_chunk
     from mambavla.ros.diagnostics import status_values
-    from mambavla.ros.launcher import NodeProcess, config_path
+    from mambavla.ros.launcher import NodeProcess
     from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 
-    params = node_parameters(config_path("policy.yaml"), "policy_node")
+    params = load_params(("policy.yaml",), "policy_node")
     cameras = list(config.cameras)
     camera_topics = list(params.get("camera_topics", [f"/cameras/{c}/image_raw" for c in cameras]))
     if len(camera_topics) != len(cameras):

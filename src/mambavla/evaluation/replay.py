@@ -16,20 +16,6 @@ from mambavla.evaluation.plots import plot_horizon, plot_trajectories, plot_wors
 from mambavla.runtime.schedule import ScheduleConfig
 
 
-def node_parameters(path: str | Path, node: str) -> dict:
-    """`ros__parameters` of `node` in a ROS 2 parameter YAML file."""
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    return dict((data.get(node) or {}).get("ros__parameters") or {})
-
-
-def safety_limits(controller_params: dict) -> SafetyLimits:
-    """The controller's limits from its parameters (config/controller.yaml), defaults for the rest."""
-    fields = {f.name for f in dataclasses.fields(SafetyLimits)}
-    return SafetyLimits(**{k: tuple(v) if isinstance(v, list) else v for k, v in controller_params.items() if k in fields})
-
-
 def find_bags(path: str | Path) -> list[Path]:
     """The bag at `path`, or the bags directly inside it."""
     path = Path(path)

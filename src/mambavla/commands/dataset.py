@@ -16,6 +16,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--norm-out", default=None, help="also write the normalisation statistics JSON here")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=run_stats)
+    pack = sub.add_parser("pack", help="pack episodes for training elsewhere: policy-rate JPEG frames, actions, instruction embeddings")
+    pack.add_argument("dirs", nargs="+", help="directories of episode bags")
+    pack.add_argument("--out", required=True, help="pack folder to write")
+    pack.add_argument("--preset", default="base", help="preset whose policy period and language encoder to use (default base)")
+    pack.add_argument("--shards", type=int, default=1, help="number of part-*.npz files (each must fit the link to the GPU machine)")
+    pack.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    pack.add_argument("--json", action="store_true", help="print one JSON object")
+    pack.set_defaults(func=run_pack)
     imp = sub.add_parser("import-libero", help="convert LIBERO HDF5 demonstrations into episode bags")
     imp.add_argument("files", nargs="+", help="LIBERO *.hdf5 files")
     imp.add_argument("--out", required=True, help="output directory")
@@ -48,6 +56,30 @@ def run_stats(args: argparse.Namespace) -> int:
         print(f"    {name:<8} {lo:+.4f} .. {hi:+.4f}")
     for item in summary["skipped"]:
         print(f"  skipped {item['path']}: {item['reason']}")
+    return 0
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from mambavla.data import EpisodeDataset
+    from mambavla.data.packed import TrainingEpisodes, write_pack
+    from mambavla.model.config import preset
+    from mambavla.model.language import InstructionEncoder
+
+    if not 1 <= args.quality <= 100 or args.shards < 1:
+        raise ValueError("--quality must be 1..100 and --shards at least 1")
+    config = preset(args.preset)
+    dataset = EpisodeDataset(args.dirs, chunk=1, successful_only=True, verbose=not args.json)
+    stride = max(1, round(config.policy_period / dataset.dt))
+    episodes = TrainingEpisodes.from_dataset(dataset, stride)
+    summary = write_pack(episodes, args.out, InstructionEncoder(config.language, config.max_instruction_tokens),
+                         shards=args.shards, quality=args.quality)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{args.out}: {summary['episodes']} episodes, {summary['frames']} frames every {summary['policy_period']} s "
+          f"({summary['instructions']} instructions), {summary['total_mib']} MiB")
+    for name, size in summary["bytes"].items():
+        print(f"  {name:<20} {size / 2**20:8.2f} MiB")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`mambavla train`: fit a policy on recorded episodes; writes a checkpoint folder."""
+"""`mambavla train`: fit a policy on recorded episodes (bags or a pack) into a run folder; `--resume RUN` continues one."""
 
 from __future__ import annotations
 
@@ -7,38 +7,62 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a policy on episode bags; writes a checkpoint folder")
-    p.add_argument("--data", nargs="+", required=True, help="episode directories (from `mambavla collect` or LIBERO import)")
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    from mambavla.train.trainer import TrainSettings
+
+    d = TrainSettings()
+    p = subparsers.add_parser("train", help="train a policy on episode bags or a pack; writes a run folder (last/, best/ checkpoints)",
+                              description="Single GPU or CPU: mambavla train ...; several GPUs: torchrun --nproc-per-node N -m mambavla.cli train ...")
+    p.add_argument("--data", nargs="+", help="episode directories (from `mambavla collect` or LIBERO import), or one pack folder (`mambavla dataset pack`)")
+    p.add_argument("--out", help="run folder to write")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from RUN/last (its run.json holds data and settings)")
     p.add_argument("--preset", default="base", help="model preset (default: base)")
     p.add_argument("--fusion", choices=("mamba", "transformer"), help="override the preset's fusion")
-    p.add_argument("--action-mode", choices=("absolute", "delta"), default="absolute")
-    p.add_argument("--history-frames", type=int, default=1,
-                   help="frames of history per sample; the checkpoint then runs in window mode with this many (default 1)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=500, help="write the checkpoint every N steps (0: only at the end)")
+    p.add_argument("--history", choices=("stream", "window"), default=d.history,
+                   help="stream: segments of frames in one scan, the checkpoint continues its state (default); window: the last K frames per sample")
+    p.add_argument("--segment-frames", type=int, default=d.segment_frames, help=f"policy frames per stream segment (default {d.segment_frames})")
+    p.add_argument("--history-frames", type=int, default=d.history_frames, help="frames per sample in window mode (default 1)")
+    p.add_argument("--action-mode", choices=("absolute", "delta"), default=d.action_mode)
+    p.add_argument("--steps", type=int, default=None, help=f"total optimiser steps (default {d.steps}; with --resume: extend to this many)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="segments (stream) or samples (window) per step and GPU")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: min(200, steps / 10))")
+    p.add_argument("--ema", type=float, default=d.ema_decay, help=f"EMA decay of the saved weights (default {d.ema_decay})")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="episodes held out for the validation loss")
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--save-every", type=int, default=d.save_every, help="write RUN/last every N steps")
+    p.add_argument("--no-augment", action="store_true", help="no random shift / colour jitter")
+    p.add_argument("--no-bf16", action="store_true", help="fp32 on CUDA (bf16 autocast by default)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (torchrun picks one GPU per process)")
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambavla.train.trainer import TrainSettings, train
+    from mambavla.train.trainer import Trainer, TrainSettings
 
-    if args.steps < 1 or args.batch_size < 1 or args.history_frames < 1:
-        raise ValueError("--steps, --batch-size and --history-frames must be positive")
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=min(100, args.steps // 10),
-                             seed=args.seed, device=args.device, save_every=args.save_every)
-    summary = train(args.data, args.out, args.preset, args.action_mode, settings,
-                    overrides={"fusion": args.fusion} if args.fusion else None, progress=not args.json,
-                    history_frames=args.history_frames)
+    if args.resume:
+        trainer = Trainer.resume(args.resume, steps=args.steps, progress=not args.json)
+    else:
+        if not args.data or not args.out:
+            raise ValueError("--data and --out are required (or --resume RUN)")
+        steps = args.steps or TrainSettings().steps
+        settings = TrainSettings(
+            steps=steps, batch_size=args.batch_size, history=args.history, segment_frames=args.segment_frames,
+            history_frames=args.history_frames, action_mode=args.action_mode, lr=args.lr,
+            warmup=args.warmup if args.warmup is not None else min(200, max(1, steps // 10)), ema_decay=args.ema,
+            val_fraction=args.val_fraction, val_every=args.val_every, save_every=args.save_every, augment=not args.no_augment,
+            bf16=not args.no_bf16, seed=args.seed, device=args.device)
+        trainer = Trainer(args.out, args.data, args.preset, settings, {"fusion": args.fusion} if args.fusion else None,
+                          progress=not args.json)
+    summary = trainer.fit()
+    if not summary:  # a DDP worker other than rank 0
+        return 0
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"trained {summary['steps']} steps in {summary['seconds']} s on {summary['episodes']} episodes "
-              f"({summary['samples']} samples): loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} (mean of {summary['loss_window_steps']} steps)")
-        print(f"checkpoint: {summary['checkpoint']} (loss curve: {summary['checkpoint']}/loss.png)")
+        print(f"trained to step {summary['steps']} in {summary['seconds']} s on {summary['train_episodes']} episodes "
+              f"(+{summary['validation_episodes']} held out): loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}, "
+              f"best validation {summary['val_loss_best']}")
+        print(f"run: {summary['run']} (checkpoints last/ and best/, loss.png, TensorBoard: tensorboard --logdir {summary['run']}/tb)")
     return 0

@@ -77,3 +77,34 @@ class InstructionEncoder:
             out[i, length - r.shape[0]:] = r
             mask[i, length - r.shape[0]:] = True
         return out, mask
+
+
+class PrecomputedInstructions:
+    """An instruction encoder that looks up token embeddings computed earlier by the frozen encoder
+    (a training pack carries them), for machines without the encoder's weights. Same interface as
+    `InstructionEncoder`; an instruction it was not given is an error."""
+
+    def __init__(self, embeddings: dict[str, "np.ndarray | Tensor"], max_tokens: int = 32):
+        if not embeddings:
+            raise ValueError("PrecomputedInstructions: no embeddings")
+        self.max_tokens = max_tokens
+        self._table = {t: torch.as_tensor(e, dtype=torch.float32) for t, e in embeddings.items()}
+        self.width = int(next(iter(self._table.values())).shape[-1])
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> PrecomputedInstructions:
+        self.device = torch.device(device)
+        self._table = {t: e.to(self.device) for t, e in self._table.items()}
+        return self
+
+    def parameter_count(self) -> int:
+        return 0
+
+    def encode_one(self, text: str) -> Tensor:
+        if text not in self._table:
+            raise ValueError(f"instruction: no precomputed embedding for {text!r}")
+        if self._table[text].shape[0] > self.max_tokens:
+            raise ValueError(f"instruction: {self._table[text].shape[0]} tokens, this policy reads at most {self.max_tokens}")
+        return self._table[text]
+
+    encode = InstructionEncoder.encode

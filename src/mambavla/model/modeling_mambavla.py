@@ -51,7 +51,9 @@ def _pixel_stats(config: MambaVLAConfig) -> tuple[list[float], list[float]]:
 
 
 class MambaVLA(nn.Module):
-    def __init__(self, config: MambaVLAConfig, stats: dict | None = None):
+    def __init__(self, config: MambaVLAConfig, stats: dict | None = None, instruction_encoder=None):
+        """`instruction_encoder`: defaults to the config's frozen encoder; a `PrecomputedInstructions`
+        table trains where the encoder's weights are not available."""
         super().__init__()
         self.config = config
         d, H, A = config.d_model, config.chunk_size, config.action_dim
@@ -71,7 +73,8 @@ class MambaVLA(nn.Module):
         self.connector = Connector(config)
 
         # frozen and shipped by its own package: a plain attribute, so not in state_dict or .to()
-        self.instruction_encoder = InstructionEncoder(config.language, config.max_instruction_tokens, config.instruction_cache_size)
+        self.instruction_encoder = instruction_encoder or InstructionEncoder(config.language, config.max_instruction_tokens,
+                                                                             config.instruction_cache_size)
         self.instruction_proj = nn.Linear(self.instruction_encoder.width, d)
         self.proprio_proj = nn.Linear(config.proprio_dim, d)
 
@@ -199,6 +202,12 @@ class MambaVLA(nn.Module):
         full_mask = torch.cat([mask, torch.ones(frames.shape[:2], dtype=torch.bool, device=mask.device)], dim=1)
         state = self.condition(tokens, mask=full_mask)
         return self.flow_loss(state, batch["actions"], batch.get("action_pad"), generator)
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
+        """The training objective for the config's history mode (so DDP can wrap the policy)."""
+        if self.config.history_mode == "stream":
+            return self.stream_loss(batch, generator)
+        return self.loss(batch, generator)
 
     # ---- introspection ------------------------------------------------------------------------
 

@@ -1,139 +1,324 @@
-"""Train a MambaVLA policy on recorded episodes and write a checkpoint folder.
+"""Train a MambaVLA policy into a run folder.
 
-The dataset (`mambavla.data.EpisodeDataset`) gives samples at the policy rate with the future action
-chunk; this module batches them, fits the policy with `train.loop.fit`, and saves weights, config,
-the dataset's normalisation statistics, a JSON summary and a loss-curve picture.
+    RUN/run.json           settings, preset, overrides, data sources: all that --resume and evaluation need
+    RUN/last/              checkpoint (EMA weights) + trainer_state.pt (weights, EMA, optimiser, schedule, RNGs)
+    RUN/best/              checkpoint with the lowest validation loss (EMA weights)
+    RUN/tb/                TensorBoard scalars (train/val loss, learning rate, gradient norm, throughput)
+    RUN/train_summary.json, RUN/loss.png
+
+History modes: `stream` trains episode segments of T policy frames in one parallel scan and scores every
+frame's chunk from the state after that frame (the checkpoint then runs one frame in, state continued);
+`window` trains on the last K frames up to a sample (the checkpoint re-scans K frames per step).
+On CUDA: bf16 autocast, mamba-ssm's Triton scan when installed, several GPUs with `torchrun` (DDP).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
+import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mambavla.data import EpisodeDataset, compute_norm_stats
-from mambavla.data.preview import write_png
+from mambavla.data.packed import TrainingEpisodes
 from mambavla.model.checkpoint import save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
 from mambavla.model.modeling_mambavla import MambaVLA
-from mambavla.train.loop import fit
+from mambavla.train.augment import augment
+from mambavla.train.loop import make_optimizer
+
+RUN_FILE, STATE_FILE = "run.json", "trainer_state.pt"
 
 
 @dataclass
 class TrainSettings:
-    steps: int = 2000
-    batch_size: int = 32
+    steps: int = 3000
+    batch_size: int = 16  # per GPU: segments (stream) or samples (window)
+    history: str = "stream"  # stream | window
+    segment_frames: int = 64  # T policy frames per segment (stream)
+    history_frames: int = 1  # K frames per sample (window)
+    action_mode: str = "absolute"
     lr: float = 3e-4
-    warmup: int = 100
+    weight_decay: float = 1e-4
+    warmup: int = 200
+    clip: float = 1.0
+    ema_decay: float = 0.999
+    val_fraction: float = 0.1
+    val_every: int = 250
+    save_every: int = 500
+    augment: bool = True
+    bf16: bool = True  # autocast on CUDA
     seed: int = 0
     device: str = "cpu"
-    save_every: int = 500
+
+    def __post_init__(self) -> None:
+        if self.history not in ("stream", "window"):
+            raise ValueError(f"history must be stream or window, got {self.history!r}")
+        for name in ("steps", "batch_size", "segment_frames", "history_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
-def config_for_dataset(base: MambaVLAConfig, dataset: EpisodeDataset, history_frames: int) -> MambaVLAConfig:
-    """The preset, adapted to what the episodes contain (cameras, image size, rate, action mode) and to
-    how it is trained: on windows of `history_frames` frames, so it runs in window mode."""
-    return base.replace(cameras=tuple(dataset.cameras), image_size=tuple(dataset.image_size), dt=dataset.dt,
-                        chunk_size=dataset.chunk, action_mode=dataset.action_mode,
-                        history_mode="window", history_frames=history_frames)
+def load_episodes(sources: list[str], period: float, progress: bool = True) -> TrainingEpisodes:
+    """A pack folder (`mambavla dataset pack`), or rosbag2 episode folders subsampled to the policy period."""
+    if len(sources) == 1 and (Path(sources[0]) / "pack.json").is_file():
+        return TrainingEpisodes.load(sources[0])
+    from mambavla.data import EpisodeDataset
+
+    dataset = EpisodeDataset(sources, chunk=1, successful_only=True, verbose=progress)
+    stride = max(1, round(period / dataset.dt))
+    if abs(stride * dataset.dt - period) > 1e-6:
+        print(f"warning: policy period {period} s is not a multiple of the recording's {dataset.dt} s; using {stride * dataset.dt} s",
+              file=sys.stderr)
+    return TrainingEpisodes.from_dataset(dataset, stride)
 
 
-def batches(dataset: EpisodeDataset, batch_size: int, history_frames: int, device: torch.device, seed: int):
-    """Endless shuffled batches in the layout `MambaVLA.loss` takes: the last `history_frames` frames up to
-    each sample (the episode's first frame repeated before its start), instruction, future chunk."""
-    rng = np.random.default_rng(seed)
-    back = np.arange(1 - history_frames, 1)
-    while True:
-        for order in np.array_split(rng.permutation(len(dataset)), max(1, len(dataset) // batch_size)):
-            images = {c: [] for c in dataset.cameras}
-            proprio, actions, pads, instructions = [], [], [], []
-            for index in order[:batch_size]:
-                e, t = dataset.locate(int(index))
-                episode = dataset.episodes[e]
-                frames = np.maximum(t + back, 0)
-                for c in dataset.cameras:
-                    images[c].append(np.asarray(episode.images[c][frames]))  # (K, H, W, 3)
-                proprio.append(np.asarray(episode.proprio[frames], dtype=np.float32))
-                chunk, pad = dataset.action_chunk(e, t)
-                actions.append(chunk)
-                pads.append(pad)
-                instructions.append(episode.instruction)
-            yield {
-                "instruction": instructions,
-                "images": {c: torch.from_numpy(np.stack(v)).permute(0, 1, 4, 2, 3).to(device, torch.float32) for c, v in images.items()},
-                "proprio": torch.from_numpy(np.stack(proprio)).to(device),  # (B, K, P)
-                "actions": torch.from_numpy(np.stack(actions)).to(device),
-                "action_pad": torch.from_numpy(np.stack(pads)).to(device),
-            }
+def config_for_data(base: MambaVLAConfig, episodes: TrainingEpisodes, settings: TrainSettings) -> MambaVLAConfig:
+    """The preset, adapted to the episodes (cameras, image size, rates) and to how it is trained."""
+    return base.replace(cameras=episodes.cameras, image_size=episodes.image_size, dt=episodes.dt,
+                        policy_period=episodes.policy_period, action_mode=settings.action_mode,
+                        history_mode=settings.history, history_frames=settings.history_frames)
 
 
-def loss_curve(losses: list[float], height: int = 240, width: int = 640) -> np.ndarray:
-    """A log-scale loss curve as an RGB image (white background, one dark line, grid at decades)."""
-    img = np.full((height, width, 3), 255, np.uint8)
-    values = np.log10(np.maximum(np.asarray(losses, dtype=np.float64), 1e-8))
-    window = max(1, len(values) // 100)
-    smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-    lo, hi = np.floor(smooth.min()), np.ceil(smooth.max()) + 1e-9
-    for decade in np.arange(lo, hi + 1):
-        y = int((hi - decade) / (hi - lo) * (height - 1))
-        if 0 <= y < height:
-            img[y, :] = (220, 220, 220)
-    xs = np.linspace(0, width - 1, len(smooth)).astype(int)
-    ys = ((hi - smooth) / (hi - lo) * (height - 1)).astype(int)
-    for x0, y0, x1, y1 in zip(xs[:-1], ys[:-1], xs[1:], ys[1:]):
-        n = max(abs(x1 - x0), abs(y1 - y0)) + 1
-        img[np.linspace(y0, y1, n).astype(int), np.linspace(x0, x1, n).astype(int)] = (20, 60, 160)
-    return img
+class Trainer:
+    def __init__(self, run: str | Path, data: list[str], preset_name: str = "base", settings: TrainSettings | None = None,
+                 overrides: dict | None = None, progress: bool = True):
+        self.run, self.data, self.preset_name = Path(run), [str(d) for d in data], preset_name
+        self.settings, self.overrides = settings or TrainSettings(), dict(overrides or {})
+        s = self.settings
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.main = self.rank == 0
+        self.progress = progress and self.main
+        if self.world > 1:
+            torch.distributed.init_process_group("nccl")
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device(s.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        self.autocast = self.device.type == "cuda" and s.bf16
+
+        base = preset(preset_name).replace(**self.overrides)
+        self.episodes = load_episodes(self.data, base.policy_period, progress=self.progress)
+        self.config = config_for_data(base, self.episodes, s)
+        self.train_ids, self.val_ids = self.episodes.split(s.val_fraction)
+        stats = self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
+        encoder = None
+        if self.episodes.embeddings is not None:
+            from mambavla.model.language import PrecomputedInstructions
+
+            encoder = PrecomputedInstructions(self.episodes.embeddings, self.config.max_instruction_tokens)
+        torch.manual_seed(s.seed)
+        self.model = MambaVLA(self.config, stats, instruction_encoder=encoder).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.optimizer, self.schedule = make_optimizer(self.model, s.lr, s.weight_decay, s.warmup, s.steps)
+        self.trained = self.model
+        if self.world > 1:
+            self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index])
+        self.frames = {c: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for c, v in self.episodes.frames.items()}
+        self.rng = np.random.default_rng([s.seed, self.rank])
+        self.generator = torch.Generator(device=self.device).manual_seed(s.seed * 1000 + self.rank)
+        self.step, self.best_val = 0, math.inf
+        self.history: dict[str, list] = {"loss": [], "val": []}
+
+    # ---- run folder ----------------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        return {"data": self.data, "preset": self.preset_name, "overrides": self.overrides, "settings": asdict(self.settings),
+                "config": self.config.to_dict(), "data_summary": self.episodes.summary(),
+                "validation_episodes": len(self.val_ids), "world_size": self.world}
+
+    @classmethod
+    def resume(cls, run: str | Path, steps: int | None = None, progress: bool = True) -> Trainer:
+        run = Path(run)
+        info = json.loads((run / RUN_FILE).read_text())
+        known = {f.name for f in fields(TrainSettings)}
+        settings = TrainSettings(**{k: v for k, v in info["settings"].items() if k in known})
+        if steps is not None:
+            settings.steps = steps
+        trainer = cls(run, info["data"], info["preset"], settings, info["overrides"], progress)
+        state = torch.load(run / "last" / STATE_FILE, map_location=trainer.device, weights_only=False)
+        trainer.model.load_state_dict(state["model"])
+        trainer.ema.load_state_dict(state["ema"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.schedule.load_state_dict(state["schedule"])
+        trainer.step, trainer.best_val, trainer.history = state["step"], state["best_val"], state["history"]
+        trainer.rng.bit_generator.state = state["numpy_rng"]
+        trainer.generator.set_state(state["torch_generator"].cpu())
+        return trainer
+
+    def save(self, final: bool = False) -> None:
+        if not self.main:
+            return
+        meta = {"steps_done": self.step, "partial": not final, "ema_decay": self.settings.ema_decay, "run": str(self.run)}
+        last = save_checkpoint(self.ema, self.run / "last", meta=meta)
+        torch.save({"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "schedule": self.schedule.state_dict(), "step": self.step, "best_val": self.best_val, "history": self.history,
+                    "numpy_rng": self.rng.bit_generator.state, "torch_generator": self.generator.get_state()}, last / STATE_FILE)
+
+    # ---- one step ------------------------------------------------------------------------------
+
+    def batch(self, episodes: np.ndarray, rng: np.random.Generator, train: bool) -> dict:
+        s, c = self.settings, self.config
+        if s.history == "stream":
+            raw = self.episodes.segments(rng, s.batch_size, s.segment_frames, c.chunk_size, episodes, s.action_mode)
+        else:
+            raw = self.episodes.windows(rng, s.batch_size, s.history_frames, c.chunk_size, episodes, s.action_mode)
+        index = torch.from_numpy(raw["frame_index"]).to(self.device)  # (B, T)
+        images = {cam: self.frames[cam][index].permute(0, 1, 4, 2, 3).float() for cam in self.frames}  # (B, T, 3, H, W)
+        if train and s.augment:
+            images = {cam: augment(v, self.generator) for cam, v in images.items()}
+        tensor = lambda key: torch.from_numpy(np.ascontiguousarray(raw[key])).to(self.device)  # noqa: E731
+        return {"instruction": raw["instruction"], "images": images, "proprio": tensor("proprio"),
+                "actions": tensor("actions"), "action_pad": tensor("action_pad")}
+
+    def train_step(self) -> tuple[float, float]:
+        self.trained.train()
+        batch = self.batch(self.train_ids, self.rng, train=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss = self.trained(batch, self.generator)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip)
+        self.optimizer.step()
+        self.schedule.step()
+        with torch.no_grad():  # EMA, warmed up so early weights do not linger
+            decay = min(self.settings.ema_decay, (1 + self.step) / (10 + self.step))
+            ema, live = list(self.ema.parameters()), list(self.model.parameters())
+            torch._foreach_lerp_(ema, live, 1.0 - decay)
+        self.step += 1
+        return loss.item(), grad_norm.item()
+
+    @torch.no_grad()
+    def validate(self, batches: int = 4) -> float | None:
+        """Loss of the EMA weights on held-out episodes, with fixed segments and noise (comparable across steps)."""
+        if not len(self.val_ids):
+            return None
+        rng = np.random.default_rng(12345)
+        devices = [self.device] if self.device.type == "cuda" else []
+        losses = []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(12345)
+            generator = torch.Generator(device=self.device).manual_seed(12345)
+            for _ in range(batches):
+                batch = self.batch(self.val_ids, rng, train=False)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                    losses.append(float(self.ema(batch, generator)))
+        return float(np.mean(losses))
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        from tqdm import tqdm
+
+        s = self.settings
+        writer = _tensorboard(self.run / "tb") if self.main else None
+        if self.main:
+            self.run.mkdir(parents=True, exist_ok=True)
+            (self.run / RUN_FILE).write_text(json.dumps(self.describe(), indent=2))
+        frames_per_batch = s.batch_size * (s.segment_frames if s.history == "stream" else s.history_frames) * self.world
+        started, start_step = time.time(), self.step
+        bar = tqdm(total=s.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
+        while self.step < s.steps:
+            t0 = time.perf_counter()
+            loss, grad_norm = self.train_step()
+            rate = frames_per_batch / max(time.perf_counter() - t0, 1e-9)
+            self.history["loss"].append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.schedule.get_last_lr()[0]:.1e}", frames_s=f"{rate:.0f}")
+            if writer:
+                writer.add_scalar("train/loss", loss, self.step)
+                writer.add_scalar("train/grad_norm", grad_norm, self.step)
+                writer.add_scalar("train/lr", self.schedule.get_last_lr()[0], self.step)
+                writer.add_scalar("perf/frames_per_second", rate, self.step)
+            if self.main and (self.step % s.val_every == 0 or self.step == s.steps):
+                val = self.validate()
+                if val is not None:
+                    self.history["val"].append([self.step, val])
+                    if writer:
+                        writer.add_scalar("val/loss", val, self.step)
+                    if val < self.best_val:
+                        self.best_val = val
+                        save_checkpoint(self.ema, self.run / "best", meta={"steps_done": self.step, "val_loss": val})
+            if self.step % s.save_every == 0 or self.step == s.steps:
+                self.save(final=self.step == s.steps)
+        bar.close()
+        seconds = time.time() - started
+        if not self.main:
+            return {}
+        if len(self.val_ids) == 0:  # nothing held out: the last weights are the best we know
+            save_checkpoint(self.ema, self.run / "best", meta={"steps_done": self.step, "val_loss": None})
+        window = max(1, min(100, len(self.history["loss"]) // 10))
+        summary = {
+            "run": str(self.run), "preset": self.preset_name, "fusion": self.config.fusion, "history": s.history,
+            "episodes": len(self.episodes), "train_episodes": len(self.train_ids), "validation_episodes": len(self.val_ids),
+            "frames": int(self.episodes.frame_start[-1]), "policy_period": self.config.policy_period,
+            "action_mode": s.action_mode, "steps": self.step, "steps_this_session": self.step - start_step,
+            "batch_size": s.batch_size, "world_size": self.world, "device": str(self.device), "bf16": self.autocast,
+            "seconds": round(seconds, 1), "steps_per_second": round((self.step - start_step) / max(seconds, 1e-9), 2),
+            "loss_first": float(np.mean(self.history["loss"][:window])), "loss_last": float(np.mean(self.history["loss"][-window:])),
+            "loss_window_steps": window, "val_loss_best": None if math.isinf(self.best_val) else self.best_val,
+            "val_loss_last": self.history["val"][-1][1] if self.history["val"] else None,
+            "parameters": self.model.parameter_counts(),
+        }
+        (self.run / "train_summary.json").write_text(json.dumps({**summary, **self.history}, indent=2))
+        _plot_losses(self.history, self.run / "loss.png")
+        if writer:
+            writer.close()
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
+        return summary
 
 
-def train(data: list[str], out: str | Path, preset_name: str = "base", action_mode: str = "absolute",
-          settings: TrainSettings | None = None, overrides: dict | None = None, progress: bool = True,
-          history_frames: int = 1) -> dict:
-    settings = settings or TrainSettings()
-    out = Path(out)
-    base = preset(preset_name).replace(**(overrides or {}))
-    dataset = EpisodeDataset(data, chunk=base.chunk_size, action_mode=action_mode, successful_only=True, verbose=progress)
-    config = config_for_dataset(base, dataset, history_frames)
-    torch.manual_seed(settings.seed)
-    device = torch.device(settings.device)
-    stats = compute_norm_stats(dataset)
-    model = MambaVLA(config, stats).to(device)
+def train(data: list[str], out: str | Path, preset_name: str = "base", settings: TrainSettings | None = None,
+          overrides: dict | None = None, progress: bool = True) -> dict:
+    return Trainer(out, data, preset_name, settings, overrides, progress).fit()
 
-    started = time.time()
 
-    def on_step(step: int, loss: float) -> None:
-        if settings.save_every and (step + 1) % settings.save_every == 0 and step + 1 < settings.steps:
-            save_checkpoint(model, out, meta={"steps_done": step + 1, "partial": True})
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # a bare GPU box: training goes on, the scalars are in train_summary.json
+        print("warning: tensorboard is not installed; no TensorBoard scalars", file=sys.stderr)
+        return None
+    return SummaryWriter(str(folder))
 
-    losses = fit(model, batches(dataset, settings.batch_size, history_frames, device, settings.seed), settings.steps, lr=settings.lr,
-                 warmup=settings.warmup, seed=settings.seed, progress=progress, on_step=on_step)
-    seconds = time.time() - started
-    window = max(1, min(100, settings.steps // 10))
-    summary = {
-        "checkpoint": str(out),
-        "preset": preset_name,
-        "fusion": config.fusion,
-        "data": [str(d) for d in data],
-        "episodes": len(dataset.episodes),
-        "skipped_episodes": len(dataset.skipped),
-        "samples": len(dataset),
-        "action_mode": action_mode,
-        "history_frames": history_frames,
-        "steps": settings.steps,
-        "batch_size": settings.batch_size,
-        "device": str(device),
-        "seconds": round(seconds, 1),
-        "steps_per_second": round(settings.steps / max(seconds, 1e-9), 2),
-        "loss_first": float(np.mean(losses[:window])),
-        "loss_last": float(np.mean(losses[-window:])),
-        "loss_window_steps": window,
-        "parameters": model.parameter_counts(),
-    }
-    save_checkpoint(model, out, meta={**summary, "partial": False})
-    (out / "train_summary.json").write_text(json.dumps({**summary, "losses": losses}, indent=2))
-    write_png(out / "loss.png", loss_curve(losses))
-    return summary
+
+def _plot_losses(history: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("warning: matplotlib is not installed; no loss.png", file=sys.stderr)
+        return
+    losses = np.asarray(history["loss"])
+    window = max(1, len(losses) // 100)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(np.arange(len(losses)) + 1, losses, color="0.8", lw=0.6, label="train (per step)")
+    if len(losses) >= window:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(len(smooth)) + window, smooth, color="C0", label=f"train (mean of {window})")
+    if history["val"]:
+        steps, val = zip(*history["val"])
+        ax.plot(steps, val, "o-", color="C3", label="validation (EMA weights)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

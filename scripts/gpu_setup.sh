@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up training on a GPU machine that has PyTorch (CUDA) but no network: install what travels in
+# .whl/ (mamba-ssm's source package for its Triton SSD kernels, einops; optionally tensorboard & co.)
+# and this package, without touching the machine's torch. Fill .whl/ on a networked machine first:
+#   MAMBA_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-build-isolation mamba-ssm==2.3.2.post1 -d .whl
+#   pip download --no-deps einops==0.8.2 -d .whl
+# Then: bash scripts/gpu_setup.sh && mambavla train --data PACK --out RUN --device cuda
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="python -m pip install -q --no-index --no-deps --find-links .whl"
+ls .whl/einops-*.whl >/dev/null 2>&1 && $PIP einops
+# only mamba-ssm's Triton SSD kernels are used (pure Python + Triton): unpack its source next to the
+# interpreter's packages and point a .pth file at it; building it would compile CUDA extensions
+if ls .whl/mamba_ssm-*.tar.gz >/dev/null 2>&1; then
+    deps="${MAMBAVLA_GPU_DEPS:-$HOME/.cache/mambavla-gpu-deps}"
+    mkdir -p "$deps" && tar xzf .whl/mamba_ssm-*.tar.gz -C "$deps"
+    site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    ls -d "$deps"/mamba_ssm-*/ | head -1 > "$site/mamba_ssm_source.pth"
+fi
+for wheel in .whl/*.whl; do case "$wheel" in *einops*) ;; *) $PIP "$wheel" ;; esac; done  # tensorboard & co. if carried
+# this package from the work tree (a .pth file, as an editable install would add; no build step)
+site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+echo "$PWD/src" > "$site/mambavla_source.pth"
+python - <<'PY'
+import torch
+from mambavla.model.mamba2 import ssd_kernels
+print(f"torch {torch.__version__}, CUDA {torch.cuda.is_available()}, mamba-ssm Triton kernels {'yes' if ssd_kernels() else 'NO (PyTorch scan)'}")
+PY

@@ -1,0 +1,253 @@
+"""Training episodes at the policy rate, and the compact pack that carries them to a GPU machine.
+
+    episodes = TrainingEpisodes.from_dataset(EpisodeDataset("demos/"), stride=4)  # from rosbag2 episodes
+    write_pack(episodes, "pack/", encoder, shards=2, quality=90)                  # JPEG frames + instruction embeddings
+    episodes = TrainingEpisodes.load("pack/")                                     # no bags, no MiniLM needed there
+    batch = episodes.segments(rng, batch=16, frames=64, chunk=16)                 # stream-mode training batch
+    batch = episodes.windows(rng, batch=32, history=1, chunk=16)                  # window-mode training batch
+
+A policy observes every `stride` recorded rows (its `policy_period` = stride * dt), while its action
+chunks keep the recorded rate, so only every stride-th frame is kept and every action row. The
+episodes own sampling: batches hold `frame_index` rows into `frames` (the caller gathers images,
+e.g. on the GPU), proprio, future action chunks in robot units and their padding masks.
+
+A pack is a folder: `pack.json` (cameras, sizes, rates, episodes), `instructions.npz` (each distinct
+instruction's token embeddings from the frozen language encoder, so training needs no encoder
+weights) and `part-NNN.npz` shards of JPEG frames, proprio and actions, each small enough to travel
+on its own (a GPU machine reached through a 64 MiB link).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mambavla.data.dataset import EpisodeDataset, _stats, to_delta
+from mambavla.spaces import ACTION_MODES
+
+PACK_VERSION = 1
+
+
+@dataclass
+class TrainingEpisodes:
+    cameras: tuple[str, ...]
+    image_size: tuple[int, int]
+    dt: float  # s between recorded rows (action chunk rows)
+    stride: int  # recorded rows between policy frames
+    frames: dict[str, np.ndarray]  # camera -> uint8 [F, H, W, 3], policy-rate frames of every episode
+    proprio: np.ndarray  # float32 [F, P] at the policy-rate frames
+    actions: np.ndarray  # float32 [N, A], every recorded row, absolute
+    frame_start: np.ndarray  # int64 [E + 1]: episode e's frames are frame_start[e]:frame_start[e+1]
+    action_start: np.ndarray  # int64 [E + 1]
+    instructions: list[str]
+    meta: list[dict] = field(default_factory=list)  # per episode: task, seed, source path
+    embeddings: dict[str, np.ndarray] | None = None  # instruction -> float32 [L, width] (packs only)
+
+    # ---- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_dataset(cls, dataset: EpisodeDataset, stride: int) -> TrainingEpisodes:
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1 recorded rows, got {stride}")
+        eps = dataset.episodes
+        frames = {c: np.concatenate([np.asarray(e.images[c][::stride]) for e in eps]) for c in dataset.cameras}
+        counts = [len(range(0, len(e), stride)) for e in eps]
+        return cls(
+            cameras=tuple(dataset.cameras), image_size=tuple(dataset.image_size), dt=dataset.dt, stride=stride,
+            frames=frames,
+            proprio=np.concatenate([np.asarray(e.proprio[::stride], np.float32) for e in eps]),
+            actions=np.concatenate([np.asarray(e.actions, np.float32) for e in eps]),
+            frame_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            action_start=np.concatenate([[0], np.cumsum([len(e) for e in eps])]).astype(np.int64),
+            instructions=[e.instruction for e in eps],
+            meta=[{"task": e.meta.get("task"), "seed": e.meta.get("seed"), "path": str(e.path)} for e in eps],
+        )
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TrainingEpisodes:
+        folder = Path(folder)
+        index_file = folder / "pack.json"
+        if not index_file.is_file():
+            raise FileNotFoundError(f"{folder}: not a training pack (no pack.json)")
+        index = json.loads(index_file.read_text())
+        if index.get("version") != PACK_VERSION:
+            raise ValueError(f"{folder}: pack version {index.get('version')}, this code reads {PACK_VERSION}")
+        cameras = tuple(index["cameras"])
+        parts = []
+        for name in index["parts"]:
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder}: shard {name} is missing (copy every part-*.npz of the pack)")
+            parts.append(np.load(folder / name))
+        decode = _jpeg_decoder()
+        frames = {c: np.concatenate([[decode(bytes(p[f"jpeg_{c}"][a:b])) for a, b in zip(p[f"offsets_{c}"][:-1], p[f"offsets_{c}"][1:])]
+                                     for p in parts]) for c in cameras}
+        counts = np.concatenate([np.diff(p["frame_start"]) for p in parts])
+        lengths = np.concatenate([np.diff(p["action_start"]) for p in parts])
+        table = np.load(folder / "instructions.npz")
+        texts = index["instruction_texts"]
+        embeddings = {t: table["embeddings"][i, : table["lengths"][i]].astype(np.float32) for i, t in enumerate(texts)}
+        return cls(
+            cameras=cameras, image_size=tuple(index["image_size"]), dt=float(index["dt"]), stride=int(index["stride"]),
+            frames=frames,
+            proprio=np.concatenate([p["proprio"] for p in parts]),
+            actions=np.concatenate([p["actions"] for p in parts]),
+            frame_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            action_start=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            instructions=[e["instruction"] for e in index["episodes"]],
+            meta=[{k: v for k, v in e.items() if k != "instruction"} for e in index["episodes"]],
+            embeddings=embeddings,
+        )
+
+    # ---- what trainers need to know -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    @property
+    def policy_period(self) -> float:
+        return self.dt * self.stride
+
+    def frame_count(self, e: int) -> int:
+        return int(self.frame_start[e + 1] - self.frame_start[e])
+
+    def split(self, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) episode indices: every k-th episode held out, k = round(1 / fraction)."""
+        index = np.arange(len(self))
+        if val_fraction <= 0 or len(self) < 2:
+            return index, index[:0]
+        val = index % max(2, round(1 / val_fraction)) == 0
+        return index[~val], index[val]
+
+    def norm_stats(self, chunk: int, action_mode: str = "absolute") -> dict:
+        """{"proprio": {mean, std, min, max}, "actions": {...}} over the policy frames (proprio) and every
+        recorded row (absolute actions) or every frame's chunk (delta actions)."""
+        if action_mode == "absolute":
+            actions = self.actions.astype(np.float64)
+        else:
+            rows, pad = self._chunks(np.arange(len(self)).repeat([self.frame_count(e) for e in range(len(self))]),
+                                     np.concatenate([np.arange(self.frame_count(e)) for e in range(len(self))]), chunk, "delta")
+            actions = rows[~pad].astype(np.float64)
+        return {"proprio": _stats(self.proprio.astype(np.float64)), "actions": _stats(actions)}
+
+    def summary(self) -> dict:
+        tasks: dict[str, int] = {}
+        for m in self.meta:
+            tasks[str(m.get("task"))] = tasks.get(str(m.get("task")), 0) + 1
+        return {"episodes": len(self), "frames": int(self.frame_start[-1]), "action_rows": int(self.action_start[-1]),
+                "tasks": dict(sorted(tasks.items())), "instructions": len(set(self.instructions)), "cameras": list(self.cameras),
+                "image_size": list(self.image_size), "dt": self.dt, "stride": self.stride, "policy_period": self.policy_period}
+
+    # ---- sampling ----------------------------------------------------------------------------
+
+    def _chunks(self, episodes: np.ndarray, frames: np.ndarray, chunk: int, action_mode: str) -> tuple[np.ndarray, np.ndarray]:
+        """Action chunks from policy frame `frames[i]` of episode `episodes[i]`: float32 [..., chunk, A] and
+        the bool [..., chunk] padding (rows past the episode's end repeat its last action)."""
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
+        start, length = self.action_start[episodes], np.diff(self.action_start)[episodes]
+        rows = frames * self.stride
+        offset = rows[..., None] + np.arange(chunk)  # (..., chunk) row within its episode
+        pad = offset >= length[..., None]
+        actions = self.actions[start[..., None] + np.minimum(offset, length[..., None] - 1)]
+        if action_mode == "delta":
+            proprio = self.proprio[self.frame_start[episodes] + frames]
+            actions = to_delta(actions.astype(np.float64), proprio[..., None, :]).astype(np.float32)
+        return actions, pad
+
+    def segments(self, rng: np.random.Generator, batch: int, frames: int, chunk: int, episodes: np.ndarray | None = None,
+                 action_mode: str = "absolute") -> dict:
+        """Stream-mode batch: B segments of T consecutive policy frames. A segment starts at its episode's
+        start (as the runtime does after an instruction) when the episode fits, else at the start half
+        of the time and at a random frame otherwise. Frames past an episode's end repeat its last frame
+        and are fully padded. -> {"frame_index": int64 [B, T], "proprio": [B, T, P], "actions": [B, T, chunk, A],
+        "action_pad": bool [B, T, chunk], "instruction": [str] * B}."""
+        pool = np.arange(len(self)) if episodes is None else np.asarray(episodes)
+        chosen = rng.choice(pool, size=batch)
+        counts = np.diff(self.frame_start)[chosen]
+        late = rng.random(batch) >= 0.5
+        start = np.where((counts > frames) & late, (rng.random(batch) * np.maximum(counts - frames + 1, 1)).astype(np.int64), 0)
+        local = start[:, None] + np.arange(frames)  # (B, T)
+        valid = local < counts[:, None]
+        local = np.minimum(local, counts[:, None] - 1)
+        actions, pad = self._chunks(chosen[:, None].repeat(frames, 1), local, chunk, action_mode)
+        index = self.frame_start[chosen][:, None] + local
+        return {"frame_index": index, "proprio": self.proprio[index], "actions": actions, "action_pad": pad | ~valid[..., None],
+                "instruction": [self.instructions[e] for e in chosen]}
+
+    def windows(self, rng: np.random.Generator, batch: int, history: int, chunk: int, episodes: np.ndarray | None = None,
+                action_mode: str = "absolute") -> dict:
+        """Window-mode batch: B samples, each the last `history` policy frames up to a frame (the episode's
+        first frame repeated before its start) and that frame's chunk. -> {"frame_index": [B, K], "proprio":
+        [B, K, P], "actions": [B, chunk, A], "action_pad": [B, chunk], "instruction": [str] * B}."""
+        pool = np.arange(len(self)) if episodes is None else np.asarray(episodes)
+        chosen = rng.choice(pool, size=batch)
+        counts = np.diff(self.frame_start)[chosen]
+        local = (rng.random(batch) * counts).astype(np.int64)
+        index = self.frame_start[chosen][:, None] + np.maximum(local[:, None] + np.arange(1 - history, 1), 0)
+        actions, pad = self._chunks(chosen, local, chunk, action_mode)
+        return {"frame_index": index, "proprio": self.proprio[index], "actions": actions, "action_pad": pad,
+                "instruction": [self.instructions[e] for e in chosen]}
+
+
+def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: int = 1, quality: int = 90) -> dict:
+    """Write `episodes` as a pack (JPEG frames at `quality`, instruction embeddings from `encoder`, an
+    `InstructionEncoder`); returns {"bytes": {file: size}, ...}."""
+    import cv2
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = sorted(set(episodes.instructions))
+    rows = [encoder.encode_one(t).float().cpu().numpy() for t in texts]
+    width, longest = rows[0].shape[1], max(r.shape[0] for r in rows)
+    table = np.zeros((len(texts), longest, width), np.float32)
+    for i, r in enumerate(rows):
+        table[i, : len(r)] = r
+    np.savez(folder / "instructions.npz", embeddings=table, lengths=np.array([len(r) for r in rows]))
+
+    shards = max(1, min(shards, len(episodes)))
+    parts = []
+    for s, members in enumerate(np.array_split(np.arange(len(episodes)), shards)):
+        arrays: dict[str, np.ndarray] = {}
+        for c in episodes.cameras:
+            blobs = []
+            for e in members:
+                for img in episodes.frames[c][episodes.frame_start[e]: episodes.frame_start[e + 1]]:
+                    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+                    if not ok:
+                        raise RuntimeError("OpenCV could not encode a frame as JPEG")
+                    blobs.append(buf.tobytes())
+            arrays[f"jpeg_{c}"] = np.frombuffer(b"".join(blobs), np.uint8)
+            arrays[f"offsets_{c}"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+        take_frames = np.concatenate([np.arange(episodes.frame_start[e], episodes.frame_start[e + 1]) for e in members])
+        take_rows = np.concatenate([np.arange(episodes.action_start[e], episodes.action_start[e + 1]) for e in members])
+        arrays["proprio"] = episodes.proprio[take_frames]
+        arrays["actions"] = episodes.actions[take_rows]
+        arrays["frame_start"] = np.concatenate([[0], np.cumsum([episodes.frame_count(e) for e in members])]).astype(np.int64)
+        arrays["action_start"] = np.concatenate([[0], np.cumsum(np.diff(episodes.action_start)[members])]).astype(np.int64)
+        name = f"part-{s:03d}.npz"
+        np.savez(folder / name, **arrays)
+        parts.append(name)
+    index = {"version": PACK_VERSION, "cameras": list(episodes.cameras), "image_size": list(episodes.image_size),
+             "dt": episodes.dt, "stride": episodes.stride, "jpeg_quality": quality, "parts": parts,
+             "instruction_texts": texts, "instruction_width": int(width),
+             "episodes": [{"instruction": i, **m} for i, m in zip(episodes.instructions, episodes.meta)]}
+    (folder / "pack.json").write_text(json.dumps(index, indent=1))
+    sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+    return {"folder": str(folder), "bytes": sizes, "total_mib": round(sum(sizes.values()) / 2**20, 2), **episodes.summary()}
+
+
+def _jpeg_decoder():
+    """bytes -> uint8 [H, W, 3] RGB, with OpenCV, or Pillow where OpenCV is missing (a bare GPU box)."""
+    try:
+        import cv2
+
+        return lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    except ImportError:
+        import io
+
+        from PIL import Image
+
+        return lambda data: np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

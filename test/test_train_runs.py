@@ -1,0 +1,120 @@
+"""Training data at the policy rate, the pack that carries it to a GPU machine, and run folders that
+--resume continues."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mambavla.data.packed import TrainingEpisodes, write_pack
+from mambavla.model.language import InstructionEncoder
+from mambavla.runtime import PolicyRuntime
+from mambavla.train.trainer import Trainer, TrainSettings
+
+SIZE = (32, 32)
+STRIDE = 2
+ROWS = (14, 9)  # recorded rows per episode -> 7 and 5 policy frames
+
+
+def _episodes() -> TrainingEpisodes:
+    """Two episodes with smooth images (JPEG keeps them close), distinct proprio and actions per row."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[: SIZE[0], : SIZE[1]]
+    frames, proprio, actions = {"front": [], "wrist": []}, [], []
+    for e, rows in enumerate(ROWS):
+        for r in range(0, rows, STRIDE):
+            for c, cam in enumerate(frames):
+                frames[cam].append(np.stack([(xx * 7 + r * 5) % 256, (yy * 6 + e * 40) % 256, np.full(SIZE, 60 * c + 20)], -1).astype(np.uint8))
+            proprio.append(np.r_[0.5, 0.01 * r, 0.2, 0.0, 0.0, 0.1 * e, 0.04, 0.04].astype(np.float32))
+        actions.append(np.c_[0.5 + 0.01 * np.arange(rows), rng.normal(0, 0.05, (rows, 5)), np.arange(rows) > rows // 2].astype(np.float32))
+    counts = [len(range(0, r, STRIDE)) for r in ROWS]
+    return TrainingEpisodes(
+        cameras=("front", "wrist"), image_size=SIZE, dt=0.1, stride=STRIDE,
+        frames={c: np.stack(v) for c, v in frames.items()}, proprio=np.stack(proprio), actions=np.concatenate(actions),
+        frame_start=np.r_[0, np.cumsum(counts)], action_start=np.r_[0, np.cumsum(ROWS)],
+        instructions=["lift the red cube", "push the blue cube to the left side"],
+        meta=[{"task": "lift", "seed": 1}, {"task": "push-left", "seed": 2}])
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pack")
+    summary = write_pack(_episodes(), folder, InstructionEncoder("minilm"), shards=2, quality=95)
+    assert summary["episodes"] == 2 and set(summary["bytes"]) == {"pack.json", "instructions.npz", "part-000.npz", "part-001.npz"}
+    return folder
+
+
+def test_pack_round_trip_keeps_episodes_and_instruction_embeddings(pack):
+    original, loaded = _episodes(), TrainingEpisodes.load(pack)
+    assert loaded.instructions == original.instructions and loaded.policy_period == pytest.approx(0.2)
+    np.testing.assert_array_equal(loaded.frame_start, original.frame_start)
+    np.testing.assert_array_equal(loaded.actions, original.actions)
+    np.testing.assert_array_equal(loaded.proprio, original.proprio)
+    for cam in original.cameras:  # JPEG: close, not equal
+        assert np.abs(loaded.frames[cam].astype(int) - original.frames[cam]).mean() < 4.0
+    encoder = InstructionEncoder("minilm")
+    for text in original.instructions:
+        np.testing.assert_allclose(loaded.embeddings[text], encoder.encode_one(text).numpy(), atol=1e-6)
+
+
+def test_pack_missing_shard_is_a_clear_error(pack, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(pack, broken)
+    (broken / "part-001.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="part-001.npz is missing"):
+        TrainingEpisodes.load(broken)
+
+
+def test_segments_start_at_the_episode_start_and_pad_past_its_end():
+    episodes = _episodes()
+    batch = episodes.segments(np.random.default_rng(0), batch=8, frames=8, chunk=4)
+    for b in range(8):
+        e = episodes.instructions.index(batch["instruction"][b])
+        n = episodes.frame_count(e)
+        assert batch["frame_index"][b, 0] == episodes.frame_start[e]  # both episodes fit in 8 frames
+        for t in range(8):
+            row = min(t, n - 1) * STRIDE  # the frame's recorded row; chunk rows follow at the recorded rate
+            rows = episodes.actions[episodes.action_start[e]: episodes.action_start[e + 1]]
+            expected = rows[np.minimum(row + np.arange(4), len(rows) - 1)]
+            np.testing.assert_array_equal(batch["actions"][b, t], expected)
+            padded = (t >= n) | (row + np.arange(4) >= len(rows))
+            np.testing.assert_array_equal(batch["action_pad"][b, t], padded)
+
+
+def test_stream_training_writes_a_run_folder_that_resume_continues(pack, tmp_path):
+    run = tmp_path / "run"
+    settings = TrainSettings(steps=2, batch_size=2, segment_frames=4, warmup=1, val_fraction=0.5, val_every=1, save_every=1)
+    summary = Trainer(run, [str(pack)], "tiny", settings, progress=False).fit()
+    assert summary["steps"] == 2 and summary["validation_episodes"] == 1 and np.isfinite(summary["loss_last"])
+    assert {p.name for p in run.iterdir()} >= {"run.json", "last", "best", "tb", "loss.png", "train_summary.json"}
+    assert any((run / "tb").iterdir())
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"] == [str(pack)] and info["settings"]["history"] == "stream"
+
+    resumed = Trainer.resume(run, steps=4, progress=False)
+    assert resumed.step == 2 and len(resumed.history["loss"]) == 2
+    assert resumed.optimizer.state_dict()["state"], "optimiser moments were not restored"
+    summary = resumed.fit()
+    assert summary["steps"] == 4 and summary["steps_this_session"] == 2 and len(resumed.history["loss"]) == 4
+
+    runtime = PolicyRuntime.from_checkpoint(run / "last")  # the live MiniLM reads the instruction, as on the robot
+    assert (runtime.config.history_mode, runtime.policy_period, runtime.image_size) == ("stream", pytest.approx(0.2), SIZE)
+    runtime.set_instruction("lift the red cube")
+    chunk = runtime.step({"images": {c: np.zeros((*SIZE, 3), np.uint8) for c in runtime.camera_names},
+                          "proprio": np.r_[0.5, 0.0, 0.2, 0, 0, 0, 0.04, 0.04].astype(np.float32)})
+    assert chunk.actions.shape == (runtime.chunk_size, 7) and np.isfinite(chunk.actions).all()
+
+
+def test_ema_weights_are_what_the_checkpoint_holds(pack, tmp_path):
+    from safetensors.torch import load_file
+
+    settings = TrainSettings(steps=3, batch_size=2, segment_frames=4, warmup=1, ema_decay=0.5, val_fraction=0.0, save_every=3)
+    trainer = Trainer(tmp_path / "run", [str(pack)], "tiny", settings, progress=False)
+    trainer.fit()
+    saved = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
+    name = "action_out.weight"
+    torch.testing.assert_close(saved[name], trainer.ema.state_dict()[name].cpu())
+    assert not torch.equal(saved[name], trainer.model.state_dict()[name].cpu())  # EMA lags the live weights

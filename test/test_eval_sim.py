@@ -93,7 +93,8 @@ def test_eval_sim_command_runs_an_episode_end_to_end(cell, runtime, tmp_path, mo
     assert lo == 0.0 and 0.7 < hi < 0.85  # Wilson, 0 of 1
     assert summary["mean_success_rate"] == 0.0
     episode = lift["episodes_detail"][0]
-    assert episode["end"] == "timeout" and episode["success"] is False and episode["error"] == ""
+    assert episode["error"] == ""
+    assert episode["end"] == "timeout" and episode["success"] is False
     assert episode["seed"] == 1_000_000 and episode["instruction"]
     # every chunk the policy produced was judged by the controller, one observation per policy period
     assert lift["chunks_produced"] == round(limit / PERIOD)
@@ -122,7 +123,8 @@ def test_slow_policy_observes_every_policy_period_of_sim_time(evaluator, runtime
         result = evaluator.run_episode("lift", 1_000_001)
     finally:
         evaluator.runtime = runtime
-    assert result.error == "" and result.end == "timeout"
+    assert result.error == ""
+    assert result.end == "timeout"
     stamps = np.array(result.observation_stamps)
     assert len(stamps) == 3  # t = 0, 0.2, 0.4 of a 0.5 s episode
     np.testing.assert_allclose(np.diff(stamps), PERIOD, atol=1e-6)
@@ -137,7 +139,8 @@ def test_emulated_latency_delays_submission_in_sim_time(evaluator, monkeypatch):
     monkeypatch.setattr(evaluator, "latency", 0.3)  # the server takes one franky client: reuse the evaluator's
     monkeypatch.setattr(evaluator, "time_limit", 0.9)
     result = evaluator.run_episode("push-left", 1_000_000)
-    assert result.error == "" and result.end == "timeout"
+    assert result.error == ""
+    assert result.end == "timeout"
     # an inference of 0.3 s skips the observation at 0.2 s: observations every 0.4 s, each chunk 0.3 s late
     np.testing.assert_allclose(np.diff(result.observation_stamps), 2 * PERIOD, atol=1e-6)
     np.testing.assert_allclose(result.submit_delays, 0.3, atol=1e-6)

@@ -20,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="emulated inference latency in simulated seconds (default 0: lockstep, the simulator waits for the policy)")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="simulated seconds per episode (default: the workcell's episode_timeout)")
-    p.add_argument("--speed", type=float, default=0.0, metavar="FACTOR",
-                   help="franky-sim pacing: 0 = as fast as the CPU allows (default), 1 = real time")
+    p.add_argument("--speed", type=float, default=1.0, metavar="FACTOR",
+                   help="franky-sim pacing between holds: 1 = at most real time (default; franky's 1 kHz torque replies keep up), "
+                        "0 = as fast as the CPU allows")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--torch-threads", type=int, default=0, help="CPU threads for inference; 0 keeps torch's default")
     p.add_argument("--out", default="eval-sim", help="output folder: eval.json, success.png, episodes_<task>.gif (default ./eval-sim)")

@@ -224,7 +224,7 @@ def episode_seeds(episodes: int, first: int = 0) -> list[int]:
 
 
 def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, latency: float = 0.0,
-             time_limit: float | None = None, gif_episodes: int = 1, speed: float = 0.0, progress: bool = True,
+             time_limit: float | None = None, gif_episodes: int = 1, speed: float = 1.0, progress: bool = True,
              cell: Workcell | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
     """Evaluate on `episodes` held-out seeds per task. Returns (summary, results per task).
 
@@ -243,13 +243,13 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
     try:
         evaluator = SimEvaluator(cell, runtime, latency=latency, time_limit=time_limit)
         results: dict[str, list[EpisodeResult]] = {t: [] for t in tasks}
-        wall0, sim0, keepalive0 = time.perf_counter(), 0.0, cell.keepalive_steps
+        wall0, sim_total, keepalive0 = time.perf_counter(), 0.0, cell.keepalive_steps
         bar = tqdm(total=len(tasks) * len(seeds), desc="eval-sim", unit="episode", disable=not progress)
         for task in tasks:
             for i, s in enumerate(seeds):
                 r = evaluator.run_episode(task, s, keep_frames=i < gif_episodes)
                 results[task].append(r)
-                sim0 += r.sim_seconds
+                sim_total += r.sim_seconds
                 done = results[task]
                 bar.set_postfix(task=task, success=f"{sum(x.success for x in done)}/{len(done)}")
                 bar.update()
@@ -259,8 +259,8 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
         summary.update({
             "seeds": [seeds[0], seeds[-1]], "latency_s": latency, "lockstep": True,
             "policy_period_s": runtime.policy_period, "control_rate_hz": evaluator.tracking.rate_hz,
-            "time_limit_s": evaluator.time_limit, "wall_seconds": round(wall, 2), "sim_seconds": round(sim0, 3),
-            "sim_real_factor": round(sim0 / wall, 3) if wall > 0 else None,
+            "time_limit_s": evaluator.time_limit, "wall_seconds": round(wall, 2), "sim_seconds": round(sim_total, 3),
+            "sim_real_factor": round(sim_total / wall, 3) if wall > 0 else None,
             "keepalive_steps": cell.keepalive_steps - keepalive0,
         })
     finally:

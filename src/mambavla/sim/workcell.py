@@ -46,7 +46,7 @@ from mambavla.sim.tasks import Layout, SceneState, TaskMonitor, TaskSpec, sample
 
 
 OPEN_WIDTH = spaces.FRANKA_MAX_FINGER_WIDTH
-MAX_HOLD = 0.25  # s of wall time the server loop may be held at once (libfranka times out after ~1 s)
+MAX_HOLD = 0.1  # s of wall time the server loop may be held at once (libfranka times out after ~1 s; margin for a loaded CPU)
 HALF_STEP = 0.5e-3  # s: tolerance when comparing simulated times on the 1 ms step grid
 
 

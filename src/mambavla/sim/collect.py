@@ -8,6 +8,8 @@ server thread, so neither rendering nor bag writing ever runs inside the 1 kHz l
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -52,13 +54,18 @@ def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, 
     thread.start()
     try:
         success = ScriptedExpert(cell, robot, gripper).run(seed)
+    except BaseException:
+        errors.append(None)  # the expert failed: no partial episode is left behind (see below)
+        raise
     finally:
         cell.stop_sampling()
         samples.put(None)
         thread.join()
+        if errors:  # a partial bag would block re-running this seed and pass for an episode
+            writer.abort()
+            shutil.rmtree(path, ignore_errors=True)
     sim_seconds = cell.sim_time - t0
     if errors:
-        writer.abort()
         raise errors[0]
     writer.close(success=bool(success), sim_seconds=round(sim_seconds, 3))
     return {"path": str(path), "task": spec.family, "instruction": spec.instruction, "seed": seed, "success": bool(success),
@@ -93,6 +100,7 @@ def collect(
     speed: float = 1.0,
     compression: str = "message",
     rate_hz: float | None = None,
+    attempts: int = 3,
 ) -> dict:
     """Record `episodes` expert episodes with seeds seed, seed+1, ... into `out`; returns the summary
     (also written to `out/summary.json`)."""
@@ -113,19 +121,33 @@ def collect(
     if existing:
         raise FileExistsError(f"{out / episode_name(existing[0])} exists already; choose another --seed or --out")
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, failures = [], []
     wall0 = time.perf_counter()
     config = WorkcellConfig() if rate_hz is None else replace(WorkcellConfig(), policy_dt=1.0 / rate_hz)
-    with Workcell(task=task, seed=seed, camera_size=camera_size, speed=speed, config=config) as cell:
+
+    def connect(cell: Workcell):
         with keep_thread_scheduling():
             robot = franky.Robot(cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
-            gripper = franky.Gripper(cell.robot_ip)
+            return robot, franky.Gripper(cell.robot_ip)
+
+    with Workcell(task=task, seed=seed, camera_size=camera_size, speed=speed, config=config) as cell:
+        robot, gripper = connect(cell)
         sim0, steps0, wall_loop0 = cell.sim_time, cell.steps, time.perf_counter()
         bar = tqdm(seeds, desc=f"collect {task}", unit="episode", disable=not progress)
         for s in bar:
-            results.append(record_episode(cell, robot, gripper, out / episode_name(s), s, task, render=render, compression=compression))
+            for attempt in range(1, attempts + 1):
+                try:
+                    results.append(record_episode(cell, robot, gripper, out / episode_name(s), s, task, render=render, compression=compression))
+                    break
+                except franky.Exception as err:  # e.g. "UDP receive: Timeout" when the loaded host starves the loop
+                    last_error = str(err)
+                    print(f"\nwarning: seed {s}, attempt {attempt}/{attempts}: franky: {err}; reconnecting", file=sys.stderr)
+                    del robot, gripper
+                    robot, gripper = connect(cell)
+            else:
+                failures.append({"seed": s, "error": last_error})
             done = sum(r["success"] for r in results)
-            bar.set_postfix(success=f"{done}/{len(results)}")
+            bar.set_postfix(success=f"{done}/{len(results)}", errors=len(failures))
         loop_wall = time.perf_counter() - wall_loop0
         sim_elapsed, steps = cell.sim_time - sim0, cell.steps - steps0
     summary = summarize(results)
@@ -135,6 +157,7 @@ def collect(
         "wall_seconds": round(time.perf_counter() - wall0, 2),
         "real_time_factor": round(sim_elapsed / loop_wall, 3) if loop_wall > 0 else None,
         "server_loop_hz": round(steps / loop_wall, 1) if loop_wall > 0 else None,
+        "failed_seeds": failures,  # franky faults on every attempt: no episode written for these
         "episodes_detail": results,
     })
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -50,9 +50,11 @@ def test_mono8_becomes_grey_rgb():
         (lambda m: setattr(m, "data", bytes(m.data)[:-5]), "truncated"),
         (lambda m: setattr(m, "step", 3), "step"),
         (lambda m: setattr(m, "height", 0), "no pixels"),
-        (lambda m: setattr(m, "height", 100000), "truncated"),
+        (lambda m: setattr(m, "height", 100000), "px per side"),
+        (lambda m: (setattr(m, "height", 500000), setattr(m, "width", 1), setattr(m, "step", 1),
+                    setattr(m, "encoding", "mono8"), setattr(m, "data", bytes(500000))), "px per side"),
     ],
-    ids=["yuv", "float", "truncated", "short-step", "empty", "claims-too-tall"],
+    ids=["yuv", "float", "truncated", "short-step", "empty", "claims-too-tall", "500000x1-within-bytes"],
 )
 def test_bad_images_raise_a_clear_error(mutate, fragment):
     msg = image(RGB, "rgb8")

@@ -141,19 +141,25 @@ def _stamped(msg: Image, stamp: float) -> Image:
     return msg
 
 
-@pytest.mark.parametrize(("text", "fragment"), [("", "empty"), ("   ", "empty"), ("x" * 100_000, "characters")],
-                         ids=["empty", "blank", "100kB"])
-def test_bad_instructions_are_rejected_and_the_current_one_stays(policy, text, fragment):
+@pytest.mark.parametrize(("text", "fragment"),
+                         [("", "empty"), ("   ", "empty"), ("\u200b\u200c\u200d\ufeff", "empty"), ("\x01\x02\x7f\x1b", "empty"),
+                          ("x" * 100_000, "characters")],
+                         ids=["empty", "blank", "zero-width-only", "control-only", "100kB"])
+def test_a_rejected_instruction_ends_the_current_task_so_the_controller_holds(policy, text, fragment):
     probe, _, node = policy
-    probe.wait_status(POLICY, lambda s: int(s["chunks_published"]) >= 1, "running")
-    current = probe.latest(POLICY)["instruction"]
+    probe.wait_status(POLICY, lambda s: int(s["chunks_published"]) >= 1 and s["instruction"], "running")
     before = int(probe.latest(POLICY)["inputs_rejected"])
     probe.instruction_pub.publish(String(data=text))
     status = probe.wait_status(POLICY, lambda s: int(s["inputs_rejected"]) > before and fragment in s["last_rejection"],
                                f"the {fragment!r} rejection")
-    assert status["instruction"] == current
+    status = probe.wait_status(POLICY, lambda s: s["instruction"] == "" and s["state"] == "WAITING", "the task ended")
+    assert status["level"] >= 1 and "holds" in status["reason"]
+    time.sleep(0.3)  # a chunk already in flight
     t = time.monotonic()
-    probe.wait_for(lambda: chunks_after(probe, t), "chunks for the current instruction")
+    time.sleep(1.0)
+    assert not chunks_after(probe, t), "chunks for the previous task after a rejected instruction"
+    probe.instruction_pub.publish(String(data=FIRST))
+    probe.wait_for(lambda: chunks_after(probe, t), "chunks once a valid instruction arrives")
     assert node.alive
 
 
@@ -166,6 +172,53 @@ def test_mambavla_instruct_replaces_the_instruction(policy):
     probe.wait_status(POLICY, lambda s: s["instruction"] == "push the blue cube to the left", "the new instruction")
     t = time.monotonic()
     probe.wait_for(lambda: chunks_after(probe, t), "chunks for the new instruction")
+
+
+def test_future_stamped_frames_are_rejected_and_do_not_stall_the_policy(policy):
+    probe, world, node = policy
+    probe.wait_status(POLICY, lambda s: int(s["chunks_published"]) >= 1, "running")
+    before = int(probe.latest(POLICY)["inputs_rejected"])
+    good = world.front_override
+    world.front_override = lambda stamp: rgb_to_image(np.zeros((48, 64, 3), np.uint8), stamp + 3600.0, "front")
+    try:
+        status = probe.wait_status(POLICY, lambda s: int(s["inputs_rejected"]) > before and "future" in s["last_rejection"],
+                                   "the future-stamp rejection")
+        assert "/cameras/front" in status["last_rejection"]
+    finally:
+        world.front_override = good
+    t = time.monotonic()
+    probe.wait_for(lambda: chunks_after(probe, t), "chunks within seconds once the clock is right", timeout=10.0)
+    assert node.alive
+
+
+def test_an_extreme_frame_shape_is_rejected_fast_and_the_node_keeps_going(policy):
+    probe, world, node = policy
+    probe.wait_status(POLICY, lambda s: int(s["chunks_published"]) >= 1, "running")
+    before = int(probe.latest(POLICY)["inputs_rejected"])
+    tall = Image(height=500_000, width=1, encoding="mono8", step=1, data=bytes(500_000))  # 500 kB, within the byte limit
+    world.front_override = lambda stamp: _stamped(tall, stamp)
+    try:
+        probe.wait_status(POLICY, lambda s: int(s["inputs_rejected"]) > before and "px per side" in s["last_rejection"],
+                          "the size rejection")
+    finally:
+        world.front_override = None
+    t = time.monotonic()
+    probe.wait_for(lambda: chunks_after(probe, t), "chunks again", timeout=20.0)
+    assert node.alive
+
+
+def test_camera_names_that_do_not_match_the_checkpoint_are_an_error(tmp_path):
+    probe = Probe("camera_probe")
+    node = NodeProcess("policy_node", ["policy.yaml", "policy_sim.yaml"],
+                       {"preset": "tiny", "camera_names": ["front", "top"], "diagnostics_rate_hz": 5.0,
+                        "camera_topics": ["/cameras/front/image_raw", "/cameras/top/image_raw"]}, tmp_path / "policy.log")
+    try:
+        status = probe.wait_status(POLICY, lambda s: s["state"] == "ERROR", "ERROR for unknown camera names", timeout=300.0)
+        assert "top" in status["reason"] and "wrist" in status["reason"]
+        assert node.alive  # reported, not crashed
+    finally:
+        node.stop()
+        probe.close()
 
 
 def test_stale_frames_are_dropped_and_counted(policy):

@@ -22,12 +22,8 @@ from mambavla.runtime.chunk import ActionChunk
 DELTA_SUFFIX = "/ee_at_stamp"
 IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
+MAX_IMAGE_SIDE = 8192  # px: a 500000x1 frame within the byte limit would cost seconds and hundreds of MB to resize
 MAX_CHUNK_POINTS = 1000
-
-try:  # used where installed (a full ROS 2 install); never required
-    from cv_bridge import CvBridge as _CvBridge
-except ImportError:
-    _CvBridge = None
 
 
 def stamp_to_seconds(stamp: Time) -> float:
@@ -48,7 +44,7 @@ def seconds_to_duration(seconds: float) -> Duration:
 # ---- images ----
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def _area_weights(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in] matrix averaging the input cells each output cell covers (box filter)."""
     scale = n_in / n_out
@@ -66,6 +62,10 @@ def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h_in, w_in, c = image.shape
     if (h_in, w_in) == (h_out, w_out):
         return image
+    if h_out <= h_in and w_out <= w_in:  # OpenCV's INTER_AREA: the same pixels (+-1), ~14x faster, no weight matrices
+        import cv2
+
+        return cv2.resize(np.ascontiguousarray(image), (w_out, h_out), interpolation=cv2.INTER_AREA).reshape(h_out, w_out, c)
     rows = _area_weights(h_in, h_out)  # [H, h]
     cols = _area_weights(w_in, w_out)  # [W, w]
     x = image.astype(np.float32)
@@ -83,6 +83,8 @@ def image_to_rgb(msg: Image, size: tuple[int, int] | None = None) -> np.ndarray:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ValueError(f"image has no pixels ({width}x{height})")
+    if height > MAX_IMAGE_SIDE or width > MAX_IMAGE_SIDE:
+        raise ValueError(f"image of {width}x{height} exceeds {MAX_IMAGE_SIDE} px per side")
     if step < width * channels:
         raise ValueError(f"image step {step} < width {width} x {channels} channels")
     if step * height > MAX_IMAGE_BYTES:
@@ -90,20 +92,17 @@ def image_to_rgb(msg: Image, size: tuple[int, int] | None = None) -> np.ndarray:
     data = msg.data
     if len(data) < step * height:
         raise ValueError(f"truncated image data: {len(data)} bytes < step {step} x height {height}")
-    if _CvBridge is not None:
-        rgb = _CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8")
+    try:  # no cv_bridge: the apt build targets numpy 1.x, the nodes run numpy 2
+        buf = np.frombuffer(data, dtype=np.uint8, count=step * height)
+    except TypeError:  # a plain sequence rather than a buffer
+        buf = np.asarray(data[: step * height], dtype=np.uint8)
+    pixels = buf.reshape(height, step)[:, : width * channels].reshape(height, width, channels)
+    if encoding == "mono8":
+        rgb = np.repeat(pixels, 3, axis=2)
+    elif encoding.startswith("bgr"):
+        rgb = pixels[:, :, 2::-1]
     else:
-        try:
-            buf = np.frombuffer(data, dtype=np.uint8, count=step * height)
-        except TypeError:  # a plain sequence rather than a buffer
-            buf = np.asarray(data[: step * height], dtype=np.uint8)
-        pixels = buf.reshape(height, step)[:, : width * channels].reshape(height, width, channels)
-        if encoding == "mono8":
-            rgb = np.repeat(pixels, 3, axis=2)
-        elif encoding.startswith("bgr"):
-            rgb = pixels[:, :, 2::-1]
-        else:
-            rgb = pixels[:, :, :3]
+        rgb = pixels[:, :, :3]
     rgb = resize_rgb(rgb, size) if size is not None else rgb
     return rgb if rgb.flags.writeable and rgb.flags.c_contiguous else np.array(rgb, order="C")  # own the pixels
 

@@ -1,13 +1,20 @@
 """policy_node: cameras + robot state + instruction in, action chunks out, through `PolicyRuntime`.
 
-Callbacks only convert and store messages; inference runs on one worker thread with the latest
-observation. The node holds no model logic: it translates messages to and from the runtime.
+Callbacks only store messages (the latest raw frame per camera); the worker thread converts frames,
+chooses the observation and runs inference. The node holds no model logic: it translates messages to
+and from the runtime.
+
+A rejected instruction (empty after Unicode normalisation, only zero-width or control characters,
+too long, too many tokens) ends the current task: no chunk is published until a valid instruction
+arrives, so the controller holds the arm after `hold_after` and stops it after `stop_after`. An
+operator who sent a bad instruction never gets an arm still doing the previous task.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import unicodedata
 from collections import deque
 
 import numpy as np
@@ -36,7 +43,9 @@ class PolicyNode(Node):
         self.seed = p("seed", 0, "seed of the flow-matching noise (and of untrained weights)")
         self.torch_threads = p("torch_threads", 0, "CPU threads for inference; 0 keeps torch's default")
         self.camera_topics = p("camera_topics", ["/cameras/front/image_raw", "/cameras/wrist/image_raw"],
-                               "one sensor_msgs/Image topic per camera, in the checkpoint's camera order")
+                               "one sensor_msgs/Image topic per camera, named by camera_names")
+        self.camera_names = p("camera_names", ["front", "wrist"],
+                              "the checkpoint camera each topic feeds (checked against the checkpoint at load)")
         instruction_topic = p("instruction_topic", "/instruction", "std_msgs/String instruction (transient-local)")
         joint_states_topic = p("joint_states_topic", "/joint_states", "robot joint states (finger positions used)")
         ee_pose_topic = p("ee_pose_topic", "/ee_pose", "end-effector pose (geometry_msgs/PoseStamped)")
@@ -49,9 +58,12 @@ class PolicyNode(Node):
         self.infer_rate_hz = p("infer_rate_hz", 5.0, "inference rate in `rate` mode, Hz")
         self.max_observation_age = p("max_observation_age", 0.5, "frames and robot state older than this are dropped, s")
         self.max_instruction_chars = p("max_instruction_chars", 1000, "longer instructions are rejected")
+        self.max_frame_future = p("max_frame_future", 0.1, "frames stamped further ahead of their receipt are rejected, s")
         diagnostics_rate = p("diagnostics_rate_hz", 1.0, "status publishing rate, Hz")
         if self.infer_mode not in INFER_MODES:
             raise ValueError(f"infer_mode must be one of {INFER_MODES}, got {self.infer_mode!r}")
+        if len(self.camera_names) != len(self.camera_topics) or len(set(self.camera_names)) != len(self.camera_names):
+            raise ValueError(f"camera_names {self.camera_names} must name each of camera_topics {self.camera_topics} once")
 
         self.runtime = None
         self.state = "LOADING"
@@ -59,7 +71,9 @@ class PolicyNode(Node):
         self._lock = threading.Condition()
         self._observations = ObservationBuffer(len(self.camera_topics), self.max_observation_age)
         self._period: PeriodSchedule | None = None  # built from the checkpoint's policy_period
-        self._pending_instruction: str | None = None
+        self._camera_slot: list[int] = []  # topic index -> position in the checkpoint's camera order
+        self._raw_frames: dict[int, tuple[Image, float]] = {}  # topic index -> (latest message, receipt), not converted
+        self._pending_instruction: str | None = None  # "" = a rejected instruction: end the current task
         self.instruction = ""
         self.chunks_published = 0
         self.frames_dropped = 0
@@ -93,27 +107,21 @@ class PolicyNode(Node):
         self.get_logger().warning(reason, throttle_duration_sec=2.0)
 
     def _on_image(self, index: int, msg: Image) -> None:
-        receipt = self._now()
-        runtime = self.runtime
-        if runtime is None:
-            return
-        try:
-            rgb = image_to_rgb(msg, runtime.image_size)
-        except ValueError as err:
-            self._reject(f"{self.camera_topics[index]}: {err}")
-            return
-        with self._lock:
-            self._observations.add_frame(index, Frame(rgb, stamp_to_seconds(msg.header.stamp), receipt))
+        with self._lock:  # store only: converting (and any cost a hostile frame carries) is the worker's
+            self._raw_frames[index] = (msg, self._now())
             self._lock.notify_all()
 
     def _on_instruction(self, msg: String) -> None:
-        text = " ".join(msg.data.split())
+        text = clean_instruction(msg.data)
         if not text:
-            self._reject("instruction rejected: empty")
-            return
-        if len(text) > self.max_instruction_chars:
-            self._reject(f"instruction rejected: {len(text)} characters > max_instruction_chars {self.max_instruction_chars}")
-            return
+            reason = "instruction rejected: empty (after Unicode normalisation, without control and zero-width characters)"
+        elif len(text) > self.max_instruction_chars:
+            reason = f"instruction rejected: {len(text)} characters > max_instruction_chars {self.max_instruction_chars}"
+        else:
+            reason = ""
+        if reason:
+            self._reject(f"{reason}; the current task ends (the controller holds)")
+            text = ""
         with self._lock:
             self._pending_instruction = text
             self._lock.notify_all()
@@ -153,11 +161,13 @@ class PolicyNode(Node):
             source = f"UNTRAINED preset {self.preset!r} (no checkpoint given): actions are noise"
             self.get_logger().warning(f"running an {source}")
         cams = self.runtime.camera_names
-        if len(cams) != len(self.camera_topics):
-            raise ValueError(f"camera_topics has {len(self.camera_topics)} topics but the policy expects cameras {cams}")
+        if sorted(cams) != sorted(self.camera_names):
+            raise ValueError(f"camera_names {self.camera_names} (for topics {self.camera_topics}) do not match the "
+                             f"policy's cameras {list(cams)}")
+        self._camera_slot = [list(cams).index(name) for name in self.camera_names]
         self.policy_source = source
         self._period = PeriodSchedule(self.runtime.policy_period)
-        self.get_logger().info(f"policy: {source}; cameras {dict(zip(cams, self.camera_topics))}, "
+        self.get_logger().info(f"policy: {source}; cameras {dict(zip(self.camera_names, self.camera_topics))}, "
                                f"image {self.runtime.image_size}, {self.runtime.chunk_size} x {self.runtime.dt} s, "
                                f"{self.runtime.action_mode} actions, infer_mode {self.infer_mode}"
                                + (f" (every {self.runtime.policy_period} s of frame time)" if self.infer_mode == "period" else ""))
@@ -174,6 +184,25 @@ class PolicyNode(Node):
         if self.infer_mode == "rate":
             return now >= self._last_infer + 1.0 / self.infer_rate_hz
         return True
+
+    def _convert_frames(self) -> None:
+        """Worker: turn the latest raw frame of each camera into a policy-sized frame, or a logged rejection."""
+        with self._lock:
+            raw, self._raw_frames = self._raw_frames, {}
+        for index, (msg, receipt) in raw.items():
+            topic = self.camera_topics[index]
+            stamp = stamp_to_seconds(msg.header.stamp)
+            if stamp - receipt > self.max_frame_future:
+                self._reject(f"{topic}: frame stamped {stamp - receipt:.2f} s in the future (camera clock?) "
+                             f"> max_frame_future {self.max_frame_future} s")
+                continue
+            try:
+                rgb = image_to_rgb(msg, self.runtime.image_size)
+            except (ValueError, MemoryError) as err:  # one hostile frame must never end the node
+                self._reject(f"{topic}: {type(err).__name__ if isinstance(err, MemoryError) else ''}{err}")
+                continue
+            with self._lock:
+                self._observations.add_frame(self._camera_slot[index], Frame(rgb, stamp, receipt))
 
     def _observation(self, now: float) -> Observation | None:
         """Choose the observation to infer on now (a query: nothing is consumed); None when there is none."""
@@ -194,6 +223,7 @@ class PolicyNode(Node):
             return
         self.state, self.reason = "WAITING", "waiting for an instruction"
         while self._running:
+            self._convert_frames()
             with self._lock:
                 if self._pending_instruction is None and (not self.instruction or not self._due(self._now())
                                                           or (obs := self._observation(self._now())) is None):
@@ -214,11 +244,21 @@ class PolicyNode(Node):
                 self.get_logger().error(self.reason, throttle_duration_sec=5.0)
                 time.sleep(0.5)
 
+    def _end_task(self, why: str) -> None:
+        """No chunks until a valid instruction: the controller's watchdog holds, then stops the arm."""
+        self.instruction = ""
+        self._last_chunk_stamp = None
+        self.state, self.reason = "WAITING", f"{why}: no chunks until a valid instruction (the controller holds)"
+
     def _apply_instruction(self, text: str) -> None:
+        if not text:
+            self._end_task("instruction rejected")
+            return
         try:
             self.runtime.set_instruction(text)  # also resets the streaming history
         except ValueError as err:
-            self._reject(f"instruction rejected: {err}")
+            self._reject(f"instruction rejected: {err}; the current task ends (the controller holds)")
+            self._end_task("instruction rejected")
             return
         self.instruction = text
         self._last_chunk_stamp = None
@@ -259,6 +299,8 @@ class PolicyNode(Node):
 
     def _publish_diagnostics(self) -> None:
         level = {"LOADING": OK, "WAITING": OK, "RUNNING": OK, "ERROR": ERROR}[self.state]
+        if self.state == "WAITING" and self.last_rejection.startswith("instruction rejected"):
+            level = WARN
         if self.state == "RUNNING" and self.last_rejection and self.inputs_rejected:
             level = WARN if level == OK else level
         values = {
@@ -279,7 +321,21 @@ class PolicyNode(Node):
         self._running = False
         with self._lock:
             self._lock.notify_all()
-        self._worker.join(timeout=10.0)
+        self._worker.join(timeout=2.0)  # an inference step in progress may not finish: launch's SIGTERM comes at 5 s
+
+
+def clean_instruction(text: str) -> str:
+    """NFKC-normalised text with control, format (zero-width) and unassigned characters removed and
+    whitespace collapsed; '' when nothing readable is left."""
+    text = unicodedata.normalize("NFKC", text)
+    kept = []
+    for ch in text:
+        category = unicodedata.category(ch)
+        if ch.isspace() or category in ("Zl", "Zp"):
+            kept.append(" ")
+        elif category[0] != "C":  # Cc control, Cf format (zero-width space/joiner, BOM), Cs, Co, Cn
+            kept.append(ch)
+    return " ".join("".join(kept).split())
 
 
 def main(args=None) -> None:

@@ -14,6 +14,7 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("bin", ["bin/mambavla"]),  # the CLI on PATH after `source install/setup.bash` (scripts go to lib/mambavla)
     ],
     package_data={"mambavla": ["py.typed"]},
     install_requires=["setuptools"],

@@ -5,10 +5,16 @@
 
 The controller starts disabled: `ros2 service call /controller_node/enable std_srvs/srv/Trigger`
 (or enable:=true). Then `mambavla instruct "pick up the red cube"`.
+
+franky needs a real-time (PREEMPT_RT) kernel for the 1 kHz loop; on another kernel the controller
+refuses to connect and says so. realtime:=false runs without it (bench tests only, never near people).
+If either node exits, the launch shuts down (a policy without a controller, or the reverse, is no use).
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -27,6 +33,8 @@ def generate_launch_description():
         DeclareLaunchArgument("front_camera", default_value="/cameras/front/image_raw", description="front camera image topic"),
         DeclareLaunchArgument("wrist_camera", default_value="/cameras/wrist/image_raw", description="wrist camera image topic"),
         DeclareLaunchArgument("enable", default_value="false", description="track without calling ~/enable first"),
+        DeclareLaunchArgument("realtime", default_value="true",
+                              description="require a PREEMPT_RT kernel (franky refuses otherwise); false for bench tests only"),
     ]
     controller = Node(
         package="mambavla",
@@ -38,6 +46,7 @@ def generate_launch_description():
             {
                 "robot_ip": LaunchConfiguration("robot_ip"),
                 "enable_on_start": ParameterValue(LaunchConfiguration("enable"), value_type=bool),
+                "realtime": ParameterValue(LaunchConfiguration("realtime"), value_type=bool),
             },
         ],
     )
@@ -55,4 +64,9 @@ def generate_launch_description():
             ("/cameras/wrist/image_raw", LaunchConfiguration("wrist_camera")),
         ],
     )
-    return LaunchDescription(arguments + [controller, policy])
+    shutdown_on_exit = [
+        RegisterEventHandler(OnProcessExit(target_action=node, on_exit=[
+            LogInfo(msg=f"{name} exited: shutting the launch down"), EmitEvent(event=Shutdown(reason=f"{name} exited"))]))
+        for node, name in ((controller, "controller_node"), (policy, "policy_node"))
+    ]
+    return LaunchDescription(arguments + [controller, policy] + shutdown_on_exit)

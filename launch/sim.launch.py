@@ -3,32 +3,59 @@
     ros2 launch mambavla sim.launch.py task:=lift checkpoint:=/path/to/ckpt
     mambavla instruct "lift the red cube"      # or publish_instruction:=true to use the task's own
 
+robot_ip defaults to `auto`: a free loopback address of its own (127.x.y.z, checked by binding
+libfranka's port), handed to both sim_node and controller_node, so the controller can never reach a
+simulator (or robot) that another stack on this machine started. If sim_node or controller_node
+exits, the whole launch shuts down.
+
 Where only the PyPI ROS 2 wheels exist (no `ros2 launch`), `mambavla demo` starts the same nodes with
 the same parameter files.
 """
 
+import random
+import socket
+
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+LIBFRANKA_COMMAND_PORT = 1337
 
 
 def config(name):
     return PathJoinSubstitution([FindPackageShare("mambavla"), "config", name])
 
 
-def generate_launch_description():
-    arguments = [
-        DeclareLaunchArgument("task", default_value="lift", description="lift, place, push-left, push-right, push, all"),
-        DeclareLaunchArgument("seed", default_value="0", description="episode seed"),
-        DeclareLaunchArgument("robot_ip", default_value="127.0.0.1", description="loopback address sim_node serves on"),
-        DeclareLaunchArgument("checkpoint", default_value="", description="checkpoint folder (empty: untrained preset)"),
-        DeclareLaunchArgument("device", default_value="cpu", description="policy device"),
-        DeclareLaunchArgument("publish_instruction", default_value="false", description="publish the task's instruction"),
-    ]
-    robot_ip = LaunchConfiguration("robot_ip")
+def free_loopback_address() -> str:
+    """A random 127.x.y.z nobody serves libfranka on (bind-checked), never the shared 127.0.0.1."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        host = f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.{rng.randint(2, 254)}"
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, LIBFRANKA_COMMAND_PORT))
+            except OSError:
+                continue
+        return host
+    raise RuntimeError("no free loopback address for the simulated robot")
+
+
+def shutdown_when_it_exits(action, name):
+    return RegisterEventHandler(OnProcessExit(target_action=action, on_exit=[
+        LogInfo(msg=f"{name} exited: shutting the launch down"),
+        EmitEvent(event=Shutdown(reason=f"{name} exited")),
+    ]))
+
+
+def nodes(context):
+    robot_ip = LaunchConfiguration("robot_ip").perform(context)
+    if robot_ip == "auto":
+        robot_ip = free_loopback_address()
     sim = Node(
         package="mambavla",
         executable="sim_node",
@@ -62,4 +89,19 @@ def generate_launch_description():
             {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device")},
         ],
     )
-    return LaunchDescription(arguments + [sim, controller, policy])
+    return [LogInfo(msg=f"simulated FR3 at {robot_ip}"), sim, controller, policy,
+            shutdown_when_it_exits(sim, "sim_node"), shutdown_when_it_exits(controller, "controller_node"),
+            shutdown_when_it_exits(policy, "policy_node")]
+
+
+def generate_launch_description():
+    arguments = [
+        DeclareLaunchArgument("task", default_value="lift", description="lift, place, push-left, push-right, push, all"),
+        DeclareLaunchArgument("seed", default_value="0", description="episode seed"),
+        DeclareLaunchArgument("robot_ip", default_value="auto",
+                              description="loopback address sim_node serves on; auto = a free one of its own"),
+        DeclareLaunchArgument("checkpoint", default_value="", description="checkpoint folder (empty: untrained preset)"),
+        DeclareLaunchArgument("device", default_value="cpu", description="policy device"),
+        DeclareLaunchArgument("publish_instruction", default_value="false", description="publish the task's instruction"),
+    ]
+    return LaunchDescription(arguments + [OpaqueFunction(function=nodes)])

@@ -83,3 +83,81 @@ def test_launch_files_are_installed_by_setup_py():
     assert 'glob("launch/*.launch.py")' in text and 'glob("config/*.yaml")' in text
     for launch_file in LAUNCH_FILES:
         assert (ROOT / "launch" / launch_file).is_file()
+
+
+def _function_from(path: Path, name: str):
+    """One top-level function of a launch file, without importing `launch` (not on PyPI)."""
+    tree = ast.parse(path.read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    plain = [n for n in tree.body if isinstance(n, (ast.Import, ast.Assign))]  # stdlib imports, constants
+    namespace: dict = {}
+    exec(compile(ast.Module(body=plain + [fn], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace[name]
+
+
+def test_sim_launch_gives_the_simulator_a_free_address_of_its_own_by_default():
+    path = ROOT / "launch" / "sim.launch.py"
+    text = path.read_text()
+    assert 'DeclareLaunchArgument("robot_ip", default_value="auto"' in text
+    free = _function_from(path, "free_loopback_address")
+    addresses = {free() for _ in range(5)}
+    assert all(a.startswith("127.") and a != "127.0.0.1" for a in addresses) and len(addresses) > 1
+    import socket
+
+    taken = socket.socket()
+    taken.bind((addresses.pop(), 1337))  # a simulator already serving there
+    try:
+        assert taken.getsockname()[0] not in {free() for _ in range(20)}
+    finally:
+        taken.close()
+
+
+@pytest.mark.parametrize(("launch_file", "required"), [("robot.launch.py", ("controller", "policy")),
+                                                        ("sim.launch.py", ("sim", "controller", "policy"))])
+def test_the_launch_shuts_down_when_a_required_node_exits(launch_file, required):
+    tree = ast.parse((ROOT / "launch" / launch_file).read_text())
+    handlers = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "OnProcessExit"]
+    emits_shutdown = any(getattr(c.func, "id", None) == "Shutdown" for c in ast.walk(tree) if isinstance(c, ast.Call))
+    assert handlers and emits_shutdown
+    text = (ROOT / "launch" / launch_file).read_text()
+    for name in required:
+        assert f"({name}, " in text or f"shutdown_when_it_exits({name}," in text, f"{name} exiting does not end the launch"
+
+
+def test_robot_launch_has_a_realtime_argument():
+    text = (ROOT / "launch" / "robot.launch.py").read_text()
+    assert 'DeclareLaunchArgument("realtime"' in text and '"realtime": ParameterValue(LaunchConfiguration("realtime")' in text
+
+
+def test_config_path_finds_config_in_a_colcon_install_space(tmp_path):
+    import importlib.util
+    import shutil
+
+    site = tmp_path / "install" / "mambavla" / "lib" / "python3.11" / "site-packages" / "mambavla" / "ros"
+    site.mkdir(parents=True)
+    shutil.copy(ROOT / "src" / "mambavla" / "ros" / "launcher.py", site / "launcher.py")
+    share = tmp_path / "install" / "mambavla" / "share" / "mambavla" / "config"
+    share.mkdir(parents=True)
+    (share / "only_installed.yaml").write_text("x: 1\n")
+    spec = importlib.util.spec_from_file_location("installed_launcher", site / "launcher.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.config_path("only_installed.yaml") == share / "only_installed.yaml"
+
+
+def test_the_cli_is_on_path_in_an_install_space(tmp_path):
+    import subprocess
+
+    assert '("bin", ["bin/mambavla"])' in (ROOT / "setup.py").read_text()
+    prefix = tmp_path / "install" / "mambavla"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "lib" / "mambavla").mkdir(parents=True)
+    wrapper = prefix / "bin" / "mambavla"
+    wrapper.write_bytes((ROOT / "bin" / "mambavla").read_bytes())
+    wrapper.chmod(0o755)
+    script = prefix / "lib" / "mambavla" / "mambavla"  # what ament_python installs, with the right interpreter
+    script.write_text('#!/bin/sh\necho "console script: $*"\n')
+    script.chmod(0o755)
+    out = subprocess.run(["sh", "-c", "mambavla instruct hello"], env={"PATH": f"{prefix / 'bin'}:/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=10)
+    assert out.stdout.strip() == "console script: instruct hello", out.stderr

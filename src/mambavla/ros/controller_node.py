@@ -17,10 +17,12 @@ that is stuck in a robot call: they answer that it is stuck.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 import threading
 import time
+from pathlib import Path
 
 import franky
 import numpy as np
@@ -156,6 +158,11 @@ class ControllerNode(Node):
 
         if not 20.0 <= self.rate_hz <= 1000.0:
             raise ValueError(f"rate_hz must be within 20..1000, got {self.rate_hz}")
+        if self.realtime and not kernel_is_realtime():
+            self.get_logger().error(
+                f"realtime is true but this kernel is not PREEMPT_RT ({os.uname().release}): franky will refuse to "
+                "connect. Boot a real-time kernel for the arm, or set realtime false (launch argument realtime:=false) "
+                "for bench tests only.")
         self.joint_names = [f"{self.arm_id}_joint{i}" for i in range(1, 8)] + [
             f"{self.arm_id}_finger_joint1", f"{self.arm_id}_finger_joint2"]
 
@@ -460,6 +467,8 @@ class ControllerNode(Node):
                 result.extend(self._enable())
             elif name == "stop":
                 result.extend(self._stop("stopped by ~/stop"))
+            elif name == "shutdown":
+                result.extend(self._stop("stopped: node shutting down"))
             else:
                 result.extend(self._recover())
             done.set()
@@ -538,16 +547,28 @@ class ControllerNode(Node):
                 time.sleep(0.05)
 
     def shutdown(self) -> None:
-        """Stop tracking (arm brought to rest), then the threads."""
+        """Stop tracking (arm brought to rest), then the threads. Signals are ignored meanwhile (ros/spin.py)."""
         done = threading.Event()
         result: list = []
-        if self._thread.is_alive():
-            self._requests.put(("stop", done, result, threading.Event()))
-            done.wait(timeout=10.0)
+        if self._thread.is_alive() and not self._stuck():
+            self._requests.put(("shutdown", done, result, threading.Event()))
+            if done.wait(timeout=10.0):
+                self.get_logger().info(f"shutdown: {result[1]}")
+            else:
+                self.get_logger().error("shutdown: the controlled stop did not finish within 10 s")
+        elif self.tracker is not None:
+            self.get_logger().error(f"shutdown: cannot stop the arm: {self._stuck()}")
         self._running = False
         self._thread.join(timeout=5.0)
         if self.gripper is not None:
             self.gripper.close()
+
+
+def kernel_is_realtime() -> bool:
+    try:
+        return Path("/sys/kernel/realtime").read_text().strip() == "1"
+    except OSError:
+        return "PREEMPT_RT" in os.uname().version
 
 
 def main(args=None) -> None:

@@ -26,9 +26,14 @@ def _interrupt_on_parent_death() -> None:
 
 
 def config_path(name: str) -> Path:
-    """A file of the package's `config/`: the source tree's, else the installed share folder's."""
-    candidates = [Path(__file__).resolve().parents[3] / "config" / name,
-                  Path(sys.prefix) / "share" / "mambavla" / "config" / name]
+    """A file of the package's `config/`: the source tree's, else an install space's share folder
+    (colcon: <prefix>/lib/pythonX.Y/site-packages/mambavla/ros/ -> <prefix>/share/mambavla/config;
+    every prefix on AMENT_PREFIX_PATH; pip: sys.prefix)."""
+    here = Path(__file__).resolve()
+    prefixes = [here.parents[5]] if len(here.parents) > 5 else []
+    prefixes += [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    prefixes.append(Path(sys.prefix))
+    candidates = [here.parents[3] / "config" / name] + [prefix / "share" / "mambavla" / "config" / name for prefix in prefixes]
     for path in candidates:
         if path.is_file():
             return path

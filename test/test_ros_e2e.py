@@ -53,9 +53,11 @@ def test_instruction_in_chunks_out_and_the_arm_follows_only_safe_chunks(tmp_path
 
     if checkpoint:
         assert summary["chunks_executed"] > 0 and summary["ee_moved_m"] > 0.02
-    elif summary["chunks_executed"] == 0:
+    else:  # the untrained policy's chunks are noise: the safety rules must keep every one of them off the arm
         assert summary["untrained"]
-        assert summary["ee_path_m"] < 0.01  # no rejected chunk moved the arm
+        assert summary["chunks_executed"] == 0, summary["rejections_by_kind"]
+        assert summary["chunks_rejected"] > 0
+        assert summary["ee_path_m"] < 0.01  # the arm did not move
 
     png = (tmp_path / "demo.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000

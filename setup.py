@@ -13,7 +13,7 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
-        ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.xml")),
         ("bin", ["bin/mambavla"]),  # the CLI on PATH after `source install/setup.bash` (scripts go to lib/mambavla)
     ],
     package_data={"mambavla": ["py.typed"]},

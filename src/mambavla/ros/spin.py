@@ -8,6 +8,7 @@ shutdown within launch's 5 s SIGTERM timeout.
 
 from __future__ import annotations
 
+import os
 import signal
 
 import rclpy
@@ -26,7 +27,21 @@ def _ignore_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def use_large_frame_transport() -> None:
+    """Fast DDS with a shared-memory segment that holds real camera frames (config/fastdds.xml), unless the
+    user chose a profile or another middleware."""
+    if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
+        return
+    from mambavla.ros.launcher import config_path
+
+    try:
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config_path("fastdds.xml"))
+    except FileNotFoundError:  # an install without it: Fast DDS's defaults (frames over ~512 kB get lost)
+        pass
+
+
 def run_node(node_factory, args=None) -> None:
+    use_large_frame_transport()  # before rclpy creates the DDS participant
     # rclpy's own handler would invalidate the context before the node could stop the arm cleanly
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _interrupt)

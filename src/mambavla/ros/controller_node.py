@@ -553,7 +553,7 @@ class ControllerNode(Node):
         if self._thread.is_alive() and not self._stuck():
             self._requests.put(("shutdown", done, result, threading.Event()))
             if done.wait(timeout=10.0):
-                self.get_logger().info(f"shutdown: {result[1]}")
+                (self.get_logger().info if result[0] else self.get_logger().error)(f"shutdown: {result[1]}")
             else:
                 self.get_logger().error("shutdown: the controlled stop did not finish within 10 s")
         elif self.tracker is not None:

@@ -92,14 +92,15 @@ def test_runtime_caches_equal_full_recompute(fusion):
     chunks = [runtime.step(o) for o in observations]
 
     with torch.no_grad():  # from scratch: one pass over everything, the same noise sequence
-        prompt, _ = model.encode_instruction(["place the green cube on the red plate"])
+        prompt, mask = model.encode_instruction(["place the green cube on the red plate"])
+        task = model.task_vector(prompt, mask)
         frames = [model.encode_frame({c: torch.from_numpy(o["images"][c]).permute(2, 0, 1)[None].float() for c in runtime.camera_names},
-                                     torch.from_numpy(o["proprio"])[None]) for o in observations]
+                                     torch.from_numpy(o["proprio"])[None], task) for o in observations]
         g = torch.Generator().manual_seed(3)
         for k, chunk in enumerate(chunks):
             state = model.condition(torch.cat([prompt, *frames[:k + 1]], dim=1))
             noise = torch.randn((1, model.config.chunk_size, model.config.action_dim), generator=g)
-            expected = model.normalizer.unnormalize_actions(model.sample_actions(state, noise))[0].numpy()
+            expected = model.normalizer.unnormalize_actions(model.sample_actions(state, noise, task=task))[0].numpy()
             np.testing.assert_allclose(chunk.actions, expected, atol=1e-4)
 
 

@@ -28,16 +28,17 @@ def test_window_mode_rescans_last_frames_from_the_instruction_state():
     chunks = [rt.step(o) for o in observations]
     model = rt.model
     with torch.no_grad():
-        prompt, _ = model.encode_instruction(["lift the blue cube"])
+        prompt, mask = model.encode_instruction(["lift the blue cube"])
+        task = model.task_vector(prompt, mask)
         frames = [model.encode_frame({c: torch.from_numpy(o["images"][c]).permute(2, 0, 1)[None].float() for c in rt.camera_names},
-                                     torch.from_numpy(o["proprio"])[None]) for o in observations]
+                                     torch.from_numpy(o["proprio"])[None], task) for o in observations]
         g = torch.Generator().manual_seed(1)
         for k, chunk in enumerate(chunks):
             window = frames[max(0, k - 1):k + 1]
             window = [window[0]] * (2 - len(window)) + window  # the first frame repeated until the window is full
             state = model.condition(torch.cat([prompt, *window], dim=1))
             noise = torch.randn((1, model.config.chunk_size, model.config.action_dim), generator=g)
-            expected = model.normalizer.unnormalize_actions(model.sample_actions(state, noise))[0].numpy()
+            expected = model.normalizer.unnormalize_actions(model.sample_actions(state, noise, task=task))[0].numpy()
             np.testing.assert_allclose(chunk.actions, expected, atol=1e-4)
 
 

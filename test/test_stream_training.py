@@ -43,7 +43,7 @@ def test_streaming_runtime_matches_stream_training_forward_per_frame():
     with torch.no_grad():
         prompt, mask = model.encode_instruction(INSTRUCTIONS)  # left-padded: the instructions differ in length
         assert not mask.all()
-        states = model.stream_states(prompt, mask, images, proprio)  # per layer, batch B * T
+        states, task = model.stream_states(prompt, mask, images, proprio)  # per layer, batch B * T
     for b, text in enumerate(INSTRUCTIONS):
         runtime = PolicyRuntime(model, seed=7)
         runtime.set_instruction(text)
@@ -55,7 +55,7 @@ def test_streaming_runtime_matches_stream_training_forward_per_frame():
             frame_state = [type(s)(*(x[b * T + t: b * T + t + 1] for x in s)) for s in states]
             x = torch.randn((1, config.chunk_size, config.action_dim), generator=noise)
             with torch.no_grad():
-                expected = model.normalizer.unnormalize_actions(model.sample_actions(frame_state, x))[0].numpy()
+                expected = model.normalizer.unnormalize_actions(model.sample_actions(frame_state, x, task=task[b * T + t: b * T + t + 1]))[0].numpy()
             np.testing.assert_allclose(chunk.actions, expected, atol=1e-4, rtol=1e-4, err_msg=f"segment {b}, frame {t}")
 
 

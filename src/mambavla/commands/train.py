@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, default=d.save_every, help="write RUN/last every N steps")
     p.add_argument("--no-augment", action="store_true", help="no random shift / colour jitter")
     p.add_argument("--no-bf16", action="store_true", help="fp32 on CUDA (bf16 autocast by default)")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this much wall time, saving RUN/last (--resume goes on)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (torchrun picks one GPU per process)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from mambavla.train.trainer import Trainer, TrainSettings
 
     if args.resume:
-        trainer = Trainer.resume(args.resume, steps=args.steps, progress=not args.json)
+        trainer = Trainer.resume(args.resume, steps=args.steps, progress=not args.json, max_seconds=args.max_seconds)
     else:
         if not args.data or not args.out:
             raise ValueError("--data and --out are required (or --resume RUN)")
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             history_frames=args.history_frames, action_mode=args.action_mode, lr=args.lr,
             warmup=args.warmup if args.warmup is not None else min(200, max(1, steps // 10)), ema_decay=args.ema,
             val_fraction=args.val_fraction, val_every=args.val_every, save_every=args.save_every, augment=not args.no_augment,
-            bf16=not args.no_bf16, seed=args.seed, device=args.device)
+            bf16=not args.no_bf16, seed=args.seed, device=args.device, max_seconds=args.max_seconds or 0.0)
         trainer = Trainer(args.out, args.data, args.preset, settings, {"fusion": args.fusion} if args.fusion else None,
                           progress=not args.json)
     summary = trainer.fit()

@@ -13,12 +13,25 @@ from mambavla.model.config import MambaVLAConfig
 from mambavla.model.modeling_mambavla import MambaVLA
 
 WEIGHTS, CONFIG, STATS, META = "model.safetensors", "config.json", "stats.json", "meta.json"
+SHIPPED_POLICY = "base_sim"  # trained on the simulated workcell's expert demonstrations (README: how, and how well)
 
 
-def save_checkpoint(model: MambaVLA, path: str | Path, meta: dict | None = None) -> Path:
+def shipped_checkpoint(name: str = SHIPPED_POLICY) -> Path:
+    """The folder of a policy shipped inside the package (`mambavla/policies/<name>`)."""
+    path = Path(__file__).resolve().parent.parent / "policies" / name
+    if not (path / CONFIG).is_file():
+        raise FileNotFoundError(f"no shipped policy {name!r} at {path}")
+    return path
+
+
+def save_checkpoint(model: MambaVLA, path: str | Path, meta: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+    """`dtype` (e.g. torch.bfloat16) stores the floating-point weights smaller; loading casts them back to
+    the model's dtype."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(path / WEIGHTS))
     (path / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
     (path / STATS).write_text(json.dumps(model.normalizer.stats, indent=2))

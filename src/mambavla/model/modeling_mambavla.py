@@ -10,7 +10,9 @@ Causality makes each level exact: the state after a prefix is all that later tok
 
 Flow convention (rectified flow): x_t = t * noise + (1 - t) * actions, target velocity
 noise - actions, t ~ Beta(a, b) during training; sampling integrates from t = 1 to 0 with Euler steps.
-Time enters the action tokens through FiLM in every layer.
+Time enters the action tokens through FiLM in every layer. The instruction is also pooled into a task
+vector that is added to every frame's tokens and to the action tokens' FiLM condition: grounding ("the
+blue cube", not the nearest one) must not depend on the prefix surviving the state's decay.
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ class MambaVLA(nn.Module):
         self.instruction_encoder = instruction_encoder or InstructionEncoder(config.language, config.max_instruction_tokens,
                                                                              config.instruction_cache_size)
         self.instruction_proj = nn.Linear(self.instruction_encoder.width, d)
+        # the task vector (pooled instruction) enters every frame and the action head directly: through the
+        # recurrent state alone the instruction fades with every frame scanned after it
+        self.task_to_frame = nn.Linear(d, d)
+        self.task_to_action = nn.Linear(d, d)
         self.proprio_proj = nn.Linear(config.proprio_dim, d)
 
         self.fusion = build_fusion(config)
@@ -100,8 +106,13 @@ class MambaVLA(nn.Module):
         emb, mask = self.instruction_encoder.encode(texts)
         return self.instruction_proj(emb.to(self.instruction_proj.weight.dtype)), mask
 
-    def encode_frame(self, images: dict[str, Tensor], proprio: Tensor) -> Tensor:
-        """images {camera: (B, C, H, W) uint8 or float 0..255}, proprio (B, P) in robot units
+    def task_vector(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """Instruction tokens (B, L, d) and mask (B, L) -> the task vector (B, d): their masked mean."""
+        weight = mask.to(tokens.dtype)[..., None]
+        return (tokens * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+
+    def encode_frame(self, images: dict[str, Tensor], proprio: Tensor, task: Tensor | None = None) -> Tensor:
+        """images {camera: (B, C, H, W) uint8 or float 0..255}, proprio (B, P) in robot units, task (B, d)
         -> frame tokens (B, tokens_per_frame, d)."""
         tokens = []
         for i, cam in enumerate(self.config.cameras):
@@ -111,7 +122,10 @@ class MambaVLA(nn.Module):
             grid = encoder(pixels.to(self.camera_embed.dtype)) + self.camera_embed[i]  # (B, g*g, d)
             tokens.append(self.connector(grid))
         tokens.append(self.proprio_proj(self.normalizer.proprio(proprio.float()).to(self.camera_embed.dtype))[:, None])
-        return torch.cat(tokens, dim=1)
+        tokens = torch.cat(tokens, dim=1)
+        if task is not None:
+            tokens = tokens + self.task_to_frame(task)[:, None]
+        return tokens
 
     # ---- fusion with cached state -----------------------------------------------------------------
 
@@ -120,10 +134,12 @@ class MambaVLA(nn.Module):
         _, state = self.fusion(tokens, state, mask=mask)
         return state
 
-    def velocity(self, x_t: Tensor, t: Tensor, state: list) -> Tensor:
-        """x_t (B, H, A) normalised noisy actions, t (B,) -> velocity (B, H, A). Re-scans only the
-        action tokens from the context state (which it does not modify)."""
+    def velocity(self, x_t: Tensor, t: Tensor, state: list, task: Tensor | None = None) -> Tensor:
+        """x_t (B, H, A) normalised noisy actions, t (B,), task (B, d) -> velocity (B, H, A). Re-scans only
+        the action tokens from the context state (which it does not modify)."""
         tokens, cond = self.action_tokens(x_t, t)
+        if task is not None:
+            cond = cond + self.task_to_action(task)
         hidden, _ = self.fusion(tokens, state, cond=cond)
         return self.action_out(self.norm_out(hidden))
 
@@ -136,31 +152,34 @@ class MambaVLA(nn.Module):
         return self.action_in(x_t) + self.action_pos, cond
 
     @torch.no_grad()
-    def sample_actions(self, state: list, noise: Tensor, steps: int | None = None) -> Tensor:
+    def sample_actions(self, state: list, noise: Tensor, steps: int | None = None, task: Tensor | None = None) -> Tensor:
         """Euler integration from noise (t = 1) to actions (t = 0); returns normalised actions (B, H, A)."""
         steps = steps or self.config.flow_steps
         x = noise
         for i in range(steps):
             t = torch.full((x.shape[0],), 1.0 - i / steps, device=x.device, dtype=torch.float32)
-            x = x - self.velocity(x, t, state) / steps
+            x = x - self.velocity(x, t, state, task) / steps
         return x
 
     # ---- training -----------------------------------------------------------------------------
 
-    def stream_states(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor], proprio: Tensor) -> list:
+    def stream_states(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor], proprio: Tensor) -> tuple[list, Tensor]:
         """One parallel scan of `[instruction | frame 1 | ... | frame T]` -> per layer, the state after
-        every frame, batch (B * T): exactly what the streaming runtime holds after each step.
+        every frame, batch (B * T): exactly what the streaming runtime holds after each step; and the
+        task vector of each of those B * T contexts.
 
         prompt (B, Lp, d), mask (B, Lp), images {camera: (B, T, C, H, W)}, proprio (B, T, P)."""
         b, k = proprio.shape[:2]
-        frames = self.encode_frame({c: v.flatten(0, 1) for c, v in images.items()}, proprio.flatten(0, 1))
+        task = self.task_vector(prompt, mask).repeat_interleave(k, dim=0)  # (B * T, d)
+        frames = self.encode_frame({c: v.flatten(0, 1) for c, v in images.items()}, proprio.flatten(0, 1), task)
         n = frames.shape[1]
         tokens = torch.cat([prompt, frames.reshape(b, k * n, -1)], dim=1)
         full_mask = torch.cat([mask, torch.ones(b, k * n, dtype=torch.bool, device=mask.device)], dim=1)
         _, states = self.fusion(tokens, mask=full_mask, frames=(prompt.shape[1], n))
-        return [type(s)(*(t.flatten(0, 1) for t in s)) for s in states]
+        return [type(s)(*(t.flatten(0, 1) for t in s)) for s in states], task
 
-    def flow_loss(self, state: list, actions: Tensor, pad: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def flow_loss(self, state: list, actions: Tensor, pad: Tensor | None = None, generator: torch.Generator | None = None,
+                  task: Tensor | None = None) -> Tensor:
         """Flow-matching loss of action chunks (B, H, A) in robot units, each from its context state;
         pad (B, H) bool leaves out steps past an episode's end."""
         actions = self.normalizer.actions(actions.float()).to(self.action_in.weight.dtype)
@@ -170,7 +189,7 @@ class MambaVLA(nn.Module):
         beta = torch.distributions.Beta(torch.tensor(a), torch.tensor(c))
         t = beta.sample((b,)).to(actions.device) * 0.999 + 0.001  # (B,) fp32
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
-        error = (self.velocity(x_t, t, state).float() - (noise - actions)).pow(2)  # (B, H, A)
+        error = (self.velocity(x_t, t, state, task).float() - (noise - actions)).pow(2)  # (B, H, A)
         if pad is None:
             return error.mean()
         keep = (~pad.to(error.device, torch.bool)).to(error.dtype)[..., None]
@@ -181,9 +200,9 @@ class MambaVLA(nn.Module):
         after that frame. batch: {"instruction": [str] * B, "images": {camera: (B, T, C, H, W)},
         "proprio": (B, T, P), "actions": (B, T, H, A), "action_pad": (B, T, H) bool}."""
         prompt, mask = self.encode_instruction(list(batch["instruction"]))
-        state = self.stream_states(prompt, mask, batch["images"], batch["proprio"])
+        state, task = self.stream_states(prompt, mask, batch["images"], batch["proprio"])
         pad = batch.get("action_pad")
-        return self.flow_loss(state, batch["actions"].flatten(0, 1), None if pad is None else pad.flatten(0, 1), generator)
+        return self.flow_loss(state, batch["actions"].flatten(0, 1), None if pad is None else pad.flatten(0, 1), generator, task)
 
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
         """Flow-matching loss on a batch: {"instruction": [str] * B, "images": {camera: (B, C, H, W)},
@@ -195,13 +214,14 @@ class MambaVLA(nn.Module):
         if proprio.dim() == 2:  # one frame: K = 1
             images, proprio = {c: v[:, None] for c, v in images.items()}, proprio[:, None]
         b, k = proprio.shape[:2]
+        task = self.task_vector(prompt, mask)
         # every frame of every window through the encoders in one batch, then back to time order
-        frames = self.encode_frame({c: v.flatten(0, 1) for c, v in images.items()}, proprio.flatten(0, 1))
+        frames = self.encode_frame({c: v.flatten(0, 1) for c, v in images.items()}, proprio.flatten(0, 1), task.repeat_interleave(k, dim=0))
         frames = frames.reshape(b, k * frames.shape[1], frames.shape[2])
         tokens = torch.cat([prompt, frames], dim=1)
         full_mask = torch.cat([mask, torch.ones(frames.shape[:2], dtype=torch.bool, device=mask.device)], dim=1)
         state = self.condition(tokens, mask=full_mask)
-        return self.flow_loss(state, batch["actions"], batch.get("action_pad"), generator)
+        return self.flow_loss(state, batch["actions"], batch.get("action_pad"), generator, task)
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
         """The training objective for the config's history mode (so DDP can wrap the policy)."""
@@ -219,7 +239,7 @@ class MambaVLA(nn.Module):
             "vision": count(self.vision, self.camera_embed),
             "connector": count(self.connector),
             "language_encoder (frozen, shipped separately)": self.instruction_encoder.parameter_count(),
-            "language_projection": count(self.instruction_proj),
+            "language_projection": count(self.instruction_proj, self.task_to_frame, self.task_to_action),
             "proprio": count(self.proprio_proj),
             f"fusion ({self.config.fusion})": count(self.fusion),
             "action_head": count(self.action_in, self.action_pos, self.time_mlp, self.norm_out, self.action_out),

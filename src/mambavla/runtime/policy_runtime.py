@@ -40,6 +40,7 @@ class PolicyRuntime:
         self._generator = torch.Generator(device=self.device)
         self._instruction: str | None = None
         self._prefix_state: list | None = None
+        self._task: torch.Tensor | None = None  # (1, d) task vector of the instruction
         self._state: list | None = None  # context state after the last frame (stream mode)
         self._window: deque = deque(maxlen=self.config.history_frames)  # frame tokens (window mode)
         self.frames_seen = 0
@@ -112,6 +113,7 @@ class PolicyRuntime:
         self._window.clear()
         if self._graph is not None and self._prefix_state is not None:
             self._graph.restart(self._prefix_state)
+            self._graph.task.copy_(self._task)
             self._state = self._graph.state
         self.frames_seen = 0
 
@@ -120,8 +122,9 @@ class PolicyRuntime:
         if not isinstance(text, str) or not text.strip():
             raise ValueError("instruction: expected a non-empty string")
         text = " ".join(text.split())
-        tokens, _ = self.model.encode_instruction([text])
+        tokens, mask = self.model.encode_instruction([text])
         self._prefix_state = self.model.condition(tokens)  # level 1: scanned once per instruction
+        self._task = self.model.task_vector(tokens, mask)
         self._instruction = text
         self.reset()
 
@@ -136,7 +139,7 @@ class PolicyRuntime:
             return self._graph_step(images, proprio, stamp)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
-        tokens = self.model.encode_frame(images, proprio)  # (1, tokens_per_frame, d)
+        tokens = self.model.encode_frame(images, proprio, self._task)  # (1, tokens_per_frame, d)
         sync()
         t1 = time.perf_counter()
         if self.config.history_mode == "stream":  # level 2: continue from the cached state
@@ -149,7 +152,7 @@ class PolicyRuntime:
         sync()
         t2 = time.perf_counter()
         noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=self._generator, device=self.device, dtype=self.dtype)
-        actions = self.model.normalizer.unnormalize_actions(self.model.sample_actions(context, noise).float())  # level 3
+        actions = self.model.normalizer.unnormalize_actions(self.model.sample_actions(context, noise, task=self._task).float())  # level 3
         actions = actions[0].cpu().numpy()
         t3 = time.perf_counter()
         self.frames_seen += 1
@@ -160,7 +163,7 @@ class PolicyRuntime:
     def _graph_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, stamp: float) -> ActionChunk:
         t0 = time.perf_counter()
         if self._graph is None:
-            self._graph = _StepGraph(self.model, self._prefix_state, images, proprio, self.dtype)
+            self._graph = _StepGraph(self.model, self._prefix_state, self._task, images, proprio, self.dtype)
             self._graph.restart(self._state if self.config.history_mode == "stream" else self._prefix_state)
             self._state = self._graph.state
         if self.config.history_mode == "window" and self.frames_seen == 0:
@@ -181,7 +184,7 @@ class PolicyRuntime:
         if self._prefix_state is None:
             raise ValueError("instruction: no instruction set; call set_instruction() first")
         images, proprio, _ = self._validate(observation)
-        tokens = self.model.encode_frame(images, proprio)
+        tokens = self.model.encode_frame(images, proprio, self._task)
         state = self._state
         for start in range(0, frames, block):
             n = min(block, frames - start)
@@ -252,8 +255,10 @@ class _StepGraph:
     it updates its own static history in place: the recurrent state (stream mode) or the window of the
     last T-1 frames' tokens (window mode, re-scanned from the static instruction state)."""
 
-    def __init__(self, model: MambaVLA, prefix_state: list, images: dict[str, torch.Tensor], proprio: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, model: MambaVLA, prefix_state: list, task: torch.Tensor, images: dict[str, torch.Tensor], proprio: torch.Tensor,
+                 dtype: torch.dtype):
         self.model = model
+        self.task = task.clone()  # static: the runtime copies a new instruction's task vector in
         self.stream = model.config.history_mode == "stream"
         self.images = {c: torch.zeros_like(v) for c, v in images.items()}
         self.proprio = torch.zeros_like(proprio)
@@ -276,7 +281,7 @@ class _StepGraph:
             self.actions = self._body()
 
     def _body(self) -> torch.Tensor:
-        tokens = self.model.encode_frame(self.images, self.proprio)
+        tokens = self.model.encode_frame(self.images, self.proprio, self.task)
         if self.stream:
             context = self.model.condition(tokens, self.state)
             self.restart(context)
@@ -284,7 +289,7 @@ class _StepGraph:
             frames = torch.cat([self.window, tokens], dim=1)
             context = self.model.condition(frames, self.state)
             self.window.copy_(frames[:, tokens.shape[1]:])
-        actions = self.model.sample_actions(context, self.noise)
+        actions = self.model.sample_actions(context, self.noise, task=self.task)
         return self.model.normalizer.unnormalize_actions(actions.float())
 
     def restart(self, state: list) -> None:
@@ -296,7 +301,7 @@ class _StepGraph:
 
     def fill_window(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> None:
         """Start a window with copies of the first frame (eager, once per episode)."""
-        tokens = self.model.encode_frame(images, proprio)
+        tokens = self.model.encode_frame(images, proprio, self.task)
         self.window.copy_(tokens.repeat(1, self.model.config.history_frames - 1, 1))
 
     def run(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, noise: torch.Tensor) -> np.ndarray:

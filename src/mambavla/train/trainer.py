@@ -56,6 +56,7 @@ class TrainSettings:
     bf16: bool = True  # autocast on CUDA
     seed: int = 0
     device: str = "cpu"
+    max_seconds: float = 0.0  # stop (saving RUN/last) after this much wall time; --resume goes on. 0: no limit
 
     def __post_init__(self) -> None:
         if self.history not in ("stream", "window"):
@@ -138,13 +139,17 @@ class Trainer:
                 "validation_episodes": len(self.val_ids), "world_size": self.world}
 
     @classmethod
-    def resume(cls, run: str | Path, steps: int | None = None, progress: bool = True) -> Trainer:
+    def resume(cls, run: str | Path, steps: int | None = None, progress: bool = True, max_seconds: float | None = None) -> Trainer:
         run = Path(run)
+        if not (run / RUN_FILE).is_file() or not (run / "last" / STATE_FILE).is_file():
+            raise FileNotFoundError(f"{run}: not a run folder to resume (needs {RUN_FILE} and last/{STATE_FILE})")
         info = json.loads((run / RUN_FILE).read_text())
         known = {f.name for f in fields(TrainSettings)}
         settings = TrainSettings(**{k: v for k, v in info["settings"].items() if k in known})
         if steps is not None:
             settings.steps = steps
+        if max_seconds is not None:
+            settings.max_seconds = max_seconds
         trainer = cls(run, info["data"], info["preset"], settings, info["overrides"], progress)
         state = torch.load(run / "last" / STATE_FILE, map_location=trainer.device, weights_only=False)
         trainer.model.load_state_dict(state["model"])
@@ -231,6 +236,9 @@ class Trainer:
         started, start_step = time.time(), self.step
         bar = tqdm(total=s.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         while self.step < s.steps:
+            if s.max_seconds and time.time() - started > s.max_seconds:
+                self.save()  # time box reached: --resume continues from here on the same schedule
+                break
             t0 = time.perf_counter()
             loss, grad_norm = self.train_step()
             rate = frames_per_batch / max(time.perf_counter() - t0, 1e-9)
@@ -264,7 +272,7 @@ class Trainer:
             "run": str(self.run), "preset": self.preset_name, "fusion": self.config.fusion, "history": s.history,
             "episodes": len(self.episodes), "train_episodes": len(self.train_ids), "validation_episodes": len(self.val_ids),
             "frames": int(self.episodes.frame_start[-1]), "policy_period": self.config.policy_period,
-            "action_mode": s.action_mode, "steps": self.step, "steps_this_session": self.step - start_step,
+            "action_mode": s.action_mode, "steps": self.step, "steps_planned": s.steps, "steps_this_session": self.step - start_step,
             "batch_size": s.batch_size, "world_size": self.world, "device": str(self.device), "bf16": self.autocast,
             "seconds": round(seconds, 1), "steps_per_second": round((self.step - start_step) / max(seconds, 1e-9), 2),
             "loss_first": float(np.mean(self.history["loss"][:window])), "loss_last": float(np.mean(self.history["loss"][-window:])),

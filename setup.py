@@ -16,7 +16,7 @@ setup(
         ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.xml")),
         ("bin", ["bin/mambavla"]),  # the CLI on PATH after `source install/setup.bash` (scripts go to lib/mambavla)
     ],
-    package_data={"mambavla": ["py.typed"]},
+    package_data={"mambavla": ["py.typed", "policies/*/*"]},  # the shipped policy travels with the code
     install_requires=["setuptools"],
     zip_safe=False,
     maintainer="mambavla",

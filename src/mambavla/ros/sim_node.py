@@ -4,6 +4,11 @@ It serves the libfranka protocol on a loopback address (controller_node connects
 renders and publishes the cameras, and publishes the task (`/sim/task`, JSON in std_msgs/String,
 transient-local, including the robot address) and its success (`/sim/success`). Physics runs in the
 workcell's own 1 kHz thread; rendering happens on a separate thread from snapshots.
+
+With `publish_clock`, simulated time is the ROS clock: `/clock` follows the physics and camera frames
+are stamped with the simulated time they show, so nodes started with `use_sim_time` see the world at
+the pace it moves, however far the simulation falls behind real time on a loaded machine (the
+simulated arm then moves, and the policy observes, exactly as in simulated-time training data).
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 
-from mambavla.ros.convert import rgb_to_image
+from mambavla.ros.convert import rgb_to_image, seconds_to_stamp
 from mambavla.ros.diagnostics import OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
 from mambavla.ros.spin import run_node
@@ -37,6 +43,8 @@ class SimNode(Node):
         self.publish_instruction = p("publish_instruction", False, "also publish the task's instruction on instruction_topic")
         instruction_topic = p("instruction_topic", "/instruction", "where publish_instruction publishes")
         task_rate = p("task_rate_hz", 5.0, "success publishing rate, Hz")
+        self.publish_clock = p("publish_clock", False, "publish simulated time on /clock and stamp frames with it (nodes use_sim_time)")
+        clock_rate = p("clock_rate_hz", 200.0, "/clock publishing rate, Hz of wall time")
 
         from mambavla.sim import Workcell
 
@@ -64,6 +72,16 @@ class SimNode(Node):
         self._running = True
         self._camera_thread = threading.Thread(target=self._camera_loop, name="cameras", daemon=True)
         self._camera_thread.start()
+        self._clock_thread = None
+        if self.publish_clock:
+            self.clock_pub = self.create_publisher(Clock, "/clock", 10)
+            self._clock_thread = threading.Thread(target=self._clock_loop, args=(1.0 / clock_rate,), name="clock", daemon=True)
+            self._clock_thread.start()
+
+    def _clock_loop(self, period: float) -> None:
+        while self._running:
+            self.clock_pub.publish(Clock(clock=seconds_to_stamp(self.workcell.sim_time)))
+            time.sleep(period)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -79,7 +97,10 @@ class SimNode(Node):
             stamp = self._now()
             t0 = time.perf_counter()
             try:
-                images = self.workcell.render(snap=self.workcell.snapshot())
+                snap = self.workcell.snapshot()
+                images = self.workcell.render(snap=snap)
+                if self.publish_clock:
+                    stamp = snap.time  # the simulated moment the frame shows
             except Exception as err:  # stopping, or a GL failure: report and retry
                 self.get_logger().error(f"render failed: {err}", throttle_duration_sec=5.0)
                 time.sleep(0.5)
@@ -121,6 +142,8 @@ class SimNode(Node):
     def shutdown(self) -> None:
         self._running = False
         self._camera_thread.join(timeout=5.0)
+        if self._clock_thread is not None:
+            self._clock_thread.join(timeout=1.0)
         self.workcell.stop()
 
 

@@ -225,37 +225,6 @@ def test_truncated_bag_is_reported_without_a_traceback(checkpoint, episode, tmp_
     assert code == 2 and "Traceback" not in err and "corrupt" in err and str(bag) in err
 
 
-def test_schedule_matches_policy_node_observation_module():
-    """runtime.schedule holds a copy of ros/observation's classes until policy_node imports it: same choices."""
-    from mambavla.ros import observation as node
-    from mambavla.runtime import schedule as ours
-
-    rng = np.random.default_rng(0)
-    pair = [(mod.ObservationBuffer(2, 0.5), mod.PeriodSchedule(0.2)) for mod in (node, ours)]
-    choices = []
-    for k in range(400):
-        t = k * 0.013
-        event = rng.integers(4)
-        results = []
-        for mod, (buffer, period) in zip((node, ours), pair):
-            if event < 2:
-                buffer.add_frame(int(event), mod.Frame(np.zeros((2, 2, 3), np.uint8), t - rng.uniform(0, 0.02) * 0, t))
-            elif event == 2:
-                buffer.add_pose(t, np.array([0.4, 0.0, 0.3]), spaces.EE_REFERENCE_QUAT)
-            else:
-                buffer.add_fingers(t, np.array([0.04, 0.04]))
-            buffer.drop_stale(t)
-            choice = buffer.select(t, period.not_before())
-            if not isinstance(choice, str):
-                buffer.consume(choice)
-                period.consumed(choice.stamp)
-                choice = (choice.stamp, choice.stamps, choice.proprio.tolist())
-            results.append(choice)
-        assert results[0] == results[1]
-        choices.append(results[0])
-    assert sum(not isinstance(c, str) for c in choices) >= 5
-
-
 @pytest.mark.slow
 @pytest.mark.ros
 def test_live_replay_scores_policy_node(checkpoint, episode, tmp_path, capsys, monkeypatch):

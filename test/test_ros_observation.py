@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mambavla.ros.observation import Frame, ObservationBuffer, PeriodSchedule
+from mambavla.runtime.schedule import Frame, ObservationBuffer, PeriodSchedule
 from mambavla.spaces import EE_REFERENCE_QUAT, pose_to_vector
 
 Q = np.array(EE_REFERENCE_QUAT, dtype=float)

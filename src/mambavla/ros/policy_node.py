@@ -27,7 +27,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from mambavla.ros.convert import chunk_to_trajectory, image_to_rgb, pose_from_msg, stamp_to_seconds
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
-from mambavla.ros.observation import INFER_MODES, Frame, Observation, ObservationBuffer, PeriodSchedule
+from mambavla.runtime.schedule import INFER_MODES, Frame, Observation, ObservationBuffer, PeriodSchedule
 from mambavla.ros.params import declare
 from mambavla.ros.spin import run_node
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS

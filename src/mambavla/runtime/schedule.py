@@ -15,8 +15,8 @@ thread-safe: the caller holds its lock around every call. One use, as policy_nod
         schedule.consume(obs, now); chunk = runtime.step(...); schedule.chunk_published(chunk.stamp)
     schedule.restart()   # a new instruction
 
-`ObservationBuffer` and `PeriodSchedule` are the classes of `mambavla.ros.observation` (commit 84853bd),
-moved here so that code outside ros/ can use them; test_replay checks the two stay in step.
+policy_node uses `ObservationBuffer` and `PeriodSchedule` from here (one copy of the pairing rules for the
+node and for replay); `InferenceSchedule` bundles them with the other modes for replay.
 """
 
 from __future__ import annotations

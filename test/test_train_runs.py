@@ -84,6 +84,19 @@ def test_segments_start_at_the_episode_start_and_pad_past_its_end():
             np.testing.assert_array_equal(batch["action_pad"][b, t], padded)
 
 
+def test_delta_chunks_are_relative_to_each_frames_own_pose():
+    from mambavla.data.dataset import to_delta
+
+    episodes = _episodes()
+    absolute = episodes.segments(np.random.default_rng(1), batch=3, frames=5, chunk=4)
+    delta = episodes.segments(np.random.default_rng(1), batch=3, frames=5, chunk=4, action_mode="delta")
+    for b in range(3):
+        for t in range(5):
+            expected = to_delta(absolute["actions"][b, t].astype(np.float64), episodes.proprio[absolute["frame_index"][b, t]])
+            np.testing.assert_allclose(delta["actions"][b, t], expected, atol=1e-6)
+    assert not np.allclose(delta["actions"][:, 0], delta["actions"][:, 1])  # a different pose per frame
+
+
 def test_stream_training_writes_a_run_folder_that_resume_continues(pack, tmp_path):
     run = tmp_path / "run"
     settings = TrainSettings(steps=2, batch_size=2, segment_frames=4, warmup=1, val_fraction=0.5, val_every=1, save_every=1)
@@ -106,6 +119,16 @@ def test_stream_training_writes_a_run_folder_that_resume_continues(pack, tmp_pat
     chunk = runtime.step({"images": {c: np.zeros((*SIZE, 3), np.uint8) for c in runtime.camera_names},
                           "proprio": np.r_[0.5, 0.0, 0.2, 0, 0, 0, 0.04, 0.04].astype(np.float32)})
     assert chunk.actions.shape == (runtime.chunk_size, 7) and np.isfinite(chunk.actions).all()
+
+
+def test_window_mode_trains_on_the_last_k_policy_frames(pack, tmp_path):
+    settings = TrainSettings(steps=1, batch_size=2, history="window", history_frames=3, warmup=1, val_fraction=0.0)
+    trainer = Trainer(tmp_path / "run", [str(pack)], "tiny", settings, progress=False)
+    batch = trainer.batch(trainer.train_ids, np.random.default_rng(0), train=False)
+    assert batch["images"]["front"].shape == (2, 3, 3, *SIZE) and batch["actions"].shape == (2, trainer.config.chunk_size, 7)
+    assert np.isfinite(trainer.fit()["loss_last"])
+    runtime = PolicyRuntime.from_checkpoint(tmp_path / "run" / "last")
+    assert (runtime.config.history_mode, runtime.config.history_frames) == ("window", 3)
 
 
 def test_ema_weights_are_what_the_checkpoint_holds(pack, tmp_path):

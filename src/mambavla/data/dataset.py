@@ -235,7 +235,7 @@ class EpisodeDataset:
 
 def to_delta(chunk: np.ndarray, proprio: np.ndarray) -> np.ndarray:
     """Absolute actions [..., 7] -> delta actions relative to the observed end-effector pose in proprio[:6]."""
-    obs_pos, obs_quat = spaces.vector_to_pose(np.asarray(proprio[:6], dtype=np.float64))
+    obs_pos, obs_quat = spaces.vector_to_pose(np.asarray(proprio[..., :6], dtype=np.float64))
     pos, quat = spaces.vector_to_pose(chunk[..., :6])
     return np.concatenate([spaces.absolute_to_delta(pos, quat, obs_pos, obs_quat), chunk[..., 6:7]], axis=-1)
 

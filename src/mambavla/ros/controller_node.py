@@ -172,6 +172,7 @@ class ControllerNode(Node):
         self.franky_error = ""
         self.gripper_error = "" if self.gripper_enabled else "gripper disabled by parameter"
         self._snapshot = None  # (stamp, q, dq, tau, position, quat, monotonic time) from the control thread
+        self._robot_time = float("nan")  # the robot's own clock in the last state read (libfranka RobotState.time)
         self.state_max_age = max(3.0 / state_rate, 0.5)  # an older robot state is not published as if fresh
         self._tick_periods: list[float] = []
         self._rate_stats = (float("nan"), float("nan"), float("nan"))  # mean Hz, jitter std ms, max period ms
@@ -371,6 +372,10 @@ class ControllerNode(Node):
 
     def _read_state(self) -> None:
         state = self.robot.state
+        robot_time = state.time.to_sec()
+        if self._snapshot is not None and robot_time == self._robot_time:
+            return  # franky still holds the last state the robot sent (e.g. it froze): it keeps its age, not a new stamp
+        self._robot_time = robot_time
         pose = state.O_T_EE
         position, quat = np.asarray(pose.translation), np.asarray(pose.quaternion)
         now = self._now()

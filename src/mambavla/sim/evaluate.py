@@ -47,6 +47,7 @@ class EpisodeResult:
     controller_states: dict[str, int] = field(default_factory=dict)  # control ticks spent in each state
     observation_stamps: list[float] = field(default_factory=list)  # simulated time of each observation
     submit_delays: list[float] = field(default_factory=list)  # simulated s from observation to submission
+    gripper_commands: int = 0  # each one lets physics run freely for the call (a few ms of simulated time)
     error: str = ""
     frames: list[np.ndarray] = field(default_factory=list, repr=False)  # front | wrist, for the GIF
 
@@ -56,7 +57,7 @@ class EpisodeResult:
             "sim_seconds": round(self.sim_seconds, 3), "wall_seconds": round(self.wall_seconds, 3),
             "chunks_produced": self.chunks_produced, "chunks_accepted": self.chunks_accepted,
             "chunks_rejected": self.chunks_rejected, "rejections_by_kind": dict(self.rejections_by_kind),
-            "controller_states": dict(self.controller_states), "error": self.error,
+            "controller_states": dict(self.controller_states), "gripper_commands": self.gripper_commands, "error": self.error,
         }
 
 
@@ -170,11 +171,15 @@ class SimEvaluator:
                 tracker.set_target(franky.Affine(target.position, target.quat))
                 if self.gripper is not None and gripper_should_close(target.gripper, closed) != closed:
                     closed = not closed
+                    # the call waits for franky-sim's gripper server, which only answers while physics runs:
+                    # release the hold for it (held, it crawled at one keep-alive step per 0.1 s: minutes)
+                    cell.release()
                     if closed:  # wide epsilons, as controller_node: any object between the fingers counts as grasped
                         self.gripper.grasp_async(0.0, self.tracking.gripper_speed, self.tracking.gripper_force,
                                                  epsilon_inner=0.1, epsilon_outer=0.1)
                     else:
                         self.gripper.move_async(OPEN_WIDTH, self.tracking.gripper_speed)
+                    result.gripper_commands += 1
             upcoming = [t0 + n_tick * tick, t0 + n_obs * period] + ([pending[0][0]] if pending else [])
             snap = cell.hold_at(min(upcoming))
         result.sim_seconds = snap.time - t0

@@ -5,6 +5,7 @@ files is a parameter the named node declares."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,13 @@ def launched_nodes(path: Path) -> list[dict]:
 
 
 def declared_parameters(module: str) -> set[str]:
-    """First string argument of every `p(...)` / `declare(self, ...)` call in a node module."""
+    """First string argument of every `p(...)` / `declare(self, ...)` call in a node module, and the keys of
+    its `PARAMETERS` table (names declared in a loop with their owners' defaults)."""
     source = ROOT / "src" / (module.replace(".", "/") + ".py")
     names = set()
     for call in ast.walk(ast.parse(source.read_text())):
+        if isinstance(call, ast.Assign) and any(getattr(t, "id", None) == "PARAMETERS" for t in call.targets):
+            names.update(k.value for k in call.value.keys)
         if isinstance(call, ast.Call) and getattr(call.func, "id", None) in ("p", "declare"):
             args = [a for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             if args:
@@ -129,18 +133,19 @@ def test_robot_launch_has_a_realtime_argument():
     assert 'DeclareLaunchArgument("realtime"' in text and '"realtime": ParameterValue(LaunchConfiguration("realtime")' in text
 
 
-def test_config_path_finds_config_in_a_colcon_install_space(tmp_path):
+def test_config_path_finds_config_in_a_colcon_install_space(tmp_path, monkeypatch):
     import importlib.util
     import shutil
 
-    site = tmp_path / "install" / "mambavla" / "lib" / "python3.11" / "site-packages" / "mambavla" / "ros"
+    site = tmp_path / "install" / "mambavla" / "lib" / "python3.11" / "site-packages" / "mambavla" / "control"
     site.mkdir(parents=True)
-    shutil.copy(ROOT / "src" / "mambavla" / "ros" / "launcher.py", site / "launcher.py")
+    shutil.copy(ROOT / "src" / "mambavla" / "control" / "config.py", site / "config.py")
     share = tmp_path / "install" / "mambavla" / "share" / "mambavla" / "config"
     share.mkdir(parents=True)
     (share / "only_installed.yaml").write_text("x: 1\n")
-    spec = importlib.util.spec_from_file_location("installed_launcher", site / "launcher.py")
+    spec = importlib.util.spec_from_file_location("installed_config", site / "config.py")
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     assert module.config_path("only_installed.yaml") == share / "only_installed.yaml"
 

@@ -353,3 +353,18 @@ def test_a_robot_that_comes_back_keeps_error_until_recover(stack, tmp_path):
         probe.wait_status(CTRL, lambda s: s["state"] == "IDLE", "IDLE after recover + enable")
     finally:
         back.stop()
+
+
+def test_every_controller_number_is_declared_once_with_its_owners_default():
+    """controller_node declares each limit/gain with the default of the dataclass that owns it, and
+    config/controller.yaml states each one (a number the node silently ignored would be a trap)."""
+    import yaml
+
+    from mambavla.control.config import config_path, controller_defaults
+    from mambavla.ros.controller_node import PARAMETERS
+
+    defaults = controller_defaults()
+    assert set(defaults) == set(PARAMETERS)
+    assert defaults["max_linear_speed"] == 0.25 and defaults["hold_after"] == 1.0 and defaults["rate_hz"] == 200.0
+    shipped = yaml.safe_load(config_path("controller.yaml").read_text())["controller_node"]["ros__parameters"]
+    assert set(defaults) - {"action_names"} <= set(shipped)

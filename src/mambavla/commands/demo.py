@@ -295,7 +295,7 @@ def _print_summary(s: dict, log) -> None:
 def _top_view(poses: np.ndarray, targets: np.ndarray, requested: np.ndarray, size: int = 256) -> np.ndarray:
     """Top view over the controller's workspace box, x forward (up), y left (left): policy-requested
     targets (orange, clipped to the box edge), controller targets (red), end-effector path (blue), start (green)."""
-    from mambavla.ros.launcher import config_path
+    from mambavla.control.config import config_path
     import yaml
 
     params = yaml.safe_load(config_path("controller.yaml").read_text())["controller_node"]["ros__parameters"]
@@ -323,7 +323,7 @@ def _top_view(poses: np.ndarray, targets: np.ndarray, requested: np.ndarray, siz
 
 def _write_picture(path: Path, monitor: _Monitor, task: dict, size: int = 256) -> None:
     from mambavla.data.preview import write_png
-    from mambavla.ros.convert import image_to_rgb
+    from mambavla.data.images import image_to_rgb
 
     frame = image_to_rgb(monitor.frame) if monitor.frame is not None else np.zeros((size, size, 3), np.uint8)
     scale_y, scale_x = max(1, size // frame.shape[0]), max(1, size // frame.shape[1])

@@ -8,8 +8,10 @@ source of the default values.
 
 from __future__ import annotations
 
+import inspect
+import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +25,14 @@ CORE_KEYS = ("blend_window", "hold_after", "stop_after", "max_tick_dt", "action_
 
 
 def config_path(name: str) -> Path:
-    """A file of the package's `config/`: the source tree's, else the installed share folder's."""
-    candidates = [Path(__file__).resolve().parents[3] / "config" / name,
-                  Path(sys.prefix) / "share" / "mambavla" / "config" / name]
+    """A file of the package's `config/`: the source tree's, else an install space's share folder
+    (colcon: <prefix>/lib/pythonX.Y/site-packages/mambavla/control/ -> <prefix>/share/mambavla/config;
+    every prefix on AMENT_PREFIX_PATH; pip: sys.prefix)."""
+    here = Path(__file__).resolve()
+    prefixes = [here.parents[5]] if len(here.parents) > 5 else []
+    prefixes += [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    prefixes.append(Path(sys.prefix))
+    candidates = [here.parents[3] / "config" / name] + [prefix / "share" / "mambavla" / "config" / name for prefix in prefixes]
     for path in candidates:
         if path.is_file():
             return path
@@ -66,6 +73,14 @@ def core_kwargs(params: dict) -> dict:
 
 def controller_core(params: dict) -> ControllerCore:
     return ControllerCore(**core_kwargs(params))
+
+
+def controller_defaults() -> dict:
+    """Every number the controller takes from parameters, with the default its owner holds
+    (`SafetyLimits`, `ControllerCore`, `TrackingParams`): what controller_node declares."""
+    signature = inspect.signature(ControllerCore.__init__).parameters
+    defaults = {**asdict(SafetyLimits()), **{k: signature[k].default for k in CORE_KEYS}, **asdict(TrackingParams())}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
 
 
 @dataclass(frozen=True)

@@ -35,20 +35,53 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 from diagnostic_msgs.msg import DiagnosticArray
 
-from mambavla.control import ControllerCore, ControllerState, SafetyLimits
+from mambavla.control import ControllerState
+from mambavla.control.config import TrackingParams, controller_core, controller_defaults
 from mambavla.control.core import RUNNING
+from mambavla.control.gripper import gripper_should_close
 from mambavla.realtime import keep_thread_scheduling
 from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, trajectory_to_chunk
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
 from mambavla.ros.spin import run_node
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, STATE_QOS
-from mambavla.spaces import ACTION_NAMES, FRANKA_MAX_FINGER_WIDTH, GRIPPER_CLOSE_THRESHOLD
+from mambavla.spaces import FRANKA_MAX_FINGER_WIDTH
 
-GRIPPER_HYSTERESIS = 0.1  # command must cross threshold +- this to switch, so noise cannot chatter
 SERVICE_WAIT = 5.0  # s a service request waits for the control thread to carry it out
 STUCK_AFTER = 3.0  # s without a control-loop pass: the control thread is stuck in a robot call (a stop takes ~1 s)
 SERVICE_QOS = QoSProfile(depth=100)  # no concurrent request may be dropped (a dropped one could be ~/stop)
+
+# What each number the controller takes from parameters means. Its default lives with its owner
+# (control.config.controller_defaults: SafetyLimits, ControllerCore, TrackingParams), not here.
+PARAMETERS = {
+    "rate_hz": "target streaming rate in Hz (20-1000); franky closes the 1 kHz torque loop",
+    "translational_stiffness": "Cartesian stiffness, N/m",
+    "rotational_stiffness": "Cartesian stiffness, Nm/rad",
+    "damping": "6 Cartesian damping values [x y z rx ry rz]; [-1] = critical damping",
+    "translational_error_clip": "per-axis translation error the impedance law sees at most, m",
+    "rotational_error_clip": "per-axis rotation error the impedance law sees at most, rad",
+    "gripper": "drive the Franka Hand from the chunk's gripper column",
+    "gripper_speed": "finger speed, m/s",
+    "gripper_force": "grasp force, N",
+    "workspace_min": "workspace box lower corner (base frame), m",
+    "workspace_max": "workspace box upper corner (base frame), m",
+    "max_linear_speed": "streamed target speed limit, m/s",
+    "max_angular_speed": "streamed target angular speed limit, rad/s",
+    "max_jump": "reject chunks whose consecutive rows are further apart, m",
+    "max_jump_angle": "reject chunks whose consecutive rows rotate more, rad",
+    "max_start_offset": "reject chunks starting further from the current target, m",
+    "max_start_offset_angle": "same for orientation, rad",
+    "max_chunk_age": "reject chunks whose observation is older than this, s",
+    "max_chunk_future": "reject chunks stamped further in the future, s",
+    "max_tilt": "reject targets tilting the gripper further from pointing down, rad",
+    "min_chunk_dt": "reject chunks whose rows are closer in time, s",
+    "max_chunk_dt": "reject chunks whose rows are further apart in time, s",
+    "blend_window": "seconds over which a new chunk fades in over the one it replaces",
+    "hold_after": "watchdog T1: hold the current pose after this long without a chunk, s",
+    "stop_after": "watchdog T2: stop tracking after this long without a chunk, s",
+    "max_tick_dt": "a late tick advances the target by at most this many seconds of motion",
+    "action_names": "expected chunk dimensions, in order",
+}
 
 
 class GripperWorker:
@@ -67,11 +100,9 @@ class GripperWorker:
         self._thread.start()
 
     def command(self, value: float) -> None:
-        if value > GRIPPER_CLOSE_THRESHOLD + GRIPPER_HYSTERESIS and not self._desired_closed:
-            self._desired_closed = True
-            self._wake.set()
-        elif value < GRIPPER_CLOSE_THRESHOLD - GRIPPER_HYSTERESIS and self._desired_closed:
-            self._desired_closed = False
+        closed = gripper_should_close(value, self._desired_closed)
+        if closed != self._desired_closed:
+            self._desired_closed = closed
             self._wake.set()
 
     @property
@@ -111,42 +142,9 @@ class ControllerNode(Node):
         self.realtime = p("realtime", True, "require a realtime kernel (false for franky-sim)")
         self.enable_on_start = p("enable_on_start", False,
                                  "start tracking without ~/enable (config/controller_sim.yaml sets it; keep false on a real arm)")
-        self.rate_hz = p("rate_hz", 200.0, "target streaming rate in Hz (100-500); franky closes the 1 kHz torque loop")
-        self.translational_stiffness = p("translational_stiffness", 800.0, "Cartesian stiffness, N/m")
-        self.rotational_stiffness = p("rotational_stiffness", 40.0, "Cartesian stiffness, Nm/rad")
-        damping = p("damping", [-1.0], "6 Cartesian damping values [x y z rx ry rz]; [-1] = critical damping")
-        self.damping = None if len(damping) != 6 else np.array(damping)
-        self.translational_error_clip = np.array(p("translational_error_clip", [0.05, 0.05, 0.05],
-                                                   "per-axis translation error the impedance law sees at most, m"))
-        self.rotational_error_clip = np.array(p("rotational_error_clip", [0.2, 0.2, 0.2],
-                                                "per-axis rotation error the impedance law sees at most, rad"))
-        d = SafetyLimits()  # defaults live in one place
-        limits = SafetyLimits(
-            workspace_min=tuple(p("workspace_min", list(d.workspace_min), "workspace box lower corner (base frame), m")),
-            workspace_max=tuple(p("workspace_max", list(d.workspace_max), "workspace box upper corner (base frame), m")),
-            max_linear_speed=p("max_linear_speed", d.max_linear_speed, "streamed target speed limit, m/s"),
-            max_angular_speed=p("max_angular_speed", d.max_angular_speed, "streamed target angular speed limit, rad/s"),
-            max_jump=p("max_jump", d.max_jump, "reject chunks whose consecutive rows are further apart, m"),
-            max_jump_angle=p("max_jump_angle", d.max_jump_angle, "reject chunks whose consecutive rows rotate more, rad"),
-            max_start_offset=p("max_start_offset", d.max_start_offset, "reject chunks starting further from the current target, m"),
-            max_start_offset_angle=p("max_start_offset_angle", d.max_start_offset_angle, "same for orientation, rad"),
-            max_chunk_age=p("max_chunk_age", d.max_chunk_age, "reject chunks whose observation is older than this, s"),
-            max_chunk_future=p("max_chunk_future", d.max_chunk_future, "reject chunks stamped further in the future, s"),
-            max_tilt=p("max_tilt", d.max_tilt, "reject targets tilting the gripper further from pointing down, rad"),
-            min_chunk_dt=p("min_chunk_dt", d.min_chunk_dt, "reject chunks whose rows are closer in time, s"),
-            max_chunk_dt=p("max_chunk_dt", d.max_chunk_dt, "reject chunks whose rows are further apart in time, s"),
-        )
-        self.core = ControllerCore(
-            limits,
-            blend_window=p("blend_window", 0.1, "seconds over which a new chunk fades in over the one it replaces"),
-            hold_after=p("hold_after", 1.0, "watchdog T1: hold the current pose after this long without a chunk, s"),
-            stop_after=p("stop_after", 5.0, "watchdog T2: stop tracking after this long without a chunk, s"),
-            max_tick_dt=p("max_tick_dt", 0.02, "a late tick advances the target by at most this many seconds of motion"),
-            action_names=tuple(p("action_names", list(ACTION_NAMES), "expected chunk dimensions, in order")),
-        )
-        self.gripper_enabled = p("gripper", True, "drive the Franka Hand from the chunk's gripper column")
-        self.gripper_speed = p("gripper_speed", 0.1, "finger speed, m/s")
-        self.gripper_force = p("gripper_force", 20.0, "grasp force, N")
+        params = {name: p(name, default, PARAMETERS[name]) for name, default in controller_defaults().items()}
+        self.core = controller_core(params)  # every safety rule and limit lives there
+        self.tracking = TrackingParams.from_params(params)
         self.auto_recover = p("auto_recover", False, "after a franky fault, run error recovery at once (still STOPPED)")
         self.base_frame = p("base_frame", "fr3_link0", "frame of chunk targets and /ee_pose")
         self.arm_id = p("arm_id", "fr3", "prefix of the published joint names")
@@ -156,8 +154,6 @@ class ControllerNode(Node):
         state_rate = p("state_rate_hz", 50.0, "joint state / pose publishing rate, Hz")
         diagnostics_rate = p("diagnostics_rate_hz", 2.0, "status publishing rate, Hz")
 
-        if not 20.0 <= self.rate_hz <= 1000.0:
-            raise ValueError(f"rate_hz must be within 20..1000, got {self.rate_hz}")
         if self.realtime and not kernel_is_realtime():
             self.get_logger().error(
                 f"realtime is true but this kernel is not PREEMPT_RT ({os.uname().release}): franky will refuse to "
@@ -170,7 +166,7 @@ class ControllerNode(Node):
         self.gripper: GripperWorker | None = None
         self.tracker = None
         self.franky_error = ""
-        self.gripper_error = "" if self.gripper_enabled else "gripper disabled by parameter"
+        self.gripper_error = "" if self.tracking.gripper else "gripper disabled by parameter"
         self._snapshot = None  # (stamp, q, dq, tau, position, quat, monotonic time) from the control thread
         self._robot_time = float("nan")  # the robot's own clock in the last state read (libfranka RobotState.time)
         self.state_max_age = max(3.0 / state_rate, 0.5)  # an older robot state is not published as if fresh
@@ -319,11 +315,11 @@ class ControllerNode(Node):
                 self._connections.put((None, None, message))
                 continue
             gripper, gripper_error = None, ""
-            if self.gripper_enabled:
+            if self.tracking.gripper:
                 try:
                     with keep_thread_scheduling(enabled=not self.realtime):
                         hand = franky.Gripper(self.robot_ip)
-                    gripper = GripperWorker(hand, self.gripper_speed, self.gripper_force, FRANKA_MAX_FINGER_WIDTH,
+                    gripper = GripperWorker(hand, self.tracking.gripper_speed, self.tracking.gripper_force, FRANKA_MAX_FINGER_WIDTH,
                                             self.get_logger())
                 except Exception as err:  # the arm is still usable; the status says the hand is not
                     gripper_error = f"no gripper at {self.robot_ip}: {err}"
@@ -393,13 +389,7 @@ class ControllerNode(Node):
         if self.robot.has_errors:
             return False, "robot reports errors: call ~/recover first"
         try:
-            kwargs = dict(translational_stiffness=self.translational_stiffness,
-                          rotational_stiffness=self.rotational_stiffness,
-                          translational_error_clip=self.translational_error_clip,
-                          rotational_error_clip=self.rotational_error_clip)  # unpaced: _pace() keeps time
-            if self.damping is not None:
-                kwargs["damping"] = self.damping
-            self.tracker = franky.CartesianImpedanceTracker(self.robot, **kwargs)
+            self.tracker = franky.CartesianImpedanceTracker(self.robot, **self.tracking.tracker_kwargs())  # unpaced: _pace() keeps time
         except Exception as err:
             self.tracker = None
             self.franky_error = f"could not start tracking: {err}"
@@ -481,7 +471,7 @@ class ControllerNode(Node):
     def _pace(self) -> None:
         """Sleep to the next tick boundary. Missed boundaries are skipped, not made up: a loop that fell
         behind (a loaded CPU) must not spin flat out to catch up."""
-        period = 1.0 / self.rate_hz
+        period = 1.0 / self.tracking.rate_hz
         now = time.perf_counter()
         if self._next_tick is None or now - self._next_tick > period:
             self._next_tick = now + period
@@ -493,7 +483,7 @@ class ControllerNode(Node):
     def _tick_stats(self, dt: float) -> None:
         periods = self._tick_periods
         periods.append(dt)
-        if len(periods) >= int(self.rate_hz):  # one second of ticks
+        if len(periods) >= int(self.tracking.rate_hz):  # one second of ticks
             arr = np.array(periods[1:])
             self._rate_stats = (1.0 / arr.mean(), arr.std() * 1e3, arr.max() * 1e3)
             periods.clear()

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from mambavla.control.config import config_path
+
 
 def _interrupt_on_parent_death() -> None:
     try:
@@ -23,21 +25,6 @@ def _interrupt_on_parent_death() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
     except OSError:  # not Linux: the parent's finally-block still stops the nodes
         pass
-
-
-def config_path(name: str) -> Path:
-    """A file of the package's `config/`: the source tree's, else an install space's share folder
-    (colcon: <prefix>/lib/pythonX.Y/site-packages/mambavla/ros/ -> <prefix>/share/mambavla/config;
-    every prefix on AMENT_PREFIX_PATH; pip: sys.prefix)."""
-    here = Path(__file__).resolve()
-    prefixes = [here.parents[5]] if len(here.parents) > 5 else []
-    prefixes += [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    prefixes.append(Path(sys.prefix))
-    candidates = [here.parents[3] / "config" / name] + [prefix / "share" / "mambavla" / "config" / name for prefix in prefixes]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"config file {name!r} not found in {[str(c.parent) for c in candidates]}")
 
 
 class NodeProcess:

@@ -32,7 +32,7 @@ def use_large_frame_transport() -> None:
     user chose a profile or another middleware."""
     if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
         return
-    from mambavla.ros.launcher import config_path
+    from mambavla.control.config import config_path
 
     try:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config_path("fastdds.xml"))

@@ -223,3 +223,25 @@ def test_chunk_dt_is_bounded(dt):
     core = make_core()
     reason = core.submit(line_chunk(1.0, HOME_P, np.zeros(3), rows=4, dt=dt), 1.0)
     assert reason is not None and "dt" in reason
+
+
+def test_rows_just_outside_the_workspace_are_clamped_onto_it_and_far_ones_reject_the_chunk():
+    """A grasp a policy aims 5 mm under the workspace floor runs at the floor (the arm never leaves the
+    box); 5 cm under it is not noise and rejects the chunk."""
+    limits = SafetyLimits(workspace_min=(0.25, -0.45, 0.45), workspace_max=(0.80, 0.45, 0.70), workspace_clamp=0.02)
+    core = make_core(limits)
+    floor = limits.workspace_min[2]
+    down = line_chunk(1.0, HOME_P, np.array([0.0, 0.0, -0.2]))  # z 0.50 -> 0.35 over 0.75 s, 10 mm a row
+    down.actions[:, 2] = np.maximum(down.actions[:, 2], floor - 0.005)  # rows 6-15 at 5 mm under the floor
+    under = int((down.actions[:, 2].astype(np.float64) < floor).sum())  # float32 rows, compared as the core does
+    assert under >= 10
+    assert core.submit(down, 1.0) is None
+    targets = run(core, 1.0, 0.45)  # until just before the watchdog's hold (hold_after 0.5 s)
+    z = np.array([t.position[2] for t in targets])
+    assert z.min() >= floor - 1e-9 and z[-1] == pytest.approx(floor, abs=1e-6)
+    assert core.status()["rows_clamped"] == under
+
+    far = line_chunk(2.5, targets[-1].position, np.zeros(3))
+    far.actions[8:, 2] = floor - 0.05
+    reason = core.submit(far, 2.5)
+    assert reason is not None and "outside workspace" in reason and "workspace_clamp" in reason

@@ -87,6 +87,7 @@ class ControllerCore:
         self.reason = "not enabled"
         self.last_rejection = ""
         self.chunks_accepted = 0
+        self.rows_clamped = 0  # chunk rows moved onto the workspace box (within workspace_clamp)
         self.chunks_rejected = 0
         self.rejections_by_kind: dict[str, int] = {}
         self.chunk_id = 0  # id of the chunk being executed (count of accepted chunks)
@@ -176,7 +177,9 @@ class ControllerCore:
                 old = self._trajectory
             else:  # entering from IDLE/HOLDING: fade from the current target, not from an old chunk
                 old = PoseTrajectory.constant(now, *self._target, self._gripper)
-            self._trajectory = blend(old, result, now, self.blend_window)
+            trajectory, clamped = result
+            self._trajectory = blend(old, trajectory, now, self.blend_window)
+            self.rows_clamped += clamped
             self.state = ControllerState.ACTIVE
             self.reason = "executing chunks"
             self._last_chunk_time = now if mono is None else mono
@@ -185,7 +188,8 @@ class ControllerCore:
             return None
 
     def _build(self, chunk: ActionChunk, now: float, state: ControllerState, state_reason: str,
-               target: tuple[np.ndarray, np.ndarray] | None, history: list) -> PoseTrajectory | str:
+               target: tuple[np.ndarray, np.ndarray] | None, history: list) -> tuple[PoseTrajectory, int] | str:
+        """The chunk as a trajectory with how many of its rows were clamped onto the workspace, or why not."""
         if state not in RUNNING or target is None:
             return f"controller is {state.value} ({state_reason}): chunk ignored"
         if tuple(chunk.action_names) != self.action_names:
@@ -218,6 +222,7 @@ class ControllerCore:
             positions, quats = delta_to_absolute(actions[:, :6], *obs)
         else:
             positions, quats = vector_to_pose(actions[:, :6])
+        positions, clamped = self.limits.clamp_to_workspace(positions)
         reason = check_rows(self.limits, positions, quats)
         if reason:
             return reason
@@ -230,7 +235,7 @@ class ControllerCore:
         if angle > self.limits.max_start_offset_angle:
             return (f"chunk starts {angle:.3f} rad from the current target orientation > max_start_offset_angle "
                     f"{self.limits.max_start_offset_angle} rad")
-        return trajectory
+        return trajectory, clamped
 
     # ---- control tick ----
 
@@ -289,6 +294,7 @@ class ControllerCore:
                 "tracking_error": tracking_error,
                 "chunks_accepted": self.chunks_accepted,
                 "chunks_rejected": self.chunks_rejected,
+                "rows_clamped": self.rows_clamped,
                 "last_rejection": self.last_rejection,
                 "rejections_by_kind": dict(self.rejections_by_kind),
                 "speed_limited": self.speed_limited,

@@ -25,6 +25,7 @@ class SafetyLimits:
     max_tilt: float = 1.0  # rad between the gripper axis and straight down (yaw is free)
     min_chunk_dt: float = 0.005  # s between chunk rows: closer rows are a unit error (ms for s)
     max_chunk_dt: float = 0.5  # s between chunk rows: further apart, one chunk would steer for minutes
+    workspace_clamp: float = 0.02  # m: rows outside the box by at most this are moved onto it, further ones reject the chunk
 
     def __post_init__(self) -> None:
         lo, hi = np.asarray(self.workspace_min), np.asarray(self.workspace_max)
@@ -35,8 +36,20 @@ class SafetyLimits:
                      "max_chunk_dt"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.workspace_clamp >= 0:
+            raise ValueError(f"workspace_clamp must be >= 0, got {self.workspace_clamp}")
         if not self.min_chunk_dt < self.max_chunk_dt:
             raise ValueError(f"need min_chunk_dt < max_chunk_dt, got {self.min_chunk_dt}, {self.max_chunk_dt}")
+
+    def clamp_to_workspace(self, positions: np.ndarray) -> tuple[np.ndarray, int]:
+        """[N, 3] -> (rows moved onto the box where they lie outside it by at most `workspace_clamp`, how
+        many were moved). Rows further out are left for `check_rows` to reject: a policy aiming that far
+        out of the box is not noise at its edge."""
+        p = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        clamped = np.clip(p, self.workspace_min, self.workspace_max)
+        near = np.all(np.abs(p - clamped) <= self.workspace_clamp, axis=1)
+        moved = near & np.any(p != clamped, axis=1)
+        return np.where(near[:, None], clamped, p), int(moved.sum())
 
     def outside_workspace(self, positions: np.ndarray) -> np.ndarray:
         """[N, 3] -> bool [N]: rows outside the box."""
@@ -57,7 +70,8 @@ def check_rows(limits: SafetyLimits, positions: np.ndarray, quats: np.ndarray) -
     if outside.any():
         k = int(np.argmax(outside))
         return (f"row {k} target {np.round(positions[k], 3).tolist()} outside workspace box "
-                f"{list(limits.workspace_min)}..{list(limits.workspace_max)}")
+                f"{list(limits.workspace_min)}..{list(limits.workspace_max)} by more than workspace_clamp "
+                f"{limits.workspace_clamp} m")
     tilts = tilt(quats)
     if tilts.max() > limits.max_tilt:
         k = int(np.argmax(tilts))

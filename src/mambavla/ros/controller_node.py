@@ -65,6 +65,7 @@ PARAMETERS = {
     "gripper_force": "grasp force, N",
     "workspace_min": "workspace box lower corner (base frame), m",
     "workspace_max": "workspace box upper corner (base frame), m",
+    "workspace_clamp": "chunk rows outside the box by at most this are moved onto it; further out rejects the chunk, m",
     "max_linear_speed": "streamed target speed limit, m/s",
     "max_angular_speed": "streamed target angular speed limit, rad/s",
     "max_jump": "reject chunks whose consecutive rows are further apart, m",

@@ -119,3 +119,67 @@ def test_missing_topics_and_mismatched_camera_sizes_are_rejected(tmp_path):
         read_episode(tmp_path / "c", cameras=("front", "wrist"))
     with pytest.raises(DatasetError, match="no usable episodes"):
         EpisodeDataset(tmp_path / "b" / "..", cameras=("left",), verbose=False)
+
+
+def _scene(t: int, size=(48, 64)) -> np.ndarray:
+    y, x = np.mgrid[0: size[0], 0: size[1]].astype(np.float32)
+    rgb = np.stack([128 + 100 * np.sin((x + 3 * t) / 9.0), 128 + 100 * np.cos(y / 7.0), np.full_like(x, 20 * t)], axis=2)
+    return rgb.astype(np.uint8)
+
+
+def _recompress(src, dst, ext: str, keep_raw: bool = False):
+    """A copy of an episode bag whose cameras were recorded as image_transport's CompressedImage twins."""
+    import cv2
+    from rosbags.rosbag2 import Reader, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    CompressedImage = ts.types["sensor_msgs/msg/CompressedImage"]
+    with Reader(src) as reader, Writer(dst, version=9) as writer:
+        out = {}
+        for conn in reader.connections:
+            if conn.msgtype == "sensor_msgs/msg/Image":
+                out[conn.topic + "/compressed"] = writer.add_connection(conn.topic + "/compressed", CompressedImage.__msgtype__,
+                                                                        typestore=ts)
+            if conn.msgtype != "sensor_msgs/msg/Image" or keep_raw:
+                out[conn.topic] = writer.add_connection(conn.topic, conn.msgtype, typestore=ts)
+        for conn, stamp, raw in reader.messages():
+            if conn.topic in out:
+                writer.write(out[conn.topic], stamp, raw)
+            if conn.msgtype == "sensor_msgs/msg/Image":
+                msg = ts.deserialize_cdr(raw, conn.msgtype)
+                bgr = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.width, 3)[..., ::-1]
+                jpeg = CompressedImage(header=msg.header, format=f"rgb8; {ext[1:]} compressed bgr8",
+                                       data=cv2.imencode(ext, np.ascontiguousarray(bgr))[1].reshape(-1))
+                writer.write(out[conn.topic + "/compressed"], stamp, ts.serialize_cdr(jpeg, CompressedImage.__msgtype__))
+    shutil.copy(src / "episode.json", dst / "episode.json")
+    return dst
+
+
+def _scene_episode(path, frames=6, cameras=("front", "wrist")):
+    with EpisodeWriter(path, cameras, (48, 64), 0.05, {"task": "lift", "seed": 0, "success": True}) as w:
+        w.write_instruction(0.0, "lift the red cube")
+        for t in range(frames):
+            pose = spaces.vector_to_pose(np.array([0.5, 0.0, 0.3 + 0.01 * t, 0, 0, 0]))
+            w.write_frame(0.05 * t, {c: _scene(t + i) for i, c in enumerate(cameras)}, np.zeros(7), np.full(2, 0.04),
+                          pose[0], pose[1], np.array([0.5, 0.0, 0.3 + 0.01 * (t + 1), 0, 0, 0, 0.0]))
+    return path
+
+
+def test_a_bag_with_compressed_image_cameras_reads_back_within_jpeg_tolerance(tmp_path):
+    raw = read_episode(_scene_episode(tmp_path / "raw"))
+    for ext in (".jpg", ".png"):
+        bag = _recompress(tmp_path / "raw", tmp_path / ext[1:], ext)
+        ep = read_episode(bag)
+        assert ep.counts["/cameras/front/image_raw/compressed"] == 6 and "/cameras/front/image_raw" not in ep.counts
+        assert len(ep) == len(raw) and ep.instruction == raw.instruction
+        np.testing.assert_array_equal(ep.actions, raw.actions)
+        for cam in ("front", "wrist"):
+            assert ep.images[cam].shape == raw.images[cam].shape
+            diff = np.abs(ep.images[cam].astype(int) - raw.images[cam])
+            if ext == ".png":
+                assert diff.max() == 0
+            else:
+                assert 0 < diff.mean() < 3 and diff.max() < 48, (cam, diff.mean(), diff.max())
+    both = read_episode(_recompress(tmp_path / "raw", tmp_path / "both", ".jpg", keep_raw=True))  # raw preferred
+    np.testing.assert_array_equal(both.images["wrist"], raw.images["wrist"])

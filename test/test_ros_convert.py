@@ -1,76 +1,17 @@
-"""Message conversion without DDS: image encodings and resizing, chunk <-> JointTrajectory, poses."""
+"""Message conversion without DDS: frames out, chunk <-> JointTrajectory, poses (decoding: test_images.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from sensor_msgs.msg import Image
 
-from mambavla.ros.convert import (DELTA_SUFFIX, chunk_to_trajectory, image_to_rgb, pose_from_msg, pose_to_msg,
-                                  resize_rgb, rgb_to_image, seconds_to_stamp, stamp_to_seconds, trajectory_to_chunk)
+from mambavla.data.images import image_to_rgb
+from mambavla.ros.convert import (DELTA_SUFFIX, chunk_to_trajectory, pose_from_msg, pose_to_msg, rgb_to_image,
+                                  seconds_to_stamp, stamp_to_seconds, trajectory_to_chunk)
 from mambavla.runtime.chunk import ActionChunk
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-
-
-def image(pixels: np.ndarray, encoding: str, pad: int = 0) -> Image:
-    h, w = pixels.shape[:2]
-    c = 1 if pixels.ndim == 2 else pixels.shape[2]
-    rows = np.zeros((h, w * c + pad), dtype=np.uint8)
-    rows[:, : w * c] = pixels.reshape(h, w * c)
-    return Image(height=h, width=w, encoding=encoding, step=w * c + pad, data=rows.tobytes())
-
-
-@pytest.mark.parametrize(
-    ("encoding", "pixels"),
-    [
-        ("rgb8", RGB),
-        ("bgr8", RGB[:, :, ::-1]),
-        ("rgba8", np.concatenate([RGB, np.full((6, 8, 1), 7, np.uint8)], axis=2)),
-        ("bgra8", np.concatenate([RGB[:, :, ::-1], np.full((6, 8, 1), 7, np.uint8)], axis=2)),
-    ],
-)
-def test_colour_encodings_decode_to_the_same_rgb(encoding, pixels):
-    np.testing.assert_array_equal(image_to_rgb(image(pixels, encoding, pad=4)), RGB)
-
-
-def test_mono8_becomes_grey_rgb():
-    grey = RGB[:, :, 0]
-    out = image_to_rgb(image(grey, "mono8"))
-    assert out.shape == (6, 8, 3) and out.flags.writeable
-    np.testing.assert_array_equal(out[:, :, 1], grey)
-
-
-@pytest.mark.parametrize(
-    ("mutate", "fragment"),
-    [
-        (lambda m: setattr(m, "encoding", "yuv422"), "unsupported image encoding"),
-        (lambda m: setattr(m, "encoding", "32FC1"), "unsupported image encoding"),
-        (lambda m: setattr(m, "data", bytes(m.data)[:-5]), "truncated"),
-        (lambda m: setattr(m, "step", 3), "step"),
-        (lambda m: setattr(m, "height", 0), "no pixels"),
-        (lambda m: setattr(m, "height", 100000), "px per side"),
-        (lambda m: (setattr(m, "height", 500000), setattr(m, "width", 1), setattr(m, "step", 1),
-                    setattr(m, "encoding", "mono8"), setattr(m, "data", bytes(500000))), "px per side"),
-    ],
-    ids=["yuv", "float", "truncated", "short-step", "empty", "claims-too-tall", "500000x1-within-bytes"],
-)
-def test_bad_images_raise_a_clear_error(mutate, fragment):
-    msg = image(RGB, "rgb8")
-    mutate(msg)
-    with pytest.raises(ValueError, match=fragment):
-        image_to_rgb(msg, (4, 4))
-
-
-def test_resize_averages_areas_and_keeps_constant_images_constant():
-    flat = np.full((480, 640, 3), 123, np.uint8)
-    assert np.all(resize_rgb(flat, (128, 128)) == 123)
-    checker = np.indices((4, 4)).sum(axis=0) % 2 * 255
-    small = resize_rgb(np.repeat(checker[:, :, None], 3, axis=2).astype(np.uint8), (2, 2))
-    assert np.all(np.abs(small.astype(int) - 128) <= 1)  # anti-aliased, not a sample of one pixel
-    up = resize_rgb(RGB, (12, 16))
-    np.testing.assert_array_equal(up[::2, ::2], RGB)
 
 
 def test_rgb_image_round_trip_with_resize():

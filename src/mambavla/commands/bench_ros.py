@@ -30,10 +30,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="policy_node torch threads; 0 = torch's choice (default: 1, as config/policy_sim.yaml: on a "
                         "shared 2-core CPU more threads oversubscribe and inference gets several times slower)")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.add_argument("--images", action="store_true",
+                   help="only time the node's image conversion (raw/JPEG/PNG 640x480 and 1280x720 to 128x128), no DDS")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.images:
+        from mambavla.commands.bench_images import run as bench_images
+
+        return bench_images()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     import rclpy

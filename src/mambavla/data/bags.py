@@ -17,7 +17,9 @@ reader needs: task, instruction, seed, success, dt, cameras, image size, frame c
 `read_episode(path)` returns an `Episode` of aligned numpy arrays and raises `EpisodeError` with a
 clear reason for anything unusable (not a bag, corrupt or truncated, missing topics, no frames,
 inconsistent image sizes). Streams recorded elsewhere with their own stamps are aligned to the
-first camera's frames by taking the latest message at or before each frame.
+first camera's frames by taking the latest message at or before each frame. A camera recorded as
+sensor_msgs/CompressedImage (JPEG/PNG) on `/cameras/<name>/image_raw/compressed`, as image_transport
+publishes it, is read when its raw topic is absent; frames decode with `images.image_to_rgb`, as in policy_node.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ EE_POSE_TOPIC = "/ee_pose"
 INSTRUCTION_TOPIC = "/instruction"
 ACTION_TOPIC = "/action"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
+COMPRESSED_SUFFIX = "/compressed"  # image_transport's compressed topic: <base topic>/compressed
 TYPES = {
     JOINT_STATE_TOPIC: "sensor_msgs/msg/JointState",
     EE_POSE_TOPIC: "geometry_msgs/msg/PoseStamped",
@@ -236,9 +240,11 @@ def read_episode(path: str | Path, cameras: Sequence[str] | None = None) -> Epis
             if not meta and reader.metadata.get("custom_data"):
                 meta = json.loads((reader.metadata.get("custom_data") or {}).get("mambavla", "{}"))
             topics = {c.topic: c.msgtype for c in reader.connections}
-            image_topics = sorted(t for t, m in topics.items() if m == IMAGE_TYPE and t.startswith("/cameras/"))
-            names = list(cameras or meta.get("cameras") or [t.split("/")[2] for t in image_topics])
-            wanted = [camera_topic(n) for n in names] + list(TYPES)
+            image_topics = sorted(t for t, m in topics.items() if t.startswith("/cameras/") and
+                                  (m == IMAGE_TYPE or (m == COMPRESSED_IMAGE_TYPE and t.endswith(COMPRESSED_SUFFIX))))
+            names = list(cameras or meta.get("cameras") or dict.fromkeys(t.split("/")[2] for t in image_topics))
+            sources = {n: _camera_source(topics, n) for n in names}
+            wanted = list(sources.values()) + list(TYPES)
             missing = [t for t in wanted if t not in topics]
             if missing:
                 raise EpisodeError(f"{path}: missing topics {', '.join(missing)} (has {', '.join(sorted(topics)) or 'none'})")
@@ -254,7 +260,15 @@ def read_episode(path: str | Path, cameras: Sequence[str] | None = None) -> Epis
         raise
     except Exception as err:  # rosbags raises several types for damaged files
         raise EpisodeError(f"{path}: corrupt or truncated bag ({type(err).__name__}: {err})") from err
-    return _assemble(path, meta, names, streams)
+    return _assemble(path, meta, sources, streams)
+
+
+def _camera_source(topics: dict[str, str], name: str) -> str:
+    """The camera's raw Image topic, else its image_transport CompressedImage twin (the raw name when neither)."""
+    raw = camera_topic(name)
+    if topics.get(raw) != IMAGE_TYPE and topics.get(raw + COMPRESSED_SUFFIX) == COMPRESSED_IMAGE_TYPE:
+        return raw + COMPRESSED_SUFFIX
+    return raw
 
 
 def _stamp(msg, fallback_ns: int) -> int:
@@ -269,14 +283,16 @@ def _align(ref: np.ndarray, stamps: np.ndarray) -> np.ndarray:
     return np.searchsorted(stamps, ref, side="right") - 1
 
 
-def _assemble(path: Path, meta: dict, cameras: list[str], streams: dict[str, list]) -> Episode:
+def _assemble(path: Path, meta: dict, sources: dict[str, str], streams: dict[str, list]) -> Episode:
+    """`sources`: camera name -> the topic its frames come from."""
+    cameras = list(sources)
     counts = {t: len(v) for t, v in streams.items()}
-    empty = [t for t in list(map(camera_topic, cameras)) + [JOINT_STATE_TOPIC, EE_POSE_TOPIC, ACTION_TOPIC] if not streams[t]]
+    empty = [t for t in list(sources.values()) + [JOINT_STATE_TOPIC, EE_POSE_TOPIC, ACTION_TOPIC] if not streams[t]]
     if empty:
         raise EpisodeError(f"{path}: no messages on {', '.join(empty)}")
     for t in streams:
         streams[t].sort(key=lambda item: item[0])
-    ref_topic = camera_topic(cameras[0]) if cameras else JOINT_STATE_TOPIC  # state-only bags have no cameras
+    ref_topic = sources[cameras[0]] if cameras else JOINT_STATE_TOPIC  # state-only bags have no cameras
     ref = np.array([s for s, _ in streams[ref_topic]], dtype=np.int64)
     index = {t: _align(ref, np.array([s for s, _ in v], dtype=np.int64)) for t, v in streams.items() if t != INSTRUCTION_TOPIC}
     valid = np.all([i >= 0 for i in index.values()], axis=0)
@@ -287,11 +303,8 @@ def _assemble(path: Path, meta: dict, cameras: list[str], streams: dict[str, lis
     images = {}
     size = None
     for name in cameras:
-        msgs = streams[camera_topic(name)]
-        frames = []
-        for k in keep:
-            msg = msgs[index[camera_topic(name)][k]][1]
-            frames.append(_image_array(path, name, msg))
+        msgs, at = streams[sources[name]], index[sources[name]]
+        frames = [_image_array(path, name, msgs[at[k]][1]) for k in keep]
         arr = np.stack(frames)
         if size is not None and arr.shape[1:3] != size:
             raise EpisodeError(f"{path}: camera {name!r} is {arr.shape[2]}x{arr.shape[1]}, other cameras {size[1]}x{size[0]}")
@@ -316,14 +329,12 @@ def _assemble(path: Path, meta: dict, cameras: list[str], streams: dict[str, lis
 
 
 def _image_array(path: Path, name: str, msg) -> np.ndarray:
-    h, w = int(msg.height), int(msg.width)
-    if msg.encoding not in ("rgb8", "bgr8"):
-        raise EpisodeError(f"{path}: camera {name!r} has encoding {msg.encoding!r}; rgb8 or bgr8 expected")
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if msg.step < w * 3 or data.size != h * msg.step:
-        raise EpisodeError(f"{path}: camera {name!r} image of {data.size} bytes does not match {w}x{h} (step {msg.step})")
-    img = data.reshape(h, msg.step)[:, : w * 3].reshape(h, w, 3)
-    return img[..., ::-1] if msg.encoding == "bgr8" else img
+    from mambavla.data.images import image_to_rgb
+
+    try:
+        return image_to_rgb(msg)
+    except ValueError as err:
+        raise EpisodeError(f"{path}: camera {name!r}: {err}") from err
 
 
 def _joint_vector(path: Path, msg) -> np.ndarray:

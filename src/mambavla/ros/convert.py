@@ -1,4 +1,7 @@
-"""Message <-> numpy conversion for the nodes: images, action chunks, poses, stamps. No model code.
+"""Message <-> numpy conversion for the nodes: action chunks, poses, stamps, frames out. No model code.
+
+Incoming camera frames are decoded by `mambavla.data.images.image_to_rgb` (shared with the bag
+reader and replay).
 
 Action chunks travel as `trajectory_msgs/JointTrajectory`: `joint_names` name the action dimensions,
 `header.stamp` is the observation time, point k sits at `time_from_start = k * dt`, and
@@ -8,7 +11,6 @@ that name + `DELTA_SUFFIX` for targets relative to the end-effector pose at the 
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -20,9 +22,6 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from mambavla.runtime.chunk import ActionChunk
 
 DELTA_SUFFIX = "/ee_at_stamp"
-IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
-MAX_IMAGE_BYTES = 64 * 1024 * 1024
-MAX_IMAGE_SIDE = 8192  # px: a 500000x1 frame within the byte limit would cost seconds and hundreds of MB to resize
 MAX_CHUNK_POINTS = 1000
 
 
@@ -41,70 +40,7 @@ def seconds_to_duration(seconds: float) -> Duration:
     return Duration(sec=int(sec), nanosec=min(int(round((seconds - sec) * 1e9)), 999_999_999))
 
 
-# ---- images ----
-
-
-@functools.lru_cache(maxsize=8)
-def _area_weights(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] matrix averaging the input cells each output cell covers (box filter)."""
-    scale = n_in / n_out
-    edges = np.arange(n_out + 1) * scale
-    cells = np.arange(n_in)
-    lo = np.maximum(edges[:-1, None], cells[None, :])
-    hi = np.minimum(edges[1:, None], cells[None, :] + 1)
-    w = np.clip(hi - lo, 0.0, None)
-    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [h, w, 3] -> uint8 [H, W, 3] by area averaging (anti-aliased downscaling, box upscaling)."""
-    h_out, w_out = size
-    h_in, w_in, c = image.shape
-    if (h_in, w_in) == (h_out, w_out):
-        return image
-    if h_out <= h_in and w_out <= w_in:  # OpenCV's INTER_AREA: the same pixels (+-1), ~14x faster, no weight matrices
-        import cv2
-
-        return cv2.resize(np.ascontiguousarray(image), (w_out, h_out), interpolation=cv2.INTER_AREA).reshape(h_out, w_out, c)
-    rows = _area_weights(h_in, h_out)  # [H, h]
-    cols = _area_weights(w_in, w_out)  # [W, w]
-    x = image.astype(np.float32)
-    x = np.tensordot(rows, x, axes=(1, 0))  # [H, w, c]
-    x = np.tensordot(cols, x, axes=(1, 1)).transpose(1, 0, 2)  # [H, W, c]
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-def image_to_rgb(msg: Image, size: tuple[int, int] | None = None) -> np.ndarray:
-    """sensor_msgs/Image -> uint8 [H, W, 3] RGB, resized to `size` (H, W). ValueError says what is wrong."""
-    encoding = msg.encoding.lower()
-    if encoding not in IMAGE_CHANNELS:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r} (supported: {', '.join(IMAGE_CHANNELS)})")
-    channels = IMAGE_CHANNELS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image has no pixels ({width}x{height})")
-    if height > MAX_IMAGE_SIDE or width > MAX_IMAGE_SIDE:
-        raise ValueError(f"image of {width}x{height} exceeds {MAX_IMAGE_SIDE} px per side")
-    if step < width * channels:
-        raise ValueError(f"image step {step} < width {width} x {channels} channels")
-    if step * height > MAX_IMAGE_BYTES:
-        raise ValueError(f"image of {step * height} bytes exceeds {MAX_IMAGE_BYTES}")
-    data = msg.data
-    if len(data) < step * height:
-        raise ValueError(f"truncated image data: {len(data)} bytes < step {step} x height {height}")
-    try:  # no cv_bridge: the apt build targets numpy 1.x, the nodes run numpy 2
-        buf = np.frombuffer(data, dtype=np.uint8, count=step * height)
-    except TypeError:  # a plain sequence rather than a buffer
-        buf = np.asarray(data[: step * height], dtype=np.uint8)
-    pixels = buf.reshape(height, step)[:, : width * channels].reshape(height, width, channels)
-    if encoding == "mono8":
-        rgb = np.repeat(pixels, 3, axis=2)
-    elif encoding.startswith("bgr"):
-        rgb = pixels[:, :, 2::-1]
-    else:
-        rgb = pixels[:, :, :3]
-    rgb = resize_rgb(rgb, size) if size is not None else rgb
-    return rgb if rgb.flags.writeable and rgb.flags.c_contiguous else np.array(rgb, order="C")  # own the pixels
+# ---- images (decoding: mambavla.data.images.image_to_rgb) ----
 
 
 def rgb_to_image(rgb: np.ndarray, stamp: float, frame_id: str) -> Image:

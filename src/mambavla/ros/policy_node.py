@@ -1,7 +1,9 @@
 """policy_node: cameras + robot state + instruction in, action chunks out, through `PolicyRuntime`.
 
-Callbacks only store messages (the latest raw frame per camera); the worker thread converts frames,
-chooses the observation and runs inference. The node holds no model logic: it translates messages to
+Callbacks only store messages (the latest frame per camera, still encoded); the worker thread decodes
+and resizes frames (`image_transport` raw: sensor_msgs/Image on each camera topic; compressed:
+sensor_msgs/CompressedImage JPEG/PNG on `<topic>/compressed`, as image_transport publishes it), chooses
+the observation and runs inference. The node holds no model logic: it translates messages to
 and from the runtime.
 
 A rejected instruction (empty after Unicode normalisation, only zero-width or control characters,
@@ -21,16 +23,19 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
-from mambavla.ros.convert import chunk_to_trajectory, image_to_rgb, pose_from_msg, stamp_to_seconds
+from mambavla.data.images import image_to_rgb
+from mambavla.ros.convert import chunk_to_trajectory, pose_from_msg, stamp_to_seconds
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.runtime.schedule import INFER_MODES, Frame, Observation, ObservationBuffer, PeriodSchedule
 from mambavla.ros.params import declare
 from mambavla.ros.spin import run_node
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+
+IMAGE_TRANSPORTS = ("raw", "compressed")
 
 
 class PolicyNode(Node):
@@ -43,9 +48,12 @@ class PolicyNode(Node):
         self.seed = p("seed", 0, "seed of the flow-matching noise (and of untrained weights)")
         self.torch_threads = p("torch_threads", 0, "CPU threads for inference; 0 keeps torch's default")
         self.camera_topics = p("camera_topics", ["/cameras/front/image_raw", "/cameras/wrist/image_raw"],
-                               "one sensor_msgs/Image topic per camera, named by camera_names")
+                               "one camera base topic per camera, named by camera_names")
         self.camera_names = p("camera_names", ["front", "wrist"],
                               "the checkpoint camera each topic feeds (checked against the checkpoint at load)")
+        self.image_transport = p("image_transport", "raw",
+                                 "raw: sensor_msgs/Image on each camera topic; compressed: sensor_msgs/CompressedImage "
+                                 "(JPEG/PNG) on <topic>/compressed")
         instruction_topic = p("instruction_topic", "/instruction", "std_msgs/String instruction (transient-local)")
         joint_states_topic = p("joint_states_topic", "/joint_states", "robot joint states (finger positions used)")
         ee_pose_topic = p("ee_pose_topic", "/ee_pose", "end-effector pose (geometry_msgs/PoseStamped)")
@@ -62,6 +70,11 @@ class PolicyNode(Node):
         diagnostics_rate = p("diagnostics_rate_hz", 1.0, "status publishing rate, Hz")
         if self.infer_mode not in INFER_MODES:
             raise ValueError(f"infer_mode must be one of {INFER_MODES}, got {self.infer_mode!r}")
+        if self.image_transport not in IMAGE_TRANSPORTS:
+            raise ValueError(f"image_transport must be one of {IMAGE_TRANSPORTS}, got {self.image_transport!r}")
+        if any(t.rstrip("/").endswith("/compressed") for t in self.camera_topics):
+            raise ValueError(f"camera_topics {self.camera_topics} name the base topic: image_transport compressed "
+                             "subscribes <topic>/compressed")
         if len(self.camera_names) != len(self.camera_topics) or len(set(self.camera_names)) != len(self.camera_names):
             raise ValueError(f"camera_names {self.camera_names} must name each of camera_topics {self.camera_topics} once")
 
@@ -72,7 +85,7 @@ class PolicyNode(Node):
         self._observations = ObservationBuffer(len(self.camera_topics), self.max_observation_age)
         self._period: PeriodSchedule | None = None  # built from the checkpoint's policy_period
         self._camera_slot: list[int] = []  # topic index -> position in the checkpoint's camera order
-        self._raw_frames: dict[int, tuple[Image, float]] = {}  # topic index -> (latest message, receipt), not converted
+        self._undecoded: dict[int, tuple[Image | CompressedImage, float]] = {}  # topic index -> (latest, receipt)
         self._pending_instruction: str | None = None  # "" = a rejected instruction: end the current task
         self.instruction = ""
         self.chunks_published = 0
@@ -85,8 +98,11 @@ class PolicyNode(Node):
         self._last_infer = 0.0
         self._running = True
 
-        for index, topic in enumerate(self.camera_topics):
-            self.create_subscription(Image, topic, lambda msg, i=index: self._on_image(i, msg), SENSOR_QOS)
+        image_type, suffix = (Image, "") if self.image_transport == "raw" else (CompressedImage, "/compressed")
+        # like image_transport: remapping applies to the base topic, then the transport's suffix is appended
+        self.image_topics = [self.resolve_topic_name(topic) + suffix for topic in self.camera_topics]
+        for index, topic in enumerate(self.image_topics):
+            self.create_subscription(image_type, topic, lambda msg, i=index: self._on_image(i, msg), SENSOR_QOS)
         self.create_subscription(String, instruction_topic, self._on_instruction, LATCHED_QOS)
         self.create_subscription(PoseStamped, ee_pose_topic, self._on_pose, STATE_QOS)
         self.create_subscription(JointState, joint_states_topic, self._on_joint_state, STATE_QOS)
@@ -106,9 +122,9 @@ class PolicyNode(Node):
         self.last_rejection = reason
         self.get_logger().warning(reason, throttle_duration_sec=2.0)
 
-    def _on_image(self, index: int, msg: Image) -> None:
-        with self._lock:  # store only: converting (and any cost a hostile frame carries) is the worker's
-            self._raw_frames[index] = (msg, self._now())
+    def _on_image(self, index: int, msg: Image | CompressedImage) -> None:
+        with self._lock:  # store only: decoding, resizing (and any cost a hostile frame carries) are the worker's
+            self._undecoded[index] = (msg, self._now())
             self._lock.notify_all()
 
     def _on_instruction(self, msg: String) -> None:
@@ -167,7 +183,7 @@ class PolicyNode(Node):
         self._camera_slot = [list(cams).index(name) for name in self.camera_names]
         self.policy_source = source
         self._period = PeriodSchedule(self.runtime.policy_period)
-        self.get_logger().info(f"policy: {source}; cameras {dict(zip(self.camera_names, self.camera_topics))}, "
+        self.get_logger().info(f"policy: {source}; cameras {dict(zip(self.camera_names, self.image_topics))}, "
                                f"image {self.runtime.image_size}, {self.runtime.chunk_size} x {self.runtime.dt} s, "
                                f"{self.runtime.action_mode} actions, infer_mode {self.infer_mode}"
                                + (f" (every {self.runtime.policy_period} s of frame time)" if self.infer_mode == "period" else ""))
@@ -186,11 +202,11 @@ class PolicyNode(Node):
         return True
 
     def _convert_frames(self) -> None:
-        """Worker: turn the latest raw frame of each camera into a policy-sized frame, or a logged rejection."""
+        """Worker: decode and resize the latest frame of each camera to the policy's size, or log a rejection."""
         with self._lock:
-            raw, self._raw_frames = self._raw_frames, {}
-        for index, (msg, receipt) in raw.items():
-            topic = self.camera_topics[index]
+            received, self._undecoded = self._undecoded, {}
+        for index, (msg, receipt) in received.items():
+            topic = self.image_topics[index]
             stamp = stamp_to_seconds(msg.header.stamp)
             if stamp - receipt > self.max_frame_future:
                 self._reject(f"{topic}: frame stamped {stamp - receipt:.2f} s in the future (camera clock?) "

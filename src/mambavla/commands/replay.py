@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="offline: treat inference as instantaneous (the schedule then depends on recorded times only)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="flow-matching noise seed (default: 0)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="offline: CPU threads for inference, as policy_node's torch_threads (0 keeps torch's default)")
     p.add_argument("--rate", type=float, default=1.0, help="--live: playback speed factor (default: 1.0)")
     p.add_argument("--out", default="", help="output folder (default: runs/replay/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -53,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give --checkpoint (or --preset NAME to score an untrained policy)")
     if args.checkpoint and not Path(args.checkpoint).is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {args.checkpoint}")
+    if args.torch_threads < 0:
+        raise ValueError("--torch-threads must be >= 0")
+    if args.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     maps = parse_maps(args.map)
     bags = find_bags(args.bag)
     out = Path(args.out or f"runs/replay/{time.strftime('%Y%m%d-%H%M%S')}")

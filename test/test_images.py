@@ -131,13 +131,14 @@ def test_jpeg_and_png_frames_give_the_raw_frames_pixels(height, width):
         (lambda: png_header(100_000, 100_000), "px per side"),
         (lambda: png_header(8000, 8000), "bytes exceeds"),
         (lambda: jpeg_claiming(60_000, 60_000), "px per side"),
+        (lambda: b"\xff\xd8" + b"\xff" * 1_000_000, "truncated or corrupt JPEG"),  # header scan bounded
         (lambda: bytes(MAX_IMAGE_BYTES + 1), "compressed image of .* bytes exceeds"),
         (lambda: b"GIF89a" + bytes(100), "neither JPEG nor PNG"),
         (lambda: bytes(12) + png_header(64, 64), "neither JPEG nor PNG"),  # compressedDepth: a depth header first
         (lambda: b"", "empty"),
     ],
     ids=["jpeg-cut-mid-scan", "jpeg-cut-in-header", "png-cut", "png-bomb-100000px", "png-bomb-192MB",
-         "jpeg-claims-60000px", "65MB", "gif", "compressed-depth", "empty"],
+         "jpeg-claims-60000px", "jpeg-fill-bytes", "65MB", "gif", "compressed-depth", "empty"],
 )
 def test_hostile_compressed_frames_raise_a_clear_error(data, fragment):
     with pytest.raises(ValueError, match=fragment):

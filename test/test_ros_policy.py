@@ -113,7 +113,7 @@ def test_by_default_one_chunk_per_policy_period_of_frame_time(policy):
 @pytest.mark.parametrize(
     ("make", "fragment"),
     [
-        (lambda s: Image(height=32, width=32, encoding="yuv422", step=64, data=bytes(2048)), "unsupported image encoding"),
+        (lambda s: Image(height=32, width=32, encoding="32FC1", step=128, data=bytes(4096)), "unsupported image encoding"),
         (lambda s: Image(height=32, width=32, encoding="rgb8", step=96, data=bytes(1000)), "truncated"),
         (lambda s: Image(height=32, width=32, encoding="rgb8", step=10, data=bytes(3072)), "step"),
     ],

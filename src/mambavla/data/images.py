@@ -95,7 +95,9 @@ def _raw_to_rgb(msg, size: tuple[int, int] | None) -> np.ndarray:
 def _jpeg_size(buf: memoryview) -> tuple[int, int]:
     """(width, height) from the first start-of-frame segment, without decoding."""
     i = 2
-    while i + 4 <= len(buf):
+    for _ in range(1000):  # a camera JPEG has tens of segments before its frame header; bounded for hostile fill bytes
+        if i + 4 > len(buf):
+            break
         if buf[i] != 0xFF:
             raise ValueError(f"corrupt JPEG: no marker at byte {i}")
         marker = buf[i + 1]

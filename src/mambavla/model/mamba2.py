@@ -87,6 +87,7 @@ def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
         y = torch.einsum("bhpn,bhn->bhp", state, C[:, 0]) + D[:, None] * x[:, 0]
         return y[:, None].to(dtype), state
 
+    chunk_len = min(chunk_len, l)  # a short scan (a frame, the action tokens) is one chunk of its own length
     pad = (-l) % chunk_len  # zero padding at the end: no input and no decay, so the state is unchanged
     xdt = F.pad(x * dt[..., None], (0, 0, 0, 0, 0, pad))
     Adt = F.pad(dt * A, (0, 0, 0, pad))

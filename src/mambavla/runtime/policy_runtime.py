@@ -26,13 +26,29 @@ class PolicyRuntime:
 
     `cuda_graph`: on CUDA with the Mamba fusion, capture the whole step (vision, state update, every
     flow step) as one CUDA graph and replay it. Possible because a Mamba step has static shapes: the
-    recurrent state and the window have fixed sizes, unlike a growing KV cache. Default: on where possible."""
+    recurrent state and the window have fixed sizes, unlike a growing KV cache. Default: on where possible.
+
+    `backend="onnx"`: the step runs in ONNX Runtime from the graph `mambavla export --onnx` wrote
+    (`onnx_path`; exported to a temporary folder when not given), on the CUDA execution provider for
+    device 'cuda' where onnxruntime-gpu provides it, else on the CPU provider (`onnx_provider` says which).
+    Torch keeps only the once-per-instruction work: the instruction prefix state and task vector (fp32,
+    CPU), and the noise, drawn as the torch backend draws it on CPU. Stream-mode Mamba policies only."""
 
     def __init__(self, model: MambaVLA, device: str | torch.device = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
-                 cuda_graph: bool | None = None):
+                 cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
+                 threads: int | None = None):
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        self.backend = backend
         self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
+        if self.device.type == "cuda" and not torch.cuda.is_available() and backend == "torch":
             raise ValueError("device 'cuda' requested but CUDA is not available")
+        self._onnx = None
+        if backend == "onnx":
+            if dtype not in (None, torch.float32) or cuda_graph:
+                raise ValueError("backend 'onnx' runs the fp32 graph; dtype and cuda_graph are torch-backend options")
+            self._onnx = _onnx_session(model, onnx_path, self.device.type, threads)
+            self.device = torch.device("cpu")  # torch's part: instruction prefix, noise, input checks
         self.dtype = dtype or torch.float32
         self.model = model.to(self.device, self.dtype).eval()
         self.config = model.config
@@ -55,15 +71,18 @@ class PolicyRuntime:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
-                        cuda_graph: bool | None = None) -> PolicyRuntime:
-        return cls(load_checkpoint(path), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph)
+                        cuda_graph: bool | None = None, **backend) -> PolicyRuntime:
+        """`backend`: backend, onnx_path, threads (see the class)."""
+        return cls(load_checkpoint(path), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph, **backend)
 
     @classmethod
     def from_preset(cls, name: str, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
-                    cuda_graph: bool | None = None, **overrides) -> PolicyRuntime:
+                    cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
+                    threads: int | None = None, **overrides) -> PolicyRuntime:
         torch.manual_seed(seed)  # untrained weights are reproducible from the seed
         config = preset(name).replace(**overrides) if overrides else preset(name)
-        return cls(MambaVLA(config), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph)
+        return cls(MambaVLA(config), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph, backend=backend,
+                   onnx_path=onnx_path, threads=threads)
 
     # ---- what callers need to know --------------------------------------------------------------
 
@@ -104,13 +123,27 @@ class PolicyRuntime:
     def instruction(self) -> str | None:
         return self._instruction
 
+    @property
+    def onnx_provider(self) -> str | None:
+        """The ONNX Runtime execution provider the step runs on (backend 'onnx'), else None."""
+        return None if self._onnx is None else self._onnx.provider
+
     # ---- verbs ---------------------------------------------------------------------------------
+
+    def stream_batch(self, streams: int, seeds: list[int] | None = None):
+        """A `StreamBatch` of `streams` independent streams of this policy, on this runtime's backend and
+        device, stepped together by `step_batch`; stream i's noise is seeded `seeds[i]` (default seed + i)."""
+        from mambavla.runtime.stream_batch import StreamBatch
+
+        return StreamBatch(self, streams, seeds)
 
     def reset(self) -> None:
         """Forget the observation history (keeps the instruction); restart the noise sequence."""
         self._generator.manual_seed(self.seed)
         self._state = self._prefix_state
         self._window.clear()
+        if self._onnx is not None and self._prefix_state is not None:
+            self._onnx.restart([t.numpy() for s in self._prefix_state for t in s], self._task.numpy())
         if self._graph is not None and self._prefix_state is not None:
             self._graph.restart(self._prefix_state)
             self._graph.task.copy_(self._task)
@@ -135,6 +168,8 @@ class PolicyRuntime:
         if self._prefix_state is None:
             raise ValueError("instruction: no instruction set; call set_instruction() before step()")
         images, proprio, stamp = self._validate(observation)
+        if self._onnx is not None:
+            return self._onnx_step(images, proprio, stamp)
         if self.cuda_graph:
             return self._graph_step(images, proprio, stamp)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
@@ -169,11 +204,20 @@ class PolicyRuntime:
         if self.config.history_mode == "window" and self.frames_seen == 0:
             self._graph.fill_window(images, proprio)
         noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=self._generator, device=self.device, dtype=self.dtype)
-        actions = self._graph.run(images, proprio, noise)
+        actions = self._graph.run(images, proprio, noise)[0]
         t1 = time.perf_counter()
         self.frames_seen += 1
         return ActionChunk(actions=actions, dt=self.config.dt, stamp=stamp, action_names=self.config.action_names,
                            action_mode=self.config.action_mode, timing_ms={"total": (t1 - t0) * 1e3, "cuda_graph": 1.0})
+
+    def _onnx_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, stamp: float) -> ActionChunk:
+        t0 = time.perf_counter()
+        noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=self._generator, dtype=torch.float32)
+        actions = self._onnx.run({c: v.numpy() for c, v in images.items()}, proprio.numpy(), noise.numpy())[0]
+        t1 = time.perf_counter()
+        self.frames_seen += 1
+        return ActionChunk(actions=actions, dt=self.config.dt, stamp=stamp, action_names=self.config.action_names,
+                           action_mode=self.config.action_mode, timing_ms={"total": (t1 - t0) * 1e3})
 
     @torch.no_grad()
     def extend_history(self, observation: dict, frames: int, block: int = 16) -> None:
@@ -186,11 +230,16 @@ class PolicyRuntime:
         images, proprio, _ = self._validate(observation)
         tokens = self.model.encode_frame(images, proprio, self._task)
         state = self._state
+        if self._onnx is not None:
+            flat = [torch.from_numpy(t) for t in self._onnx.state()]
+            state = [type(s)(*flat[2 * i:2 * i + 2]) for i, s in enumerate(self._prefix_state)]
         for start in range(0, frames, block):
             n = min(block, frames - start)
             state = self.model.condition(tokens.repeat(1, n, 1), state)
         if self._graph is not None:
             self._graph.restart(state)
+        elif self._onnx is not None:
+            self._onnx.restart([t.numpy() for s in state for t in s], self._task.numpy())
         else:
             self._state = state
         self.frames_seen += frames
@@ -262,10 +311,11 @@ class _StepGraph:
         self.stream = model.config.history_mode == "stream"
         self.images = {c: torch.zeros_like(v) for c, v in images.items()}
         self.proprio = torch.zeros_like(proprio)
-        self.noise = torch.zeros((1, model.config.chunk_size, model.config.action_dim), device=proprio.device, dtype=dtype)
+        batch = proprio.shape[0]  # streams stepped together (StreamBatch), each row its own state
+        self.noise = torch.zeros((batch, model.config.chunk_size, model.config.action_dim), device=proprio.device, dtype=dtype)
         self.state = [type(s)(*(t.clone() for t in s)) for s in prefix_state]  # stream: history; window: instruction
         n, d = model.config.tokens_per_frame, model.config.d_model
-        self.window = torch.zeros(1, (model.config.history_frames - 1) * n, d, device=proprio.device, dtype=dtype)
+        self.window = torch.zeros(batch, (model.config.history_frames - 1) * n, d, device=proprio.device, dtype=dtype)
         saved = ([t.clone() for s in self.state for t in s], self.window.clone())
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -305,9 +355,21 @@ class _StepGraph:
         self.window.copy_(tokens.repeat(1, self.model.config.history_frames - 1, 1))
 
     def run(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
+        """-> actions (B, H, A) on the host."""
         for c, v in images.items():
             self.images[c].copy_(v, non_blocking=True)
         self.proprio.copy_(proprio, non_blocking=True)
         self.noise.copy_(noise)
         self.graph.replay()
-        return self.actions[0].cpu().numpy()
+        return self.actions.cpu().numpy()
+
+
+def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, threads: int | None):
+    from mambavla.runtime.onnx_step import OnnxStep, check_exportable, export_step
+
+    check_exportable(model.config)
+    if onnx_path is None:
+        import tempfile
+
+        onnx_path = export_step(model, Path(tempfile.mkdtemp(prefix="mambavla-onnx-")) / "step.onnx")
+    return OnnxStep(onnx_path, model.config, batch=1, device=device, threads=threads)

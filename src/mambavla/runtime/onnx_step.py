@@ -1,0 +1,204 @@
+"""The streaming policy step as an ONNX graph, and an ONNX Runtime session that runs it.
+
+Graph (`export_step`): one control step of a stream-mode Mamba policy, the recurrent state explicit:
+
+    inputs   image_<camera> (B, C, H, W) float 0..255, proprio (B, P), task (B, d), noise (B, H, A),
+             conv_<i> (B, conv_dim, d_conv - 1), ssm_<i> (B, heads, headdim, d_state) for each layer i
+    outputs  actions (B, H, A) in robot units, conv_<i>_next, ssm_<i>_next
+
+The batch axis is dynamic, so one file serves one stream or many. The instruction is not in the graph:
+torch computes its prefix state and task vector once per instruction (the frozen MiniLM encoder and
+its tokenizer stay in transformers, the prefix has a variable length, and it runs off the step's
+latency path), and they enter the graph as the first `conv_*`/`ssm_*` state and as `task`. Noise is
+an input too, so ONNX Runtime and torch integrate the flow from the same draw.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mambavla.model.config import MambaVLAConfig
+from mambavla.model.mamba2 import Mamba2State
+from mambavla.model.modeling_mambavla import MambaVLA
+
+OPSET = 17
+FORMAT = 1  # bump when the graph's inputs or outputs change
+
+
+def state_names(config: MambaVLAConfig) -> list[str]:
+    return [f"{kind}_{i}" for i in range(config.n_layers) for kind in ("conv", "ssm")]
+
+
+def input_names(config: MambaVLAConfig) -> list[str]:
+    return [f"image_{c}" for c in config.cameras] + ["proprio", "task", "noise"] + state_names(config)
+
+
+def output_names(config: MambaVLAConfig) -> list[str]:
+    return ["actions"] + [f"{name}_next" for name in state_names(config)]
+
+
+class StreamingStep(nn.Module):
+    """One streaming step with flat tensor inputs and outputs (what the exporter traces)."""
+
+    def __init__(self, model: MambaVLA):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        config = self.model.config
+        k = len(config.cameras)
+        images = dict(zip(config.cameras, inputs[:k]))
+        proprio, task, noise = inputs[k:k + 3]
+        flat = inputs[k + 3:]
+        state = [Mamba2State(flat[2 * i], flat[2 * i + 1]) for i in range(config.n_layers)]
+        tokens = self.model.encode_frame(images, proprio, task)  # (B, tokens_per_frame, d)
+        state = self.model.condition(tokens, state)
+        actions = self.model.normalizer.unnormalize_actions(self.model.sample_actions(state, noise, task=task).float())
+        return (actions, *(t for s in state for t in s))
+
+
+class _NoInstructions:
+    """Stands in for the frozen instruction encoder, which stays outside the graph."""
+
+    def __init__(self, width: int):
+        self.width = width
+
+    def to(self, device) -> _NoInstructions:
+        return self
+
+
+def _rms_norm_symbolic(g, x, normalized_shape, weight, eps):
+    """aten::rms_norm for the TorchScript exporter (it has none below opset 23): x / sqrt(mean(x^2) + eps) * w."""
+    mean_square = g.op("ReduceMean", g.op("Mul", x, x), axes_i=list(range(-len(normalized_shape), 0)), keepdims_i=1)
+    denominator = g.op("Sqrt", g.op("Add", mean_square, g.op("Constant", value_t=torch.tensor(eps, dtype=torch.float32))))
+    return g.op("Mul", g.op("Div", x, denominator), weight)
+
+
+def example_inputs(config: MambaVLAConfig, batch: int = 1) -> tuple[Tensor, ...]:
+    h, w = config.image_size
+    channels = 4 if config.use_depth else 3
+    images = [torch.rand(batch, channels, h, w) * 255 for _ in config.cameras]
+    d_inner = config.expand * config.d_model
+    nheads, conv_dim = d_inner // config.headdim, d_inner + 2 * config.ngroups * config.d_state
+    state = []
+    for _ in range(config.n_layers):
+        state += [torch.zeros(batch, conv_dim, config.d_conv - 1), torch.zeros(batch, nheads, config.headdim, config.d_state)]
+    return (*images, torch.zeros(batch, config.proprio_dim), torch.zeros(batch, config.d_model),
+            torch.randn(batch, config.chunk_size, config.action_dim), *state)
+
+
+def check_exportable(config: MambaVLAConfig) -> None:
+    if config.fusion != "mamba" or config.history_mode != "stream":
+        raise ValueError(f"ONNX export: the streaming step needs fusion 'mamba' and history_mode 'stream', "
+                         f"this policy has {config.fusion!r} and {config.history_mode!r}")
+    if config.vision != "resnet":
+        raise ValueError(f"ONNX export: only the resnet vision encoder is exported, this policy uses {config.vision!r}")
+
+
+def export_step(model: MambaVLA, path: str | Path) -> Path:
+    """Write the streaming step of `model` (exported from an fp32 CPU copy) to `path` (.onnx)."""
+    import warnings
+
+    config = model.config
+    check_exportable(config)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fp32 = MambaVLA(config, model.normalizer.stats, instruction_encoder=_NoInstructions(model.instruction_encoder.width))
+    fp32.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()})
+    fp32 = fp32.eval()
+    from torch.onnx import symbolic_helper
+
+    symbolic = symbolic_helper.parse_args("v", "is", "v", "f")(_rms_norm_symbolic)
+    torch.onnx.register_custom_op_symbolic("aten::rms_norm", symbolic, OPSET)
+    names_in, names_out = input_names(config), output_names(config)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints taken from shapes
+        torch.onnx.export(
+            StreamingStep(fp32), example_inputs(config), str(path), dynamo=False, opset_version=OPSET,
+            input_names=names_in, output_names=names_out, dynamic_axes={n: {0: "batch"} for n in names_in + names_out},
+        )
+    import onnx
+
+    graph = onnx.load(str(path))
+    meta = {"mambavla_format": str(FORMAT), "config": json.dumps(config.to_dict()), "dtype": "float32"}
+    for key, value in meta.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+    return path
+
+
+def providers(device: str) -> list[str]:
+    """CUDA execution provider on 'cuda' where this ONNX Runtime build has it (onnxruntime-gpu), else CPU."""
+    import onnxruntime as ort
+
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxStep:
+    """An ONNX Runtime session of the exported step for `batch` streams. The recurrent state lives in
+    two sets of buffers on the provider's device, bound as inputs and outputs in turn (ORT must not write
+    a buffer it reads), so it never crosses to the host between steps."""
+
+    def __init__(self, path: str | Path, config: MambaVLAConfig, batch: int = 1, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX step graph not found: {path}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=providers(device))
+        self.path, self.threads = path, threads
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("mambavla_format") != str(FORMAT):
+            raise ValueError(f"{path}: not a mambavla step graph of format {FORMAT} (re-run `mambavla export --onnx`)")
+        exported = MambaVLAConfig.from_dict(json.loads(meta["config"]))
+        if exported.replace(extra={}) != config.replace(extra={}):
+            raise ValueError(f"{path}: exported from a different policy config than the one loaded")
+        self.config = config
+        self.provider = self.session.get_providers()[0]
+        self.device_type = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self.batch = batch
+        shapes = [tuple(t.shape) for t in example_inputs(config, batch)[len(config.cameras) + 3:]]
+        self._names = state_names(config)
+        self._state = [[ort.OrtValue.ortvalue_from_shape_and_type(s, np.float32, self.device_type, 0) for s in shapes] for _ in range(2)]
+        self._task = ort.OrtValue.ortvalue_from_shape_and_type((batch, config.d_model), np.float32, self.device_type, 0)
+        self._actions = ort.OrtValue.ortvalue_from_shape_and_type((batch, config.chunk_size, config.action_dim), np.float32, "cpu", 0)
+        self._current = 0
+        self._binding = self.session.io_binding()
+
+    def restart(self, state: list[np.ndarray], task: np.ndarray) -> None:
+        """Set the state to continue from (flat: conv_0, ssm_0, conv_1, ...) and the task vector, all (B, ...)."""
+        for buffer, value in zip(self._state[self._current], state):
+            buffer.update_inplace(np.ascontiguousarray(value, dtype=np.float32))
+        self._task.update_inplace(np.ascontiguousarray(task, dtype=np.float32))
+
+    def state(self) -> list[np.ndarray]:
+        """The current state, flat, copied to the host."""
+        return [v.numpy() for v in self._state[self._current]]
+
+    def run(self, images: dict[str, np.ndarray], proprio: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """images {camera: (B, C, H, W) float32}, proprio (B, P), noise (B, H, A) -> actions (B, H, A); advances the state."""
+        binding = self._binding
+        for camera in self.config.cameras:
+            binding.bind_cpu_input(f"image_{camera}", images[camera])
+        binding.bind_cpu_input("proprio", proprio)
+        binding.bind_cpu_input("noise", noise)
+        binding.bind_ortvalue_input("task", self._task)
+        current, following = self._state[self._current], self._state[1 - self._current]
+        for name, now, after in zip(self._names, current, following):
+            binding.bind_ortvalue_input(name, now)
+            binding.bind_ortvalue_output(f"{name}_next", after)
+        binding.bind_ortvalue_output("actions", self._actions)  # host memory: ORT copies it back from the device
+        self.session.run_with_iobinding(binding)
+        self._current = 1 - self._current
+        return self._actions.numpy()

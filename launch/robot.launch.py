@@ -32,6 +32,8 @@ def generate_launch_description():
         DeclareLaunchArgument("device", default_value="cuda", description="policy device"),
         DeclareLaunchArgument("front_camera", default_value="/cameras/front/image_raw", description="front camera image topic"),
         DeclareLaunchArgument("wrist_camera", default_value="/cameras/wrist/image_raw", description="wrist camera image topic"),
+        DeclareLaunchArgument("image_transport", default_value="raw", choices=["raw", "compressed"],
+                              description="cameras publish sensor_msgs/Image (raw) or CompressedImage on <camera topic>/compressed"),
         DeclareLaunchArgument("enable", default_value="false", description="track without calling ~/enable first"),
         DeclareLaunchArgument("realtime", default_value="true",
                               description="require a PREEMPT_RT kernel (franky refuses otherwise); false for bench tests only"),
@@ -57,7 +59,8 @@ def generate_launch_description():
         output="screen",
         parameters=[
             config("policy.yaml"),
-            {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device")},
+            {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
+             "image_transport": LaunchConfiguration("image_transport")},
         ],
         remappings=[
             ("/cameras/front/image_raw", LaunchConfiguration("front_camera")),

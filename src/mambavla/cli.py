@@ -12,7 +12,7 @@ import sys
 
 COMMANDS = (
     "info",
-    "bench",
+    "bench", "export",
     "train",
     "collect", "dataset", "eval-sim",
     "instruct", "demo", "bench-ros",

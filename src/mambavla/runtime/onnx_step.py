@@ -202,3 +202,23 @@ class OnnxStep:
         self.session.run_with_iobinding(binding)
         self._current = 1 - self._current
         return self._actions.numpy()
+
+
+def streamed_parity(model: MambaVLA, onnx_path: str | Path, steps: int = 20, device: str = "cpu", seed: int = 0,
+                    instruction: str = "pick up the red cube and place it on the blue plate") -> dict:
+    """Stream `steps` random observations through the torch runtime (fp32, CPU, eager) and the ONNX
+    Runtime backend from the same seed; -> the largest absolute action difference and the provider."""
+    from mambavla.runtime.policy_runtime import PolicyRuntime
+
+    reference = PolicyRuntime(model, seed=seed)
+    onnx = PolicyRuntime(model, device=device, seed=seed, backend="onnx", onnx_path=onnx_path)
+    rng = np.random.default_rng(seed)
+    h, w = model.config.image_size
+    worst = 0.0
+    for runtime in (reference, onnx):
+        runtime.set_instruction(instruction)
+    for _ in range(steps):
+        observation = {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in model.config.cameras},
+                       "proprio": rng.normal(size=model.config.proprio_dim).astype(np.float32)}
+        worst = max(worst, float(np.abs(reference.step(observation).actions - onnx.step(observation).actions).max()))
+    return {"steps": steps, "max_abs_diff": worst, "provider": onnx.onnx_provider, "reference": "torch fp32 cpu eager"}

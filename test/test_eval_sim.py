@@ -84,7 +84,7 @@ def test_eval_sim_command_runs_an_episode_end_to_end(cell, runtime, tmp_path, mo
     assert printed == summary
     assert summary["preset"] == "tiny" and summary["checkpoint"] is None
     lift = summary["tasks"]["lift"]
-    for key in ("success_rate", "episodes", "mean_episode_sim_seconds", "chunks_produced", "chunks_accepted", "chunks_rejected"):
+    for key in ("success_rate", "episodes", "mean_episode_sim_seconds", "chunks_produced", "chunks_accepted", "chunks_rejected", "rows_clamped"):
         assert math.isfinite(lift[key]), key
     for key in ("p50", "p95", "p99"):
         assert math.isfinite(lift["inference_ms"][key]) and lift["inference_ms"][key] > 0

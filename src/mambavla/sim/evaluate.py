@@ -43,6 +43,7 @@ class EpisodeResult:
     chunks_accepted: int = 0
     chunks_rejected: int = 0
     rejections_by_kind: dict[str, int] = field(default_factory=dict)
+    rows_clamped: int = 0  # chunk rows the controller moved onto the workspace box
     inference_ms: list[float] = field(default_factory=list)  # wall time of each policy step
     controller_states: dict[str, int] = field(default_factory=dict)  # control ticks spent in each state
     observation_stamps: list[float] = field(default_factory=list)  # simulated time of each observation
@@ -57,7 +58,8 @@ class EpisodeResult:
             "sim_seconds": round(self.sim_seconds, 3), "wall_seconds": round(self.wall_seconds, 3),
             "chunks_produced": self.chunks_produced, "chunks_accepted": self.chunks_accepted,
             "chunks_rejected": self.chunks_rejected, "rejections_by_kind": dict(self.rejections_by_kind),
-            "controller_states": dict(self.controller_states), "gripper_commands": self.gripper_commands, "error": self.error,
+            "rows_clamped": self.rows_clamped, "controller_states": dict(self.controller_states),
+            "gripper_commands": self.gripper_commands, "error": self.error,
         }
 
 
@@ -122,7 +124,7 @@ class SimEvaluator:
                 raise RuntimeError(f"episode {task} seed {seed} failed ({result.error}) and reconnecting failed: {again}") from again
         status = core.status()
         result.chunks_accepted, result.chunks_rejected = status["chunks_accepted"], status["chunks_rejected"]
-        result.rejections_by_kind = status["rejections_by_kind"]
+        result.rejections_by_kind, result.rows_clamped = status["rejections_by_kind"], status["rows_clamped"]
         result.wall_seconds = time.perf_counter() - wall0
         return result
 
@@ -308,6 +310,7 @@ def summarize(results: dict[str, list[EpisodeResult]]) -> dict:
             "chunks_accepted": sum(r.chunks_accepted for r in rs),
             "chunks_rejected": sum(r.chunks_rejected for r in rs),
             "rejections_by_kind": dict(rejections),
+            "rows_clamped": sum(r.rows_clamped for r in rs),
             "inference_ms": percentiles([v for r in rs for v in r.inference_ms]),
             "controller_states": dict(states),
             "ends": dict(Counter(r.end.split(":")[0] for r in rs)),

@@ -18,6 +18,9 @@ setup(
     ],
     package_data={"mambavla": ["py.typed", "policies/*/*"]},  # the shipped policy travels with the code
     install_requires=["setuptools"],
+    # the ONNX Runtime backend (PolicyRuntime(backend="onnx"), `mambavla export --onnx`); make setup installs
+    # the CPU build pinned in requirements.lock, a GPU robot PC takes onnxruntime-gpu for the CUDA provider
+    extras_require={"onnx": ["onnx", "onnxruntime"], "onnx-gpu": ["onnx", "onnxruntime-gpu"]},
     zip_safe=False,
     maintainer="mambavla",
     maintainer_email="maintainers@mambavla.dev",

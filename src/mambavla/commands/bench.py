@@ -1,5 +1,8 @@
 """`mambavla bench`: policy step latency (p50/p95/p99, vision/fusion/flow split) for the Mamba and
-Transformer fusions, and how it grows with streamed history length. Prints one JSON object."""
+Transformer fusions, how it grows with streamed history length, the ONNX Runtime backend (with its
+parity against the torch runtime), and `step_batch` throughput for B streams. Prints one JSON object.
+
+Every time is what a caller sees: input checks and upload, the step, and the copy of the actions back."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import sys
 import time
 
 HISTORY_SWEEP = (1, 16, 64, 256, 1024)
+BATCH_SWEEP = {"cuda": (1, 2, 4, 8, 16, 32, 64), "cpu": (1, 2, 4, 8)}
+INSTRUCTION = "pick up the red cube and place it on the blue plate"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep-steps", type=int, help="timed steps per history length (default: 10 cpu, 50 cuda)")
     p.add_argument("--fusion", choices=("mamba", "transformer"), action="append", help="limit to these fusions")
     p.add_argument("--language", help="instruction encoder: 'minilm' (default) or a local transformers folder")
+    p.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime (default: their own defaults)")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row (default: run it where onnxruntime imports)")
+    p.add_argument("--parity-steps", type=int, default=20, help="streamed steps of the ONNX parity check (vs torch fp32 cpu)")
+    p.add_argument("--batch", type=int, nargs="*", help="step_batch stream counts (default: 1..64 cuda, 1..8 cpu; none: skip)")
+    p.add_argument("--batch-steps", type=int, help="timed batch steps per stream count (default: 50 cuda, 5 cpu)")
     p.add_argument("--json", action="store_true", help="JSON only (default also prints JSON, plus progress on stderr)")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=run)
@@ -81,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         fusions = ["checkpoint"]
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     def log(msg: str) -> None:
         if not args.json:
@@ -134,9 +146,16 @@ def run(args: argparse.Namespace) -> int:
                     sweep.append({"history_frames": history, "tokens_in_context": history * runtime.config.tokens_per_frame,
                                   **m["step_ms"], **({"split_ms_p50": m["split_ms_p50"]} if not graph else {})})
                 entry["history_sweep"] = {"mode": mode, "points": sweep}
+            if graph == modes[-1] and fusion in ("mamba", "checkpoint") and args.batch != []:
+                result["step_batch"] = [_batch_sweep(runtime, args, cuda, log)]
             del runtime
             if cuda:
                 torch.cuda.empty_cache()
+        if fusion in ("mamba", "checkpoint") and not args.no_onnx:
+            entry["onnx"] = _onnx_row(args, dtype, steps, cuda, log, result.setdefault("step_batch", []))
+            best = min(m["step_ms"]["p50"] for k, m in entry.items() if k in ("eager", "cuda_graph"))
+            if "step_ms" in entry["onnx"]:
+                entry["onnx"]["p50_vs_best_torch"] = entry["onnx"]["step_ms"]["p50"] / best
         result["fusions"][fusion] = entry
 
     text = json.dumps(result, indent=2)
@@ -145,3 +164,90 @@ def run(args: argparse.Namespace) -> int:
         with open(args.out, "w") as f:
             f.write(text + "\n")
     return 0
+
+
+def _runtime(args: argparse.Namespace, **options):
+    from mambavla.runtime import PolicyRuntime
+
+    if args.checkpoint:
+        return PolicyRuntime.from_checkpoint(args.checkpoint, **options)
+    overrides = {"fusion": "mamba", "history_mode": "stream", **({"language": args.language} if args.language else {})}
+    return PolicyRuntime.from_preset(args.preset, **options, **overrides)
+
+
+def _onnx_row(args: argparse.Namespace, dtype, steps: int, cuda: bool, log, batch_rows: list) -> dict:
+    """The step on ONNX Runtime (fp32 graph): latency, parity with the torch runtime, and, where ORT runs
+    on the device benchmarked, its step_batch sweep. Missing packages or a failed export are reported, not raised."""
+    import importlib
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    missing = []
+    for module in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            missing.append(f"{module} ({err})")
+    if missing:
+        return {"skipped": f"not importable: {', '.join(missing)}"}
+    import onnxruntime as ort
+
+    from mambavla.runtime.onnx_step import export_step, providers, streamed_parity
+
+    row: dict = {"onnxruntime": ort.__version__, "available_providers": ort.get_available_providers(), "dtype": "float32"}
+    if cuda and providers("cuda")[0] != "CUDAExecutionProvider":
+        row["note"] = "this onnxruntime build has no CUDA execution provider (onnxruntime-gpu): the row is on the CPU provider"
+    try:
+        reference = _runtime(args, device="cpu", dtype=torch.float32, cuda_graph=False, threads=args.threads)
+        path = Path(tempfile.mkdtemp(prefix="mambavla-bench-")) / "step.onnx"
+        t0 = time.perf_counter()
+        export_step(reference.model, path)
+        row["export_s"] = time.perf_counter() - t0
+        runtime = _runtime(args, device=args.device, cuda_graph=False, backend="onnx", onnx_path=path, threads=args.threads)
+    except Exception as err:  # an exporter or runtime that cannot take this model is a result too
+        row["error"] = f"{type(err).__name__}: {err}"
+        return row
+    row["provider"] = runtime.onnx_provider
+    log(f"[onnx {row['provider']}] parity over {args.parity_steps} steps")
+    row["parity"] = streamed_parity(reference.model, path, steps=args.parity_steps, device=args.device)
+    obs = _observation(runtime, np.random.default_rng(0))
+    runtime.set_instruction(INSTRUCTION)
+    for _ in range(args.warmup):
+        runtime.step(obs)
+    log(f"[onnx {row['provider']}] timing {steps} steps")
+    row["step_ms"] = _timed_steps(runtime, obs, steps)["step_ms"]
+    if args.batch != [] and (not cuda or row["provider"] == "CUDAExecutionProvider"):
+        batch_rows.append(_batch_sweep(runtime, args, cuda, log))
+    return row
+
+
+def _batch_sweep(runtime, args: argparse.Namespace, cuda: bool, log) -> dict:
+    """step_batch of B streams (each its own instruction and state) -> batch latency and stream-steps/s."""
+    import numpy as np
+
+    counts = args.batch or BATCH_SWEEP["cuda" if cuda else "cpu"]
+    steps = args.batch_steps or (50 if cuda else 5)
+    mode = "onnx" if runtime.backend == "onnx" else ("cuda_graph" if runtime.cuda_graph else "eager")
+    points = []
+    for streams in counts:
+        batch = runtime.stream_batch(streams)
+        for i in range(streams):
+            batch.set_instruction(i, INSTRUCTION if i % 2 == 0 else "push the blue cube to the left")
+        rng = np.random.default_rng(streams)
+        observations = [_observation(runtime, rng) for _ in range(streams)]
+        for _ in range(max(1, min(args.warmup, 3))):
+            batch.step_batch(observations)
+        log(f"[step_batch {mode}] {streams} streams, {steps} steps")
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            batch.step_batch(observations)
+            times.append((time.perf_counter() - t0) * 1e3)
+        stats = _percentiles(times)
+        points.append({"streams": streams, "batch_ms": stats, "stream_steps_per_s": streams / stats["p50"] * 1e3})
+        del batch
+    return {"backend": runtime.backend, "mode": mode, "device": str(runtime.device) if runtime.backend == "torch" else runtime.onnx_provider,
+            "points": points}

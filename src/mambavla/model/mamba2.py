@@ -89,33 +89,31 @@ def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
 
     chunk_len = min(chunk_len, l)  # a short scan (a frame, the action tokens) is one chunk of its own length
     pad = (-l) % chunk_len  # zero padding at the end: no input and no decay, so the state is unchanged
-    xdt = F.pad(x * dt[..., None], (0, 0, 0, 0, 0, pad))
-    Adt = F.pad(dt * A, (0, 0, 0, pad))
-    Bp, Cp = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
     c = (l + pad) // chunk_len
-    xdt = xdt.view(b, c, chunk_len, h, p)
-    Bp, Cp = Bp.view(b, c, chunk_len, h, -1), Cp.view(b, c, chunk_len, h, -1)
-    Adt = Adt.view(b, c, chunk_len, h).permute(0, 3, 1, 2)  # (b, h, c, T)
+    # head-major chunks, so that every contraction below is one batched matmul (fast in torch and ONNX Runtime)
+    xdt = F.pad(x * dt[..., None], (0, 0, 0, 0, 0, pad)).view(b, c, chunk_len, h, p).permute(0, 3, 1, 2, 4)  # (b, h, c, T, p)
+    Bp = F.pad(B, (0, 0, 0, 0, 0, pad)).view(b, c, chunk_len, h, -1).permute(0, 3, 1, 2, 4)  # (b, h, c, T, n)
+    Cp = F.pad(C, (0, 0, 0, 0, 0, pad)).view(b, c, chunk_len, h, -1).permute(0, 3, 1, 2, 4)
+    Adt = F.pad(dt * A, (0, 0, 0, pad)).view(b, c, chunk_len, h).permute(0, 3, 1, 2)  # (b, h, c, T)
     A_cum = torch.cumsum(Adt, dim=-1)  # (b, h, c, T)
 
     # within each chunk: quadratic (attention-like) form
-    decay_within = _segsum_exp(Adt)  # (b, h, c, T, T)
-    scores = torch.einsum("bcihn,bcjhn->bhcij", Cp, Bp) * decay_within
-    y = torch.einsum("bhcij,bcjhp->bcihp", scores, xdt)
+    scores = (Cp @ Bp.transpose(-1, -2)) * _segsum_exp(Adt)  # (b, h, c, T, T)
+    y = scores @ xdt  # (b, h, c, T, p)
 
     # what each chunk adds to the state at its end, then the recurrence across chunks
     decay_to_end = torch.exp(A_cum[..., -1:] - A_cum)  # (b, h, c, T)
-    chunk_states = torch.einsum("bcjhn,bhcj,bcjhp->bchpn", Bp, decay_to_end, xdt)
+    chunk_states = (xdt * decay_to_end[..., None]).transpose(-1, -2) @ Bp  # (b, h, c, p, n)
     chunk_decay = torch.exp(A_cum[..., -1])  # (b, h, c)
     entering = []
     for i in range(c):
         entering.append(state)
-        state = state * chunk_decay[:, :, i, None, None] + chunk_states[:, i]
-    entering = torch.stack(entering, dim=1)  # (b, c, h, p, n)
+        state = state * chunk_decay[:, :, i, None, None] + chunk_states[:, :, i]
+    entering = torch.stack(entering, dim=2) if c > 1 else entering[0][:, :, None]  # (b, h, c, p, n)
 
     # the state entering each chunk, read out through C with the decay so far
-    y = y + torch.einsum("bcihn,bchpn,bhci->bcihp", Cp, entering, torch.exp(A_cum))
-    y = y.reshape(b, c * chunk_len, h, p)[:, :l] + D[:, None] * x
+    y = y + (Cp @ entering.transpose(-1, -2)) * torch.exp(A_cum)[..., None]  # (b, h, c, T, p)
+    y = y.permute(0, 2, 3, 1, 4).reshape(b, c * chunk_len, h, p)[:, :l] + D[:, None] * x
     return y.to(dtype), state
 
 

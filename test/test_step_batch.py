@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from mambavla.runtime import PolicyRuntime
 
@@ -68,3 +69,24 @@ def test_step_batch_refuses_wrong_counts_and_streams_without_instruction(base):
         batch.reset(2)
     with pytest.raises(ValueError, match="stream-mode policy"):
         PolicyRuntime.from_preset("tiny", history_mode="window").stream_batch(2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the GPU machine)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_batch_matches_separate_cuda_graph_runtimes(dtype):
+    base = PolicyRuntime.from_preset("tiny", device="cuda", seed=20, dtype=dtype)
+    batch = base.stream_batch(3)
+    singles = [PolicyRuntime(base.model, device="cuda", seed=20 + i, dtype=dtype) for i in range(3)]
+    for i, text in enumerate(INSTRUCTIONS):
+        batch.set_instruction(i, text)
+        singles[i].set_instruction(text)
+    worst = 0.0
+    for k in range(20):
+        if k == 5:
+            batch.reset(1)
+            singles[1].reset()
+        chunks = batch.step_batch([_obs(base, 100 * i + k) for i in range(3)])
+        for i, chunk in enumerate(chunks):
+            worst = max(worst, float(np.abs(chunk.actions - singles[i].step(_obs(base, 100 * i + k)).actions).max()))
+    assert batch._graph is not None
+    assert worst <= (1e-4 if dtype == torch.float32 else 2e-2)

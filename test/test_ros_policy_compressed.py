@@ -176,3 +176,22 @@ def test_hostile_compressed_frames_are_rejected_and_the_node_keeps_going(compres
     t = time.monotonic()
     cams.wait_for(lambda: cams.chunks_after(t), "chunks again once frames are valid", timeout=30.0)
     assert node.alive
+
+
+def test_the_onnx_backend_serves_the_node(tmp_path):
+    """policy_node with `backend: onnx` (the graph exported at load) publishes chunks and says which
+    ONNX Runtime provider runs the step."""
+    cams = CompressedCameras()
+    cams.instruction_pub.publish(String(data="pick up the red cube"))
+    node = NodeProcess("policy_node", ["policy.yaml", "policy_sim.yaml"],
+                       {"preset": "tiny", "image_transport": "compressed", "backend": "onnx", "torch_threads": 1,
+                        "max_observation_age": 1.0, "diagnostics_rate_hz": 5.0}, tmp_path / "policy.log",
+                       env={"ROS_DOMAIN_ID": str(DOMAIN)})
+    try:
+        status = cams.wait_status(lambda s: int(s["chunks_published"]) >= 3, "chunks from the ONNX backend", timeout=300.0)
+        assert status["backend"] == "onnx (CPUExecutionProvider)", status["backend"]
+        msg = cams.wait_for(lambda: cams.chunks_after(0.0), "a chunk on /action_chunk")[-1]
+        assert len(msg.points) > 1 and all(np.isfinite(p.positions).all() for p in msg.points)
+    finally:
+        node.stop()
+        cams.close()

@@ -46,7 +46,10 @@ class PolicyNode(Node):
         self.preset = p("preset", "tiny", "model preset used when no checkpoint is given")
         self.device = p("device", "cpu", "torch device: cpu, cuda, cuda:1 ...")
         self.seed = p("seed", 0, "seed of the flow-matching noise (and of untrained weights)")
-        self.torch_threads = p("torch_threads", 0, "CPU threads for inference; 0 keeps torch's default")
+        self.torch_threads = p("torch_threads", 0, "CPU threads for inference (torch or ONNX Runtime); 0 keeps the default")
+        self.backend = p("backend", "torch", "torch, or onnx: the step in ONNX Runtime (CUDA provider with onnxruntime-gpu, "
+                                             "else CPU; on a CPU about 2x faster than torch eager)")
+        self.onnx_path = p("onnx_path", "", "graph from `mambavla export --onnx` for backend onnx; empty: exported at load")
         self.camera_topics = p("camera_topics", ["/cameras/front/image_raw", "/cameras/wrist/image_raw"],
                                "one camera base topic per camera, named by camera_names")
         self.camera_names = p("camera_names", ["front", "wrist"],
@@ -70,6 +73,8 @@ class PolicyNode(Node):
         diagnostics_rate = p("diagnostics_rate_hz", 1.0, "status publishing rate, Hz")
         if self.infer_mode not in INFER_MODES:
             raise ValueError(f"infer_mode must be one of {INFER_MODES}, got {self.infer_mode!r}")
+        if self.backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {self.backend!r}")
         if self.image_transport not in IMAGE_TRANSPORTS:
             raise ValueError(f"image_transport must be one of {IMAGE_TRANSPORTS}, got {self.image_transport!r}")
         if any(t.rstrip("/").endswith("/compressed") for t in self.camera_topics):
@@ -169,11 +174,12 @@ class PolicyNode(Node):
             import torch
 
             torch.set_num_threads(self.torch_threads)
+        backend = {"backend": self.backend, "onnx_path": self.onnx_path or None, "threads": self.torch_threads or None}
         if self.checkpoint:
-            self.runtime = PolicyRuntime.from_checkpoint(self.checkpoint, device=self.device, seed=self.seed)
+            self.runtime = PolicyRuntime.from_checkpoint(self.checkpoint, device=self.device, seed=self.seed, **backend)
             source = f"checkpoint {self.checkpoint}"
         else:
-            self.runtime = PolicyRuntime.from_preset(self.preset, device=self.device, seed=self.seed)
+            self.runtime = PolicyRuntime.from_preset(self.preset, device=self.device, seed=self.seed, **backend)
             source = f"UNTRAINED preset {self.preset!r} (no checkpoint given): actions are noise"
             self.get_logger().warning(f"running an {source}")
         cams = self.runtime.camera_names
@@ -182,6 +188,7 @@ class PolicyNode(Node):
                              f"policy's cameras {list(cams)}")
         self._camera_slot = [list(cams).index(name) for name in self.camera_names]
         self.policy_source = source
+        self.onnx_provider = self.runtime.onnx_provider or ""
         self._period = PeriodSchedule(self.runtime.policy_period)
         self.get_logger().info(f"policy: {source}; cameras {dict(zip(self.camera_names, self.image_topics))}, "
                                f"image {self.runtime.image_size}, {self.runtime.chunk_size} x {self.runtime.dt} s, "
@@ -323,6 +330,7 @@ class PolicyNode(Node):
             "state": self.state,
             "reason": self.reason,
             "policy": getattr(self, "policy_source", ""),
+            "backend": self.backend if self.backend == "torch" else f"onnx ({getattr(self, 'onnx_provider', '')})",
             "instruction": self.instruction[:200],
             "chunks_published": self.chunks_published,
             "frames_dropped": self.frames_dropped,

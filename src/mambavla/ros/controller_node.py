@@ -47,6 +47,7 @@ from mambavla.ros.spin import run_node
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, STATE_QOS
 from mambavla.spaces import FRANKA_MAX_FINGER_WIDTH
 
+GRIPPER_COMMAND_TIMEOUT = 5.0  # s: a gripper command still running after this is reported as an error
 SERVICE_WAIT = 5.0  # s a service request waits for the control thread to carry it out
 STUCK_AFTER = 3.0  # s without a control-loop pass: the control thread is stuck in a robot call (a stop takes ~1 s)
 SERVICE_QOS = QoSProfile(depth=100)  # no concurrent request may be dropped (a dropped one could be ~/stop)
@@ -93,6 +94,8 @@ class GripperWorker:
         self._logger = logger
         self._desired_closed = False
         self._commanded_closed: bool | None = None
+        self._future = None  # the last command's franky future
+        self._sent_at = 0.0
         self.width = float("nan")
         self.error = ""
         self._running = True
@@ -115,19 +118,32 @@ class GripperWorker:
             self._wake.wait(0.1)
             self._wake.clear()
             try:
-                if self._desired_closed != self._commanded_closed:
+                waiting = ""
+                if self._desired_closed != self._commanded_closed and not self._previous_finished():
+                    waited = time.monotonic() - self._sent_at
+                    if waited > GRIPPER_COMMAND_TIMEOUT:
+                        waiting = f"the previous gripper command has not finished after {waited:.0f} s; the next waits for it"
+                elif self._desired_closed != self._commanded_closed:
                     closed = self._desired_closed
                     if closed:  # wide epsilons: any object between the fingers counts as grasped
-                        self._gripper.grasp_async(0.0, self._speed, self._force, epsilon_inner=0.1, epsilon_outer=0.1)
+                        self._future = self._gripper.grasp_async(0.0, self._speed, self._force,
+                                                                 epsilon_inner=0.1, epsilon_outer=0.1)
                     else:
-                        self._gripper.move_async(self._open_width, self._speed)
-                    self._commanded_closed = closed
+                        self._future = self._gripper.move_async(self._open_width, self._speed)
+                    self._commanded_closed, self._sent_at = closed, time.monotonic()
                 self.width = float(self._gripper.width)
-                self.error = ""
+                if waiting and not self.error:
+                    self._logger.warning(f"gripper: {waiting}")
+                self.error = waiting
             except Exception as err:  # franky raises several exception types; report, keep running
                 if str(err) != self.error:
                     self._logger.error(f"gripper: {err}")
                 self.error = str(err)
+
+    def _previous_finished(self) -> bool:
+        """franky's next *_async call joins the previous command without a timeout (a grasp ends only once
+        the fingers settle), so the loop polls for it instead of blocking in the call."""
+        return self._future is None or self._future.wait(0.0)
 
     def close(self) -> None:
         self._running = False

@@ -29,6 +29,8 @@ from mambavla.realtime import keep_thread_scheduling
 from mambavla.sim.tasks import EVAL_SEED_BASE
 from mambavla.sim.workcell import HALF_STEP, OPEN_WIDTH, Snapshot, Workcell
 
+GRIPPER_COMMAND_TIMEOUT = 5.0  # wall s the previous gripper command may take to finish before the next
+
 
 @dataclass
 class EpisodeResult:
@@ -79,6 +81,8 @@ class SimEvaluator:
         if not self.time_limit > 0:
             raise ValueError(f"time limit must be > 0 s, got {self.time_limit}")
         self.robot = self.gripper = None
+        self._gripper_future = None  # the last gripper command's franky future
+        self._abandoned_grippers: list = []  # kept alive: see _reconnect
         self._connect()
 
     # ---- franky connection ----
@@ -90,8 +94,20 @@ class SimEvaluator:
             self.robot = franky.Robot(self.cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
             self.gripper = franky.Gripper(self.cell.robot_ip) if self.tracking.gripper else None
 
+    def _finish_gripper_command(self) -> None:
+        """Let the previous gripper command finish (physics released) before the next one: franky's next
+        *_async call joins it without a timeout, and franky-sim answers a grasp only once the fingers
+        settle, which fingers chattering on a cube may never do (an eval once hung 60 min there)."""
+        if self._gripper_future is not None and not self._gripper_future.wait(GRIPPER_COMMAND_TIMEOUT):
+            raise RuntimeError(f"gripper: the previous command did not finish within {GRIPPER_COMMAND_TIMEOUT} s "
+                               "(franky-sim's fingers never settled)")
+        self._gripper_future = None
+
     def _reconnect(self) -> None:
         self.cell.release()
+        if self._gripper_future is not None:  # a Gripper with an unfinished command would block in its destructor
+            self._abandoned_grippers.append(self.gripper)
+            self._gripper_future = None
         self.robot = self.gripper = None
         self._connect()
         if self.robot.has_errors:
@@ -176,11 +192,12 @@ class SimEvaluator:
                     # the call waits for franky-sim's gripper server, which only answers while physics runs:
                     # release the hold for it (held, it crawled at one keep-alive step per 0.1 s: minutes)
                     cell.release()
+                    self._finish_gripper_command()
                     if closed:  # wide epsilons, as controller_node: any object between the fingers counts as grasped
-                        self.gripper.grasp_async(0.0, self.tracking.gripper_speed, self.tracking.gripper_force,
-                                                 epsilon_inner=0.1, epsilon_outer=0.1)
+                        self._gripper_future = self.gripper.grasp_async(
+                            0.0, self.tracking.gripper_speed, self.tracking.gripper_force, epsilon_inner=0.1, epsilon_outer=0.1)
                     else:
-                        self.gripper.move_async(OPEN_WIDTH, self.tracking.gripper_speed)
+                        self._gripper_future = self.gripper.move_async(OPEN_WIDTH, self.tracking.gripper_speed)
                     result.gripper_commands += 1
             upcoming = [t0 + n_tick * tick, t0 + n_obs * period] + ([pending[0][0]] if pending else [])
             snap = cell.hold_at(min(upcoming))

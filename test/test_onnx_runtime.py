@@ -9,16 +9,10 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from mambavla.cli import main  # noqa: E402
+from observations import random_observation  # noqa: E402
 from mambavla.model.config import preset  # noqa: E402
 from mambavla.runtime import PolicyRuntime  # noqa: E402
 from mambavla.runtime.onnx_step import export_step, input_names, output_names  # noqa: E402
-
-
-def _obs(runtime: PolicyRuntime, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    h, w = runtime.image_size
-    return {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in runtime.camera_names},
-            "proprio": rng.normal(size=runtime.proprio_dim).astype(np.float32), "stamp": float(seed)}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def test_onnx_backend_matches_torch_runtime_over_streamed_steps(exported):
         if k == 17:
             for rt in (reference, runtime):
                 rt.reset()
-        a, b = reference.step(_obs(reference, k)), runtime.step(_obs(runtime, k))
+        a, b = reference.step(random_observation(reference, k)), runtime.step(random_observation(runtime, k))
         diffs.append(float(np.abs(a.actions - b.actions).max()))
         chunks.append(a.actions)
         assert b.stamp == float(k) and b.actions.shape == (runtime.chunk_size, len(runtime.action_names))

@@ -32,6 +32,7 @@ from mambavla.spaces import EE_REFERENCE_QUAT
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 DOMAIN = 163
+ONNX_DOMAIN = 164  # its own graph: the module's torch-backend node publishes the same diagnostics name
 POLICY = "mambavla/policy_node"
 CAMERAS = ("front", "wrist")
 
@@ -39,9 +40,9 @@ CAMERAS = ("front", "wrist")
 class CompressedCameras:
     """Plays two JPEG cameras (640x480, 10 Hz), the robot state (50 Hz) and the operator, on its own domain."""
 
-    def __init__(self):
+    def __init__(self, domain: int = DOMAIN):
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN)
+        rclpy.init(context=self.context, domain_id=domain)
         n = self.node = rclpy.create_node("compressed_camera_probe", context=self.context)
         self.lock = threading.Lock()
         self.status: dict = {}
@@ -181,12 +182,12 @@ def test_hostile_compressed_frames_are_rejected_and_the_node_keeps_going(compres
 def test_the_onnx_backend_serves_the_node(tmp_path):
     """policy_node with `backend: onnx` (the graph exported at load) publishes chunks and says which
     ONNX Runtime provider runs the step."""
-    cams = CompressedCameras()
+    cams = CompressedCameras(ONNX_DOMAIN)
     cams.instruction_pub.publish(String(data="pick up the red cube"))
     node = NodeProcess("policy_node", ["policy.yaml", "policy_sim.yaml"],
                        {"preset": "tiny", "image_transport": "compressed", "backend": "onnx", "torch_threads": 1,
                         "max_observation_age": 1.0, "diagnostics_rate_hz": 5.0}, tmp_path / "policy.log",
-                       env={"ROS_DOMAIN_ID": str(DOMAIN)})
+                       env={"ROS_DOMAIN_ID": str(ONNX_DOMAIN)})
     try:
         status = cams.wait_status(lambda s: int(s["chunks_published"]) >= 3, "chunks from the ONNX backend", timeout=300.0)
         assert status["backend"] == "onnx (CPUExecutionProvider)", status["backend"]

@@ -5,15 +5,9 @@ import pytest
 import torch
 
 from mambavla.runtime import PolicyRuntime
+from observations import random_observation
 
 INSTRUCTIONS = ("lift the red cube", "push the blue cube to the left", "place the green cube on the red plate")
-
-
-def _obs(runtime: PolicyRuntime, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    h, w = runtime.image_size
-    return {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in runtime.camera_names},
-            "proprio": rng.normal(size=runtime.proprio_dim).astype(np.float32), "stamp": float(seed)}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +33,9 @@ def test_streams_match_separate_runtimes_with_their_own_instruction_and_resets(b
         if k == 8:  # a new instruction for one stream
             batch.set_instruction(2, "lift the blue cube")
             singles[2].set_instruction("lift the blue cube")
-        chunks = batch.step_batch([_obs(base, 100 * i + k) for i in range(3)])
+        chunks = batch.step_batch([random_observation(base, 100 * i + k) for i in range(3)])
         for i, chunk in enumerate(chunks):
-            expected = singles[i].step(_obs(base, 100 * i + k))
+            expected = singles[i].step(random_observation(base, 100 * i + k))
             worst = max(worst, float(np.abs(chunk.actions - expected.actions).max()))
             assert chunk.stamp == expected.stamp
     assert worst <= 1e-4
@@ -52,7 +46,7 @@ def test_streams_differ_when_only_their_instruction_differs(base):
     batch = base.stream_batch(2, seeds=[3, 3])
     batch.set_instruction(0, INSTRUCTIONS[0])
     batch.set_instruction(1, INSTRUCTIONS[1])
-    same = _obs(base, 0)
+    same = random_observation(base, 0)
     a, b = batch.step_batch([same, same])
     assert np.abs(a.actions - b.actions).max() > 1e-3
 
@@ -61,10 +55,10 @@ def test_step_batch_refuses_wrong_counts_and_streams_without_instruction(base):
     batch = base.stream_batch(2)
     batch.set_instruction(0, INSTRUCTIONS[0])
     with pytest.raises(ValueError, match=r"no instruction set for stream\(s\) \[1\]"):
-        batch.step_batch([_obs(base, 0), _obs(base, 1)])
+        batch.step_batch([random_observation(base, 0), random_observation(base, 1)])
     batch.set_instruction(1, INSTRUCTIONS[1])
     with pytest.raises(ValueError, match="expected 2 observations"):
-        batch.step_batch([_obs(base, 0)])
+        batch.step_batch([random_observation(base, 0)])
     with pytest.raises(ValueError, match="out of range"):
         batch.reset(2)
     with pytest.raises(ValueError, match="stream-mode policy"):
@@ -85,8 +79,8 @@ def test_cuda_graph_batch_matches_separate_cuda_graph_runtimes(dtype):
         if k == 5:
             batch.reset(1)
             singles[1].reset()
-        chunks = batch.step_batch([_obs(base, 100 * i + k) for i in range(3)])
+        chunks = batch.step_batch([random_observation(base, 100 * i + k) for i in range(3)])
         for i, chunk in enumerate(chunks):
-            worst = max(worst, float(np.abs(chunk.actions - singles[i].step(_obs(base, 100 * i + k)).actions).max()))
+            worst = max(worst, float(np.abs(chunk.actions - singles[i].step(random_observation(base, 100 * i + k)).actions).max()))
     assert batch._graph is not None
     assert worst <= (1e-4 if dtype == torch.float32 else 2e-2)

@@ -156,8 +156,9 @@ def _recompress(src, dst, ext: str, keep_raw: bool = False):
     return dst
 
 
-def _scene_episode(path, frames=6, cameras=("front", "wrist")):
-    with EpisodeWriter(path, cameras, (48, 64), 0.05, {"task": "lift", "seed": 0, "success": True}) as w:
+def _scene_episode(path, frames=6, cameras=("front", "wrist"), image_format="raw"):
+    with EpisodeWriter(path, cameras, (48, 64), 0.05, {"task": "lift", "seed": 0, "success": True},
+                       image_format=image_format) as w:
         w.write_instruction(0.0, "lift the red cube")
         for t in range(frames):
             pose = spaces.vector_to_pose(np.array([0.5, 0.0, 0.3 + 0.01 * t, 0, 0, 0]))
@@ -183,3 +184,21 @@ def test_a_bag_with_compressed_image_cameras_reads_back_within_jpeg_tolerance(tm
                 assert 0 < diff.mean() < 3 and diff.max() < 48, (cam, diff.mean(), diff.max())
     both = read_episode(_recompress(tmp_path / "raw", tmp_path / "both", ".jpg", keep_raw=True))  # raw preferred
     np.testing.assert_array_equal(both.images["wrist"], raw.images["wrist"])
+
+
+def test_episodes_recorded_with_jpeg_cameras_are_image_transport_bags_that_read_back(tmp_path):
+    """`collect --image-format jpeg`: CompressedImage on <camera topic>/compressed, smaller, and read back
+    by the same reader within JPEG tolerance."""
+    from rosbags.rosbag2 import Reader
+
+    raw = read_episode(_scene_episode(tmp_path / "raw"))
+    bag = _scene_episode(tmp_path / "jpeg", image_format="jpeg")
+    with Reader(bag) as reader:
+        types = {c.topic: c.msgtype for c in reader.connections}
+    assert types["/cameras/front/image_raw/compressed"] == "sensor_msgs/msg/CompressedImage"
+    assert "/cameras/front/image_raw" not in types
+    ep = read_episode(bag)
+    assert ep.meta["image_format"] == "jpeg" and len(ep) == len(raw)
+    for cam in ("front", "wrist"):
+        diff = np.abs(ep.images[cam].astype(int) - raw.images[cam])
+        assert 0 < diff.mean() < 3 and diff.max() < 48, (cam, diff.mean(), diff.max())

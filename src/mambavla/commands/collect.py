@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="simulation speed: 1 = real time (default), 2 = twice as fast, 0 = as fast as the CPU allows")
     p.add_argument("--compression", choices=("message", "file", "none"), default="message",
                    help="rosbag2 zstd compression (default message: plain .mcap of compressed messages)")
+    p.add_argument("--image-format", choices=("raw", "jpeg"), default="raw",
+                   help="cameras as sensor_msgs/Image rgb8 (default) or CompressedImage JPEG on <topic>/compressed "
+                        "(image_transport's layout; a 168-frame sim lift episode: 1.4 MB against 2.6 MB raw)")
     p.add_argument("--eval", action="store_true", help="allow held-out evaluation seeds (>= 1000000)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
@@ -31,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     summary = collect(args.task, args.episodes, args.out, seed=args.seed, camera_size=args.camera_size,
                       allow_eval_seeds=args.eval, progress=not args.json, render=not args.no_render,
-                      speed=args.speed, compression=args.compression, rate_hz=args.rate)
+                      speed=args.speed, compression=args.compression, image_format=args.image_format,
+                      rate_hz=args.rate)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "episodes_detail"}, indent=2))
         return 0

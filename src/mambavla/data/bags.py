@@ -76,6 +76,7 @@ class EpisodeError(ValueError):
 
 
 COMPRESSIONS: tuple[str, ...] = ("message", "file", "none")
+IMAGE_FORMATS: tuple[str, ...] = ("raw", "jpeg")
 
 
 class EpisodeWriter:
@@ -84,14 +85,24 @@ class EpisodeWriter:
     `compression` is rosbag2's zstd compression, which `ros2 bag play` and `rosbags` both read:
     "message" (default; a plain .mcap of compressed messages, ~6x smaller for sim images), "file"
     (the whole file, .mcap.zstd, ~20x smaller) or "none".
+
+    `image_format` "raw" records sensor_msgs/Image rgb8 on `/cameras/<name>/image_raw`; "jpeg" records
+    sensor_msgs/CompressedImage on `/cameras/<name>/image_raw/compressed`, as image_transport publishes
+    it (OpenCV, `jpeg_quality`), which `read_episode` and replay read back.
     """
 
     def __init__(self, path: str | Path, cameras: Sequence[str], image_size: tuple[int, int], dt: float,
-                 meta: dict | None = None, compression: str = "message"):
+                 meta: dict | None = None, compression: str = "message", image_format: str = "raw",
+                 jpeg_quality: int = 90):
         from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+        if not 1 <= jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be within 1..100, got {jpeg_quality}")
+        self.image_format, self.jpeg_quality = image_format, int(jpeg_quality)
         self.path = Path(path)
         self.cameras, self.image_size, self.dt = tuple(cameras), tuple(image_size), float(dt)
         self.meta = dict(meta or {})
@@ -101,7 +112,9 @@ class EpisodeWriter:
         if compression != "none":
             self._writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
         self._writer.open()
-        self._conns = {camera_topic(c): self._writer.add_connection(camera_topic(c), IMAGE_TYPE, typestore=self._ts) for c in self.cameras}
+        self._image_topics = {c: camera_topic(c) + (COMPRESSED_SUFFIX if image_format == "jpeg" else "") for c in self.cameras}
+        image_type = COMPRESSED_IMAGE_TYPE if image_format == "jpeg" else IMAGE_TYPE
+        self._conns = {t: self._writer.add_connection(t, image_type, typestore=self._ts) for t in self._image_topics.values()}
         for topic, msgtype in TYPES.items():
             # `ros2 bag play` offers the recorded QoS: the instruction must stay latched (transient local),
             # as policy_node subscribes to it that way.
@@ -140,9 +153,18 @@ class EpisodeWriter:
             if img.shape != (*self.image_size, 3):
                 raise EpisodeError(f"camera {name!r} gave {img.shape}, expected {(*self.image_size, 3)}")
             header, ns = self._header(t, f"{name}_camera")
-            msg = T["sensor_msgs/msg/Image"](header=header, height=img.shape[0], width=img.shape[1], encoding="rgb8",
-                                              is_bigendian=0, step=img.shape[1] * 3, data=img.reshape(-1))
-            self._write(camera_topic(name), msg, ns)
+            if self.image_format == "jpeg":
+                import cv2
+
+                ok, jpeg = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+                if not ok:
+                    raise EpisodeError(f"camera {name!r}: JPEG encoding failed")
+                msg = T["sensor_msgs/msg/CompressedImage"](header=header, format="rgb8; jpeg compressed bgr8",
+                                                            data=jpeg.reshape(-1))
+            else:
+                msg = T["sensor_msgs/msg/Image"](header=header, height=img.shape[0], width=img.shape[1], encoding="rgb8",
+                                                  is_bigendian=0, step=img.shape[1] * 3, data=img.reshape(-1))
+            self._write(self._image_topics[name], msg, ns)
         header, ns = self._header(t, BASE_FRAME)
         position = np.concatenate([joint_positions, finger_positions]).astype(np.float64)
         velocity = np.zeros(0) if joint_velocities is None else np.asarray(joint_velocities, dtype=np.float64)
@@ -160,7 +182,7 @@ class EpisodeWriter:
 
     def close(self, **final_meta) -> Path:
         meta = {"format": FORMAT, **self.meta, **final_meta, "dt": self.dt, "cameras": list(self.cameras),
-                "image_size": list(self.image_size), "frames": self.frames}
+                "image_size": list(self.image_size), "image_format": self.image_format, "frames": self.frames}
         self._writer.set_custom_data("mambavla", json.dumps(meta))
         self._writer.close()
         (self.path / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")

@@ -30,13 +30,14 @@ def episode_name(seed: int) -> str:
 
 
 def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, task: str | None = None, render: bool = True,
-                   compression: str = "message") -> dict:
+                   compression: str = "message", image_format: str = "raw") -> dict:
     """Reset to `seed`, run the expert and record the episode as a bag at `path`. Returns its summary."""
     wall0 = time.perf_counter()
     spec = cell.reset(seed=seed, task=task)
     meta = {"task": spec.family, "instruction": spec.instruction, "seed": seed, "cube": spec.cube, "plate": spec.plate,
             "source": "mambavla-sim-expert", "held_out": is_eval_seed(seed)}
-    writer = EpisodeWriter(path, cell.camera_names if render else (), cell.config.camera_size, cell.config.policy_dt, meta, compression)
+    writer = EpisodeWriter(path, cell.camera_names if render else (), cell.config.camera_size, cell.config.policy_dt, meta, compression,
+                           image_format)
     samples = cell.start_sampling()
     t0 = cell.sim_time
     errors: list[BaseException] = []
@@ -99,6 +100,7 @@ def collect(
     render: bool = True,
     speed: float = 1.0,
     compression: str = "message",
+    image_format: str = "raw",
     rate_hz: float | None = None,
     attempts: int = 3,
 ) -> dict:
@@ -137,7 +139,8 @@ def collect(
         for s in bar:
             for attempt in range(1, attempts + 1):
                 try:
-                    results.append(record_episode(cell, robot, gripper, out / episode_name(s), s, task, render=render, compression=compression))
+                    results.append(record_episode(cell, robot, gripper, out / episode_name(s), s, task, render=render, compression=compression,
+                                                  image_format=image_format))
                     break
                 except franky.Exception as err:  # e.g. "UDP receive: Timeout" when the loaded host starves the loop
                     last_error = str(err)
@@ -154,6 +157,7 @@ def collect(
     summary.update({
         "task": task, "episodes": episodes, "out": str(out), "seeds": [seeds[0], seeds[-1]],
         "camera_size": list(cell.config.camera_size), "rate_hz": round(1.0 / cell.config.policy_dt, 3), "render": render, "speed": speed, "compression": compression,
+        "image_format": image_format,
         "wall_seconds": round(time.perf_counter() - wall0, 2),
         "real_time_factor": round(sim_elapsed / loop_wall, 3) if loop_wall > 0 else None,
         "server_loop_hz": round(steps / loop_wall, 1) if loop_wall > 0 else None,

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=1,
                    help="policy_node torch threads; 0 = torch's choice (default: 1, as config/policy_sim.yaml: on a "
                         "shared 2-core CPU more threads oversubscribe and inference gets several times slower)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                   help="policy_node's backend (onnx: ONNX Runtime, the graph exported when the node loads)")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--images", action="store_true",
                    help="only time the node's image conversion (raw/JPEG/PNG 640x480 and 1280x720 to 128x128), no DDS")
@@ -42,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
         return bench_images()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+    from mambavla.ros.spin import use_large_frame_transport
+
+    use_large_frame_transport()  # camera-sized frames (640x480 rgb8 is 921 kB) need it on the publisher too
     import rclpy
 
     from mambavla.model.config import preset
@@ -49,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     targets = [("checkpoint", args.checkpoint)] if args.checkpoint else [("preset", p) for p in args.presets.split(",") if p]
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     rclpy.init()
-    results = {"device": args.device, "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads, "policies": []}
+    results = {"device": args.device, "backend": args.backend, "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads,
+               "policies": []}
     try:
         for kind, name in targets:
             if kind == "checkpoint":
@@ -110,7 +116,7 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    params = {"infer_mode": "frame", "device": args.device, "torch_threads": args.torch_threads,
+    params = {"infer_mode": "frame", "device": args.device, "torch_threads": args.torch_threads, "backend": args.backend,
               "max_observation_age": 5.0, "camera_topics": [f"/cameras/{c}/image_raw" for c in config.cameras],
               "checkpoint": name if kind == "checkpoint" else "", "preset": name if kind == "preset" else "tiny"}
     policy = NodeProcess("policy_node", ["policy.yaml"], params)

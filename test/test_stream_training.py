@@ -72,3 +72,23 @@ def test_stream_loss_trains_and_rejects_the_transformer_fusion():
     assert torch.isfinite(loss) and model.fusion.layers[0].mixer.in_proj.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="mamba fusion"):
         MambaVLA(config.replace(fusion="transformer")).stream_loss(batch)
+
+
+def test_the_transformer_fusion_trains_in_window_mode_with_the_loss_it_has_without_gradients():
+    # the flow head continues the context's KV cache; in training that must not write into tensors
+    # autograd saved (it did: "modified by an inplace operation" on the first backward)
+    torch.manual_seed(0)
+    config = preset("tiny").replace(fusion="transformer", history_mode="window", history_frames=2)
+    model = MambaVLA(config)
+    images, proprio = _segment(config, 2, 2)
+    batch = {"instruction": INSTRUCTIONS, "images": images, "proprio": proprio,
+             "actions": proprio[:, -1, None, :7].expand(-1, config.chunk_size, -1).clone()}
+    with torch.no_grad():
+        torch.manual_seed(5)  # flow times come from the global generator
+        expected = model.loss(batch, torch.Generator().manual_seed(5))
+    torch.manual_seed(5)
+    loss = model.loss(batch, torch.Generator().manual_seed(5))
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=1e-5)
+    assert all(torch.isfinite(p.grad).all() for p in model.fusion.parameters() if p.grad is not None)
+    assert model.fusion.layers[0].qkv.weight.grad.abs().sum() > 0

@@ -45,3 +45,19 @@ def test_train_rejects_an_empty_data_directory(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "ckpt"), "--preset", "tiny"]) == 2
     assert "no episodes" in capsys.readouterr().err
+
+
+def test_episodes_per_task_keeps_the_first_n_training_episodes_of_each_task_and_the_same_validation():
+    tasks = ["lift", "place", "lift", "push_left", "lift", "place", "lift", "place", "lift", "push_left", "lift", "place"]
+    n = len(tasks)
+    episodes = TrainingEpisodes(
+        cameras=("front",), image_size=(4, 4), dt=0.05, stride=4, frames={"front": np.zeros((n, 4, 4, 3), np.uint8)},
+        proprio=np.zeros((n, 3), np.float32), actions=np.zeros((n, 7), np.float32), frame_start=np.arange(n + 1),
+        action_start=np.arange(n + 1), instructions=["x"] * n, meta=[{"task": t, "seed": i} for i, t in enumerate(tasks)])
+    train, val = episodes.split(0.25)  # every 4th held out: 0, 4, 8
+    assert val.tolist() == [0, 4, 8]
+    assert episodes.first_per_task(train, 0).tolist() == train.tolist()
+    assert episodes.first_per_task(train, 2).tolist() == [1, 2, 3, 5, 6, 9]  # place 1, 5; lift 2, 6; push_left 3, 9
+    assert episodes.first_per_task(train, 1).tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="episodes per task"):
+        episodes.first_per_task(train, -1)

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "0 = as fast as the CPU allows")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--torch-threads", type=int, default=0, help="CPU threads for inference; 0 keeps torch's default")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                   help="inference backend (onnx: ONNX Runtime, the step exported at start; about 2x faster on a CPU)")
     p.add_argument("--out", default="eval-sim", help="output folder: eval.json, success.png, episodes_<task>.gif (default ./eval-sim)")
     p.add_argument("--gif-episodes", type=int, default=1, metavar="K", help="episodes per task in the GIF (default 1; 0: none)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
@@ -45,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
     if args.gif_episodes < 0:
         raise ValueError("--gif-episodes must be >= 0")
     if args.checkpoint:
-        runtime = PolicyRuntime.from_checkpoint(args.checkpoint, device=args.device, seed=args.seed)
+        runtime = PolicyRuntime.from_checkpoint(args.checkpoint, device=args.device, seed=args.seed,
+                                                backend=args.backend, threads=args.torch_threads or None)
     else:
-        runtime = PolicyRuntime.from_preset(args.preset, device=args.device, seed=args.seed)
+        runtime = PolicyRuntime.from_preset(args.preset, device=args.device, seed=args.seed,
+                                            backend=args.backend, threads=args.torch_threads or None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary, results = evaluate(runtime, tuple(args.tasks), args.episodes, seed=args.seed, latency=args.latency,

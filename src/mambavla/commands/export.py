@@ -1,5 +1,6 @@
 """`mambavla export --onnx OUT`: the streaming policy step as an ONNX graph (recurrent state, task vector
-and noise as inputs and outputs), checked against the torch runtime. Prints one JSON object."""
+and noise as inputs and outputs), checked against the torch runtime. `--bf16 OUT`: the checkpoint with its
+weights stored in bfloat16 (half the size; loading casts them back to float32). Prints one JSON object."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import time
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="export the streaming policy step to ONNX (for PolicyRuntime backend='onnx')")
-    p.add_argument("--onnx", required=True, metavar="OUT", help="path of the .onnx file to write")
+    p = subparsers.add_parser("export", help="export the streaming policy step to ONNX (for PolicyRuntime backend='onnx'), "
+                                             "or a checkpoint with bf16 weights")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--onnx", metavar="OUT", help="path of the .onnx file to write")
+    what.add_argument("--bf16", metavar="OUT", help="checkpoint folder to write with bfloat16 weights (shipping, transfers)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoint folder (default: the shipped policy)")
     src.add_argument("--preset", help="an untrained preset instead of a checkpoint (sizing, benchmarks)")
@@ -22,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mambavla.model.checkpoint import load_checkpoint, shipped_checkpoint
+    from mambavla.model.checkpoint import META, load_checkpoint, save_checkpoint, shipped_checkpoint
     from mambavla.model.config import preset
     from mambavla.model.modeling_mambavla import MambaVLA
     from mambavla.runtime.onnx_step import export_step, streamed_parity
@@ -34,6 +38,15 @@ def run(args: argparse.Namespace) -> int:
         path = args.checkpoint or shipped_checkpoint()
         model, source = load_checkpoint(path), str(path)
     model = model.float().eval()  # a bf16 checkpoint is exported, and checked, in fp32
+    if args.bf16:
+        from pathlib import Path
+
+        meta_file = Path(source) / META
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"source": source}
+        out = save_checkpoint(model, args.bf16, {**meta, "weights_dtype": "bfloat16 (loaded as float32)"}, dtype=torch.bfloat16)
+        print(json.dumps({"checkpoint": str(out), "source": source,
+                          "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}, indent=2))
+        return 0
     t0 = time.perf_counter()
     out = export_step(model, args.onnx)
     result = {"onnx": str(out), "source": source, "bytes": out.stat().st_size, "export_s": round(time.perf_counter() - t0, 1),

@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="flow-matching noise seed (default: 0)")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="offline: CPU threads for inference, as policy_node's torch_threads (0 keeps torch's default)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                   help="offline: inference backend (onnx: ONNX Runtime, the step exported at start; about 2x faster on a CPU)")
     p.add_argument("--rate", type=float, default=1.0, help="--live: playback speed factor (default: 1.0)")
     p.add_argument("--out", default="", help="output folder (default: runs/replay/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -106,9 +108,11 @@ def _offline(args, config, bags, maps, schedule, limits, out, header, log) -> di
     from mambavla.runtime import PolicyRuntime
 
     if args.checkpoint:
-        runtime = PolicyRuntime.from_checkpoint(args.checkpoint, device=args.device, seed=args.seed)
+        runtime = PolicyRuntime.from_checkpoint(args.checkpoint, device=args.device, seed=args.seed,
+                                                backend=args.backend, threads=args.torch_threads or None)
     else:
-        runtime = PolicyRuntime.from_preset(args.preset, device=args.device, seed=args.seed)
+        runtime = PolicyRuntime.from_preset(args.preset, device=args.device, seed=args.seed,
+                                            backend=args.backend, threads=args.torch_threads or None)
     summary = replay_bags(bags, runtime, maps, args.instruction, schedule, limits, out,
                           latency="zero" if args.zero_latency else "measured", progress=not args.no_progress, log=log)
     summary = {**header, **summary}

@@ -121,6 +121,21 @@ class TrainingEpisodes:
         val = index % max(2, round(1 / val_fraction)) == 0
         return index[~val], index[val]
 
+    def first_per_task(self, ids: np.ndarray, n: int) -> np.ndarray:
+        """The first `n` of `ids` of each task (episode order), for training on fewer demonstrations per task
+        while validating on the same held-out episodes. n = 0 keeps all."""
+        if n < 0:
+            raise ValueError(f"episodes per task must be >= 0, got {n}")
+        if n == 0:
+            return ids
+        seen: dict[str, int] = {}
+        keep = []
+        for e in ids:
+            task = str(self.meta[e].get("task")) if e < len(self.meta) else "None"
+            seen[task] = seen.get(task, 0) + 1
+            keep.append(seen[task] <= n)
+        return ids[np.array(keep, dtype=bool)]
+
     def norm_stats(self, chunk: int, action_mode: str = "absolute") -> dict:
         """{"proprio": {mean, std, min, max}, "actions": {...}} over the policy frames (proprio) and every
         recorded row (absolute actions) or every frame's chunk (delta actions)."""

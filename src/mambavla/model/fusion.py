@@ -120,11 +120,20 @@ class TransformerBlock(nn.Module):
         total = past + length
         positions = torch.arange(past, total, device=x.device)
         q, k = _rotary(q, positions), _rotary(k, positions)
-        cache = self._reserve(cache, batch, total, k)
-        cache.k[:, :, past:total] = k
-        cache.v[:, :, past:total] = v
-        cache.valid[:, past:total] = True if mask is None else mask
-        keys, values, valid = cache.k[:, :, :total], cache.v[:, :, :total], cache.valid[:, :total]
+        step_valid = torch.ones(batch, length, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        if torch.is_grad_enabled():  # training: new tensors (writing into the buffers would change ones autograd saved)
+            if cache is not None:
+                k = torch.cat([cache.k[:, :, :past], k], dim=2)
+                v = torch.cat([cache.v[:, :, :past], v], dim=2)
+                step_valid = torch.cat([cache.valid[:, :past], step_valid], dim=1)
+            cache = KVCache(k, v, step_valid, past)
+            keys, values, valid = k, v, step_valid
+        else:
+            cache = self._reserve(cache, batch, total, k)
+            cache.k[:, :, past:total] = k
+            cache.v[:, :, past:total] = v
+            cache.valid[:, past:total] = step_valid
+            keys, values, valid = cache.k[:, :, :total], cache.v[:, :, :total], cache.valid[:, :total]
         # query i (absolute past + i) sees valid keys up to itself, and always itself (no empty rows)
         key_pos = torch.arange(total, device=x.device)
         causal = key_pos[None, :] <= positions[:, None]  # (L, S)

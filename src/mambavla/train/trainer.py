@@ -50,6 +50,7 @@ class TrainSettings:
     clip: float = 1.0
     ema_decay: float = 0.999
     val_fraction: float = 0.1
+    episodes_per_task: int = 0  # train on the first N episodes of each task (validation unchanged); 0: all
     val_every: int = 250
     save_every: int = 500
     augment: bool = True
@@ -61,6 +62,8 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.history not in ("stream", "window"):
             raise ValueError(f"history must be stream or window, got {self.history!r}")
+        if self.episodes_per_task < 0:
+            raise ValueError(f"episodes_per_task must be >= 0, got {self.episodes_per_task}")
         for name in ("steps", "batch_size", "segment_frames", "history_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -112,6 +115,7 @@ class Trainer:
         self.episodes = load_episodes(self.data, base.policy_period, progress=self.progress)
         self.config = config_for_data(base, self.episodes, s)
         self.train_ids, self.val_ids = self.episodes.split(s.val_fraction)
+        self.train_ids = self.episodes.first_per_task(self.train_ids, s.episodes_per_task)
         stats = self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
         encoder = None
         if self.episodes.embeddings is not None:

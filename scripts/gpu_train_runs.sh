@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Start the policy comparison of issue 7 on one GPU machine, all runs at once (each is launch-bound, so
+# they share the GPU well), each in its own session so it outlives the shell that started it:
+#   A mamba_stream     the shipped configuration: Mamba fusion, stream mode, every training episode
+#   B mamba_window     Mamba fusion, window mode (one frame per sample)
+#   C transformer_window  the Transformer fusion trained the same way as B (stream training needs Mamba)
+#   D mamba_stream_25  as A on the first 25 episodes of each task
+#   E mamba_stream_10  as A on the first 10 episodes of each task
+# All validate on the same held-out episodes (every 10th). Usage:
+#   bash scripts/gpu_train_runs.sh PACK RUNS_DIR SECONDS   (after scripts/gpu_setup.sh)
+# Then: tail RUNS_DIR/*.log; each run folder has best/ and last/ (mambavla export --bf16 to ship one).
+set -euo pipefail
+pack=$1 runs=$2 seconds=${3:-2000}
+mkdir -p "$runs"
+train() {  # name, extra arguments
+    local name=$1; shift
+    setsid nohup python -m mambavla.cli train --data "$pack" --out "$runs/$name" --preset base --device cuda \
+        --max-seconds "$seconds" "$@" > "$runs/$name.log" 2>&1 < /dev/null &
+}
+train mamba_stream --steps 3000 --batch-size 16 --segment-frames 64
+train mamba_window --history window --history-frames 1 --steps 3000 --batch-size 512
+train transformer_window --fusion transformer --history window --history-frames 1 --steps 3000 --batch-size 512
+train mamba_stream_25 --episodes-per-task 25 --steps 2000 --batch-size 16 --segment-frames 64
+train mamba_stream_10 --episodes-per-task 10 --steps 1500 --batch-size 16 --segment-frames 64
+sleep 2
+echo "started: $(ls "$runs"/*.log | xargs -n1 basename | tr '\n' ' ')"

@@ -7,20 +7,23 @@
 #   D mamba_stream_25  as A on the first 25 episodes of each task
 #   E mamba_stream_10  as A on the first 10 episodes of each task
 # All validate on the same held-out episodes (every 10th). Usage:
-#   bash scripts/gpu_train_runs.sh PACK RUNS_DIR SECONDS   (after scripts/gpu_setup.sh)
+#   bash scripts/gpu_train_runs.sh PACK RUNS_DIR SECONDS [NAME ...]   (after scripts/gpu_setup.sh; default: all five)
 # Then: tail RUNS_DIR/*.log; each run folder has best/ and last/ (mambavla export --bf16 to ship one).
 set -euo pipefail
 pack=$1 runs=$2 seconds=${3:-2000}
+shift 3 || shift $#
+wanted=" ${*:-mamba_stream mamba_window transformer_window mamba_stream_25 mamba_stream_10} "
 mkdir -p "$runs"
 train() {  # name, extra arguments
     local name=$1; shift
+    [[ $wanted == *" $name "* ]] || return 0
     setsid nohup python -m mambavla.cli train --data "$pack" --out "$runs/$name" --preset base --device cuda \
         --max-seconds "$seconds" "$@" > "$runs/$name.log" 2>&1 < /dev/null &
 }
-train mamba_stream --steps 3000 --batch-size 16 --segment-frames 64
-train mamba_window --history window --history-frames 1 --steps 3000 --batch-size 512
-train transformer_window --fusion transformer --history window --history-frames 1 --steps 3000 --batch-size 512
-train mamba_stream_25 --episodes-per-task 25 --steps 2000 --batch-size 16 --segment-frames 64
-train mamba_stream_10 --episodes-per-task 10 --steps 1500 --batch-size 16 --segment-frames 64
+train mamba_stream --steps 1500 --batch-size 16 --segment-frames 64
+train mamba_window --history window --history-frames 1 --steps 1500 --batch-size 512
+train transformer_window --fusion transformer --history window --history-frames 1 --steps 1200 --batch-size 512
+train mamba_stream_25 --episodes-per-task 25 --steps 1500 --batch-size 16 --segment-frames 64
+train mamba_stream_10 --episodes-per-task 10 --steps 1000 --batch-size 16 --segment-frames 64
 sleep 2
 echo "started: $(ls "$runs"/*.log | xargs -n1 basename | tr '\n' ' ')"

@@ -8,7 +8,8 @@
 #   E mamba_stream_10  as A on the first 10 episodes of each task
 # All validate on the same held-out episodes (every 10th). Usage:
 #   bash scripts/gpu_train_runs.sh PACK RUNS_DIR SECONDS [NAME ...]   (after scripts/gpu_setup.sh; default: all five)
-# Then: tail RUNS_DIR/*.log; each run folder has best/ and last/ (mambavla export --bf16 to ship one).
+# Then: tail RUNS_DIR/*.log; bash scripts/gpu_ship_runs.sh RUNS_DIR OUT waits for them and packs each
+# run's best/ in bf16 with its summary, loss plot and log as OUT/<name>.tar.
 set -euo pipefail
 pack=$1 runs=$2 seconds=${3:-2000}
 shift 3 || shift $#
@@ -19,6 +20,7 @@ train() {  # name, extra arguments
     [[ $wanted == *" $name "* ]] || return 0
     setsid nohup python -m mambavla.cli train --data "$pack" --out "$runs/$name" --preset base --device cuda \
         --max-seconds "$seconds" "$@" > "$runs/$name.log" 2>&1 < /dev/null &
+    echo $! > "$runs/$name.pid"  # scripts/gpu_ship_runs.sh waits on these (pgrep -f would match its own shell)
 }
 train mamba_stream --steps 1500 --batch-size 16 --segment-frames 64
 train mamba_window --history window --history-frames 1 --steps 1500 --batch-size 512

@@ -1,10 +1,12 @@
 """PolicyRuntime: determinism, checkpoint round trip, and clear errors for every bad input."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from mambavla.model.checkpoint import load_checkpoint, save_checkpoint
+from mambavla.model.checkpoint import convert_checkpoint, load_checkpoint, save_checkpoint
 from mambavla.runtime import ActionChunk, PolicyRuntime
 
 
@@ -67,6 +69,21 @@ def test_checkpoint_round_trip_gives_identical_chunks(tmp_path):
         np.testing.assert_array_equal(rt.step(_obs(rt, seed=k)).actions, loaded.step(_obs(loaded, seed=k)).actions)
     state_a, state_b = rt.model.state_dict(), load_checkpoint(path).state_dict()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_bf16_conversion_halves_the_weights_and_loads_the_rounded_values_without_building_a_model(tmp_path):
+    torch.manual_seed(1)
+    model = PolicyRuntime.from_preset("tiny", seed=3).model
+    fp32 = save_checkpoint(model, tmp_path / "fp32", meta={"note": "test"})
+    bf16 = convert_checkpoint(fp32, tmp_path / "bf16")
+    assert (bf16 / "model.safetensors").stat().st_size < 0.55 * (fp32 / "model.safetensors").stat().st_size
+    assert json.loads((bf16 / "meta.json").read_text()) == {"note": "test", "weights_dtype": "bfloat16 (loaded as float32)"}
+    assert (bf16 / "stats.json").read_text() == (fp32 / "stats.json").read_text()
+    original, loaded = model.state_dict(), load_checkpoint(bf16).state_dict()
+    assert loaded.keys() == original.keys()
+    for k, v in original.items():
+        expected = v.to(torch.bfloat16).to(v.dtype) if v.is_floating_point() else v
+        assert torch.equal(loaded[k], expected), k
 
 
 def test_missing_checkpoint_files_are_named(tmp_path):

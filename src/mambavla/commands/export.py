@@ -26,11 +26,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mambavla.model.checkpoint import META, load_checkpoint, save_checkpoint, shipped_checkpoint
+    from mambavla.model.checkpoint import convert_checkpoint, load_checkpoint, shipped_checkpoint
     from mambavla.model.config import preset
     from mambavla.model.modeling_mambavla import MambaVLA
     from mambavla.runtime.onnx_step import export_step, streamed_parity
 
+    if args.bf16:
+        if args.preset:
+            raise ValueError("--bf16 converts a checkpoint; --preset has no trained weights")
+        source = str(args.checkpoint or shipped_checkpoint())
+        out = convert_checkpoint(source, args.bf16)
+        print(json.dumps({"checkpoint": str(out), "source": source,
+                          "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}, indent=2))
+        return 0
     if args.preset:
         torch.manual_seed(0)
         model, source = MambaVLA(preset(args.preset)), f"preset:{args.preset}"
@@ -38,15 +46,6 @@ def run(args: argparse.Namespace) -> int:
         path = args.checkpoint or shipped_checkpoint()
         model, source = load_checkpoint(path), str(path)
     model = model.float().eval()  # a bf16 checkpoint is exported, and checked, in fp32
-    if args.bf16:
-        from pathlib import Path
-
-        meta_file = Path(source) / META
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"source": source}
-        out = save_checkpoint(model, args.bf16, {**meta, "weights_dtype": "bfloat16 (loaded as float32)"}, dtype=torch.bfloat16)
-        print(json.dumps({"checkpoint": str(out), "source": source,
-                          "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}, indent=2))
-        return 0
     t0 = time.perf_counter()
     out = export_step(model, args.onnx)
     result = {"onnx": str(out), "source": source, "bytes": out.stat().st_size, "export_s": round(time.perf_counter() - t0, 1),

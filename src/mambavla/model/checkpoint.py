@@ -40,6 +40,20 @@ def save_checkpoint(model: MambaVLA, path: str | Path, meta: dict | None = None,
     return path
 
 
+def convert_checkpoint(source: str | Path, dest: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A copy of checkpoint `source` with its floating-point weights stored as `dtype`, file to file: no model
+    is built, so it needs neither the language encoder nor a GPU (a training machine can ship its best/)."""
+    source, dest = Path(source), Path(dest)
+    state = load_file(str(_require(source, WEIGHTS)))
+    dest.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, str(dest / WEIGHTS))
+    for name in (CONFIG, STATS):
+        (dest / name).write_bytes(_require(source, name).read_bytes())
+    meta = json.loads((source / META).read_text()) if (source / META).is_file() else {}
+    (dest / META).write_text(json.dumps({**meta, "weights_dtype": f"{str(dtype).removeprefix('torch.')} (loaded as float32)"}, indent=2))
+    return dest
+
+
 def _require(path: Path, name: str) -> Path:
     file = path / name
     if not file.is_file():

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Wait for the runs that scripts/gpu_train_runs.sh started (by their PID files), then pack each run's
+# best/ checkpoint with bf16 weights (mambavla export --bf16: no model is built, so the language encoder
+# need not be there), run.json, train_summary.json, loss.png and the log into OUT/<name>.tar (~13 MB for
+# base), small enough to bring back from a machine without network. Usage:
+#   bash scripts/gpu_ship_runs.sh RUNS_DIR OUT [MAX_WAIT_SECONDS]   (default wait: 600 s; then ships what is there)
+set -uo pipefail
+runs=$1 out=$2 deadline=$((SECONDS + ${3:-600}))
+for pid in "$runs"/*.pid; do
+    while kill -0 "$(cat "$pid")" 2>/dev/null && ((SECONDS < deadline)); do sleep 5; done
+done
+mkdir -p "$out"
+stage=$(mktemp -d)
+for log in "$runs"/*.log; do
+    name=$(basename "$log" .log) run="$runs/$(basename "$log" .log)"
+    [[ -f $run/best/model.safetensors ]] || { echo "$name: no best/ checkpoint yet"; continue; }
+    python -m mambavla.cli export --bf16 "$stage/$name/best" --checkpoint "$run/best" > /dev/null || continue
+    cp "$log" "$stage/$name/train.log"
+    for f in run.json train_summary.json loss.png; do [[ -f $run/$f ]] && cp "$run/$f" "$stage/$name/"; done
+    tar cf "$out/$name.tar" -C "$stage" "$name" && echo "$name: $(du -h "$out/$name.tar" | cut -f1) $(tr '\r' '\n' < "$log" | grep -a 'train:' | tail -1)"
+done
+rm -rf "$stage"

@@ -130,7 +130,7 @@ class TrainingEpisodes:
         seen: dict[str, int] = {}
         keep = []
         for e in ids:
-            task = str(self.meta[e].get("task")) if e < len(self.meta) else "None"
+            task = str(self.meta[e].get("task")) if self.meta else "None"
             seen[task] = seen.get(task, 0) + 1
             keep.append(seen[task] <= n)
         return ids[np.array(keep, dtype=bool)]

@@ -14,7 +14,7 @@ stage=$(mktemp -d)
 for log in "$runs"/*.log; do
     name=$(basename "$log" .log) run="$runs/$(basename "$log" .log)"
     [[ -f $run/best/model.safetensors ]] || { echo "$name: no best/ checkpoint yet"; continue; }
-    python -m mambavla.cli export --bf16 "$stage/$name/best" --checkpoint "$run/best" > /dev/null || continue
+    python -m mambavla.cli export --bf16 "$stage/$name/best" --checkpoint "$run/best" > /dev/null || { echo "$name: bf16 export of $run/best failed"; continue; }
     cp "$log" "$stage/$name/train.log"
     for f in run.json train_summary.json loss.png; do [[ -f $run/$f ]] && cp "$run/$f" "$stage/$name/"; done
     tar cf "$out/$name.tar" -C "$stage" "$name" && echo "$name: $(du -h "$out/$name.tar" | cut -f1) $(tr '\r' '\n' < "$log" | grep -a 'train:' | tail -1)"

@@ -154,13 +154,10 @@ class EpisodeWriter:
                 raise EpisodeError(f"camera {name!r} gave {img.shape}, expected {(*self.image_size, 3)}")
             header, ns = self._header(t, f"{name}_camera")
             if self.image_format == "jpeg":
-                import cv2
+                from mambavla.data.images import encode_jpeg
 
-                ok, jpeg = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-                if not ok:
-                    raise EpisodeError(f"camera {name!r}: JPEG encoding failed")
                 msg = T["sensor_msgs/msg/CompressedImage"](header=header, format="rgb8; jpeg compressed bgr8",
-                                                            data=jpeg.reshape(-1))
+                                                            data=np.frombuffer(encode_jpeg(img, self.jpeg_quality), np.uint8))
             else:
                 msg = T["sensor_msgs/msg/Image"](header=header, height=img.shape[0], width=img.shape[1], encoding="rgb8",
                                                   is_bigendian=0, step=img.shape[1] * 3, data=img.reshape(-1))

@@ -157,6 +157,18 @@ def _compressed_to_rgb(msg, size: tuple[int, int] | None) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """An RGB uint8 frame as JPEG bytes (OpenCV), as a camera's image_transport publishes and packs store it."""
+    import cv2
+
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be within 1..100, got {quality}")
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {rgb.shape} frame as JPEG")
+    return buf.tobytes()
+
+
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 [h, w, (c)] -> [H, W, (c)] with OpenCV INTER_AREA: area averaging when shrinking; when enlarging
     (a camera smaller than the policy input) it repeats pixels at integer factors and blends neighbours between."""

@@ -209,7 +209,7 @@ class TrainingEpisodes:
 def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: int = 1, quality: int = 90) -> dict:
     """Write `episodes` as a pack (JPEG frames at `quality`, instruction embeddings from `encoder`, an
     `InstructionEncoder`); returns {"bytes": {file: size}, ...}."""
-    import cv2
+    from mambavla.data.images import encode_jpeg
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -229,10 +229,7 @@ def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: 
             blobs = []
             for e in members:
                 for img in episodes.frames[c][episodes.frame_start[e]: episodes.frame_start[e + 1]]:
-                    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-                    if not ok:
-                        raise RuntimeError("OpenCV could not encode a frame as JPEG")
-                    blobs.append(buf.tobytes())
+                    blobs.append(encode_jpeg(img, quality))
             arrays[f"jpeg_{c}"] = np.frombuffer(b"".join(blobs), np.uint8)
             arrays[f"offsets_{c}"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
         take_frames = np.concatenate([np.arange(episodes.frame_start[e], episodes.frame_start[e + 1]) for e in members])

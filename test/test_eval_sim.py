@@ -96,6 +96,10 @@ def test_eval_sim_command_runs_an_episode_end_to_end(cell, runtime, tmp_path, mo
     assert episode["error"] == ""
     assert episode["end"] == "timeout" and episode["success"] is False
     assert episode["seed"] == 1_000_000 and episode["instruction"]
+    # which cube the hand went for, against the one named
+    assert f"the {episode['cube']} " in episode["instruction"] and set(episode["closest_m"]) == {"red", "green", "blue"}
+    assert episode["approached_cube"] == min(episode["closest_m"], key=episode["closest_m"].get)
+    assert lift["approached_named_cube_rate"] == float(episode["approached_cube"] == episode["cube"])
     # every chunk the policy produced was judged by the controller, one observation per policy period
     assert lift["chunks_produced"] == round(limit / PERIOD)
     assert lift["chunks_accepted"] + lift["chunks_rejected"] == lift["chunks_produced"]
@@ -129,6 +133,10 @@ def test_slow_policy_observes_every_policy_period_of_sim_time(evaluator, runtime
     assert len(stamps) == 3  # t = 0, 0.2, 0.4 of a 0.5 s episode
     np.testing.assert_allclose(np.diff(stamps), PERIOD, atol=1e-6)
     assert result.submit_delays == [0.0] * 3
+    # the closest approach to each cube is at most the hand's distance to it now (0.1 s after the last observation)
+    hand, cubes = cell.robot_state().ee_position, cell.scene_state().cube_pos
+    for cube, closest in result.closest.items():
+        assert 0.05 < closest <= np.linalg.norm(cubes[cube] - hand) + 0.01, cube
     assert cell.keepalive_steps > keepalive0  # 1.8 s held in total, never more than MAX_HOLD at once
     # the connection survived the long holds: a normal episode runs on it
     again = evaluator.run_episode("lift", 1_000_002)

@@ -27,7 +27,8 @@ def _frames(model: MambaVLA, k: int, seed: int = 0) -> list[torch.Tensor]:
     out = []
     for _ in range(k):
         images = {c: torch.randint(0, 256, (1, 3, h, w), generator=g).float() for c in model.config.cameras}
-        out.append(model.encode_frame(images, torch.randn(1, model.config.proprio_dim, generator=g)))
+        task = torch.randn(1, model.config.d_model, generator=g)  # the task vector, which FiLM feeds to the encoder
+        out.append(model.encode_frame(images, torch.randn(1, model.config.proprio_dim, generator=g), task))
     return out
 
 

@@ -55,6 +55,28 @@ def test_depth_input_is_used_and_required():
         rt.step(_obs(rt, 0))
 
 
+def test_film_encoder_sees_the_instruction_and_starts_as_the_plain_encoder():
+    torch.manual_seed(0)
+    film = MambaVLA(preset("tiny"))
+    plain = MambaVLA(preset("tiny").replace(vision_film=False))
+    assert film.config.vision_film and not plain.config.vision_film
+    missing, unexpected = plain.load_state_dict(film.state_dict(), strict=False)
+    assert not missing and unexpected and all(".film." in k for k in unexpected)  # FiLM adds layers, renames none
+    h, w = film.config.image_size
+    pixels = torch.rand(2, 3, h, w) * 2 - 1
+    with torch.no_grad():
+        prompt, mask = film.encode_instruction(["lift the red cube", "lift the blue cube"])
+        task = film.task_vector(prompt, mask)
+        encoder = film.vision["front"]
+        np.testing.assert_allclose(encoder(pixels, task).numpy(), plain.vision["front"](pixels).numpy(), atol=1e-6)  # zero-initialised
+        for layer in encoder.film:
+            torch.nn.init.normal_(layer.weight, std=0.5)
+        red, blue = encoder(pixels[:1].expand(2, -1, -1, -1), task)  # the same image, two instructions
+    assert (red - blue).abs().max() > 1e-2  # the instruction changes what the encoder reports
+    with pytest.raises(ValueError, match="needs a condition"):
+        encoder(pixels)
+
+
 @pytest.mark.parametrize("connector, scan", [("mlp", "bsm"), ("vss_mlp", "csm"), ("vss_l2", "bsm")])
 def test_every_connector_gives_finite_chunks(connector, scan):
     rt = PolicyRuntime.from_preset("tiny", connector=connector, scan=scan)
@@ -69,7 +91,7 @@ def test_local_transformers_towers_load_from_folders(tmp_path):
     tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                  num_attention_heads=2, image_size=32, patch_size=8))
     tower.save_pretrained(tmp_path / "siglip")
-    config = preset("tiny").replace(vision="auto", vision_path=str(tmp_path / "siglip"), freeze_vision=True,
+    config = preset("tiny").replace(vision="auto", vision_path=str(tmp_path / "siglip"), freeze_vision=True, vision_film=False,
                                     language=str(default_encoder_path()))
     model = MambaVLA(config)
     assert model.vision["tower"].width == 32
@@ -83,4 +105,6 @@ def test_missing_local_folders_are_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="language encoder folder not found"):
         MambaVLA(preset("tiny").replace(language=str(tmp_path / "missing")))
     with pytest.raises(ValueError, match="vision_path"):
-        preset("tiny").replace(vision="auto")
+        preset("tiny").replace(vision="auto", vision_film=False)
+    with pytest.raises(ValueError, match="vision_film needs the resnet encoder"):
+        preset("tiny").replace(vision="siglip")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mambavla.sim.config import CUBE_COLOURS, EVAL_SEED_BASE, WorkcellConfig
-from mambavla.sim.tasks import SceneState, TaskMonitor, TaskSpec, eval_seeds, predicate, resolve_task, sample_episode
+from mambavla.sim.tasks import (SceneState, TaskMonitor, TaskSpec, eval_seeds, other_cube_instructions, predicate, resolve_task,
+                                sample_episode)
 
 CONFIG = WorkcellConfig()
 H = CONFIG.cube_half
@@ -81,3 +82,11 @@ def test_eval_seeds_are_held_out():
     assert seeds[0] == EVAL_SEED_BASE and len(set(seeds)) == 40
     with pytest.raises(ValueError, match="unknown task"):
         resolve_task("stack", 0)
+
+
+def test_other_cube_instructions_swap_only_the_named_cube():
+    assert other_cube_instructions("place the red cube on the purple plate") == [
+        "place the green cube on the purple plate", "place the blue cube on the purple plate"]
+    assert other_cube_instructions("push the blue cube to the left side") == [
+        "push the red cube to the left side", "push the green cube to the left side"]
+    assert other_cube_instructions("open the drawer") == []

@@ -121,6 +121,21 @@ def test_stream_training_writes_a_run_folder_that_resume_continues(pack, tmp_pat
     assert chunk.actions.shape == (runtime.chunk_size, 7) and np.isfinite(chunk.actions).all()
 
 
+def test_validation_scores_the_instruction_naming_another_cube_with_the_same_noise(pack, tmp_path):
+    loaded = TrainingEpisodes.load(pack)
+    assert {"lift the green cube", "lift the blue cube", "push the red cube to the left side"} <= set(loaded.embeddings)
+    settings = TrainSettings(steps=3, batch_size=2, segment_frames=4, warmup=1, val_fraction=0.5, val_every=3)
+    trainer = Trainer(tmp_path / "run", [str(pack)], "tiny", settings, progress=False)
+    summary = trainer.fit()
+    assert trainer.history["val_other_cube"][-1][0] == 3
+    assert summary["val_other_cube_gap_last"] != 0.0  # another cube named, another loss
+    scores = trainer.validate()
+    assert scores["other_cube"] - scores["loss"] == pytest.approx(summary["val_other_cube_gap_last"])
+    trainer._other_cube = lambda text: text  # the same instruction, and the same noise: the same loss
+    scores = trainer.validate()
+    assert scores["other_cube"] == pytest.approx(scores["loss"], abs=1e-7)
+
+
 def test_window_mode_trains_on_the_last_k_policy_frames(pack, tmp_path):
     settings = TrainSettings(steps=1, batch_size=2, history="window", history_frames=3, warmup=1, val_fraction=0.0)
     trainer = Trainer(tmp_path / "run", [str(pack)], "tiny", settings, progress=False)

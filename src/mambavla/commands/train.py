@@ -17,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from RUN/last (its run.json holds data and settings)")
     p.add_argument("--preset", default="base", help="model preset (default: base)")
     p.add_argument("--fusion", choices=("mamba", "transformer"), help="override the preset's fusion")
+    p.add_argument("--no-vision-film", action="store_true",
+                   help="vision encoder without the instruction's FiLM (the presets have it; for the comparison)")
     p.add_argument("--history", choices=("stream", "window"), default=d.history,
                    help="stream: segments of frames in one scan, the checkpoint continues its state (default); window: the last K frames per sample")
     p.add_argument("--segment-frames", type=int, default=d.segment_frames, help=f"policy frames per stream segment (default {d.segment_frames})")
@@ -56,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
             warmup=args.warmup if args.warmup is not None else min(200, max(1, steps // 10)), ema_decay=args.ema,
             val_fraction=args.val_fraction, episodes_per_task=args.episodes_per_task, val_every=args.val_every, save_every=args.save_every, augment=not args.no_augment,
             bf16=not args.no_bf16, seed=args.seed, device=args.device, max_seconds=args.max_seconds or 0.0)
-        trainer = Trainer(args.out, args.data, args.preset, settings, {"fusion": args.fusion} if args.fusion else None,
-                          progress=not args.json)
+        overrides = {"fusion": args.fusion} if args.fusion else {}
+        if args.no_vision_film:
+            overrides["vision_film"] = False
+        trainer = Trainer(args.out, args.data, args.preset, settings, overrides, progress=not args.json)
     summary = trainer.fit()
     if not summary:  # a DDP worker other than rank 0
         return 0

@@ -208,12 +208,14 @@ class TrainingEpisodes:
 
 def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: int = 1, quality: int = 90) -> dict:
     """Write `episodes` as a pack (JPEG frames at `quality`, instruction embeddings from `encoder`, an
-    `InstructionEncoder`); returns {"bytes": {file: size}, ...}."""
+    `InstructionEncoder`, for every instruction and its variants naming another cube, which validation
+    scores); returns {"bytes": {file: size}, ...}."""
     from mambavla.data.images import encode_jpeg
+    from mambavla.sim.tasks import other_cube_instructions
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    texts = sorted(set(episodes.instructions))
+    texts = sorted({v for t in episodes.instructions for v in [t, *other_cube_instructions(t)]})
     rows = [encoder.encode_one(t).float().cpu().numpy() for t in texts]
     width, longest = rows[0].shape[1], max(r.shape[0] for r in rows)
     table = np.zeros((len(texts), longest, width), np.float32)

@@ -34,6 +34,10 @@ class MambaVLAConfig:
     vision_path: str = ""  # local transformers checkpoint folder for the tower
     resnet_widths: tuple[int, ...] = (32, 64, 128, 256)  # one stride-2 stage each after a stride-2 stem
     vision_grid: int = 4  # tokens per camera = vision_grid ** 2
+    # the task vector scales and shifts every ResNet stage's features (FiLM, as RT-1 conditions its
+    # EfficientNet): the encoder can look for the named cube instead of leaving the choice to the fusion.
+    # Off for checkpoints saved before it existed (their config.json has no such key)
+    vision_film: bool = False
     freeze_vision: bool = False  # only for a pretrained tower
     # connector (VL-Mamba MultiModal Connector)
     connector: str = "vss_mlp"
@@ -78,6 +82,8 @@ class MambaVLAConfig:
                 raise ValueError(f"config.{key} must be one of {allowed}, got {value!r}")
         if (self.d_model * self.expand) % self.headdim:
             raise ValueError(f"d_model * expand ({self.d_model * self.expand}) must be a multiple of headdim ({self.headdim})")
+        if self.vision_film and self.vision != "resnet":
+            raise ValueError(f"config.vision_film needs the resnet encoder, not {self.vision!r}")
         if self.vision == "auto" and not self.vision_path:
             raise ValueError('config.vision "auto" needs config.vision_path (a local transformers checkpoint)')
         if not self.cameras:
@@ -118,12 +124,12 @@ class MambaVLAConfig:
 PRESETS: dict[str, MambaVLAConfig] = {
     # seconds on CPU: for tests
     "tiny": MambaVLAConfig(
-        name="tiny", image_size=(32, 32), resnet_widths=(8, 16), vision_grid=2, language="minilm",
+        name="tiny", image_size=(32, 32), resnet_widths=(8, 16), vision_grid=2, vision_film=True, language="minilm",
         d_model=64, n_layers=2, d_state=16, headdim=32, chunk_len=16, chunk_size=4, flow_steps=3,
         n_heads_attn=2,
     ),
     # MambaVLA reference sizes
-    "base": MambaVLAConfig(name="base"),
+    "base": MambaVLAConfig(name="base", vision_film=True),
     # pretrained vision tower (local path given at load time), wide and deep fusion
     "large": MambaVLAConfig(
         name="large", vision="siglip", image_size=(224, 224), freeze_vision=True, vision_grid=8,

@@ -61,7 +61,8 @@ class MambaVLA(nn.Module):
         d, H, A = config.d_model, config.chunk_size, config.action_dim
         in_channels = 4 if config.use_depth else 3
         if config.vision == "resnet":
-            self.vision = nn.ModuleDict({cam: ResNetEncoder(in_channels, config.resnet_widths, config.vision_grid, d) for cam in config.cameras})
+            self.vision = nn.ModuleDict({cam: ResNetEncoder(in_channels, config.resnet_widths, config.vision_grid, d, film=config.vision_film)
+                                         for cam in config.cameras})
         else:
             if config.use_depth:
                 raise ValueError("depth input is supported with the resnet encoder only")
@@ -118,8 +119,11 @@ class MambaVLA(nn.Module):
         for i, cam in enumerate(self.config.cameras):
             # contiguous NCHW: torch 2.13's CPU conv/GroupNorm backward corrupts memory on channels-last input
             pixels = (images[cam].to(self.pixel_mean.dtype).contiguous() / 255.0 - self.pixel_mean) / self.pixel_std
-            encoder = self.vision[cam] if self.config.vision == "resnet" else self.vision["tower"]
-            grid = encoder(pixels.to(self.camera_embed.dtype)) + self.camera_embed[i]  # (B, g*g, d)
+            if self.config.vision == "resnet":  # a FiLM encoder looks for what the task vector names
+                grid = self.vision[cam](pixels.to(self.camera_embed.dtype), task if self.config.vision_film else None)
+            else:
+                grid = self.vision["tower"](pixels.to(self.camera_embed.dtype))
+            grid = grid + self.camera_embed[i]  # (B, g*g, d)
             tokens.append(self.connector(grid))
         tokens.append(self.proprio_proj(self.normalizer.proprio(proprio.float()).to(self.camera_embed.dtype))[:, None])
         tokens = torch.cat(tokens, dim=1)

@@ -29,22 +29,39 @@ class _ResidualBlock(nn.Module):
 
 
 class ResNetEncoder(nn.Module):
-    """Small ResNet with GroupNorm (batch-size independent), trained from scratch as in MambaVLA."""
+    """Small ResNet with GroupNorm (batch-size independent), trained from scratch as in MambaVLA. With
+    `film`, a condition vector (the task vector, width `d_model`) modulates every stage's output,
+    x * (1 + gamma) + beta (FiLM). The FiLM layers start at zero, so training starts from the plain
+    encoder and learns how much the instruction should steer what the encoder picks out."""
 
-    def __init__(self, in_channels: int, widths: tuple[int, ...], grid: int, d_model: int):
+    def __init__(self, in_channels: int, widths: tuple[int, ...], grid: int, d_model: int, film: bool = False):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False), _group_norm(widths[0]), nn.SiLU())
         stages, c = [], widths[0]
         for w in widths:
             stages.append(_ResidualBlock(c, w, stride=2))
             c = w
-        self.stages = nn.Sequential(*stages)
+        self.stages = nn.ModuleList(stages)
+        self.film = nn.ModuleList(nn.Linear(d_model, 2 * w) for w in widths) if film else None
+        if self.film is not None:
+            for layer in self.film:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.proj = nn.Linear(c, d_model)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """images (B, C, H, W) normalised -> tokens (B, grid*grid, d_model), row-major."""
-        feats = self.pool(self.stages(self.stem(images)))  # (B, c, g, g)
+    def forward(self, images: Tensor, condition: Tensor | None = None) -> Tensor:
+        """images (B, C, H, W) normalised, condition (B, d_model) for a FiLM encoder -> tokens (B, grid*grid,
+        d_model), row-major."""
+        if (self.film is None) != (condition is None):
+            raise ValueError("ResNetEncoder: a FiLM encoder needs a condition (the task vector), a plain one takes none")
+        x = self.stem(images)
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if self.film is not None:
+                gamma, beta = self.film[i](condition.to(x.dtype))[:, :, None, None].chunk(2, dim=1)
+                x = x * (1 + gamma) + beta
+        feats = self.pool(x)  # (B, c, g, g)
         return self.proj(feats.flatten(2).transpose(1, 2))
 
 

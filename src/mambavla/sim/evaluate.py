@@ -51,6 +51,8 @@ class EpisodeResult:
     observation_stamps: list[float] = field(default_factory=list)  # simulated time of each observation
     submit_delays: list[float] = field(default_factory=list)  # simulated s from observation to submission
     gripper_commands: int = 0  # each one lets physics run freely for the call (a few ms of simulated time)
+    cube: str = ""  # the cube the instruction names
+    closest: dict[str, float] = field(default_factory=dict)  # cube -> closest the hand came to it (m), at observations
     error: str = ""
     frames: list[np.ndarray] = field(default_factory=list, repr=False)  # front | wrist, for the GIF
 
@@ -61,8 +63,16 @@ class EpisodeResult:
             "chunks_produced": self.chunks_produced, "chunks_accepted": self.chunks_accepted,
             "chunks_rejected": self.chunks_rejected, "rejections_by_kind": dict(self.rejections_by_kind),
             "rows_clamped": self.rows_clamped, "controller_states": dict(self.controller_states),
-            "gripper_commands": self.gripper_commands, "error": self.error,
+            "gripper_commands": self.gripper_commands, "cube": self.cube, "approached_cube": self.approached_cube,
+            "closest_m": {c: round(d, 4) for c, d in self.closest.items()}, "error": self.error,
         }
+
+    @property
+    def approached_cube(self) -> str | None:
+        """The cube the hand came closest to: which one the policy went for, whether or not it got the task
+        done (a policy that goes for the wrong cube has not read the instruction; one that reaches the right
+        cube and fails, has failed at the motion)."""
+        return min(self.closest, key=self.closest.get) if self.closest else None
 
 
 class SimEvaluator:
@@ -124,7 +134,7 @@ class SimEvaluator:
         try:
             self.cell.release()
             spec = self.cell.reset(seed=seed, task=task)  # the arm is idle: the last tracker was stopped
-            result.instruction = spec.instruction
+            result.instruction, result.cube = spec.instruction, spec.cube
             self.runtime.set_instruction(spec.instruction)  # also forgets the history
             tracker = franky.CartesianImpedanceTracker(self.robot, **self.tracking.tracker_kwargs())
             try:
@@ -219,7 +229,11 @@ class SimEvaluator:
         h, w = runtime.image_size
         policy_images = {c: images[c] if images[c].shape[:2] == (h, w) else cv2.resize(images[c], (w, h), interpolation=cv2.INTER_AREA)
                          for c in runtime.camera_names}
-        proprio = self.cell.robot_state(snap).proprio  # the recorded episodes' proprio, at the snapshot
+        robot = self.cell.robot_state(snap)
+        proprio = robot.proprio  # the recorded episodes' proprio, at the snapshot
+        for cube, pos in self.cell.scene_state(snap).cube_pos.items():
+            d = float(np.linalg.norm(np.asarray(pos) - robot.ee_position))
+            result.closest[cube] = min(d, result.closest.get(cube, math.inf))
         start = time.perf_counter()
         chunk = runtime.step({"images": policy_images, "proprio": proprio, "stamp": snap.time})
         result.inference_ms.append((time.perf_counter() - start) * 1e3)
@@ -331,6 +345,8 @@ def summarize(results: dict[str, list[EpisodeResult]]) -> dict:
             "inference_ms": percentiles([v for r in rs for v in r.inference_ms]),
             "controller_states": dict(states),
             "ends": dict(Counter(r.end.split(":")[0] for r in rs)),
+            # episodes in which the hand came closest to the cube the instruction names
+            "approached_named_cube_rate": round(float(np.mean([r.approached_cube == r.cube for r in rs])), 4),
             "errors": [f"seed {r.seed}: {r.error}" for r in rs if r.error],
             "episodes_detail": [r.as_dict() for r in rs],
         }

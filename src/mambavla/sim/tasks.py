@@ -41,6 +41,18 @@ _PARAPHRASES: dict[str, tuple[str, ...]] = {
 }
 
 
+def other_cube_instructions(text: str) -> list[str]:
+    """`text` with the cube colour it names replaced by each other cube colour, in CUBE_COLOURS order
+    ("lift the red cube" -> ["lift the green cube", "lift the blue cube"]); [] when it names none. A
+    policy that scores these as well as the true instruction is not reading which cube it was told."""
+    words = text.split()
+    named = [i for i, w in enumerate(words) if w in CUBE_COLOURS]
+    if len(named) != 1:
+        return []
+    i = named[0]
+    return [" ".join(words[:i] + [c] + words[i + 1:]) for c in CUBE_COLOURS if c != words[i]]
+
+
 def eval_seeds(n: int) -> list[int]:
     """The first n held-out evaluation seeds (never used by `collect` without `--eval`)."""
     return list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + n))

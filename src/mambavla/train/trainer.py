@@ -30,6 +30,7 @@ from mambavla.data.packed import TrainingEpisodes
 from mambavla.model.checkpoint import save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
 from mambavla.model.modeling_mambavla import MambaVLA
+from mambavla.sim.tasks import other_cube_instructions
 from mambavla.train.augment import augment
 from mambavla.train.loop import make_optimizer
 
@@ -133,7 +134,7 @@ class Trainer:
         self.rng = np.random.default_rng([s.seed, self.rank])
         self.generator = torch.Generator(device=self.device).manual_seed(s.seed * 1000 + self.rank)
         self.step, self.best_val = 0, math.inf
-        self.history: dict[str, list] = {"loss": [], "val": []}
+        self.history: dict[str, list] = {"loss": [], "val": [], "val_other_cube": []}
 
     # ---- run folder ----------------------------------------------------------------------------
 
@@ -160,7 +161,7 @@ class Trainer:
         trainer.ema.load_state_dict(state["ema"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.schedule.load_state_dict(state["schedule"])
-        trainer.step, trainer.best_val, trainer.history = state["step"], state["best_val"], state["history"]
+        trainer.step, trainer.best_val, trainer.history = state["step"], state["best_val"], {**trainer.history, **state["history"]}
         trainer.rng.bit_generator.state = state["numpy_rng"]
         trainer.generator.set_state(state["torch_generator"].cpu())
         return trainer
@@ -210,21 +211,36 @@ class Trainer:
         return loss.item(), grad_norm.item()
 
     @torch.no_grad()
-    def validate(self, batches: int = 4) -> float | None:
-        """Loss of the EMA weights on held-out episodes, with fixed segments and noise (comparable across steps)."""
+    def validate(self, batches: int = 4) -> dict | None:
+        """Loss of the EMA weights on held-out episodes, with fixed segments and noise (comparable across
+        steps) -> {"loss": ..., "other_cube": ...}. "other_cube" is the same loss, same noise, with each
+        instruction naming another cube (None when no instruction names one): a policy that scores both
+        alike is not reading which cube it was told, whatever its loss."""
         if not len(self.val_ids):
             return None
         rng = np.random.default_rng(12345)
         devices = [self.device] if self.device.type == "cuda" else []
-        losses = []
+        losses, other_losses = [], []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(12345)
             generator = torch.Generator(device=self.device).manual_seed(12345)
             for _ in range(batches):
                 batch = self.batch(self.val_ids, rng, train=False)
+                other = [self._other_cube(text) for text in batch["instruction"]]
+                noise_state, time_state = generator.get_state(), torch.get_rng_state()  # noise; flow times (Beta, CPU)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     losses.append(float(self.ema(batch, generator)))
-        return float(np.mean(losses))
+                    if any(o is not None for o in other):
+                        generator.set_state(noise_state)  # the same noise and flow times: a paired comparison
+                        torch.set_rng_state(time_state)
+                        swapped = [o or text for o, text in zip(other, batch["instruction"])]
+                        other_losses.append(float(self.ema({**batch, "instruction": swapped}, generator)))
+        return {"loss": float(np.mean(losses)), "other_cube": float(np.mean(other_losses)) if other_losses else None}
+
+    def _other_cube(self, text: str) -> str | None:
+        """`text` naming another cube, one the instruction encoder can embed (a pack embeds only its own)."""
+        known = self.episodes.embeddings
+        return next((o for o in other_cube_instructions(text) if known is None or o in known), None)
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -255,11 +271,16 @@ class Trainer:
                 writer.add_scalar("train/lr", self.schedule.get_last_lr()[0], self.step)
                 writer.add_scalar("perf/frames_per_second", rate, self.step)
             if self.main and (self.step % s.val_every == 0 or self.step == s.steps):
-                val = self.validate()
-                if val is not None:
+                scores = self.validate()
+                if scores is not None:
+                    val = scores["loss"]
                     self.history["val"].append([self.step, val])
+                    if scores["other_cube"] is not None:
+                        self.history["val_other_cube"].append([self.step, scores["other_cube"]])
                     if writer:
                         writer.add_scalar("val/loss", val, self.step)
+                        if scores["other_cube"] is not None:
+                            writer.add_scalar("val/loss_other_cube", scores["other_cube"], self.step)
                     if val < self.best_val:
                         self.best_val = val
                         save_checkpoint(self.ema, self.run / "best", meta={"steps_done": self.step, "val_loss": val})
@@ -282,6 +303,9 @@ class Trainer:
             "loss_first": float(np.mean(self.history["loss"][:window])), "loss_last": float(np.mean(self.history["loss"][-window:])),
             "loss_window_steps": window, "val_loss_best": None if math.isinf(self.best_val) else self.best_val,
             "val_loss_last": self.history["val"][-1][1] if self.history["val"] else None,
+            # the last validation's loss with every instruction naming another cube, minus the true one's
+            "val_other_cube_gap_last": (self.history["val_other_cube"][-1][1] - self.history["val"][-1][1]
+                                        if self.history["val_other_cube"] else None),
             "parameters": self.model.parameter_counts(),
         }
         (self.run / "train_summary.json").write_text(json.dumps({**summary, **self.history}, indent=2))
@@ -326,6 +350,9 @@ def _plot_losses(history: dict, path: Path) -> None:
     if history["val"]:
         steps, val = zip(*history["val"])
         ax.plot(steps, val, "o-", color="C3", label="validation (EMA weights)")
+    if history.get("val_other_cube"):
+        steps, val = zip(*history["val_other_cube"])
+        ax.plot(steps, val, "s--", color="C1", label="validation, instruction naming another cube")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss")

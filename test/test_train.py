@@ -54,10 +54,12 @@ def test_episodes_per_task_keeps_the_first_n_training_episodes_of_each_task_and_
         cameras=("front",), image_size=(4, 4), dt=0.05, stride=4, frames={"front": np.zeros((n, 4, 4, 3), np.uint8)},
         proprio=np.zeros((n, 3), np.float32), actions=np.zeros((n, 7), np.float32), frame_start=np.arange(n + 1),
         action_start=np.arange(n + 1), instructions=["x"] * n, meta=[{"task": t, "seed": i} for i, t in enumerate(tasks)])
-    train, val = episodes.split(0.25)  # every 4th held out: 0, 4, 8
-    assert val.tolist() == [0, 4, 8]
+    train, val = episodes.split(0.25)  # every 4th of each task held out: lift 0, 8; place 1; push_left 3
+    assert val.tolist() == [0, 1, 3, 8]
     assert episodes.first_per_task(train, 0).tolist() == train.tolist()
-    assert episodes.first_per_task(train, 2).tolist() == [1, 2, 3, 5, 6, 9]  # place 1, 5; lift 2, 6; push_left 3, 9
-    assert episodes.first_per_task(train, 1).tolist() == [1, 2, 3]
+    assert episodes.first_per_task(train, 2).tolist() == [2, 4, 5, 7, 9]  # lift 2, 4; place 5, 7; push_left 9
+    assert episodes.first_per_task(train, 1).tolist() == [2, 5, 9]
+    one_each = TrainingEpisodes(**{**episodes.__dict__, "meta": [{"task": f"t{i}"} for i in range(n)]})
+    assert one_each.split(0.25)[1].tolist() == [0, 4, 8]  # no task has two episodes: every 4th overall
     with pytest.raises(ValueError, match="episodes per task"):
         episodes.first_per_task(train, -1)

@@ -113,11 +113,21 @@ class TrainingEpisodes:
         return int(self.frame_start[e + 1] - self.frame_start[e])
 
     def split(self, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-        """(train, validation) episode indices: every k-th episode held out, k = round(1 / fraction)."""
+        """(train, validation) episode indices, k = round(1 / fraction): every k-th episode of each task held
+        out (its 1st, (k+1)-th, ...; a task with one episode keeps it for training), so every task is
+        validated; when no task has two episodes, every k-th episode overall."""
         index = np.arange(len(self))
         if val_fraction <= 0 or len(self) < 2:
             return index, index[:0]
-        val = index % max(2, round(1 / val_fraction)) == 0
+        k = max(2, round(1 / val_fraction))
+        tasks = np.array([str(m.get("task")) for m in self.meta] if self.meta else ["None"] * len(self))
+        val = np.zeros(len(self), bool)
+        for task in np.unique(tasks):
+            members = index[tasks == task]
+            if len(members) >= 2:
+                val[members[::k]] = True
+        if not val.any():
+            val = index % k == 0
         return index[~val], index[val]
 
     def first_per_task(self, ids: np.ndarray, n: int) -> np.ndarray:

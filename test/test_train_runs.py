@@ -34,7 +34,7 @@ def _episodes() -> TrainingEpisodes:
         frames={c: np.stack(v) for c, v in frames.items()}, proprio=np.stack(proprio), actions=np.concatenate(actions),
         frame_start=np.r_[0, np.cumsum(counts)], action_start=np.r_[0, np.cumsum(ROWS)],
         instructions=["lift the red cube", "push the blue cube to the left side"],
-        meta=[{"task": "lift", "seed": 1}, {"task": "push-left", "seed": 2}])
+        meta=[{"task": "lift", "seed": 11}, {"task": "push-left", "seed": 3}])  # the seeds that give these instructions
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,29 @@ def test_validation_scores_the_instruction_naming_another_cube_with_the_same_noi
     trainer._other_cube = lambda text: text  # the same instruction, and the same noise: the same loss
     scores = trainer.validate()
     assert scores["other_cube"] == pytest.approx(scores["loss"], abs=1e-7)
+
+
+def test_grounding_head_learns_where_the_named_cube_started(pack, tmp_path):
+    from mambavla.sim.tasks import named_cube_starts
+
+    starts = named_cube_starts(_episodes().meta, _episodes().instructions)
+    np.testing.assert_allclose(starts, [[0.4998, 0.0406], [0.4684, 0.0362]], atol=1e-3)  # the seeded layouts
+    assert np.isnan(named_cube_starts([{"task": "lift", "seed": 12}], ["lift the red cube"])).all()  # another layout
+    assert np.isnan(named_cube_starts([{"task": "open-drawer", "seed": 1}], ["open the drawer"])).all()
+    settings = TrainSettings(steps=60, batch_size=2, segment_frames=4, warmup=5, lr=3e-3, val_fraction=0.0, augment=False)
+    trainer = Trainer(tmp_path / "run", [str(pack)], "tiny", settings, progress=False)
+    np.testing.assert_allclose(trainer.targets, starts)
+    batch = trainer.batch(trainer.train_ids, np.random.default_rng(0), train=True)
+    before = (trainer.model.predict_target(batch) - batch["target_xy"][:, None]).norm(dim=-1).mean().item()
+    trainer.fit()
+    after = (trainer.model.predict_target(batch) - batch["target_xy"][:, None]).norm(dim=-1).mean().item()
+    assert after < 0.5 * before, (before, after)
+    with torch.no_grad():  # the grounding loss is in the training objective, and weighted
+        torch.manual_seed(0)
+        weighted = trainer.model(batch, torch.Generator().manual_seed(0))
+        torch.manual_seed(0)
+        plain = trainer.model({**batch, "grounding_weight": 0.0}, torch.Generator().manual_seed(0))
+    assert weighted > plain
 
 
 def test_window_mode_trains_on_the_last_k_policy_frames(pack, tmp_path):

@@ -187,7 +187,7 @@ class TrainingEpisodes:
         start (as the runtime does after an instruction) when the episode fits, else at the start half
         of the time and at a random frame otherwise. Frames past an episode's end repeat its last frame
         and are fully padded. -> {"frame_index": int64 [B, T], "proprio": [B, T, P], "actions": [B, T, chunk, A],
-        "action_pad": bool [B, T, chunk], "instruction": [str] * B}."""
+        "action_pad": bool [B, T, chunk], "instruction": [str] * B, "episode": int [B]}."""
         pool = np.arange(len(self)) if episodes is None else np.asarray(episodes)
         chosen = rng.choice(pool, size=batch)
         counts = np.diff(self.frame_start)[chosen]
@@ -199,13 +199,13 @@ class TrainingEpisodes:
         actions, pad = self._chunks(chosen[:, None].repeat(frames, 1), local, chunk, action_mode)
         index = self.frame_start[chosen][:, None] + local
         return {"frame_index": index, "proprio": self.proprio[index], "actions": actions, "action_pad": pad | ~valid[..., None],
-                "instruction": [self.instructions[e] for e in chosen]}
+                "instruction": [self.instructions[e] for e in chosen], "episode": chosen}
 
     def windows(self, rng: np.random.Generator, batch: int, history: int, chunk: int, episodes: np.ndarray | None = None,
                 action_mode: str = "absolute") -> dict:
         """Window-mode batch: B samples, each the last `history` policy frames up to a frame (the episode's
         first frame repeated before its start) and that frame's chunk. -> {"frame_index": [B, K], "proprio":
-        [B, K, P], "actions": [B, chunk, A], "action_pad": [B, chunk], "instruction": [str] * B}."""
+        [B, K, P], "actions": [B, chunk, A], "action_pad": [B, chunk], "instruction": [str] * B, "episode": int [B]}."""
         pool = np.arange(len(self)) if episodes is None else np.asarray(episodes)
         chosen = rng.choice(pool, size=batch)
         counts = np.diff(self.frame_start)[chosen]
@@ -213,7 +213,7 @@ class TrainingEpisodes:
         index = self.frame_start[chosen][:, None] + np.maximum(local[:, None] + np.arange(1 - history, 1), 0)
         actions, pad = self._chunks(chosen, local, chunk, action_mode)
         return {"frame_index": index, "proprio": self.proprio[index], "actions": actions, "action_pad": pad,
-                "instruction": [self.instructions[e] for e in chosen]}
+                "instruction": [self.instructions[e] for e in chosen], "episode": chosen}
 
 
 def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: int = 1, quality: int = 90) -> dict:

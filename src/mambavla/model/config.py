@@ -38,6 +38,10 @@ class MambaVLAConfig:
     # EfficientNet): the encoder can look for the named cube instead of leaving the choice to the fusion.
     # Off for checkpoints saved before it existed (their config.json has no such key)
     vision_film: bool = False
+    # training only: a linear head on the fusion's output after every frame predicts where the named cube
+    # started (x, y), so the state must carry which cube the instruction means (the flow loss alone lets a
+    # policy copy its own trajectory and never read the colour). Needs action columns x, y first
+    grounding_head: bool = False
     freeze_vision: bool = False  # only for a pretrained tower
     # connector (VL-Mamba MultiModal Connector)
     connector: str = "vss_mlp"
@@ -82,6 +86,8 @@ class MambaVLAConfig:
                 raise ValueError(f"config.{key} must be one of {allowed}, got {value!r}")
         if (self.d_model * self.expand) % self.headdim:
             raise ValueError(f"d_model * expand ({self.d_model * self.expand}) must be a multiple of headdim ({self.headdim})")
+        if self.grounding_head and tuple(self.action_names[:2]) != ("x", "y"):
+            raise ValueError(f"config.grounding_head needs actions x, y first, got {self.action_names[:2]}")
         if self.vision_film and self.vision != "resnet":
             raise ValueError(f"config.vision_film needs the resnet encoder, not {self.vision!r}")
         if self.vision == "auto" and not self.vision_path:
@@ -124,12 +130,12 @@ class MambaVLAConfig:
 PRESETS: dict[str, MambaVLAConfig] = {
     # seconds on CPU: for tests
     "tiny": MambaVLAConfig(
-        name="tiny", image_size=(32, 32), resnet_widths=(8, 16), vision_grid=2, vision_film=True, language="minilm",
+        name="tiny", image_size=(32, 32), resnet_widths=(8, 16), vision_grid=2, vision_film=True, grounding_head=True, language="minilm",
         d_model=64, n_layers=2, d_state=16, headdim=32, chunk_len=16, chunk_size=4, flow_steps=3,
         n_heads_attn=2,
     ),
     # MambaVLA reference sizes
-    "base": MambaVLAConfig(name="base", vision_film=True),
+    "base": MambaVLAConfig(name="base", vision_film=True, grounding_head=True),
     # pretrained vision tower (local path given at load time), wide and deep fusion
     "large": MambaVLAConfig(
         name="large", vision="siglip", image_size=(224, 224), freeze_vision=True, vision_grid=8,

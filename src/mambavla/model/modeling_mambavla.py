@@ -87,6 +87,9 @@ class MambaVLA(nn.Module):
 
         self.fusion = build_fusion(config)
 
+        # training only (config.grounding_head): the fusion's output after a frame -> the named cube's start (x, y)
+        self.target_head = nn.Sequential(RMSNorm(d), nn.Linear(d, 2)) if config.grounding_head else None
+
         self.action_in = nn.Linear(A, d)
         self.action_pos = nn.Parameter(torch.randn(H, d) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
@@ -173,14 +176,35 @@ class MambaVLA(nn.Module):
         task vector of each of those B * T contexts.
 
         prompt (B, Lp, d), mask (B, Lp), images {camera: (B, T, C, H, W)}, proprio (B, T, P)."""
+        states, task, _ = self._stream_scan(prompt, mask, images, proprio)
+        return states, task
+
+    def _stream_scan(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor], proprio: Tensor) -> tuple[list, Tensor, Tensor]:
+        """stream_states, and the fusion's output at every frame's last token (B, T, d)."""
         b, k = proprio.shape[:2]
         task = self.task_vector(prompt, mask).repeat_interleave(k, dim=0)  # (B * T, d)
         frames = self.encode_frame({c: v.flatten(0, 1) for c, v in images.items()}, proprio.flatten(0, 1), task)
         n = frames.shape[1]
         tokens = torch.cat([prompt, frames.reshape(b, k * n, -1)], dim=1)
         full_mask = torch.cat([mask, torch.ones(b, k * n, dtype=torch.bool, device=mask.device)], dim=1)
-        _, states = self.fusion(tokens, mask=full_mask, frames=(prompt.shape[1], n))
-        return [type(s)(*(t.flatten(0, 1) for t in s)) for s in states], task
+        hidden, states = self.fusion(tokens, mask=full_mask, frames=(prompt.shape[1], n))
+        frame_ends = hidden[:, prompt.shape[1] + n - 1:: n]  # (B, T, d)
+        return [type(s)(*(t.flatten(0, 1) for t in s)) for s in states], task, frame_ends
+
+    def grounding_loss(self, frame_ends: Tensor, target_xy: Tensor | None) -> Tensor | None:
+        """Mean squared error of the named cube's start (x, y) predicted from the fusion's output after each
+        frame, in the action normalisation ([-1, 1] over the data's x, y range). frame_ends (B, T, d) or
+        (B, d); target_xy (B, 2) metres, NaN where unknown. None without a head or a known target."""
+        if self.target_head is None or target_xy is None:
+            return None
+        known = torch.isfinite(target_xy).all(-1)  # (B,)
+        if not known.any():
+            return None
+        target = 2.0 * (target_xy - self.normalizer.action_low[:2]) / self.normalizer.action_range[:2] - 1.0
+        predicted = self.target_head(frame_ends).float()
+        if predicted.dim() == 3:  # every frame of a segment predicts its episode's target
+            target = target[:, None].expand_as(predicted)
+        return (predicted - target).pow(2)[known].mean()
 
     def flow_loss(self, state: list, actions: Tensor, pad: Tensor | None = None, generator: torch.Generator | None = None,
                   task: Tensor | None = None) -> Tensor:
@@ -204,9 +228,16 @@ class MambaVLA(nn.Module):
         after that frame. batch: {"instruction": [str] * B, "images": {camera: (B, T, C, H, W)},
         "proprio": (B, T, P), "actions": (B, T, H, A), "action_pad": (B, T, H) bool}."""
         prompt, mask = self.encode_instruction(list(batch["instruction"]))
-        state, task = self.stream_states(prompt, mask, batch["images"], batch["proprio"])
+        state, task, frame_ends = self._stream_scan(prompt, mask, batch["images"], batch["proprio"])
         pad = batch.get("action_pad")
-        return self.flow_loss(state, batch["actions"].flatten(0, 1), None if pad is None else pad.flatten(0, 1), generator, task)
+        loss = self.flow_loss(state, batch["actions"].flatten(0, 1), None if pad is None else pad.flatten(0, 1), generator, task)
+        return self._with_grounding(loss, frame_ends, batch)
+
+    def _with_grounding(self, loss: Tensor, frame_ends: Tensor, batch: dict) -> Tensor:
+        """The flow loss plus `grounding_weight` times the grounding loss, when the batch has targets."""
+        weight = batch.get("grounding_weight", 0.0)
+        grounding = self.grounding_loss(frame_ends, batch.get("target_xy")) if weight else None
+        return loss if grounding is None else loss + weight * grounding
 
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
         """Flow-matching loss on a batch: {"instruction": [str] * B, "images": {camera: (B, C, H, W)},
@@ -214,7 +245,13 @@ class MambaVLA(nn.Module):
         leave out steps past an episode's end. For history training, images (B, K, C, H, W) and
         proprio (B, K, P) with K frames in time order."""
         prompt, mask = self.encode_instruction(list(batch["instruction"]))
-        images, proprio = batch["images"], batch["proprio"]
+        state, task, last = self._window_scan(prompt, mask, batch["images"], batch["proprio"])
+        loss = self.flow_loss(state, batch["actions"], batch.get("action_pad"), generator, task)
+        return self._with_grounding(loss, last, batch)
+
+    def _window_scan(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor], proprio: Tensor) -> tuple[list, Tensor, Tensor]:
+        """`[instruction | K frames]` of each sample in one scan -> the state after it, the task vector and
+        the fusion's output at the last token (B, d). images (B, [K,] C, H, W), proprio (B, [K,] P)."""
         if proprio.dim() == 2:  # one frame: K = 1
             images, proprio = {c: v[:, None] for c, v in images.items()}, proprio[:, None]
         b, k = proprio.shape[:2]
@@ -224,8 +261,19 @@ class MambaVLA(nn.Module):
         frames = frames.reshape(b, k * frames.shape[1], frames.shape[2])
         tokens = torch.cat([prompt, frames], dim=1)
         full_mask = torch.cat([mask, torch.ones(frames.shape[:2], dtype=torch.bool, device=mask.device)], dim=1)
-        state = self.condition(tokens, mask=full_mask)
-        return self.flow_loss(state, batch["actions"], batch.get("action_pad"), generator, task)
+        hidden, state = self.fusion(tokens, mask=full_mask)
+        return state, task, hidden[:, -1]
+
+    @torch.no_grad()
+    def predict_target(self, batch: dict) -> Tensor:
+        """The grounding head's estimate of where the named cube started, metres: (B, T, 2) after every frame
+        of stream segments, (B, 2) for windows. Training diagnostics; the runtime never calls it."""
+        if self.target_head is None:
+            raise ValueError("predict_target: this policy has no grounding head (config.grounding_head)")
+        prompt, mask = self.encode_instruction(list(batch["instruction"]))
+        scan = self._stream_scan if self.config.history_mode == "stream" else self._window_scan
+        ends = scan(prompt, mask, batch["images"], batch["proprio"])[2]
+        return (self.target_head(ends).float() + 1.0) * 0.5 * self.normalizer.action_range[:2] + self.normalizer.action_low[:2]
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
         """The training objective for the config's history mode (so DDP can wrap the policy)."""
@@ -248,6 +296,8 @@ class MambaVLA(nn.Module):
             f"fusion ({self.config.fusion})": count(self.fusion),
             "action_head": count(self.action_in, self.action_pos, self.time_mlp, self.norm_out, self.action_out),
         }
+        if self.target_head is not None:
+            counts["grounding_head (training only)"] = count(self.target_head)
         counts["policy_total (checkpoint)"] = count(self)
         counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return counts

@@ -53,6 +53,23 @@ def other_cube_instructions(text: str) -> list[str]:
     return [" ".join(words[:i] + [c] + words[i + 1:]) for c in CUBE_COLOURS if c != words[i]]
 
 
+def named_cube_starts(meta: list[dict], instructions: list[str], config: WorkcellConfig | None = None) -> np.ndarray:
+    """float [E, 2]: where the cube that each episode's instruction names started (x, y in the robot base
+    frame, m), from the episode's task and seed, since layouts are seeded. NaN for an episode that is not a
+    workcell episode, or whose instruction is not the one its seed gives now (recorded under another
+    sampler: its layout would be wrong too)."""
+    config = config or WorkcellConfig()
+    out = np.full((len(meta), 2), np.nan, np.float32)
+    for e, (m, text) in enumerate(zip(meta, instructions)):
+        task, seed = m.get("task"), m.get("seed")
+        if task not in TASK_FAMILIES or not isinstance(seed, (int, np.integer)):
+            continue
+        spec, layout = sample_episode(task, seed, config)
+        if spec.instruction == text:
+            out[e] = layout.cubes[spec.cube][:2]
+    return out
+
+
 def eval_seeds(n: int) -> list[int]:
     """The first n held-out evaluation seeds (never used by `collect` without `--eval`)."""
     return list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + n))

@@ -30,7 +30,7 @@ from mambavla.data.packed import TrainingEpisodes
 from mambavla.model.checkpoint import save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
 from mambavla.model.modeling_mambavla import MambaVLA
-from mambavla.sim.tasks import other_cube_instructions
+from mambavla.sim.tasks import named_cube_starts, other_cube_instructions
 from mambavla.train.augment import augment
 from mambavla.train.loop import make_optimizer
 
@@ -50,6 +50,7 @@ class TrainSettings:
     warmup: int = 200
     clip: float = 1.0
     ema_decay: float = 0.999
+    grounding_weight: float = 0.1  # of the grounding head's loss (config.grounding_head), beside the flow loss
     val_fraction: float = 0.1
     episodes_per_task: int = 0  # train on the first N episodes of each task (validation unchanged); 0: all
     val_every: int = 250
@@ -117,6 +118,8 @@ class Trainer:
         self.config = config_for_data(base, self.episodes, s)
         self.train_ids, self.val_ids = self.episodes.split(s.val_fraction)
         self.train_ids = self.episodes.first_per_task(self.train_ids, s.episodes_per_task)
+        # where the named cube started, per episode (NaN where unknown): the grounding head's targets
+        self.targets = named_cube_starts(self.episodes.meta, self.episodes.instructions) if self.config.grounding_head else None
         stats = self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
         encoder = None
         if self.episodes.embeddings is not None:
@@ -134,7 +137,7 @@ class Trainer:
         self.rng = np.random.default_rng([s.seed, self.rank])
         self.generator = torch.Generator(device=self.device).manual_seed(s.seed * 1000 + self.rank)
         self.step, self.best_val = 0, math.inf
-        self.history: dict[str, list] = {"loss": [], "val": [], "val_other_cube": []}
+        self.history: dict[str, list] = {"loss": [], "val": [], "val_other_cube": [], "val_grounding_m": []}
 
     # ---- run folder ----------------------------------------------------------------------------
 
@@ -188,8 +191,12 @@ class Trainer:
         if train and s.augment:
             images = {cam: augment(v, self.generator) for cam, v in images.items()}
         tensor = lambda key: torch.from_numpy(np.ascontiguousarray(raw[key])).to(self.device)  # noqa: E731
-        return {"instruction": raw["instruction"], "images": images, "proprio": tensor("proprio"),
-                "actions": tensor("actions"), "action_pad": tensor("action_pad")}
+        out = {"instruction": raw["instruction"], "images": images, "proprio": tensor("proprio"),
+               "actions": tensor("actions"), "action_pad": tensor("action_pad")}
+        if self.targets is not None:  # validation leaves them out of its loss, which stays the flow loss
+            out["target_xy"] = torch.from_numpy(self.targets[raw["episode"]]).to(self.device)
+            out["grounding_weight"] = s.grounding_weight if train else 0.0
+        return out
 
     def train_step(self) -> tuple[float, float]:
         self.trained.train()
@@ -213,20 +220,28 @@ class Trainer:
     @torch.no_grad()
     def validate(self, batches: int = 4) -> dict | None:
         """Loss of the EMA weights on held-out episodes, with fixed segments and noise (comparable across
-        steps) -> {"loss": ..., "other_cube": ...}. "other_cube" is the same loss, same noise, with each
-        instruction naming another cube (None when no instruction names one): a policy that scores both
-        alike is not reading which cube it was told, whatever its loss."""
+        steps) -> {"loss": ..., "other_cube": ..., "grounding_m": ...}. "other_cube" is the same loss, same
+        noise, with each instruction naming another cube (None when no instruction names one): a policy that
+        scores both alike is not reading which cube it was told, whatever its loss. "grounding_m": how far
+        the grounding head's estimate of the named cube's start is from it (mean over frames; None without
+        a head or targets)."""
         if not len(self.val_ids):
             return None
         rng = np.random.default_rng(12345)
         devices = [self.device] if self.device.type == "cuda" else []
-        losses, other_losses = [], []
+        losses, other_losses, misses = [], [], []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(12345)
             generator = torch.Generator(device=self.device).manual_seed(12345)
             for _ in range(batches):
                 batch = self.batch(self.val_ids, rng, train=False)
                 other = [self._other_cube(text) for text in batch["instruction"]]
+                if self.ema.target_head is not None and torch.isfinite(batch["target_xy"]).any():
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                        predicted = self.ema.predict_target(batch)
+                    target = batch["target_xy"] if predicted.dim() == 2 else batch["target_xy"][:, None].expand_as(predicted)
+                    miss = (predicted - target).norm(dim=-1)
+                    misses.append(float(miss[torch.isfinite(miss)].mean()))
                 noise_state, time_state = generator.get_state(), torch.get_rng_state()  # noise; flow times (Beta, CPU)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     losses.append(float(self.ema(batch, generator)))
@@ -235,7 +250,8 @@ class Trainer:
                         torch.set_rng_state(time_state)
                         swapped = [o or text for o, text in zip(other, batch["instruction"])]
                         other_losses.append(float(self.ema({**batch, "instruction": swapped}, generator)))
-        return {"loss": float(np.mean(losses)), "other_cube": float(np.mean(other_losses)) if other_losses else None}
+        return {"loss": float(np.mean(losses)), "other_cube": float(np.mean(other_losses)) if other_losses else None,
+                "grounding_m": float(np.mean(misses)) if misses else None}
 
     def _other_cube(self, text: str) -> str | None:
         """`text` naming another cube, one the instruction encoder can embed (a pack embeds only its own)."""
@@ -277,10 +293,14 @@ class Trainer:
                     self.history["val"].append([self.step, val])
                     if scores["other_cube"] is not None:
                         self.history["val_other_cube"].append([self.step, scores["other_cube"]])
+                    if scores["grounding_m"] is not None:
+                        self.history["val_grounding_m"].append([self.step, scores["grounding_m"]])
                     if writer:
                         writer.add_scalar("val/loss", val, self.step)
                         if scores["other_cube"] is not None:
                             writer.add_scalar("val/loss_other_cube", scores["other_cube"], self.step)
+                        if scores["grounding_m"] is not None:
+                            writer.add_scalar("val/grounding_error_m", scores["grounding_m"], self.step)
                     if val < self.best_val:
                         self.best_val = val
                         save_checkpoint(self.ema, self.run / "best", meta={"steps_done": self.step, "val_loss": val})
@@ -306,6 +326,8 @@ class Trainer:
             # the last validation's loss with every instruction naming another cube, minus the true one's
             "val_other_cube_gap_last": (self.history["val_other_cube"][-1][1] - self.history["val"][-1][1]
                                         if self.history["val_other_cube"] else None),
+            "val_grounding_error_m_last": self.history["val_grounding_m"][-1][1] if self.history["val_grounding_m"] else None,
+            "episodes_with_grounding_target": None if self.targets is None else int(np.isfinite(self.targets).all(1).sum()),
             "parameters": self.model.parameter_counts(),
         }
         (self.run / "train_summary.json").write_text(json.dumps({**summary, **self.history}, indent=2))

@@ -128,6 +128,7 @@ def test_validation_scores_the_instruction_naming_another_cube_with_the_same_noi
     trainer = Trainer(tmp_path / "run", [str(pack)], "tiny", settings, progress=False)
     summary = trainer.fit()
     assert trainer.history["val_other_cube"][-1][0] == 3
+    assert 0 < summary["val_grounding_error_first_frame_m_last"] < 1 and 0 < summary["val_grounding_error_m_last"] < 1
     assert summary["val_other_cube_gap_last"] != 0.0  # another cube named, another loss
     scores = trainer.validate()
     assert scores["other_cube"] - scores["loss"] == pytest.approx(summary["val_other_cube_gap_last"])

@@ -137,7 +137,7 @@ class Trainer:
         self.rng = np.random.default_rng([s.seed, self.rank])
         self.generator = torch.Generator(device=self.device).manual_seed(s.seed * 1000 + self.rank)
         self.step, self.best_val = 0, math.inf
-        self.history: dict[str, list] = {"loss": [], "val": [], "val_other_cube": [], "val_grounding_m": []}
+        self.history: dict[str, list] = {"loss": [], "val": [], "val_other_cube": [], "val_grounding_m": [], "val_grounding_first_frame_m": []}
 
     # ---- run folder ----------------------------------------------------------------------------
 
@@ -224,12 +224,14 @@ class Trainer:
         noise, with each instruction naming another cube (None when no instruction names one): a policy that
         scores both alike is not reading which cube it was told, whatever its loss. "grounding_m": how far
         the grounding head's estimate of the named cube's start is from it (mean over frames; None without
-        a head or targets)."""
+        a head or targets); "grounding_first_frame_m": the same at each stream segment's first frame (the
+        episode's start when the episode fits the segment), where the arm has not moved yet and only the
+        instruction can say which cube: the sharpest test of grounding."""
         if not len(self.val_ids):
             return None
         rng = np.random.default_rng(12345)
         devices = [self.device] if self.device.type == "cuda" else []
-        losses, other_losses, misses = [], [], []
+        losses, other_losses, misses, first_misses = [], [], [], []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(12345)
             generator = torch.Generator(device=self.device).manual_seed(12345)
@@ -242,6 +244,8 @@ class Trainer:
                     target = batch["target_xy"] if predicted.dim() == 2 else batch["target_xy"][:, None].expand_as(predicted)
                     miss = (predicted - target).norm(dim=-1)
                     misses.append(float(miss[torch.isfinite(miss)].mean()))
+                    if miss.dim() == 2:  # stream: a segment's first frame, where only the instruction tells the cube
+                        first_misses.append(float(miss[:, 0][torch.isfinite(miss[:, 0])].mean()))
                 noise_state, time_state = generator.get_state(), torch.get_rng_state()  # noise; flow times (Beta, CPU)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     losses.append(float(self.ema(batch, generator)))
@@ -251,7 +255,8 @@ class Trainer:
                         swapped = [o or text for o, text in zip(other, batch["instruction"])]
                         other_losses.append(float(self.ema({**batch, "instruction": swapped}, generator)))
         return {"loss": float(np.mean(losses)), "other_cube": float(np.mean(other_losses)) if other_losses else None,
-                "grounding_m": float(np.mean(misses)) if misses else None}
+                "grounding_m": float(np.mean(misses)) if misses else None,
+                "grounding_first_frame_m": float(np.mean(first_misses)) if first_misses else None}
 
     def _other_cube(self, text: str) -> str | None:
         """`text` naming another cube, one the instruction encoder can embed (a pack embeds only its own)."""
@@ -293,14 +298,17 @@ class Trainer:
                     self.history["val"].append([self.step, val])
                     if scores["other_cube"] is not None:
                         self.history["val_other_cube"].append([self.step, scores["other_cube"]])
-                    if scores["grounding_m"] is not None:
-                        self.history["val_grounding_m"].append([self.step, scores["grounding_m"]])
+                    for key in ("grounding_m", "grounding_first_frame_m"):
+                        if scores[key] is not None:
+                            self.history[f"val_{key}"].append([self.step, scores[key]])
                     if writer:
                         writer.add_scalar("val/loss", val, self.step)
                         if scores["other_cube"] is not None:
                             writer.add_scalar("val/loss_other_cube", scores["other_cube"], self.step)
                         if scores["grounding_m"] is not None:
                             writer.add_scalar("val/grounding_error_m", scores["grounding_m"], self.step)
+                        if scores["grounding_first_frame_m"] is not None:
+                            writer.add_scalar("val/grounding_error_first_frame_m", scores["grounding_first_frame_m"], self.step)
                     if val < self.best_val:
                         self.best_val = val
                         save_checkpoint(self.ema, self.run / "best", meta={"steps_done": self.step, "val_loss": val})
@@ -327,6 +335,8 @@ class Trainer:
             "val_other_cube_gap_last": (self.history["val_other_cube"][-1][1] - self.history["val"][-1][1]
                                         if self.history["val_other_cube"] else None),
             "val_grounding_error_m_last": self.history["val_grounding_m"][-1][1] if self.history["val_grounding_m"] else None,
+            "val_grounding_error_first_frame_m_last": (self.history["val_grounding_first_frame_m"][-1][1]
+                                                       if self.history["val_grounding_first_frame_m"] else None),
             "episodes_with_grounding_target": None if self.targets is None else int(np.isfinite(self.targets).all(1).sum()),
             "parameters": self.model.parameter_counts(),
         }

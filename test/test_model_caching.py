@@ -111,3 +111,29 @@ def test_transformer_fusion_parameter_count_within_ten_percent_of_mamba():
         for fusion in FUSIONS:
             counts[fusion] = sum(p.numel() for p in build_fusion(preset(name).replace(fusion=fusion)).parameters())
         assert abs(counts["transformer"] - counts["mamba"]) / counts["mamba"] <= 0.10, (name, counts)
+
+
+@torch.no_grad()
+def test_static_kv_cache_streams_and_samples_as_the_growing_cache():
+    """The Transformer's capturable cache (fixed capacity, device-side length) gives the same context and
+    velocities as the growing one, and a velocity call leaves the context's length alone."""
+    from mambavla.model.fusion import StaticKVCache
+
+    model = _model("transformer")
+    prompt, _ = model.encode_instruction(["put the red cube on the blue plate"])
+    frames = _frames(model, 4)
+    dynamic = model.condition(prompt)
+    static = [StaticKVCache.empty_like(s, 200) for s in dynamic]
+    for s, d in zip(static, dynamic):
+        s.load(d)
+    for f in frames:
+        dynamic = model.condition(f, dynamic)
+        static = model.condition(f, static)
+    assert [int(s.length) for s in static] == [d.length for d in dynamic]
+    x_t = torch.randn(1, model.config.chunk_size, model.config.action_dim)
+    for t in (0.9, 0.3):
+        tt = torch.tensor([t])
+        np.testing.assert_allclose(model.velocity(x_t, tt, static).numpy(), model.velocity(x_t, tt, dynamic).numpy(), atol=1e-5)
+    assert [int(s.length) for s in static] == [d.length for d in dynamic]  # the action tokens were not kept
+    with pytest.raises(ValueError, match="do not fit"):
+        StaticKVCache.empty_like(dynamic[0], 8).load(dynamic[0])

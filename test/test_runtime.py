@@ -158,12 +158,13 @@ def test_unknown_preset_and_bad_config_are_rejected():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fusion", ["mamba", "transformer"])  # the Transformer through its StaticKVCache
 @pytest.mark.parametrize("history", [{"history_mode": "stream"}, {"history_mode": "window", "history_frames": 3},
                                      {"history_mode": "window", "history_frames": 1}])
-def test_cuda_graph_step_matches_eager_step(history):
+def test_cuda_graph_step_matches_eager_step(history, fusion):
     chunks = {}
     for graph in (False, True):
-        rt = PolicyRuntime.from_preset("tiny", device="cuda", seed=5, cuda_graph=graph, **history)
+        rt = PolicyRuntime.from_preset("tiny", device="cuda", seed=5, cuda_graph=graph, fusion=fusion, **history)
         rt.set_instruction("lift the red cube")
         chunks[graph] = [rt.step(_obs(rt, seed=k)).actions for k in range(4)]
         rt.reset()
@@ -172,3 +173,16 @@ def test_cuda_graph_step_matches_eager_step(history):
         chunks[graph] += [rt.step(_obs(rt, seed=k)).actions for k in range(2)]
     for a, b in zip(chunks[False], chunks[True]):
         np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_transformer_graph_stops_at_its_kv_capacity_until_reset():
+    rt = PolicyRuntime.from_preset("tiny", device="cuda", fusion="transformer", cuda_graph=True, kv_capacity_frames=3)
+    rt.set_instruction("lift the red cube")
+    for k in range(3):
+        rt.step(_obs(rt, seed=k))
+    with pytest.raises(ValueError, match="history full"):
+        rt.step(_obs(rt, seed=3))
+    rt.reset()
+    assert np.isfinite(rt.step(_obs(rt, seed=0)).actions).all()

@@ -91,6 +91,37 @@ class KVCache(NamedTuple):
     length: int
 
 
+class StaticKVCache(NamedTuple):
+    """A KV cache of fixed capacity whose length is a device tensor, so that a step's shapes and its
+    host-side code never change: a CUDA graph can capture the Transformer's step as it does the Mamba
+    step. Each step attends over the whole capacity (masked), so its cost is set by the capacity, not by
+    the history. Writing past the capacity is out of bounds: the caller bounds the history (PolicyRuntime
+    checks it on the host before every step). Same sharing rule as `KVCache`."""
+
+    k: Tensor  # (B, heads, capacity, head_dim)
+    v: Tensor
+    valid: Tensor  # (B, capacity) bool
+    length: Tensor  # (1,) int64: positions in use
+
+    @classmethod
+    def empty_like(cls, cache: KVCache, capacity: int) -> StaticKVCache:
+        b, h, _, hd = cache.k.shape
+        return cls(cache.k.new_zeros(b, h, capacity, hd), cache.v.new_zeros(b, h, capacity, hd),
+                   torch.zeros(b, capacity, dtype=torch.bool, device=cache.k.device),
+                   torch.zeros(1, dtype=torch.long, device=cache.k.device))
+
+    def load(self, cache: KVCache) -> None:
+        """Copy a dynamic cache's context into these buffers (eager, e.g. on a new instruction)."""
+        n = cache.length
+        if n > self.k.shape[2]:
+            raise ValueError(f"KV cache: {n} positions do not fit the static capacity {self.k.shape[2]}")
+        self.k[:, :, :n].copy_(cache.k[:, :, :n])
+        self.v[:, :, :n].copy_(cache.v[:, :, :n])
+        self.valid.zero_()
+        self.valid[:, :n].copy_(cache.valid[:, :n])
+        self.length.fill_(n)
+
+
 def _rotary(x: Tensor, positions: Tensor) -> Tensor:
     """Rotary position embedding; x (B, heads, L, hd), positions (L,)."""
     hd = x.shape[-1]
@@ -112,15 +143,24 @@ class TransformerBlock(nn.Module):
         self.out = nn.Linear(d, d, bias=False)
         self.mlp = nn.Sequential(nn.Linear(d, mlp_hidden, bias=False), nn.GELU(), nn.Linear(mlp_hidden, d, bias=False))
 
-    def forward(self, x: Tensor, cache: KVCache | None, cond: Tensor | None, mask: Tensor | None,
-                cond_start: int = 0) -> tuple[Tensor, KVCache]:
+    def forward(self, x: Tensor, cache: KVCache | StaticKVCache | None, cond: Tensor | None, mask: Tensor | None,
+                cond_start: int = 0) -> tuple[Tensor, KVCache | StaticKVCache]:
         batch, length, d = x.shape
         q, k, v = self.qkv(self.film(self.norm1(x), cond, cond_start)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        step_valid = torch.ones(batch, length, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        if isinstance(cache, StaticKVCache):  # positions from the device-side length: no host value in the step
+            if torch.is_grad_enabled():
+                raise ValueError("StaticKVCache is for inference (torch.no_grad)")
+            positions = cache.length + torch.arange(length, device=x.device)
+            q, k = _rotary(q, positions), _rotary(k, positions)
+            cache.k.index_copy_(2, positions, k)
+            cache.v.index_copy_(2, positions, v)
+            cache.valid.index_copy_(1, positions, step_valid)
+            return self._attend(x, q, cache.k, cache.v, cache.valid, positions), cache._replace(length=cache.length + length)
         past = 0 if cache is None else cache.length
         total = past + length
         positions = torch.arange(past, total, device=x.device)
         q, k = _rotary(q, positions), _rotary(k, positions)
-        step_valid = torch.ones(batch, length, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
         if torch.is_grad_enabled():  # training: new tensors (writing into the buffers would change ones autograd saved)
             if cache is not None:
                 k = torch.cat([cache.k[:, :, :past], k], dim=2)
@@ -134,14 +174,18 @@ class TransformerBlock(nn.Module):
             cache.v[:, :, past:total] = v
             cache.valid[:, past:total] = step_valid
             keys, values, valid = cache.k[:, :, :total], cache.v[:, :, :total], cache.valid[:, :total]
-        # query i (absolute past + i) sees valid keys up to itself, and always itself (no empty rows)
-        key_pos = torch.arange(total, device=x.device)
+        return self._attend(x, q, keys, values, valid, positions), cache._replace(length=total)
+
+    def _attend(self, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, valid: Tensor, positions: Tensor) -> Tensor:
+        """Attention of the new tokens (absolute `positions`) over the cached keys, then the MLP."""
+        batch, length, d = x.shape
+        # query i sees valid keys up to its own position, and always itself (no empty rows)
+        key_pos = torch.arange(keys.shape[2], device=x.device)
         causal = key_pos[None, :] <= positions[:, None]  # (L, S)
         allowed = (causal[None] & valid[:, None, :]) | (key_pos[None, None, :] == positions[None, :, None])
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None])  # (B, heads, L, hd)
         x = x + self.out(y.transpose(1, 2).reshape(batch, length, d))
-        x = x + self.mlp(self.norm2(x))
-        return x, cache._replace(length=total)
+        return x + self.mlp(self.norm2(x))
 
     @staticmethod
     def _reserve(cache: KVCache | None, batch: int, total: int, like: Tensor) -> KVCache:

@@ -15,6 +15,7 @@ import torch
 
 from mambavla.model.checkpoint import load_checkpoint
 from mambavla.model.config import preset
+from mambavla.model.fusion import KVCache, StaticKVCache
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.runtime.chunk import ActionChunk
 
@@ -24,9 +25,12 @@ class PolicyRuntime:
     re-scans the last T frames from the instruction state each step, repeating the first frame until T
     have been seen (as training pads windows at an episode's start).
 
-    `cuda_graph`: on CUDA with the Mamba fusion, capture the whole step (vision, state update, every
-    flow step) as one CUDA graph and replay it. Possible because a Mamba step has static shapes: the
-    recurrent state and the window have fixed sizes, unlike a growing KV cache. Default: on where possible.
+    `cuda_graph`: on CUDA, capture the whole step (vision, state update, every flow step) as one CUDA
+    graph and replay it. Possible because the step has static shapes: the Mamba state and the window have
+    fixed sizes, and the Transformer gets a static KV cache (`StaticKVCache`) of `kv_capacity_frames`
+    frames after the instruction, attended in full every step; a stream that outgrows it is an error
+    until reset() or a new instruction. Default: on for the Mamba fusion on CUDA; the Transformer's is
+    opt-in (`cuda_graph=True`) until test_runtime's CUDA tests have run on a GPU.
 
     `backend="onnx"`: the step runs in ONNX Runtime from the graph `mambavla export --onnx` wrote
     (`onnx_path`; exported to a temporary folder when not given), on the CUDA execution provider for
@@ -36,7 +40,7 @@ class PolicyRuntime:
 
     def __init__(self, model: MambaVLA, device: str | torch.device = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
                  cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, kv_capacity_frames: int = 256):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.backend = backend
@@ -60,10 +64,14 @@ class PolicyRuntime:
         self._state: list | None = None  # context state after the last frame (stream mode)
         self._window: deque = deque(maxlen=self.config.history_frames)  # frame tokens (window mode)
         self.frames_seen = 0
-        graphable = self.device.type == "cuda" and self.config.fusion == "mamba"
+        if kv_capacity_frames < 1:
+            raise ValueError(f"kv_capacity_frames must be >= 1, got {kv_capacity_frames}")
+        self.kv_capacity_frames = kv_capacity_frames
+        graphable = self.device.type == "cuda"
         if cuda_graph and not graphable:
-            raise ValueError("cuda_graph needs device 'cuda' and the mamba fusion")
-        self.cuda_graph = graphable if cuda_graph is None else cuda_graph
+            raise ValueError("cuda_graph needs device 'cuda'")
+        # the Transformer's captured step (StaticKVCache) is opt-in until its CUDA test has run on a GPU
+        self.cuda_graph = (graphable and self.config.fusion == "mamba") if cuda_graph is None else cuda_graph
         self._graph: _StepGraph | None = None
         self.reset()
 
@@ -78,11 +86,11 @@ class PolicyRuntime:
     @classmethod
     def from_preset(cls, name: str, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
                     cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
-                    threads: int | None = None, **overrides) -> PolicyRuntime:
+                    threads: int | None = None, kv_capacity_frames: int = 256, **overrides) -> PolicyRuntime:
         torch.manual_seed(seed)  # untrained weights are reproducible from the seed
         config = preset(name).replace(**overrides) if overrides else preset(name)
         return cls(MambaVLA(config), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph, backend=backend,
-                   onnx_path=onnx_path, threads=threads)
+                   onnx_path=onnx_path, threads=threads, kv_capacity_frames=kv_capacity_frames)
 
     # ---- what callers need to know --------------------------------------------------------------
 
@@ -198,7 +206,8 @@ class PolicyRuntime:
     def _graph_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, stamp: float) -> ActionChunk:
         t0 = time.perf_counter()
         if self._graph is None:
-            self._graph = _StepGraph(self.model, self._prefix_state, self._task, images, proprio, self.dtype)
+            self._graph = _StepGraph(self.model, self._prefix_state, self._task, images, proprio, self.dtype,
+                                     kv_capacity_frames=self.kv_capacity_frames)
             self._graph.restart(self._state if self.config.history_mode == "stream" else self._prefix_state)
             self._state = self._graph.state
         if self.config.history_mode == "window" and self.frames_seen == 0:
@@ -305,7 +314,7 @@ class _StepGraph:
     last T-1 frames' tokens (window mode, re-scanned from the static instruction state)."""
 
     def __init__(self, model: MambaVLA, prefix_state: list, task: torch.Tensor, images: dict[str, torch.Tensor], proprio: torch.Tensor,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, kv_capacity_frames: int = 256):
         self.model = model
         self.task = task.clone()  # static: the runtime copies a new instruction's task vector in
         self.stream = model.config.history_mode == "stream"
@@ -313,8 +322,16 @@ class _StepGraph:
         self.proprio = torch.zeros_like(proprio)
         batch = proprio.shape[0]  # streams stepped together (StreamBatch), each row its own state
         self.noise = torch.zeros((batch, model.config.chunk_size, model.config.action_dim), device=proprio.device, dtype=dtype)
-        self.state = [type(s)(*(t.clone() for t in s)) for s in prefix_state]  # stream: history; window: instruction
         n, d = model.config.tokens_per_frame, model.config.d_model
+        self.capacity = None  # positions of the Transformer's static KV cache
+        self.length = 0  # positions in use after the last step (host-side count: the graph never syncs)
+        if model.config.fusion == "transformer":
+            c = model.config
+            self.capacity = c.max_instruction_tokens + kv_capacity_frames * n + c.chunk_size
+            self.state = [StaticKVCache.empty_like(s, self.capacity) for s in prefix_state]
+            self.restart(prefix_state)
+        else:
+            self.state = [type(s)(*(t.clone() for t in s)) for s in prefix_state]  # stream: history; window: instruction
         self.window = torch.zeros(batch, (model.config.history_frames - 1) * n, d, device=proprio.device, dtype=dtype)
         saved = ([t.clone() for s in self.state for t in s], self.window.clone())
         side = torch.cuda.Stream()
@@ -334,7 +351,7 @@ class _StepGraph:
         tokens = self.model.encode_frame(self.images, self.proprio, self.task)
         if self.stream:
             context = self.model.condition(tokens, self.state)
-            self.restart(context)
+            self._copy_state(self.state, context)
         else:
             frames = torch.cat([self.window, tokens], dim=1)
             context = self.model.condition(frames, self.state)
@@ -344,10 +361,34 @@ class _StepGraph:
 
     def restart(self, state: list) -> None:
         """Copy `state` into the static buffers. Stream mode: the history to continue from; window
-        mode: the instruction's state."""
+        mode: the instruction's state. A Transformer's dynamic KV cache is loaded into the static one. Eager
+        only (it reads the Transformer cache's length on the host)."""
         for dst, src in zip(self.state, state):
+            if isinstance(src, KVCache):
+                dst.load(src)
+            else:
+                self._copy_state([dst], [src])
+        if self.capacity is not None:
+            first = state[0]
+            self.length = first.length if isinstance(first, KVCache) else int(first.length.item())
+
+    @staticmethod
+    def _copy_state(destination: list, state: list) -> None:
+        """Copy per-layer state tensors into static buffers, on the device only (safe inside a graph)."""
+        for dst, src in zip(destination, state):
             for d, s in zip(dst, src):
                 d.copy_(s)
+
+    def _check_capacity(self) -> None:
+        if self.capacity is None:
+            return
+        c = self.model.config
+        frames = 1 if self.stream else c.history_frames
+        need = self.length + frames * c.tokens_per_frame + c.chunk_size
+        if need > self.capacity:
+            raise ValueError(f"history full: the Transformer's static KV cache holds {self.capacity} positions and this step "
+                             f"needs {need}; reset() or a new instruction starts over (or build the runtime with a larger "
+                             "kv_capacity_frames)")
 
     def fill_window(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> None:
         """Start a window with copies of the first frame (eager, once per episode)."""
@@ -356,11 +397,14 @@ class _StepGraph:
 
     def run(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
         """-> actions (B, H, A) on the host."""
+        self._check_capacity()
         for c, v in images.items():
             self.images[c].copy_(v, non_blocking=True)
         self.proprio.copy_(proprio, non_blocking=True)
         self.noise.copy_(noise)
         self.graph.replay()
+        if self.capacity is not None and self.stream:
+            self.length += self.model.config.tokens_per_frame
         return self.actions.cpu().numpy()
 
 

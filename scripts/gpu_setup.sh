@@ -4,7 +4,11 @@
 # and this package, without touching the machine's torch. Fill .whl/ on a networked machine first:
 #   MAMBA_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-build-isolation mamba-ssm==2.3.2.post1 -d .whl
 #   pip download --no-deps einops==0.8.2 -d .whl
+#   pip download --no-deps pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0 -d .whl   (CUDA tests)
 # Then: bash scripts/gpu_setup.sh && mambavla train --data PACK --out RUN --device cuda
+# Presets, benchmarks and the CUDA tests also need the "minilm" encoder: carry the fp16 copy that
+# scripts/gpu_minilm.sh writes (45 MB, in its own call) and set MAMBAVLA_MINILM_PATH to it, e.g.
+#   MAMBAVLA_MINILM_PATH=/tmp/minilm python -m pytest -q -m cuda test/test_runtime.py test/test_model_mamba2.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python -m pip install -q --no-index --no-deps --find-links .whl"

@@ -86,6 +86,27 @@ def test_bf16_conversion_halves_the_weights_and_loads_the_rounded_values_without
         assert torch.equal(loaded[k], expected), k
 
 
+def test_half_size_minilm_copy_for_the_gpu_machine_loads_through_the_environment(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mambavla.model.language import InstructionEncoder
+
+    out = tmp_path / "minilm-fp16"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["bash", "scripts/gpu_minilm.sh", str(out)], check=True, env=env, capture_output=True)
+    assert (out / "model.safetensors").stat().st_size < 50e6  # fits a 64 MiB transfer beside the working tree
+    text = "pick up the red cube"
+    reference = InstructionEncoder("minilm").encode_one(text)
+    monkeypatch.setenv("MAMBAVLA_MINILM_PATH", str(out))
+    copy = InstructionEncoder("minilm")
+    assert next(copy.model.parameters()).dtype == torch.float32
+    embedding = copy.encode_one(text)
+    assert embedding.shape == reference.shape and 0 < (embedding - reference).abs().max() < 2e-2
+
+
 def test_missing_checkpoint_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         PolicyRuntime.from_checkpoint(tmp_path / "nope")

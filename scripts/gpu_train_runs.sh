@@ -7,7 +7,7 @@
 #   C transformer_window  the Transformer fusion trained the same way as B (stream training needs Mamba)
 #   D mamba_stream_25  as A on the first 25 episodes of each task
 #   E mamba_stream_10  as A on the first 10 episodes of each task
-# All validate on the same held-out episodes (every 10th). Usage:
+# All validate on the same held-out episodes (every 10th of each task). Usage:
 #   bash scripts/gpu_train_runs.sh PACK RUNS_DIR SECONDS [NAME ...]   (after scripts/gpu_setup.sh; default: all five)
 # STREAM_STEPS=N sets mamba_stream's schedule length (default 1500), for a run continued with --resume.
 # Then: tail RUNS_DIR/*.log; bash scripts/gpu_ship_runs.sh RUNS_DIR OUT waits for them and packs each

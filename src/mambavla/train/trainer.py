@@ -242,7 +242,7 @@ class Trainer:
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                         predicted = self.ema.predict_target(batch)
                     target = batch["target_xy"] if predicted.dim() == 2 else batch["target_xy"][:, None].expand_as(predicted)
-                    miss = (predicted - target).norm(dim=-1)
+                    miss = (predicted - target).norm(dim=-1)  # NaN where the episode has no target
                     misses.append(float(miss[torch.isfinite(miss)].mean()))
                     if miss.dim() == 2:  # stream: a segment's first frame, where only the instruction tells the cube
                         first_misses.append(float(miss[:, 0][torch.isfinite(miss[:, 0])].mean()))

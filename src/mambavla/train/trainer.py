@@ -118,8 +118,11 @@ class Trainer:
         self.config = config_for_data(base, self.episodes, s)
         self.train_ids, self.val_ids = self.episodes.split(s.val_fraction)
         self.train_ids = self.episodes.first_per_task(self.train_ids, s.episodes_per_task)
-        # where the named cube started, per episode (NaN where unknown): the grounding head's targets
+        # where the named cube started, per episode (NaN where unknown): the grounding head's targets. No head
+        # when it would get no gradient (no targets, or weight 0): DDP requires every parameter to be used
         self.targets = named_cube_starts(self.episodes.meta, self.episodes.instructions) if self.config.grounding_head else None
+        if self.targets is not None and (s.grounding_weight <= 0 or not np.isfinite(self.targets).all(1).any()):
+            self.config, self.targets = self.config.replace(grounding_head=False), None
         stats = self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
         encoder = None
         if self.episodes.embeddings is not None:

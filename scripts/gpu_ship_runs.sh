@@ -18,5 +18,11 @@ for log in "$runs"/*.log; do
     cp "$log" "$stage/$name/train.log"
     for f in run.json train_summary.json loss.png; do [[ -f $run/$f ]] && cp "$run/$f" "$stage/$name/"; done
     tar cf "$out/$name.tar" -C "$stage" "$name" && echo "$name: $(du -h "$out/$name.tar" | cut -f1) $(tr '\r' '\n' < "$log" | grep -a 'train:' | tail -1)"
+    [[ -f $run/train_summary.json ]] && python - "$run/train_summary.json" <<'PY'  # the numbers that judge a run
+import json, sys
+d = json.load(open(sys.argv[1]))
+keys = ("steps", "val_loss_best", "val_other_cube_gap_last", "val_grounding_error_m_last", "val_grounding_error_first_frame_m_last")
+print("   ", ", ".join(f"{k} {d.get(k)}" for k in keys))
+PY
 done
 rm -rf "$stage"

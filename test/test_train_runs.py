@@ -154,6 +154,8 @@ def test_grounding_head_learns_where_the_named_cube_started(pack, tmp_path):
     assert after < 0.5 * before, (before, after)
     off = Trainer(tmp_path / "off", [str(pack)], "tiny", TrainSettings(steps=1, grounding_weight=0.0), progress=False)
     assert off.model.target_head is None and off.targets is None  # no parameter without a gradient (DDP)
+    with pytest.raises(ValueError, match="grounding_weight must be >= 0"):
+        TrainSettings(grounding_weight=-0.1)
     with torch.no_grad():  # the grounding loss is in the training objective, and weighted
         torch.manual_seed(0)
         weighted = trainer.model(batch, torch.Generator().manual_seed(0))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +113,10 @@ class TrainingEpisodes:
     def frame_count(self, e: int) -> int:
         return int(self.frame_start[e + 1] - self.frame_start[e])
 
+    def task_labels(self) -> list[str]:
+        """Each episode's task as a string ("None" where its metadata has none, or there is no metadata)."""
+        return [str(m.get("task")) for m in self.meta] if self.meta else ["None"] * len(self)
+
     def split(self, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
         """(train, validation) episode indices, k = round(1 / fraction): every k-th episode of each task held
         out (its 1st, (k+1)-th, ...; a task with one episode keeps it for training), so every task is
@@ -120,7 +125,7 @@ class TrainingEpisodes:
         if val_fraction <= 0 or len(self) < 2:
             return index, index[:0]
         k = max(2, round(1 / val_fraction))
-        tasks = np.array([str(m.get("task")) for m in self.meta] if self.meta else ["None"] * len(self))
+        tasks = np.array(self.task_labels())
         val = np.zeros(len(self), bool)
         for task in np.unique(tasks):
             members = index[tasks == task]
@@ -137,10 +142,11 @@ class TrainingEpisodes:
             raise ValueError(f"episodes per task must be >= 0, got {n}")
         if n == 0:
             return ids
+        tasks = self.task_labels()
         seen: dict[str, int] = {}
         keep = []
         for e in ids:
-            task = str(self.meta[e].get("task")) if self.meta else "None"
+            task = tasks[e]
             seen[task] = seen.get(task, 0) + 1
             keep.append(seen[task] <= n)
         return ids[np.array(keep, dtype=bool)]
@@ -157,9 +163,7 @@ class TrainingEpisodes:
         return {"proprio": _stats(self.proprio.astype(np.float64)), "actions": _stats(actions)}
 
     def summary(self) -> dict:
-        tasks: dict[str, int] = {}
-        for m in self.meta:
-            tasks[str(m.get("task"))] = tasks.get(str(m.get("task")), 0) + 1
+        tasks = Counter(self.task_labels()) if self.meta else {}
         return {"episodes": len(self), "frames": int(self.frame_start[-1]), "action_rows": int(self.action_start[-1]),
                 "tasks": dict(sorted(tasks.items())), "instructions": len(set(self.instructions)), "cameras": list(self.cameras),
                 "image_size": list(self.image_size), "dt": self.dt, "stride": self.stride, "policy_period": self.policy_period}

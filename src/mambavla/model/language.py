@@ -7,8 +7,8 @@ The encoder is frozen and not part of the policy's checkpoint; only the projecti
 
 from __future__ import annotations
 
-from collections import OrderedDict
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch

@@ -71,6 +71,8 @@ class TrainSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.grounding_weight >= 0:  # also rejects NaN
+            raise ValueError(f"grounding_weight must be >= 0 (0: no grounding head), got {self.grounding_weight}")
 
 
 def load_episodes(sources: list[str], period: float, progress: bool = True) -> TrainingEpisodes:
@@ -121,7 +123,7 @@ class Trainer:
         # where the named cube started, per episode (NaN where unknown): the grounding head's targets. No head
         # when it would get no gradient (no targets, or weight 0): DDP requires every parameter to be used
         self.targets = named_cube_starts(self.episodes.meta, self.episodes.instructions) if self.config.grounding_head else None
-        if self.targets is not None and (s.grounding_weight <= 0 or not np.isfinite(self.targets).all(1).any()):
+        if self.targets is not None and (s.grounding_weight == 0 or not np.isfinite(self.targets).all(1).any()):
             self.config, self.targets = self.config.replace(grounding_head=False), None
         stats = self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
         encoder = None

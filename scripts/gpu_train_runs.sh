@@ -3,19 +3,20 @@
 # they share the GPU well), each in its own session so it outlives the shell that started it:
 #   A mamba_stream     the shipped configuration: Mamba fusion, stream mode, every training episode
 #   (mamba_stream_nofilm  as A without the instruction's FiLM in the vision encoder; only when named)
+#   (mamba_stream_g05     as A with --grounding-weight 0.5 instead of 0.1; only when named)
 #   B mamba_window     Mamba fusion, window mode (one frame per sample)
 #   C transformer_window  the Transformer fusion trained the same way as B (stream training needs Mamba)
 #   D mamba_stream_25  as A on the first 25 episodes of each task
 #   E mamba_stream_10  as A on the first 10 episodes of each task
 # All validate on the same held-out episodes (every 10th of each task). Usage:
-#   bash scripts/gpu_train_runs.sh PACK RUNS_DIR SECONDS [NAME ...]   (after scripts/gpu_setup.sh; default: all five)
+#   bash scripts/gpu_train_runs.sh PACK RUNS_DIR SECONDS [NAME ...]   (after scripts/gpu_setup.sh; default: the five lettered)
 # STREAM_STEPS=N sets mamba_stream's schedule length (default 1500), for a run continued with --resume.
 # Then: tail RUNS_DIR/*.log; bash scripts/gpu_ship_runs.sh RUNS_DIR OUT waits for them and packs each
 # run's best/ in bf16 with its summary, loss plot and log as OUT/<name>.tar.
 set -euo pipefail
 pack=$1 runs=$2 seconds=${3:-2000}
 shift 3 || shift $#
-wanted=" ${*:-mamba_stream mamba_window transformer_window mamba_stream_25 mamba_stream_10} "  # nofilm: name it
+wanted=" ${*:-mamba_stream mamba_window transformer_window mamba_stream_25 mamba_stream_10} "  # nofilm, g05: name them
 mkdir -p "$runs"
 train() {  # name, extra arguments
     local name=$1; shift
@@ -26,6 +27,7 @@ train() {  # name, extra arguments
 }
 train mamba_stream --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
 train mamba_stream_nofilm --no-vision-film --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
+train mamba_stream_g05 --grounding-weight 0.5 --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
 train mamba_window --history window --history-frames 1 --steps 1500 --batch-size 512
 train transformer_window --fusion transformer --history window --history-frames 1 --steps 1200 --batch-size 512
 train mamba_stream_25 --episodes-per-task 25 --steps 1500 --batch-size 16 --segment-frames 64

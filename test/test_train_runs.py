@@ -138,7 +138,7 @@ def test_validation_scores_the_instruction_naming_another_cube_with_the_same_noi
 
 
 def test_grounding_head_learns_where_the_named_cube_started(pack, tmp_path):
-    from mambavla.sim.tasks import named_cube_starts
+    from mambavla.sim.tasks import named_cube_starts, other_cube_instructions, other_cube_starts
 
     starts = named_cube_starts(_episodes().meta, _episodes().instructions)
     np.testing.assert_allclose(starts, [[0.4998, 0.0406], [0.4684, 0.0362]], atol=1e-3)  # the seeded layouts
@@ -162,6 +162,25 @@ def test_grounding_head_learns_where_the_named_cube_started(pack, tmp_path):
         torch.manual_seed(0)
         plain = trainer.model({**batch, "grounding_weight": 0.0}, torch.Generator().manual_seed(0))
     assert weighted > plain
+    # the same frames, another cube of the layout named: the head must answer where that one started
+    others = other_cube_starts(_episodes().meta, _episodes().instructions)
+    for e, text in enumerate(_episodes().instructions):
+        assert [t for t, _ in others[e]] == other_cube_instructions(text)
+        assert all(np.linalg.norm(xy - starts[e]) > 0.03 for _, xy in others[e])  # other cubes, elsewhere
+    assert "other_instruction" not in trainer.batch(trainer.train_ids, np.random.default_rng(0), train=False)
+    assert all(o != t for o, t in zip(batch["other_instruction"], batch["instruction"]))
+
+    def objective(b: dict) -> float:
+        torch.manual_seed(0)
+        return trainer.model(b, torch.Generator().manual_seed(0)).item()
+
+    with torch.no_grad():
+        without = objective({k: v for k, v in batch.items() if not k.startswith("other_")})
+        told_same = objective({**batch, "other_instruction": batch["instruction"], "other_xy": batch["target_xy"]})
+        told_other = objective(batch)
+        other_words_same_target = objective({**batch, "other_xy": batch["target_xy"]})  # the head reads the words
+    assert told_same == pytest.approx(without, rel=1e-6)
+    assert abs(told_other - without) > 1e-6 and abs(other_words_same_target - without) > 1e-7
 
 
 def test_window_mode_trains_on_the_last_k_policy_frames(pack, tmp_path):

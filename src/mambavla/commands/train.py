@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ema", type=float, default=d.ema_decay, help=f"EMA decay of the saved weights (default {d.ema_decay})")
     p.add_argument("--grounding-weight", type=float, default=d.grounding_weight,
                    help=f"weight of the grounding head's loss: where the named cube started, from the episode's seed (default {d.grounding_weight}; 0: off)")
+    p.add_argument("--no-other-cube-grounding", action="store_true",
+                   help="the grounding head answers only for the named cube (by default it also answers, on the same frames, "
+                        "for another cube of the layout named instead, so the picture alone cannot give the answer)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="episodes held out for the validation loss")
     p.add_argument("--episodes-per-task", type=int, default=0, metavar="N",
                    help="train on the first N episodes of each task, validate on the same held-out ones (default 0: all)")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             steps=steps, batch_size=args.batch_size, history=args.history, segment_frames=args.segment_frames,
             history_frames=args.history_frames, action_mode=args.action_mode, lr=args.lr,
             warmup=args.warmup if args.warmup is not None else min(200, max(1, steps // 10)), ema_decay=args.ema,
-            grounding_weight=args.grounding_weight, val_fraction=args.val_fraction, episodes_per_task=args.episodes_per_task, val_every=args.val_every, save_every=args.save_every, augment=not args.no_augment,
+            grounding_weight=args.grounding_weight, other_cube_grounding=not args.no_other_cube_grounding, val_fraction=args.val_fraction, episodes_per_task=args.episodes_per_task, val_every=args.val_every, save_every=args.save_every, augment=not args.no_augment,
             bf16=not args.no_bf16, seed=args.seed, device=args.device, max_seconds=args.max_seconds or 0.0)
         overrides = {"fusion": args.fusion} if args.fusion else {}
         if args.no_vision_film:

@@ -234,10 +234,24 @@ class MambaVLA(nn.Module):
         return self._with_grounding(loss, frame_ends, batch)
 
     def _with_grounding(self, loss: Tensor, frame_ends: Tensor, batch: dict) -> Tensor:
-        """The flow loss plus `grounding_weight` times the grounding loss, when the batch has targets."""
+        """The flow loss plus `grounding_weight` times the grounding loss, when the batch has targets. With
+        "other_instruction" [str] * B and "other_xy" (B, 2) (another cube of the same layout named, where it
+        started; NaN where none) the same frames are scanned again under that instruction and the head's loss
+        is the mean of both: the same picture must then give different answers for different colour words."""
         weight = batch.get("grounding_weight", 0.0)
-        grounding = self.grounding_loss(frame_ends, batch.get("target_xy")) if weight else None
-        return loss if grounding is None else loss + weight * grounding
+        if not weight:
+            return loss
+        terms = [self.grounding_loss(frame_ends, batch.get("target_xy"))]
+        if batch.get("other_instruction") is not None:
+            prompt, mask = self.encode_instruction(list(batch["other_instruction"]))
+            terms.append(self.grounding_loss(self._context_scan(prompt, mask, batch["images"], batch["proprio"])[2], batch["other_xy"]))
+        terms = [t for t in terms if t is not None]
+        return loss + weight * sum(terms) / len(terms) if terms else loss
+
+    def _context_scan(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor], proprio: Tensor) -> tuple[list, Tensor, Tensor]:
+        """The config's history mode's scan: `_stream_scan` (output after every frame) or `_window_scan`."""
+        scan = self._stream_scan if self.config.history_mode == "stream" else self._window_scan
+        return scan(prompt, mask, images, proprio)
 
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
         """Flow-matching loss on a batch: {"instruction": [str] * B, "images": {camera: (B, C, H, W)},
@@ -271,8 +285,7 @@ class MambaVLA(nn.Module):
         if self.target_head is None:
             raise ValueError("predict_target: this policy has no grounding head (config.grounding_head)")
         prompt, mask = self.encode_instruction(list(batch["instruction"]))
-        scan = self._stream_scan if self.config.history_mode == "stream" else self._window_scan
-        ends = scan(prompt, mask, batch["images"], batch["proprio"])[2]
+        ends = self._context_scan(prompt, mask, batch["images"], batch["proprio"])[2]
         return (self.target_head(ends).float() + 1.0) * 0.5 * self.normalizer.action_range[:2] + self.normalizer.action_low[:2]
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:

@@ -53,20 +53,39 @@ def other_cube_instructions(text: str) -> list[str]:
     return [" ".join(words[:i] + [c] + words[i + 1:]) for c in CUBE_COLOURS if c != words[i]]
 
 
-def named_cube_starts(meta: list[dict], instructions: list[str], config: WorkcellConfig | None = None) -> np.ndarray:
-    """float [E, 2]: where the cube that each episode's instruction names started (x, y in the robot base
-    frame, m), from the episode's task and seed, since layouts are seeded. NaN for an episode that is not a
-    workcell episode, or whose instruction is not the one its seed gives now (recorded under another
-    sampler: its layout would be wrong too)."""
-    config = config or WorkcellConfig()
-    out = np.full((len(meta), 2), np.nan, np.float32)
+def _seeded_layouts(meta: list[dict], instructions: list[str], config: WorkcellConfig):
+    """(episode index, task spec, layout) of every workcell episode whose instruction is the one its seed
+    gives now (one recorded under another sampler would have another layout too)."""
     for e, (m, text) in enumerate(zip(meta, instructions)):
         task, seed = m.get("task"), m.get("seed")
         if task not in TASK_FAMILIES or not isinstance(seed, (int, np.integer)):
             continue
         spec, layout = sample_episode(task, seed, config)
         if spec.instruction == text:
-            out[e] = layout.cubes[spec.cube][:2]
+            yield e, spec, layout
+
+
+def named_cube_starts(meta: list[dict], instructions: list[str], config: WorkcellConfig | None = None) -> np.ndarray:
+    """float [E, 2]: where the cube that each episode's instruction names started (x, y in the robot base
+    frame, m), from the episode's task and seed, since layouts are seeded. NaN for an episode that is not a
+    workcell episode, or whose instruction is not the one its seed gives now (recorded under another
+    sampler: its layout would be wrong too)."""
+    out = np.full((len(meta), 2), np.nan, np.float32)
+    for e, spec, layout in _seeded_layouts(meta, instructions, config or WorkcellConfig()):
+        out[e] = layout.cubes[spec.cube][:2]
+    return out
+
+
+def other_cube_starts(meta: list[dict], instructions: list[str], config: WorkcellConfig | None = None) -> list[list[tuple[str, np.ndarray]]]:
+    """Per episode, (the instruction naming another cube of its layout, where that cube started) for each
+    other cube: counterfactual grounding targets, true of the same frames whatever the arm then does.
+    Without them a layout seen once tells its target by itself and the colour word is never needed. []
+    where `named_cube_starts` gives NaN."""
+    out: list[list[tuple[str, np.ndarray]]] = [[] for _ in meta]
+    for e, spec, layout in _seeded_layouts(meta, instructions, config or WorkcellConfig()):
+        colours = [c for c in CUBE_COLOURS if c != spec.cube]  # other_cube_instructions' order
+        out[e] = [(text, np.asarray(layout.cubes[c][:2], np.float32))
+                  for c, text in zip(colours, other_cube_instructions(spec.instruction)) if c in layout.cubes]
     return out
 
 

@@ -30,7 +30,7 @@ from mambavla.data.packed import TrainingEpisodes
 from mambavla.model.checkpoint import save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
 from mambavla.model.modeling_mambavla import MambaVLA
-from mambavla.sim.tasks import named_cube_starts, other_cube_instructions
+from mambavla.sim.tasks import named_cube_starts, other_cube_starts, other_cube_instructions
 from mambavla.train.augment import augment
 from mambavla.train.loop import make_optimizer
 
@@ -51,6 +51,7 @@ class TrainSettings:
     clip: float = 1.0
     ema_decay: float = 0.999
     grounding_weight: float = 0.1  # of the grounding head's loss (config.grounding_head), beside the flow loss
+    other_cube_grounding: bool = True  # the head also answers for another cube of the same layout, named
     val_fraction: float = 0.1
     episodes_per_task: int = 0  # train on the first N episodes of each task (validation unchanged); 0: all
     val_every: int = 250
@@ -125,6 +126,8 @@ class Trainer:
         self.targets = named_cube_starts(self.episodes.meta, self.episodes.instructions) if self.config.grounding_head else None
         if self.targets is not None and (s.grounding_weight == 0 or not np.isfinite(self.targets).all(1).any()):
             self.config, self.targets = self.config.replace(grounding_head=False), None
+        # and for each episode the other cubes of its layout, named: the same frames with another answer
+        self.other_targets = other_cube_starts(self.episodes.meta, self.episodes.instructions) if self.targets is not None else None
         stats = self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
         encoder = None
         if self.episodes.embeddings is not None:
@@ -201,6 +204,14 @@ class Trainer:
         if self.targets is not None:  # validation leaves them out of its loss, which stays the flow loss
             out["target_xy"] = torch.from_numpy(self.targets[raw["episode"]]).to(self.device)
             out["grounding_weight"] = s.grounding_weight if train else 0.0
+            if train and s.other_cube_grounding:
+                texts, xys = [], []
+                for e, text in zip(raw["episode"], raw["instruction"]):
+                    others = self.other_targets[e]  # none: the true instruction again, with no target
+                    text, xy = others[rng.integers(len(others))] if others else (text, np.full(2, np.nan, np.float32))
+                    texts.append(text)
+                    xys.append(xy)
+                out["other_instruction"], out["other_xy"] = texts, torch.from_numpy(np.stack(xys)).to(self.device)
         return out
 
     def train_step(self) -> tuple[float, float]:

@@ -201,9 +201,11 @@ def test_cuda_graph_step_matches_eager_step(history, fusion):
 def test_transformer_graph_stops_at_its_kv_capacity_until_reset():
     rt = PolicyRuntime.from_preset("tiny", device="cuda", fusion="transformer", cuda_graph=True, kv_capacity_frames=3)
     rt.set_instruction("lift the red cube")
-    for k in range(3):
-        rt.step(_obs(rt, seed=k))
+    c, done = rt.config, 0
     with pytest.raises(ValueError, match="history full"):
-        rt.step(_obs(rt, seed=3))
+        for done in range(100):
+            rt.step(_obs(rt, seed=done))
+    # room is kept for the longest instruction: a short one leaves space for a few more frames than asked
+    assert 3 <= done <= 3 + c.max_instruction_tokens // c.tokens_per_frame, done
     rt.reset()
     assert np.isfinite(rt.step(_obs(rt, seed=0)).actions).all()

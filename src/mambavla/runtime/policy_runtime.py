@@ -27,9 +27,10 @@ class PolicyRuntime:
 
     `cuda_graph`: on CUDA, capture the whole step (vision, state update, every flow step) as one CUDA
     graph and replay it. Possible because the step has static shapes: the Mamba state and the window have
-    fixed sizes, and the Transformer gets a static KV cache (`StaticKVCache`) of `kv_capacity_frames`
-    frames after the instruction, attended in full every step; a stream that outgrows it is an error
-    until reset() or a new instruction. Default: on for the Mamba fusion on CUDA; the Transformer's is
+    fixed sizes, and the Transformer gets a static KV cache (`StaticKVCache`) of at least
+    `kv_capacity_frames` frames after the instruction (room is kept for the longest instruction, so a
+    short one leaves space for a few frames more), attended in full every step; a stream that outgrows it
+    is an error until reset() or a new instruction. Default: on for the Mamba fusion on CUDA; the Transformer's is
     opt-in (`cuda_graph=True`) until test_runtime's CUDA tests have run on a GPU.
 
     `backend="onnx"`: the step runs in ONNX Runtime from the graph `mambavla export --onnx` wrote

@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoint folder (default: $MAMBAVLA_CHECKPOINT, else the policy shipped with the package)")
     p.add_argument("--untrained", action="store_true", help="run an UNTRAINED --preset instead (the stack without a policy)")
     p.add_argument("--preset", default="tiny", help="preset for --untrained (default: tiny)")
-    p.add_argument("--seconds", type=float, default=20.0,
-                   help="how long the policy runs after the instruction, in simulated seconds (default: 20)")
+    p.add_argument("--seconds", type=float, default=25.0,
+                   help="how long the policy runs after the instruction, in simulated seconds (default: 25, eval-sim's episode limit)")
     p.add_argument("--wall-clock", action="store_true",
                    help="run the nodes on the wall clock instead of the simulator's /clock (then the simulation, slower than "
                         "real time on a loaded CPU, no longer moves at the pace the policy and controller assume)")

@@ -93,6 +93,8 @@ def test_eval_sim_command_runs_an_episode_end_to_end(cell, runtime, tmp_path, mo
     assert lo == 0.0 and 0.7 < hi < 0.85  # Wilson, 0 of 1
     assert summary["mean_success_rate"] == 0.0
     episode = lift["episodes_detail"][0]
+    # written as the episode ended, so a run that dies later keeps it
+    assert [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()] == [episode]
     assert episode["error"] == ""
     assert episode["end"] == "timeout" and episode["success"] is False
     assert episode["seed"] == 1_000_000 and episode["instruction"]

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=0, help="CPU threads for inference; 0 keeps torch's default")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                    help="inference backend (onnx: ONNX Runtime, the step exported at start; about 2x faster on a CPU)")
-    p.add_argument("--out", default="eval-sim", help="output folder: eval.json, success.png, episodes_<task>.gif (default ./eval-sim)")
+    p.add_argument("--out", default="eval-sim", help="output folder: eval.json, episodes.jsonl (each episode as it ends), success.png, episodes_<task>.gif (default ./eval-sim)")
     p.add_argument("--gif-episodes", type=int, default=1, metavar="K", help="episodes per task in the GIF (default 1; 0: none)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
     p.set_defaults(func=run)
@@ -54,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
                                             backend=args.backend, threads=args.torch_threads or None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    episode_log = out / "episodes.jsonl"  # one line per episode as it ends: kept if the run dies later
+    episode_log.unlink(missing_ok=True)
     summary, results = evaluate(runtime, tuple(args.tasks), args.episodes, seed=args.seed, latency=args.latency,
                                 time_limit=args.time_limit, gif_episodes=args.gif_episodes, speed=args.speed,
-                                progress=not args.json)
+                                progress=not args.json, episode_log=episode_log)
     summary = {"checkpoint": args.checkpoint, "preset": args.preset if not args.checkpoint else None, **summary}
     summary["chart"] = str(success_chart(summary, out / "success.png"))
     frame_seconds = runtime.policy_period * observation_stride(args.latency, runtime.policy_period)

@@ -15,10 +15,12 @@ chunk is submitted that much later while the arm keeps executing the previous on
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -263,10 +265,12 @@ def episode_seeds(episodes: int, first: int = 0) -> list[int]:
 
 def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, latency: float = 0.0,
              time_limit: float | None = None, gif_episodes: int = 1, speed: float = 1.0, progress: bool = True,
-             cell: Workcell | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
+             cell: Workcell | None = None, episode_log: str | Path | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
     """Evaluate on `episodes` held-out seeds per task. Returns (summary, results per task).
 
-    `cell`: an already started workcell to use (tests); otherwise one is started and stopped here."""
+    `cell`: an already started workcell to use (tests); otherwise one is started and stopped here.
+    `episode_log`: a JSON-lines file that gets each episode's result as soon as it ends (a run that
+    hangs or dies in franky's native code later keeps what it measured; see docs/training.md)."""
     from tqdm import tqdm
 
     from mambavla.sim.tasks import TASK_FAMILIES
@@ -287,6 +291,9 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
             for i, s in enumerate(seeds):
                 r = evaluator.run_episode(task, s, keep_frames=i < gif_episodes)
                 results[task].append(r)
+                if episode_log is not None:
+                    with open(episode_log, "a") as log:
+                        log.write(json.dumps(r.as_dict()) + "\n")
                 sim_total += r.sim_seconds
                 done = results[task]
                 bar.set_postfix(task=task, success=f"{sum(x.success for x in done)}/{len(done)}")

@@ -31,6 +31,8 @@ from mambavla.model.mamba2 import RMSNorm
 from mambavla.model.normalization import Normalizer, placeholder_stats
 from mambavla.model.vision import Connector, PretrainedTower, ResNetEncoder
 
+XY = slice(0, 2)  # the action columns x, y (config.grounding_head checks they come first)
+
 
 def _time_embedding(t: Tensor, dim: int) -> Tensor:
     """Sinusoidal embedding of flow time t (B,) in [0, 1] -> (B, dim)."""
@@ -200,7 +202,7 @@ class MambaVLA(nn.Module):
         known = torch.isfinite(target_xy).all(-1)  # (B,)
         if not known.any():
             return None
-        target = 2.0 * (target_xy - self.normalizer.action_low[:2]) / self.normalizer.action_range[:2] - 1.0
+        target = self.normalizer.actions(target_xy, XY)
         predicted = self.target_head(frame_ends).float()
         if predicted.dim() == 3:  # every frame of a segment predicts its episode's target
             target = target[:, None].expand_as(predicted)
@@ -286,7 +288,7 @@ class MambaVLA(nn.Module):
             raise ValueError("predict_target: this policy has no grounding head (config.grounding_head)")
         prompt, mask = self.encode_instruction(list(batch["instruction"]))
         ends = self._context_scan(prompt, mask, batch["images"], batch["proprio"])[2]
-        return (self.target_head(ends).float() + 1.0) * 0.5 * self.normalizer.action_range[:2] + self.normalizer.action_low[:2]
+        return self.normalizer.unnormalize_actions(self.target_head(ends).float(), XY)
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
         """The training objective for the config's history mode (so DDP can wrap the policy)."""

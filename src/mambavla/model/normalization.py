@@ -63,8 +63,11 @@ class Normalizer(nn.Module):
     def proprio(self, x: Tensor) -> Tensor:
         return (x - self.proprio_mean) / self.proprio_std
 
-    def actions(self, a: Tensor) -> Tensor:
-        return 2.0 * (a - self.action_low) / self.action_range - 1.0
+    def actions(self, a: Tensor, columns: slice | None = None) -> Tensor:
+        """Robot units -> [-1, 1] over the data's range; `columns`: only those action columns (a[..., k])."""
+        low, span = (self.action_low, self.action_range) if columns is None else (self.action_low[columns], self.action_range[columns])
+        return 2.0 * (a - low) / span - 1.0
 
-    def unnormalize_actions(self, a: Tensor) -> Tensor:
-        return (a + 1.0) * 0.5 * self.action_range + self.action_low
+    def unnormalize_actions(self, a: Tensor, columns: slice | None = None) -> Tensor:
+        low, span = (self.action_low, self.action_range) if columns is None else (self.action_low[columns], self.action_range[columns])
+        return (a + 1.0) * 0.5 * span + low

@@ -37,6 +37,15 @@ from mambavla.train.loop import make_optimizer
 RUN_FILE, STATE_FILE = "run.json", "trainer_state.pt"
 
 
+# Trainer.validate's scores -> (run history key, TensorBoard tag)
+VALIDATION_SCORES = {
+    "loss": ("val", "val/loss"),
+    "other_cube": ("val_other_cube", "val/loss_other_cube"),
+    "grounding_m": ("val_grounding_m", "val/grounding_error_m"),
+    "grounding_first_frame_m": ("val_grounding_first_frame_m", "val/grounding_error_first_frame_m"),
+}
+
+
 @dataclass
 class TrainSettings:
     steps: int = 3000
@@ -128,6 +137,8 @@ class Trainer:
             self.config, self.targets = self.config.replace(grounding_head=False), None
         # and for each episode the other cubes of its layout, named: the same frames with another answer
         self.other_targets = other_cube_starts(self.episodes.meta, self.episodes.instructions) if self.targets is not None else None
+        if self.other_targets is not None and self.episodes.embeddings is not None:  # a pack embeds only what it was built with
+            self.other_targets = [[(t, xy) for t, xy in others if t in self.episodes.embeddings] for others in self.other_targets]
         stats = self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
         encoder = None
         if self.episodes.embeddings is not None:
@@ -145,7 +156,7 @@ class Trainer:
         self.rng = np.random.default_rng([s.seed, self.rank])
         self.generator = torch.Generator(device=self.device).manual_seed(s.seed * 1000 + self.rank)
         self.step, self.best_val = 0, math.inf
-        self.history: dict[str, list] = {"loss": [], "val": [], "val_other_cube": [], "val_grounding_m": [], "val_grounding_first_frame_m": []}
+        self.history: dict[str, list] = {"loss": [], **{history: [] for history, _ in VALIDATION_SCORES.values()}}
 
     # ---- run folder ----------------------------------------------------------------------------
 
@@ -311,20 +322,11 @@ class Trainer:
                 scores = self.validate()
                 if scores is not None:
                     val = scores["loss"]
-                    self.history["val"].append([self.step, val])
-                    if scores["other_cube"] is not None:
-                        self.history["val_other_cube"].append([self.step, scores["other_cube"]])
-                    for key in ("grounding_m", "grounding_first_frame_m"):
+                    for key, (history, tag) in VALIDATION_SCORES.items():
                         if scores[key] is not None:
-                            self.history[f"val_{key}"].append([self.step, scores[key]])
-                    if writer:
-                        writer.add_scalar("val/loss", val, self.step)
-                        if scores["other_cube"] is not None:
-                            writer.add_scalar("val/loss_other_cube", scores["other_cube"], self.step)
-                        if scores["grounding_m"] is not None:
-                            writer.add_scalar("val/grounding_error_m", scores["grounding_m"], self.step)
-                        if scores["grounding_first_frame_m"] is not None:
-                            writer.add_scalar("val/grounding_error_first_frame_m", scores["grounding_first_frame_m"], self.step)
+                            self.history[history].append([self.step, scores[key]])
+                            if writer:
+                                writer.add_scalar(tag, scores[key], self.step)
                     if val < self.best_val:
                         self.best_val = val
                         save_checkpoint(self.ema, self.run / "best", meta={"steps_done": self.step, "val_loss": val})

@@ -20,6 +20,9 @@ from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.runtime.chunk import ActionChunk
 
 
+KV_CAPACITY_FRAMES = 256  # frames of history the Transformer's captured step holds by default (StaticKVCache)
+
+
 class PolicyRuntime:
     """History: `stream` continues the recurrent state frame after frame (O(1) per step); `window`
     re-scans the last T frames from the instruction state each step, repeating the first frame until T
@@ -41,7 +44,7 @@ class PolicyRuntime:
 
     def __init__(self, model: MambaVLA, device: str | torch.device = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
                  cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
-                 threads: int | None = None, kv_capacity_frames: int = 256):
+                 threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.backend = backend
@@ -87,7 +90,7 @@ class PolicyRuntime:
     @classmethod
     def from_preset(cls, name: str, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
                     cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
-                    threads: int | None = None, kv_capacity_frames: int = 256, **overrides) -> PolicyRuntime:
+                    threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES, **overrides) -> PolicyRuntime:
         torch.manual_seed(seed)  # untrained weights are reproducible from the seed
         config = preset(name).replace(**overrides) if overrides else preset(name)
         return cls(MambaVLA(config), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph, backend=backend,
@@ -315,7 +318,7 @@ class _StepGraph:
     last T-1 frames' tokens (window mode, re-scanned from the static instruction state)."""
 
     def __init__(self, model: MambaVLA, prefix_state: list, task: torch.Tensor, images: dict[str, torch.Tensor], proprio: torch.Tensor,
-                 dtype: torch.dtype, kv_capacity_frames: int = 256):
+                 dtype: torch.dtype, kv_capacity_frames: int = KV_CAPACITY_FRAMES):
         self.model = model
         self.task = task.clone()  # static: the runtime copies a new instruction's task vector in
         self.stream = model.config.history_mode == "stream"

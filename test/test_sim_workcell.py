@@ -81,3 +81,43 @@ def test_expert_lifts_the_cube_in_the_recorded_episode():
     assert summary["success"] is True
     assert summary["seed"] == EPISODE_SEED and summary["task"] == "lift"
     assert 60 <= summary["frames"] <= 400  # ~7 s at 20 Hz
+
+
+def test_target_noise_is_smooth_seeded_and_fades_out_when_the_expert_stops_moving():
+    from mambavla.sim.expert import TargetNoise
+
+    def run(gains, seed=5):
+        noise = TargetNoise(0.02, np.random.default_rng(seed))
+        return np.array([noise.offset(0.01 * i, g) for i, g in enumerate(gains)])
+
+    assert np.abs(run([0.0] * 100)).max() == 0.0  # no move, no offset
+    moving = run([1.0] * 6000)  # 60 s of moving
+    std = moving[100:].std(0)
+    assert 0.012 < std[0] < 0.028 and 0.012 < std[1] < 0.028 and 0.006 < std[2] < 0.014  # z gets half
+    assert np.abs(np.diff(moving, axis=0)).max() < 0.0015  # under 0.15 m/s between 10 ms ticks: the tracker can follow
+    np.testing.assert_array_equal(run([1.0] * 50), run([1.0] * 50))
+    assert not np.allclose(run([1.0] * 50)[10:], run([1.0] * 50, seed=6)[10:])
+    stop = run([1.0] * 300 + [0.0] * 200)  # settle / grip after a move: gone within 2 s (fade 0.3 s)
+    assert np.abs(stop[299]).max() > 0.002 and np.abs(stop[-1]).max() < 0.0005
+    half = run([0.5] * 3000)
+    assert 0.3 < half[100:].std(0)[0] / std[0] < 0.7
+
+
+def test_dart_episode_records_the_experts_targets_while_the_arm_is_pushed_off_them(tmp_path):
+    from mambavla.data.bags import read_episode
+    from mambavla.sim.collect import episode_name, record_episode
+
+    clean_path, _ = recorded_episode()
+    with running_workcell() as (cell, robot, gripper):
+        summary = record_episode(cell, robot, gripper, tmp_path / episode_name(EPISODE_SEED), EPISODE_SEED, "lift", render=False,
+                                 noise=0.02)
+    assert summary["success"] is True
+    clean, dart = read_episode(clean_path, cameras=[]), read_episode(tmp_path / episode_name(EPISODE_SEED), cameras=[])
+    assert dart.meta["dart_noise"] == 0.02 and clean.meta["dart_noise"] == 0.0
+    # the first move (home to above the cube) is timed, not closed-loop: the same targets in both episodes
+    n = 20
+    assert np.abs(dart.actions[:n, :3] - clean.actions[:n, :3]).max() < 0.004
+    # ... while the arm itself went elsewhere: the noise reached the tracker, not the labels
+    off_dart = np.linalg.norm(dart.actions[:, :2] - dart.proprio[:, :2], axis=1)
+    off_clean = np.linalg.norm(clean.actions[:, :2] - clean.proprio[:, :2], axis=1)
+    assert off_dart.max() > 0.02 and np.median(off_dart) > 1.5 * np.median(off_clean)

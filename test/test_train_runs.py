@@ -203,3 +203,28 @@ def test_ema_weights_are_what_the_checkpoint_holds(pack, tmp_path):
     name = "action_out.weight"
     torch.testing.assert_close(saved[name], trainer.ema.state_dict()[name].cpu())
     assert not torch.equal(saved[name], trainer.model.state_dict()[name].cpu())  # EMA lags the live weights
+
+
+def test_init_fine_tunes_from_a_checkpoints_weights_and_statistics_and_refuses_another_architecture(pack, tmp_path):
+    from safetensors.torch import load_file
+
+    settings = TrainSettings(steps=2, batch_size=2, segment_frames=4, warmup=1, val_fraction=0.0, save_every=2)
+    Trainer(tmp_path / "first", [str(pack)], "tiny", settings, progress=False).fit()
+    source = tmp_path / "first" / "last"
+    stats = json.loads((source / "stats.json").read_text())
+    stats["actions"]["max"] = (np.asarray(stats["actions"]["max"]) + 0.25).tolist()  # statistics unlike the pack's own
+    (source / "stats.json").write_text(json.dumps(stats))
+
+    fine = Trainer(tmp_path / "fine", [str(pack)], "tiny", TrainSettings(**{**settings.__dict__, "seed": 7, "init": str(source)}),
+                   progress=False)
+    saved = load_file(str(source / "model.safetensors"))
+    for name, value in fine.model.state_dict().items():
+        if name in saved:
+            torch.testing.assert_close(value, saved[name].float(), msg=name)
+    torch.testing.assert_close(fine.ema.state_dict()["action_out.weight"], saved["action_out.weight"])
+    np.testing.assert_allclose(fine.model.normalizer.stats["actions"]["max"], stats["actions"]["max"])
+    assert fine.describe()["settings"]["init"] == str(source)  # what run.json records
+
+    with pytest.raises(ValueError, match="d_model"):
+        Trainer(tmp_path / "other", [str(pack)], "tiny", TrainSettings(**{**settings.__dict__, "init": str(source)}),
+                {"d_model": 96, "headdim": 32}, progress=False)

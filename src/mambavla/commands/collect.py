@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-format", choices=("raw", "jpeg"), default="raw",
                    help="cameras as sensor_msgs/Image rgb8 (default) or CompressedImage JPEG on <topic>/compressed "
                         "(image_transport's layout; a 168-frame sim lift episode: 1.4 MB against 2.6 MB raw)")
+    p.add_argument("--dart-noise", type=float, default=0.0, metavar="METRES",
+                   help="DART: add a smooth seeded offset of this standard deviation to the targets the expert streams while it "
+                        "moves; the recorded actions stay the expert's, so the episodes show recoveries (default 0: clean)")
     p.add_argument("--eval", action="store_true", help="allow held-out evaluation seeds (>= 1000000)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     summary = collect(args.task, args.episodes, args.out, seed=args.seed, camera_size=args.camera_size,
                       allow_eval_seeds=args.eval, progress=not args.json, render=not args.no_render,
                       speed=args.speed, compression=args.compression, image_format=args.image_format,
-                      rate_hz=args.rate)
+                      rate_hz=args.rate, noise=args.dart_noise)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "episodes_detail"}, indent=2))
         return 0

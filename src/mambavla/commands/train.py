@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder to write")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from RUN/last (its run.json holds data and settings)")
     p.add_argument("--preset", default="base", help="model preset (default: base)")
+    p.add_argument("--init", metavar="CHECKPOINT", default="",
+                   help="fine-tune: start from this checkpoint's weights and normalisation statistics (same preset and "
+                        "overrides; e.g. src/mambavla/policies/base_sim with new demonstrations)")
     p.add_argument("--fusion", choices=("mamba", "transformer"), help="override the preset's fusion")
     p.add_argument("--no-vision-film", action="store_true",
                    help="vision encoder without the instruction's FiLM (the presets have it; for the comparison)")
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             history_frames=args.history_frames, action_mode=args.action_mode, lr=args.lr,
             warmup=args.warmup if args.warmup is not None else min(200, max(1, steps // 10)), ema_decay=args.ema,
             grounding_weight=args.grounding_weight, other_cube_grounding=not args.no_other_cube_grounding, val_fraction=args.val_fraction, episodes_per_task=args.episodes_per_task, val_every=args.val_every, save_every=args.save_every, augment=not args.no_augment,
-            bf16=not args.no_bf16, seed=args.seed, device=args.device, max_seconds=args.max_seconds or 0.0)
+            bf16=not args.no_bf16, seed=args.seed, device=args.device, max_seconds=args.max_seconds or 0.0, init=args.init)
         overrides = {"fusion": args.fusion} if args.fusion else {}
         if args.no_vision_film:
             overrides["vision_film"] = False

@@ -329,7 +329,7 @@ def _assemble(path: Path, meta: dict, sources: dict[str, str], streams: dict[str
             raise EpisodeError(f"{path}: camera {name!r} is {arr.shape[2]}x{arr.shape[1]}, other cameras {size[1]}x{size[0]}")
         size = arr.shape[1:3]
         images[name] = arr
-    if meta.get("image_size") and tuple(meta["image_size"]) != size:
+    if size is not None and meta.get("image_size") and tuple(meta["image_size"]) != size:  # no cameras read: nothing to check
         raise EpisodeError(f"{path}: images are {size}, the sidecar says {tuple(meta['image_size'])}")
 
     joints = np.stack([_joint_vector(path, streams[JOINT_STATE_TOPIC][index[JOINT_STATE_TOPIC][k]][1]) for k in keep])

@@ -30,12 +30,13 @@ def episode_name(seed: int) -> str:
 
 
 def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, task: str | None = None, render: bool = True,
-                   compression: str = "message", image_format: str = "raw") -> dict:
-    """Reset to `seed`, run the expert and record the episode as a bag at `path`. Returns its summary."""
+                   compression: str = "message", image_format: str = "raw", noise: float = 0.0) -> dict:
+    """Reset to `seed`, run the expert and record the episode as a bag at `path`. Returns its summary.
+    `noise`: DART target-noise scale in metres (`ScriptedExpert`); the recorded actions stay the expert's."""
     wall0 = time.perf_counter()
     spec = cell.reset(seed=seed, task=task)
     meta = {"task": spec.family, "instruction": spec.instruction, "seed": seed, "cube": spec.cube, "plate": spec.plate,
-            "source": "mambavla-sim-expert", "held_out": is_eval_seed(seed)}
+            "source": "mambavla-sim-expert", "held_out": is_eval_seed(seed), "dart_noise": noise}
     writer = EpisodeWriter(path, cell.camera_names if render else (), cell.config.camera_size, cell.config.policy_dt, meta, compression,
                            image_format)
     samples = cell.start_sampling()
@@ -54,7 +55,7 @@ def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, 
     writer.write_instruction(0.0, spec.instruction)
     thread.start()
     try:
-        success = ScriptedExpert(cell, robot, gripper).run(seed)
+        success = ScriptedExpert(cell, robot, gripper, noise=noise).run(seed)
     except BaseException:
         errors.append(None)  # the expert failed: no partial episode is left behind (see below)
         raise
@@ -103,6 +104,7 @@ def collect(
     image_format: str = "raw",
     rate_hz: float | None = None,
     attempts: int = 3,
+    noise: float = 0.0,
 ) -> dict:
     """Record `episodes` expert episodes with seeds seed, seed+1, ... into `out`; returns the summary
     (also written to `out/summary.json`)."""
@@ -117,6 +119,8 @@ def collect(
         raise ValueError("--rate must be in (0, 1000] Hz")
     if episodes < 1:
         raise ValueError("--episodes must be at least 1")
+    if not noise >= 0:
+        raise ValueError(f"--dart-noise must be >= 0 metres, got {noise}")
     if not allow_eval_seeds and any(is_eval_seed(s) for s in seeds):
         raise ValueError(f"seeds {seeds[0]}..{seeds[-1]} reach the held-out evaluation range; pass --eval to record them")
     existing = [s for s in seeds if (out / episode_name(s)).exists()]
@@ -140,7 +144,7 @@ def collect(
             for attempt in range(1, attempts + 1):
                 try:
                     results.append(record_episode(cell, robot, gripper, out / episode_name(s), s, task, render=render, compression=compression,
-                                                  image_format=image_format))
+                                                  image_format=image_format, noise=noise))
                     break
                 except franky.Exception as err:  # e.g. "UDP receive: Timeout" when the loaded host starves the loop
                     last_error = str(err)
@@ -156,7 +160,7 @@ def collect(
     summary = summarize(results)
     summary.update({
         "task": task, "episodes": episodes, "out": str(out), "seeds": [seeds[0], seeds[-1]],
-        "camera_size": list(cell.config.camera_size), "rate_hz": round(1.0 / cell.config.policy_dt, 3), "render": render, "speed": speed, "compression": compression,
+        "camera_size": list(cell.config.camera_size), "rate_hz": round(1.0 / cell.config.policy_dt, 3), "render": render, "dart_noise": noise, "speed": speed, "compression": compression,
         "image_format": image_format,
         "wall_seconds": round(time.perf_counter() - wall0, 2),
         "real_time_factor": round(sim_elapsed / loop_wall, 3) if loop_wall > 0 else None,

@@ -7,6 +7,11 @@ timed in *simulated* seconds, so a demonstration is the same whether the server 
 real time. Waypoints, heights and durations carry small seeded noise so demonstrations differ.
 Every tick the expert also writes its commanded action (7-D, `mambavla.spaces` layout) to
 `Workcell.commanded_action`, which is what recordings store on `/action`.
+
+With `noise` > 0 (DART: Laskey et al. 2017, "DART: Noise Injection for Robust Imitation Learning") the
+tracker is sent the expert's target plus a smooth seeded offset (`TargetNoise`) while the recorded action
+stays the expert's own target, so the demonstrations show the arm pulled back from where the noise pushed
+it: the states a policy drifts into, labelled with the way back.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Segment:
     position: np.ndarray | None = None
     yaw: float | None = None
     duration: float = 0.0
+    noise: float = 1.0  # gain on the DART target noise while this move runs (0 where contact needs precision)
 
 
 def min_jerk(s: float) -> float:
@@ -47,10 +53,37 @@ def min_jerk(s: float) -> float:
     return s**3 * (10 - 15 * s + 6 * s**2)
 
 
+class TargetNoise:
+    """A smooth offset (metres, base frame) for the streamed target: per axis a sum of three sinusoids of
+    seeded frequency (0.15-0.8 Hz) and phase, standard deviation `scale` on x and y and half that on z (the
+    fingers work close to the table). It fades in while the expert moves and out while it settles, grips
+    or holds (first-order, `fade` seconds), so grasps and releases happen where the expert means them;
+    `offset(t, gain)` fades towards `gain` instead of 1 for moves that need less."""
+
+    Z_FRACTION = 0.5
+
+    def __init__(self, scale: float, rng: np.random.Generator, fade: float = 0.3):
+        if not scale >= 0:
+            raise ValueError(f"noise scale must be >= 0 metres, got {scale}")
+        self.fade = fade
+        self.freq = rng.uniform(0.15, 0.8, (3, 3))  # (component, axis) in Hz
+        self.phase = rng.uniform(0.0, 2 * np.pi, (3, 3))
+        # three sinusoids of amplitude A have variance 3 A^2 / 2
+        self.amplitude = scale * np.sqrt(2.0 / 3.0) * np.array([1.0, 1.0, self.Z_FRACTION])
+        self.weight, self._last_t = 0.0, None
+
+    def offset(self, t: float, gain: float) -> np.ndarray:
+        dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
+        self._last_t = t
+        self.weight += (gain - self.weight) * min(1.0, dt / self.fade)
+        return self.weight * (self.amplitude * np.sin(2 * np.pi * self.freq * t + self.phase)).sum(0)
+
+
 class ScriptedExpert:
-    def __init__(self, cell: Workcell, robot, gripper, config: WorkcellConfig | None = None):
+    def __init__(self, cell: Workcell, robot, gripper, config: WorkcellConfig | None = None, noise: float = 0.0):
         self.cell, self.robot, self.gripper = cell, robot, gripper
         self.config = config or cell.config
+        self.noise = noise  # DART target-noise scale in metres (0: the clean expert)
 
     def plan(self, spec: TaskSpec, layout: Layout, rng: np.random.Generator, start: np.ndarray) -> list[Segment]:
         c = self.config
@@ -71,9 +104,9 @@ class ScriptedExpert:
             return [
                 Segment("close"),
                 self._move(start, pre, yaw, rng),
-                self._move(pre, np.array([*start_xy, z_push]), yaw, rng, speed=c.approach_speed),
+                self._move(pre, np.array([*start_xy, z_push]), yaw, rng, speed=c.approach_speed, noise=0.5),
                 Segment("settle", np.array([*start_xy, z_push]), yaw),
-                self._move(np.array([*start_xy, z_push]), np.array([*end_xy, z_push]), yaw, rng, speed=c.approach_speed),
+                self._move(np.array([*start_xy, z_push]), np.array([*end_xy, z_push]), yaw, rng, speed=c.approach_speed, noise=0.0),
                 Segment("hold", duration=0.3),
                 self._move(np.array([*end_xy, z_push]), np.array([*end_xy, z_push + 0.08]), yaw, rng, speed=c.lift_speed),
                 Segment("hold", duration=0.4),
@@ -81,7 +114,7 @@ class ScriptedExpert:
         lifted = np.array([grasp[0], grasp[1], carry_z])
         segments = [
             self._move(start, above, yaw, rng),
-            self._move(above, grasp, yaw, rng, speed=c.approach_speed),
+            self._move(above, grasp, yaw, rng, speed=c.approach_speed, noise=0.5),
             Segment("settle", grasp, yaw),
             Segment("grasp"),
             self._move(grasp, lifted, yaw, rng, speed=c.lift_speed),
@@ -93,18 +126,19 @@ class ScriptedExpert:
         put = np.array([px, py, 2 * c.plate_half_height + c.grasp_height + 0.006]) + jitter() * np.array([1, 1, 0])
         return segments + [
             self._move(lifted, plate_above, yaw, rng),
-            self._move(plate_above, put, yaw, rng, speed=c.approach_speed),
+            self._move(plate_above, put, yaw, rng, speed=c.approach_speed, noise=0.5),
             Segment("release"),
             self._move(put, put + np.array([0, 0, 0.08]), yaw, rng, speed=c.lift_speed),
             Segment("hold", duration=c.place_hold + 0.4),
         ]
 
-    def _move(self, a: np.ndarray, b: np.ndarray, yaw: float, rng: np.random.Generator, speed: float | None = None) -> Segment:
+    def _move(self, a: np.ndarray, b: np.ndarray, yaw: float, rng: np.random.Generator, speed: float | None = None,
+              noise: float = 1.0) -> Segment:
         c = self.config
         distance = float(np.linalg.norm(np.asarray(b) - np.asarray(a)))
         peak = speed or c.speed
         duration = max(0.6, 1.875 * distance / peak) * (1 + rng.uniform(0.0, c.timing_jitter))  # min-jerk peak speed <= peak
-        return Segment("move", np.asarray(b, dtype=float), yaw, duration)
+        return Segment("move", np.asarray(b, dtype=float), yaw, duration, noise)
 
     def run(self, seed: int) -> bool:
         """Solve the workcell's current episode; returns the task's success as the workcell sees it."""
@@ -116,6 +150,9 @@ class ScriptedExpert:
         position, quat = np.array(pose.translation), np.array(pose.quaternion)
         segments = self.plan(cell.spec, cell.layout, rng, position)
         self._gripper_cmd = 0.0
+        # its own stream, so the plan (and the recorded labels' timing) is the clean expert's for this seed
+        self._noise = TargetNoise(self.noise, np.random.default_rng([seed, 11])) if self.noise > 0 else None
+        self._noise_gain = 0.0  # the running move's Segment.noise; 0 while settling, gripping, holding
         deadline = cell.sim_time + c.episode_timeout
         with franky.CartesianImpedanceTracker(
             self.robot,
@@ -139,7 +176,10 @@ class ScriptedExpert:
         import franky
 
         self._target = (position, quat)
-        self._tracker.set_target(franky.Affine(np.asarray(position, dtype=float), np.asarray(quat, dtype=float)))
+        sent = np.asarray(position, dtype=float)
+        if self._noise is not None:
+            sent = sent + self._noise.offset(self.cell.sim_time, self._noise_gain)
+        self._tracker.set_target(franky.Affine(sent, np.asarray(quat, dtype=float)))
         self.cell.commanded_action = np.concatenate([spaces.pose_to_vector(position, quat), [self._gripper_cmd]])
 
     def _hold_until(self, done, deadline: float) -> None:
@@ -152,11 +192,13 @@ class ScriptedExpert:
             p0, q0 = self._target
             q1 = down_quat(seg.yaw)
             t0 = cell.sim_time
+            self._noise_gain = seg.noise
             while self._tracker.tick():
                 s = min_jerk((cell.sim_time - t0) / seg.duration)
                 self._stream(p0 + s * (seg.position - p0), _slerp(q0, q1, s))
                 if s >= 1.0:
                     break
+            self._noise_gain = 0.0
         elif seg.kind == "settle":
             end = min(deadline, cell.sim_time + c.settle_timeout)
             self._hold_until(lambda: np.linalg.norm(cell.robot_state().ee_position - seg.position) < c.settle_tolerance, end)
@@ -194,8 +236,8 @@ def _slerp(a: np.ndarray, b: np.ndarray, s: float) -> np.ndarray:
     return (np.sin((1 - s) * theta) * a + np.sin(s * theta) * b) / np.sin(theta)
 
 
-def run_expert_episode(cell: Workcell, robot, gripper, seed: int, task: str | None = None) -> bool:
+def run_expert_episode(cell: Workcell, robot, gripper, seed: int, task: str | None = None, noise: float = 0.0) -> bool:
     """Reset the workcell to `seed` and let the expert solve it (the arm must be idle)."""
     cell.reset(seed=seed, task=task)
     time.sleep(0.01)
-    return ScriptedExpert(cell, robot, gripper).run(seed)
+    return ScriptedExpert(cell, robot, gripper, noise=noise).run(seed)

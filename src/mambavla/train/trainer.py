@@ -70,6 +70,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"
     max_seconds: float = 0.0  # stop (saving RUN/last) after this much wall time; --resume goes on. 0: no limit
+    init: str = ""  # checkpoint folder to start from (fine-tuning): its weights and normalisation statistics
 
     def __post_init__(self) -> None:
         if self.history not in ("stream", "window"):
@@ -139,7 +140,9 @@ class Trainer:
         self.other_targets = other_cube_starts(self.episodes.meta, self.episodes.instructions) if self.targets is not None else None
         if self.other_targets is not None and self.episodes.embeddings is not None:  # a pack embeds only what it was built with
             self.other_targets = [[(t, xy) for t, xy in others if t in self.episodes.embeddings] for others in self.other_targets]
-        stats = self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
+        init = _init_checkpoint(s.init, self.config) if s.init else None
+        # a fine-tuned policy keeps the statistics its weights were trained with
+        stats = init[1] if init else self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
         encoder = None
         if self.episodes.embeddings is not None:
             from mambavla.model.language import PrecomputedInstructions
@@ -147,6 +150,8 @@ class Trainer:
             encoder = PrecomputedInstructions(self.episodes.embeddings, self.config.max_instruction_tokens)
         torch.manual_seed(s.seed)
         self.model = MambaVLA(self.config, stats, instruction_encoder=encoder).to(self.device)
+        if init:
+            self.model.load_state_dict(init[0])  # strict: the same architecture, or an error naming the keys
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.optimizer, self.schedule = make_optimizer(self.model, s.lr, s.weight_decay, s.warmup, s.steps)
         self.trained = self.model
@@ -365,6 +370,23 @@ class Trainer:
         if self.world > 1:
             torch.distributed.destroy_process_group()
         return summary
+
+
+def _init_checkpoint(path: str, config: MambaVLAConfig) -> tuple[dict, dict]:
+    """Weights and statistics of checkpoint `path`, refused unless its architecture is the one being trained
+    (the fields that only say how it runs or is trained may differ)."""
+    from safetensors.torch import load_file
+
+    from mambavla.model.checkpoint import STATS, WEIGHTS, load_config
+
+    theirs, ours = load_config(path).to_dict(), config.to_dict()
+    how_it_runs = {"history_mode", "history_frames", "instruction_cache_size"}
+    differ = sorted(k for k in ours.keys() | theirs.keys() if k not in how_it_runs and ours.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(f"--init {path}: its config differs from the one being trained in {differ} "
+                         f"(e.g. {differ[0]}: {theirs.get(differ[0])!r} against {ours.get(differ[0])!r})")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(Path(path) / WEIGHTS)).items()}
+    return state, json.loads((Path(path) / STATS).read_text())
 
 
 def train(data: list[str], out: str | Path, preset_name: str = "base", settings: TrainSettings | None = None,

@@ -4,6 +4,8 @@
 #   A mamba_stream     the shipped configuration: Mamba fusion, stream mode, every training episode
 #   (mamba_stream_nofilm  as A without the instruction's FiLM in the vision encoder; only when named)
 #   (mamba_stream_g05     as A with --grounding-weight 0.5 instead of 0.1; only when named)
+#   (mamba_stream_ft      mamba_stream_g05's settings, fine-tuned from checkpoint $INIT (default: the shipped
+#                         policy) for FT_STEPS steps (default 900) at a lower peak rate; only when named)
 #   B mamba_window     Mamba fusion, window mode (one frame per sample)
 #   C transformer_window  the Transformer fusion trained the same way as B (stream training needs Mamba)
 #   D mamba_stream_25  as A on the first 25 episodes of each task
@@ -28,6 +30,8 @@ train() {  # name, extra arguments
 train mamba_stream --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
 train mamba_stream_nofilm --no-vision-film --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
 train mamba_stream_g05 --grounding-weight 0.5 --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
+train mamba_stream_ft --init "${INIT:-src/mambavla/policies/base_sim}" --grounding-weight 0.5 --steps "${FT_STEPS:-900}" \
+    --warmup 50 --lr 1.5e-4 --batch-size 16 --segment-frames 64
 train mamba_window --history window --history-frames 1 --steps 1500 --batch-size 512
 train transformer_window --fusion transformer --history window --history-frames 1 --steps 1200 --batch-size 512
 train mamba_stream_25 --episodes-per-task 25 --steps 1500 --batch-size 16 --segment-frames 64

@@ -169,3 +169,30 @@ def test_controller_limits_come_from_the_node_parameter_files(tmp_path):
     assert core.limits.max_start_offset == 0.10 and core.stop_after == 5.0  # from controller.yaml
     assert TrackingParams.from_params(params).rate_hz == 50.0
     assert TrackingParams.from_params(load_params()).rate_hz == 100.0  # controller_sim.yaml over controller.yaml
+
+
+class FailingRuntime(SlowRuntime):
+    """A policy whose first step raises: an episode that ends in an error mid-episode."""
+
+    def __init__(self, runtime):
+        super().__init__(runtime, 0.0)
+        self.failed = False
+
+    def step(self, observation):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("injected failure")
+        return self._runtime.step(observation)
+
+
+def test_an_episode_error_restarts_the_simulation_server_and_the_next_episode_runs(evaluator, runtime, cell):
+    server = cell._server
+    evaluator.runtime = FailingRuntime(runtime)
+    try:
+        failed = evaluator.run_episode("lift", 1_000_003)
+        assert failed.end == "error" and "injected failure" in failed.error
+        assert cell._server is not None and cell._server is not server  # a fresh server, not a reconnect to the old one
+        again = evaluator.run_episode("lift", 1_000_004)
+    finally:
+        evaluator.runtime = runtime
+    assert again.error == "" and again.end == "timeout" and again.chunks_produced == 3

@@ -78,7 +78,8 @@ class EpisodeResult:
 
 
 class SimEvaluator:
-    """Runs episodes on one started workcell with one franky connection (re-made after a franky error)."""
+    """Runs episodes on one started workcell with one franky connection (server and connection re-made after
+    an episode's error)."""
 
     def __init__(self, cell: Workcell, runtime, param_files: tuple[str, ...] = SIM_PARAM_FILES,
                  latency: float = 0.0, time_limit: float | None = None):
@@ -116,14 +117,17 @@ class SimEvaluator:
         self._gripper_future = None
 
     def _reconnect(self) -> None:
+        """After an episode's error: a fresh simulation server, then a fresh connection. Reconnecting to the
+        same server could wait for good: franky-sim takes one gripper connection at a time, and an abandoned
+        Gripper with an unfinished command keeps it (a 25-episode eval once hung in the Gripper constructor)."""
         self.cell.release()
         if self._gripper_future is not None:  # a Gripper with an unfinished command would block in its destructor
             self._abandoned_grippers.append(self.gripper)
             self._gripper_future = None
         self.robot = self.gripper = None
+        self.cell.stop()
+        self.cell.start()  # the next reset() sets the episode's layout
         self._connect()
-        if self.robot.has_errors:
-            self.robot.recover_from_errors()
 
     # ---- one episode ----
 

@@ -2,6 +2,7 @@
 --resume continues."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -224,7 +225,12 @@ def test_init_fine_tunes_from_a_checkpoints_weights_and_statistics_and_refuses_a
     torch.testing.assert_close(fine.ema.state_dict()["action_out.weight"], saved["action_out.weight"])
     np.testing.assert_allclose(fine.model.normalizer.stats["actions"]["max"], stats["actions"]["max"])
     assert fine.describe()["settings"]["init"] == str(source)  # what run.json records
+    fine.fit()
+    shutil.rmtree(source)  # resuming needs only the run folder
+    resumed = Trainer.resume(tmp_path / "fine", steps=3, progress=False)  # the run's own weights and statistics
+    np.testing.assert_allclose(resumed.model.normalizer.stats["actions"]["max"], stats["actions"]["max"])
+    torch.testing.assert_close(resumed.model.state_dict()["action_out.weight"], fine.model.state_dict()["action_out.weight"])
 
     with pytest.raises(ValueError, match="d_model"):
-        Trainer(tmp_path / "other", [str(pack)], "tiny", TrainSettings(**{**settings.__dict__, "init": str(source)}),
+        Trainer(tmp_path / "other", [str(pack)], "tiny", TrainSettings(**{**settings.__dict__, "init": str(tmp_path / "fine" / "last")}),
                 {"d_model": 96, "headdim": 32}, progress=False)

@@ -128,6 +128,8 @@ class SimEvaluator:
         self.cell.stop()
         self.cell.start()  # the next reset() sets the episode's layout
         self._connect()
+        if self.robot.has_errors:
+            self.robot.recover_from_errors()
 
     # ---- one episode ----
 

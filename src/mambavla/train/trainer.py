@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mambavla.data.packed import TrainingEpisodes
-from mambavla.model.checkpoint import save_checkpoint
+from mambavla.model.checkpoint import STATS, save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.sim.tasks import named_cube_starts, other_cube_starts, other_cube_instructions
@@ -109,7 +109,7 @@ def config_for_data(base: MambaVLAConfig, episodes: TrainingEpisodes, settings: 
 
 class Trainer:
     def __init__(self, run: str | Path, data: list[str], preset_name: str = "base", settings: TrainSettings | None = None,
-                 overrides: dict | None = None, progress: bool = True):
+                 overrides: dict | None = None, progress: bool = True, stats: dict | None = None):
         self.run, self.data, self.preset_name = Path(run), [str(d) for d in data], preset_name
         self.settings, self.overrides = settings or TrainSettings(), dict(overrides or {})
         s = self.settings
@@ -140,9 +140,10 @@ class Trainer:
         self.other_targets = other_cube_starts(self.episodes.meta, self.episodes.instructions) if self.targets is not None else None
         if self.other_targets is not None and self.episodes.embeddings is not None:  # a pack embeds only what it was built with
             self.other_targets = [[(t, xy) for t, xy in others if t in self.episodes.embeddings] for others in self.other_targets]
-        init = _init_checkpoint(s.init, self.config) if s.init else None
-        # a fine-tuned policy keeps the statistics its weights were trained with
-        stats = init[1] if init else self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
+        # `stats` given (--resume: RUN/last's): weights and statistics come from the run, not from --init
+        init = _init_checkpoint(s.init, self.config) if s.init and stats is None else None
+        if stats is None:  # a fine-tuned policy keeps the statistics its weights were trained with
+            stats = init[1] if init else self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
         encoder = None
         if self.episodes.embeddings is not None:
             from mambavla.model.language import PrecomputedInstructions
@@ -182,7 +183,8 @@ class Trainer:
             settings.steps = steps
         if max_seconds is not None:
             settings.max_seconds = max_seconds
-        trainer = cls(run, info["data"], info["preset"], settings, info["overrides"], progress)
+        stats = json.loads((run / "last" / STATS).read_text())
+        trainer = cls(run, info["data"], info["preset"], settings, info["overrides"], progress, stats=stats)
         state = torch.load(run / "last" / STATE_FILE, map_location=trainer.device, weights_only=False)
         trainer.model.load_state_dict(state["model"])
         trainer.ema.load_state_dict(state["ema"])
@@ -377,7 +379,7 @@ def _init_checkpoint(path: str, config: MambaVLAConfig) -> tuple[dict, dict]:
     (the fields that only say how it runs or is trained may differ)."""
     from safetensors.torch import load_file
 
-    from mambavla.model.checkpoint import STATS, WEIGHTS, load_config
+    from mambavla.model.checkpoint import WEIGHTS, load_config
 
     theirs, ours = load_config(path).to_dict(), config.to_dict()
     how_it_runs = {"history_mode", "history_frames", "instruction_cache_size"}

@@ -196,3 +196,27 @@ def test_an_episode_error_restarts_the_simulation_server_and_the_next_episode_ru
     finally:
         evaluator.runtime = runtime
     assert again.error == "" and again.end == "timeout" and again.chunks_produced == 3
+
+
+def test_merge_runs_joins_chunks_and_lets_a_rerun_replace_only_an_episode_the_host_failed(tmp_path):
+    from mambavla.sim.evaluate import EpisodeResult, merge_runs
+
+    def run(name, *episodes):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "episodes.jsonl").write_text("".join(json.dumps(e.as_dict()) + "\n" for e in episodes))
+        return folder
+
+    ok = lambda task, seed, success: EpisodeResult(task, seed, success=success, end="success" if success else "timeout",  # noqa: E731
+                                                   cube="red", closest={"red": 0.01, "blue": 0.2})
+    failed = EpisodeResult("place", 1_000_001, end="error", error="NetworkException: libfranka: UDP receive: Timeout")
+    a = run("a", ok("lift", 1_000_000, True), ok("lift", 1_000_001, False), ok("place", 1_000_000, True), failed)
+    b = run("b", ok("place", 1_000_001, True))
+    summary = merge_runs([a, b])
+    assert summary["tasks"]["lift"]["successes"] == 1 and summary["tasks"]["lift"]["episodes"] == 2
+    assert summary["tasks"]["place"]["successes"] == 2 and summary["tasks"]["place"]["episodes"] == 2  # the re-run counts
+    assert summary["tasks"]["place"]["approached_named_cube_rate"] == 1.0
+    assert summary["replaced_errors"] == ["place seed 1000001: NetworkException: libfranka: UDP receive: Timeout"]
+    assert summary["mean_success_rate"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="lift seed 1000000"):  # a policy's own result is never replaced
+        merge_runs([a, b, run("c", ok("lift", 1_000_000, False))])

@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -368,3 +368,36 @@ def summarize(results: dict[str, list[EpisodeResult]]) -> dict:
         "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
         "inference_ms": percentiles([v for rs in results.values() for r in rs for v in r.inference_ms]),
     }
+
+
+def merge_runs(folders: list[str | Path]) -> dict:
+    """One summary (eval-sim's layout) from runs made in chunks, read from each run's `episodes.jsonl`, in
+    order. A seed in two runs is an error, unless the earlier episode ended in an error (a franky fault of
+    the host, not the policy): the later run replaces it, and `replaced_errors` says so. Inference latency
+    is not in `episodes.jsonl`; `runs` keeps each run's own from its eval.json, where it wrote one."""
+    known = {f.name for f in fields(EpisodeResult)}
+    episodes: dict[tuple[str, int], EpisodeResult] = {}
+    replaced = []
+    for folder in map(Path, folders):
+        for line in (folder / "episodes.jsonl").read_text().splitlines():
+            d = json.loads(line)
+            d["closest"] = d.pop("closest_m", {})
+            r = EpisodeResult(**{k: v for k, v in d.items() if k in known})
+            earlier = episodes.get((r.task, r.seed))
+            if earlier is not None and earlier.end != "error":
+                raise ValueError(f"{folder}: {r.task} seed {r.seed} is in an earlier run too")
+            if earlier is not None:
+                replaced.append(f"{r.task} seed {r.seed}: {earlier.error}")
+            episodes[(r.task, r.seed)] = r
+    by_task: dict[str, list[EpisodeResult]] = {}
+    for (task, _), r in sorted(episodes.items()):
+        by_task.setdefault(task, []).append(r)
+    summary = summarize(by_task)
+    for task in summary["tasks"].values():
+        task.pop("inference_ms")
+    summary["replaced_errors"] = replaced
+    summary["runs"] = {}
+    for folder in map(Path, folders):
+        run = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
+        summary["runs"][str(folder)] = {k: run.get(k) for k in ("checkpoint", "seeds", "inference_ms", "wall_seconds")}
+    return summary

@@ -114,9 +114,10 @@ def test_dart_episode_records_the_experts_targets_while_the_arm_is_pushed_off_th
     assert summary["success"] is True
     clean, dart = read_episode(clean_path, cameras=[]), read_episode(tmp_path / episode_name(EPISODE_SEED), cameras=[])
     assert dart.meta["dart_noise"] == 0.02 and clean.meta["dart_noise"] == 0.0
-    # the first move (home to above the cube) is timed, not closed-loop: the same targets in both episodes
-    n = 20
-    assert np.abs(dart.actions[:n, :3] - clean.actions[:n, :3]).max() < 0.004
+    # the first two moves (home, above the cube, down to it: >= 1.6 s) are timed, not closed-loop: the same targets in
+    # both episodes, up to where the two recordings' first frames fall (the noise, 2 cm std, would show far above 8 mm)
+    n = 30
+    assert np.abs(dart.actions[:n, :3] - clean.actions[:n, :3]).max() < 0.008
     # ... while the arm itself went elsewhere: the noise reached the tracker, not the labels
     off_dart = np.linalg.norm(dart.actions[:, :2] - dart.proprio[:, :2], axis=1)
     off_clean = np.linalg.norm(clean.actions[:, :2] - clean.proprio[:, :2], axis=1)

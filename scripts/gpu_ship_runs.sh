@@ -4,7 +4,8 @@
 # need not be there), run.json, train_summary.json, loss.png and the log into OUT/<name>.tar (~13 MB for
 # base), small enough to bring back from a machine without network. Usage:
 #   bash scripts/gpu_ship_runs.sh RUNS_DIR OUT [MAX_WAIT_SECONDS]   (default wait: 600 s; then ships what is there)
-# SHIP_LAST=1 also packs last/ (the newest EMA weights; best/ is only the lowest validation loss so far).
+# SHIP_LAST=1 also packs last/ (the newest EMA weights; best/ is only the lowest validation loss so far) as
+# OUT/<name>_last.tar: one tar with both (27 MB for base) was over the device tool's size limit for a returned file.
 set -uo pipefail
 runs=$1 out=$2 deadline=$((SECONDS + ${3:-600}))
 for pid in "$runs"/*.pid; do
@@ -16,8 +17,9 @@ for log in "$runs"/*.log; do
     name=$(basename "$log" .log) run="$runs/$(basename "$log" .log)"
     [[ -f $run/best/model.safetensors ]] || { echo "$name: no best/ checkpoint yet"; continue; }
     python -m mambavla.cli export --bf16 "$stage/$name/best" --checkpoint "$run/best" > /dev/null || { echo "$name: bf16 export of $run/best failed"; continue; }
-    if [[ ${SHIP_LAST:-0} == 1 && -f $run/last/model.safetensors ]]; then  # the latest EMA weights too (+13 MB for base)
-        python -m mambavla.cli export --bf16 "$stage/$name/last" --checkpoint "$run/last" > /dev/null || echo "$name: bf16 export of $run/last failed"
+    if [[ ${SHIP_LAST:-0} == 1 && -f $run/last/model.safetensors ]]; then  # the latest EMA weights too, in their own tar
+        python -m mambavla.cli export --bf16 "$stage/${name}_last/last" --checkpoint "$run/last" > /dev/null \
+            && tar cf "$out/${name}_last.tar" -C "$stage/${name}_last" last || echo "$name: bf16 export of $run/last failed"
     fi
     cp "$log" "$stage/$name/train.log"
     for f in run.json train_summary.json loss.png; do [[ -f $run/$f ]] && cp "$run/$f" "$stage/$name/"; done

@@ -103,6 +103,15 @@ def test_target_noise_is_smooth_seeded_and_fades_out_when_the_expert_stops_movin
     assert 0.3 < half[100:].std(0)[0] / std[0] < 0.7
 
 
+@pytest.mark.parametrize("noise", [-0.01, float("nan")])
+def test_expert_refuses_a_noise_scale_that_is_not_a_distance(noise):
+    from mambavla.sim.config import WorkcellConfig
+    from mambavla.sim.expert import ScriptedExpert
+
+    with pytest.raises(ValueError, match="DART noise"):
+        ScriptedExpert(None, None, None, config=WorkcellConfig(), noise=noise)
+
+
 def test_dart_episode_records_the_experts_targets_while_the_arm_is_pushed_off_them(tmp_path):
     from mambavla.data.bags import read_episode
     from mambavla.sim.collect import episode_name, record_episode

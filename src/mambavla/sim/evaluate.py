@@ -69,6 +69,13 @@ class EpisodeResult:
             "closest_m": {c: round(d, 4) for c, d in self.closest.items()}, "error": self.error,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> EpisodeResult:
+        """The inverse of `as_dict` (an `episodes.jsonl` line); what it does not keep (frames, per-step
+        timings) stays empty."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known}, closest=dict(d.get("closest_m", {})))
+
     @property
     def approached_cube(self) -> str | None:
         """The cube the hand came closest to: which one the policy went for, whether or not it got the task
@@ -375,14 +382,11 @@ def merge_runs(folders: list[str | Path]) -> dict:
     order. A seed in two runs is an error, unless the earlier episode ended in an error (a franky fault of
     the host, not the policy): the later run replaces it, and `replaced_errors` says so. Inference latency
     is not in `episodes.jsonl`; `runs` keeps each run's own from its eval.json, where it wrote one."""
-    known = {f.name for f in fields(EpisodeResult)}
     episodes: dict[tuple[str, int], EpisodeResult] = {}
     replaced = []
     for folder in map(Path, folders):
         for line in (folder / "episodes.jsonl").read_text().splitlines():
-            d = json.loads(line)
-            d["closest"] = d.pop("closest_m", {})
-            r = EpisodeResult(**{k: v for k, v in d.items() if k in known})
+            r = EpisodeResult.from_dict(json.loads(line))
             earlier = episodes.get((r.task, r.seed))
             if earlier is not None and earlier.end != "error":
                 raise ValueError(f"{folder}: {r.task} seed {r.seed} is in an earlier run too")

@@ -46,6 +46,29 @@ def test_same_seed_and_inputs_give_same_chunks():
         np.testing.assert_array_equal(a, b)
 
 
+def test_noise_scale_shrinks_the_flows_starting_noise_and_zero_makes_chunks_independent_of_the_seed():
+    torch.manual_seed(3)
+    model = PolicyRuntime.from_preset("tiny").model
+
+    def chunks(seed: int, **kw) -> list[np.ndarray]:
+        rt = PolicyRuntime(model, seed=seed, **kw)
+        rt.set_instruction("lift the red cube")
+        return [rt.step(_obs(rt, seed=k)).actions for k in range(3)]
+
+    for a, b in zip(chunks(1, noise_scale=0.0), chunks(2, noise_scale=0.0)):
+        np.testing.assert_array_equal(a, b)  # no noise: the seed no longer matters
+    full, half, zero = chunks(1), chunks(1, noise_scale=0.5), chunks(1, noise_scale=0.0)
+    assert not np.allclose(full[0], zero[0], atol=1e-3)
+    # the same draws, halved: half-scale chunks lie between full-noise and no-noise ones (not equal to either)
+    assert 0 < np.abs(half[0] - zero[0]).mean() < np.abs(full[0] - zero[0]).mean()
+    default = PolicyRuntime(model.__class__(model.config.replace(noise_scale=0.0)), seed=5)  # the config's value is the default
+    assert default.noise_scale == 0.0
+    with pytest.raises(ValueError, match="noise_scale"):
+        PolicyRuntime(model, noise_scale=1.5)
+    with pytest.raises(ValueError, match="config.noise_scale"):
+        model.config.replace(noise_scale=-0.1)
+
+
 def test_reset_restarts_history_and_noise(runtime):
     runtime.reset()
     first = [runtime.step(_obs(runtime, seed=k)).actions for k in range(2)]

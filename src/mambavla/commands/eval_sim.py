@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=0, help="CPU threads for inference; 0 keeps torch's default")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                    help="inference backend (onnx: ONNX Runtime, the step exported at start; about 2x faster on a CPU)")
+    p.add_argument("--noise-scale", type=float, default=None, metavar="S",
+                   help="scale of the flow's starting noise, 0..1 (default: the checkpoint's config.noise_scale)")
     p.add_argument("--out", default="eval-sim", help="output folder: eval.json, episodes.jsonl (each episode as it ends), success.png, episodes_<task>.gif (default ./eval-sim)")
     p.add_argument("--gif-episodes", type=int, default=1, metavar="K", help="episodes per task in the GIF (default 1; 0: none)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
@@ -48,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--gif-episodes must be >= 0")
     if args.checkpoint:
         runtime = PolicyRuntime.from_checkpoint(args.checkpoint, device=args.device, seed=args.seed,
-                                                backend=args.backend, threads=args.torch_threads or None)
+                                                backend=args.backend, threads=args.torch_threads or None, noise_scale=args.noise_scale)
     else:
         runtime = PolicyRuntime.from_preset(args.preset, device=args.device, seed=args.seed,
-                                            backend=args.backend, threads=args.torch_threads or None)
+                                            backend=args.backend, threads=args.torch_threads or None, noise_scale=args.noise_scale)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     episode_log = out / "episodes.jsonl"  # one line per episode as it ends: kept if the run dies later

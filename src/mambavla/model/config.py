@@ -69,6 +69,9 @@ class MambaVLAConfig:
     policy_period: float = 0.2
     # flow matching
     flow_steps: int = 5
+    # the flow's starting noise is drawn N(0, noise_scale^2) at inference (training always uses 1): below 1
+    # successive chunks agree more with each other; 0 gives one deterministic chunk per observation
+    noise_scale: float = 1.0
     time_beta: tuple[float, float] = (1.5, 1.0)  # t ~ Beta(a, b), t = 1 is noise
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -96,6 +99,8 @@ class MambaVLAConfig:
             raise ValueError("config.cameras must name at least one camera")
         if not self.policy_period > 0:
             raise ValueError(f"config.policy_period must be > 0 s, got {self.policy_period}")
+        if not 0.0 <= self.noise_scale <= 1.0:
+            raise ValueError(f"config.noise_scale must be in [0, 1], got {self.noise_scale}")
         if self.chunk_size < 1 or self.flow_steps < 1:
             raise ValueError("chunk_size and flow_steps must be >= 1")
 

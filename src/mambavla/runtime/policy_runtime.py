@@ -44,7 +44,7 @@ class PolicyRuntime:
 
     def __init__(self, model: MambaVLA, device: str | torch.device = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
                  cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
-                 threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES):
+                 threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES, noise_scale: float | None = None):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.backend = backend
@@ -61,6 +61,9 @@ class PolicyRuntime:
         self.model = model.to(self.device, self.dtype).eval()
         self.config = model.config
         self.seed = seed
+        self.noise_scale = self.config.noise_scale if noise_scale is None else float(noise_scale)
+        if not 0.0 <= self.noise_scale <= 1.0:
+            raise ValueError(f"noise_scale must be in [0, 1], got {noise_scale}")
         self._generator = torch.Generator(device=self.device)
         self._instruction: str | None = None
         self._prefix_state: list | None = None
@@ -90,11 +93,12 @@ class PolicyRuntime:
     @classmethod
     def from_preset(cls, name: str, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
                     cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
-                    threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES, **overrides) -> PolicyRuntime:
+                    threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES, noise_scale: float | None = None,
+                    **overrides) -> PolicyRuntime:
         torch.manual_seed(seed)  # untrained weights are reproducible from the seed
         config = preset(name).replace(**overrides) if overrides else preset(name)
         return cls(MambaVLA(config), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph, backend=backend,
-                   onnx_path=onnx_path, threads=threads, kv_capacity_frames=kv_capacity_frames)
+                   onnx_path=onnx_path, threads=threads, kv_capacity_frames=kv_capacity_frames, noise_scale=noise_scale)
 
     # ---- what callers need to know --------------------------------------------------------------
 
@@ -149,6 +153,11 @@ class PolicyRuntime:
 
         return StreamBatch(self, streams, seeds)
 
+    def draw_noise(self, generator: torch.Generator) -> torch.Tensor:
+        """One chunk's starting noise (1, H, A) from `generator`, N(0, noise_scale^2), on the torch device (CPU for 'onnx')."""
+        noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=generator, device=self.device, dtype=self.dtype)
+        return noise if self.noise_scale == 1.0 else noise * self.noise_scale
+
     def reset(self) -> None:
         """Forget the observation history (keeps the instruction); restart the noise sequence."""
         self._generator.manual_seed(self.seed)
@@ -198,7 +207,7 @@ class PolicyRuntime:
             context = self.model.condition(torch.cat(padding + list(self._window), dim=1), self._prefix_state)
         sync()
         t2 = time.perf_counter()
-        noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=self._generator, device=self.device, dtype=self.dtype)
+        noise = self.draw_noise(self._generator)
         actions = self.model.normalizer.unnormalize_actions(self.model.sample_actions(context, noise, task=self._task).float())  # level 3
         actions = actions[0].cpu().numpy()
         t3 = time.perf_counter()
@@ -216,7 +225,7 @@ class PolicyRuntime:
             self._state = self._graph.state
         if self.config.history_mode == "window" and self.frames_seen == 0:
             self._graph.fill_window(images, proprio)
-        noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=self._generator, device=self.device, dtype=self.dtype)
+        noise = self.draw_noise(self._generator)
         actions = self._graph.run(images, proprio, noise)[0]
         t1 = time.perf_counter()
         self.frames_seen += 1
@@ -225,7 +234,7 @@ class PolicyRuntime:
 
     def _onnx_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, stamp: float) -> ActionChunk:
         t0 = time.perf_counter()
-        noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=self._generator, dtype=torch.float32)
+        noise = self.draw_noise(self._generator)
         actions = self._onnx.run({c: v.numpy() for c, v in images.items()}, proprio.numpy(), noise.numpy())[0]
         t1 = time.perf_counter()
         self.frames_seen += 1

@@ -104,8 +104,7 @@ class StreamBatch:
         checked = [self.runtime._validate(o) for o in observations]
         images = {c: torch.cat([images[c] for images, _, _ in checked]) for c in self.config.cameras}  # (B, C, H, W)
         proprio = torch.cat([p for _, p, _ in checked])  # (B, P)
-        shape = (1, self.config.chunk_size, self.config.action_dim)
-        noise = torch.cat([torch.randn(shape, generator=g, device=self.device, dtype=self.dtype) for g in self._generators])
+        noise = torch.cat([self.runtime.draw_noise(g) for g in self._generators])
         if self._onnx is not None:
             actions = self._onnx.run({c: v.numpy() for c, v in images.items()}, proprio.numpy(), noise.float().numpy())
         elif self._graph is not None:

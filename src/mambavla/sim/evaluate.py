@@ -316,7 +316,7 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
         summary = summarize(results)
         summary.update({
             "seeds": [seeds[0], seeds[-1]], "latency_s": latency, "lockstep": True,
-            "policy_period_s": runtime.policy_period, "control_rate_hz": evaluator.tracking.rate_hz,
+            "policy_period_s": runtime.policy_period, "noise_scale": runtime.noise_scale, "control_rate_hz": evaluator.tracking.rate_hz,
             "time_limit_s": evaluator.time_limit, "wall_seconds": round(wall, 2), "sim_seconds": round(sim_total, 3),
             "sim_real_factor": round(sim_total / wall, 3) if wall > 0 else None,
             "keepalive_steps": cell.keepalive_steps - keepalive0,

@@ -234,3 +234,29 @@ def test_init_fine_tunes_from_a_checkpoints_weights_and_statistics_and_refuses_a
     with pytest.raises(ValueError, match="d_model"):
         Trainer(tmp_path / "other", [str(pack)], "tiny", TrainSettings(**{**settings.__dict__, "init": str(tmp_path / "fine" / "last")}),
                 {"d_model": 96, "headdim": 32}, progress=False)
+
+
+
+def test_shift_px_sets_how_far_training_images_move_and_zero_keeps_them_in_place(pack, tmp_path, monkeypatch):
+    import mambavla.train.trainer as trainer_module
+    from mambavla.train.augment import augment
+
+    images = torch.rand(4, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255
+    assert torch.equal(augment(images, shift=0, jitter=0.0), images)
+    moved = augment(images, torch.Generator().manual_seed(1), shift=2, jitter=0.0)
+    assert not torch.equal(moved, images)
+    for seg in range(4):  # each segment is the recording moved by whole pixels, at most 2, the same for all its frames
+        inner = moved[seg, ..., 2:-2, 2:-2]
+        assert any(torch.equal(inner, images[seg, ..., 2 + dy:30 + dy, 2 + dx:30 + dx]) for dy in range(-2, 3) for dx in range(-2, 3))
+    reaches = []
+    real = trainer_module.augment
+    monkeypatch.setattr(trainer_module, "augment", lambda v, g, shift: reaches.append(shift) or real(v, g, shift=shift))
+    settings = TrainSettings(steps=1, batch_size=2, segment_frames=4, val_fraction=0.0, shift_px=0)
+    trainer = Trainer(tmp_path / "run", [str(pack)], "tiny", settings, progress=False)
+    trainer.batch(trainer.train_ids, np.random.default_rng(1), train=True)
+    assert reaches == [0, 0]  # both cameras
+    trainer.fit()
+    assert Trainer.resume(trainer.run, progress=False).settings.shift_px == 0  # the run folder keeps it
+    assert TrainSettings().shift_px == 6
+    with pytest.raises(ValueError, match="shift_px"):
+        TrainSettings(shift_px=-1)

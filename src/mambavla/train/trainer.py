@@ -31,7 +31,7 @@ from mambavla.model.checkpoint import STATS, save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.sim.tasks import named_cube_starts, other_cube_starts, other_cube_instructions
-from mambavla.train.augment import augment
+from mambavla.train.augment import SHIFT_PX, augment
 from mambavla.train.loop import make_optimizer
 
 RUN_FILE, STATE_FILE = "run.json", "trainer_state.pt"
@@ -66,6 +66,9 @@ class TrainSettings:
     val_every: int = 250
     save_every: int = 500
     augment: bool = True
+    # the random shift's reach in pixels. The sim's front camera sees about 0.6 cm (y) and 0.9 cm (x, foreshortened)
+    # per pixel at 128 x 128, so a shift of 6 px tells the policy the cube may be 3.5-5 cm from where it looks
+    shift_px: int = SHIFT_PX
     bf16: bool = True  # autocast on CUDA
     seed: int = 0
     device: str = "cpu"
@@ -77,6 +80,8 @@ class TrainSettings:
             raise ValueError(f"history must be stream or window, got {self.history!r}")
         if self.episodes_per_task < 0:
             raise ValueError(f"episodes_per_task must be >= 0, got {self.episodes_per_task}")
+        if self.shift_px < 0:
+            raise ValueError(f"shift_px must be >= 0, got {self.shift_px}")
         for name in ("steps", "batch_size", "segment_frames", "history_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -215,7 +220,7 @@ class Trainer:
         index = torch.from_numpy(raw["frame_index"]).to(self.device)  # (B, T)
         images = {cam: self.frames[cam][index].permute(0, 1, 4, 2, 3).float() for cam in self.frames}  # (B, T, 3, H, W)
         if train and s.augment:
-            images = {cam: augment(v, self.generator) for cam, v in images.items()}
+            images = {cam: augment(v, self.generator, shift=s.shift_px) for cam, v in images.items()}
         tensor = lambda key: torch.from_numpy(np.ascontiguousarray(raw[key])).to(self.device)  # noqa: E731
         out = {"instruction": raw["instruction"], "images": images, "proprio": tensor("proprio"),
                "actions": tensor("actions"), "action_pad": tensor("action_pad")}

@@ -77,7 +77,7 @@ def test_eval_sim_command_runs_an_episode_end_to_end(cell, runtime, tmp_path, mo
     sim0 = cell.sim_time
     limit = 1.0
     code = cli.main(["eval-sim", "--preset", "tiny", "--tasks", "lift", "--episodes", "1", "--time-limit", str(limit),
-                     "--out", str(tmp_path), "--gif-episodes", "1", "--json", "--torch-threads", "1"])
+                     "--out", str(tmp_path), "--gif-episodes", "1", "--json", "--torch-threads", "1", "--trace"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     summary = json.loads((tmp_path / "eval.json").read_text())
@@ -118,6 +118,21 @@ def test_eval_sim_command_runs_an_episode_end_to_end(cell, runtime, tmp_path, mo
         assert gif.n_frames == lift["chunks_produced"]
         gif.seek(gif.n_frames - 1)
         assert np.asarray(gif.convert("RGB")).std() > 5  # a rendered scene, not a blank frame
+    # the per-tick trace: one row per control tick, the hand where the controller sent it, the cube on the table
+    trace = np.load(tmp_path / "traces" / "lift_1000000.npz")
+    assert set(trace.files) == set(evaluate.TRACE_COLUMNS)
+    assert len(trace["t"]) == sum(lift["controller_states"].values())
+    assert np.all(np.diff(trace["t"]) == pytest.approx(1 / summary["control_rate_hz"], abs=1e-6))
+    target = np.stack([trace[f"target_{a}"] for a in "xyz"], 1)
+    hand = np.stack([trace[f"hand_{a}"] for a in "xyz"], 1)
+    assert np.linalg.norm(target - hand, axis=1).max() < 0.02
+    assert np.linalg.norm(hand[0] - hand[-1]) < 0.05 and 0.2 < hand[:, 2].min()  # the untrained policy moved little
+    assert trace["cube_z"] == pytest.approx(0.02, abs=0.002)  # resting on the table, cube_half above it
+    assert np.linalg.norm([trace["cube_x"][0] - trace["hand_x"][0], trace["cube_y"][0] - trace["hand_y"][0]]) > 0.03
+    assert trace["finger_width"].min() > 0.07 and int(trace["closed"].sum()) == 0 == episode["gripper_commands"]
+    with Image.open(tmp_path / "traces" / "lift_1000000.png") as png:
+        png.load()
+        assert png.size[0] > 500
 
 
 def test_slow_policy_observes_every_policy_period_of_sim_time(evaluator, runtime, cell):

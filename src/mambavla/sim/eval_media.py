@@ -56,3 +56,36 @@ def episodes_gif(episodes: list, path: str | Path, frame_seconds: float = 0.2, m
     path = Path(path)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(frame_seconds * 1000), loop=0, optimize=True)
     return path
+
+
+def trace_plot(rows: np.ndarray, columns: tuple[str, ...], path: str | Path, title: str = "") -> Path:
+    """One episode's trace (rows of `columns`, as `mambavla.sim.evaluate.TRACE_COLUMNS`): per axis the
+    controller's target, the measured hand and the named cube, in cm; then the finger width and the
+    gripper command. Where a grasp went wrong shows as the hand's offset from the cube when the fingers closed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    col = {name: rows[:, i] for i, name in enumerate(columns)}
+    t = col["t"] - col["t"][0] if len(rows) else col["t"]
+    fig, axes = plt.subplots(4, 1, figsize=(7, 7.5), dpi=100, sharex=True)
+    for ax, axis in zip(axes, "xyz"):
+        ax.plot(t, 100 * col[f"target_{axis}"], "--", color="#999999", lw=1, label="target")
+        ax.plot(t, 100 * col[f"hand_{axis}"], color="#4878a8", lw=1.5, label="hand")
+        ax.plot(t, 100 * col[f"cube_{axis}"], ":", color="#c44e52", lw=2, label="named cube")
+        ax.set_ylabel(f"{axis} (cm)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper right", fontsize=8, ncol=3)
+    axes[3].plot(t, 100 * col["finger_width"], color="#4878a8", label="finger width (cm)")
+    axes[3].step(t, 8 * col["closed"], where="post", color="#dd8452", label="commanded closed")
+    axes[3].set_ylabel("gripper")
+    axes[3].set_xlabel("simulated time (s)")
+    axes[3].legend(loc="upper right", fontsize=8)
+    axes[3].grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

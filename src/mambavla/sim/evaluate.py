@@ -31,6 +31,10 @@ from mambavla.realtime import keep_thread_scheduling
 from mambavla.sim.tasks import EVAL_SEED_BASE
 from mambavla.sim.workcell import HALF_STEP, OPEN_WIDTH, Snapshot, Workcell
 
+# one row per control tick: simulated s; the controller's target, the measured hand (franky's end-effector
+# point) and the named cube's centre, metres in the base frame; the finger width (m); the hand commanded closed (0/1)
+TRACE_COLUMNS = ("t", "target_x", "target_y", "target_z", "hand_x", "hand_y", "hand_z", "cube_x", "cube_y", "cube_z",
+                 "finger_width", "closed")
 GRIPPER_COMMAND_TIMEOUT = 5.0  # wall s the previous gripper command may take to finish before the next
 
 
@@ -57,6 +61,7 @@ class EpisodeResult:
     closest: dict[str, float] = field(default_factory=dict)  # cube -> closest the hand came to it (m), at observations
     error: str = ""
     frames: list[np.ndarray] = field(default_factory=list, repr=False)  # front | wrist, for the GIF
+    trace: list[tuple] = field(default_factory=list, repr=False)  # per control tick, TRACE_COLUMNS (with trace=True)
 
     def as_dict(self) -> dict:
         return {
@@ -89,7 +94,7 @@ class SimEvaluator:
     an episode's error)."""
 
     def __init__(self, cell: Workcell, runtime, param_files: tuple[str, ...] = SIM_PARAM_FILES,
-                 latency: float = 0.0, time_limit: float | None = None):
+                 latency: float = 0.0, time_limit: float | None = None, trace: bool = False):
         if latency < 0:
             raise ValueError(f"--latency must be >= 0 s, got {latency}")
         self.cell, self.runtime = cell, runtime
@@ -97,6 +102,7 @@ class SimEvaluator:
         self.tracking = TrackingParams.from_params(self.params)
         controller_core(self.params)  # bad limits fail here, before any episode
         self.latency = float(latency)
+        self.trace = trace  # fill EpisodeResult.trace
         self.time_limit = float(time_limit if time_limit is not None else cell.config.episode_timeout)
         if not self.time_limit > 0:
             raise ValueError(f"time limit must be > 0 s, got {self.time_limit}")
@@ -224,6 +230,10 @@ class SimEvaluator:
                     else:
                         self._gripper_future = self.gripper.move_async(OPEN_WIDTH, self.tracking.gripper_speed)
                     result.gripper_commands += 1
+                if self.trace:
+                    scene = cell.scene_state(snap)
+                    result.trace.append((now, *target.position, *self.robot.state.O_T_EE.translation,
+                                         *scene.cube_pos[result.cube], scene.finger_width, float(closed)))
             upcoming = [t0 + n_tick * tick, t0 + n_obs * period] + ([pending[0][0]] if pending else [])
             snap = cell.hold_at(min(upcoming))
         result.sim_seconds = snap.time - t0
@@ -259,6 +269,18 @@ class SimEvaluator:
         return chunk
 
 
+def write_trace(result: EpisodeResult, folder: Path) -> tuple[Path, Path]:
+    """An episode's trace as `<task>_<seed>.npz` (one array per TRACE_COLUMNS name) and its plot `<task>_<seed>.png`."""
+    from mambavla.sim.eval_media import trace_plot
+
+    rows = np.asarray(result.trace, dtype=np.float64).reshape(-1, len(TRACE_COLUMNS))
+    stem = folder / f"{result.task}_{result.seed}"
+    np.savez_compressed(stem.with_suffix(".npz"), **{name: rows[:, i] for i, name in enumerate(TRACE_COLUMNS)})
+    outcome = "success" if result.success else result.end
+    return stem.with_suffix(".npz"), trace_plot(rows, TRACE_COLUMNS, stem.with_suffix(".png"),
+                                                f"{result.task} {result.seed}: {result.instruction!r}, {outcome}")
+
+
 def observation_stride(latency: float, period: float) -> int:
     """Observations stay on the policy's grid, skipping those that fall inside an emulated inference."""
     return max(1, math.ceil(latency / period - 1e-9))
@@ -278,12 +300,15 @@ def episode_seeds(episodes: int, first: int = 0) -> list[int]:
 
 def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, latency: float = 0.0,
              time_limit: float | None = None, gif_episodes: int = 1, speed: float = 1.0, progress: bool = True,
-             cell: Workcell | None = None, episode_log: str | Path | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
+             cell: Workcell | None = None, episode_log: str | Path | None = None,
+             trace_dir: str | Path | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
     """Evaluate on `episodes` held-out seeds per task. Returns (summary, results per task).
 
     `cell`: an already started workcell to use (tests); otherwise one is started and stopped here.
     `episode_log`: a JSON-lines file that gets each episode's result as soon as it ends (a run that
-    hangs or dies in franky's native code later keeps what it measured; see docs/training.md)."""
+    hangs or dies in franky's native code later keeps what it measured; see docs/training.md).
+    `trace_dir`: a folder that gets each episode's per-tick trace (`TRACE_COLUMNS`) as `<task>_<seed>.npz`
+    and its plot as `<task>_<seed>.png` as soon as it ends."""
     from tqdm import tqdm
 
     from mambavla.sim.tasks import TASK_FAMILIES
@@ -296,7 +321,9 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
     if own is not None:
         cell = own.start()
     try:
-        evaluator = SimEvaluator(cell, runtime, latency=latency, time_limit=time_limit)
+        evaluator = SimEvaluator(cell, runtime, latency=latency, time_limit=time_limit, trace=trace_dir is not None)
+        if trace_dir is not None:
+            Path(trace_dir).mkdir(parents=True, exist_ok=True)
         results: dict[str, list[EpisodeResult]] = {t: [] for t in tasks}
         wall0, sim_total, keepalive0 = time.perf_counter(), 0.0, cell.keepalive_steps
         bar = tqdm(total=len(tasks) * len(seeds), desc="eval-sim", unit="episode", disable=not progress)
@@ -307,6 +334,8 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
                 if episode_log is not None:
                     with open(episode_log, "a") as log:
                         log.write(json.dumps(r.as_dict()) + "\n")
+                if trace_dir is not None:
+                    write_trace(r, Path(trace_dir))
                 sim_total += r.sim_seconds
                 done = results[task]
                 bar.set_postfix(task=task, success=f"{sum(x.success for x in done)}/{len(done)}")

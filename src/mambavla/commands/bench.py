@@ -1,6 +1,8 @@
 """`mambavla bench`: policy step latency (p50/p95/p99, vision/fusion/flow split) for the Mamba and
 Transformer fusions, how it grows with streamed history length, the ONNX Runtime backend (with its
 parity against the torch runtime), and `step_batch` throughput for B streams. Prints one JSON object.
+On CUDA, `--compile` adds the CUDA-graph step with a torch.compile'd body beside the plain one, each
+with its kernels per step.
 
 Every time is what a caller sees: input checks and upload, the step, and the copy of the actions back."""
 
@@ -34,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--parity-steps", type=int, default=20, help="streamed steps of the ONNX parity check (vs torch fp32 cpu)")
     p.add_argument("--batch", type=int, nargs="*", help="step_batch stream counts (default: 1..64 cuda, 1..8 cpu; none: skip)")
     p.add_argument("--batch-steps", type=int, help="timed batch steps per stream count (default: 50 cuda, 5 cpu)")
+    p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="cuda: also time the CUDA-graph step with its body torch.compile'd (PolicyRuntime compile_step; "
+                        "MODE 'default' when not given, or 'max-autotune-no-cudagraphs')")
     p.add_argument("--json", action="store_true", help="JSON only (default also prints JSON, plus progress on stderr)")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=run)
@@ -84,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     from mambavla.runtime import PolicyRuntime
 
     cuda = args.device == "cuda"
+    if args.compile and not cuda:
+        print("bench: --compile compiles the CUDA-graph step: it needs --device cuda", file=sys.stderr)
+        return 2
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if cuda else "fp32")]
     steps = args.steps or (200 if cuda else 30)
     sweep_steps = args.sweep_steps or (50 if cuda else 10)
@@ -109,41 +117,54 @@ def run(args: argparse.Namespace) -> int:
         if args.language:
             overrides["language"] = args.language
         # eager first (gives the vision/fusion/flow split); then the captured CUDA graph (the Transformer's
-        # with a static KV cache sized to what is timed: each step attends its whole capacity)
-        modes = [False] + ([True] if cuda else [])
+        # with a static KV cache sized to what is timed: each step attends its whole capacity); with
+        # --compile, the CUDA graph of the torch.compile'd body last. Sweeps run in the plain graph mode.
+        modes = [("eager", False, False)] + ([("cuda_graph", True, False)] if cuda else [])
+        if args.compile:
+            modes.append(("cuda_graph_compiled", True, args.compile))
+        sweep_mode = "cuda_graph" if cuda else "eager"
         entry: dict = {}
+        first_chunks: dict = {}
 
-        def make(graph: bool, frames: int):
+        def make(graph: bool, frames: int, compile_step=False):
             if args.checkpoint:
                 return PolicyRuntime.from_checkpoint(args.checkpoint, device=args.device, dtype=dtype, cuda_graph=graph,
-                                                     kv_capacity_frames=frames)
+                                                     kv_capacity_frames=frames, compile_step=compile_step)
             return PolicyRuntime.from_preset(args.preset, device=args.device, dtype=dtype, cuda_graph=graph,
-                                             kv_capacity_frames=frames, **overrides)
+                                             kv_capacity_frames=frames, compile_step=compile_step, **overrides)
 
-        for graph in modes:
-            runtime = make(graph, args.warmup + steps + 1)
+        for mode, graph, compile_step in modes:
+            runtime = make(graph, args.warmup + steps + 1, compile_step)
             if cuda:
                 from mambavla.model.mamba2 import ssd_kernels
 
                 result["mamba_ssm_kernels"] = ssd_kernels() is not None
-            mode = "cuda_graph" if graph else "eager"
             rng = np.random.default_rng(0)
             obs = _observation(runtime, rng)
             t0 = time.perf_counter()
             runtime.set_instruction("pick up the red cube and place it on the blue plate")
             instruction_ms = (time.perf_counter() - t0) * 1e3
-            for _ in range(args.warmup):
+            t0 = time.perf_counter()
+            first_chunks[mode] = runtime.step(obs).actions  # a graph mode captures (and compiles) here
+            first_step_s = time.perf_counter() - t0
+            for _ in range(args.warmup - 1):
                 runtime.step(obs)
             log(f"[{fusion} {mode}] timing {steps} steps")
             timed = _timed_steps(runtime, obs, steps)
-            entry[mode] = {"step_ms": timed["step_ms"]}
+            entry[mode] = {"step_ms": timed["step_ms"], "first_step_s": first_step_s}
             if not graph:
                 entry[mode]["split_ms_p50"] = timed["split_ms_p50"]
                 entry["set_instruction_ms_first"] = instruction_ms
                 entry["parameters"] = runtime.model.parameter_counts()
+            else:
+                entry[mode]["kernels_per_step"] = runtime._graph.kernels_per_step()
+            if compile_step:
+                entry[mode]["compile_mode"] = runtime.compile_mode
+                entry[mode]["first_chunk_max_abs_diff_vs_cuda_graph"] = float(
+                    np.abs(first_chunks[mode] - first_chunks["cuda_graph"]).max())
 
             sweep = []
-            if runtime.config.history_mode == "stream" and graph == modes[-1]:
+            if runtime.config.history_mode == "stream" and mode == sweep_mode:
                 for history in sorted(args.history):
                     if graph and runtime.config.fusion == "transformer":  # a cache just large enough for this point
                         runtime = make(graph, history + sweep_steps + 1)
@@ -155,14 +176,14 @@ def run(args: argparse.Namespace) -> int:
                     sweep.append({"history_frames": history, "tokens_in_context": history * runtime.config.tokens_per_frame,
                                   **m["step_ms"], **({"split_ms_p50": m["split_ms_p50"]} if not graph else {})})
                 entry["history_sweep"] = {"mode": mode, "points": sweep}
-            if graph == modes[-1] and fusion in ("mamba", "checkpoint") and args.batch != []:
+            if mode == sweep_mode and fusion in ("mamba", "checkpoint") and args.batch != []:
                 result["step_batch"] = [_batch_sweep(runtime, args, cuda, log)]
             del runtime
             if cuda:
                 torch.cuda.empty_cache()
         if fusion in ("mamba", "checkpoint") and not args.no_onnx:
             entry["onnx"] = _onnx_row(args, dtype, steps, cuda, log, result.setdefault("step_batch", []))
-            best = min(m["step_ms"]["p50"] for k, m in entry.items() if k in ("eager", "cuda_graph"))
+            best = min(m["step_ms"]["p50"] for k, m in entry.items() if k in ("eager", "cuda_graph", "cuda_graph_compiled"))
             if "step_ms" in entry["onnx"]:
                 entry["onnx"]["p50_vs_best_torch"] = entry["onnx"]["step_ms"]["p50"] / best
         result["fusions"][fusion] = entry

@@ -21,6 +21,13 @@ from mambavla.runtime.chunk import ActionChunk
 
 
 KV_CAPACITY_FRAMES = 256  # frames of history the Transformer's captured step holds by default (StaticKVCache)
+# torch.compile modes for `compile_step`: none that captures CUDA graphs itself ("reduce-overhead",
+# "max-autotune"), since our own graph captures the compiled kernels
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+# the model methods `compile_step` compiles, each once (static shapes; `velocity` serves every flow step).
+# Compiling the whole step instead unrolls the fusion stack once per flow step: on an H100 the base preset's
+# compile had not finished after about 3 minutes, against 47 s for these regions
+COMPILED_REGIONS = ("encode_frame", "condition", "velocity")
 
 
 class PolicyRuntime:
@@ -36,6 +43,12 @@ class PolicyRuntime:
     is an error until reset() or a new instruction. Default: on for the Mamba fusion on CUDA; the Transformer's is
     opt-in (`cuda_graph=True`) until test_runtime's CUDA tests have run on a GPU.
 
+    `compile_step` (opt-in, CUDA graph only): compile the step's parts (`COMPILED_REGIONS`: vision, the
+    context scan, the velocity that every flow step calls) with `torch.compile` before the graph captures
+    them, so the graph replays Inductor's fused kernels instead of one kernel per eager op. True means mode
+    "default"; a string names the mode (`COMPILE_MODES`). The first step pays the compile (47 s for the base
+    preset on an H100); docs/benchmarks.md has the kernel counts and latencies.
+
     `backend="onnx"`: the step runs in ONNX Runtime from the graph `mambavla export --onnx` wrote
     (`onnx_path`; exported to a temporary folder when not given), on the CUDA execution provider for
     device 'cuda' where onnxruntime-gpu provides it, else on the CPU provider (`onnx_provider` says which).
@@ -44,7 +57,8 @@ class PolicyRuntime:
 
     def __init__(self, model: MambaVLA, device: str | torch.device = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
                  cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
-                 threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES, noise_scale: float | None = None):
+                 threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES, noise_scale: float | None = None,
+                 compile_step: bool | str = False):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.backend = backend
@@ -79,6 +93,7 @@ class PolicyRuntime:
             raise ValueError("cuda_graph needs device 'cuda'")
         # the Transformer's captured step (StaticKVCache) is opt-in until its CUDA test has run on a GPU
         self.cuda_graph = (graphable and self.config.fusion == "mamba") if cuda_graph is None else cuda_graph
+        self.compile_mode = _compile_mode(compile_step, self.cuda_graph and backend == "torch", self.device, backend)
         self._graph: _StepGraph | None = None
         self.reset()
 
@@ -86,19 +101,21 @@ class PolicyRuntime:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
-                        cuda_graph: bool | None = None, **backend) -> PolicyRuntime:
+                        cuda_graph: bool | None = None, compile_step: bool | str = False, **backend) -> PolicyRuntime:
         """`backend`: backend, onnx_path, threads (see the class)."""
-        return cls(load_checkpoint(path), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph, **backend)
+        return cls(load_checkpoint(path), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph,
+                   compile_step=compile_step, **backend)
 
     @classmethod
     def from_preset(cls, name: str, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
                     cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
                     threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES, noise_scale: float | None = None,
-                    **overrides) -> PolicyRuntime:
+                    compile_step: bool | str = False, **overrides) -> PolicyRuntime:
         torch.manual_seed(seed)  # untrained weights are reproducible from the seed
         config = preset(name).replace(**overrides) if overrides else preset(name)
         return cls(MambaVLA(config), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph, backend=backend,
-                   onnx_path=onnx_path, threads=threads, kv_capacity_frames=kv_capacity_frames, noise_scale=noise_scale)
+                   onnx_path=onnx_path, threads=threads, kv_capacity_frames=kv_capacity_frames, noise_scale=noise_scale,
+                   compile_step=compile_step)
 
     # ---- what callers need to know --------------------------------------------------------------
 
@@ -220,7 +237,7 @@ class PolicyRuntime:
         t0 = time.perf_counter()
         if self._graph is None:
             self._graph = _StepGraph(self.model, self._prefix_state, self._task, images, proprio, self.dtype,
-                                     kv_capacity_frames=self.kv_capacity_frames)
+                                     kv_capacity_frames=self.kv_capacity_frames, compile_mode=self.compile_mode)
             self._graph.restart(self._state if self.config.history_mode == "stream" else self._prefix_state)
             self._state = self._graph.state
         if self.config.history_mode == "window" and self.frames_seen == 0:
@@ -324,11 +341,17 @@ class PolicyRuntime:
 class _StepGraph:
     """One CUDA graph for a whole step. Inputs are copied into static buffers and the graph replayed;
     it updates its own static history in place: the recurrent state (stream mode) or the window of the
-    last T-1 frames' tokens (window mode, re-scanned from the static instruction state)."""
+    last T-1 frames' tokens (window mode, re-scanned from the static instruction state).
+
+    `compile_mode`: a torch.compile mode (`COMPILE_MODES`) for the body before capture, or None (eager ops)."""
 
     def __init__(self, model: MambaVLA, prefix_state: list, task: torch.Tensor, images: dict[str, torch.Tensor], proprio: torch.Tensor,
-                 dtype: torch.dtype, kv_capacity_frames: int = KV_CAPACITY_FRAMES):
+                 dtype: torch.dtype, kv_capacity_frames: int = KV_CAPACITY_FRAMES, compile_mode: str | None = None):
         self.model = model
+        # static shapes: one specialised compile per region; the warm-up below compiles (and autotunes)
+        self.compile_mode = compile_mode
+        self._compiled = {} if compile_mode is None else {
+            name: torch.compile(getattr(model, name), mode=compile_mode, dynamic=False) for name in COMPILED_REGIONS}
         self.task = task.clone()  # static: the runtime copies a new instruction's task vector in
         self.stream = model.config.history_mode == "stream"
         self.images = {c: torch.zeros_like(v) for c, v in images.items()}
@@ -346,19 +369,59 @@ class _StepGraph:
         else:
             self.state = [type(s)(*(t.clone() for t in s)) for s in prefix_state]  # stream: history; window: instruction
         self.window = torch.zeros(batch, (model.config.history_frames - 1) * n, d, device=proprio.device, dtype=dtype)
-        saved = ([t.clone() for s in self.state for t in s], self.window.clone())
+        saved = self._save()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: Triton compiles/autotunes, allocator settles
+        with torch.cuda.stream(side):  # warm-up: Triton (and torch.compile) compile/autotune, allocator settles
             for _ in range(3):
-                self._body()
+                self._step()
         torch.cuda.current_stream().wait_stream(side)
+        self._load(saved)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.actions = self._step()
+
+    def _save(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return [t.clone() for s in self.state for t in s], self.window.clone()
+
+    def _load(self, saved: tuple[list[torch.Tensor], torch.Tensor]) -> None:
         for dst, src in zip([t for s in self.state for t in s], saved[0]):
             dst.copy_(src)
         self.window.copy_(saved[1])
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.actions = self._body()
+
+    def kernels_per_step(self) -> dict[str, int]:
+        """GPU work the captured step holds, counted by torch.profiler (CUPTI) over one run of the body
+        outside the graph (compiled or not, as captured), the static state restored afterwards:
+        {"kernels": launches, "memcpy_memset": copies and fills, "graph_replay_kernels": kernel events
+        CUPTI reports for one replay (0 where it reports none for graph nodes)}. Not for a hot loop."""
+        from torch.profiler import ProfilerActivity, profile
+
+        def count(fn) -> tuple[int, int]:
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            copies = sum(n.startswith(("Memcpy", "Memset")) or n.startswith(("[memcpy", "[memset")) for n in names)
+            return len(names) - copies, copies
+
+        saved = self._save()
+        kernels, copies = count(self._step)
+        self._load(saved)
+        replay, _ = count(self.graph.replay)
+        self._load(saved)
+        return {"kernels": kernels, "memcpy_memset": copies, "graph_replay_kernels": replay}
+
+    def _step(self) -> torch.Tensor:
+        """The body, with the compiled regions standing in for the model's methods while it runs (the
+        model stays eager for every other caller; a replay runs no Python)."""
+        for name, fn in self._compiled.items():
+            setattr(self.model, name, fn)
+        try:
+            return self._body()
+        finally:
+            for name in self._compiled:
+                delattr(self.model, name)
 
     def _body(self) -> torch.Tensor:
         tokens = self.model.encode_frame(self.images, self.proprio, self.task)
@@ -419,6 +482,21 @@ class _StepGraph:
         if self.capacity is not None and self.stream:
             self.length += self.model.config.tokens_per_frame
         return self.actions.cpu().numpy()
+
+
+def _compile_mode(compile_step: bool | str, graphed: bool, device: torch.device, backend: str) -> str | None:
+    """compile_step -> a torch.compile mode, or None; only the captured CUDA-graph step is compiled."""
+    if compile_step is False or compile_step is None:
+        return None
+    mode = "default" if compile_step is True else compile_step
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile_step must be True, False or one of {COMPILE_MODES}, got {compile_step!r} "
+                         "(modes that capture CUDA graphs themselves would nest in the runtime's own graph)")
+    if not graphed:
+        raise ValueError(f"compile_step compiles the captured CUDA-graph step: it needs backend 'torch' on device 'cuda' "
+                         f"with cuda_graph on (got backend {backend!r}, device {device.type!r}"
+                         f"{', cuda_graph off' if device.type == 'cuda' and backend == 'torch' else ''})")
+    return mode
 
 
 def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, threads: int | None):

@@ -245,3 +245,29 @@ def test_rows_just_outside_the_workspace_are_clamped_onto_it_and_far_ones_reject
     far.actions[8:, 2] = floor - 0.05
     reason = core.submit(far, 2.5)
     assert reason is not None and "outside workspace" in reason and "workspace_clamp" in reason
+
+
+def test_gripper_rule_closes_at_once_and_opens_only_after_the_command_asks_for_open_without_a_break():
+    from mambavla.control.config import TrackingParams
+    from mambavla.control.gripper import GripperRule
+
+    plain = GripperRule()  # no delay: the hysteresis alone
+    assert [plain.update(v, t) for t, v in enumerate([0.3, 0.7, 0.5, 0.45, 0.3, 0.55, 0.61])] == [
+        False, True, True, True, False, False, True]
+    rule = GripperRule(open_delay=0.3)
+    steps = [(0.0, 0.9, True),   # closes at once
+             (0.1, 0.1, True),   # asks to open: not yet
+             (0.2, 0.9, True),   # a break: the wait starts again
+             (0.3, 0.1, True),
+             (0.5, 0.1, True),   # 0.2 s of asking
+             (0.55, 0.45, True),  # inside the hysteresis band: not asking, so a break too
+             (0.6, 0.1, True),
+             (0.89, 0.1, True),  # 0.29 s of asking
+             (0.9, 0.1, False),  # 0.3 s: opens
+             (0.91, 0.9, True)]  # and closes again at once
+    assert [rule.update(v, t) for t, v, _ in steps] == [closed for _, _, closed in steps]
+    with pytest.raises(ValueError, match="gripper_open_delay"):
+        GripperRule(open_delay=-0.1)
+    with pytest.raises(ValueError, match="gripper_open_delay"):
+        TrackingParams.from_params({"gripper_open_delay": -1.0})
+    assert TrackingParams.from_params({"gripper_open_delay": 0.3}).gripper_open_delay == 0.3

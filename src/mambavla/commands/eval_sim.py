@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="scale of the flow's starting noise, 0..1 (default: the checkpoint's config.noise_scale)")
     p.add_argument("--out", default="eval-sim", help="output folder: eval.json, episodes.jsonl (each episode as it ends), success.png, episodes_<task>.gif (default ./eval-sim)")
     p.add_argument("--gif-episodes", type=int, default=1, metavar="K", help="episodes per task in the GIF (default 1; 0: none)")
+    p.add_argument("--gripper-open-delay", type=float, default=None, metavar="SECONDS",
+                   help="controller parameter gripper_open_delay for this run (default: config/controller*.yaml)")
     p.add_argument("--trace", action="store_true",
                    help="write each episode's per-tick trace (target, hand, named cube, fingers) and its plot to OUT/traces/")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     episode_log.unlink(missing_ok=True)
     summary, results = evaluate(runtime, tuple(args.tasks), args.episodes, seed=args.seed, latency=args.latency,
                                 time_limit=args.time_limit, gif_episodes=args.gif_episodes, speed=args.speed,
-                                progress=not args.json, episode_log=episode_log, trace_dir=out / "traces" if args.trace else None)
+                                progress=not args.json, episode_log=episode_log, trace_dir=out / "traces" if args.trace else None,
+                                param_overrides=None if args.gripper_open_delay is None else {"gripper_open_delay": args.gripper_open_delay})
     summary = {"checkpoint": args.checkpoint, "preset": args.preset if not args.checkpoint else None, **summary}
     summary["chart"] = str(success_chart(summary, out / "success.png"))
     frame_seconds = runtime.policy_period * observation_stride(args.latency, runtime.policy_period)

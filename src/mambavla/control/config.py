@@ -96,6 +96,7 @@ class TrackingParams:
     gripper: bool = True
     gripper_speed: float = 0.1
     gripper_force: float = 20.0
+    gripper_open_delay: float = 0.0  # s the chunk must ask a closed hand to open before it opens (GripperRule)
 
     @classmethod
     def from_params(cls, params: dict) -> "TrackingParams":
@@ -107,6 +108,8 @@ class TrackingParams:
         tracking = cls(**kwargs)
         if not 20.0 <= tracking.rate_hz <= 1000.0:
             raise ValueError(f"rate_hz must be within 20..1000, got {tracking.rate_hz}")
+        if not tracking.gripper_open_delay >= 0:
+            raise ValueError(f"gripper_open_delay must be >= 0 s, got {tracking.gripper_open_delay}")
         return tracking
 
     def tracker_kwargs(self) -> dict:

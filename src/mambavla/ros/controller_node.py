@@ -38,7 +38,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from mambavla.control import ControllerState
 from mambavla.control.config import TrackingParams, controller_core, controller_defaults
 from mambavla.control.core import RUNNING
-from mambavla.control.gripper import gripper_should_close
+from mambavla.control.gripper import GripperRule
 from mambavla.realtime import keep_thread_scheduling
 from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, trajectory_to_chunk
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
@@ -64,6 +64,7 @@ PARAMETERS = {
     "gripper": "drive the Franka Hand from the chunk's gripper column",
     "gripper_speed": "finger speed, m/s",
     "gripper_force": "grasp force, N",
+    "gripper_open_delay": "a closed hand opens only after the chunks have asked for open this long without a break, s (closing is immediate)",
     "workspace_min": "workspace box lower corner (base frame), m",
     "workspace_max": "workspace box upper corner (base frame), m",
     "workspace_clamp": "chunk rows outside the box by at most this are moved onto it; further out rejects the chunk, m",
@@ -89,9 +90,10 @@ PARAMETERS = {
 class GripperWorker:
     """Sends open/grasp commands asynchronously and polls the width, off the arm's control thread."""
 
-    def __init__(self, gripper, speed: float, force: float, open_width: float, logger):
+    def __init__(self, gripper, speed: float, force: float, open_width: float, logger, open_delay: float = 0.0):
         self._gripper, self._speed, self._force, self._open_width = gripper, speed, force, open_width
         self._logger = logger
+        self._rule = GripperRule(open_delay)
         self._desired_closed = False
         self._commanded_closed: bool | None = None
         self._future = None  # the last command's franky future
@@ -103,8 +105,9 @@ class GripperWorker:
         self._thread = threading.Thread(target=self._loop, name="gripper", daemon=True)
         self._thread.start()
 
-    def command(self, value: float) -> None:
-        closed = gripper_should_close(value, self._desired_closed)
+    def command(self, value: float, now: float) -> None:
+        """The chunk's gripper value at controller time `now` (s)."""
+        closed = self._rule.update(value, now)
         if closed != self._desired_closed:
             self._desired_closed = closed
             self._wake.set()
@@ -337,7 +340,7 @@ class ControllerNode(Node):
                     with keep_thread_scheduling(enabled=not self.realtime):
                         hand = franky.Gripper(self.robot_ip)
                     gripper = GripperWorker(hand, self.tracking.gripper_speed, self.tracking.gripper_force, FRANKA_MAX_FINGER_WIDTH,
-                                            self.get_logger())
+                                            self.get_logger(), open_delay=self.tracking.gripper_open_delay)
                 except Exception as err:  # the arm is still usable; the status says the hand is not
                     gripper_error = f"no gripper at {self.robot_ip}: {err}"
             self._connections.put((robot, gripper, gripper_error))
@@ -551,7 +554,7 @@ class ControllerNode(Node):
                 else:
                     self.tracker.set_target(franky.Affine(target.position, target.quat))
                     if self.gripper is not None:
-                        self.gripper.command(target.gripper)
+                        self.gripper.command(target.gripper, self._now())
             except Exception as err:  # a franky call failed outside a motion: never leave tracking unattended
                 self.get_logger().error(f"control loop: {err}")
                 if self.tracker is not None:

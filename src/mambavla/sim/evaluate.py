@@ -26,7 +26,7 @@ import numpy as np
 
 from mambavla.control import ControllerState
 from mambavla.control.config import SIM_PARAM_FILES, TrackingParams, controller_core, load_params
-from mambavla.control.gripper import gripper_should_close
+from mambavla.control.gripper import GripperRule
 from mambavla.realtime import keep_thread_scheduling
 from mambavla.sim.tasks import EVAL_SEED_BASE
 from mambavla.sim.workcell import HALF_STEP, OPEN_WIDTH, Snapshot, Workcell
@@ -94,11 +94,11 @@ class SimEvaluator:
     an episode's error)."""
 
     def __init__(self, cell: Workcell, runtime, param_files: tuple[str, ...] = SIM_PARAM_FILES,
-                 latency: float = 0.0, time_limit: float | None = None, trace: bool = False):
+                 latency: float = 0.0, time_limit: float | None = None, trace: bool = False, param_overrides: dict | None = None):
         if latency < 0:
             raise ValueError(f"--latency must be >= 0 s, got {latency}")
         self.cell, self.runtime = cell, runtime
-        self.params = load_params(param_files)
+        self.params = {**load_params(param_files), **(param_overrides or {})}  # overrides: as a later parameter file
         self.tracking = TrackingParams.from_params(self.params)
         controller_core(self.params)  # bad limits fail here, before any episode
         self.latency = float(latency)
@@ -186,6 +186,7 @@ class SimEvaluator:
         t0 = last_tick = snap.time
         self._record_pose(core, t0)
         core.activate(t0, gripper=0.0)
+        rule = GripperRule(self.tracking.gripper_open_delay)  # as controller_node's gripper worker decides
         closed = False
         n_tick = n_obs = 0
         pending: deque = deque()  # (simulated submission time, chunk)
@@ -218,7 +219,7 @@ class SimEvaluator:
                     result.end = f"controller {core.state.value}: {core.reason}"
                     break
                 tracker.set_target(franky.Affine(target.position, target.quat))
-                if self.gripper is not None and gripper_should_close(target.gripper, closed) != closed:
+                if self.gripper is not None and rule.update(target.gripper, now) != closed:
                     closed = not closed
                     # the call waits for franky-sim's gripper server, which only answers while physics runs:
                     # release the hold for it (held, it crawled at one keep-alive step per 0.1 s: minutes)
@@ -301,14 +302,15 @@ def episode_seeds(episodes: int, first: int = 0) -> list[int]:
 def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, latency: float = 0.0,
              time_limit: float | None = None, gif_episodes: int = 1, speed: float = 1.0, progress: bool = True,
              cell: Workcell | None = None, episode_log: str | Path | None = None,
-             trace_dir: str | Path | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
+             trace_dir: str | Path | None = None, param_overrides: dict | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
     """Evaluate on `episodes` held-out seeds per task. Returns (summary, results per task).
 
     `cell`: an already started workcell to use (tests); otherwise one is started and stopped here.
     `episode_log`: a JSON-lines file that gets each episode's result as soon as it ends (a run that
     hangs or dies in franky's native code later keeps what it measured; see docs/training.md).
     `trace_dir`: a folder that gets each episode's per-tick trace (`TRACE_COLUMNS`) as `<task>_<seed>.npz`
-    and its plot as `<task>_<seed>.png` as soon as it ends."""
+    and its plot as `<task>_<seed>.png` as soon as it ends.
+    `param_overrides`: controller parameters that replace those of the parameter files."""
     from tqdm import tqdm
 
     from mambavla.sim.tasks import TASK_FAMILIES
@@ -321,7 +323,8 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
     if own is not None:
         cell = own.start()
     try:
-        evaluator = SimEvaluator(cell, runtime, latency=latency, time_limit=time_limit, trace=trace_dir is not None)
+        evaluator = SimEvaluator(cell, runtime, latency=latency, time_limit=time_limit, trace=trace_dir is not None,
+                                 param_overrides=param_overrides)
         if trace_dir is not None:
             Path(trace_dir).mkdir(parents=True, exist_ok=True)
         results: dict[str, list[EpisodeResult]] = {t: [] for t in tasks}
@@ -346,6 +349,7 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
         summary.update({
             "seeds": [seeds[0], seeds[-1]], "latency_s": latency, "lockstep": True,
             "policy_period_s": runtime.policy_period, "noise_scale": runtime.noise_scale, "control_rate_hz": evaluator.tracking.rate_hz,
+            "gripper_open_delay_s": evaluator.tracking.gripper_open_delay,
             "time_limit_s": evaluator.time_limit, "wall_seconds": round(wall, 2), "sim_seconds": round(sim_total, 3),
             "sim_real_factor": round(sim_total / wall, 3) if wall > 0 else None,
             "keepalive_steps": cell.keepalive_steps - keepalive0,

@@ -120,6 +120,16 @@ class SimEvaluator:
             self.robot = franky.Robot(self.cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
             self.gripper = franky.Gripper(self.cell.robot_ip) if self.tracking.gripper else None
 
+    def close(self) -> None:
+        """Let go of franky before the workcell's server stops. Three eval-sim runs (three sessions) died as
+        they ended, with every episode logged and no eval.json, i.e. in the `finally` that stops the server while
+        this Robot and Gripper were alive; this machine's dmesg holds segfaults inside libfranka."""
+        try:
+            self._finish_gripper_command()
+        except RuntimeError:
+            pass  # a hand that never settled: dropping the Gripper is all that is left to do
+        self.robot = self.gripper = None  # CPython frees them here, while the server still answers
+
     def _finish_gripper_command(self) -> None:
         """Let the previous gripper command finish (physics released) before the next one: franky's next
         *_async call joins it without a timeout, and franky-sim answers a grasp only once the fingers
@@ -322,6 +332,7 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
     own = None if cell is not None else Workcell(task=tasks[0], seed=seeds[0], speed=speed)
     if own is not None:
         cell = own.start()
+    evaluator = None
     try:
         evaluator = SimEvaluator(cell, runtime, latency=latency, time_limit=time_limit, trace=trace_dir is not None,
                                  param_overrides=param_overrides)
@@ -355,6 +366,8 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
             "keepalive_steps": cell.keepalive_steps - keepalive0,
         })
     finally:
+        if evaluator is not None:
+            evaluator.close()
         if own is not None:
             own.stop()
     return summary, results

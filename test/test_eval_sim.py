@@ -227,7 +227,10 @@ def test_merge_runs_joins_chunks_and_lets_a_rerun_replace_only_an_episode_the_ho
     failed = EpisodeResult("place", 1_000_001, end="error", error="NetworkException: libfranka: UDP receive: Timeout")
     a = run("a", ok("lift", 1_000_000, True), ok("lift", 1_000_001, False), ok("place", 1_000_000, True), failed)
     b = run("b", ok("place", 1_000_001, True))
+    (b / "eval.json").write_text(json.dumps({"checkpoint": "C", "seeds": [1_000_001, 1_000_001], "gripper_open_delay_s": 0.3}))
     summary = merge_runs([a, b])
+    assert summary["runs"][str(b)]["gripper_open_delay_s"] == 0.3 and summary["runs"][str(b)]["checkpoint"] == "C"
+    assert summary["runs"][str(a)]["gripper_open_delay_s"] is None  # no eval.json: unknown, not a default
     assert summary["tasks"]["lift"]["successes"] == 1 and summary["tasks"]["lift"]["episodes"] == 2
     assert summary["tasks"]["place"]["successes"] == 2 and summary["tasks"]["place"]["episodes"] == 2  # the re-run counts
     assert summary["tasks"]["place"]["approached_named_cube_rate"] == 1.0

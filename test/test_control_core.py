@@ -270,4 +270,4 @@ def test_gripper_rule_closes_at_once_and_opens_only_after_the_command_asks_for_o
         GripperRule(open_delay=-0.1)
     with pytest.raises(ValueError, match="gripper_open_delay"):
         TrackingParams.from_params({"gripper_open_delay": -1.0})
-    assert TrackingParams.from_params({"gripper_open_delay": 0.3}).gripper_open_delay == 0.3
+    assert TrackingParams.from_params({"gripper_open_delay": 0.5}).gripper_open_delay == 0.5

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="eval-sim", help="output folder: eval.json, episodes.jsonl (each episode as it ends), success.png, episodes_<task>.gif (default ./eval-sim)")
     p.add_argument("--gif-episodes", type=int, default=1, metavar="K", help="episodes per task in the GIF (default 1; 0: none)")
     p.add_argument("--gripper-open-delay", type=float, default=None, metavar="SECONDS",
-                   help="controller parameter gripper_open_delay for this run (default: config/controller*.yaml)")
+                   help="controller parameter gripper_open_delay for this run, s (default: config/controller*.yaml, 0.3; 0: open at once)")
     p.add_argument("--trace", action="store_true",
                    help="write each episode's per-tick trace (target, hand, named cube, fingers) and its plot to OUT/traces/")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")

@@ -96,7 +96,7 @@ class TrackingParams:
     gripper: bool = True
     gripper_speed: float = 0.1
     gripper_force: float = 20.0
-    gripper_open_delay: float = 0.0  # s the chunk must ask a closed hand to open before it opens (GripperRule)
+    gripper_open_delay: float = 0.3  # s the chunk must ask a closed hand to open before it opens (GripperRule; controller.yaml)
 
     @classmethod
     def from_params(cls, params: dict) -> "TrackingParams":

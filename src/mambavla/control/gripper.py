@@ -35,7 +35,7 @@ class GripperRule:
         want = gripper_should_close(value, self.closed)
         if want or not self.closed:
             self.closed, self._open_since = want, None
-        elif self._open_since is None:
+        elif self._open_since is None or now < self._open_since:  # (a clock that went back, e.g. a sim reset)
             self._open_since = now
         if self._open_since is not None and now - self._open_since >= self.open_delay - 1e-9:
             self.closed, self._open_since = False, None

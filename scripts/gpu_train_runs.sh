@@ -5,6 +5,7 @@
 #   (mamba_stream_nofilm  as A without the instruction's FiLM in the vision encoder; only when named)
 #   (mamba_stream_g05     as A with --grounding-weight 0.5 instead of 0.1; only when named)
 #   (mamba_stream_s2      as mamba_stream_g05 with a 2-pixel random image shift instead of 6; only when named)
+#   (mamba_stream_bal     as mamba_stream_g05 with --balance-tasks (each task an equal share of every batch); only when named)
 #   (mamba_stream_ft      mamba_stream_g05's settings, fine-tuned from checkpoint $INIT (default: the shipped
 #                         policy) for FT_STEPS steps (default 900) at a lower peak rate; only when named)
 #   B mamba_window     Mamba fusion, window mode (one frame per sample)
@@ -19,7 +20,7 @@
 set -euo pipefail
 pack=$1 runs=$2 seconds=${3:-2000}
 shift 3 || shift $#
-wanted=" ${*:-mamba_stream mamba_window transformer_window mamba_stream_25 mamba_stream_10} "  # nofilm, g05, s2, ft: name them
+wanted=" ${*:-mamba_stream mamba_window transformer_window mamba_stream_25 mamba_stream_10} "  # nofilm, g05, s2, bal, ft: name them
 mkdir -p "$runs"
 train() {  # name, extra arguments
     local name=$1; shift
@@ -32,6 +33,7 @@ train mamba_stream --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-fra
 train mamba_stream_nofilm --no-vision-film --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
 train mamba_stream_g05 --grounding-weight 0.5 --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
 train mamba_stream_s2 --grounding-weight 0.5 --shift-px 2 --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
+train mamba_stream_bal --grounding-weight 0.5 --balance-tasks --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
 train mamba_stream_ft --init "${INIT:-src/mambavla/policies/base_sim}" --grounding-weight 0.5 --steps "${FT_STEPS:-900}" \
     --warmup 50 --lr 1.5e-4 --batch-size 16 --segment-frames 64
 train mamba_window --history window --history-frames 1 --steps 1500 --batch-size 512

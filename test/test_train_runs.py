@@ -260,3 +260,18 @@ def test_shift_px_sets_how_far_training_images_move_and_zero_keeps_them_in_place
     assert TrainSettings().shift_px == 6
     with pytest.raises(ValueError, match="shift_px"):
         TrainSettings(shift_px=-1)
+
+
+def test_balance_tasks_gives_each_task_the_same_share_of_a_batch(pack, tmp_path):
+    episodes = _episodes()  # episode 0 is a lift, episode 1 a push-left
+    np.testing.assert_allclose(episodes.task_balanced_weights(np.array([0, 0, 0, 1])), [1 / 6, 1 / 6, 1 / 6, 1 / 2])
+    shares = {}
+    for balance in (False, True):
+        settings = TrainSettings(steps=1, batch_size=400, segment_frames=2, val_fraction=0.0, balance_tasks=balance)
+        trainer = Trainer(tmp_path / f"run{balance}", [str(pack)], "tiny", settings, progress=False)
+        trainer.train_ids = np.array([0, 0, 0, 1])  # three lifts to one push
+        texts = trainer.batch(trainer.train_ids, np.random.default_rng(0), train=True)["instruction"]
+        shares[balance] = float(np.mean([t == episodes.instructions[1] for t in texts]))
+    assert shares[False] == pytest.approx(0.25, abs=0.06) and shares[True] == pytest.approx(0.5, abs=0.06), shares
+    with pytest.raises(ValueError, match="balance_tasks"):
+        TrainSettings(history="window", balance_tasks=True)

@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--save-every", type=int, default=d.save_every, help="write RUN/last every N steps")
     p.add_argument("--no-augment", action="store_true", help="no random shift / colour jitter")
+    p.add_argument("--balance-tasks", action="store_true",
+                   help="stream mode: each task gets the same share of every batch, however many episodes it has")
     p.add_argument("--shift-px", type=int, default=d.shift_px, metavar="PX",
                    help=f"reach of the random image shift in pixels (default {d.shift_px}; 0: colour jitter only)")
     p.add_argument("--no-bf16", action="store_true", help="fp32 on CUDA (bf16 autocast by default)")
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             steps=steps, batch_size=args.batch_size, history=args.history, segment_frames=args.segment_frames,
             history_frames=args.history_frames, action_mode=args.action_mode, lr=args.lr,
             warmup=args.warmup if args.warmup is not None else min(200, max(1, steps // 10)), ema_decay=args.ema,
-            grounding_weight=args.grounding_weight, other_cube_grounding=not args.no_other_cube_grounding, val_fraction=args.val_fraction, episodes_per_task=args.episodes_per_task, val_every=args.val_every, save_every=args.save_every, augment=not args.no_augment, shift_px=args.shift_px,
+            grounding_weight=args.grounding_weight, other_cube_grounding=not args.no_other_cube_grounding, val_fraction=args.val_fraction, episodes_per_task=args.episodes_per_task, val_every=args.val_every, save_every=args.save_every, augment=not args.no_augment, shift_px=args.shift_px, balance_tasks=args.balance_tasks,
             bf16=not args.no_bf16, seed=args.seed, device=args.device, max_seconds=args.max_seconds or 0.0, init=args.init)
         overrides = {"fusion": args.fusion} if args.fusion else {}
         if args.no_vision_film:

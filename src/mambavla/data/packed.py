@@ -185,15 +185,24 @@ class TrainingEpisodes:
             actions = to_delta(actions.astype(np.float64), proprio[..., None, :]).astype(np.float32)
         return actions, pad
 
+    def task_balanced_weights(self, ids: np.ndarray) -> np.ndarray:
+        """Sampling probabilities over `ids` that give each task the same share of a batch (each episode
+        1 / (tasks x its task's episodes))."""
+        tasks = self.task_labels()
+        labels = [tasks[e] for e in ids]
+        counts = {t: labels.count(t) for t in set(labels)}
+        return np.array([1.0 / (len(counts) * counts[t]) for t in labels])
+
     def segments(self, rng: np.random.Generator, batch: int, frames: int, chunk: int, episodes: np.ndarray | None = None,
-                 action_mode: str = "absolute") -> dict:
+                 action_mode: str = "absolute", weights: np.ndarray | None = None) -> dict:
         """Stream-mode batch: B segments of T consecutive policy frames. A segment starts at its episode's
         start (as the runtime does after an instruction) when the episode fits, else at the start half
         of the time and at a random frame otherwise. Frames past an episode's end repeat its last frame
         and are fully padded. -> {"frame_index": int64 [B, T], "proprio": [B, T, P], "actions": [B, T, chunk, A],
-        "action_pad": bool [B, T, chunk], "instruction": [str] * B, "episode": int [B]}."""
+        "action_pad": bool [B, T, chunk], "instruction": [str] * B, "episode": int [B]}. `weights`: sampling
+        probabilities over `episodes` (default uniform)."""
         pool = np.arange(len(self)) if episodes is None else np.asarray(episodes)
-        chosen = rng.choice(pool, size=batch)
+        chosen = rng.choice(pool, size=batch, p=weights)
         counts = np.diff(self.frame_start)[chosen]
         late = rng.random(batch) >= 0.5
         start = np.where((counts > frames) & late, (rng.random(batch) * np.maximum(counts - frames + 1, 1)).astype(np.int64), 0)

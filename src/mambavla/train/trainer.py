@@ -69,6 +69,9 @@ class TrainSettings:
     # the random shift's reach in pixels. The sim's front camera sees about 0.6 cm (y) and 0.9 cm (x, foreshortened)
     # per pixel at 128 x 128, so a shift of 6 px tells the policy the cube may be 3.5-5 cm from where it looks
     shift_px: int = SHIFT_PX
+    # stream mode: draw training segments so that each task gets the same share of a batch, whatever its
+    # number of episodes (the seventh session's pack held 169 lifts and 87 push-rights)
+    balance_tasks: bool = False
     bf16: bool = True  # autocast on CUDA
     seed: int = 0
     device: str = "cpu"
@@ -80,6 +83,8 @@ class TrainSettings:
             raise ValueError(f"history must be stream or window, got {self.history!r}")
         if self.episodes_per_task < 0:
             raise ValueError(f"episodes_per_task must be >= 0, got {self.episodes_per_task}")
+        if self.balance_tasks and self.history != "stream":
+            raise ValueError("balance_tasks applies to stream-mode training (segments)")
         if self.shift_px < 0:
             raise ValueError(f"shift_px must be >= 0, got {self.shift_px}")
         for name in ("steps", "batch_size", "segment_frames", "history_frames"):
@@ -214,7 +219,8 @@ class Trainer:
     def batch(self, episodes: np.ndarray, rng: np.random.Generator, train: bool) -> dict:
         s, c = self.settings, self.config
         if s.history == "stream":
-            raw = self.episodes.segments(rng, s.batch_size, s.segment_frames, c.chunk_size, episodes, s.action_mode)
+            weights = self.episodes.task_balanced_weights(episodes) if train and s.balance_tasks else None
+            raw = self.episodes.segments(rng, s.batch_size, s.segment_frames, c.chunk_size, episodes, s.action_mode, weights)
         else:
             raw = self.episodes.windows(rng, s.batch_size, s.history_frames, c.chunk_size, episodes, s.action_mode)
         index = torch.from_numpy(raw["frame_index"]).to(self.device)  # (B, T)

@@ -188,10 +188,8 @@ class TrainingEpisodes:
     def task_balanced_weights(self, ids: np.ndarray) -> np.ndarray:
         """Sampling probabilities over `ids` that give each task the same share of a batch (each episode
         1 / (tasks x its task's episodes))."""
-        tasks = self.task_labels()
-        labels = [tasks[e] for e in ids]
-        counts = {t: labels.count(t) for t in set(labels)}
-        return np.array([1.0 / (len(counts) * counts[t]) for t in labels])
+        _, task, count = np.unique(np.asarray(self.task_labels())[np.asarray(ids)], return_inverse=True, return_counts=True)
+        return 1.0 / (len(count) * count[task])
 
     def segments(self, rng: np.random.Generator, batch: int, frames: int, chunk: int, episodes: np.ndarray | None = None,
                  action_mode: str = "absolute", weights: np.ndarray | None = None) -> dict:

@@ -93,8 +93,7 @@ class GripperWorker:
     def __init__(self, gripper, speed: float, force: float, open_width: float, logger, open_delay: float = 0.0):
         self._gripper, self._speed, self._force, self._open_width = gripper, speed, force, open_width
         self._logger = logger
-        self._rule = GripperRule(open_delay)
-        self._desired_closed = False
+        self._rule = GripperRule(open_delay)  # its `closed` is the hand's desired state
         self._commanded_closed: bool | None = None
         self._future = None  # the last command's franky future
         self._sent_at = 0.0
@@ -107,14 +106,13 @@ class GripperWorker:
 
     def command(self, value: float, now: float) -> None:
         """The chunk's gripper value at controller time `now` (s)."""
-        closed = self._rule.update(value, now)
-        if closed != self._desired_closed:
-            self._desired_closed = closed
+        before = self._rule.closed
+        if self._rule.update(value, now) != before:
             self._wake.set()
 
     @property
     def closed(self) -> bool:
-        return self._desired_closed
+        return self._rule.closed
 
     def _loop(self) -> None:
         while self._running:
@@ -122,12 +120,12 @@ class GripperWorker:
             self._wake.clear()
             try:
                 waiting = ""
-                if self._desired_closed != self._commanded_closed and not self._previous_finished():
+                if self._rule.closed != self._commanded_closed and not self._previous_finished():
                     waited = time.monotonic() - self._sent_at
                     if waited > GRIPPER_COMMAND_TIMEOUT:
                         waiting = f"the previous gripper command has not finished after {waited:.0f} s; the next waits for it"
-                elif self._desired_closed != self._commanded_closed:
-                    closed = self._desired_closed
+                elif self._rule.closed != self._commanded_closed:
+                    closed = self._rule.closed
                     if closed:  # wide epsilons: any object between the fingers counts as grasped
                         self._future = self._gripper.grasp_async(0.0, self._speed, self._force,
                                                                  epsilon_inner=0.1, epsilon_outer=0.1)

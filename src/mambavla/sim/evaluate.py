@@ -203,7 +203,7 @@ class SimEvaluator:
         states: Counter = Counter()
         while True:
             now = snap.time
-            self._record_pose(core, now)
+            hand = self._record_pose(core, now)
             if snap.success:
                 result.success, result.end = True, "success"
                 break
@@ -243,7 +243,7 @@ class SimEvaluator:
                     result.gripper_commands += 1
                 if self.trace:
                     scene = cell.scene_state(snap)
-                    result.trace.append((now, *target.position, *self.robot.state.O_T_EE.translation,
+                    result.trace.append((now, *target.position, *hand,
                                          *scene.cube_pos[result.cube], scene.finger_width, float(closed)))
             upcoming = [t0 + n_tick * tick, t0 + n_obs * period] + ([pending[0][0]] if pending else [])
             snap = cell.hold_at(min(upcoming))
@@ -252,9 +252,12 @@ class SimEvaluator:
         if core.state == ControllerState.ERROR and not result.end.startswith("controller"):
             result.end = f"controller ERROR: {core.reason}"
 
-    def _record_pose(self, core, now: float) -> None:
-        pose = self.robot.state.O_T_EE  # what controller_node records: franky's measured pose
-        core.record_pose(now, np.asarray(pose.translation), np.asarray(pose.quaternion))
+    def _record_pose(self, core, now: float) -> np.ndarray:
+        """Record franky's measured pose (what controller_node records) at `now`; -> its position."""
+        pose = self.robot.state.O_T_EE
+        position = np.asarray(pose.translation)
+        core.record_pose(now, position, np.asarray(pose.quaternion))
+        return position
 
     def _observe(self, snap: Snapshot, result: EpisodeResult, keep_frames: bool):
         import cv2

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mambavla.control.core import ControllerCore
+from mambavla.control.gripper import GripperRule
 from mambavla.control.safety import SafetyLimits
 
 NODE_NAME = "controller_node"
@@ -108,8 +109,7 @@ class TrackingParams:
         tracking = cls(**kwargs)
         if not 20.0 <= tracking.rate_hz <= 1000.0:
             raise ValueError(f"rate_hz must be within 20..1000, got {tracking.rate_hz}")
-        if not tracking.gripper_open_delay >= 0:
-            raise ValueError(f"gripper_open_delay must be >= 0 s, got {tracking.gripper_open_delay}")
+        GripperRule(tracking.gripper_open_delay)  # checks the wait here, at start, not at the first grasp
         return tracking
 
     def tracker_kwargs(self) -> dict:

@@ -14,6 +14,13 @@ SCANS = ("bsm", "csm")
 HISTORY_MODES = ("stream", "window")
 
 
+def check_noise_scale(value: float, name: str = "noise_scale") -> float:
+    """The flow's starting-noise scale, in [0, 1] (1: as trained) -> as float; else ValueError naming `name`."""
+    if not 0.0 <= value <= 1.0:  # also NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class MambaVLAConfig:
     name: str = "base"
@@ -99,8 +106,7 @@ class MambaVLAConfig:
             raise ValueError("config.cameras must name at least one camera")
         if not self.policy_period > 0:
             raise ValueError(f"config.policy_period must be > 0 s, got {self.policy_period}")
-        if not 0.0 <= self.noise_scale <= 1.0:
-            raise ValueError(f"config.noise_scale must be in [0, 1], got {self.noise_scale}")
+        check_noise_scale(self.noise_scale, "config.noise_scale")
         if self.chunk_size < 1 or self.flow_steps < 1:
             raise ValueError("chunk_size and flow_steps must be >= 1")
 
@@ -154,3 +160,4 @@ def preset(name: str) -> MambaVLAConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
+

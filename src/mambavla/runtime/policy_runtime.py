@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mambavla.model.checkpoint import load_checkpoint
-from mambavla.model.config import preset
+from mambavla.model.config import check_noise_scale, preset
 from mambavla.model.fusion import KVCache, StaticKVCache
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.runtime.chunk import ActionChunk
@@ -75,9 +75,7 @@ class PolicyRuntime:
         self.model = model.to(self.device, self.dtype).eval()
         self.config = model.config
         self.seed = seed
-        self.noise_scale = self.config.noise_scale if noise_scale is None else float(noise_scale)
-        if not 0.0 <= self.noise_scale <= 1.0:
-            raise ValueError(f"noise_scale must be in [0, 1], got {noise_scale}")
+        self.noise_scale = self.config.noise_scale if noise_scale is None else check_noise_scale(noise_scale)
         self._generator = torch.Generator(device=self.device)
         self._instruction: str | None = None
         self._prefix_state: list | None = None

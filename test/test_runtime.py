@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from observations import instruction_change_chunks
 
 from mambavla.model.checkpoint import convert_checkpoint, load_checkpoint, save_checkpoint
 from mambavla.runtime import ActionChunk, PolicyRuntime
@@ -209,12 +210,7 @@ def test_cuda_graph_step_matches_eager_step(history, fusion):
     chunks = {}
     for graph in (False, True):
         rt = PolicyRuntime.from_preset("tiny", device="cuda", seed=5, cuda_graph=graph, fusion=fusion, **history)
-        rt.set_instruction("lift the red cube")
-        chunks[graph] = [rt.step(_obs(rt, seed=k)).actions for k in range(4)]
-        rt.reset()
-        chunks[graph].append(rt.step(_obs(rt, seed=0)).actions)
-        rt.set_instruction("push the blue cube to the left")  # the graph's static state follows a new instruction
-        chunks[graph] += [rt.step(_obs(rt, seed=k)).actions for k in range(2)]
+        chunks[graph] = instruction_change_chunks(rt)  # the graph's static state follows a new instruction
     for a, b in zip(chunks[False], chunks[True]):
         np.testing.assert_allclose(a, b, atol=1e-3)
 

@@ -3,15 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from observations import instruction_change_chunks
 
 from mambavla.runtime import PolicyRuntime
-
-
-def _obs(runtime: PolicyRuntime, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    h, w = runtime.image_size
-    return {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in runtime.camera_names},
-            "proprio": rng.normal(size=runtime.proprio_dim).astype(np.float32), "stamp": 0.0}
 
 
 def test_compile_step_is_refused_off_the_cuda_graph():
@@ -38,12 +32,7 @@ def test_compiled_graph_step_matches_graph_step(history, dtype):
     for compile_step in (False, True):
         rt = PolicyRuntime.from_preset("tiny", device="cuda", seed=5, dtype=dtype, compile_step=compile_step, **history)
         assert rt.cuda_graph and rt.compile_mode == ("default" if compile_step else None)
-        rt.set_instruction("lift the red cube")
-        chunks[compile_step] = [rt.step(_obs(rt, seed=k)).actions for k in range(4)]
-        rt.reset()
-        chunks[compile_step].append(rt.step(_obs(rt, seed=0)).actions)
-        rt.set_instruction("push the blue cube to the left")  # the graph's static state follows a new instruction
-        chunks[compile_step] += [rt.step(_obs(rt, seed=k)).actions for k in range(2)]
+        chunks[compile_step] = instruction_change_chunks(rt)  # the graph's static state follows a new instruction
         assert rt._graph.compile_mode == rt.compile_mode
     # fp32: as test_runtime's graph-vs-eager check. bf16: as test_step_batch's, plus a relative term, since
     # Inductor rounds a fused chain to bf16 once where eager rounds after every op (measured on an H100,

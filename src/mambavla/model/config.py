@@ -160,4 +160,3 @@ def preset(name: str) -> MambaVLAConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
-

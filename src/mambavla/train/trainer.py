@@ -66,8 +66,9 @@ class TrainSettings:
     val_every: int = 250
     save_every: int = 500
     augment: bool = True
-    # the random shift's reach in pixels. The sim's front camera sees about 0.6 cm (y) and 0.9 cm (x, foreshortened)
-    # per pixel at 128 x 128, so a shift of 6 px tells the policy the cube may be 3.5-5 cm from where it looks
+    # the random shift's reach in pixels. By pinhole geometry (50 deg field of view over 128 px, 0.85 m, 45 deg
+    # down; computed, not rendered) the sim's front camera sees about 0.6 cm (y) and 0.9 cm (x) per pixel, so a
+    # shift of 6 px tells the policy the cube may be 3.5-5 cm from where it looks. 2 px did worse (docs/training.md)
     shift_px: int = SHIFT_PX
     # stream mode: draw training segments so that each task gets the same share of a batch, whatever its
     # number of episodes (the seventh session's pack held 169 lifts and 87 push-rights)

@@ -12,6 +12,12 @@
 #   C transformer_window  the Transformer fusion trained the same way as B (stream training needs Mamba)
 #   D mamba_stream_25  as A on the first 25 episodes of each task
 #   E mamba_stream_10  as A on the first 10 episodes of each task
+# The same comparison on the shipped recipe (mamba_stream_bal: grounding weight 0.5, task-balanced batches),
+# named, not default (the lettered runs above stay as the fourth session ran them):
+#   mamba_window_g05 / transformer_window_g05   B and C with --grounding-weight 0.5 (window mode has no
+#                                               --balance-tasks: it samples frames, not episodes)
+#   mamba_stream_bal_50 / _25 / _10             mamba_stream_bal on the first 50, 25, 10 episodes of each task
+# COMPARE_STEPS=N sets the stream runs' schedule for 50 per task (25: 4/5 of it, 10: 2/3; default 1250).
 # All validate on the same held-out episodes (every 10th of each task). Usage:
 #   bash scripts/gpu_train_runs.sh PACK RUNS_DIR SECONDS [NAME ...]   (after scripts/gpu_setup.sh; default: the five lettered)
 # STREAM_STEPS=N sets mamba_stream's schedule length (default 1500), for a run continued with --resume.
@@ -38,6 +44,13 @@ train mamba_stream_ft --init "${INIT:-src/mambavla/policies/base_sim}" --groundi
     --warmup 50 --lr 1.5e-4 --batch-size 16 --segment-frames 64
 train mamba_window --history window --history-frames 1 --steps 1500 --batch-size 512
 train transformer_window --fusion transformer --history window --history-frames 1 --steps 1200 --batch-size 512
+bal=(--grounding-weight 0.5 --balance-tasks --batch-size 16 --segment-frames 64)
+compare_steps=${COMPARE_STEPS:-1250}
+train mamba_window_g05 --grounding-weight 0.5 --history window --history-frames 1 --steps 1500 --batch-size 512
+train transformer_window_g05 --grounding-weight 0.5 --fusion transformer --history window --history-frames 1 --steps 1200 --batch-size 512
+train mamba_stream_bal_50 "${bal[@]}" --episodes-per-task 50 --steps "$compare_steps"
+train mamba_stream_bal_25 "${bal[@]}" --episodes-per-task 25 --steps $((compare_steps * 4 / 5))
+train mamba_stream_bal_10 "${bal[@]}" --episodes-per-task 10 --steps $((compare_steps * 2 / 3))
 train mamba_stream_25 --episodes-per-task 25 --steps 1500 --batch-size 16 --segment-frames 64
 train mamba_stream_10 --episodes-per-task 10 --steps 1000 --batch-size 16 --segment-frames 64
 sleep 2

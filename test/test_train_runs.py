@@ -2,7 +2,10 @@
 --resume continues."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -120,6 +123,44 @@ def test_stream_training_writes_a_run_folder_that_resume_continues(pack, tmp_pat
     chunk = runtime.step({"images": {c: np.zeros((*SIZE, 3), np.uint8) for c in runtime.camera_names},
                           "proprio": np.r_[0.5, 0.0, 0.2, 0, 0, 0, 0.04, 0.04].astype(np.float32)})
     assert chunk.actions.shape == (runtime.chunk_size, 7) and np.isfinite(chunk.actions).all()
+
+
+@pytest.mark.slow
+def test_torchrun_trains_one_model_on_two_processes_and_they_stop_together_at_the_time_box(pack, tmp_path):
+    """DDP as on the GPU machine, with gloo on this CPU: two processes, one run folder. Rank 0 validates after
+    every step while rank 1 waits in the next all-reduce, so their clocks read --max-seconds at different
+    moments; both must stop at the same step (a rank stopping alone leaves the other waiting for good)."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mambavla.cli",
+               "train", "--data", str(pack), "--out", str(run), "--preset", "tiny", "--device", "cpu", "--steps", "10000",
+               "--batch-size", "2", "--segment-frames", "4", "--val-fraction", "0.5", "--val-every", "1", "--max-seconds", "6"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=150, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["train_episodes"] == 1 and summary["validation_episodes"] == 1
+    assert 1 <= summary["steps"] < 10000 and np.isfinite(summary["loss_last"])
+    assert json.loads((run / "last" / "meta.json").read_text())["steps_done"] == summary["steps"]
+    assert len(summary["val"]) == summary["steps"]  # rank 0 validated after every step it trained
+
+
+_TIME_UP_RANK = """
+import sys, time, types, torch
+from mambavla.train.trainer import Trainer, TrainSettings
+rank = int(sys.argv[1])
+torch.distributed.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
+trainer = types.SimpleNamespace(settings=TrainSettings(max_seconds=60), world=2, device=torch.device("cpu"))
+started = time.time() - (100 if rank == 0 else 0)  # rank 0's clock is past the time box, rank 1's is not
+print(Trainer._time_up(trainer, started))
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_time_box_is_decided_by_rank_0_for_every_rank(tmp_path):
+    ranks = [subprocess.Popen([sys.executable, "-c", _TIME_UP_RANK, str(rank), str(tmp_path / "rendezvous")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    answers = [rank.communicate(timeout=120) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in answers]
+    assert [out.strip() for out, _ in answers] == ["True", "True"]
 
 
 def test_validation_scores_the_instruction_naming_another_cube_with_the_same_noise(pack, tmp_path):

@@ -9,7 +9,7 @@
 History modes: `stream` trains episode segments of T policy frames in one parallel scan and scores every
 frame's chunk from the state after that frame (the checkpoint then runs one frame in, state continued);
 `window` trains on the last K frames up to a sample (the checkpoint re-scans K frames per step).
-On CUDA: bf16 autocast, mamba-ssm's Triton scan when installed, several GPUs with `torchrun` (DDP).
+On CUDA: bf16 autocast, mamba-ssm's Triton scan when installed, several GPUs with `torchrun` (DDP over NCCL; with `--device cpu`, over gloo).
 """
 
 from __future__ import annotations
@@ -127,11 +127,13 @@ class Trainer:
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.main = self.rank == 0
         self.progress = progress and self.main
-        if self.world > 1:
+        if self.world > 1 and torch.device(s.device).type == "cuda":  # torchrun: one GPU per process, NCCL
             torch.distributed.init_process_group("nccl")
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(self.device)
-        else:
+        else:  # torchrun with --device cpu: gloo, one process per core (how the CPU tests check DDP)
+            if self.world > 1:
+                torch.distributed.init_process_group("gloo")
             self.device = torch.device(s.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
@@ -169,7 +171,8 @@ class Trainer:
         self.optimizer, self.schedule = make_optimizer(self.model, s.lr, s.weight_decay, s.warmup, s.steps)
         self.trained = self.model
         if self.world > 1:
-            self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index])
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.frames = {c: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for c, v in self.episodes.frames.items()}
         self.rng = np.random.default_rng([s.seed, self.rank])
         self.generator = torch.Generator(device=self.device).manual_seed(s.seed * 1000 + self.rank)
@@ -318,6 +321,17 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
 
+    def _time_up(self, started: float) -> bool:
+        """--max-seconds reached. Under DDP rank 0's clock decides for every rank: each rank reads its own
+        clock at a different moment (rank 0 validates while the others wait in the next step's gradient
+        all-reduce), and a rank that stopped alone would leave the others waiting there for good."""
+        up = bool(self.settings.max_seconds) and time.time() - started > self.settings.max_seconds
+        if self.world > 1 and self.settings.max_seconds:
+            flag = torch.tensor([float(up)], device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            up = bool(flag.item())
+        return up
+
     def fit(self) -> dict:
         from tqdm import tqdm
 
@@ -330,7 +344,7 @@ class Trainer:
         started, start_step = time.time(), self.step
         bar = tqdm(total=s.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         while self.step < s.steps:
-            if s.max_seconds and time.time() - started > s.max_seconds:
+            if self._time_up(started):
                 self.save()  # time box reached: --resume continues from here on the same schedule
                 break
             t0 = time.perf_counter()
@@ -361,6 +375,7 @@ class Trainer:
         bar.close()
         seconds = time.time() - started
         if not self.main:
+            torch.distributed.destroy_process_group()
             return {}
         if len(self.val_ids) == 0:  # nothing held out: the last weights are the best we know
             save_checkpoint(self.ema, self.run / "best", meta={"steps_done": self.step, "val_loss": None})

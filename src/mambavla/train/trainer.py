@@ -9,7 +9,8 @@
 History modes: `stream` trains episode segments of T policy frames in one parallel scan and scores every
 frame's chunk from the state after that frame (the checkpoint then runs one frame in, state continued);
 `window` trains on the last K frames up to a sample (the checkpoint re-scans K frames per step).
-On CUDA: bf16 autocast, mamba-ssm's Triton scan when installed, several GPUs with `torchrun` (DDP over NCCL; with `--device cpu`, over gloo).
+On CUDA: bf16 autocast, mamba-ssm's Triton scan when installed, several GPUs with `torchrun` (DDP over
+NCCL; with `--device cpu`, processes over gloo).
 """
 
 from __future__ import annotations

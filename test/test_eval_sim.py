@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,33 @@ def test_merge_runs_joins_chunks_and_lets_a_rerun_replace_only_an_episode_the_ho
     assert summary["mean_success_rate"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="lift seed 1000000"):  # a policy's own result is never replaced
         merge_runs([a, b, run("c", ok("lift", 1_000_000, False))])
+
+
+def test_compare_evals_tables_each_policy_on_the_seeds_all_ran_and_draws_the_chart(tmp_path):
+    import subprocess
+    import sys
+
+    from mambavla.sim.evaluate import EpisodeResult, summarize
+
+    def evaluated(name, results):  # task -> [success per seed from 1000000]
+        folder = tmp_path / name
+        folder.mkdir()
+        by_task = {task: [EpisodeResult(task, 1_000_000 + i, success=won, end="success" if won else "timeout", cube="red",
+                                        closest={"red": 0.01}) for i, won in enumerate(wins)] for task, wins in results.items()}
+        (folder / "eval.json").write_text(json.dumps(summarize(by_task)))
+        return folder
+
+    long = evaluated("long", {"lift": [True, True, False, False], "place": [False, True, True, True]})
+    short = evaluated("short", {"lift": [False, True]})
+    out, script = tmp_path / "cmp", str(Path(__file__).resolve().parents[1] / "scripts" / "compare_evals.py")
+    done = subprocess.run([sys.executable, script, str(out), f"stream={long}", f"window={short}",
+                           "--seeds-below", "1000002"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    policies = json.loads(out.with_suffix(".json").read_text())["policies"]
+    assert policies["stream"]["lift"]["successes"] == 2 and policies["stream"]["lift"]["episodes"] == 2  # seeds 1000000-01 only
+    assert policies["stream"]["place"]["successes"] == 1 and policies["stream"]["place"]["seeds"] == [1_000_000, 1_000_001]
+    assert list(policies["window"]) == ["lift"] and policies["window"]["lift"]["success_rate"] == 0.5
+    assert 0 < policies["window"]["lift"]["ci95"][0] < 0.5 < policies["window"]["lift"]["ci95"][1] < 1
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, script, str(out), f"x={tmp_path / 'none'}"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "expected NAME=EVAL_DIR with EVAL_DIR/eval.json" in bad.stderr

@@ -145,7 +145,6 @@ class Trainer:
         self.config = config_for_data(base, self.episodes, s)
         self.train_ids, self.val_ids = self.episodes.split(s.val_fraction)
         self.train_ids = self.episodes.first_per_task(self.train_ids, s.episodes_per_task)
-        self._balance_cache: tuple[np.ndarray, np.ndarray] | None = None  # (episode ids, their sampling weights)
         # where the named cube started, per episode (NaN where unknown): the grounding head's targets. No head
         # when it would get no gradient (no targets, or weight 0): DDP requires every parameter to be used
         self.targets = named_cube_starts(self.episodes.meta, self.episodes.instructions) if self.config.grounding_head else None
@@ -222,16 +221,11 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------------
 
-    def _balanced_weights(self, episodes: np.ndarray) -> np.ndarray:
-        """`TrainingEpisodes.task_balanced_weights`, computed once per set of episode ids (not every step)."""
-        if self._balance_cache is None or not np.array_equal(self._balance_cache[0], episodes):
-            self._balance_cache = (np.array(episodes), self.episodes.task_balanced_weights(episodes))
-        return self._balance_cache[1]
-
     def batch(self, episodes: np.ndarray, rng: np.random.Generator, train: bool) -> dict:
         s, c = self.settings, self.config
         if s.history == "stream":
-            weights = self._balanced_weights(episodes) if train and s.balance_tasks else None
+            # each step: vectorised, ~0.07 ms for 480 ids on this CPU against a training step of 0.5-1 s
+            weights = self.episodes.task_balanced_weights(episodes) if train and s.balance_tasks else None
             raw = self.episodes.segments(rng, s.batch_size, s.segment_frames, c.chunk_size, episodes, s.action_mode, weights)
         else:
             raw = self.episodes.windows(rng, s.batch_size, s.history_frames, c.chunk_size, episodes, s.action_mode)

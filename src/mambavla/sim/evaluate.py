@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, fields
@@ -126,8 +127,8 @@ class SimEvaluator:
         this Robot and Gripper were alive; this machine's dmesg holds segfaults inside libfranka."""
         try:
             self._finish_gripper_command()
-        except RuntimeError:
-            pass  # a hand that never settled: dropping the Gripper is all that is left to do
+        except RuntimeError as err:  # a hand that never settled: dropping the Gripper is all that is left to do
+            print(f"eval-sim: closing with the last gripper command unfinished: {err}", file=sys.stderr)
         self.robot = self.gripper = None  # CPython frees them here, while the server still answers
 
     def _finish_gripper_command(self) -> None:

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from mambavla.sim.evaluate import wilson_interval
+from mambavla.sim.evaluate import EpisodeResult, summarize
 
 
 def table(folder: Path, seeds_below: int | None) -> dict[str, dict]:
-    """Per task: successes, episodes, rate and interval over the kept episodes of FOLDER/eval.json."""
+    """Per task: eval-sim's own summary (`summarize`: successes, rate, Wilson interval, ...) of the kept
+    episodes of FOLDER/eval.json, without the episode list, plus the first and last seed kept."""
     out = {}
     for task, summary in json.loads((folder / "eval.json").read_text())["tasks"].items():
-        kept = [e for e in summary["episodes_detail"] if seeds_below is None or e["seed"] < seeds_below]
+        kept = [EpisodeResult.from_dict(e) for e in summary["episodes_detail"] if seeds_below is None or e["seed"] < seeds_below]
         if kept:
-            wins = sum(bool(e["success"]) for e in kept)
-            out[task] = {"successes": wins, "episodes": len(kept), "success_rate": wins / len(kept),
-                         "ci95": list(wilson_interval(wins, len(kept))), "seeds": [min(e["seed"] for e in kept), max(e["seed"] for e in kept)]}
+            rows = summarize({task: kept})["tasks"][task]
+            out[task] = {**{k: v for k, v in rows.items() if k != "episodes_detail"}, "seeds": [min(r.seed for r in kept), max(r.seed for r in kept)]}
     return out
 
 

@@ -39,12 +39,12 @@ train mamba_stream --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-fra
 train mamba_stream_nofilm --no-vision-film --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
 train mamba_stream_g05 --grounding-weight 0.5 --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
 train mamba_stream_s2 --grounding-weight 0.5 --shift-px 2 --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
-train mamba_stream_bal --grounding-weight 0.5 --balance-tasks --steps "${STREAM_STEPS:-1500}" --batch-size 16 --segment-frames 64
+bal=(--grounding-weight 0.5 --balance-tasks --batch-size 16 --segment-frames 64)  # the shipped recipe
+train mamba_stream_bal "${bal[@]}" --steps "${STREAM_STEPS:-1500}"
 train mamba_stream_ft --init "${INIT:-src/mambavla/policies/base_sim}" --grounding-weight 0.5 --steps "${FT_STEPS:-900}" \
     --warmup 50 --lr 1.5e-4 --batch-size 16 --segment-frames 64
 train mamba_window --history window --history-frames 1 --steps 1500 --batch-size 512
 train transformer_window --fusion transformer --history window --history-frames 1 --steps 1200 --batch-size 512
-bal=(--grounding-weight 0.5 --balance-tasks --batch-size 16 --segment-frames 64)
 compare_steps=${COMPARE_STEPS:-1250}
 train mamba_window_g05 --grounding-weight 0.5 --history window --history-frames 1 --steps 1500 --batch-size 512
 train transformer_window_g05 --grounding-weight 0.5 --fusion transformer --history window --history-frames 1 --steps 1200 --batch-size 512

@@ -6,6 +6,7 @@
 #   pip download --no-deps einops==0.8.2 -d .whl
 #   pip download --no-deps pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0 -d .whl   (CUDA tests)
 # Then: bash scripts/gpu_setup.sh && mambavla train --data PACK --out RUN --device cuda
+# The ROS nodes there (bench-ros --device cuda) also need ROS 2's wheels: see scripts/gpu_ros_wheels.sh.
 # Presets, benchmarks and the CUDA tests also need the "minilm" encoder: carry the fp16 copy that
 # scripts/gpu_minilm.sh writes (45 MB, in its own call) and set MAMBAVLA_MINILM_PATH to it, e.g.
 #   MAMBAVLA_MINILM_PATH=/tmp/minilm python -m pytest -q -m cuda test/test_runtime.py test/test_model_mamba2.py
@@ -22,6 +23,8 @@ if ls .whl/mamba_ssm-*.tar.gz >/dev/null 2>&1; then
     ls -d "$deps"/mamba_ssm-*/ | head -1 > "$site/mamba_ssm_source.pth"
 fi
 for wheel in .whl/*.whl; do case "$wheel" in *einops*) ;; *) $PIP "$wheel" ;; esac; done  # tensorboard & co. if carried
+# more folders of wheels, e.g. the ROS 2 wheels and OpenCV that scripts/gpu_ros_wheels.sh fetches (for the nodes)
+for dir in ${MAMBAVLA_GPU_WHEELS:-}; do $PIP "$dir"/*.whl; done
 # this package from the work tree (a .pth file, as an editable install would add; no build step)
 site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 echo "$PWD/src" > "$site/mambavla_source.pth"

@@ -32,8 +32,10 @@ def test_step_returns_chunk_in_robot_units_with_timing(runtime):
     assert chunk.actions.dtype == np.float32 and np.isfinite(chunk.actions).all()
     assert chunk.stamp == 12.5 and chunk.dt == runtime.dt
     assert chunk.action_names == runtime.action_names
-    assert set(chunk.timing_ms) == {"vision", "fusion", "flow", "total"}
-    assert chunk.timing_ms["total"] >= chunk.timing_ms["flow"] > 0
+    assert set(chunk.timing_ms) == {"input", "vision", "fusion", "flow", "total"}
+    parts = [chunk.timing_ms[k] for k in ("input", "vision", "fusion", "flow")]
+    assert min(parts) > 0
+    assert chunk.timing_ms["total"] >= sum(parts) - 1e-6  # the whole call, input checks included
     np.testing.assert_allclose(chunk.times()[-1], 12.5 + (runtime.chunk_size - 1) * runtime.dt)
 
 
@@ -228,3 +230,37 @@ def test_transformer_graph_stops_at_its_kv_capacity_until_reset():
     assert 3 <= done <= 3 + c.max_instruction_tokens // c.tokens_per_frame, done
     rt.reset()
     assert np.isfinite(rt.step(_obs(rt, seed=0)).actions).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("graph", [False, True])
+def test_cuda_steps_upload_every_frame_through_pinned_buffers_made_once(graph):
+    # no starting noise: the CPU and CUDA generators draw different numbers, so only the inputs differ
+    cpu = PolicyRuntime.from_preset("tiny", seed=5, noise_scale=0.0)
+    gpu = PolicyRuntime.from_preset("tiny", device="cuda", seed=5, noise_scale=0.0, cuda_graph=graph)
+    for rt in (cpu, gpu):
+        rt.set_instruction("lift the red cube")
+    pointers, last = None, None
+    for k in range(4):
+        obs = _obs(gpu, seed=k)
+        expected, got = cpu.step(obs).actions, gpu.step(obs).actions
+        np.testing.assert_allclose(got, expected, atol=2e-3)  # this step's frame reached the GPU, not a stale one
+        assert last is None or np.abs(got - last).max() > 1e-3  # and the frames matter
+        last = got
+        buffers = (gpu._graph if graph else gpu)._upload._buffers
+        assert sorted(buffers) == ["image/front", "image/wrist", "proprio"] and all(t.is_pinned() for t in buffers.values())
+        now = {name: t.data_ptr() for name, t in buffers.items()}
+        assert pointers in (None, now)  # made once, reused
+        pointers = now
+
+
+def test_runtime_dtype_auto_is_bf16_only_for_the_torch_backend_on_cuda():
+    from mambavla.runtime.policy_runtime import runtime_dtype
+
+    assert runtime_dtype("auto", "cpu") == torch.float32
+    assert runtime_dtype("auto", "cuda") == runtime_dtype("auto", "cuda:1") == torch.bfloat16
+    assert runtime_dtype("auto", "cuda", backend="onnx") == torch.float32  # the exported graph is fp32
+    assert runtime_dtype("bf16", "cpu") == torch.bfloat16 and runtime_dtype("fp32", "cuda") == torch.float32
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        runtime_dtype("fp16", "cuda")

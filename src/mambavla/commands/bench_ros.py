@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--presets", default="tiny,base", help="comma-separated presets (default: tiny,base)")
     p.add_argument("--checkpoint", default="", help="benchmark this checkpoint instead of presets")
     p.add_argument("--device", default="cpu", help="policy device (default: cpu)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="policy_node's dtype (default auto: bf16 for the torch backend on cuda, else fp32)")
     p.add_argument("--chunks", type=int, default=100, help="measured chunks per policy (default: 100)")
     p.add_argument("--warmup", type=int, default=10, help="chunks discarded first (default: 10)")
     p.add_argument("--camera-size", default="", help="HxW of the published frames (default: the policy's own size)")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     targets = [("checkpoint", args.checkpoint)] if args.checkpoint else [("preset", p) for p in args.presets.split(",") if p]
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     rclpy.init()
-    results = {"device": args.device, "backend": args.backend, "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads,
+    results = {"device": args.device, "dtype": args.dtype, "backend": args.backend, "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads,
                "policies": []}
     try:
         for kind, name in targets:
@@ -116,7 +118,7 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    params = {"infer_mode": "frame", "device": args.device, "torch_threads": args.torch_threads, "backend": args.backend,
+    params = {"infer_mode": "frame", "device": args.device, "dtype": args.dtype, "torch_threads": args.torch_threads, "backend": args.backend,
               "max_observation_age": 5.0, "camera_topics": [f"/cameras/{c}/image_raw" for c in config.cameras],
               "checkpoint": name if kind == "checkpoint" else "", "preset": name if kind == "preset" else "tiny"}
     policy = NodeProcess("policy_node", ["policy.yaml"], params)

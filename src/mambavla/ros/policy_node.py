@@ -45,6 +45,7 @@ class PolicyNode(Node):
         self.checkpoint = p("checkpoint", "", "checkpoint folder; empty runs the untrained `preset` (and says so)")
         self.preset = p("preset", "tiny", "model preset used when no checkpoint is given")
         self.device = p("device", "cpu", "torch device: cpu, cuda, cuda:1 ...")
+        self.dtype = p("dtype", "auto", "auto (bf16 for the torch backend on CUDA, else fp32), fp32 or bf16")
         self.seed = p("seed", 0, "seed of the flow-matching noise (and of untrained weights)")
         self.torch_threads = p("torch_threads", 0, "CPU threads for inference (torch or ONNX Runtime); 0 keeps the default")
         self.backend = p("backend", "torch", "torch, or onnx: the step in ONNX Runtime (CUDA provider with onnxruntime-gpu, "
@@ -168,18 +169,19 @@ class PolicyNode(Node):
     # ---- worker ----
 
     def _load(self) -> None:
-        from mambavla.runtime import PolicyRuntime
+        from mambavla.runtime.policy_runtime import PolicyRuntime, runtime_dtype
 
         if self.torch_threads > 0:
             import torch
 
             torch.set_num_threads(self.torch_threads)
-        backend = {"backend": self.backend, "onnx_path": self.onnx_path or None, "threads": self.torch_threads or None}
+        options = {"backend": self.backend, "onnx_path": self.onnx_path or None, "threads": self.torch_threads or None,
+                   "dtype": runtime_dtype(self.dtype, self.device, self.backend)}
         if self.checkpoint:
-            self.runtime = PolicyRuntime.from_checkpoint(self.checkpoint, device=self.device, seed=self.seed, **backend)
+            self.runtime = PolicyRuntime.from_checkpoint(self.checkpoint, device=self.device, seed=self.seed, **options)
             source = f"checkpoint {self.checkpoint}"
         else:
-            self.runtime = PolicyRuntime.from_preset(self.preset, device=self.device, seed=self.seed, **backend)
+            self.runtime = PolicyRuntime.from_preset(self.preset, device=self.device, seed=self.seed, **options)
             source = f"UNTRAINED preset {self.preset!r} (no checkpoint given): actions are noise"
             self.get_logger().warning(f"running an {source}")
         cams = self.runtime.camera_names
@@ -190,7 +192,8 @@ class PolicyNode(Node):
         self.policy_source = source
         self.onnx_provider = self.runtime.onnx_provider or ""
         self._period = PeriodSchedule(self.runtime.policy_period)
-        self.get_logger().info(f"policy: {source}; cameras {dict(zip(self.camera_names, self.image_topics))}, "
+        dtype = str(options["dtype"]).replace("torch.", "")
+        self.get_logger().info(f"policy: {source} on {self.device} ({dtype}); cameras {dict(zip(self.camera_names, self.image_topics))}, "
                                f"image {self.runtime.image_size}, {self.runtime.chunk_size} x {self.runtime.dt} s, "
                                f"{self.runtime.action_mode} actions, infer_mode {self.infer_mode}"
                                + (f" (every {self.runtime.policy_period} s of frame time)" if self.infer_mode == "period" else ""))

@@ -93,6 +93,7 @@ class PolicyRuntime:
         self.cuda_graph = (graphable and self.config.fusion == "mamba") if cuda_graph is None else cuda_graph
         self.compile_mode = _compile_mode(compile_step, self.cuda_graph and backend == "torch", self.device, backend)
         self._graph: _StepGraph | None = None
+        self._upload: PinnedUpload | None = None  # eager CUDA steps' pinned input buffers, made on first use
         self.reset()
 
     # ---- construction ------------------------------------------------------------------------
@@ -200,16 +201,32 @@ class PolicyRuntime:
     @torch.no_grad()
     def step(self, observation: dict) -> ActionChunk:
         """observation: {"images": {camera: uint8 [H, W, 3]}, "proprio": float32 [P], "stamp": s (optional),
-        "depth": {camera: float32 [H, W] metres} (depth checkpoints only)} -> ActionChunk."""
+        "depth": {camera: float32 [H, W] metres} (depth checkpoints only)} -> ActionChunk.
+
+        `timing_ms["total"]` is the whole call as the caller sees it: input checks, the upload, the step and
+        the copy of the actions back to the host; `timing_ms["input"]` the checks alone."""
         if self._prefix_state is None:
             raise ValueError("instruction: no instruction set; call set_instruction() before step()")
+        t0 = time.perf_counter()
         images, proprio, stamp = self._validate(observation)
+        timing = {"input": (time.perf_counter() - t0) * 1e3}
         if self._onnx is not None:
-            return self._onnx_step(images, proprio, stamp)
-        if self.cuda_graph:
-            return self._graph_step(images, proprio, stamp)
+            noise = self.draw_noise(self._generator)
+            actions = self._onnx.run({c: v.float().numpy() for c, v in images.items()}, proprio.numpy(), noise.numpy())[0]
+        elif self.cuda_graph:
+            actions = self._graph_step(images, proprio)
+            timing["cuda_graph"] = 1.0
+        else:
+            actions = self._eager_step(images, proprio, timing)
+        self.frames_seen += 1
+        timing["total"] = (time.perf_counter() - t0) * 1e3
+        return ActionChunk(actions=actions, dt=self.config.dt, stamp=stamp, action_names=self.config.action_names,
+                           action_mode=self.config.action_mode, timing_ms=timing)
+
+    def _eager_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, timing: dict[str, float]) -> np.ndarray:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
+        images, proprio = self._on_device(images, proprio)
         tokens = self.model.encode_frame(images, proprio, self._task)  # (1, tokens_per_frame, d)
         sync()
         t1 = time.perf_counter()
@@ -226,35 +243,27 @@ class PolicyRuntime:
         actions = self.model.normalizer.unnormalize_actions(self.model.sample_actions(context, noise, task=self._task).float())  # level 3
         actions = actions[0].cpu().numpy()
         t3 = time.perf_counter()
-        self.frames_seen += 1
-        timing = {"vision": (t1 - t0) * 1e3, "fusion": (t2 - t1) * 1e3, "flow": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
-        return ActionChunk(actions=actions, dt=self.config.dt, stamp=stamp, action_names=self.config.action_names,
-                           action_mode=self.config.action_mode, timing_ms=timing)
+        timing.update(vision=(t1 - t0) * 1e3, fusion=(t2 - t1) * 1e3, flow=(t3 - t2) * 1e3)
+        return actions
 
-    def _graph_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, stamp: float) -> ActionChunk:
-        t0 = time.perf_counter()
+    def _graph_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> np.ndarray:
         if self._graph is None:
             self._graph = _StepGraph(self.model, self._prefix_state, self._task, images, proprio, self.dtype,
                                      kv_capacity_frames=self.kv_capacity_frames, compile_mode=self.compile_mode)
             self._graph.restart(self._state if self.config.history_mode == "stream" else self._prefix_state)
             self._state = self._graph.state
+        self._graph.load(images, proprio, self.draw_noise(self._generator))
         if self.config.history_mode == "window" and self.frames_seen == 0:
-            self._graph.fill_window(images, proprio)
-        noise = self.draw_noise(self._generator)
-        actions = self._graph.run(images, proprio, noise)[0]
-        t1 = time.perf_counter()
-        self.frames_seen += 1
-        return ActionChunk(actions=actions, dt=self.config.dt, stamp=stamp, action_names=self.config.action_names,
-                           action_mode=self.config.action_mode, timing_ms={"total": (t1 - t0) * 1e3, "cuda_graph": 1.0})
+            self._graph.fill_window()
+        return self._graph.replay()[0]
 
-    def _onnx_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, stamp: float) -> ActionChunk:
-        t0 = time.perf_counter()
-        noise = self.draw_noise(self._generator)
-        actions = self._onnx.run({c: v.numpy() for c, v in images.items()}, proprio.numpy(), noise.numpy())[0]
-        t1 = time.perf_counter()
-        self.frames_seen += 1
-        return ActionChunk(actions=actions, dt=self.config.dt, stamp=stamp, action_names=self.config.action_names,
-                           action_mode=self.config.action_mode, timing_ms={"total": (t1 - t0) * 1e3})
+    def _on_device(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Checked host inputs -> tensors on the torch device (the eager paths; the captured step uploads its own)."""
+        if self.device.type != "cuda":
+            return images, proprio
+        if self._upload is None:
+            self._upload = PinnedUpload()
+        return self._upload.to_device(images, proprio, self.device)
 
     @torch.no_grad()
     def extend_history(self, observation: dict, frames: int, block: int = 16) -> None:
@@ -264,7 +273,7 @@ class PolicyRuntime:
             raise ValueError("extend_history: only for history_mode 'stream'")
         if self._prefix_state is None:
             raise ValueError("instruction: no instruction set; call set_instruction() first")
-        images, proprio, _ = self._validate(observation)
+        images, proprio = self._on_device(*self._validate(observation)[:2])
         tokens = self.model.encode_frame(images, proprio, self._task)
         state = self._state
         if self._onnx is not None:
@@ -284,6 +293,7 @@ class PolicyRuntime:
     # ---- input checks ----------------------------------------------------------------------------
 
     def _validate(self, observation: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+        """-> host tensors: images {camera: (1, C, H, W)} (uint8 colour; float with depth), proprio (1, P) float32, stamp."""
         if not isinstance(observation, dict):
             raise ValueError(f"observation: expected a dict with 'images' and 'proprio', got {type(observation).__name__}")
         images = observation.get("images")
@@ -305,10 +315,10 @@ class PolicyRuntime:
                 raise ValueError(f"images[{cam!r}]: expected dtype uint8, got {img.dtype}")
             if img.shape != (h, w, 3):
                 raise ValueError(f"images[{cam!r}]: expected shape ({h}, {w}, 3), got {img.shape}")
-            chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()
+            chw = torch.from_numpy(img).permute(2, 0, 1)  # uint8, a view: converted where the step runs
             if self.config.use_depth:
-                chw = torch.cat([chw, self._depth_channel(observation, cam, h, w)], dim=0)
-            tensors[cam] = chw[None].to(self.device)
+                chw = torch.cat([chw.float(), self._depth_channel(observation, cam, h, w)], dim=0)
+            tensors[cam] = chw[None]
 
         proprio = observation.get("proprio")
         if proprio is None:
@@ -323,7 +333,7 @@ class PolicyRuntime:
         stamp = observation.get("stamp", time.time())
         if not isinstance(stamp, (int, float)) or not np.isfinite(stamp):
             raise ValueError(f"stamp: expected finite seconds, got {stamp!r}")
-        return tensors, torch.from_numpy(proprio.astype(np.float32))[None].to(self.device), float(stamp)
+        return tensors, torch.from_numpy(proprio.astype(np.float32))[None], float(stamp)
 
     def _depth_channel(self, observation: dict, cam: str, h: int, w: int) -> torch.Tensor:
         depth = (observation.get("depth") or {}).get(cam)
@@ -352,10 +362,13 @@ class _StepGraph:
             name: torch.compile(getattr(model, name), mode=compile_mode, dynamic=False) for name in COMPILED_REGIONS}
         self.task = task.clone()  # static: the runtime copies a new instruction's task vector in
         self.stream = model.config.history_mode == "stream"
-        self.images = {c: torch.zeros_like(v) for c, v in images.items()}
-        self.proprio = torch.zeros_like(proprio)
+        device = task.device
+        # static inputs shaped like the example inputs (host or device), on the device
+        self.images = {c: torch.zeros(v.shape, dtype=v.dtype, device=device) for c, v in images.items()}
+        self.proprio = torch.zeros(proprio.shape, dtype=proprio.dtype, device=device)
+        self._upload = PinnedUpload()
         batch = proprio.shape[0]  # streams stepped together (StreamBatch), each row its own state
-        self.noise = torch.zeros((batch, model.config.chunk_size, model.config.action_dim), device=proprio.device, dtype=dtype)
+        self.noise = torch.zeros((batch, model.config.chunk_size, model.config.action_dim), device=device, dtype=dtype)
         n, d = model.config.tokens_per_frame, model.config.d_model
         self.capacity = None  # positions of the Transformer's static KV cache
         self.length = 0  # positions in use after the last step (host-side count: the graph never syncs)
@@ -366,7 +379,7 @@ class _StepGraph:
             self.restart(prefix_state)
         else:
             self.state = [type(s)(*(t.clone() for t in s)) for s in prefix_state]  # stream: history; window: instruction
-        self.window = torch.zeros(batch, (model.config.history_frames - 1) * n, d, device=proprio.device, dtype=dtype)
+        self.window = torch.zeros(batch, (model.config.history_frames - 1) * n, d, device=device, dtype=dtype)
         saved = self._save()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -464,22 +477,85 @@ class _StepGraph:
                              f"needs {need}; reset() or a new instruction starts over (or build the runtime with a larger "
                              "kv_capacity_frames)")
 
-    def fill_window(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> None:
-        """Start a window with copies of the first frame (eager, once per episode)."""
-        tokens = self.model.encode_frame(images, proprio, self.task)
-        self.window.copy_(tokens.repeat(1, self.model.config.history_frames - 1, 1))
-
-    def run(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
-        """-> actions (B, H, A) on the host."""
-        self._check_capacity()
+    def load(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, noise: torch.Tensor) -> None:
+        """Copy one step's inputs into the static buffers: host images and proprio through pinned buffers with
+        non-blocking copies (`PinnedUpload`), the noise on the device."""
+        images, proprio = self._upload.stage(images, proprio)
         for c, v in images.items():
             self.images[c].copy_(v, non_blocking=True)
         self.proprio.copy_(proprio, non_blocking=True)
+        self._upload.issued()
         self.noise.copy_(noise)
+
+    def fill_window(self) -> None:
+        """Start a window with copies of the loaded first frame (eager, once per episode)."""
+        tokens = self.model.encode_frame(self.images, self.proprio, self.task)
+        self.window.copy_(tokens.repeat(1, self.model.config.history_frames - 1, 1))
+
+    def replay(self) -> np.ndarray:
+        """Run the captured step on the loaded inputs -> actions (B, H, A) on the host."""
+        self._check_capacity()
         self.graph.replay()
         if self.capacity is not None and self.stream:
             self.length += self.model.config.tokens_per_frame
         return self.actions.cpu().numpy()
+
+    def run(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
+        """load() then replay(): -> actions (B, H, A) on the host."""
+        self.load(images, proprio, noise)
+        return self.replay()
+
+
+class PinnedUpload:
+    """Host inputs -> the GPU through page-locked host buffers, one per input name, made on first use and
+    reused every step. A frame is copied once into pinned memory (the HWC -> CHW view is made contiguous in
+    that copy) and leaves it with a non-blocking copy: a DMA the GPU queues behind the step's launch,
+    instead of a synchronous pageable cudaMemcpy through a driver staging buffer.
+
+    A pinned buffer is written again only once the copies out of it have finished: `stage` waits on the
+    event `issued` recorded after them (already passed when the last step ended by reading its actions back,
+    so it costs nothing then; it matters when a step failed between its upload and that read)."""
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._done = torch.cuda.Event()  # never recorded: synchronize() returns at once
+
+    def stage(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Copy the host inputs into their pinned buffers -> (images, proprio), pinned."""
+        self._done.synchronize()
+        staged = {}
+        for name, value in [*((f"image/{c}", v) for c, v in images.items()), ("proprio", proprio)]:
+            buffer = self._buffers.get(name)
+            if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+                buffer = self._buffers[name] = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            staged[name] = buffer.copy_(value)
+        return {c: staged[f"image/{c}"] for c in images}, staged["proprio"]
+
+    def issued(self) -> None:
+        """Mark the copies out of the staged buffers as queued on the current stream."""
+        self._done.record()
+
+    def to_device(self, images: dict[str, torch.Tensor], proprio: torch.Tensor,
+                  device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """stage(), then non-blocking copies into new tensors on `device` -> (images, proprio) there."""
+        images, proprio = self.stage(images, proprio)
+        images = {c: v.to(device, non_blocking=True) for c, v in images.items()}
+        proprio = proprio.to(device, non_blocking=True)
+        self.issued()
+        return images, proprio
+
+
+DTYPES = ("auto", "fp32", "bf16")
+
+
+def runtime_dtype(name: str, device: str, backend: str = "torch") -> torch.dtype:
+    """A dtype by name (`DTYPES`) for a runtime on `device` and `backend`: "auto" is bf16 for the torch backend
+    on CUDA (how the policies train, under autocast) and fp32 elsewhere (the CPU, and the ONNX graph's fp32)."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}")
+    if name == "auto":
+        name = "bf16" if torch.device(device).type == "cuda" and backend == "torch" else "fp32"
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
 def _compile_mode(compile_step: bool | str, graphed: bool, device: torch.device, backend: str) -> str | None:

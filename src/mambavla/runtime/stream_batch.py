@@ -15,7 +15,7 @@ import torch
 
 from mambavla.model.mamba2 import Mamba2State
 from mambavla.runtime.chunk import ActionChunk
-from mambavla.runtime.policy_runtime import PolicyRuntime, _StepGraph
+from mambavla.runtime.policy_runtime import PinnedUpload, PolicyRuntime, _StepGraph
 
 
 class StreamBatch:
@@ -49,11 +49,15 @@ class StreamBatch:
                                   threads=runtime._onnx.threads)
         elif runtime.cuda_graph:
             h, w = config.image_size
-            images = {c: torch.zeros(streams, 4 if config.use_depth else 3, h, w, device=self.device) for c in config.cameras}
+            # the dtypes the input checks give: uint8 colour, float with depth
+            images = {c: torch.zeros(streams, 4 if config.use_depth else 3, h, w, device=self.device,
+                                     dtype=torch.float32 if config.use_depth else torch.uint8) for c in config.cameras}
             proprio = torch.zeros(streams, config.proprio_dim, device=self.device)
             self._graph = _StepGraph(self.model, state, task, images, proprio, self.dtype)
             state, task = self._graph.state, self._graph.task
         self._state, self._task = state, task
+        # the eager CUDA step's pinned input buffers (the captured step has its own)
+        self._upload = PinnedUpload() if self.device.type == "cuda" and self._graph is None else None
 
     # ---- per stream ------------------------------------------------------------------------------
 
@@ -106,10 +110,12 @@ class StreamBatch:
         proprio = torch.cat([p for _, p, _ in checked])  # (B, P)
         noise = torch.cat([self.runtime.draw_noise(g) for g in self._generators])
         if self._onnx is not None:
-            actions = self._onnx.run({c: v.numpy() for c, v in images.items()}, proprio.numpy(), noise.float().numpy())
+            actions = self._onnx.run({c: v.float().numpy() for c, v in images.items()}, proprio.numpy(), noise.float().numpy())
         elif self._graph is not None:
             actions = self._graph.run(images, proprio, noise)
         else:
+            if self._upload is not None:
+                images, proprio = self._upload.to_device(images, proprio, self.device)
             tokens = self.model.encode_frame(images, proprio, self._task)
             self._state = self.model.condition(tokens, self._state)
             actions = self.model.sample_actions(self._state, noise, task=self._task)

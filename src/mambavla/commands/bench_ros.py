@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "shared 2-core CPU more threads oversubscribe and inference gets several times slower)")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                    help="policy_node's backend (onnx: ONNX Runtime, the graph exported when the node loads)")
+    p.add_argument("--echo", action="store_true",
+                   help="also time echo_node in policy_node's place (the cameras of the first preset, no decoding, no "
+                        "policy): the transport floor of DDS and rclpy on this machine, both ways")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--images", action="store_true",
                    help="only time the node's image conversion (raw/JPEG/PNG 640x480 and 1280x720 to 128x128), no DDS")
@@ -54,13 +57,15 @@ def run(args: argparse.Namespace) -> int:
     from mambavla.model.config import preset
 
     targets = [("checkpoint", args.checkpoint)] if args.checkpoint else [("preset", p) for p in args.presets.split(",") if p]
+    if args.echo:
+        targets.insert(0, ("echo", targets[0][1] if targets else "tiny"))  # its cameras and frame size
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     rclpy.init()
     results = {"device": args.device, "dtype": args.dtype, "backend": args.backend, "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads,
                "policies": []}
     try:
         for kind, name in targets:
-            if kind == "checkpoint":
+            if kind == "checkpoint" or (kind == "echo" and args.checkpoint):
                 from mambavla.model.checkpoint import load_config
 
                 config = load_config(name)
@@ -71,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
             result = _bench_one(kind, name, config, size, args)
             results["policies"].append(result)
             lat = result["latency_ms"]
-            log(f"  camera-in -> chunk-out: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, mean {lat['mean']:.1f} ms "
-                f"(inference {result['inference_ms_mean']:.1f} ms)")
+            log(f"  camera-in -> chunk-out: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, mean {lat['mean']:.1f} ms"
+                + ("" if kind == "echo" else f" (in the node p50 {result['node_latency_ms']['p50']:.1f} ms, of which "
+                                             f"inference {result['inference_ms_p50']:.1f} ms)"))
     finally:
         rclpy.try_shutdown()
     print(json.dumps(results, indent=2))
@@ -116,12 +122,16 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
     node.create_publisher(String, "/instruction", LATCHED_QOS).publish(String(data="pick up the red cube"))
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = threading.Thread(target=_spin_quietly, args=(executor,), daemon=True)
     spinner.start()
-    params = {"infer_mode": "frame", "device": args.device, "dtype": args.dtype, "torch_threads": args.torch_threads, "backend": args.backend,
-              "max_observation_age": 5.0, "camera_topics": [f"/cameras/{c}/image_raw" for c in config.cameras],
-              "checkpoint": name if kind == "checkpoint" else "", "preset": name if kind == "preset" else "tiny"}
-    policy = NodeProcess("policy_node", ["policy.yaml"], params)
+    topics = [f"/cameras/{c}/image_raw" for c in config.cameras]
+    if kind == "echo":
+        policy = NodeProcess("echo_node", [], {"camera_topics": topics})
+    else:
+        params = {"infer_mode": "frame", "device": args.device, "dtype": args.dtype, "torch_threads": args.torch_threads,
+                  "backend": args.backend, "max_observation_age": 5.0, "camera_topics": topics,
+                  "checkpoint": name if kind == "checkpoint" else "", "preset": name if kind == "preset" else "tiny"}
+        policy = NodeProcess("policy_node", ["policy.yaml"], params)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8) for _ in range(8)]
     try:
@@ -145,19 +155,37 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
             time.sleep(0.02)
         if len(latencies) < total:
             raise RuntimeError(f"only {len(latencies)} of {total} chunks within 300 s:\n{policy.log_tail()}")
-        time.sleep(1.5)  # one more diagnostics message with the inference time
+        if kind != "echo":
+            time.sleep(1.5)  # one more diagnostics message with the inference time
     finally:
         policy.stop()
         executor.shutdown()
         spinner.join(timeout=5.0)
         node.destroy_node()
     lat = np.array(latencies[args.warmup:]) * 1e3
-    return {
-        kind: name,
+    result = {
+        kind: name if kind != "echo" else "echo_node",
         "camera_size": list(size),
-        "chunk_size": config.chunk_size,
+        "cameras": len(config.cameras),
         "chunks": int(len(lat)),
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
                        "mean": float(lat.mean()), "max": float(lat.max())},
-        "inference_ms_mean": float(status.get("mean_inference_ms", "nan")),
     }
+    if kind != "echo":
+        # inside policy_node, over its last 500 chunks (warm-up included, hence the medians): frame receipt ->
+        # chunk published, and the step itself; the rest of camera-in -> chunk-out is DDS both ways
+        stat = lambda key: float(status.get(key, "nan"))  # noqa: E731
+        result.update(chunk_size=config.chunk_size, inference_ms_p50=stat("p50_inference_ms"),
+                      inference_ms_mean=stat("mean_inference_ms"),
+                      node_latency_ms={"p50": stat("p50_latency_ms"), "p99": stat("p99_latency_ms")})
+    return result
+
+
+def _spin_quietly(executor) -> None:
+    """Spin until the executor shuts down, or the context does under it (a signal, or rclpy.shutdown first)."""
+    from rclpy.executors import ExternalShutdownException
+
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass

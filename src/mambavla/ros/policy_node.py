@@ -321,6 +321,7 @@ class PolicyNode(Node):
             "p50_latency_ms": float(np.percentile(lat, 50)),
             "p99_latency_ms": float(np.percentile(lat, 99)),
             "mean_inference_ms": float(np.mean(inf)),
+            "p50_inference_ms": float(np.percentile(inf, 50)),
         }
 
     def _publish_diagnostics(self) -> None:

@@ -11,14 +11,16 @@
 # scripts/gpu_minilm.sh writes (45 MB, in its own call) and set MAMBAVLA_MINILM_PATH to it, e.g.
 #   MAMBAVLA_MINILM_PATH=/tmp/minilm python -m pytest -q -m cuda test/test_runtime.py test/test_model_mamba2.py
 set -euo pipefail
+shopt -s nullglob  # a folder without wheels installs nothing
 cd "$(dirname "$0")/.."
 PIP="python -m pip install -q --no-index --no-deps --find-links .whl"
-ls .whl/einops-*.whl >/dev/null 2>&1 && $PIP einops
+einops=(.whl/einops-*.whl) && (( ${#einops[@]} )) && $PIP einops
 # only mamba-ssm's Triton SSD kernels are used (pure Python + Triton): unpack its source next to the
 # interpreter's packages and point a .pth file at it; building it would compile CUDA extensions
-if ls .whl/mamba_ssm-*.tar.gz >/dev/null 2>&1; then
+mamba=(.whl/mamba_ssm-*.tar.gz)
+if (( ${#mamba[@]} )); then
     deps="${MAMBAVLA_GPU_DEPS:-$HOME/.cache/mambavla-gpu-deps}"
-    mkdir -p "$deps" && tar xzf .whl/mamba_ssm-*.tar.gz -C "$deps"
+    mkdir -p "$deps" && tar xzf "${mamba[0]}" -C "$deps"
     site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     ls -d "$deps"/mamba_ssm-*/ | head -1 > "$site/mamba_ssm_source.pth"
 fi

@@ -21,3 +21,4 @@ def test_bench_ros_times_the_echo_floor_and_splits_the_policy_nodes_share():
     inference, node = policy["inference_ms_p50"], policy["node_latency_ms"]["p50"]
     assert math.isfinite(inference) and inference > 0
     assert node >= inference  # frame receipt -> chunk published holds the step
+    assert 0 < policy["convert_ms_per_frame_p50"] < node  # and the newest frame's decoding before it

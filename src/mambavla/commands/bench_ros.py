@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         targets.insert(0, ("echo", targets[0][1] if targets else "tiny"))  # its cameras and frame size
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     rclpy.init()
-    results = {"device": args.device, "dtype": args.dtype, "backend": args.backend, "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads,
-               "policies": []}
+    results = {"device": args.device, "dtype": args.dtype, "backend": args.backend, "cpu_count": os.cpu_count(),
+               "torch_threads": args.torch_threads, "policies": []}
     try:
         for kind, name in targets:
             if kind == "checkpoint" or (kind == "echo" and args.checkpoint):
@@ -77,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
             results["policies"].append(result)
             lat = result["latency_ms"]
             log(f"  camera-in -> chunk-out: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, mean {lat['mean']:.1f} ms"
-                + ("" if kind == "echo" else f" (in the node p50 {result['node_latency_ms']['p50']:.1f} ms, of which "
-                                             f"inference {result['inference_ms_p50']:.1f} ms)"))
+                + ("" if kind == "echo" else f" (in the node p50 {result['node_latency_ms']['p50']:.1f} ms: inference "
+                                             f"{result['inference_ms_p50']:.1f} ms, decode + resize "
+                                             f"{result['convert_ms_per_frame_p50']:.1f} ms a frame)"))
     finally:
         rclpy.try_shutdown()
     print(json.dumps(results, indent=2))
@@ -176,7 +177,7 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
         # chunk published, and the step itself; the rest of camera-in -> chunk-out is DDS both ways
         stat = lambda key: float(status.get(key, "nan"))  # noqa: E731
         result.update(chunk_size=config.chunk_size, inference_ms_p50=stat("p50_inference_ms"),
-                      inference_ms_mean=stat("mean_inference_ms"),
+                      inference_ms_mean=stat("mean_inference_ms"), convert_ms_per_frame_p50=stat("p50_convert_ms"),
                       node_latency_ms={"p50": stat("p50_latency_ms"), "p99": stat("p99_latency_ms")})
     return result
 

@@ -38,7 +38,7 @@ class EchoNode(Node):
             self._pub.publish(echo)
 
     def shutdown(self) -> None:
-        pass
+        """Nothing to stop (run_node calls it on every node)."""
 
 
 def main(args=None) -> None:

@@ -100,6 +100,7 @@ class PolicyNode(Node):
         self.last_rejection = ""
         self.latencies_ms: deque[float] = deque(maxlen=500)  # frame receipt -> chunk published
         self.inference_ms: deque[float] = deque(maxlen=500)
+        self.convert_ms: deque[float] = deque(maxlen=500)  # decode + resize of one frame, on the worker
         self._last_chunk_stamp: float | None = None
         self._last_infer = 0.0
         self._running = True
@@ -193,7 +194,8 @@ class PolicyNode(Node):
         self.onnx_provider = self.runtime.onnx_provider or ""
         self._period = PeriodSchedule(self.runtime.policy_period)
         dtype = str(options["dtype"]).replace("torch.", "")
-        self.get_logger().info(f"policy: {source} on {self.device} ({dtype}); cameras {dict(zip(self.camera_names, self.image_topics))}, "
+        self.get_logger().info(f"policy: {source} on {self.device} ({dtype}); "
+                               f"cameras {dict(zip(self.camera_names, self.image_topics))}, "
                                f"image {self.runtime.image_size}, {self.runtime.chunk_size} x {self.runtime.dt} s, "
                                f"{self.runtime.action_mode} actions, infer_mode {self.infer_mode}"
                                + (f" (every {self.runtime.policy_period} s of frame time)" if self.infer_mode == "period" else ""))
@@ -223,7 +225,9 @@ class PolicyNode(Node):
                              f"> max_frame_future {self.max_frame_future} s")
                 continue
             try:
+                started = time.perf_counter()
                 rgb = image_to_rgb(msg, self.runtime.image_size)
+                self.convert_ms.append((time.perf_counter() - started) * 1e3)
             except (ValueError, MemoryError) as err:  # one hostile frame must never end the node
                 self._reject(f"{topic}: {type(err).__name__ if isinstance(err, MemoryError) else ''}{err}")
                 continue
@@ -322,6 +326,7 @@ class PolicyNode(Node):
             "p99_latency_ms": float(np.percentile(lat, 99)),
             "mean_inference_ms": float(np.mean(inf)),
             "p50_inference_ms": float(np.percentile(inf, 50)),
+            "p50_convert_ms": float(np.percentile(self.convert_ms, 50)) if self.convert_ms else float("nan"),
         }
 
     def _publish_diagnostics(self) -> None:

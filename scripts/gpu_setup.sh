@@ -26,7 +26,11 @@ if (( ${#mamba[@]} )); then
 fi
 for wheel in .whl/*.whl; do case "$wheel" in *einops*) ;; *) $PIP "$wheel" ;; esac; done  # tensorboard & co. if carried
 # more folders of wheels, e.g. the ROS 2 wheels and OpenCV that scripts/gpu_ros_wheels.sh fetches (for the nodes)
-for dir in ${MAMBAVLA_GPU_WHEELS:-}; do $PIP "$dir"/*.whl; done
+for dir in ${MAMBAVLA_GPU_WHEELS:-}; do
+    wheels=("$dir"/*.whl)
+    (( ${#wheels[@]} )) || { echo "gpu_setup: MAMBAVLA_GPU_WHEELS names $dir, which holds no .whl files" >&2; exit 1; }
+    $PIP "${wheels[@]}"
+done
 # this package from the work tree (a .pth file, as an editable install would add; no build step)
 site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 echo "$PWD/src" > "$site/mambavla_source.pth"

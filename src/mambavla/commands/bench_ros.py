@@ -57,21 +57,23 @@ def run(args: argparse.Namespace) -> int:
 
     from mambavla.model.config import preset
 
-    targets = [("checkpoint", args.checkpoint)] if args.checkpoint else [("preset", p) for p in args.presets.split(",") if p]
-    if args.echo:
-        targets.insert(0, ("echo", targets[0][1] if targets else "tiny"))  # its cameras and frame size
+    def config_of(kind: str, name: str):
+        if kind == "checkpoint":
+            from mambavla.model.checkpoint import load_config
+
+            return load_config(name)
+        return preset(name)
+
+    sources = [("checkpoint", args.checkpoint)] if args.checkpoint else [("preset", p) for p in args.presets.split(",") if p]
+    targets = [(kind, name, config_of(kind, name)) for kind, name in sources]
+    if args.echo:  # with the first policy's cameras and frame size (tiny's when none is named)
+        targets.insert(0, ("echo", "echo_node", targets[0][2] if targets else preset("tiny")))
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     rclpy.init()
     results = {"device": args.device, "dtype": args.dtype, "backend": args.backend, "cpu_count": os.cpu_count(),
                "torch_threads": args.torch_threads, "policies": []}
     try:
-        for kind, name in targets:
-            if kind == "checkpoint" or (kind == "echo" and args.checkpoint):
-                from mambavla.model.checkpoint import load_config
-
-                config = load_config(name)
-            else:
-                config = preset(name)
+        for kind, name, config in targets:
             size = tuple(int(v) for v in args.camera_size.lower().split("x")) if args.camera_size else tuple(config.image_size)
             log(f"{kind} {name}: {args.warmup} + {args.chunks} chunks, frames {size[0]}x{size[1]} ...")
             result = _bench_one(kind, name, config, size, args)
@@ -166,7 +168,7 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
         node.destroy_node()
     lat = np.array(latencies[args.warmup:]) * 1e3
     result = {
-        kind: name if kind != "echo" else "echo_node",
+        kind: name,
         "camera_size": list(size),
         "cameras": len(config.cameras),
         "chunks": int(len(lat)),

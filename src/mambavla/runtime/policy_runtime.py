@@ -262,8 +262,8 @@ class PolicyRuntime:
         if self.device.type != "cuda":
             return images, proprio
         if self._upload is None:
-            self._upload = PinnedUpload()
-        return self._upload.to_device(images, proprio, self.device)
+            self._upload = PinnedUpload(self.device)
+        return self._upload.to_device(images, proprio)
 
     @torch.no_grad()
     def extend_history(self, observation: dict, frames: int, block: int = 16) -> None:
@@ -366,7 +366,7 @@ class _StepGraph:
         # static inputs shaped like the example inputs (host or device), on the device
         self.images = {c: torch.zeros(v.shape, dtype=v.dtype, device=device) for c, v in images.items()}
         self.proprio = torch.zeros(proprio.shape, dtype=proprio.dtype, device=device)
-        self._upload = PinnedUpload()
+        self._upload = PinnedUpload(device)
         batch = proprio.shape[0]  # streams stepped together (StreamBatch), each row its own state
         self.noise = torch.zeros((batch, model.config.chunk_size, model.config.action_dim), device=device, dtype=dtype)
         n, d = model.config.tokens_per_frame, model.config.d_model
@@ -516,7 +516,8 @@ class PinnedUpload:
     event `issued` recorded after them (already passed when the last step ended by reading its actions back,
     so it costs nothing then; it matters when a step failed between its upload and that read)."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
         self._buffers: dict[str, torch.Tensor] = {}
         self._done = torch.cuda.Event()  # never recorded: synchronize() returns at once
 
@@ -532,15 +533,15 @@ class PinnedUpload:
         return {c: staged[f"image/{c}"] for c in images}, staged["proprio"]
 
     def issued(self) -> None:
-        """Mark the copies out of the staged buffers as queued on the current stream."""
-        self._done.record()
+        """Mark the copies out of the staged buffers as queued on `device`'s current stream (where they go,
+        also when another GPU is the current device)."""
+        self._done.record(torch.cuda.current_stream(self.device))
 
-    def to_device(self, images: dict[str, torch.Tensor], proprio: torch.Tensor,
-                  device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def to_device(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """stage(), then non-blocking copies into new tensors on `device` -> (images, proprio) there."""
         images, proprio = self.stage(images, proprio)
-        images = {c: v.to(device, non_blocking=True) for c, v in images.items()}
-        proprio = proprio.to(device, non_blocking=True)
+        images = {c: v.to(self.device, non_blocking=True) for c, v in images.items()}
+        proprio = proprio.to(self.device, non_blocking=True)
         self.issued()
         return images, proprio
 

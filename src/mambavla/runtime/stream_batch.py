@@ -57,7 +57,7 @@ class StreamBatch:
             state, task = self._graph.state, self._graph.task
         self._state, self._task = state, task
         # the eager CUDA step's pinned input buffers (the captured step has its own)
-        self._upload = PinnedUpload() if self.device.type == "cuda" and self._graph is None else None
+        self._upload = PinnedUpload(self.device) if self.device.type == "cuda" and self._graph is None else None
 
     # ---- per stream ------------------------------------------------------------------------------
 
@@ -115,7 +115,7 @@ class StreamBatch:
             actions = self._graph.run(images, proprio, noise)
         else:
             if self._upload is not None:
-                images, proprio = self._upload.to_device(images, proprio, self.device)
+                images, proprio = self._upload.to_device(images, proprio)
             tokens = self.model.encode_frame(images, proprio, self._task)
             self._state = self.model.condition(tokens, self._state)
             actions = self.model.sample_actions(self._state, noise, task=self._task)

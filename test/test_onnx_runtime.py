@@ -34,10 +34,8 @@ def test_exported_graph_takes_and_returns_the_recurrent_state(exported):
     assert json.loads({p.key: p.value for p in graph.metadata_props}["config"])["name"] == "tiny"
 
 
-def test_onnx_backend_matches_torch_runtime_over_streamed_steps(exported):
-    reference, path = exported
-    runtime = PolicyRuntime(reference.model, seed=4, backend="onnx", onnx_path=path)
-    assert runtime.onnx_provider == "CPUExecutionProvider"
+def _streamed_diffs(reference, runtime) -> list[float]:
+    """24 steps through both runtimes, with a new instruction at step 10 and a reset at 17 -> max |diff| per step."""
     for rt in (reference, runtime):
         rt.set_instruction("lift the red cube")
     diffs, chunks = [], []
@@ -52,9 +50,33 @@ def test_onnx_backend_matches_torch_runtime_over_streamed_steps(exported):
         diffs.append(float(np.abs(a.actions - b.actions).max()))
         chunks.append(a.actions)
         assert b.stamp == float(k) and b.actions.shape == (runtime.chunk_size, len(runtime.action_names))
-    assert max(diffs) <= 1e-3, diffs
     assert np.abs(chunks[5] - chunks[6]).max() > 1e-2  # the compared chunks do change from step to step
     assert runtime.frames_seen == reference.frames_seen == 7
+    return diffs
+
+
+def test_onnx_backend_matches_torch_runtime_over_streamed_steps(exported):
+    reference, path = exported
+    runtime = PolicyRuntime(reference.model, seed=4, backend="onnx", onnx_path=path)
+    assert runtime.onnx_provider == "CPUExecutionProvider" and not runtime.onnx_cuda_graph
+    diffs = _streamed_diffs(reference, runtime)
+    assert max(diffs) <= 1e-3, diffs
+    with pytest.raises(ValueError, match="CUDA execution provider"):  # ORT's graphs need its CUDA provider
+        PolicyRuntime(reference.model, backend="onnx", onnx_path=path, cuda_graph=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("graphs", [False, True], ids=["cuda_provider", "cuda_graphs"])
+def test_onnx_cuda_provider_matches_torch_runtime_over_streamed_steps(exported, graphs):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu (ONNX Runtime's CUDA execution provider)")
+    reference, path = exported
+    runtime = PolicyRuntime(reference.model, device="cuda", seed=4, backend="onnx", onnx_path=path, cuda_graph=graphs)
+    assert runtime.onnx_provider == "CUDAExecutionProvider" and runtime.onnx_cuda_graph == graphs
+    diffs = _streamed_diffs(reference, runtime)  # with graphs: ORT captures each direction on its third step
+    assert max(diffs) <= 1e-3, diffs
 
 
 def test_onnx_graph_of_another_policy_is_refused(exported):

@@ -144,9 +144,16 @@ def providers(device: str) -> list[str]:
 class OnnxStep:
     """An ONNX Runtime session of the exported step for `batch` streams. The recurrent state lives in
     two sets of buffers on the provider's device, bound as inputs and outputs in turn (ORT must not write
-    a buffer it reads), so it never crosses to the host between steps."""
+    a buffer it reads), so it never crosses to the host between steps.
 
-    def __init__(self, path: str | Path, config: MambaVLAConfig, batch: int = 1, device: str = "cpu", threads: int | None = None):
+    `cuda_graph` (CUDA provider only): ORT captures the step in CUDA graphs and replays them. A captured
+    graph keeps the addresses it was captured with, so every input and output lives in a device buffer
+    made once and rewritten in place, and each direction of the state's ping-pong (A -> B, B -> A) is its
+    own graph (`gpu_graph_id` 1 and 2), each with its own binding made once. ORT runs a graph id's first
+    steps uncaptured, then captures; every step computes, so the stream is the same either way."""
+
+    def __init__(self, path: str | Path, config: MambaVLAConfig, batch: int = 1, device: str = "cpu", threads: int | None = None,
+                 cuda_graph: bool = False):
         import onnxruntime as ort
 
         path = Path(path)
@@ -156,8 +163,14 @@ class OnnxStep:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=providers(device))
-        self.path, self.threads = path, threads
+        chosen = providers(device)
+        if cuda_graph:
+            if chosen[0] != "CUDAExecutionProvider":
+                raise ValueError("ONNX cuda_graph needs ONNX Runtime's CUDA execution provider (onnxruntime-gpu) and "
+                                 f"device 'cuda'; this build has {ort.get_available_providers()}, device {device!r}")
+            chosen = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), options, providers=chosen)
+        self.path, self.threads, self.cuda_graph = path, threads, cuda_graph
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("mambavla_format") != str(FORMAT):
             raise ValueError(f"{path}: not a mambavla step graph of format {FORMAT} (re-run `mambavla export --onnx`)")
@@ -168,13 +181,41 @@ class OnnxStep:
         self.provider = self.session.get_providers()[0]
         self.device_type = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self.batch = batch
-        shapes = [tuple(t.shape) for t in example_inputs(config, batch)[len(config.cameras) + 3:]]
+        examples = example_inputs(config, batch)
+        k = len(config.cameras)
+        shapes = [tuple(t.shape) for t in examples[k + 3:]]
+
+        def buffer(shape, where=self.device_type):
+            return ort.OrtValue.ortvalue_from_shape_and_type(tuple(shape), np.float32, where, 0)
+
         self._names = state_names(config)
-        self._state = [[ort.OrtValue.ortvalue_from_shape_and_type(s, np.float32, self.device_type, 0) for s in shapes] for _ in range(2)]
-        self._task = ort.OrtValue.ortvalue_from_shape_and_type((batch, config.d_model), np.float32, self.device_type, 0)
-        self._actions = ort.OrtValue.ortvalue_from_shape_and_type((batch, config.chunk_size, config.action_dim), np.float32, "cpu", 0)
+        self._state = [[buffer(s) for s in shapes] for _ in range(2)]
+        self._task = buffer((batch, config.d_model))
+        # with graphs the actions stay on the device (a captured graph cannot write host memory) and are copied back
+        self._actions = buffer((batch, config.chunk_size, config.action_dim), self.device_type if cuda_graph else "cpu")
         self._current = 0
-        self._binding = self.session.io_binding()
+        self._inputs = {}
+        if cuda_graph:  # fixed device buffers for the per-step inputs too
+            self._inputs = {name: buffer(t.shape) for name, t in zip(input_names(config)[:k + 3], examples[:k + 3])
+                            if name != "task"}
+        self._bindings = [self._bind(parity) for parity in (0, 1)]
+        self._run_options = [None, None]
+        if cuda_graph:
+            for parity in (0, 1):
+                self._run_options[parity] = ort.RunOptions()
+                self._run_options[parity].add_run_config_entry("gpu_graph_id", str(parity + 1))
+
+    def _bind(self, parity: int):
+        """The binding of a step that reads state set `parity` and writes the other one."""
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input("task", self._task)
+        for name, now, after in zip(self._names, self._state[parity], self._state[1 - parity]):
+            binding.bind_ortvalue_input(name, now)
+            binding.bind_ortvalue_output(f"{name}_next", after)
+        binding.bind_ortvalue_output("actions", self._actions)
+        for name, value in self._inputs.items():
+            binding.bind_ortvalue_input(name, value)
+        return binding
 
     def restart(self, state: list[np.ndarray], task: np.ndarray) -> None:
         """Set the state to continue from (flat: conv_0, ssm_0, conv_1, ...) and the task vector, all (B, ...)."""
@@ -188,30 +229,27 @@ class OnnxStep:
 
     def run(self, images: dict[str, np.ndarray], proprio: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """images {camera: (B, C, H, W) float32}, proprio (B, P), noise (B, H, A) -> actions (B, H, A); advances the state."""
-        binding = self._binding
-        for camera in self.config.cameras:
-            binding.bind_cpu_input(f"image_{camera}", images[camera])
-        binding.bind_cpu_input("proprio", proprio)
-        binding.bind_cpu_input("noise", noise)
-        binding.bind_ortvalue_input("task", self._task)
-        current, following = self._state[self._current], self._state[1 - self._current]
-        for name, now, after in zip(self._names, current, following):
-            binding.bind_ortvalue_input(name, now)
-            binding.bind_ortvalue_output(f"{name}_next", after)
-        binding.bind_ortvalue_output("actions", self._actions)  # host memory: ORT copies it back from the device
-        self.session.run_with_iobinding(binding)
+        binding = self._bindings[self._current]
+        given = {**{f"image_{c}": images[c] for c in self.config.cameras}, "proprio": proprio, "noise": noise}
+        for name, value in given.items():
+            if self.cuda_graph:  # into the captured address
+                self._inputs[name].update_inplace(np.ascontiguousarray(value, dtype=np.float32))
+            else:
+                binding.bind_cpu_input(name, value)
+        self.session.run_with_iobinding(binding, self._run_options[self._current])
         self._current = 1 - self._current
-        return self._actions.numpy()
+        return self._actions.numpy()  # from the device when the actions live there
 
 
 def streamed_parity(model: MambaVLA, onnx_path: str | Path, steps: int = 20, device: str = "cpu", seed: int = 0,
-                    instruction: str = "pick up the red cube and place it on the blue plate") -> dict:
+                    instruction: str = "pick up the red cube and place it on the blue plate", cuda_graph: bool = False) -> dict:
     """Stream `steps` random observations through the torch runtime (fp32, CPU, eager) and the ONNX
-    Runtime backend from the same seed; -> the largest absolute action difference and the provider."""
+    Runtime backend (its CUDA graphs with `cuda_graph`) from the same seed; -> the largest absolute action
+    difference and the provider."""
     from mambavla.runtime.policy_runtime import PolicyRuntime
 
     reference = PolicyRuntime(model, seed=seed)
-    onnx = PolicyRuntime(model, device=device, seed=seed, backend="onnx", onnx_path=onnx_path)
+    onnx = PolicyRuntime(model, device=device, seed=seed, backend="onnx", onnx_path=onnx_path, cuda_graph=cuda_graph)
     rng = np.random.default_rng(seed)
     h, w = model.config.image_size
     worst = 0.0
@@ -221,4 +259,5 @@ def streamed_parity(model: MambaVLA, onnx_path: str | Path, steps: int = 20, dev
         observation = {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in model.config.cameras},
                        "proprio": rng.normal(size=model.config.proprio_dim).astype(np.float32)}
         worst = max(worst, float(np.abs(reference.step(observation).actions - onnx.step(observation).actions).max()))
-    return {"steps": steps, "max_abs_diff": worst, "provider": onnx.onnx_provider, "reference": "torch fp32 cpu eager"}
+    return {"steps": steps, "max_abs_diff": worst, "provider": onnx.onnx_provider, "cuda_graph": onnx.onnx_cuda_graph,
+            "reference": "torch fp32 cpu eager"}

@@ -52,6 +52,7 @@ class PolicyRuntime:
     `backend="onnx"`: the step runs in ONNX Runtime from the graph `mambavla export --onnx` wrote
     (`onnx_path`; exported to a temporary folder when not given), on the CUDA execution provider for
     device 'cuda' where onnxruntime-gpu provides it, else on the CPU provider (`onnx_provider` says which).
+    There `cuda_graph=True` (opt-in) has ORT capture and replay the step in CUDA graphs (`OnnxStep`).
     Torch keeps only the once-per-instruction work: the instruction prefix state and task vector (fp32,
     CPU), and the noise, drawn as the torch backend draws it on CPU. Stream-mode Mamba policies only."""
 
@@ -67,10 +68,11 @@ class PolicyRuntime:
             raise ValueError("device 'cuda' requested but CUDA is not available")
         self._onnx = None
         if backend == "onnx":
-            if dtype not in (None, torch.float32) or cuda_graph:
-                raise ValueError("backend 'onnx' runs the fp32 graph; dtype and cuda_graph are torch-backend options")
-            self._onnx = _onnx_session(model, onnx_path, self.device.type, threads)
+            if dtype not in (None, torch.float32):
+                raise ValueError("backend 'onnx' runs the fp32 graph; dtype is a torch-backend option")
+            self._onnx = _onnx_session(model, onnx_path, self.device.type, threads, bool(cuda_graph))
             self.device = torch.device("cpu")  # torch's part: instruction prefix, noise, input checks
+            cuda_graph = False  # ORT's graphs are the session's (onnx_cuda_graph); torch captures nothing
         self.dtype = dtype or torch.float32
         self.model = model.to(self.device, self.dtype).eval()
         self.config = model.config
@@ -159,6 +161,11 @@ class PolicyRuntime:
     def onnx_provider(self) -> str | None:
         """The ONNX Runtime execution provider the step runs on (backend 'onnx'), else None."""
         return None if self._onnx is None else self._onnx.provider
+
+    @property
+    def onnx_cuda_graph(self) -> bool:
+        """Whether ONNX Runtime replays the step as CUDA graphs (backend 'onnx', cuda_graph=True)."""
+        return self._onnx is not None and self._onnx.cuda_graph
 
     # ---- verbs ---------------------------------------------------------------------------------
 
@@ -574,7 +581,7 @@ def _compile_mode(compile_step: bool | str, graphed: bool, device: torch.device,
     return mode
 
 
-def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, threads: int | None):
+def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, threads: int | None, cuda_graph: bool):
     from mambavla.runtime.onnx_step import OnnxStep, check_exportable, export_step
 
     check_exportable(model.config)
@@ -582,4 +589,4 @@ def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, th
         import tempfile
 
         onnx_path = export_step(model, Path(tempfile.mkdtemp(prefix="mambavla-onnx-")) / "step.onnx")
-    return OnnxStep(onnx_path, model.config, batch=1, device=device, threads=threads)
+    return OnnxStep(onnx_path, model.config, batch=1, device=device, threads=threads, cuda_graph=cuda_graph)

@@ -132,6 +132,12 @@ def export_step(model: MambaVLA, path: str | Path) -> Path:
     return path
 
 
+# The CUDA provider's settings. TF32 off: the graph is fp32 and computes in fp32. With ORT's default
+# (TF32 on) the base step's parity with torch fp32 over 20 streamed steps was 1.09e-3 on the H100, over
+# the 1e-3 this backend promises; with it off, 1.7e-6 (docs/benchmarks.md, ONNX Runtime on the GPU).
+CUDA_OPTIONS = {"use_tf32": "0"}
+
+
 def providers(device: str) -> list[str]:
     """CUDA execution provider on 'cuda' where this ONNX Runtime build has it (onnxruntime-gpu), else CPU."""
     import onnxruntime as ort
@@ -150,10 +156,12 @@ class OnnxStep:
     graph keeps the addresses it was captured with, so every input and output lives in a device buffer
     made once and rewritten in place, and each direction of the state's ping-pong (A -> B, B -> A) is its
     own graph (`gpu_graph_id` 1 and 2), each with its own binding made once. ORT runs a graph id's first
-    steps uncaptured, then captures; every step computes, so the stream is the same either way."""
+    steps uncaptured, then captures; every step computes, so the stream is the same either way.
+
+    `cuda_options`: CUDA provider options over `CUDA_OPTIONS`, e.g. {"use_tf32": "1"}."""
 
     def __init__(self, path: str | Path, config: MambaVLAConfig, batch: int = 1, device: str = "cpu", threads: int | None = None,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, cuda_options: dict | None = None):
         import onnxruntime as ort
 
         path = Path(path)
@@ -164,11 +172,17 @@ class OnnxStep:
         if threads:
             options.intra_op_num_threads = threads
         chosen = providers(device)
+        on_cuda = chosen[0] == "CUDAExecutionProvider"
+        if cuda_graph and not on_cuda:
+            raise ValueError("ONNX cuda_graph needs ONNX Runtime's CUDA execution provider (onnxruntime-gpu) and "
+                             f"device 'cuda'; this build has {ort.get_available_providers()}, device {device!r}")
+        if on_cuda:
+            chosen[0] = ("CUDAExecutionProvider", {**CUDA_OPTIONS, **({"enable_cuda_graph": "1"} if cuda_graph else {}),
+                                                   **(cuda_options or {})})
         if cuda_graph:
-            if chosen[0] != "CUDAExecutionProvider":
-                raise ValueError("ONNX cuda_graph needs ONNX Runtime's CUDA execution provider (onnxruntime-gpu) and "
-                                 f"device 'cuda'; this build has {ort.get_available_providers()}, device {device!r}")
-            chosen = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]
+            # a fixed batch lets ORT fold the graph's shape arithmetic (Shape/Gather/Concat, placed on the CPU
+            # provider) into constants: a graph can be captured only when every node runs on CUDA
+            options.add_free_dimension_override_by_name("batch", batch)
         self.session = ort.InferenceSession(str(path), options, providers=chosen)
         self.path, self.threads, self.cuda_graph = path, threads, cuda_graph
         meta = self.session.get_modelmeta().custom_metadata_map

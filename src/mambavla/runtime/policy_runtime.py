@@ -15,7 +15,7 @@ import torch
 
 from mambavla.model.checkpoint import load_checkpoint
 from mambavla.model.config import check_noise_scale, preset
-from mambavla.model.fusion import KVCache, StaticKVCache
+from mambavla.model.fusion import KVCache, load_static_kv, static_kv_like
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.runtime.chunk import ActionChunk
 
@@ -52,7 +52,7 @@ class PolicyRuntime:
     `backend="onnx"`: the step runs in ONNX Runtime from the graph `mambavla export --onnx` wrote
     (`onnx_path`; exported to a temporary folder when not given), on the CUDA execution provider for
     device 'cuda' where onnxruntime-gpu provides it, else on the CPU provider (`onnx_provider` says which).
-    There `cuda_graph=True` (opt-in) has ORT capture and replay the step in CUDA graphs (`OnnxStep`).
+    There ORT captures and replays the step in CUDA graphs (`OnnxStep`) unless `cuda_graph=False`.
     Torch keeps only the once-per-instruction work: the instruction prefix state and task vector (fp32,
     CPU), and the noise, drawn as the torch backend draws it on CPU. Stream-mode Mamba policies only."""
 
@@ -70,7 +70,7 @@ class PolicyRuntime:
         if backend == "onnx":
             if dtype not in (None, torch.float32):
                 raise ValueError("backend 'onnx' runs the fp32 graph; dtype is a torch-backend option")
-            self._onnx = _onnx_session(model, onnx_path, self.device.type, threads, bool(cuda_graph))
+            self._onnx = _onnx_session(model, onnx_path, self.device.type, threads, cuda_graph)
             self.device = torch.device("cpu")  # torch's part: instruction prefix, noise, input checks
             cuda_graph = False  # ORT's graphs are the session's (onnx_cuda_graph); torch captures nothing
         self.dtype = dtype or torch.float32
@@ -382,7 +382,7 @@ class _StepGraph:
         if model.config.fusion == "transformer":
             c = model.config
             self.capacity = c.max_instruction_tokens + kv_capacity_frames * n + c.chunk_size
-            self.state = [StaticKVCache.empty_like(s, self.capacity) for s in prefix_state]
+            self.state = [static_kv_like(s, self.capacity) for s in prefix_state]
             self.restart(prefix_state)
         else:
             self.state = [type(s)(*(t.clone() for t in s)) for s in prefix_state]  # stream: history; window: instruction
@@ -459,7 +459,7 @@ class _StepGraph:
         only (it reads the Transformer cache's length on the host)."""
         for dst, src in zip(self.state, state):
             if isinstance(src, KVCache):
-                dst.load(src)
+                load_static_kv(dst, src)
             else:
                 self._copy_state([dst], [src])
         if self.capacity is not None:
@@ -581,12 +581,15 @@ def _compile_mode(compile_step: bool | str, graphed: bool, device: torch.device,
     return mode
 
 
-def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, threads: int | None, cuda_graph: bool):
-    from mambavla.runtime.onnx_step import OnnxStep, check_exportable, export_step
+def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, threads: int | None, cuda_graph: bool | None):
+    """cuda_graph None: ORT's CUDA graphs wherever its CUDA provider runs the step (its best mode there)."""
+    from mambavla.runtime.onnx_step import OnnxStep, check_exportable, export_step, providers
 
     check_exportable(model.config)
     if onnx_path is None:
         import tempfile
 
         onnx_path = export_step(model, Path(tempfile.mkdtemp(prefix="mambavla-onnx-")) / "step.onnx")
+    if cuda_graph is None:
+        cuda_graph = providers(device)[0] == "CUDAExecutionProvider"
     return OnnxStep(onnx_path, model.config, batch=1, device=device, threads=threads, cuda_graph=cuda_graph)

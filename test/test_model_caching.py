@@ -117,16 +117,15 @@ def test_transformer_fusion_parameter_count_within_ten_percent_of_mamba():
 def test_static_kv_cache_streams_and_samples_as_the_growing_cache():
     """The Transformer's capturable cache (fixed capacity, device-side length) gives the same context and
     velocities as the growing one, and a velocity call leaves the context's length alone."""
-    from mambavla.model.fusion import StaticKVCache, load_static_kv, static_kv_like
+    from mambavla.model.fusion import StaticKVCache
 
     model = _model("transformer")
     prompt, _ = model.encode_instruction(["put the red cube on the blue plate"])
     frames = _frames(model, 4)
     dynamic = model.condition(prompt)
-    static = [static_kv_like(s, 200) for s in dynamic]
+    static = [StaticKVCache.empty_like(s, 200) for s in dynamic]
     for s, d in zip(static, dynamic):
-        load_static_kv(s, d)
-    assert all(type(s) is StaticKVCache for s in static)
+        s.load(d)
     for f in frames:
         dynamic = model.condition(f, dynamic)
         static = model.condition(f, static)
@@ -137,4 +136,4 @@ def test_static_kv_cache_streams_and_samples_as_the_growing_cache():
         np.testing.assert_allclose(model.velocity(x_t, tt, static).numpy(), model.velocity(x_t, tt, dynamic).numpy(), atol=1e-5)
     assert [int(s.length) for s in static] == [d.length for d in dynamic]  # the action tokens were not kept
     with pytest.raises(ValueError, match="do not fit"):
-        load_static_kv(static_kv_like(dynamic[0], 8), dynamic[0])
+        StaticKVCache.empty_like(dynamic[0], 8).load(dynamic[0])

@@ -64,7 +64,7 @@ class FusionStack(nn.Module):
                 mask: Tensor | None = None, cond_start: int = 0, frames: tuple[int, int] | None = None) -> tuple[Tensor, list]:
         """`frames=(start, n)` (Mamba blocks only): the returned state is, per layer, the state after
         every block of n tokens following `start`, with a frame axis after the batch axis."""
-        state = [None] * len(self.layers) if state is None else state  # (a KV cache list: no truthiness test, which torch.compile cannot trace)
+        state = [None] * len(self.layers) if state is None else state
         new_state = []
         for layer, s in zip(self.layers, state):
             if frames is None:
@@ -103,27 +103,23 @@ class StaticKVCache(NamedTuple):
     valid: Tensor  # (B, capacity) bool
     length: Tensor  # (1,) int64: positions in use
 
+    @classmethod
+    def empty_like(cls, cache: KVCache, capacity: int) -> StaticKVCache:
+        b, h, _, hd = cache.k.shape
+        return cls(cache.k.new_zeros(b, h, capacity, hd), cache.v.new_zeros(b, h, capacity, hd),
+                   torch.zeros(b, capacity, dtype=torch.bool, device=cache.k.device),
+                   torch.zeros(1, dtype=torch.long, device=cache.k.device))
 
-def static_kv_like(cache: KVCache, capacity: int) -> StaticKVCache:
-    """An empty StaticKVCache of `capacity` positions shaped like `cache` (StaticKVCache stays a plain
-    NamedTuple, without methods: torch 2.11's dynamo failed to take one with methods from one compiled
-    region into the next, "IndexError: tuple index out of range", as Mamba2State passes fine)."""
-    b, h, _, hd = cache.k.shape
-    return StaticKVCache(cache.k.new_zeros(b, h, capacity, hd), cache.v.new_zeros(b, h, capacity, hd),
-                         torch.zeros(b, capacity, dtype=torch.bool, device=cache.k.device),
-                         torch.zeros(1, dtype=torch.long, device=cache.k.device))
-
-
-def load_static_kv(static: StaticKVCache, cache: KVCache) -> None:
-    """Copy a dynamic cache's context into a static cache's buffers (eager, e.g. on a new instruction)."""
-    n = cache.length
-    if n > static.k.shape[2]:
-        raise ValueError(f"KV cache: {n} positions do not fit the static capacity {static.k.shape[2]}")
-    static.k[:, :, :n].copy_(cache.k[:, :, :n])
-    static.v[:, :, :n].copy_(cache.v[:, :, :n])
-    static.valid.zero_()
-    static.valid[:, :n].copy_(cache.valid[:, :n])
-    static.length.fill_(n)
+    def load(self, cache: KVCache) -> None:
+        """Copy a dynamic cache's context into these buffers (eager, e.g. on a new instruction)."""
+        n = cache.length
+        if n > self.k.shape[2]:
+            raise ValueError(f"KV cache: {n} positions do not fit the static capacity {self.k.shape[2]}")
+        self.k[:, :, :n].copy_(cache.k[:, :, :n])
+        self.v[:, :, :n].copy_(cache.v[:, :, :n])
+        self.valid.zero_()
+        self.valid[:, :n].copy_(cache.valid[:, :n])
+        self.length.fill_(n)
 
 
 def _rotary(x: Tensor, positions: Tensor) -> Tensor:

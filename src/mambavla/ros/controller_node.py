@@ -43,7 +43,7 @@ from mambavla.realtime import keep_thread_scheduling
 from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, trajectory_to_chunk
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
-from mambavla.ros.spin import run_node
+from mambavla.ros.spin import EXECUTOR_THREADS, run_node
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, STATE_QOS
 from mambavla.spaces import FRANKA_MAX_FINGER_WIDTH
 
@@ -587,7 +587,7 @@ def kernel_is_realtime() -> bool:
 def main(args=None) -> None:
     # the control thread must get the interpreter lock back quickly while callbacks (a chunk flood) run
     sys.setswitchinterval(0.001)
-    run_node(ControllerNode, args)
+    run_node(ControllerNode, args, threads=EXECUTOR_THREADS)
 
 
 if __name__ == "__main__":

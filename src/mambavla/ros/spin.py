@@ -12,10 +12,15 @@ import os
 import signal
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
-EXECUTOR_THREADS = 4  # one per callback group that may wait (services) plus chunks, state and diagnostics
+# The controller's executor: one thread per callback group that may wait (services) plus chunks, state and
+# diagnostics. Nodes whose callbacks all share the default (mutually exclusive) group gain nothing from more
+# threads and spin on one: rclpy's MultiThreadedExecutor delivered 640x480 frames to such a node in 188 ms
+# at the median, 4.1 s at p99 (4 of 40 lost), where a single-threaded one took 3.4 ms (round trip, the H100
+# machine; docs/benchmarks.md, "The GPU node path").
+EXECUTOR_THREADS = 4
 
 
 def _interrupt(signum, frame):
@@ -40,7 +45,9 @@ def use_large_frame_transport() -> None:
         pass
 
 
-def run_node(node_factory, args=None) -> None:
+def run_node(node_factory, args=None, threads: int = 1) -> None:
+    """`threads`: 1 spins a SingleThreadedExecutor; more, a MultiThreadedExecutor for nodes with callback
+    groups that run side by side (the controller's)."""
     use_large_frame_transport()  # before rclpy creates the DDS participant
     # rclpy's own handler would invalidate the context before the node could stop the arm cleanly
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -50,7 +57,7 @@ def run_node(node_factory, args=None) -> None:
     executor = None
     try:
         node = node_factory()
-        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+        executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -15,7 +15,7 @@ import torch
 
 from mambavla.model.checkpoint import load_checkpoint
 from mambavla.model.config import check_noise_scale, preset
-from mambavla.model.fusion import KVCache, load_static_kv, static_kv_like
+from mambavla.model.fusion import KVCache, StaticKVCache
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.runtime.chunk import ActionChunk
 
@@ -382,7 +382,7 @@ class _StepGraph:
         if model.config.fusion == "transformer":
             c = model.config
             self.capacity = c.max_instruction_tokens + kv_capacity_frames * n + c.chunk_size
-            self.state = [static_kv_like(s, self.capacity) for s in prefix_state]
+            self.state = [StaticKVCache.empty_like(s, self.capacity) for s in prefix_state]
             self.restart(prefix_state)
         else:
             self.state = [type(s)(*(t.clone() for t in s)) for s in prefix_state]  # stream: history; window: instruction
@@ -443,13 +443,17 @@ class _StepGraph:
 
     def _body(self) -> torch.Tensor:
         tokens = self.model.encode_frame(self.images, self.proprio, self.task)
+        scanned = tokens if self.stream else torch.cat([self.window, tokens], dim=1)
+        context = self.model.condition(scanned, self.state)
+        if self.capacity is not None:
+            # the Transformer's caches, rebuilt here rather than taken from the compiled `condition`: torch
+            # 2.11's dynamo failed to read that region's returned StaticKVCaches in `velocity` ("IndexError:
+            # tuple index out of range", on the H100). `condition` wrote k, v and valid in place.
+            context = [StaticKVCache(s.k, s.v, s.valid, s.length + scanned.shape[1]) for s in self.state]
         if self.stream:
-            context = self.model.condition(tokens, self.state)
             self._copy_state(self.state, context)
         else:
-            frames = torch.cat([self.window, tokens], dim=1)
-            context = self.model.condition(frames, self.state)
-            self.window.copy_(frames[:, tokens.shape[1]:])
+            self.window.copy_(scanned[:, tokens.shape[1]:])
         actions = self.model.sample_actions(context, self.noise, task=self.task)
         return self.model.normalizer.unnormalize_actions(actions.float())
 
@@ -459,7 +463,7 @@ class _StepGraph:
         only (it reads the Transformer cache's length on the host)."""
         for dst, src in zip(self.state, state):
             if isinstance(src, KVCache):
-                load_static_kv(dst, src)
+                dst.load(src)
             else:
                 self._copy_state([dst], [src])
         if self.capacity is not None:

@@ -26,11 +26,14 @@ def test_compile_step_is_refused_without_cuda_graph_on_cuda():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("history", [{"history_mode": "stream"}, {"history_mode": "window", "history_frames": 3}])
+@pytest.mark.parametrize("history", [{"history_mode": "stream"}, {"history_mode": "window", "history_frames": 3},
+                                     {"history_mode": "stream", "fusion": "transformer"}], ids=["stream", "window", "transformer"])
 def test_compiled_graph_step_matches_graph_step(history, dtype):
     chunks = {}
     for compile_step in (False, True):
-        rt = PolicyRuntime.from_preset("tiny", device="cuda", seed=5, dtype=dtype, compile_step=compile_step, **history)
+        # the Transformer's captured step is opt-in (cuda_graph=True); its static KV caches cross compiled regions
+        rt = PolicyRuntime.from_preset("tiny", device="cuda", seed=5, dtype=dtype, compile_step=compile_step, cuda_graph=True,
+                                       **history)
         assert rt.cuda_graph and rt.compile_mode == ("default" if compile_step else None)
         chunks[compile_step] = instruction_change_chunks(rt)  # the graph's static state follows a new instruction
         assert rt._graph.compile_mode == rt.compile_mode

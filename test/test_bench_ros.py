@@ -17,7 +17,7 @@ def test_bench_ros_times_the_echo_floor_and_splits_the_policy_nodes_share():
     assert echo["echo"] == "echo_node" and echo["chunks"] == 6 and echo["cameras"] == 2
     assert 0 < echo["latency_ms"]["p50"] <= echo["latency_ms"]["max"] < 60_000  # stamped with its frames' stamp
     assert "inference_ms_p50" not in echo  # no policy in the echo
-    assert policy["preset"] == "tiny" and policy["chunks"] == 6
+    assert policy["preset"] == "tiny" and policy["chunks"] == 6 and policy["node_backend"] == "torch"
     inference, node = policy["inference_ms_p50"], policy["node_latency_ms"]["p50"]
     assert math.isfinite(inference) and inference > 0
     assert node >= inference  # frame receipt -> chunk published holds the step

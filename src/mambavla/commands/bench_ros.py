@@ -179,7 +179,7 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
         # inside policy_node, over its last 500 chunks (warm-up included, hence the medians): frame receipt ->
         # chunk published, and the step itself; the rest of camera-in -> chunk-out is DDS both ways
         stat = lambda key: float(status.get(key, "nan"))  # noqa: E731
-        result.update(chunk_size=config.chunk_size, inference_ms_p50=stat("p50_inference_ms"),
+        result.update(chunk_size=config.chunk_size, node_backend=status.get("backend", ""), inference_ms_p50=stat("p50_inference_ms"),
                       inference_ms_mean=stat("mean_inference_ms"), convert_ms_per_frame_p50=stat("p50_convert_ms"),
                       node_latency_ms={"p50": stat("p50_latency_ms"), "p99": stat("p99_latency_ms")})
     return result

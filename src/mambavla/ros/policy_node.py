@@ -192,7 +192,7 @@ class PolicyNode(Node):
                              f"policy's cameras {list(cams)}")
         self._camera_slot = [list(cams).index(name) for name in self.camera_names]
         self.policy_source = source
-        self.onnx_provider = self.runtime.onnx_provider or ""
+        self.onnx_provider = (self.runtime.onnx_provider or "") + (", CUDA graphs" if self.runtime.onnx_cuda_graph else "")
         self._period = PeriodSchedule(self.runtime.policy_period)
         dtype = str(options["dtype"]).replace("torch.", "")
         self.get_logger().info(f"policy: {source} on {self.device} ({dtype}); "

@@ -19,7 +19,7 @@ from rclpy.signals import SignalHandlerOptions
 # diagnostics. Nodes whose callbacks all share the default (mutually exclusive) group gain nothing from more
 # threads and spin on one: rclpy's MultiThreadedExecutor delivered 640x480 frames to such a node in 188 ms
 # at the median, 4.1 s at p99 (4 of 40 lost), where a single-threaded one took 3.4 ms (round trip, the H100
-# machine; docs/benchmarks.md, "The GPU node path").
+# machine; docs/benchmarks.md, tenth session, "the MultiThreadedExecutor").
 EXECUTOR_THREADS = 4
 
 

@@ -83,6 +83,19 @@ def _timed_steps(runtime, obs: dict, steps: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The benchmark, leaving torch's grad mode and thread count as it found them (a caller in-process,
+    e.g. a test, goes on training afterwards)."""
+    import torch
+
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:
+        torch.set_grad_enabled(grad)
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 

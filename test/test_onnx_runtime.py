@@ -65,6 +65,16 @@ def test_onnx_backend_matches_torch_runtime_over_streamed_steps(exported):
         PolicyRuntime(reference.model, backend="onnx", onnx_path=path, cuda_graph=True)
 
 
+def test_cuda_provider_runs_on_the_gpu_named_in_fp32_unless_told_otherwise():
+    from mambavla.runtime.onnx_step import cuda_provider_options, providers
+
+    assert cuda_provider_options("cuda") == {"use_tf32": "0", "device_id": "0"}  # fp32 graph, fp32 math (parity)
+    assert cuda_provider_options("cuda:1", cuda_graph=True) == {"use_tf32": "0", "device_id": "1", "enable_cuda_graph": "1"}
+    assert cuda_provider_options("cuda:2", cuda_options={"use_tf32": "1"})["use_tf32"] == "1"
+    if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
+        assert providers("cuda:1") == providers("cpu") == ["CPUExecutionProvider"]
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("graphs", [False, True], ids=["cuda_provider", "cuda_graphs"])
 def test_onnx_cuda_provider_matches_torch_runtime_over_streamed_steps(exported, graphs):

@@ -139,12 +139,19 @@ CUDA_OPTIONS = {"use_tf32": "0"}
 
 
 def providers(device: str) -> list[str]:
-    """CUDA execution provider on 'cuda' where this ONNX Runtime build has it (onnxruntime-gpu), else CPU."""
+    """CUDA execution provider on 'cuda' / 'cuda:N' where this ONNX Runtime build has it (onnxruntime-gpu), else CPU."""
     import onnxruntime as ort
 
-    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+    if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def cuda_provider_options(device: str, cuda_graph: bool = False, cuda_options: dict | None = None) -> dict:
+    """The CUDA provider's options for `device` ('cuda' is GPU 0, 'cuda:N' GPU N): `CUDA_OPTIONS`, the GPU,
+    CUDA graphs if asked, then `cuda_options` over them."""
+    return {**CUDA_OPTIONS, "device_id": str(torch.device(device).index or 0),
+            **({"enable_cuda_graph": "1"} if cuda_graph else {}), **(cuda_options or {})}
 
 
 class OnnxStep:
@@ -176,15 +183,15 @@ class OnnxStep:
         if cuda_graph and not on_cuda:
             raise ValueError("ONNX cuda_graph needs ONNX Runtime's CUDA execution provider (onnxruntime-gpu) and "
                              f"device 'cuda'; this build has {ort.get_available_providers()}, device {device!r}")
+        provider_options = cuda_provider_options(device, cuda_graph, cuda_options) if on_cuda else {}
         if on_cuda:
-            chosen[0] = ("CUDAExecutionProvider", {**CUDA_OPTIONS, **({"enable_cuda_graph": "1"} if cuda_graph else {}),
-                                                   **(cuda_options or {})})
+            chosen[0] = ("CUDAExecutionProvider", provider_options)
         if cuda_graph:
             # a fixed batch lets ORT fold the graph's shape arithmetic (Shape/Gather/Concat, placed on the CPU
             # provider) into constants: a graph can be captured only when every node runs on CUDA
             options.add_free_dimension_override_by_name("batch", batch)
         self.session = ort.InferenceSession(str(path), options, providers=chosen)
-        self.path, self.threads, self.cuda_graph = path, threads, cuda_graph
+        self.path, self.threads, self.cuda_graph, self.device = path, threads, cuda_graph, device
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("mambavla_format") != str(FORMAT):
             raise ValueError(f"{path}: not a mambavla step graph of format {FORMAT} (re-run `mambavla export --onnx`)")
@@ -194,13 +201,14 @@ class OnnxStep:
         self.config = config
         self.provider = self.session.get_providers()[0]
         self.device_type = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        device_id = int(provider_options.get("device_id", 0))  # the GPU the provider runs on holds the buffers
         self.batch = batch
         examples = example_inputs(config, batch)
         k = len(config.cameras)
         shapes = [tuple(t.shape) for t in examples[k + 3:]]
 
         def buffer(shape, where=self.device_type):
-            return ort.OrtValue.ortvalue_from_shape_and_type(tuple(shape), np.float32, where, 0)
+            return ort.OrtValue.ortvalue_from_shape_and_type(tuple(shape), np.float32, where, device_id if where == "cuda" else 0)
 
         self._names = state_names(config)
         self._state = [[buffer(s) for s in shapes] for _ in range(2)]

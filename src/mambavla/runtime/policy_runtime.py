@@ -70,7 +70,7 @@ class PolicyRuntime:
         if backend == "onnx":
             if dtype not in (None, torch.float32):
                 raise ValueError("backend 'onnx' runs the fp32 graph; dtype is a torch-backend option")
-            self._onnx = _onnx_session(model, onnx_path, self.device.type, threads, cuda_graph)
+            self._onnx = _onnx_session(model, onnx_path, str(self.device), threads, cuda_graph)
             self.device = torch.device("cpu")  # torch's part: instruction prefix, noise, input checks
             cuda_graph = False  # ORT's graphs are the session's (onnx_cuda_graph); torch captures nothing
         self.dtype = dtype or torch.float32

@@ -45,7 +45,7 @@ class StreamBatch:
         if runtime.backend == "onnx":
             from mambavla.runtime.onnx_step import OnnxStep
 
-            self._onnx = OnnxStep(runtime._onnx.path, config, batch=streams, device=runtime._onnx.device_type,
+            self._onnx = OnnxStep(runtime._onnx.path, config, batch=streams, device=runtime._onnx.device,
                                   threads=runtime._onnx.threads, cuda_graph=runtime._onnx.cuda_graph)
         elif runtime.cuda_graph:
             h, w = config.image_size

@@ -51,6 +51,7 @@ class PolicyNode(Node):
         self.torch_threads = p("torch_threads", 0, "CPU threads for inference (torch or ONNX Runtime); 0 keeps the default")
         self.backend = p("backend", "torch", "torch, or onnx: the step in ONNX Runtime (CUDA provider with onnxruntime-gpu, "
                                              "else CPU; on a CPU about 2x faster than torch eager)")
+        self.backend_label = self.backend  # until the runtime has loaded (onnx: with its provider)
         self.onnx_path = p("onnx_path", "", "graph from `mambavla export --onnx` for backend onnx; empty: exported at load")
         self.camera_topics = p("camera_topics", ["/cameras/front/image_raw", "/cameras/wrist/image_raw"],
                                "one camera base topic per camera, named by camera_names")
@@ -192,7 +193,8 @@ class PolicyNode(Node):
                              f"policy's cameras {list(cams)}")
         self._camera_slot = [list(cams).index(name) for name in self.camera_names]
         self.policy_source = source
-        self.onnx_provider = (self.runtime.onnx_provider or "") + (", CUDA graphs" if self.runtime.onnx_cuda_graph else "")
+        if self.backend == "onnx":  # what the diagnostics report: the provider, and whether ORT replays CUDA graphs
+            self.backend_label = f"onnx ({self.runtime.onnx_provider}{', CUDA graphs' if self.runtime.onnx_cuda_graph else ''})"
         self._period = PeriodSchedule(self.runtime.policy_period)
         dtype = str(options["dtype"]).replace("torch.", "")
         self.get_logger().info(f"policy: {source} on {self.device} ({dtype}); "
@@ -340,7 +342,7 @@ class PolicyNode(Node):
             "state": self.state,
             "reason": self.reason,
             "policy": getattr(self, "policy_source", ""),
-            "backend": self.backend if self.backend == "torch" else f"onnx ({getattr(self, 'onnx_provider', '')})",
+            "backend": self.backend_label,
             "instruction": self.instruction[:200],
             "chunks_published": self.chunks_published,
             "frames_dropped": self.frames_dropped,

@@ -103,8 +103,8 @@ def test_nodes_spin_single_threaded_unless_they_ask_for_threads():
     assert lines[(str(EXECUTOR_THREADS),)] == ["MultiThreadedExecutor", "shutdown"]
     import inspect
 
-    from mambavla.ros import controller_node, echo_node, policy_node
+    from mambavla.ros import controller_node, echo_node, policy_node, sim_node
 
     assert "threads=EXECUTOR_THREADS" in inspect.getsource(controller_node.main)  # its services wait side by side
-    for module in (policy_node, echo_node):
+    for module in (policy_node, echo_node, sim_node):
         assert "threads" not in inspect.getsource(module.main)

@@ -18,7 +18,7 @@ from rclpy.signals import SignalHandlerOptions
 # The controller's executor: one thread per callback group that may wait (services) plus chunks, state and
 # diagnostics. Nodes whose callbacks all share the default (mutually exclusive) group gain nothing from more
 # threads and spin on one: rclpy's MultiThreadedExecutor delivered 640x480 frames to such a node in 188 ms
-# at the median, 4.1 s at p99 (4 of 40 lost), where a single-threaded one took 3.4 ms (round trip, the H100
+# at the median, 4.1 s at p99 (4 of 40 unanswered within 2 s), where a single-threaded one took 3.4 ms (round trip, the H100
 # machine; docs/benchmarks.md, tenth session, "the MultiThreadedExecutor").
 EXECUTOR_THREADS = 4
 

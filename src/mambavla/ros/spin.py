@@ -8,6 +8,7 @@ shutdown within launch's 5 s SIGTERM timeout.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 
@@ -21,6 +22,12 @@ from rclpy.signals import SignalHandlerOptions
 # at the median, 4.1 s at p99 (4 of 40 unanswered within 2 s), where a single-threaded one took 3.4 ms (round trip, the H100
 # machine; docs/benchmarks.md, tenth session, "the MultiThreadedExecutor").
 EXECUTOR_THREADS = 4
+
+# glibc's mallopt parameters, and the largest block a node keeps for reuse: the shared-memory segment of
+# config/fastdds.xml, i.e. the largest sample the transport carries (32 MB, also glibc's ceiling for the
+# mmap threshold on 64-bit)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+REUSED_BLOCK_BYTES = 32 << 20
 
 
 def _interrupt(signum, frame):
@@ -45,10 +52,29 @@ def use_large_frame_transport() -> None:
         pass
 
 
+def reuse_large_buffers() -> bool:
+    """Have glibc keep freed large blocks for reuse instead of returning them to the kernel: True if it did.
+
+    By default glibc maps every block over its mmap threshold (128 kB, raised only as mapped blocks are
+    freed) from the kernel and trims the heap's free top above its trim threshold, so the buffers a
+    camera frame passes through as a node takes it (Fast DDS's sample, the deserialised message, rclpy's
+    Python copy: 921 kB each at 640x480 rgb8) were faulted in page by page for every frame. Measured on
+    this project's 2-core VM: one 640x480 frame from publish to the subscriber's callback took 3.0 ms, 1.7 ms
+    with this (64x64: 0.9 ms); deserialising it alone 0.49 ms, then 0.10 ms (docs/benchmarks.md, eleventh
+    session). A no-op where the C library has no mallopt (not glibc)."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # a freed heap top is trimmed only above four of the largest blocks, so a node's frames fit in it
+    return mallopt(M_MMAP_THRESHOLD, REUSED_BLOCK_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, 4 * REUSED_BLOCK_BYTES) == 1
+
+
 def run_node(node_factory, args=None, threads: int = 1) -> None:
     """`threads`: 1 spins a SingleThreadedExecutor; more, a MultiThreadedExecutor for nodes with callback
     groups that run side by side (the controller's)."""
     use_large_frame_transport()  # before rclpy creates the DDS participant
+    reuse_large_buffers()
     # rclpy's own handler would invalidate the context before the node could stop the arm cleanly
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _interrupt)

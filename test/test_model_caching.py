@@ -137,3 +137,24 @@ def test_static_kv_cache_streams_and_samples_as_the_growing_cache():
     assert [int(s.length) for s in static] == [d.length for d in dynamic]  # the action tokens were not kept
     with pytest.raises(ValueError, match="do not fit"):
         StaticKVCache.empty_like(dynamic[0], 8).load(dynamic[0])
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_sampling_with_every_flow_steps_modulation_up_front_is_the_velocity_loop(fusion):
+    # sample_actions projects the time and task conditions of all flow steps at once (flow_modulations); it
+    # must integrate the same velocity as training's velocity(x_t, t, state, task), one step at a time
+    model = _model(fusion)
+    g = torch.Generator().manual_seed(1)
+    d, steps = model.config.d_model, model.config.flow_steps
+    with torch.no_grad():
+        tokens = torch.randn(2, 7, d, generator=g)
+        state = model.condition(tokens)
+        task = torch.randn(2, d, generator=g)
+        noise = torch.randn((2, model.config.chunk_size, model.config.action_dim), generator=g)
+        x = noise
+        for i in range(steps):
+            x = x - model.velocity(x, torch.full((2,), 1.0 - i / steps), state, task) / steps
+        sampled = model.sample_actions(state, noise, task=task)
+        untasked = model.sample_actions(state, noise)
+    assert (sampled - x).abs().max().item() <= 1e-5
+    assert (untasked - sampled).abs().max().item() > 1e-3  # the task term is in the modulation

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mambavla.model.mamba2 import Mamba2Mixer, ssd_kernels
+from mambavla.model import mamba2
+from mambavla.model.mamba2 import Mamba2Mixer, causal_depthwise_conv, ssd_kernels
 
 
 def _mixer(**kw) -> Mamba2Mixer:
@@ -21,6 +22,24 @@ def test_chunked_scan_from_state_matches_full_scan():
     assert (torch.cat(pieces, 1) - full).abs().max().item() <= 1e-4
     assert (state.ssm - full_state.ssm).abs().max().item() <= 1e-4
     assert torch.equal(state.conv, full_state.conv)
+
+
+def test_the_conv_as_taps_is_the_conv(monkeypatch):
+    # the form torch.compile gets (shifted multiply-adds, fused by Inductor) computes the eager conv1d
+    torch.manual_seed(0)
+    window, weight, bias = torch.randn(2, 12, 3 + 9), torch.randn(12, 1, 4), torch.randn(12)
+    conv = causal_depthwise_conv(window, weight, bias)
+    assert conv.shape == (2, 12, 9)
+    assert (causal_depthwise_conv(window, weight, bias, taps=True) - conv).abs().max().item() <= 1e-6
+    mixer, u = _mixer(), torch.randn(2, 20, 64)
+    used = []
+    monkeypatch.setattr(mamba2, "causal_depthwise_conv", lambda *a, taps: used.append(taps) or causal_depthwise_conv(*a, taps=taps))
+    with torch.no_grad():
+        eager, _ = mixer(u)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        compiling, _ = mixer(u)
+    assert used == [False, True]
+    assert (compiling - eager).abs().max().item() <= 1e-5
 
 
 def test_token_by_token_recurrence_matches_chunked_scan():

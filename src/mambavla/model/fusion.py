@@ -5,7 +5,8 @@
 `state` is what the stack needs to continue the sequence: per-layer `Mamba2State` (constant size)
 for Mamba blocks, per-layer KV caches (growing with the sequence) for transformer blocks, the
 side-by-side baseline. `cond` (B, d) is the flow-matching time embedding, applied by FiLM to the tokens
-from `cond_start` on (the action tokens: all of them when they are scanned from a cached state);
+from `cond_start` on (the action tokens: all of them when they are scanned from a cached state), or, as
+`modulations(cond)` returns it, every layer's FiLM (scale, shift) already projected;
 `mask` (B, L) marks padding to ignore (left-padded prompts).
 """
 
@@ -30,10 +31,16 @@ class FiLM(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, h: Tensor, cond: Tensor | None, start: int = 0) -> Tensor:
+    def modulation(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """cond (B, d) -> (scale, shift), each (B, 1, d)."""
+        scale, shift = self.proj(cond)[:, None].chunk(2, dim=-1)
+        return scale, shift
+
+    def forward(self, h: Tensor, cond: Tensor | tuple[Tensor, Tensor] | None, start: int = 0) -> Tensor:
+        """cond: the condition (B, d), or its `modulation` computed beforehand."""
         if cond is None:
             return h
-        scale, shift = self.proj(cond)[:, None].chunk(2, dim=-1)
+        scale, shift = cond if isinstance(cond, tuple) else self.modulation(cond)
         if start == 0:
             return h * (1 + scale) + shift
         return torch.cat([h[:, :start], h[:, start:] * (1 + scale) + shift], dim=1)
@@ -60,17 +67,22 @@ class FusionStack(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(blocks)
 
-    def forward(self, x: Tensor, state: list | None = None, cond: Tensor | None = None,
+    def modulations(self, cond: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """cond (B, d) -> every layer's FiLM (scale, shift), each (B, 1, d): what `forward` takes as `cond`."""
+        return [layer.film.modulation(cond) for layer in self.layers]
+
+    def forward(self, x: Tensor, state: list | None = None, cond: Tensor | list | None = None,
                 mask: Tensor | None = None, cond_start: int = 0, frames: tuple[int, int] | None = None) -> tuple[Tensor, list]:
-        """`frames=(start, n)` (Mamba blocks only): the returned state is, per layer, the state after
+        """`cond`: (B, d), or `modulations(cond)`. `frames=(start, n)` (Mamba blocks only): the returned state is, per layer, the state after
         every block of n tokens following `start`, with a frame axis after the batch axis."""
         state = [None] * len(self.layers) if state is None else state
+        conds = cond if isinstance(cond, list) else [cond] * len(self.layers)  # a list: each layer's modulation
         new_state = []
-        for layer, s in zip(self.layers, state):
+        for layer, s, c in zip(self.layers, state, conds):
             if frames is None:
-                x, s = layer(x, s, cond, mask, cond_start)
+                x, s = layer(x, s, c, mask, cond_start)
             elif isinstance(layer, MambaBlock):
-                x, s = layer(x, s, cond, mask, cond_start, frames=frames)
+                x, s = layer(x, s, c, mask, cond_start, frames=frames)
             else:
                 raise ValueError("states after every frame (stream-mode training) need the mamba fusion; "
                                  "train the transformer fusion in window mode")

@@ -151,6 +151,22 @@ def frame_states(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, state: Tensor, sta
     return torch.stack(states, dim=1)
 
 
+def causal_depthwise_conv(window: Tensor, weight: Tensor, bias: Tensor, taps: bool = False) -> Tensor:
+    """Depthwise conv over `window` (B, C, K - 1 + L), weight (C, 1, K), bias (C,) -> (B, C, L), no padding.
+
+    `taps`: as K shifted multiply-adds instead of `F.conv1d`. The same sum; under torch.compile Inductor fuses
+    it with the window's concatenation and the SiLU after it into one kernel, where it keeps a convolution as
+    an aten call with kernels of its own around it (4 kernels per layer and scan in the base preset's compiled
+    step on the H100: docs/benchmarks.md, eleventh session). Eager, one conv1d kernel is the cheaper."""
+    if not taps:
+        return F.conv1d(window, weight, bias, groups=weight.shape[0])
+    k, length = weight.shape[-1], window.shape[-1] - weight.shape[-1] + 1
+    out = bias[:, None] + weight[:, 0, 0, None] * window[..., :length]
+    for i in range(1, k):
+        out = out + weight[:, 0, i, None] * window[..., i:i + length]
+    return out
+
+
 class RMSNorm(nn.Module):
     def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
@@ -212,7 +228,8 @@ class Mamba2Mixer(nn.Module):
         # causal depthwise conv continuing from the carried inputs
         window = torch.cat([state.conv.to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)  # (B, conv_dim, d_conv - 1 + L)
         conv_state = window[..., -(self.d_conv - 1):]
-        xBC = F.silu(F.conv1d(window, self.conv_weight.to(xBC.dtype), self.conv_bias.to(xBC.dtype), groups=self.conv_dim))
+        xBC = F.silu(causal_depthwise_conv(window, self.conv_weight.to(xBC.dtype), self.conv_bias.to(xBC.dtype),
+                                           taps=torch.compiler.is_compiling()))
         xBC = xBC.transpose(1, 2)  # (B, L, conv_dim)
 
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)

@@ -143,31 +143,54 @@ class MambaVLA(nn.Module):
         _, state = self.fusion(tokens, state, mask=mask)
         return state
 
-    def velocity(self, x_t: Tensor, t: Tensor, state: list, task: Tensor | None = None) -> Tensor:
+    def velocity(self, x_t: Tensor, t: Tensor | None, state: list, task: Tensor | None = None,
+                 modulation: list | None = None) -> Tensor:
         """x_t (B, H, A) normalised noisy actions, t (B,), task (B, d) -> velocity (B, H, A). Re-scans only
-        the action tokens from the context state (which it does not modify)."""
+        the action tokens from the context state (which it does not modify). `modulation`: this flow step's
+        FiLM for every layer (`flow_modulations`), computed beforehand from t and task, which it replaces."""
+        if modulation is not None:
+            hidden, _ = self.fusion(self.action_in(x_t) + self.action_pos, state, cond=modulation)
+            return self.action_out(self.norm_out(hidden))
         tokens, cond = self.action_tokens(x_t, t)
         if task is not None:
             cond = cond + self.task_to_action(task)
         hidden, _ = self.fusion(tokens, state, cond=cond)
         return self.action_out(self.norm_out(hidden))
 
-    def action_tokens(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """x_t (B, H, A), t (B,) fp32 -> action tokens (B, H, d) and the time condition (B, d)."""
+    def time_condition(self, t: Tensor) -> Tensor:
+        """t (N,) fp32 -> the time condition (N, d)."""
         # the sinusoid sees t in fp32: bf16 rounding of t before the x1000 scale would shift phases by ~1 rad
         with torch.autocast(t.device.type, enabled=False):
             embedding = _time_embedding(t.float(), self.config.d_model)
-        cond = self.time_mlp(embedding.to(self.time_mlp[0].weight.dtype))
-        return self.action_in(x_t) + self.action_pos, cond
+        return self.time_mlp(embedding.to(self.time_mlp[0].weight.dtype))
+
+    def action_tokens(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """x_t (B, H, A), t (B,) fp32 -> action tokens (B, H, d) and the time condition (B, d)."""
+        return self.action_in(x_t) + self.action_pos, self.time_condition(t)
+
+    def flow_modulations(self, times: Tensor, task: Tensor | None = None) -> list[list[tuple[Tensor, Tensor]]]:
+        """times (S, B) fp32, the flow times of S steps for B samples; task (B, d) -> for each step, what
+        `velocity` takes as `modulation`: every layer's FiLM (scale, shift), each (B, 1, d). The time MLP, the
+        task's term and each layer's FiLM projection run once over all S steps instead of once per step
+        (fewer, larger matmuls in a step that is launch-bound on a GPU)."""
+        steps, b = times.shape
+        cond = self.time_condition(times.reshape(-1))  # (S * B, d), step-major
+        if task is not None:
+            cond = cond + self.task_to_action(task).repeat(steps, 1)
+        layers = self.fusion.modulations(cond)
+        return [[(scale[i * b:(i + 1) * b], shift[i * b:(i + 1) * b]) for scale, shift in layers] for i in range(steps)]
 
     @torch.no_grad()
     def sample_actions(self, state: list, noise: Tensor, steps: int | None = None, task: Tensor | None = None) -> Tensor:
         """Euler integration from noise (t = 1) to actions (t = 0); returns normalised actions (B, H, A)."""
         steps = steps or self.config.flow_steps
+        # t_i = 1 - i / steps, as (steps - i) / steps in fp32 (each the fp32 nearest the exact value); made on
+        # the device, so a CUDA graph can capture it
+        times = (steps - torch.arange(steps, device=noise.device, dtype=torch.float32)) / steps
+        modulations = self.flow_modulations(times[:, None].expand(steps, noise.shape[0]), task)
         x = noise
-        for i in range(steps):
-            t = torch.full((x.shape[0],), 1.0 - i / steps, device=x.device, dtype=torch.float32)
-            x = x - self.velocity(x, t, state, task) / steps
+        for modulation in modulations:
+            x = x - self.velocity(x, None, state, modulation=modulation) / steps
         return x
 
     # ---- training -----------------------------------------------------------------------------

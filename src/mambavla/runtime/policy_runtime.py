@@ -24,10 +24,11 @@ KV_CAPACITY_FRAMES = 256  # frames of history the Transformer's captured step ho
 # torch.compile modes for `compile_step`: none that captures CUDA graphs itself ("reduce-overhead",
 # "max-autotune"), since our own graph captures the compiled kernels
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
-# the model methods `compile_step` compiles, each once (static shapes; `velocity` serves every flow step).
-# Compiling the whole step instead unrolls the fusion stack once per flow step: on an H100 the base preset's
-# compile had not finished after about 3 minutes, against 47 s for these regions
-COMPILED_REGIONS = ("encode_frame", "condition", "velocity")
+# the model methods `compile_step` compiles, each once (static shapes; `velocity` serves every flow step,
+# `flow_modulations` conditions them all at once). Compiling the whole step instead unrolls the fusion stack
+# once per flow step: on an H100 the base preset's compile had not finished after about 3 minutes, against
+# 47 s for these regions
+COMPILED_REGIONS = ("encode_frame", "condition", "flow_modulations", "velocity")
 
 
 class PolicyRuntime:
@@ -44,7 +45,7 @@ class PolicyRuntime:
     opt-in (`cuda_graph=True`) until test_runtime's CUDA tests have run on a GPU.
 
     `compile_step` (opt-in, CUDA graph only): compile the step's parts (`COMPILED_REGIONS`: vision, the
-    context scan, the velocity that every flow step calls) with `torch.compile` before the graph captures
+    context scan, the flow steps' conditions, the velocity that every flow step calls) with `torch.compile` before the graph captures
     them, so the graph replays Inductor's fused kernels instead of one kernel per eager op. True means mode
     "default"; a string names the mode (`COMPILE_MODES`). The first step pays the compile (47 s for the base
     preset on an H100); docs/benchmarks.md has the kernel counts and latencies.

@@ -94,3 +94,33 @@ def test_cuda_kernel_path_matches_cpu_reference():
     assert (second[1].ssm.cpu() - ref[1][1].ssm).abs().max().item() <= 1e-3
     assert (one[0].cpu() - ref_one[0]).abs().max().item() <= 1e-3
     assert (first[1].ssm.cpu() - ref[0][1].ssm).abs().max().item() <= 1e-3  # the kernel did not touch the cached state
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (Triton)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_short_scan_kernel_matches_the_reference(dtype, groups):
+    from mambavla.model.mamba2 import ssd_scan_reference
+    from mambavla.model.short_scan import MAX_TOKENS, fits, short_scan
+
+    torch.manual_seed(0)
+    b, h, p, n = 2, 8, 64, 64
+    for length in (1, 5, 16, 33, MAX_TOKENS):
+        x = torch.randn(b, length, h, p, device="cuda")
+        dt = torch.nn.functional.softplus(torch.randn(b, length, h, device="cuda") - 2.0)
+        A = -torch.exp(torch.rand(h, device="cuda") * 2.0)
+        B, C = torch.randn(2, b, length, groups, n, device="cuda").unbind(0)
+        D = torch.randn(h, device="cuda")
+        state = torch.randn(b, h, p, n, device="cuda")
+        cast = [v.to(dtype) for v in (x, B, C)]
+        ref_y, ref_state = ssd_scan_reference(*[v.float() for v in (cast[0],)], dt, A, cast[1].float(), cast[2].float(), D, state, 64)
+        with torch.no_grad():
+            assert fits(cast[0], cast[1])
+            y, final = short_scan(cast[0], dt, A, cast[1], cast[2], D, state)
+        assert y.dtype == dtype and final.dtype == torch.float32
+        # fp32: exact matmuls (ieee); bf16: the matmul inputs rounded to bf16, as in mamba-ssm's kernels
+        tol = 1e-3 if dtype == torch.float32 else 3e-2
+        assert (y.float() - ref_y).abs().max().item() <= tol * max(1.0, ref_y.abs().max().item()), length
+        assert (final - ref_state).abs().max().item() <= tol * max(1.0, ref_state.abs().max().item()), length
+    assert not fits(torch.zeros(1, MAX_TOKENS + 1, h, p, device="cuda"), torch.zeros(1, 1, 1, n))  # mamba-ssm's scan

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambavla.model import short_scan
+
 
 class Mamba2State(NamedTuple):
     conv: Tensor  # (B, conv_dim, d_conv - 1): the last pre-conv inputs
@@ -266,6 +268,8 @@ class Mamba2Mixer(nn.Module):
                 D=self.D[:, None].expand(h, p), dt_bias=dt.new_zeros(h)[:, None].expand(h, p),
             )
             return y[:, None], state
+        if short_scan.fits(x, B):  # a step's few tokens: one kernel instead of mamba-ssm's five
+            return short_scan.short_scan(x, dt, A, B, C, self.D, ssm_state)
         y, state = chunk_scan(
             x, dt.to(x.dtype), A, B, C, chunk_size=self.chunk_len, D=self.D.to(x.dtype),
             initial_states=ssm_state, return_final_states=True,

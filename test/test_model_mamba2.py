@@ -84,15 +84,19 @@ def test_cuda_kernel_path_matches_cpu_reference():
         ref = [mixer(u[:, :40]), None]
         ref[1] = mixer(u[:, 40:], ref[0][1])
         ref_one = mixer(u[:, 40:41], ref[0][1])
+        ref_long = mixer(u, ref[0][1])
         gpu = mixer.cuda()
         ucu = u.cuda()
         first = gpu(ucu[:, :40])
         second = gpu(ucu[:, 40:], first[1])
-        one = gpu(ucu[:, 40:41], first[1])  # selective_state_update path
+        one = gpu(ucu[:, 40:41], first[1])  # one token (short_scan.py's kernel)
+        long = gpu(ucu, first[1])  # 75 tokens: mamba-ssm's chunked scan
     assert (first[0].cpu() - ref[0][0]).abs().max().item() <= 1e-3
     assert (second[0].cpu() - ref[1][0]).abs().max().item() <= 1e-3
     assert (second[1].ssm.cpu() - ref[1][1].ssm).abs().max().item() <= 1e-3
     assert (one[0].cpu() - ref_one[0]).abs().max().item() <= 1e-3
+    assert (long[0].cpu() - ref_long[0]).abs().max().item() <= 1e-3
+    assert (long[1].ssm.cpu() - ref_long[1].ssm).abs().max().item() <= 1e-3
     assert (first[1].ssm.cpu() - ref[0][1].ssm).abs().max().item() <= 1e-3  # the kernel did not touch the cached state
 
 
@@ -107,20 +111,25 @@ def test_short_scan_kernel_matches_the_reference(dtype, groups):
     torch.manual_seed(0)
     b, h, p, n = 2, 8, 64, 64
     for length in (1, 5, 16, 33, MAX_TOKENS):
-        x = torch.randn(b, length, h, p, device="cuda")
-        dt = torch.nn.functional.softplus(torch.randn(b, length, h, device="cuda") - 2.0)
-        A = -torch.exp(torch.rand(h, device="cuda") * 2.0)
-        B, C = torch.randn(2, b, length, groups, n, device="cuda").unbind(0)
+        x = torch.randn(b, length, h, p, device="cuda").to(dtype)
+        B, C = torch.randn(2, b, length, groups, n, device="cuda").to(dtype).unbind(0)
+        xBC = torch.cat([x.flatten(2), B.flatten(2), C.flatten(2)], dim=-1)  # the conv's output, [x | B | C]
+        dt_raw = (torch.randn(b, length, h, device="cuda") * 3.0).to(dtype)  # some past softplus's threshold (20 after bias)
+        dt_bias = torch.randn(h, device="cuda") - 2.0
+        dt_bias[0] = 25.0
+        A_log = torch.rand(h, device="cuda") * 2.0
         D = torch.randn(h, device="cuda")
         state = torch.randn(b, h, p, n, device="cuda")
-        cast = [v.to(dtype) for v in (x, B, C)]
-        ref_y, ref_state = ssd_scan_reference(*[v.float() for v in (cast[0],)], dt, A, cast[1].float(), cast[2].float(), D, state, 64)
+        dt = torch.nn.functional.softplus(dt_raw.float() + dt_bias)
+        ref_y, ref_state = ssd_scan_reference(x.float(), dt, -torch.exp(A_log), B.float(), C.float(), D, state, 64)
         with torch.no_grad():
-            assert fits(cast[0], cast[1])
-            y, final = short_scan(cast[0], dt, A, cast[1], cast[2], D, state)
-        assert y.dtype == dtype and final.dtype == torch.float32
+            assert fits(xBC, p, n)
+            y, final = short_scan(xBC, dt_raw, dt_bias, A_log, D, state, h, groups)
+        assert y.shape == (b, length, h * p) and y.dtype == dtype and final.dtype == torch.float32
         # fp32: exact matmuls (ieee); bf16: the matmul inputs rounded to bf16, as in mamba-ssm's kernels
         tol = 1e-3 if dtype == torch.float32 else 3e-2
+        ref_y = ref_y.flatten(2)
         assert (y.float() - ref_y).abs().max().item() <= tol * max(1.0, ref_y.abs().max().item()), length
         assert (final - ref_state).abs().max().item() <= tol * max(1.0, ref_state.abs().max().item()), length
-    assert not fits(torch.zeros(1, MAX_TOKENS + 1, h, p, device="cuda"), torch.zeros(1, 1, 1, n))  # mamba-ssm's scan
+    assert not fits(torch.zeros(1, MAX_TOKENS + 1, h * p + 2 * n, device="cuda"), p, n)  # mamba-ssm's scan
+    assert not fits(torch.zeros(1, 8, 8 * 24 + 2 * 24, device="cuda"), 24, 24)

@@ -5,9 +5,11 @@ any number of tokens; that is what lets the policy cache the instruction prefix,
 and re-scan only the action tokens per flow step. Library modules cannot do this (mamba-ssm's
 `Mamba2.forward` never passes `initial_states`; transformers' decode path takes one token).
 
-Two scan paths, one module: the chunked SSD reference in plain PyTorch (CPU, and anywhere the
-kernels are missing) and mamba-ssm's Triton kernels on CUDA (`mamba_chunk_scan_combined` with
-`initial_states`, `selective_state_update` for one token). `test_model_mamba2.py` checks they agree.
+Three scan paths, one module: the chunked SSD reference in plain PyTorch (CPU, and anywhere the
+kernels are missing), mamba-ssm's Triton kernels on CUDA (`mamba_chunk_scan_combined` with
+`initial_states`, `selective_state_update` for one token), and, for inference scans of at most 64 tokens
+on CUDA (a policy step's), one Triton kernel of our own (`short_scan.py`). `test_model_mamba2.py` checks
+they agree.
 The causal depthwise conv carries its last `d_conv - 1` inputs as state (no causal-conv1d needed).
 """
 
@@ -233,6 +235,11 @@ class Mamba2Mixer(nn.Module):
         xBC = F.silu(causal_depthwise_conv(window, self.conv_weight.to(xBC.dtype), self.conv_bias.to(xBC.dtype),
                                            taps=torch.compiler.is_compiling()))
         xBC = xBC.transpose(1, 2)  # (B, L, conv_dim)
+        if mask is None and frames is None and self.use_kernels and short_scan.fits(xBC, self.headdim, self.d_state):
+            # a step's few tokens: one kernel (x, B, C read from the conv's output; softplus(dt) and A inside)
+            # instead of mamba-ssm's five and the ones that prepare their inputs
+            y, ssm_state = short_scan.short_scan(xBC, dt, self.dt_bias, self.A_log, self.D, state.ssm, self.nheads, self.ngroups)
+            return self.out_proj(self.norm(y, gate=z)), Mamba2State(conv_state, ssm_state)
 
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         x = x.reshape(batch, length, self.nheads, self.headdim)  # (B, L, H, P)
@@ -268,8 +275,6 @@ class Mamba2Mixer(nn.Module):
                 D=self.D[:, None].expand(h, p), dt_bias=dt.new_zeros(h)[:, None].expand(h, p),
             )
             return y[:, None], state
-        if short_scan.fits(x, B):  # a step's few tokens: one kernel instead of mamba-ssm's five
-            return short_scan.short_scan(x, dt, A, B, C, self.D, ssm_state)
         y, state = chunk_scan(
             x, dt.to(x.dtype), A, B, C, chunk_size=self.chunk_len, D=self.D.to(x.dtype),
             initial_states=ssm_state, return_final_states=True,

@@ -31,9 +31,8 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def short_scan_kernel(x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, h0_ptr, y_ptr, h1_ptr, length, heads, heads_per_group,
-                          sxb, sxl, sxh, sxp, sdb, sdl, sdh, sbb, sbl, sbg, sbn, scb, scl, scg, scn,
-                          shb, shh, shp, shn, syb, syl, syh, syp, sob, soh, sop, son,
+    def short_scan_kernel(xbc_ptr, dt_ptr, bias_ptr, alog_ptr, d_ptr, h0_ptr, y_ptr, h1_ptr, length, heads, heads_per_group,
+                          b_offset, c_offset, sxb, sxl, sxc, sdb, sdl, sdh, shb, shh, shp, shn, syb, syl, syc, sob, soh, sop, son,
                           BLOCK_T: tl.constexpr, P: tl.constexpr, N: tl.constexpr, PRECISION: tl.constexpr):
         pid = tl.program_id(0)
         b, h = pid // heads, pid % heads
@@ -42,13 +41,15 @@ def _kernel():
         p = tl.arange(0, P)
         n = tl.arange(0, N)
         valid = t < length
-        dt = tl.load(dt_ptr + b * sdb + t * sdl + h * sdh, mask=valid, other=0.0).to(tl.float32)
-        a = dt * tl.load(a_ptr + h).to(tl.float32)
+        raw = tl.load(dt_ptr + b * sdb + t * sdl + h * sdh, mask=valid, other=0.0).to(tl.float32) + tl.load(bias_ptr + h).to(tl.float32)
+        dt = tl.where(valid, tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(raw))), 0.0)  # softplus, as F.softplus
+        a = dt * -tl.exp(tl.load(alog_ptr + h).to(tl.float32))
         cum = tl.cumsum(a, axis=0)  # a_1 + ... + a_t (padding adds 0)
         total = tl.sum(a, axis=0)
-        x = tl.load(x_ptr + b * sxb + t[:, None] * sxl + h * sxh + p[None, :] * sxp, mask=valid[:, None], other=0.0)
-        bm = tl.load(b_ptr + b * sbb + t[:, None] * sbl + g * sbg + n[None, :] * sbn, mask=valid[:, None], other=0.0)
-        cm = tl.load(c_ptr + b * scb + t[:, None] * scl + g * scg + n[None, :] * scn, mask=valid[:, None], other=0.0)
+        rows = xbc_ptr + b * sxb + t[:, None] * sxl
+        x = tl.load(rows + (h * P + p[None, :]) * sxc, mask=valid[:, None], other=0.0)  # (T, P)
+        bm = tl.load(rows + (b_offset + g * N + n[None, :]) * sxc, mask=valid[:, None], other=0.0)  # (T, N)
+        cm = tl.load(rows + (c_offset + g * N + n[None, :]) * sxc, mask=valid[:, None], other=0.0)
         h0 = tl.load(h0_ptr + b * shb + h * shh + p[:, None] * shp + n[None, :] * shn)  # (P, N) fp32
 
         causal = t[:, None] >= t[None, :]
@@ -57,7 +58,7 @@ def _kernel():
         y = tl.dot(weights.to(x.dtype), x, input_precision=PRECISION)  # (T, P) fp32
         y += tl.dot(cm, tl.trans(h0.to(cm.dtype)), input_precision=PRECISION) * tl.exp(cum)[:, None]
         y += x.to(tl.float32) * tl.load(d_ptr + h).to(tl.float32)
-        tl.store(y_ptr + b * syb + t[:, None] * syl + h * syh + p[None, :] * syp, y.to(y_ptr.dtype.element_ty), mask=valid[:, None])
+        tl.store(y_ptr + b * syb + t[:, None] * syl + (h * P + p[None, :]) * syc, y.to(y_ptr.dtype.element_ty), mask=valid[:, None])
 
         to_end = tl.exp(total - cum) * dt  # (T,) decay from after token s to the end, times dt_s
         added = tl.dot(tl.trans(x), (bm.to(tl.float32) * to_end[:, None]).to(x.dtype), input_precision=PRECISION)  # (P, N)
@@ -68,32 +69,36 @@ def _kernel():
     return _KERNEL
 
 
-def fits(x: Tensor, B: Tensor) -> bool:
-    """Whether `short_scan` takes this scan: CUDA, no autograd, at most MAX_TOKENS tokens, and head and state
-    sizes the kernel's matmuls take (powers of two, at least 16)."""
-    p, n = x.shape[-1], B.shape[-1]
-    return (x.is_cuda and not torch.is_grad_enabled() and 1 <= x.shape[1] <= MAX_TOKENS
-            and all(v >= 16 and v & (v - 1) == 0 for v in (p, n)))
+def fits(xBC: Tensor, headdim: int, d_state: int) -> bool:
+    """Whether `short_scan` takes the scan of xBC (B, L, channels): CUDA, no autograd, at most MAX_TOKENS
+    tokens, and head and state sizes its matmuls take (powers of two, at least 16)."""
+    return (xBC.is_cuda and not torch.is_grad_enabled() and 1 <= xBC.shape[1] <= MAX_TOKENS
+            and all(v >= 16 and v & (v - 1) == 0 for v in (headdim, d_state)))
 
 
 @torch.library.custom_op("mambavla::short_scan", mutates_args=())
-def short_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-    """x (b, l, h, p), dt (b, l, h) after softplus, A (h,), B and C (b, l, g, n), D (h,), state (b, h, p, n)
-    -> y (b, l, h, p) in x's dtype and the final state (b, h, p, n) fp32, as `ssd_scan_reference`. `fits` first.
+def short_scan(xBC: Tensor, dt: Tensor, dt_bias: Tensor, A_log: Tensor, D: Tensor, state: Tensor,
+               heads: int, groups: int) -> tuple[Tensor, Tensor]:
+    """The mixer's scan from its conv output and raw dt: xBC (b, l, h*p + 2*g*n) as [x | B | C], dt (b, l, h)
+    before dt_bias and softplus, dt_bias, A_log, D (h,), state (b, h, p, n) -> y (b, l, h*p) in xBC's dtype and
+    the final state (b, h, p, n) fp32, as `ssd_scan_reference` with dt = softplus(dt + dt_bias) and
+    A = -exp(A_log). It reads x, B and C where the conv wrote them and computes dt and A itself: a custom op's
+    inputs are buffers Inductor must materialise, so each one computed outside would cost a kernel. `fits` first.
     A custom op, so torch.compile keeps it as the one kernel it is and a CUDA graph captures it."""
-    batch, length, heads, p = x.shape
-    groups, n = B.shape[2], B.shape[3]
+    batch, length, channels = xBC.shape
+    n = state.shape[-1]
+    p = state.shape[2]
     state = state.float()
-    y = torch.empty_like(x)
+    y = xBC.new_empty(batch, length, heads * p)
     final = torch.empty_like(state)
     block = max(16, 1 << (length - 1).bit_length())
     _kernel()[(batch * heads,)](
-        x, dt, A, B, C, D, state, y, final, length, heads, heads // groups,
-        *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *state.stride(), *y.stride(), *final.stride(),
-        BLOCK_T=block, P=p, N=n, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4)
+        xBC, dt, dt_bias, A_log, D, state, y, final, length, heads, heads // groups, heads * p, heads * p + groups * n,
+        *xBC.stride(), *dt.stride(), *state.stride(), *y.stride(), *final.stride(),
+        BLOCK_T=block, P=p, N=n, PRECISION="ieee" if xBC.dtype == torch.float32 else "tf32", num_warps=4)
     return y, final
 
 
 @short_scan.register_fake
-def _(x, dt, A, B, C, D, state):
-    return torch.empty_like(x), torch.empty_like(state, dtype=torch.float32)
+def _(xBC, dt, dt_bias, A_log, D, state, heads, groups):
+    return xBC.new_empty(xBC.shape[0], xBC.shape[1], heads * state.shape[2]), torch.empty_like(state, dtype=torch.float32)

@@ -16,9 +16,12 @@ activations' dtype (C·Bᵀ weighted, then cast to it, times x; C times the stat
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from torch import Tensor
 
+_HAS_TRITON = importlib.util.find_spec("triton") is not None  # without it: mamba2.py's other paths
 MAX_TOKENS = 64  # one program holds the (T, T) decay matrix and (T, P), (T, N), (P, N) tiles
 _KERNEL = None
 
@@ -73,7 +76,7 @@ def fits(xBC: Tensor, headdim: int, d_state: int) -> bool:
     """Whether `short_scan` takes the scan of xBC (B, L, channels): CUDA, no autograd, at most MAX_TOKENS
     tokens, and head and state sizes its matmuls take (powers of two, at least 16)."""
     return (xBC.is_cuda and not torch.is_grad_enabled() and 1 <= xBC.shape[1] <= MAX_TOKENS
-            and all(v >= 16 and v & (v - 1) == 0 for v in (headdim, d_state)))
+            and all(v >= 16 and v & (v - 1) == 0 for v in (headdim, d_state)) and _HAS_TRITON)
 
 
 @torch.library.custom_op("mambavla::short_scan", mutates_args=())

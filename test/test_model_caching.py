@@ -158,3 +158,5 @@ def test_sampling_with_every_flow_steps_modulation_up_front_is_the_velocity_loop
         untasked = model.sample_actions(state, noise)
     assert (sampled - x).abs().max().item() <= 1e-5
     assert (untasked - sampled).abs().max().item() > 1e-3  # the task term is in the modulation
+    with pytest.raises(ValueError, match="flow time"):
+        model.velocity(noise, None, state, task)  # neither t nor a modulation

@@ -149,11 +149,13 @@ class MambaVLA(nn.Module):
         the action tokens from the context state (which it does not modify). `modulation`: this flow step's
         FiLM for every layer (`flow_modulations`), computed beforehand from t and task, which it replaces."""
         if modulation is not None:
-            hidden, _ = self.fusion(self.action_in(x_t) + self.action_pos, state, cond=modulation)
-            return self.action_out(self.norm_out(hidden))
-        tokens, cond = self.action_tokens(x_t, t)
-        if task is not None:
-            cond = cond + self.task_to_action(task)
+            tokens, cond = self.action_in(x_t) + self.action_pos, modulation
+        elif t is None:
+            raise ValueError("velocity needs the flow time t, or a modulation from flow_modulations")
+        else:
+            tokens, cond = self.action_tokens(x_t, t)
+            if task is not None:
+                cond = cond + self.task_to_action(task)
         hidden, _ = self.fusion(tokens, state, cond=cond)
         return self.action_out(self.norm_out(hidden))
 

@@ -58,9 +58,9 @@ def reuse_large_buffers() -> bool:
     By default glibc maps every block over its mmap threshold (128 kB, raised only as mapped blocks are
     freed) from the kernel and trims the heap's free top above its trim threshold, so the buffers a
     camera frame passes through as a node takes it (Fast DDS's sample, the deserialised message, rclpy's
-    Python copy: 921 kB each at 640x480 rgb8) were faulted in page by page for every frame. Measured on
-    this project's 2-core VM: one 640x480 frame from publish to the subscriber's callback took 3.0 ms, 1.7 ms
-    with this (64x64: 0.9 ms); deserialising it alone 0.49 ms, then 0.10 ms (docs/benchmarks.md, eleventh
+    Python copy: 921 kB each at 640x480 rgb8) were faulted in page by page for every frame: about 640 minor
+    faults per frame in echo_node. Measured on this project's 2-core VM: one 640x480 frame from publish to
+    the subscriber's callback took 3.0 ms, 1.7 ms with this (64x64: 0.9 ms) (docs/benchmarks.md, eleventh
     session). A no-op where the C library has no mallopt (not glibc)."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:

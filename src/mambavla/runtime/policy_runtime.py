@@ -27,7 +27,7 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 # the model methods `compile_step` compiles, each once (static shapes; `velocity` serves every flow step,
 # `flow_modulations` conditions them all at once). Compiling the whole step instead unrolls the fusion stack
 # once per flow step: on an H100 the base preset's compile had not finished after about 3 minutes, against
-# 47 s for these regions
+# 47 s for the regions then (without flow_modulations)
 COMPILED_REGIONS = ("encode_frame", "condition", "flow_modulations", "velocity")
 
 
@@ -45,8 +45,8 @@ class PolicyRuntime:
     opt-in (`cuda_graph=True`) until test_runtime's CUDA tests have run on a GPU.
 
     `compile_step` (opt-in, CUDA graph only): compile the step's parts (`COMPILED_REGIONS`: vision, the
-    context scan, the flow steps' conditions, the velocity that every flow step calls) with `torch.compile` before the graph captures
-    them, so the graph replays Inductor's fused kernels instead of one kernel per eager op. True means mode
+    context scan, the flow steps' conditions, the velocity that every flow step calls) with `torch.compile`
+    before the graph captures them, so the graph replays Inductor's fused kernels instead of one kernel per eager op. True means mode
     "default"; a string names the mode (`COMPILE_MODES`). The first step pays the compile (47 s for the base
     preset on an H100); docs/benchmarks.md has the kernel counts and latencies.
 
@@ -413,16 +413,9 @@ class _StepGraph:
         outside the graph (compiled or not, as captured), the static state restored afterwards:
         {"kernels": launches, "memcpy_memset": copies and fills, "graph_replay_kernels": kernel events
         CUPTI reports for one replay (0 where it reports none for graph nodes)}. Not for a hot loop."""
-        from torch.profiler import ProfilerActivity, profile
-
         def count(fn) -> tuple[int, int]:
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                fn()
-                torch.cuda.synchronize()
-            names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-            copies = sum(n.startswith(("Memcpy", "Memset")) or n.startswith(("[memcpy", "[memset")) for n in names)
-            return len(names) - copies, copies
+            kernels, copies = cuda_work(fn)
+            return len(kernels), len(copies)
 
         saved = self._save()
         kernels, copies = count(self._step)
@@ -516,6 +509,20 @@ class _StepGraph:
         """load() then replay(): -> actions (B, H, A) on the host."""
         self.load(images, proprio, noise)
         return self.replay()
+
+
+def cuda_work(fn) -> tuple[list, list]:
+    """Run `fn` once under torch.profiler (CUDA activity, CUPTI) -> its GPU events: (kernels, copies and
+    fills), each a list of the profiler's events (`.name`, `.time_range`). Synchronises before and after."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    is_copy = [e.name.startswith(("Memcpy", "Memset", "[memcpy", "[memset")) for e in events]
+    return [e for e, c in zip(events, is_copy) if not c], [e for e, c in zip(events, is_copy) if c]
 
 
 class PinnedUpload:

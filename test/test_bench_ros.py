@@ -22,3 +22,4 @@ def test_bench_ros_times_the_echo_floor_and_splits_the_policy_nodes_share():
     assert math.isfinite(inference) and inference > 0
     assert node >= inference  # frame receipt -> chunk published holds the step
     assert 0 < policy["convert_ms_per_frame_p50"] < node  # and the newest frame's decoding before it
+    assert policy["convert_ms_per_frame_p50"] <= policy["wait_ms_p50"] < node  # receipt -> step start: decoding and more

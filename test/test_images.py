@@ -122,6 +122,19 @@ def test_jpeg_and_png_frames_give_the_raw_frames_pixels(height, width):
     np.testing.assert_array_equal(image_to_rgb(compressed(rgb, ".png"), (128, 128)), expected)
 
 
+def test_frames_decoded_for_a_later_resize_keep_their_size_or_the_jpeg_scale_that_keeps_the_target():
+    rgb = camera_frame(480, 640)
+    for encoding, pixels in (("rgb8", rgb), ("bgr8", rgb[:, :, ::-1]), ("mono8", rgb[:, :, 0])):
+        whole = image_to_rgb(image(pixels, encoding), (128, 128), resize=False)  # for the GPU's resize
+        np.testing.assert_array_equal(whole, image_to_rgb(image(pixels, encoding)))
+        np.testing.assert_array_equal(resize_rgb(whole, (128, 128)), image_to_rgb(image(pixels, encoding), (128, 128)))
+    jpeg = compressed(rgb, ".jpg")
+    assert image_to_rgb(jpeg, (128, 128), resize=False).shape == (240, 320, 3)  # 1/2: 1/4 would be 120 rows < 128
+    assert image_to_rgb(jpeg, (32, 32), resize=False).shape == (60, 80, 3)  # 1/8
+    np.testing.assert_array_equal(resize_rgb(image_to_rgb(jpeg, (128, 128), resize=False), (128, 128)),
+                                  image_to_rgb(jpeg, (128, 128)))
+
+
 @pytest.mark.parametrize(
     ("data", "fragment"),
     [

@@ -7,8 +7,10 @@ import pytest
 import torch
 from observations import instruction_change_chunks
 
+from mambavla.data.images import area_weights, resize_rgb
 from mambavla.model.checkpoint import convert_checkpoint, load_checkpoint, save_checkpoint
 from mambavla.runtime import ActionChunk, PolicyRuntime
+from mambavla.runtime.policy_runtime import AreaResize
 
 
 def _obs(runtime: PolicyRuntime, seed: int = 0, stamp: float = 12.5) -> dict:
@@ -159,8 +161,10 @@ _DROP = object()
 @pytest.mark.parametrize("make, message", [
     (lambda rt: _bad(rt, images={"front": np.zeros((32, 32, 3), np.uint8)}), "missing camera"),
     (lambda rt: _bad(rt, img_side=np.zeros((32, 32, 3), np.uint8)), "unknown camera"),
-    (lambda rt: _bad(rt, img_front=np.zeros((64, 32, 3), np.uint8)), r"images\['front'\]: expected shape \(32, 32, 3\)"),
-    (lambda rt: _bad(rt, img_front=np.zeros((32, 32, 4), np.uint8)), r"expected shape"),
+    (lambda rt: _bad(rt, img_front=np.zeros((32, 32, 4), np.uint8)), r"images\['front'\]: expected shape \(H, W, 3\)"),
+    (lambda rt: _bad(rt, img_front=np.zeros((32, 32), np.uint8)), r"expected shape \(H, W, 3\) RGB \(the policy sees"),
+    (lambda rt: _bad(rt, img_front=np.zeros((0, 32, 3), np.uint8)), r"expected shape \(H, W, 3\)"),
+    (lambda rt: _bad(rt, img_front=np.zeros((9000, 1, 3), np.uint8)), r"9000 exceeds 8192 px per side"),
     (lambda rt: _bad(rt, img_wrist=np.zeros((32, 32, 3), np.float32)), r"images\['wrist'\]: expected dtype uint8"),
     (lambda rt: _bad(rt, img_wrist=[[0]]), "expected a numpy array"),
     (lambda rt: _bad(rt, images=None), "images: expected a dict"),
@@ -175,6 +179,30 @@ _DROP = object()
 def test_bad_observation_raises_value_error_naming_the_field(runtime, make, message):
     with pytest.raises(ValueError, match=message):
         runtime.step(make(runtime))
+
+
+@pytest.mark.parametrize("camera", [(48, 64), (20, 24), (31, 97)])  # shrinking, enlarging, both
+def test_frames_of_any_size_are_resized_as_opencv_resizes_them(camera):
+    rt = PolicyRuntime.from_preset("tiny", seed=3)
+    rt.set_instruction("lift the red cube")
+    obs = _obs(rt, seed=1)
+    rng = np.random.default_rng(2)
+    obs["images"] = {c: rng.integers(0, 256, (*camera, 3), dtype=np.uint8) for c in rt.camera_names}
+    resized = {**obs, "images": {c: resize_rgb(v, rt.image_size) for c, v in obs["images"].items()}}
+    got = rt.step(obs).actions
+    rt.reset()
+    np.testing.assert_array_equal(got, rt.step(resized).actions)
+
+
+def test_area_weights_are_opencvs_inter_area():
+    rng = np.random.default_rng(0)
+    for source, size in [((480, 640), (128, 128)), ((100, 90), (128, 128)), ((720, 1280), (224, 224)), ((7, 5), (32, 32))]:
+        frame = rng.integers(0, 256, (*source, 3), dtype=np.uint8)
+        rows, cols = area_weights(source, size)
+        assert rows.shape == (size[0], source[0]) and cols.shape == (source[1], size[1])
+        ours = np.einsum("hH,HWc,Ww->hwc", rows, frame.astype(np.float32), cols)
+        np.testing.assert_allclose(ours, resize_rgb(frame.astype(np.float32), size), atol=1e-3)
+        assert np.abs(np.rint(ours) - resize_rgb(frame, size)).max() <= 1  # OpenCV's uint8 path rounds in fixed point
 
 
 @pytest.mark.parametrize("text", ["", "   ", None, 42])
@@ -235,15 +263,19 @@ def test_transformer_graph_stops_at_its_kv_capacity_until_reset():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("graph", [False, True])
-def test_cuda_steps_upload_every_frame_through_pinned_buffers_made_once(graph):
+@pytest.mark.parametrize("camera", [None, (48, 64)])  # the policy's size; a camera's, resized on the GPU
+def test_cuda_steps_upload_every_frame_through_pinned_buffers_made_once(graph, camera):
     # no starting noise: the CPU and CUDA generators draw different numbers, so only the inputs differ
     cpu = PolicyRuntime.from_preset("tiny", seed=5, noise_scale=0.0)
     gpu = PolicyRuntime.from_preset("tiny", device="cuda", seed=5, noise_scale=0.0, cuda_graph=graph)
+    assert gpu.resizes_on_device and not cpu.resizes_on_device
     for rt in (cpu, gpu):
         rt.set_instruction("lift the red cube")
     pointers, last = None, None
     for k in range(4):
         obs = _obs(gpu, seed=k)
+        if camera is not None:
+            obs["images"] = {c: np.random.default_rng(k).integers(0, 256, (*camera, 3), dtype=np.uint8) for c in obs["images"]}
         expected, got = cpu.step(obs).actions, gpu.step(obs).actions
         np.testing.assert_allclose(got, expected, atol=2e-3)  # this step's frame reached the GPU, not a stale one
         assert last is None or np.abs(got - last).max() > 1e-3  # and the frames matter
@@ -253,6 +285,20 @@ def test_cuda_steps_upload_every_frame_through_pinned_buffers_made_once(graph):
         now = {name: t.data_ptr() for name, t in buffers.items()}
         assert pointers in (None, now)  # made once, reused
         pointers = now
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_area_resize_gives_opencvs_pixels():
+    rng = np.random.default_rng(0)
+    for source, size in [((480, 640), (128, 128)), ((720, 1280), (224, 224)), ((100, 90), (128, 128))]:
+        frame = rng.integers(0, 256, (*source, 3), dtype=np.uint8)
+        chw = torch.from_numpy(frame).permute(2, 0, 1)[None].cuda()  # channels last in memory, as uploaded
+        got = AreaResize(size)(chw)[0].permute(1, 2, 0).cpu().numpy()
+        expected = resize_rgb(frame, size)
+        assert got.dtype == np.uint8 and got.shape == expected.shape
+        difference = np.abs(got.astype(int) - expected)
+        assert difference.max() <= 1 and (difference == 0).mean() > 0.9, (source, difference.max(), (difference == 0).mean())
 
 
 def test_runtime_dtype_auto_is_bf16_only_for_the_torch_backend_on_cuda():

@@ -2,7 +2,8 @@
 
 `image_to_rgb(msg, size)` takes a `sensor_msgs/Image` or `sensor_msgs/CompressedImage` as rclpy or
 rosbags deserialises it (duck-typed: `format` + `data` for compressed; `encoding`, `height`, `width`,
-`step`, `data` for raw) and returns uint8 [H, W, 3] RGB, resized with INTER_AREA when `size` is given.
+`step`, `data` for raw) and returns uint8 [H, W, 3] RGB, resized with INTER_AREA when `size` is given
+(or, with `resize=False`, decoded for a later INTER_AREA resize to `size`: the GPU runtime's, `area_weights`).
 Raw encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16, 8UC1/8UC3, 16UC1 (scaled to 8 bit),
 bayer_*8, yuv422 (UYVY), yuv422_yuy2 (YUYV). Compressed: JPEG and PNG (what image_transport's
 `compressed` plugin publishes), recognised by their signature, not by the free-text `format`.
@@ -14,6 +15,8 @@ is a ROS 1 copy that fails on numpy 2. OpenCV reads the same encodings here.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -67,6 +70,7 @@ def _check_size(width: int, height: int, nbytes: int) -> None:
 
 
 def _raw_to_rgb(msg, size: tuple[int, int] | None) -> np.ndarray:
+    """Raw frame -> RGB; `size` given: resized there where that saves a colour conversion of the full frame."""
     import cv2
 
     encoding = str(msg.encoding).lower()
@@ -169,6 +173,23 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     return buf.tobytes()
 
 
+@functools.lru_cache(maxsize=16)
+def area_weights(source: tuple[int, int], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's INTER_AREA resize from `source` (H, W) to `size` (h, w) as two float32 matrices, rows (h, H) and
+    cols (W, w): `rows @ frame @ cols` per channel is `resize_rgb` of a float frame (to ~3e-5 of a level; OpenCV's
+    uint8 path then rounds in fixed point, within one level of rounding this). The area weights are separable,
+    so OpenCV computes them itself here, by resizing identity matrices along one axis each: the same rule when
+    shrinking and when enlarging, with no copy of it in this code. Cached: a camera keeps its size."""
+    import cv2
+
+    (height, width), (h, w) = source, size
+    rows = cv2.resize(np.eye(height, dtype=np.float32), (height, h), interpolation=cv2.INTER_AREA)
+    cols = cv2.resize(np.eye(width, dtype=np.float32), (w, width), interpolation=cv2.INTER_AREA)
+    for matrix in (rows, cols):
+        matrix.setflags(write=False)  # shared through the cache
+    return rows, cols
+
+
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 [h, w, (c)] -> [H, W, (c)] with OpenCV INTER_AREA: area averaging when shrinking; when enlarging
     (a camera smaller than the policy input) it repeats pixels at integer factors and blends neighbours between."""
@@ -184,9 +205,14 @@ def is_compressed(msg) -> bool:
     return hasattr(msg, "format") and not hasattr(msg, "encoding")
 
 
-def image_to_rgb(msg, size: tuple[int, int] | None = None) -> np.ndarray:
+def image_to_rgb(msg, size: tuple[int, int] | None = None, resize: bool = True) -> np.ndarray:
     """sensor_msgs/Image or CompressedImage -> uint8 [H, W, 3] RGB (resized to `size` = (H, W)).
-    ValueError says what is wrong with a message that cannot be used."""
-    rgb = _compressed_to_rgb(msg, size) if is_compressed(msg) else _raw_to_rgb(msg, size)
-    rgb = resize_rgb(rgb, size) if size is not None else rgb
+    `resize=False`: decoded for a resize to `size` done later (on the GPU): a JPEG at the DCT scale that keeps
+    at least `size`, a raw frame at its own size. ValueError says what is wrong with a message that cannot be used."""
+    if is_compressed(msg):
+        rgb = _compressed_to_rgb(msg, size)  # `size` picks the JPEG's DCT scale, whether resized here or later
+    else:
+        rgb = _raw_to_rgb(msg, size if resize else None)
+    if resize and size is not None:
+        rgb = resize_rgb(rgb, size)
     return rgb if rgb.flags.writeable and rgb.flags.c_contiguous else np.array(rgb, order="C")  # own the pixels

@@ -53,6 +53,9 @@ class PolicyNode(Node):
                                              "else CPU; on a CPU about 2x faster than torch eager)")
         self.backend_label = self.backend  # until the runtime has loaded (onnx: with its provider)
         self.onnx_path = p("onnx_path", "", "graph from `mambavla export --onnx` for backend onnx; empty: exported at load")
+        self.compile_step = p("compile_step", "", "torch backend on cuda: compile the captured step with torch.compile "
+                                                  "(default or max-autotune-no-cudagraphs; minutes at load for the large "
+                                                  "preset); empty: the plain CUDA graph")
         self.camera_topics = p("camera_topics", ["/cameras/front/image_raw", "/cameras/wrist/image_raw"],
                                "one camera base topic per camera, named by camera_names")
         self.camera_names = p("camera_names", ["front", "wrist"],
@@ -102,7 +105,8 @@ class PolicyNode(Node):
         self.last_rejection = ""
         self.latencies_ms: deque[float] = deque(maxlen=500)  # frame receipt -> chunk published
         self.inference_ms: deque[float] = deque(maxlen=500)
-        self.convert_ms: deque[float] = deque(maxlen=500)  # decode + resize of one frame, on the worker
+        self.convert_ms: deque[float] = deque(maxlen=500)  # decode (+ resize on the CPU) of one frame, on the worker
+        self.wait_ms: deque[float] = deque(maxlen=500)  # newest frame's receipt -> its step starts (decoding included)
         self._last_chunk_stamp: float | None = None
         self._last_infer = 0.0
         self._running = True
@@ -179,7 +183,7 @@ class PolicyNode(Node):
 
             torch.set_num_threads(self.torch_threads)
         options = {"backend": self.backend, "onnx_path": self.onnx_path or None, "threads": self.torch_threads or None,
-                   "dtype": runtime_dtype(self.dtype, self.device, self.backend)}
+                   "dtype": runtime_dtype(self.dtype, self.device, self.backend), "compile_step": self.compile_step or False}
         if self.checkpoint:
             self.runtime = PolicyRuntime.from_checkpoint(self.checkpoint, device=self.device, seed=self.seed, **options)
             source = f"checkpoint {self.checkpoint}"
@@ -195,9 +199,13 @@ class PolicyNode(Node):
         self.policy_source = source
         if self.backend == "onnx":  # what the diagnostics report: the provider, and whether ORT replays CUDA graphs
             self.backend_label = f"onnx ({self.runtime.onnx_provider}{', CUDA graphs' if self.runtime.onnx_cuda_graph else ''})"
+        elif self.runtime.cuda_graph:  # and for torch, the captured step (compiled or not)
+            self.backend_label = f"torch (CUDA graph{f', torch.compile {self.compile_step}' if self.compile_step else ''})"
         self._period = PeriodSchedule(self.runtime.policy_period)
         dtype = str(options["dtype"]).replace("torch.", "")
-        self.get_logger().info(f"policy: {source} on {self.device} ({dtype}); "
+        step = f"torch.compile {self.compile_step}, " if self.compile_step else ""
+        resize = "GPU" if self.runtime.resizes_on_device else "CPU"
+        self.get_logger().info(f"policy: {source} on {self.device} ({step}{dtype}, frames resized on the {resize}); "
                                f"cameras {dict(zip(self.camera_names, self.image_topics))}, "
                                f"image {self.runtime.image_size}, {self.runtime.chunk_size} x {self.runtime.dt} s, "
                                f"{self.runtime.action_mode} actions, infer_mode {self.infer_mode}"
@@ -229,7 +237,8 @@ class PolicyNode(Node):
                 continue
             try:
                 started = time.perf_counter()
-                rgb = image_to_rgb(msg, self.runtime.image_size)
+                # on the GPU the runtime resizes the whole frame (`resizes_on_device`): here only decoding
+                rgb = image_to_rgb(msg, self.runtime.image_size, resize=not self.runtime.resizes_on_device)
                 self.convert_ms.append((time.perf_counter() - started) * 1e3)
             except (ValueError, MemoryError) as err:  # one hostile frame must never end the node
                 self._reject(f"{topic}: {type(err).__name__ if isinstance(err, MemoryError) else ''}{err}")
@@ -303,6 +312,7 @@ class PolicyNode(Node):
 
     def _infer(self, obs: Observation) -> None:
         self._last_infer = self._now()
+        self.wait_ms.append((self._last_infer - obs.receipt) * 1e3)
         try:
             chunk = self.runtime.step({"images": dict(zip(self.runtime.camera_names, obs.images)),
                                        "proprio": obs.proprio, "stamp": obs.stamp})
@@ -330,6 +340,7 @@ class PolicyNode(Node):
             "mean_inference_ms": float(np.mean(inf)),
             "p50_inference_ms": float(np.percentile(inf, 50)),
             "p50_convert_ms": float(np.percentile(self.convert_ms, 50)) if self.convert_ms else float("nan"),
+            "p50_wait_ms": float(np.percentile(self.wait_ms, 50)) if self.wait_ms else float("nan"),
         }
 
     def _publish_diagnostics(self) -> None:

@@ -1,10 +1,11 @@
 """Where the captured policy step's GPU work goes, on a CUDA machine. Prints JSON.
 
-    MAMBAVLA_MINILM_PATH=/tmp/minilm python scripts/kernel_profile.py PRESET MODE [STEPS]
+    MAMBAVLA_MINILM_PATH=/tmp/minilm python scripts/kernel_profile.py PRESET MODE [STEPS [CAMERA]]
 
 MODE: `none` (the plain CUDA graph) or a torch.compile mode (`PolicyRuntime(compile_step=MODE)`). Mamba
 fusion, stream mode, bf16, untrained weights; run it after scripts/gpu_setup.sh. It times STEPS steps in the
-caller's view (as `mambavla bench` does: upload, replay, actions back), then profiles (`cuda_work`, CUPTI)
+caller's view (as `mambavla bench` does: upload, replay, actions back; CAMERA "HxW": frames of that size,
+resized on the GPU), then profiles (`cuda_work`, CUPTI)
 each region of the step once outside the graph (vision, the context scan, one flow step's velocity, the
 flow steps' conditions), the whole body, and one graph replay: kernels by category and by name with their
 GPU time, and the replay's summed kernel time against its wall time (CUDA events). Results:
@@ -89,13 +90,13 @@ def replay_wall_us(graph, replays: int = 50) -> float:
     return round(1e3 * float(np.median(walls)), 1)
 
 
-def main(preset: str, mode: str, steps: int) -> dict:
+def main(preset: str, mode: str, steps: int, camera: str = "") -> dict:
     torch.set_grad_enabled(False)
     started = time.perf_counter()
     runtime = PolicyRuntime.from_preset(preset, device="cuda", dtype=torch.bfloat16, compile_step=False if mode == "none" else mode,
                                         fusion="mamba", history_mode="stream", seed=0, noise_scale=0.0)
     runtime.set_instruction(INSTRUCTION)
-    obs = _observation(runtime, np.random.default_rng(0))
+    obs = _observation(runtime, np.random.default_rng(0), camera)
     runtime.step(obs)  # captures (and compiles)
     first_step_s = time.perf_counter() - started
     for _ in range(20):
@@ -103,7 +104,7 @@ def main(preset: str, mode: str, steps: int) -> dict:
     timed = _timed_steps(runtime, obs, steps)
     graph = runtime._graph
     saved = graph._save()  # profiling runs the body: the static state is put back after each
-    out = {"preset": preset, "mode": mode, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    out = {"preset": preset, "mode": mode, "camera": camera or None, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "first_step_s": round(first_step_s, 1), "step_ms": timed["step_ms"], "flow_steps": runtime.model.config.flow_steps,
            **regions(graph)}
     graph._load(saved)
@@ -118,6 +119,6 @@ def main(preset: str, mode: str, steps: int) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (3, 4):
+    if len(sys.argv) not in (3, 4, 5):
         sys.exit(__doc__)
-    print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 200), indent=1))
+    print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 200, *sys.argv[4:]), indent=1))

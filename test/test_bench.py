@@ -15,10 +15,12 @@ def test_bench_reports_both_fusions_the_onnx_row_the_history_sweep_and_step_batc
 
     threads = torch.get_num_threads()
     assert main(["bench", "--preset", "tiny", "--history", "1", "4", "--batch", "1", "3", "--steps", "3", "--warmup", "1",
-                 "--sweep-steps", "2", "--batch-steps", "2", "--parity-steps", "5", "--threads", "1", "--json"]) == 0
+                 "--sweep-steps", "2", "--batch-steps", "2", "--parity-steps", "5", "--threads", "1", "--camera-size", "48x64",
+                 "--json"]) == 0
     assert torch.is_grad_enabled() and torch.get_num_threads() == threads  # no global state left behind for later tests
     result = json.loads(capsys.readouterr().out)
     assert result["device"] == "cpu" and result["dtype"] == "float32" and result["threads"] == 1
+    assert result["camera_size"] == "48x64"  # frames the runtime resized (tiny sees 32x32)
     assert set(result["fusions"]) == {"mamba", "transformer"}
     for fusion, entry in result["fusions"].items():
         step = entry["eager"]["step_ms"]

@@ -108,3 +108,39 @@ def test_missing_local_folders_are_reported(tmp_path):
         preset("tiny").replace(vision="auto", vision_film=False)
     with pytest.raises(ValueError, match="vision_film needs the resnet encoder"):
         preset("tiny").replace(vision="siglip")
+
+
+def _frame_tokens_camera_by_camera(model, images, proprio, task):
+    """encode_frame as one pass per camera: the reference for the batched passes."""
+    parts = []
+    for i, cam in enumerate(model.config.cameras):
+        pixels = (images[cam].float() / 255.0 - model.pixel_mean) / model.pixel_std
+        if model.config.vision == "resnet":
+            grid = model.vision[cam](pixels, task if model.config.vision_film else None)
+        else:
+            grid = model.vision["tower"](pixels)
+        parts.append(model.connector(grid + model.camera_embed[i]))
+    parts.append(model.proprio_proj(model.normalizer.proprio(proprio))[:, None])
+    return torch.cat(parts, dim=1) + model.task_to_frame(task)[:, None]
+
+
+@pytest.mark.parametrize("vision", ["resnet", "tower"])
+def test_every_camera_in_one_pass_gives_each_cameras_own_tokens(vision, tmp_path):
+    config = preset("tiny").replace(connector="vss_mlp", scan="csm")  # a connector that scans each grid
+    if vision == "tower":
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                             image_size=32, patch_size=8)).save_pretrained(tmp_path / "siglip")
+        config = config.replace(vision="auto", vision_path=str(tmp_path / "siglip"), vision_film=False)
+    torch.manual_seed(0)
+    model = MambaVLA(config).eval()
+    rng = np.random.default_rng(0)
+    h, w = config.image_size
+    images = {c: torch.from_numpy(rng.integers(0, 256, (3, 3, h, w), dtype=np.uint8)) for c in config.cameras}  # batch 3
+    proprio, task = torch.randn(3, config.proprio_dim), torch.randn(3, config.d_model)
+    with torch.no_grad():
+        got = model.encode_frame(images, proprio, task)
+        expected = _frame_tokens_camera_by_camera(model, images, proprio, task)
+    assert got.shape == (3, config.tokens_per_frame, config.d_model)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -4,7 +4,9 @@ parity against the torch runtime), and `step_batch` throughput for B streams. Pr
 On CUDA, `--compile` adds the CUDA-graph step with a torch.compile'd body beside the plain one, each
 with its kernels per step.
 
-Every time is what a caller sees: input checks and upload, the step, and the copy of the actions back."""
+Every time is what a caller sees: input checks and upload, the step, and the copy of the actions back.
+`--camera-size` gives the steps camera frames to resize (on the GPU for torch on CUDA, with OpenCV on the host
+for the CPU and ONNX Runtime), as policy_node does."""
 
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
                    help="cuda: also time the CUDA-graph step with its body torch.compile'd (PolicyRuntime compile_step; "
                         "MODE 'default' when not given, or 'max-autotune-no-cudagraphs')")
+    p.add_argument("--camera-size", default="", metavar="HxW",
+                   help="frames of this size, which the runtime resizes to the policy's (default: the policy's own size)")
     p.add_argument("--json", action="store_true", help="JSON only (default also prints JSON, plus progress on stderr)")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=run)
@@ -63,10 +67,11 @@ def _percentiles(values: list[float]) -> dict[str, float]:
             "mean": float(a.mean()), "n": int(a.size)}
 
 
-def _observation(runtime, rng) -> dict:
+def _observation(runtime, rng, camera_size: str = "") -> dict:
+    """Random frames at the policy's size or at `camera_size` ("HxW"), random proprio."""
     import numpy as np
 
-    h, w = runtime.image_size
+    h, w = (int(v) for v in camera_size.lower().split("x")) if camera_size else runtime.image_size
     return {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in runtime.camera_names},
             "proprio": rng.normal(size=runtime.proprio_dim).astype(np.float32), "stamp": 0.0}
 
@@ -123,6 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         "preset": None if args.checkpoint else args.preset, "checkpoint": args.checkpoint, "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else _cpu_name(),
         "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
+        "camera_size": args.camera_size or None,
         "fusions": {},
     }
     for fusion in fusions:
@@ -153,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
 
                 result["mamba_ssm_kernels"] = ssd_kernels() is not None
             rng = np.random.default_rng(0)
-            obs = _observation(runtime, rng)
+            obs = _observation(runtime, rng, args.camera_size)
             t0 = time.perf_counter()
             runtime.set_instruction("pick up the red cube and place it on the blue plate")
             instruction_ms = (time.perf_counter() - t0) * 1e3
@@ -260,7 +266,7 @@ def _onnx_row(args: argparse.Namespace, dtype, steps: int, cuda: bool, log, batc
         label = f"onnx {row['provider']}{' cuda graphs' if graphs else ''}"
         log(f"[{label}] parity over {args.parity_steps} steps")
         into["parity"] = streamed_parity(reference.model, path, steps=args.parity_steps, device=args.device, cuda_graph=graphs)
-        obs = _observation(runtime, np.random.default_rng(0))
+        obs = _observation(runtime, np.random.default_rng(0), args.camera_size)
         runtime.set_instruction(INSTRUCTION)
         for _ in range(max(args.warmup, 3)):  # ORT captures a graph id on its third step
             runtime.step(obs)

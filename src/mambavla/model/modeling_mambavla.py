@@ -120,18 +120,19 @@ class MambaVLA(nn.Module):
     def encode_frame(self, images: dict[str, Tensor], proprio: Tensor, task: Tensor | None = None) -> Tensor:
         """images {camera: (B, C, H, W) uint8 or float 0..255}, proprio (B, P) in robot units, task (B, d)
         -> frame tokens (B, tokens_per_frame, d)."""
-        tokens = []
-        for i, cam in enumerate(self.config.cameras):
-            # contiguous NCHW: torch 2.13's CPU conv/GroupNorm backward corrupts memory on channels-last input
-            pixels = (images[cam].to(self.pixel_mean.dtype).contiguous() / 255.0 - self.pixel_mean) / self.pixel_std
-            if self.config.vision == "resnet":  # a FiLM encoder looks for what the task vector names
-                grid = self.vision[cam](pixels.to(self.camera_embed.dtype), task if self.config.vision_film else None)
-            else:
-                grid = self.vision["tower"](pixels.to(self.camera_embed.dtype))
-            grid = grid + self.camera_embed[i]  # (B, g*g, d)
-            tokens.append(self.connector(grid))
-        tokens.append(self.proprio_proj(self.normalizer.proprio(proprio.float()).to(self.camera_embed.dtype))[:, None])
-        tokens = torch.cat(tokens, dim=1)
+        cameras, dtype = self.config.cameras, self.camera_embed.dtype
+        # contiguous NCHW: torch 2.13's CPU conv/GroupNorm backward corrupts memory on channels-last input
+        pixels = [((images[cam].to(self.pixel_mean.dtype).contiguous() / 255.0 - self.pixel_mean) / self.pixel_std).to(dtype)
+                  for cam in cameras]
+        if self.config.vision == "resnet":  # an encoder per camera; a FiLM encoder looks for what the task vector names
+            grids = torch.stack([self.vision[cam](p, task if self.config.vision_film else None) for cam, p in zip(cameras, pixels)])
+        else:  # one shared tower: every camera in one batch (one pass, half the launches of two)
+            grids = self.vision["tower"](torch.cat(pixels)).unflatten(0, (len(cameras), -1))
+        grids = grids + self.camera_embed[:, None, None]  # (cameras, B, g*g, d)
+        # the shared connector over every camera at once (it works on each grid alone), then camera after camera
+        tokens = self.connector(grids.flatten(0, 1)).unflatten(0, grids.shape[:2]).transpose(0, 1).flatten(1, 2)
+        proprio = self.proprio_proj(self.normalizer.proprio(proprio.float()).to(dtype))[:, None]
+        tokens = torch.cat([tokens, proprio], dim=1)
         if task is not None:
             tokens = tokens + self.task_to_frame(task)[:, None]
         return tokens

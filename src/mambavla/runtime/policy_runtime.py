@@ -422,6 +422,8 @@ class _StepGraph:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.actions = self._step()
+        if compile_mode is not None:
+            _stop_compile_workers()
 
     def _save(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         return [t.clone() for s in self.state for t in s], self.window.clone()
@@ -534,6 +536,17 @@ class _StepGraph:
         return self.replay()
 
 
+def _stop_compile_workers() -> None:
+    """End the process pool Inductor compiles in (one worker per core, started by the first compile): once
+    the graph holds the compiled kernels it only idles, and while it starts (a cached compile is over in
+    seconds, before the workers have imported torch) it competes with the steps for every core."""
+    from torch._inductor import async_compile
+
+    shutdown = getattr(async_compile, "shutdown_compile_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 def cuda_work(fn) -> tuple[list, list]:
     """Run `fn` once under torch.profiler (CUDA activity, CUPTI) -> its GPU events: (kernels, copies and
     fills), each a list of the profiler's events (`.name`, `.time_range`). Synchronises before and after."""
@@ -566,7 +579,7 @@ class AreaResize:
             return frames
         key = (*source, frames.device)
         if key not in self._weights:
-            self._weights[key] = tuple(torch.from_numpy(m).to(frames.device) for m in area_weights(source, self.size))
+            self._weights[key] = tuple(torch.tensor(m, device=frames.device) for m in area_weights(source, self.size))
         rows, cols = self._weights[key]
         out = rows @ (frames.float() @ cols)  # fp32: PyTorch keeps TF32 off for float32 matmuls unless told
         return out.round_().clamp_(0, 255).to(torch.uint8)

@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also time echo_node in policy_node's place (the cameras of the first preset, no decoding, no "
                         "policy): the transport floor of DDS and rclpy on this machine, both ways")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.add_argument("--plot", default="", metavar="PNG",
+                   help="also draw each target's latency distribution (CDF, the tail on a log scale) to this PNG")
     p.add_argument("--images", action="store_true",
                    help="only time the node's image conversion (raw/JPEG/PNG 640x480 and 1280x720 to 128x128), no DDS")
     p.set_defaults(func=run)
@@ -90,8 +92,37 @@ def run(args: argparse.Namespace) -> int:
                                              f"{result['convert_ms_per_frame_p50']:.1f} ms a frame)"))
     finally:
         rclpy.try_shutdown()
+    if args.plot:
+        log(f"plot: {plot_latencies(args.plot, results)}")
     print(json.dumps(results, indent=2))
     return 0
+
+
+def plot_latencies(path: str, results: dict) -> str:
+    """camera-in -> chunk-out of every target as the fraction of chunks slower than each latency: the median
+    and the tail (p99 = 1 %) of each curve at a glance, beside the issue's 5 ms goal."""
+    from mambavla.evaluation.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for target in results["policies"]:
+        latencies = np.sort(np.asarray(target["latencies_ms"]))
+        slower = 1.0 - np.arange(len(latencies)) / len(latencies)
+        label = "echo_node (transport floor)" if "echo" in target else f"{target.get('preset') or target.get('checkpoint')}"
+        p50, p99 = target["latency_ms"]["p50"], target["latency_ms"]["p99"]
+        ax.step(latencies, slower, where="post", label=f"{label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    ax.axvline(5.0, color="grey", linestyle="--", linewidth=1, label="5 ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("camera-in -> chunk-out (ms)")
+    ax.set_ylabel("fraction of chunks slower")
+    step = results["compile_step"] and f", torch.compile {results['compile_step']}"
+    ax.set_title(f"bench-ros: {results['device']} {results['backend']}{step or ''}, {results['cpu_count']} CPUs", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dict:
@@ -179,8 +210,9 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
         "camera_size": list(size),
         "cameras": len(config.cameras),
         "chunks": int(len(lat)),
-        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-                       "mean": float(lat.mean()), "max": float(lat.max())},
+        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
+                       "p99": float(np.percentile(lat, 99)), "mean": float(lat.mean()), "max": float(lat.max())},
+        "latencies_ms": [round(float(v), 3) for v in lat],  # in the order measured
     }
     if kind != "echo":
         # inside policy_node, over its last 500 chunks (warm-up included, hence the medians): frame receipt ->

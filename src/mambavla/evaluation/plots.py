@@ -12,7 +12,8 @@ from mambavla.evaluation.metrics import SCALE, UNITS, ChunkErrors
 from mambavla.evaluation.recording import PredictedChunk, Recording
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +24,7 @@ def _pyplot():
 
 def plot_trajectories(path: Path, chunks: list[PredictedChunk], recording: Recording, title: str) -> Path:
     """One panel per action dimension: the recorded reference (black) and every predicted chunk (colour)."""
-    plt = _pyplot()
+    plt = pyplot()
     pose_t, pose_v, _ = recording.pose_series()
     grip_t, grip_v = recording.gripper_series()
     t0 = recording.start or 0.0
@@ -47,7 +48,7 @@ def plot_trajectories(path: Path, chunks: list[PredictedChunk], recording: Recor
 
 
 def plot_horizon(path: Path, metrics: dict, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     h = metrics["by_horizon"]
     t = np.asarray(h["t_s"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -68,7 +69,7 @@ def plot_horizon(path: Path, metrics: dict, title: str) -> Path:
 def plot_worst_frames(path: Path, runs: list[tuple[str, list[PredictedChunk]]], errors: list[ChunkErrors],
                       count: int = 8) -> Path:
     """The observations whose chunks had the largest mean position error, all cameras side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     ranked = []
     for (name, chunks), err in zip(runs, errors):
         for i, chunk in enumerate(chunks):

@@ -200,7 +200,7 @@ def test_area_weights_are_opencvs_inter_area():
         frame = rng.integers(0, 256, (*source, 3), dtype=np.uint8)
         rows, cols = area_weights(source, size)
         assert rows.shape == (size[0], source[0]) and cols.shape == (source[1], size[1])
-        ours = np.einsum("hH,HWc,Ww->hwc", rows, frame.astype(np.float32), cols)
+        ours = np.stack([rows @ frame[..., c].astype(np.float32) @ cols for c in range(3)], axis=-1)
         np.testing.assert_allclose(ours, resize_rgb(frame.astype(np.float32), size), atol=1e-3)
         assert np.abs(np.rint(ours) - resize_rgb(frame, size)).max() <= 1  # OpenCV's uint8 path rounds in fixed point
 

@@ -126,7 +126,7 @@ class MambaVLA(nn.Module):
                   for cam in cameras]
         if self.config.vision == "resnet":  # an encoder per camera; a FiLM encoder looks for what the task vector names
             grids = torch.stack([self.vision[cam](p, task if self.config.vision_film else None) for cam, p in zip(cameras, pixels)])
-        else:  # one shared tower: every camera in one batch (one pass, half the launches of two)
+        else:  # one shared tower: every camera in one batch (one pass instead of one per camera)
             grids = self.vision["tower"](torch.cat(pixels)).unflatten(0, (len(cameras), -1))
         grids = grids + self.camera_embed[:, None, None]  # (cameras, B, g*g, d)
         # the shared connector over every camera at once (it works on each grid alone), then camera after camera

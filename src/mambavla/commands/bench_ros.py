@@ -137,7 +137,6 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
     from mambavla.ros.convert import pose_to_msg, rgb_to_image, seconds_to_stamp, stamp_to_seconds
     from mambavla.ros.diagnostics import status_values
     from mambavla.ros.launcher import NodeProcess
-    from mambavla.ros.spin import freeze_heap
     from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
     from mambavla.spaces import EE_REFERENCE_QUAT
 
@@ -180,7 +179,6 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
     frames = {cam: [rgb_to_image(rgb, 0.0, cam) for rgb in pixels] for cam in cams}
     try:
         total = args.warmup + args.chunks
-        freeze_heap()  # this process is the cameras: no full collection of its heap amid the timed frames
         deadline = time.monotonic() + (900.0 if args.compile_step else 300.0)  # the node compiles before its first chunk
         k = 0
         while len(latencies) < total and time.monotonic() < deadline:

@@ -32,7 +32,7 @@ from mambavla.ros.convert import chunk_to_trajectory, pose_from_msg, stamp_to_se
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.runtime.schedule import INFER_MODES, Frame, Observation, ObservationBuffer, PeriodSchedule
 from mambavla.ros.params import declare
-from mambavla.ros.spin import freeze_heap, run_node
+from mambavla.ros.spin import run_node
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 
 IMAGE_TRANSPORTS = ("raw", "compressed")
@@ -263,7 +263,6 @@ class PolicyNode(Node):
             self.state, self.reason = "ERROR", f"could not load the policy: {err}"
             self.get_logger().error(self.reason)
             return
-        freeze_heap()  # the model and its runtime live as long as the node: out of every later collection
         self.state, self.reason = "WAITING", "waiting for an instruction"
         while self._running:
             self._convert_frames()
@@ -323,8 +322,6 @@ class PolicyNode(Node):
         self.chunk_pub.publish(chunk_to_trajectory(chunk, self.base_frame))
         published = self._now()
         self.chunks_published += 1
-        if self.chunks_published == 1:
-            freeze_heap()  # and what the first step made to stay: its CUDA graph, compiled kernels, buffers
         self._last_chunk_stamp = chunk.stamp
         self.latencies_ms.append((published - obs.receipt) * 1e3)
         self.inference_ms.append(chunk.timing_ms.get("total", float("nan")))

@@ -9,7 +9,6 @@ shutdown within launch's 5 s SIGTERM timeout.
 from __future__ import annotations
 
 import ctypes
-import gc
 import os
 import signal
 
@@ -71,15 +70,6 @@ def reuse_large_buffers() -> bool:
     return mallopt(M_MMAP_THRESHOLD, REUSED_BLOCK_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, 4 * REUSED_BLOCK_BYTES) == 1
 
 
-def freeze_heap() -> int:
-    """Leave every object alive now out of later garbage collections (`gc.freeze`): the imports, the node and,
-    called again once loaded, the model. Python's full collections walk the whole heap: for a policy node
-    (about 380,000 objects: torch, rclpy, the base model) one took 240 ms on the 2-core VM, a stall of that
-    length wherever it struck. Frozen, a collection walks only what came after. -> objects frozen so far."""
-    gc.freeze()
-    return gc.get_freeze_count()
-
-
 def run_node(node_factory, args=None, threads: int = 1) -> None:
     """`threads`: 1 spins a SingleThreadedExecutor; more, a MultiThreadedExecutor for nodes with callback
     groups that run side by side (the controller's)."""
@@ -93,7 +83,6 @@ def run_node(node_factory, args=None, threads: int = 1) -> None:
     executor = None
     try:
         node = node_factory()
-        freeze_heap()
         executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
         executor.spin()

@@ -165,6 +165,7 @@ _DROP = object()
     (lambda rt: _bad(rt, img_front=np.zeros((32, 32), np.uint8)), r"expected shape \(H, W, 3\) RGB \(the policy sees"),
     (lambda rt: _bad(rt, img_front=np.zeros((0, 32, 3), np.uint8)), r"expected shape \(H, W, 3\)"),
     (lambda rt: _bad(rt, img_front=np.zeros((9000, 1, 3), np.uint8)), r"9000 exceeds 8192 px per side"),
+    (lambda rt: _bad(rt, img_front=np.zeros((4000, 6000, 3), np.uint8)), r"images\['front'\]: image of 72000000 bytes exceeds"),
     (lambda rt: _bad(rt, img_wrist=np.zeros((32, 32, 3), np.float32)), r"images\['wrist'\]: expected dtype uint8"),
     (lambda rt: _bad(rt, img_wrist=[[0]]), "expected a numpy array"),
     (lambda rt: _bad(rt, images=None), "images: expected a dict"),

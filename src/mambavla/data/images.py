@@ -60,7 +60,8 @@ def _buffer(data) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8)
 
 
-def _check_size(width: int, height: int, nbytes: int) -> None:
+def check_image_size(width: int, height: int, nbytes: int) -> None:
+    """ValueError for a frame without pixels or beyond MAX_IMAGE_SIDE per side or MAX_IMAGE_BYTES."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image has no pixels ({width}x{height})")
     if height > MAX_IMAGE_SIDE or width > MAX_IMAGE_SIDE:
@@ -81,7 +82,7 @@ def _raw_to_rgb(msg, size: tuple[int, int] | None) -> np.ndarray:
     itemsize = np.dtype(dtype).itemsize
     if step < width * channels * itemsize:
         raise ValueError(f"image step {step} < width {width} x {channels} channels x {itemsize} bytes")
-    _check_size(width, height, step * height)
+    check_image_size(width, height, step * height)
     buf = _buffer(msg.data)
     if buf.size < step * height:
         raise ValueError(f"truncated image data: {buf.size} bytes < step {step} x height {height}")
@@ -150,7 +151,7 @@ def _compressed_to_rgb(msg, size: tuple[int, int] | None) -> np.ndarray:
     if buf.size > MAX_IMAGE_BYTES:
         raise ValueError(f"compressed image of {buf.size} bytes exceeds {MAX_IMAGE_BYTES}")
     kind, width, height = _compressed_size(buf, str(msg.format))
-    _check_size(width, height, width * height * 3)  # the decoded frame: a small PNG can expand to gigabytes
+    check_image_size(width, height, width * height * 3)  # the decoded frame: a small PNG can expand to gigabytes
     reduction = _jpeg_reduction(width, height, size) if kind == "jpeg" else 1
     flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
              8: cv2.IMREAD_REDUCED_COLOR_8}[reduction] | cv2.IMREAD_IGNORE_ORIENTATION  # pixels as stored, as raw frames

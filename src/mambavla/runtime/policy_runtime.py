@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mambavla.data.images import MAX_IMAGE_SIDE, area_weights, resize_rgb
+from mambavla.data.images import area_weights, check_image_size, resize_rgb
 from mambavla.model.checkpoint import load_checkpoint
 from mambavla.model.config import check_noise_scale, preset
 from mambavla.model.fusion import KVCache, StaticKVCache
@@ -339,8 +339,10 @@ class PolicyRuntime:
             if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] < 1 or img.shape[1] < 1:
                 raise ValueError(f"images[{cam!r}]: expected shape (H, W, 3) RGB (the policy sees ({h}, {w}, 3)), "
                                  f"got {img.shape}")
-            if max(img.shape[:2]) > MAX_IMAGE_SIDE:
-                raise ValueError(f"images[{cam!r}]: {img.shape[1]}x{img.shape[0]} exceeds {MAX_IMAGE_SIDE} px per side")
+            try:  # the limits camera messages have (data/images.py): a frame's cost is bounded before it is touched
+                check_image_size(img.shape[1], img.shape[0], img.nbytes)
+            except ValueError as err:
+                raise ValueError(f"images[{cam!r}]: {err}") from None
             if img.shape[:2] != (h, w) and not keep_size:
                 img = resize_rgb(img, (h, w))
             # uint8, a view (channels last in memory): converted and resized where the step runs

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from mambavla.commands.bench import INSTRUCTION, _observation, _timed_steps
+from mambavla.commands.bench import INSTRUCTION, _observation, _timed_steps, frame_size
 from mambavla.runtime import PolicyRuntime
 from mambavla.runtime.policy_runtime import cuda_work
 
@@ -96,7 +96,7 @@ def main(preset: str, mode: str, steps: int, camera: str = "") -> dict:
     runtime = PolicyRuntime.from_preset(preset, device="cuda", dtype=torch.bfloat16, compile_step=False if mode == "none" else mode,
                                         fusion="mamba", history_mode="stream", seed=0, noise_scale=0.0)
     runtime.set_instruction(INSTRUCTION)
-    obs = _observation(runtime, np.random.default_rng(0), camera)
+    obs = _observation(runtime, np.random.default_rng(0), frame_size(camera) if camera else None)
     runtime.step(obs)  # captures (and compiles)
     first_step_s = time.perf_counter() - started
     for _ in range(20):

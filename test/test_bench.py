@@ -20,7 +20,7 @@ def test_bench_reports_both_fusions_the_onnx_row_the_history_sweep_and_step_batc
     assert torch.is_grad_enabled() and torch.get_num_threads() == threads  # no global state left behind for later tests
     result = json.loads(capsys.readouterr().out)
     assert result["device"] == "cpu" and result["dtype"] == "float32" and result["threads"] == 1
-    assert result["camera_size"] == "48x64"  # frames the runtime resized (tiny sees 32x32)
+    assert result["camera_size"] == [48, 64]  # frames the runtime resized (tiny sees 32x32)
     assert set(result["fusions"]) == {"mamba", "transformer"}
     for fusion, entry in result["fusions"].items():
         step = entry["eager"]["step_ms"]
@@ -41,3 +41,12 @@ def test_bench_reports_both_fusions_the_onnx_row_the_history_sweep_and_step_batc
         assert [p["streams"] for p in points] == [1, 3]
         for p in points:
             assert p["stream_steps_per_s"] == pytest.approx(p["streams"] / p["batch_ms"]["p50"] * 1e3)
+
+
+@pytest.mark.parametrize("size", ["480", "480x", "0x640", "480x640x3", "9000x10", "axb"])
+def test_bench_commands_refuse_a_malformed_camera_size(size, capsys):
+    for command in ("bench", "bench-ros"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--camera-size", size])
+        assert exit_info.value.code == 2
+        assert "expected HxW with each side 1..8192 px" in capsys.readouterr().err

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
                    help="cuda: also time the CUDA-graph step with its body torch.compile'd (PolicyRuntime compile_step; "
                         "MODE 'default' when not given, or 'max-autotune-no-cudagraphs')")
-    p.add_argument("--camera-size", default="", metavar="HxW",
+    p.add_argument("--camera-size", type=frame_size, metavar="HxW",
                    help="frames of this size, which the runtime resizes to the policy's (default: the policy's own size)")
     p.add_argument("--json", action="store_true", help="JSON only (default also prints JSON, plus progress on stderr)")
     p.add_argument("--out", help="also write the JSON to this file")
@@ -67,11 +67,21 @@ def _percentiles(values: list[float]) -> dict[str, float]:
             "mean": float(a.mean()), "n": int(a.size)}
 
 
-def _observation(runtime, rng, camera_size: str = "") -> dict:
-    """Random frames at the policy's size or at `camera_size` ("HxW"), random proprio."""
+def frame_size(text: str) -> tuple[int, int]:
+    """argparse type of --camera-size: "HxW" -> (H, W), each 1..MAX_IMAGE_SIDE."""
+    from mambavla.data.images import MAX_IMAGE_SIDE
+
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and 1 <= int(p) <= MAX_IMAGE_SIDE for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HxW with each side 1..{MAX_IMAGE_SIDE} px, e.g. 480x640; got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _observation(runtime, rng, camera_size: tuple[int, int] | None = None) -> dict:
+    """Random frames at the policy's size or at `camera_size` (H, W), random proprio."""
     import numpy as np
 
-    h, w = (int(v) for v in camera_size.lower().split("x")) if camera_size else runtime.image_size
+    h, w = camera_size or runtime.image_size
     return {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in runtime.camera_names},
             "proprio": rng.normal(size=runtime.proprio_dim).astype(np.float32), "stamp": 0.0}
 
@@ -128,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         "preset": None if args.checkpoint else args.preset, "checkpoint": args.checkpoint, "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else _cpu_name(),
         "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
-        "camera_size": args.camera_size or None,
+        "camera_size": list(args.camera_size) if args.camera_size else None,
         "fusions": {},
     }
     for fusion in fusions:

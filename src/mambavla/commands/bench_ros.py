@@ -19,6 +19,8 @@ import numpy as np
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mambavla.commands.bench import frame_size
+
     p = subparsers.add_parser("bench-ros", help="camera-in -> chunk-out latency of policy_node over DDS (JSON)")
     p.add_argument("--presets", default="tiny,base", help="comma-separated presets (default: tiny,base)")
     p.add_argument("--checkpoint", default="", help="benchmark this checkpoint instead of presets")
@@ -28,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "own default is fp32)")
     p.add_argument("--chunks", type=int, default=100, help="measured chunks per policy (default: 100)")
     p.add_argument("--warmup", type=int, default=10, help="chunks discarded first (default: 10)")
-    p.add_argument("--camera-size", default="", help="HxW of the published frames (default: the policy's own size)")
+    p.add_argument("--camera-size", type=frame_size, metavar="HxW", help="size of the published frames (default: the policy's own)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="policy_node torch threads; 0 = torch's choice (default: 1, as config/policy_sim.yaml: on a "
                         "shared 2-core CPU more threads oversubscribe and inference gets several times slower)")
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                "torch_threads": args.torch_threads, "policies": []}
     try:
         for kind, name, config in targets:
-            size = tuple(int(v) for v in args.camera_size.lower().split("x")) if args.camera_size else tuple(config.image_size)
+            size = args.camera_size or tuple(config.image_size)
             log(f"{kind} {name}: {args.warmup} + {args.chunks} chunks, frames {size[0]}x{size[1]} ...")
             result = _bench_one(kind, name, config, size, args)
             results["policies"].append(result)

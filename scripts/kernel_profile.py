@@ -2,8 +2,10 @@
 
     MAMBAVLA_MINILM_PATH=/tmp/minilm python scripts/kernel_profile.py PRESET MODE [STEPS [CAMERA]]
 
-MODE: `none` (the plain CUDA graph) or a torch.compile mode (`PolicyRuntime(compile_step=MODE)`). Mamba
-fusion, stream mode, bf16, untrained weights; run it after scripts/gpu_setup.sh. It times STEPS steps in the
+MODE: `none` (the plain CUDA graph), a torch.compile mode (`PolicyRuntime(compile_step=MODE)`), or `onnx`
+(the exported fp32 step under ONNX Runtime's CUDA provider with its CUDA graphs, `backend="onnx"`: needs
+onnxruntime-gpu; profiled as one whole step, kernels by name). Mamba fusion, stream mode, bf16 for torch,
+untrained weights; run it after scripts/gpu_setup.sh. It times STEPS steps in the
 caller's view (as `mambavla bench` does: upload, replay, actions back; CAMERA "HxW": frames of that size,
 resized on the GPU), then profiles (`cuda_work`, CUPTI)
 each region of the step once outside the graph (vision, the context scan, one flow step's velocity, the
@@ -90,8 +92,30 @@ def replay_wall_us(graph, replays: int = 50) -> float:
     return round(1e3 * float(np.median(walls)), 1)
 
 
+def onnx_main(preset: str, steps: int, camera: str = "") -> dict:
+    """The ONNX Runtime step: caller's-view timing, then one whole step's kernels (ORT replays its graphs)."""
+    started = time.perf_counter()
+    runtime = PolicyRuntime.from_preset(preset, device="cuda", backend="onnx", fusion="mamba", history_mode="stream", seed=0,
+                                        noise_scale=0.0)
+    runtime.set_instruction(INSTRUCTION)
+    obs = _observation(runtime, np.random.default_rng(0), frame_size(camera) if camera else None)
+    runtime.step(obs)  # exports, builds the session, captures ORT's graphs
+    first_step_s = time.perf_counter() - started
+    for _ in range(20):
+        runtime.step(obs)
+    timed = _timed_steps(runtime, obs, steps)
+    step = profile(lambda: runtime.step(obs))
+    import onnxruntime
+
+    return {"preset": preset, "mode": "onnx", "camera": camera or None, "device": torch.cuda.get_device_name(),
+            "onnxruntime": onnxruntime.__version__, "provider": runtime.onnx_provider, "cuda_graphs": runtime.onnx_cuda_graph,
+            "first_step_s": round(first_step_s, 1), "step_ms": timed["step_ms"], "step": step}
+
+
 def main(preset: str, mode: str, steps: int, camera: str = "") -> dict:
     torch.set_grad_enabled(False)
+    if mode == "onnx":
+        return onnx_main(preset, steps, camera)
     started = time.perf_counter()
     runtime = PolicyRuntime.from_preset(preset, device="cuda", dtype=torch.bfloat16, compile_step=False if mode == "none" else mode,
                                         fusion="mamba", history_mode="stream", seed=0, noise_scale=0.0)

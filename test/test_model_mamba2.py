@@ -42,9 +42,10 @@ def test_the_conv_as_taps_is_the_conv(monkeypatch):
     assert (compiling - eager).abs().max().item() <= 1e-5
 
 
-def test_token_by_token_recurrence_matches_chunked_scan():
-    mixer = _mixer()
-    u = torch.randn(1, 40, 64)
+@pytest.mark.parametrize("groups", [1, 2])  # one group: B and C broadcast over the heads; two: repeated per head
+def test_token_by_token_recurrence_matches_chunked_scan(groups):
+    mixer = _mixer(ngroups=groups)
+    u = torch.randn(2, 40, 64)  # 40 tokens: two chunks of 16 and one padded
     with torch.no_grad():
         full, _ = mixer(u)
         state, ys = None, []

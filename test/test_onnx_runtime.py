@@ -34,6 +34,31 @@ def test_exported_graph_takes_and_returns_the_recurrent_state(exported):
     assert json.loads({p.key: p.value for p in graph.metadata_props}["config"])["name"] == "tiny"
 
 
+def test_onnx_runtime_fuses_every_rms_norm_and_the_scan_has_no_copies_per_head(exported, tmp_path):
+    # what ORT's optimiser makes of the step (the CPU provider's fusions without its CPU-only layouts; the CUDA
+    # provider fuses the same patterns): on the H100 the base step went from 2,281 to 1,694 kernels with these
+    import onnxruntime as ort
+    from mambavla.model.mamba2 import RMSNorm
+
+    runtime, path = exported
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.add_free_dimension_override_by_name("batch", 1)
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(options.optimized_model_filepath).graph.node
+    ops = [node.op_type for node in nodes]
+    in_mixers = [node.op_type for node in nodes if "/mixer" in node.name]
+    norms = sum(isinstance(m, RMSNorm) for m in runtime.model.modules())
+    flow_steps, layers = runtime.config.flow_steps, runtime.config.n_layers
+    # each norm once per pass through its layer: the frame's scan and every flow step's, norms outside layers once
+    assert ops.count("SimplifiedLayerNormalization") >= norms > 0
+    assert "ReduceMean" not in ops and "Sqrt" not in ops  # no RMSNorm left unfused
+    assert in_mixers.count("Softplus") == layers * (1 + flow_steps)  # every Mamba layer's pass is in view
+    assert "Pad" not in in_mixers  # a step's scans are one chunk of their own length: nothing to pad
+    assert "Tile" not in in_mixers  # one group of B and C: broadcast over the heads, not copied per head
+
+
 def _streamed_diffs(reference, runtime) -> list[float]:
     """24 steps through both runtimes, with a new instruction at step 10 and a reset at 17 -> max |diff| per step."""
     for rt in (reference, runtime):

@@ -74,6 +74,11 @@ def _segsum_exp(a: Tensor) -> Tensor:
     return torch.exp(seg.masked_fill(~lower, -math.inf))
 
 
+def _pad_time(t: Tensor, pad: int) -> Tensor:
+    """t (b, l, ...) with `pad` zeros appended along l; t itself when there are none (no copy, no ONNX Pad)."""
+    return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
+
+
 def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, state: Tensor, chunk_len: int) -> tuple[Tensor, Tensor]:
     """Chunked SSD in PyTorch, continuing from `state`.
 
@@ -83,8 +88,11 @@ def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     b, l, h, p = x.shape
     dtype = x.dtype
     x, dt, B, C, state = x.float(), dt.float(), B.float(), C.float(), state.float()
-    B = B.repeat_interleave(h // B.shape[2], dim=2)  # (b, l, h, n)
-    C = C.repeat_interleave(h // C.shape[2], dim=2)
+    if l == 1 or B.shape[2] > 1:  # several groups: each head reads its group's B and C
+        B = B.repeat_interleave(h // B.shape[2], dim=2)  # (b, l, h, n)
+        C = C.repeat_interleave(h // C.shape[2], dim=2)
+    # (with one group, B and C keep a head axis of 1 and every matmul below broadcasts it: no copy per head,
+    # and one C B^T for all heads)
     if l == 1:  # one token: the recurrence itself
         decay = torch.exp(dt[:, 0] * A)  # (b, h)
         state = state * decay[..., None, None] + (dt[:, 0, :, None] * x[:, 0])[..., None] * B[:, 0, :, None, :]
@@ -95,10 +103,10 @@ def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     pad = (-l) % chunk_len  # zero padding at the end: no input and no decay, so the state is unchanged
     c = (l + pad) // chunk_len
     # head-major chunks, so that every contraction below is one batched matmul (fast in torch and ONNX Runtime)
-    xdt = F.pad(x * dt[..., None], (0, 0, 0, 0, 0, pad)).view(b, c, chunk_len, h, p).permute(0, 3, 1, 2, 4)  # (b, h, c, T, p)
-    Bp = F.pad(B, (0, 0, 0, 0, 0, pad)).view(b, c, chunk_len, h, -1).permute(0, 3, 1, 2, 4)  # (b, h, c, T, n)
-    Cp = F.pad(C, (0, 0, 0, 0, 0, pad)).view(b, c, chunk_len, h, -1).permute(0, 3, 1, 2, 4)
-    Adt = F.pad(dt * A, (0, 0, 0, pad)).view(b, c, chunk_len, h).permute(0, 3, 1, 2)  # (b, h, c, T)
+    xdt = _pad_time(x * dt[..., None], pad).view(b, c, chunk_len, h, p).permute(0, 3, 1, 2, 4)  # (b, h, c, T, p)
+    Bp = _pad_time(B, pad).view(b, c, chunk_len, B.shape[2], -1).permute(0, 3, 1, 2, 4)  # (b, h or 1, c, T, n)
+    Cp = _pad_time(C, pad).view(b, c, chunk_len, C.shape[2], -1).permute(0, 3, 1, 2, 4)
+    Adt = _pad_time(dt * A, pad).view(b, c, chunk_len, h).permute(0, 3, 1, 2)  # (b, h, c, T)
     A_cum = torch.cumsum(Adt, dim=-1)  # (b, h, c, T)
 
     # within each chunk: quadratic (attention-like) form

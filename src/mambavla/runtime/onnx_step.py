@@ -73,8 +73,12 @@ class _NoInstructions:
 
 
 def _rms_norm_symbolic(g, x, normalized_shape, weight, eps):
-    """aten::rms_norm for the TorchScript exporter (it has none below opset 23): x / sqrt(mean(x^2) + eps) * w."""
-    mean_square = g.op("ReduceMean", g.op("Mul", x, x), axes_i=list(range(-len(normalized_shape), 0)), keepdims_i=1)
+    """aten::rms_norm for the TorchScript exporter (it has none below opset 23): x / sqrt(mean(x^2) + eps) * w.
+
+    The square is a Pow, the pattern ONNX Runtime's optimiser fuses into one SimplifiedLayerNormalization
+    kernel (CPU and CUDA providers); with Mul(x, x) each norm stayed six kernels."""
+    square = g.op("Pow", x, g.op("Constant", value_t=torch.tensor(2.0)))
+    mean_square = g.op("ReduceMean", square, axes_i=list(range(-len(normalized_shape), 0)), keepdims_i=1)
     denominator = g.op("Sqrt", g.op("Add", mean_square, g.op("Constant", value_t=torch.tensor(eps, dtype=torch.float32))))
     return g.op("Mul", g.op("Div", x, denominator), weight)
 

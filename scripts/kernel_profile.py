@@ -4,7 +4,8 @@
 
 MODE: `none` (the plain CUDA graph), a torch.compile mode (`PolicyRuntime(compile_step=MODE)`), or `onnx`
 (the exported fp32 step under ONNX Runtime's CUDA provider with its CUDA graphs, `backend="onnx"`: needs
-onnxruntime-gpu; profiled as one whole step, kernels by name). Mamba fusion, stream mode, bf16 for torch,
+onnxruntime-gpu; profiled as one whole step, kernels by name), or `onnx-tf32` (the same with the CUDA
+provider's TF32 matmuls, `use_tf32=1`, which the backend leaves off for its fp32 parity). Mamba fusion, stream mode, bf16 for torch,
 untrained weights; run it after scripts/gpu_setup.sh. It times STEPS steps in the
 caller's view (as `mambavla bench` does: upload, replay, actions back; CAMERA "HxW": frames of that size,
 resized on the GPU), then profiles (`cuda_work`, CUPTI)
@@ -92,8 +93,11 @@ def replay_wall_us(graph, replays: int = 50) -> float:
     return round(1e3 * float(np.median(walls)), 1)
 
 
-def onnx_main(preset: str, steps: int, camera: str = "") -> dict:
+def onnx_main(preset: str, steps: int, camera: str = "", tf32: bool = False) -> dict:
     """The ONNX Runtime step: caller's-view timing, then one whole step's kernels (ORT replays its graphs)."""
+    from mambavla.runtime import onnx_step
+
+    onnx_step.CUDA_OPTIONS = {**onnx_step.CUDA_OPTIONS, "use_tf32": "1" if tf32 else "0"}
     started = time.perf_counter()
     runtime = PolicyRuntime.from_preset(preset, device="cuda", backend="onnx", fusion="mamba", history_mode="stream", seed=0,
                                         noise_scale=0.0)
@@ -107,15 +111,15 @@ def onnx_main(preset: str, steps: int, camera: str = "") -> dict:
     step = profile(lambda: runtime.step(obs))
     import onnxruntime
 
-    return {"preset": preset, "mode": "onnx", "camera": camera or None, "device": torch.cuda.get_device_name(),
+    return {"preset": preset, "mode": "onnx-tf32" if tf32 else "onnx", "camera": camera or None, "device": torch.cuda.get_device_name(),
             "onnxruntime": onnxruntime.__version__, "provider": runtime.onnx_provider, "cuda_graphs": runtime.onnx_cuda_graph,
             "first_step_s": round(first_step_s, 1), "step_ms": timed["step_ms"], "step": step}
 
 
 def main(preset: str, mode: str, steps: int, camera: str = "") -> dict:
     torch.set_grad_enabled(False)
-    if mode == "onnx":
-        return onnx_main(preset, steps, camera)
+    if mode in ("onnx", "onnx-tf32"):
+        return onnx_main(preset, steps, camera, tf32=mode == "onnx-tf32")
     started = time.perf_counter()
     runtime = PolicyRuntime.from_preset(preset, device="cuda", dtype=torch.bfloat16, compile_step=False if mode == "none" else mode,
                                         fusion="mamba", history_mode="stream", seed=0, noise_scale=0.0)

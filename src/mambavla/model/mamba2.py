@@ -64,19 +64,27 @@ def ssd_kernels() -> tuple | None:
     return _KERNELS or None
 
 
-def _segsum_exp(a: Tensor) -> Tensor:
-    """a (..., T) -> (..., T, T) with out[i, j] = exp(a[j+1] + ... + a[i]) for i >= j, else 0."""
-    T = a.size(-1)
-    a = a[..., None].expand(*a.shape, T)  # (..., T, T): a[..., i, j] = a_i
-    strictly_lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), -1)
-    seg = torch.cumsum(a.masked_fill(~strictly_lower, 0.0), dim=-2)
-    lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device))
-    return torch.exp(seg.masked_fill(~lower, -math.inf))
+def _segsum_exp(a_cum: Tensor) -> Tensor:
+    """a_cum (..., T), the running sum of a -> (..., T, T) with out[i, j] = exp(a[j+1] + ... + a[i]) =
+    exp(a_cum[i] - a_cum[j]) for i >= j, else 0 (as mamba-ssm's chunk kernels compute it: within a chunk of
+    at most 64 tokens the fp32 difference loses nothing that matters)."""
+    T = a_cum.size(-1)
+    lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a_cum.device))
+    return torch.exp((a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~lower, -math.inf))
 
 
 def _pad_time(t: Tensor, pad: int) -> Tensor:
     """t (b, l, ...) with `pad` zeros appended along l; t itself when there are none (no copy, no ONNX Pad)."""
     return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
+
+
+def _heads_first(t: Tensor, c: int, chunk_len: int) -> Tensor:
+    """t (b, c * chunk_len, heads, k) -> (b, heads, c, chunk_len, k). One head (one group's B or C) is a view:
+    no transpose, and the matmuls that read it take it as it is (ONNX Runtime then fuses their transposes)."""
+    b, _, heads, k = t.shape
+    if heads == 1:
+        return t.reshape(b, 1, c, chunk_len, k)
+    return t.view(b, c, chunk_len, heads, k).permute(0, 3, 1, 2, 4)
 
 
 def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, state: Tensor, chunk_len: int) -> tuple[Tensor, Tensor]:
@@ -103,14 +111,14 @@ def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     pad = (-l) % chunk_len  # zero padding at the end: no input and no decay, so the state is unchanged
     c = (l + pad) // chunk_len
     # head-major chunks, so that every contraction below is one batched matmul (fast in torch and ONNX Runtime)
-    xdt = _pad_time(x * dt[..., None], pad).view(b, c, chunk_len, h, p).permute(0, 3, 1, 2, 4)  # (b, h, c, T, p)
-    Bp = _pad_time(B, pad).view(b, c, chunk_len, B.shape[2], -1).permute(0, 3, 1, 2, 4)  # (b, h or 1, c, T, n)
-    Cp = _pad_time(C, pad).view(b, c, chunk_len, C.shape[2], -1).permute(0, 3, 1, 2, 4)
+    xdt = _heads_first(_pad_time(x * dt[..., None], pad), c, chunk_len)  # (b, h, c, T, p)
+    Bp = _heads_first(_pad_time(B, pad), c, chunk_len)  # (b, h or 1, c, T, n)
+    Cp = _heads_first(_pad_time(C, pad), c, chunk_len)
     Adt = _pad_time(dt * A, pad).view(b, c, chunk_len, h).permute(0, 3, 1, 2)  # (b, h, c, T)
     A_cum = torch.cumsum(Adt, dim=-1)  # (b, h, c, T)
 
     # within each chunk: quadratic (attention-like) form
-    scores = (Cp @ Bp.transpose(-1, -2)) * _segsum_exp(Adt)  # (b, h, c, T, T)
+    scores = (Cp @ Bp.transpose(-1, -2)) * _segsum_exp(A_cum)  # (b, h, c, T, T)
     y = scores @ xdt  # (b, h, c, T, p)
 
     # what each chunk adds to the state at its end, then the recurrence across chunks

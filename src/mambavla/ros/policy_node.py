@@ -96,13 +96,16 @@ class PolicyNode(Node):
         self._observations = ObservationBuffer(len(self.camera_topics), self.max_observation_age)
         self._period: PeriodSchedule | None = None  # built from the checkpoint's policy_period
         self._camera_slot: list[int] = []  # topic index -> position in the checkpoint's camera order
-        self._undecoded: dict[int, tuple[Image | CompressedImage, float]] = {}  # topic index -> (latest, receipt)
+        # topic index -> (latest, receipt on the ROS clock, arrival on the steady clock)
+        self._undecoded: dict[int, tuple[Image | CompressedImage, float, float]] = {}
         self._pending_instruction: str | None = None  # "" = a rejected instruction: end the current task
         self.instruction = ""
         self.chunks_published = 0
         self.frames_dropped = 0
         self.inputs_rejected = 0
         self.last_rejection = ""
+        # the node's own times run on the steady clock: under use_sim_time the ROS clock is the simulator's,
+        # which may not move at all while a step runs (a simulation slower than the node)
         self.latencies_ms: deque[float] = deque(maxlen=500)  # frame receipt -> chunk published
         self.inference_ms: deque[float] = deque(maxlen=500)
         self.convert_ms: deque[float] = deque(maxlen=500)  # decode (+ resize on the CPU) of one frame, on the worker
@@ -137,7 +140,7 @@ class PolicyNode(Node):
 
     def _on_image(self, index: int, msg: Image | CompressedImage) -> None:
         with self._lock:  # store only: decoding, resizing (and any cost a hostile frame carries) are the worker's
-            self._undecoded[index] = (msg, self._now())
+            self._undecoded[index] = (msg, self._now(), time.perf_counter())
             self._lock.notify_all()
 
     def _on_instruction(self, msg: String) -> None:
@@ -228,7 +231,7 @@ class PolicyNode(Node):
         """Worker: decode and resize the latest frame of each camera to the policy's size, or log a rejection."""
         with self._lock:
             received, self._undecoded = self._undecoded, {}
-        for index, (msg, receipt) in received.items():
+        for index, (msg, receipt, arrived) in received.items():
             topic = self.image_topics[index]
             stamp = stamp_to_seconds(msg.header.stamp)
             if stamp - receipt > self.max_frame_future:
@@ -244,7 +247,7 @@ class PolicyNode(Node):
                 self._reject(f"{topic}: {type(err).__name__ if isinstance(err, MemoryError) else ''}{err}")
                 continue
             with self._lock:
-                self._observations.add_frame(self._camera_slot[index], Frame(rgb, stamp, receipt))
+                self._observations.add_frame(self._camera_slot[index], Frame(rgb, stamp, receipt, arrived))
 
     def _observation(self, now: float) -> Observation | None:
         """Choose the observation to infer on now (a query: nothing is consumed); None when there is none."""
@@ -312,7 +315,7 @@ class PolicyNode(Node):
 
     def _infer(self, obs: Observation) -> None:
         self._last_infer = self._now()
-        self.wait_ms.append((self._last_infer - obs.receipt) * 1e3)
+        self.wait_ms.append((time.perf_counter() - obs.arrived) * 1e3)
         try:
             chunk = self.runtime.step({"images": dict(zip(self.runtime.camera_names, obs.images)),
                                        "proprio": obs.proprio, "stamp": obs.stamp})
@@ -320,10 +323,9 @@ class PolicyNode(Node):
             self._reject(f"observation rejected by the policy: {err}")
             return
         self.chunk_pub.publish(chunk_to_trajectory(chunk, self.base_frame))
-        published = self._now()
         self.chunks_published += 1
         self._last_chunk_stamp = chunk.stamp
-        self.latencies_ms.append((published - obs.receipt) * 1e3)
+        self.latencies_ms.append((time.perf_counter() - obs.arrived) * 1e3)
         self.inference_ms.append(chunk.timing_ms.get("total", float("nan")))
         self.state, self.reason = "RUNNING", "publishing chunks"
 

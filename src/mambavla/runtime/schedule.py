@@ -37,6 +37,7 @@ class Frame:
     rgb: np.ndarray  # uint8 [H, W, 3], already at the policy's size
     stamp: float  # observation time (header stamp), s
     receipt: float  # when the node received it, s
+    arrived: float = float("nan")  # the same moment on the node's steady clock (time.perf_counter), s: compute latency
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class Observation:
     proprio: np.ndarray  # float32 [8]: pose vector at `stamp` + finger positions
     stamp: float  # the oldest frame's stamp: the chunk is stamped with it
     stamps: tuple[float, ...]  # every camera's frame stamp
-    receipt: float  # the newest frame's receipt (latency is measured from it)
+    receipt: float  # the newest frame's receipt
+    arrived: float = float("nan")  # the newest frame's arrival on the steady clock (latency is measured from it)
 
 
 class ObservationBuffer:
@@ -114,7 +116,7 @@ class ObservationBuffer:
             return fingers
         proprio = np.concatenate([pose_to_vector(*pose), fingers]).astype(np.float32)
         return Observation(tuple(f.rgb for f in frames), proprio, stamp, tuple(f.stamp for f in frames),
-                           max(f.receipt for f in frames))
+                           max(f.receipt for f in frames), max(f.arrived for f in frames))
 
     def consume(self, observation: Observation) -> None:
         for camera, stamp in enumerate(observation.stamps):

@@ -22,6 +22,7 @@ Variants, by environment variable (all off by default: a plain rclpy pair):
   ECHO_THREAD=1    the echo publishes from its own thread, as policy_node's inference worker does
   REUSE=1          both sides keep freed large blocks for reuse (mambavla.ros.spin.reuse_large_buffers), as the nodes do
   EVENTS=1         both sides spin rclpy's C++ EventsExecutor (rclpy.experimental) instead of a SingleThreadedExecutor
+                   (rclpy 9.1.2's PyPI wheels: it fires no callback at all, and the probe hangs; docs/benchmarks.md)
 
 Run each with its own ROS_DOMAIN_ID and ROS_LOCALHOST_ONLY=1; for frames over 512 kB set
 FASTDDS_DEFAULT_PROFILES_FILE=config/fastdds.xml (the nodes set it themselves). Results: docs/benchmarks.md.
@@ -151,6 +152,7 @@ def report(mode: str, height: int, width: int, sent: list[float], rtts: list[flo
            legs: list[tuple[float, float]] = (), publish: list[float] = ()) -> None:
     ms = np.array(rtts[10:]) * 1e3
     start = sent[10] if len(sent) > 10 else 0.0
+    # (sets and answers pair up in order: exact while every set is answered, as in the runs reported)
     slow = [[round(t - start, 3), round(r * 1e3, 2)] for t, r in zip(sent[10:], rtts[10:]) if r > 5e-3]
     start_unix = time.time() - (time.perf_counter() - start)  # to line up the slow sets of runs side by side
     print(json.dumps({"env": {k: os.environ[k] for k in VARIANTS if k in os.environ}, "spin": mode,

@@ -66,8 +66,8 @@ def ssd_kernels() -> tuple | None:
 
 def _segsum_exp(a_cum: Tensor) -> Tensor:
     """a_cum (..., T), the running sum of a -> (..., T, T) with out[i, j] = exp(a[j+1] + ... + a[i]) =
-    exp(a_cum[i] - a_cum[j]) for i >= j, else 0 (as mamba-ssm's chunk kernels compute it: within a chunk of
-    at most 64 tokens the fp32 difference loses nothing that matters)."""
+    exp(a_cum[i] - a_cum[j]) for i >= j, else 0, as mamba-ssm's chunk kernels compute it (a chunk holds at most
+    `chunk_len` tokens, so the running sums stay short)."""
     T = a_cum.size(-1)
     lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a_cum.device))
     return torch.exp((a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~lower, -math.inf))
@@ -84,7 +84,7 @@ def _heads_first(t: Tensor, c: int, chunk_len: int) -> Tensor:
     b, _, heads, k = t.shape
     if heads == 1:
         return t.reshape(b, 1, c, chunk_len, k)
-    return t.view(b, c, chunk_len, heads, k).permute(0, 3, 1, 2, 4)
+    return t.reshape(b, c, chunk_len, heads, k).permute(0, 3, 1, 2, 4)
 
 
 def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, state: Tensor, chunk_len: int) -> tuple[Tensor, Tensor]:

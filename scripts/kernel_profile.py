@@ -93,48 +93,42 @@ def replay_wall_us(graph, replays: int = 50) -> float:
     return round(1e3 * float(np.median(walls)), 1)
 
 
-def onnx_main(preset: str, steps: int, camera: str = "", tf32: bool = False) -> dict:
-    """The ONNX Runtime step: caller's-view timing, then one whole step's kernels (ORT replays its graphs)."""
-    from mambavla.runtime import onnx_step
-
-    onnx_step.CUDA_OPTIONS = {**onnx_step.CUDA_OPTIONS, "use_tf32": "1" if tf32 else "0"}
+def _built_and_timed(preset: str, steps: int, camera: str, **options) -> tuple:
+    """The runtime (untrained, stream mode), its first step (capture, compile or ORT's graphs) and then
+    `steps` steps timed in the caller's view -> (runtime, observation, JSON fields)."""
     started = time.perf_counter()
-    runtime = PolicyRuntime.from_preset(preset, device="cuda", backend="onnx", fusion="mamba", history_mode="stream", seed=0,
-                                        noise_scale=0.0)
+    runtime = PolicyRuntime.from_preset(preset, device="cuda", fusion="mamba", history_mode="stream", seed=0, noise_scale=0.0,
+                                        **options)
     runtime.set_instruction(INSTRUCTION)
     obs = _observation(runtime, np.random.default_rng(0), frame_size(camera) if camera else None)
-    runtime.step(obs)  # exports, builds the session, captures ORT's graphs
+    runtime.step(obs)
     first_step_s = time.perf_counter() - started
     for _ in range(20):
         runtime.step(obs)
     timed = _timed_steps(runtime, obs, steps)
-    step = profile(lambda: runtime.step(obs))
+    return runtime, obs, {"preset": preset, "camera": camera or None, "device": torch.cuda.get_device_name(),
+                          "first_step_s": round(first_step_s, 1), "step_ms": timed["step_ms"]}
+
+
+def onnx_main(preset: str, steps: int, camera: str = "", tf32: bool = False) -> dict:
+    """The ONNX Runtime step: caller's-view timing, then one whole step's kernels (ORT replays its graphs)."""
     import onnxruntime
 
-    return {"preset": preset, "mode": "onnx-tf32" if tf32 else "onnx", "camera": camera or None, "device": torch.cuda.get_device_name(),
-            "onnxruntime": onnxruntime.__version__, "provider": runtime.onnx_provider, "cuda_graphs": runtime.onnx_cuda_graph,
-            "first_step_s": round(first_step_s, 1), "step_ms": timed["step_ms"], "step": step}
+    runtime, obs, out = _built_and_timed(preset, steps, camera, backend="onnx",
+                                         onnx_cuda_options={"use_tf32": "1"} if tf32 else None)
+    return {**out, "mode": "onnx-tf32" if tf32 else "onnx", "onnxruntime": onnxruntime.__version__,
+            "provider": runtime.onnx_provider, "cuda_graphs": runtime.onnx_cuda_graph, "step": profile(lambda: runtime.step(obs))}
 
 
 def main(preset: str, mode: str, steps: int, camera: str = "") -> dict:
     torch.set_grad_enabled(False)
     if mode in ("onnx", "onnx-tf32"):
         return onnx_main(preset, steps, camera, tf32=mode == "onnx-tf32")
-    started = time.perf_counter()
-    runtime = PolicyRuntime.from_preset(preset, device="cuda", dtype=torch.bfloat16, compile_step=False if mode == "none" else mode,
-                                        fusion="mamba", history_mode="stream", seed=0, noise_scale=0.0)
-    runtime.set_instruction(INSTRUCTION)
-    obs = _observation(runtime, np.random.default_rng(0), frame_size(camera) if camera else None)
-    runtime.step(obs)  # captures (and compiles)
-    first_step_s = time.perf_counter() - started
-    for _ in range(20):
-        runtime.step(obs)
-    timed = _timed_steps(runtime, obs, steps)
+    runtime, _, out = _built_and_timed(preset, steps, camera, dtype=torch.bfloat16,
+                                       compile_step=False if mode == "none" else mode)
     graph = runtime._graph
     saved = graph._save()  # profiling runs the body: the static state is put back after each
-    out = {"preset": preset, "mode": mode, "camera": camera or None, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "first_step_s": round(first_step_s, 1), "step_ms": timed["step_ms"], "flow_steps": runtime.model.config.flow_steps,
-           **regions(graph)}
+    out.update(mode=mode, torch=torch.__version__, flow_steps=runtime.model.config.flow_steps, **regions(graph))
     graph._load(saved)
     out["body"] = profile(graph._step)
     graph._load(saved)

@@ -88,6 +88,11 @@ def test_onnx_backend_matches_torch_runtime_over_streamed_steps(exported):
     assert max(diffs) <= 1e-3, diffs
     with pytest.raises(ValueError, match="CUDA execution provider"):  # ORT's graphs need its CUDA provider
         PolicyRuntime(reference.model, backend="onnx", onnx_path=path, cuda_graph=True)
+    # so do CUDA provider options (TF32): refused where they would be dropped, not ignored
+    with pytest.raises(ValueError, match=r"cuda_options \{'use_tf32': '1'\} needs ONNX Runtime's CUDA execution provider"):
+        PolicyRuntime(reference.model, backend="onnx", onnx_path=path, onnx_cuda_options={"use_tf32": "1"})
+    with pytest.raises(ValueError, match="need backend 'onnx'"):
+        PolicyRuntime(reference.model, onnx_cuda_options={"use_tf32": "1"})
 
 
 def test_cuda_provider_runs_on_the_gpu_named_in_fp32_unless_told_otherwise():
@@ -112,6 +117,20 @@ def test_onnx_cuda_provider_matches_torch_runtime_over_streamed_steps(exported, 
     assert runtime.onnx_provider == "CUDAExecutionProvider" and runtime.onnx_cuda_graph == graphs
     diffs = _streamed_diffs(reference, runtime)  # with graphs: ORT captures each direction on its third step
     assert max(diffs) <= 1e-3, diffs
+
+
+@pytest.mark.cuda
+def test_onnx_cuda_options_reach_the_cuda_provider(exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu (ONNX Runtime's CUDA execution provider)")
+    reference, path = exported
+    options = {}
+    for tf32 in (None, {"use_tf32": "1"}):
+        runtime = PolicyRuntime(reference.model, device="cuda", backend="onnx", onnx_path=path, onnx_cuda_options=tf32)
+        options[bool(tf32)] = runtime._onnx.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"]
+    assert options == {False: "0", True: "1"}
 
 
 def test_onnx_graph_of_another_policy_is_refused(exported):

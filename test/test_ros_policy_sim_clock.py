@@ -30,15 +30,18 @@ def test_latency_is_the_nodes_own_time_when_the_simulated_clock_stands_still(tmp
     probe = Probe("sim_clock_probe")
     clock_pub = probe.node.create_publisher(Clock, "/clock", 10)
     sim_time = [1000.0]
+    clock_lock = threading.Lock()  # the clock moves in one place at a time: never past a set the test stamped
     running, advancing = threading.Event(), threading.Event()
     running.set()
     advancing.set()
 
     def publish_clock():  # simulated time at 100 Hz (as sim_node does): running at real time, or standing still
         while running.is_set():
-            if advancing.is_set():
-                sim_time[0] += 0.01
-            clock_pub.publish(Clock(clock=seconds_to_stamp(sim_time[0])))
+            with clock_lock:
+                if advancing.is_set():
+                    sim_time[0] += 0.01
+                now = sim_time[0]
+            clock_pub.publish(Clock(clock=seconds_to_stamp(now)))
             time.sleep(0.01)
 
     ticker = threading.Thread(target=publish_clock, daemon=True)
@@ -51,10 +54,12 @@ def test_latency_is_the_nodes_own_time_when_the_simulated_clock_stands_still(tmp
     try:
         probe.instruction_pub.publish(String(data="pick up the red cube"))
         probe.wait_status(POLICY, lambda s: s["state"] in ("WAITING", "RUNNING"), "the policy to load", timeout=300.0)
-        advancing.clear()
-        start = sim_time[0]
+        with clock_lock:
+            advancing.clear()
+            start = sim_time[0]
         for k in range(12):
-            sim_time[0] = stamp = start + 0.1 * (k + 1)  # the clock moves, then stands still until the chunk is out
+            with clock_lock:  # the clock moves, then stands still until the chunk is out
+                sim_time[0] = stamp = start + 0.1 * (k + 1)
             time.sleep(0.05)  # the node's clock is at `stamp` now
             probe.pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, stamp, "fr3_link0"))
             js = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"],

@@ -184,8 +184,9 @@ class OnnxStep:
             options.intra_op_num_threads = threads
         chosen = providers(device)
         on_cuda = chosen[0] == "CUDAExecutionProvider"
-        if cuda_graph and not on_cuda:
-            raise ValueError("ONNX cuda_graph needs ONNX Runtime's CUDA execution provider (onnxruntime-gpu) and "
+        if (cuda_graph or cuda_options) and not on_cuda:  # asked for, so not to be dropped unseen
+            what = "cuda_graph" if cuda_graph else f"cuda_options {cuda_options}"
+            raise ValueError(f"ONNX {what} needs ONNX Runtime's CUDA execution provider (onnxruntime-gpu) and "
                              f"device 'cuda'; this build has {ort.get_available_providers()}, device {device!r}")
         provider_options = cuda_provider_options(device, cuda_graph, cuda_options) if on_cuda else {}
         if on_cuda:

@@ -95,6 +95,22 @@ def test_onnx_backend_matches_torch_runtime_over_streamed_steps(exported):
         PolicyRuntime(reference.model, onnx_cuda_options={"use_tf32": "1"})
 
 
+def test_a_graph_the_runtime_exported_itself_goes_when_its_session_does(exported):
+    import gc
+
+    reference, _ = exported
+    runtime = PolicyRuntime(reference.model, backend="onnx")  # no onnx_path: exported to a folder of its own
+    folder = runtime._onnx.path.parent
+    assert folder.name.startswith("mambavla-onnx-") and (folder / "step.onnx").is_file()
+    del runtime
+    gc.collect()
+    assert not folder.exists()
+    before = set(folder.parent.glob("mambavla-onnx-*"))
+    with pytest.raises(ValueError, match="CUDA execution provider"):  # a failed session leaves nothing either
+        PolicyRuntime(reference.model, backend="onnx", onnx_cuda_options={"use_tf32": "1"})
+    assert set(folder.parent.glob("mambavla-onnx-*")) == before
+
+
 def test_cuda_provider_runs_on_the_gpu_named_in_fp32_unless_told_otherwise():
     from mambavla.runtime.onnx_step import cuda_provider_options, providers
 

@@ -670,11 +670,23 @@ def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, th
     from mambavla.runtime.onnx_step import OnnxStep, check_exportable, export_step, providers
 
     check_exportable(model.config)
-    if onnx_path is None:
-        import tempfile
-
-        onnx_path = export_step(model, Path(tempfile.mkdtemp(prefix="mambavla-onnx-")) / "step.onnx")
     if cuda_graph is None:
         cuda_graph = providers(device)[0] == "CUDAExecutionProvider"
-    return OnnxStep(onnx_path, model.config, batch=1, device=device, threads=threads, cuda_graph=cuda_graph,
-                    cuda_options=cuda_options)
+    if onnx_path is not None:
+        return OnnxStep(onnx_path, model.config, batch=1, device=device, threads=threads, cuda_graph=cuda_graph,
+                        cuda_options=cuda_options)
+    import shutil
+    import tempfile
+    import weakref
+
+    # exported here, so removed here: once the session that reads it is gone (step_batch reopens the file while
+    # it lives), or at once if the export or the session fails; a node restarted all day must not fill /tmp
+    folder = Path(tempfile.mkdtemp(prefix="mambavla-onnx-"))
+    try:
+        step = OnnxStep(export_step(model, folder / "step.onnx"), model.config, batch=1, device=device, threads=threads,
+                        cuda_graph=cuda_graph, cuda_options=cuda_options)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    weakref.finalize(step, shutil.rmtree, folder, True)
+    return step

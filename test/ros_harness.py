@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
+from rclpy.exceptions import InvalidHandle  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
@@ -62,8 +63,22 @@ class Probe:
         self.joint_pub = n.create_publisher(JointState, "/joint_states", STATE_QOS)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(n)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
+
+    def _spin(self) -> None:
+        """Spin until close(), outliving a publisher or subscription that a test destroys mid-spin.
+
+        rclpy 9.1.2's executor lists the node's QoS event handlers before it enters them; one destroyed in between
+        fails to enter, is kept anyway, and raises InvalidHandle from add_to_wait_set, which ends `executor.spin`
+        and leaves the probe deaf for the rest of the module (CI, stop 23: the chunk-flood test's publisher). The
+        next wait set no longer lists the destroyed handler, so spinning on is correct."""
+        while not self._closing.is_set() and rclpy.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.1)
+            except InvalidHandle:
+                continue
 
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
@@ -101,6 +116,8 @@ class Probe:
     def wait_for(self, predicate, what: str, timeout: float = TIMEOUT):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
+            if not self._thread.is_alive() and not self._closing.is_set():
+                raise AssertionError(f"the probe's executor thread died while waiting for {what}")
             result = predicate()
             if result:
                 return result
@@ -112,8 +129,9 @@ class Probe:
                              timeout)
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self._thread.join(timeout=5.0)  # destroying a node under a spinning executor aborts in C++
+        self._closing.set()
+        self._thread.join(timeout=5.0)  # the loop ends within its 0.1 s wait: destroying a node under a spinning
+        self.executor.shutdown()        # executor aborts in C++, and shutdown mid-spin leaves a taken callback no guard
         self.node.destroy_node()
 
 

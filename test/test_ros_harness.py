@@ -1,0 +1,45 @@
+"""The test probe itself: a test that destroys a publisher while the probe spins must not leave it deaf."""
+
+import sys
+import threading
+import time
+
+from ros_harness import Probe
+from std_msgs.msg import String
+
+from mambavla.ros.qos import SENSOR_QOS
+
+
+def test_the_probe_outlives_publishers_destroyed_while_it_spins():
+    """CI stop 23: rclpy raised InvalidHandle in the probe's spin thread when the chunk-flood test destroyed its
+    publisher, and the next three controller tests timed out. A 1 µs GIL switch interval makes that window
+    (between the executor listing a QoS event handler and entering it) easy to hit: the old probe died within
+    a few dozen cycles here."""
+    probe = Probe("harness_probe")
+    received = []
+    probe.node.create_subscription(String, "/harness_busy", lambda m: received.append(m.data), SENSOR_QOS)
+    busy_pub = probe.node.create_publisher(String, "/harness_busy", SENSOR_QOS)
+    stop = threading.Event()
+
+    def keep_the_executor_busy():
+        while not stop.is_set():
+            busy_pub.publish(String(data="x"))
+            time.sleep(0.001)
+
+    busy = threading.Thread(target=keep_the_executor_busy, daemon=True)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        busy.start()
+        for i in range(1500):
+            pub = probe.node.create_publisher(String, "/harness_gone", 2)
+            time.sleep(0.0003 * (i % 7))
+            probe.node.destroy_publisher(pub)
+        sys.setswitchinterval(interval)
+        count = len(received)
+        probe.wait_for(lambda: len(received) > count + 20, "messages after the destroyed publishers", timeout=30.0)
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        busy.join()
+        probe.close()

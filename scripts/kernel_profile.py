@@ -5,7 +5,8 @@
 MODE: `none` (the plain CUDA graph), a torch.compile mode (`PolicyRuntime(compile_step=MODE)`), or `onnx`
 (the exported fp32 step under ONNX Runtime's CUDA provider with its CUDA graphs, `backend="onnx"`: needs
 onnxruntime-gpu; profiled as one whole step, kernels by name), or `onnx-tf32` (the same with the CUDA
-provider's TF32 matmuls, `use_tf32=1`, which the backend leaves off for its fp32 parity). Mamba fusion, stream mode, bf16 for torch,
+provider's TF32 matmuls, `use_tf32=1`, which the backend leaves off for its fp32 parity), or `onnx-fp16` (the
+fp16 graph, `dtype=torch.float16`: scan and SSM state in fp32). Mamba fusion, stream mode, bf16 for torch,
 untrained weights; run it after scripts/gpu_setup.sh. It times STEPS steps in the
 caller's view (as `mambavla bench` does: upload, replay, actions back; CAMERA "HxW": frames of that size,
 resized on the GPU), then profiles (`cuda_work`, CUPTI)
@@ -110,20 +111,22 @@ def _built_and_timed(preset: str, steps: int, camera: str, **options) -> tuple:
                           "first_step_s": round(first_step_s, 1), "step_ms": timed["step_ms"]}
 
 
-def onnx_main(preset: str, steps: int, camera: str = "", tf32: bool = False) -> dict:
+ONNX_MODES = {"onnx": {}, "onnx-tf32": {"onnx_cuda_options": {"use_tf32": "1"}}, "onnx-fp16": {"dtype": torch.float16}}
+
+
+def onnx_main(preset: str, steps: int, camera: str = "", mode: str = "onnx") -> dict:
     """The ONNX Runtime step: caller's-view timing, then one whole step's kernels (ORT replays its graphs)."""
     import onnxruntime
 
-    runtime, obs, out = _built_and_timed(preset, steps, camera, backend="onnx",
-                                         onnx_cuda_options={"use_tf32": "1"} if tf32 else None)
-    return {**out, "mode": "onnx-tf32" if tf32 else "onnx", "onnxruntime": onnxruntime.__version__,
+    runtime, obs, out = _built_and_timed(preset, steps, camera, backend="onnx", **ONNX_MODES[mode])
+    return {**out, "mode": mode, "onnxruntime": onnxruntime.__version__,
             "provider": runtime.onnx_provider, "cuda_graphs": runtime.onnx_cuda_graph, "step": profile(lambda: runtime.step(obs))}
 
 
 def main(preset: str, mode: str, steps: int, camera: str = "") -> dict:
     torch.set_grad_enabled(False)
-    if mode in ("onnx", "onnx-tf32"):
-        return onnx_main(preset, steps, camera, tf32=mode == "onnx-tf32")
+    if mode in ONNX_MODES:
+        return onnx_main(preset, steps, camera, mode)
     runtime, _, out = _built_and_timed(preset, steps, camera, dtype=torch.bfloat16,
                                        compile_step=False if mode == "none" else mode)
     graph = runtime._graph

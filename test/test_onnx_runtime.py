@@ -95,6 +95,63 @@ def test_onnx_backend_matches_torch_runtime_over_streamed_steps(exported):
         PolicyRuntime(reference.model, onnx_cuda_options={"use_tf32": "1"})
 
 
+@pytest.fixture(scope="module")
+def exported_fp16(exported, tmp_path_factory):
+    import torch
+
+    reference, _ = exported
+    return export_step(reference.model, tmp_path_factory.mktemp("onnx16") / "step.onnx", torch.float16)
+
+
+def _elem_types(graph) -> dict[str, int]:
+    """Every value's element type in `graph` after ONNX shape inference (initializers included)."""
+    inferred = onnx.shape_inference.infer_shapes(graph)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {**{v.name: v.type.tensor_type.elem_type for v in values}, **{t.name: t.data_type for t in graph.graph.initializer}}
+
+
+def test_fp16_graph_computes_in_fp16_but_keeps_the_scan_and_ssm_state_fp32(exported, exported_fp16):
+    F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    reference, _ = exported
+    graph = onnx.load(str(exported_fp16))
+    assert {p.key: p.value for p in graph.metadata_props}["dtype"] == "float16"
+    inputs = {i.name: i.type.tensor_type.elem_type for i in graph.graph.input}
+    outputs = {o.name: o.type.tensor_type.elem_type for o in graph.graph.output}
+    n = reference.config.n_layers
+    assert all(inputs[f"conv_{i}"] == outputs[f"conv_{i}_next"] == F16 for i in range(n))
+    assert all(inputs[f"ssm_{i}"] == outputs[f"ssm_{i}_next"] == F32 for i in range(n))  # the SSM state stays fp32
+    assert outputs["actions"] == F32 and {inputs[k] for k in inputs if not k.startswith("conv_")} == {F32}
+    types = _elem_types(graph)
+    matmuls = [node for node in graph.graph.node if node.op_type in ("MatMul", "Gemm", "Conv")]
+    weights = [types[node.input[1]] for node in matmuls]
+    # the projections compute in fp16; the scan's own contractions (its MatMuls on activations) in fp32
+    assert weights.count(F16) >= 3 * n and set(weights) == {F16, F32}
+    scan = [node for node in graph.graph.node if node.op_type in ("Exp", "CumSum", "Softplus")]
+    assert len(scan) >= 3 * n and all(types[node.output[0]] == F32 for node in scan)  # decays and dt in fp32
+
+
+def test_onnx_fp16_backend_streams_close_to_torch_fp32(exported, exported_fp16):
+    import torch
+
+    reference, fp32_path = exported
+    runtime = PolicyRuntime(reference.model, seed=4, backend="onnx", onnx_path=exported_fp16)
+    assert runtime.onnx_dtype == "float16" and runtime.dtype == torch.float32  # torch's part stays fp32
+    diffs = _streamed_diffs(reference, runtime)
+    # fp16 rounding, not a different computation: far above the fp32 graph's ~1e-6, far below the chunks' change
+    assert 1e-5 < max(diffs) <= 1e-2, diffs
+    batch = runtime.stream_batch(2)  # the batch session takes the fp16 state too
+    batch.set_instruction(0, "lift the red cube")
+    batch.set_instruction(1, "push the blue cube to the left")
+    chunks = batch.step_batch([random_observation(runtime, 0), random_observation(runtime, 1)])
+    assert all(np.isfinite(c.actions).all() for c in chunks)
+    with pytest.raises(ValueError, match="is a float32 graph, not torch.float16"):
+        PolicyRuntime(reference.model, backend="onnx", onnx_path=fp32_path, dtype=torch.float16)
+    with pytest.raises(ValueError, match="float32 or float16 graph"):
+        PolicyRuntime(reference.model, backend="onnx", onnx_path=fp32_path, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="the torch backend runs float32 or bfloat16"):
+        PolicyRuntime(reference.model, dtype=torch.float16)
+
+
 def test_a_graph_the_runtime_exported_itself_goes_when_its_session_does(exported):
     import gc
 
@@ -136,17 +193,32 @@ def test_onnx_cuda_provider_matches_torch_runtime_over_streamed_steps(exported, 
 
 
 @pytest.mark.cuda
+def test_onnx_fp16_graph_on_cuda_graphs_streams_close_to_torch_fp32(exported, exported_fp16):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu (ONNX Runtime's CUDA execution provider)")
+    reference, _ = exported
+    runtime = PolicyRuntime(reference.model, device="cuda", seed=4, backend="onnx", onnx_path=exported_fp16)
+    assert runtime.onnx_provider == "CUDAExecutionProvider" and runtime.onnx_cuda_graph and runtime.onnx_dtype == "float16"
+    diffs = _streamed_diffs(reference, runtime)
+    assert 1e-5 < max(diffs) <= 1e-2, diffs
+
+
+@pytest.mark.cuda
 def test_onnx_cuda_options_reach_the_cuda_provider(exported):
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("needs onnxruntime-gpu (ONNX Runtime's CUDA execution provider)")
     reference, path = exported
-    options = {}
+    options, batched = {}, {}
     for tf32 in (None, {"use_tf32": "1"}):
         runtime = PolicyRuntime(reference.model, device="cuda", backend="onnx", onnx_path=path, onnx_cuda_options=tf32)
         options[bool(tf32)] = runtime._onnx.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"]
-    assert options == {False: "0", True: "1"}
+        session = runtime.stream_batch(2)._onnx.session  # the batch's own session takes them too
+        batched[bool(tf32)] = session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"]
+    assert options == batched == {False: "0", True: "1"}
 
 
 def test_onnx_graph_of_another_policy_is_refused(exported):
@@ -158,9 +230,11 @@ def test_onnx_graph_of_another_policy_is_refused(exported):
         PolicyRuntime.from_preset("tiny", backend="onnx", history_mode="window")
 
 
-def test_export_command_writes_the_graph_and_reports_parity(tmp_path, capsys):
+@pytest.mark.parametrize(("dtype", "tolerance"), [("fp32", 1e-3), ("fp16", 1e-2)])
+def test_export_command_writes_the_graph_and_reports_parity(tmp_path, capsys, dtype, tolerance):
     out = tmp_path / "tiny.onnx"
-    assert main(["export", "--onnx", str(out), "--preset", "tiny", "--check-steps", "20"]) == 0
+    assert main(["export", "--onnx", str(out), "--preset", "tiny", "--dtype", dtype, "--check-steps", "20"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert out.is_file() and report["bytes"] == out.stat().st_size
-    assert report["parity"]["steps"] == 20 and report["parity"]["max_abs_diff"] <= 1e-3
+    assert out.is_file() and report["bytes"] == out.stat().st_size and report["dtype"] == dtype
+    assert report["parity"]["steps"] == 20 and report["parity"]["max_abs_diff"] <= tolerance
+    assert report["parity"]["graph_dtype"] == {"fp32": "float32", "fp16": "float16"}[dtype]

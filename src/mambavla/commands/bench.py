@@ -211,11 +211,14 @@ def _run(args: argparse.Namespace) -> int:
             if cuda:
                 torch.cuda.empty_cache()
         if fusion in ("mamba", "checkpoint") and not args.no_onnx:
-            entry["onnx"] = _onnx_row(args, dtype, steps, cuda, log, result.setdefault("step_batch", []))
+            entry["onnx"] = _onnx_row(args, torch.float32, steps, cuda, log, result.setdefault("step_batch", []))
+            if cuda:  # ORT's reduced precision, beside torch's bf16
+                entry["onnx_fp16"] = _onnx_row(args, torch.float16, steps, cuda, log, None)
             best = min(m["step_ms"]["p50"] for k, m in entry.items() if k in ("eager", "cuda_graph", "cuda_graph_compiled"))
-            for row in (entry["onnx"], entry["onnx"].get("cuda_graph", {})):
-                if "step_ms" in row:
-                    row["p50_vs_best_torch"] = row["step_ms"]["p50"] / best
+            for name in ("onnx", "onnx_fp16"):
+                for row in (entry.get(name, {}), entry.get(name, {}).get("cuda_graph", {})):
+                    if "step_ms" in row:
+                        row["p50_vs_best_torch"] = row["step_ms"]["p50"] / best
         result["fusions"][fusion] = entry
 
     text = json.dumps(result, indent=2)
@@ -235,9 +238,10 @@ def _runtime(args: argparse.Namespace, **options):
     return PolicyRuntime.from_preset(args.preset, **options, **overrides)
 
 
-def _onnx_row(args: argparse.Namespace, dtype, steps: int, cuda: bool, log, batch_rows: list) -> dict:
-    """The step on ONNX Runtime (fp32 graph): latency, parity with the torch runtime, and, where ORT runs
-    on the device benchmarked, its step_batch sweep. Missing packages or a failed export are reported, not raised."""
+def _onnx_row(args: argparse.Namespace, graph_dtype, steps: int, cuda: bool, log, batch_rows: list | None) -> dict:
+    """The step on ONNX Runtime (a `graph_dtype` graph: float32, or float16 on the CUDA provider): latency,
+    parity with the torch runtime (fp32, CPU), and, with `batch_rows` and where ORT runs on the device
+    benchmarked, its step_batch sweep. Missing packages or a failed export are reported, not raised."""
     import importlib
     import tempfile
     from pathlib import Path
@@ -257,14 +261,17 @@ def _onnx_row(args: argparse.Namespace, dtype, steps: int, cuda: bool, log, batc
 
     from mambavla.runtime.onnx_step import export_step, providers, streamed_parity
 
-    row: dict = {"onnxruntime": ort.__version__, "available_providers": ort.get_available_providers(), "dtype": "float32"}
+    row: dict = {"onnxruntime": ort.__version__, "available_providers": ort.get_available_providers(),
+                 "dtype": str(graph_dtype).replace("torch.", "")}
     if cuda and providers("cuda")[0] != "CUDAExecutionProvider":
+        if graph_dtype != torch.float32:
+            return {**row, "skipped": "the fp16 graph is for ONNX Runtime's CUDA provider, which this build lacks"}
         row["note"] = "this onnxruntime build has no CUDA execution provider (onnxruntime-gpu): the row is on the CPU provider"
     try:
         reference = _runtime(args, device="cpu", dtype=torch.float32, cuda_graph=False, threads=args.threads)
         path = Path(tempfile.mkdtemp(prefix="mambavla-bench-")) / "step.onnx"
         t0 = time.perf_counter()
-        export_step(reference.model, path)
+        export_step(reference.model, path, graph_dtype)
         row["export_s"] = time.perf_counter() - t0
         runtime = _runtime(args, device=args.device, cuda_graph=False, backend="onnx", onnx_path=path, threads=args.threads)
     except Exception as err:  # an exporter or runtime that cannot take this model is a result too
@@ -273,7 +280,7 @@ def _onnx_row(args: argparse.Namespace, dtype, steps: int, cuda: bool, log, batc
     row["provider"] = runtime.onnx_provider
 
     def timed(runtime, graphs: bool, into: dict) -> None:
-        label = f"onnx {row['provider']}{' cuda graphs' if graphs else ''}"
+        label = f"onnx {row['dtype']} {row['provider']}{' cuda graphs' if graphs else ''}"
         log(f"[{label}] parity over {args.parity_steps} steps")
         into["parity"] = streamed_parity(reference.model, path, steps=args.parity_steps, device=args.device, cuda_graph=graphs)
         obs = _observation(runtime, np.random.default_rng(0), args.camera_size)
@@ -294,7 +301,7 @@ def _onnx_row(args: argparse.Namespace, dtype, steps: int, cuda: bool, log, batc
             best = graphed
         except Exception as err:  # e.g. nodes ORT places off the CUDA provider cannot be captured
             row["cuda_graph"]["error"] = f"{type(err).__name__}: {err}"
-    if args.batch != [] and (not cuda or on_cuda):
+    if batch_rows is not None and args.batch != [] and (not cuda or on_cuda):
         batch_rows.append(_batch_sweep(best, args, cuda, log))
     return row
 

@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoint folder (default: the shipped policy)")
     src.add_argument("--preset", help="an untrained preset instead of a checkpoint (sizing, benchmarks)")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+                   help="--onnx: the graph's precision (fp16: for ONNX Runtime's CUDA provider; its scan and SSM state stay fp32)")
     p.add_argument("--check-steps", type=int, default=20,
                    help="streamed steps compared with the torch runtime after export (fp32, CPU; 0: skip)")
     p.set_defaults(func=run)
@@ -47,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
         model, source = load_checkpoint(path), str(path)
     model = model.float().eval()  # a bf16 checkpoint is exported, and checked, in fp32
     t0 = time.perf_counter()
-    out = export_step(model, args.onnx)
-    result = {"onnx": str(out), "source": source, "bytes": out.stat().st_size, "export_s": round(time.perf_counter() - t0, 1),
+    out = export_step(model, args.onnx, {"fp32": torch.float32, "fp16": torch.float16}[args.dtype])
+    result = {"onnx": str(out), "source": source, "dtype": args.dtype, "bytes": out.stat().st_size, "export_s": round(time.perf_counter() - t0, 1),
               "instruction": "not in the graph: torch computes the prefix state and task vector once per instruction"}
     if args.check_steps > 0:
         result["parity"] = streamed_parity(model, out, steps=args.check_steps)

@@ -45,8 +45,8 @@ class PolicyNode(Node):
         self.checkpoint = p("checkpoint", "", "checkpoint folder; empty runs the untrained `preset` (and says so)")
         self.preset = p("preset", "tiny", "model preset used when no checkpoint is given")
         self.device = p("device", "cpu", "torch device: cpu, cuda, cuda:1 ...")
-        self.dtype = p("dtype", "fp32", "fp32, bf16, or auto (bf16 for the torch backend on CUDA, else fp32); "
-                                        "bf16 has not been evaluated in closed loop")
+        self.dtype = p("dtype", "fp32", "fp32, bf16 (torch backend), fp16 (onnx backend's graph), or auto (bf16 for the "
+                                        "torch backend on CUDA, else fp32); bf16 and fp16 have not been evaluated in closed loop")
         self.seed = p("seed", 0, "seed of the flow-matching noise (and of untrained weights)")
         self.torch_threads = p("torch_threads", 0, "CPU threads for inference (torch or ONNX Runtime); 0 keeps the default")
         self.backend = p("backend", "torch", "torch, or onnx: the step in ONNX Runtime (CUDA provider with onnxruntime-gpu, "

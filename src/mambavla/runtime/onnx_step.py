@@ -6,6 +6,10 @@ Graph (`export_step`): one control step of a stream-mode Mamba policy, the recur
              conv_<i> (B, conv_dim, d_conv - 1), ssm_<i> (B, heads, headdim, d_state) for each layer i
     outputs  actions (B, H, A) in robot units, conv_<i>_next, ssm_<i>_next
 
+Every input and output is float32 but the conv states, which are the graph's dtype: float32, or float16
+(`export_step(..., dtype=torch.float16)`: the model's weights and activations in fp16 for the CUDA
+provider's tensor cores, with the SSM scan and its state in fp32 as torch's bf16 step keeps them).
+
 The batch axis is dynamic, so one file serves one stream or many. The instruction is not in the graph:
 torch computes its prefix state and task vector once per instruction (the frozen MiniLM encoder and
 its tokenizer stay in transformers, the prefix has a variable length, and it runs off the step's
@@ -28,6 +32,7 @@ from mambavla.model.modeling_mambavla import MambaVLA
 
 OPSET = 17
 FORMAT = 1  # bump when the graph's inputs or outputs change
+GRAPH_DTYPES = {"float32": torch.float32, "float16": torch.float16}  # name in the graph's metadata -> torch dtype
 
 
 def state_names(config: MambaVLAConfig) -> list[str]:
@@ -52,8 +57,10 @@ class StreamingStep(nn.Module):
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         config = self.model.config
         k = len(config.cameras)
-        images = dict(zip(config.cameras, inputs[:k]))
-        proprio, task, noise = inputs[k:k + 3]
+        dtype = self.model.pixel_mean.dtype
+        per_step = [t if t.dtype == dtype else t.to(dtype) for t in inputs[:k + 3]]  # float32 in: Casts in fp16 only
+        images = dict(zip(config.cameras, per_step[:k]))
+        proprio, task, noise = per_step[k:k + 3]
         flat = inputs[k + 3:]
         state = [Mamba2State(flat[2 * i], flat[2 * i + 1]) for i in range(config.n_layers)]
         tokens = self.model.encode_frame(images, proprio, task)  # (B, tokens_per_frame, d)
@@ -83,7 +90,8 @@ def _rms_norm_symbolic(g, x, normalized_shape, weight, eps):
     return g.op("Mul", g.op("Div", x, denominator), weight)
 
 
-def example_inputs(config: MambaVLAConfig, batch: int = 1) -> tuple[Tensor, ...]:
+def example_inputs(config: MambaVLAConfig, batch: int = 1, dtype: torch.dtype = torch.float32) -> tuple[Tensor, ...]:
+    """The graph's inputs for `batch` streams; `dtype` is the graph's (the conv states' dtype)."""
     h, w = config.image_size
     channels = 4 if config.use_depth else 3
     images = [torch.rand(batch, channels, h, w) * 255 for _ in config.cameras]
@@ -91,7 +99,8 @@ def example_inputs(config: MambaVLAConfig, batch: int = 1) -> tuple[Tensor, ...]
     nheads, conv_dim = d_inner // config.headdim, d_inner + 2 * config.ngroups * config.d_state
     state = []
     for _ in range(config.n_layers):
-        state += [torch.zeros(batch, conv_dim, config.d_conv - 1), torch.zeros(batch, nheads, config.headdim, config.d_state)]
+        state += [torch.zeros(batch, conv_dim, config.d_conv - 1, dtype=dtype),
+                  torch.zeros(batch, nheads, config.headdim, config.d_state)]
     return (*images, torch.zeros(batch, config.proprio_dim), torch.zeros(batch, config.d_model),
             torch.randn(batch, config.chunk_size, config.action_dim), *state)
 
@@ -104,17 +113,20 @@ def check_exportable(config: MambaVLAConfig) -> None:
         raise ValueError(f"ONNX export: only the resnet vision encoder is exported, this policy uses {config.vision!r}")
 
 
-def export_step(model: MambaVLA, path: str | Path) -> Path:
-    """Write the streaming step of `model` (exported from an fp32 CPU copy) to `path` (.onnx)."""
+def export_step(model: MambaVLA, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the streaming step of `model` (exported from a CPU copy in `dtype`: float32 or float16) to `path` (.onnx)."""
     import warnings
 
+    names = {v: k for k, v in GRAPH_DTYPES.items()}
+    if dtype not in names:
+        raise ValueError(f"ONNX export: dtype must be torch.float32 or torch.float16, got {dtype}")
     config = model.config
     check_exportable(config)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fp32 = MambaVLA(config, model.normalizer.stats, instruction_encoder=_NoInstructions(model.instruction_encoder.width))
-    fp32.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()})
-    fp32 = fp32.eval()
+    copy = MambaVLA(config, model.normalizer.stats, instruction_encoder=_NoInstructions(model.instruction_encoder.width))
+    copy.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()})
+    copy = copy.to(dtype).eval()  # all of it, as PolicyRuntime casts the torch model; the scan upcasts itself
     from torch.onnx import symbolic_helper
 
     symbolic = symbolic_helper.parse_args("v", "is", "v", "f")(_rms_norm_symbolic)
@@ -123,13 +135,13 @@ def export_step(model: MambaVLA, path: str | Path) -> Path:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints taken from shapes
         torch.onnx.export(
-            StreamingStep(fp32), example_inputs(config), str(path), dynamo=False, opset_version=OPSET,
+            StreamingStep(copy), example_inputs(config, dtype=dtype), str(path), dynamo=False, opset_version=OPSET,
             input_names=names_in, output_names=names_out, dynamic_axes={n: {0: "batch"} for n in names_in + names_out},
         )
     import onnx
 
     graph = onnx.load(str(path))
-    meta = {"mambavla_format": str(FORMAT), "config": json.dumps(config.to_dict()), "dtype": "float32"}
+    meta = {"mambavla_format": str(FORMAT), "config": json.dumps(config.to_dict()), "dtype": names[dtype]}
     for key, value in meta.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
@@ -169,7 +181,10 @@ class OnnxStep:
     own graph (`gpu_graph_id` 1 and 2), each with its own binding made once. ORT runs a graph id's first
     steps uncaptured, then captures; every step computes, so the stream is the same either way.
 
-    `cuda_options`: CUDA provider options over `CUDA_OPTIONS`, e.g. {"use_tf32": "1"}."""
+    `cuda_options`: CUDA provider options over `CUDA_OPTIONS`, e.g. {"use_tf32": "1"}.
+
+    `dtype` is the graph's ("float32" or "float16", from its metadata); the state buffers take each input's
+    own element type, and `restart` casts what it is given to them."""
 
     def __init__(self, path: str | Path, config: MambaVLAConfig, batch: int = 1, device: str = "cpu", threads: int | None = None,
                  cuda_graph: bool = False, cuda_options: dict | None = None):
@@ -197,6 +212,7 @@ class OnnxStep:
             options.add_free_dimension_override_by_name("batch", batch)
         self.session = ort.InferenceSession(str(path), options, providers=chosen)
         self.path, self.threads, self.cuda_graph, self.device = path, threads, cuda_graph, device
+        self.cuda_options = cuda_options
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("mambavla_format") != str(FORMAT):
             raise ValueError(f"{path}: not a mambavla step graph of format {FORMAT} (re-run `mambavla export --onnx`)")
@@ -204,6 +220,7 @@ class OnnxStep:
         if exported.replace(extra={}) != config.replace(extra={}):
             raise ValueError(f"{path}: exported from a different policy config than the one loaded")
         self.config = config
+        self.dtype = meta.get("dtype", "float32")
         self.provider = self.session.get_providers()[0]
         self.device_type = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         device_id = int(provider_options.get("device_id", 0))  # the GPU the provider runs on holds the buffers
@@ -212,11 +229,15 @@ class OnnxStep:
         k = len(config.cameras)
         shapes = [tuple(t.shape) for t in examples[k + 3:]]
 
-        def buffer(shape, where=self.device_type):
-            return ort.OrtValue.ortvalue_from_shape_and_type(tuple(shape), np.float32, where, device_id if where == "cuda" else 0)
+        element = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+        types = {i.name: element[i.type] for i in self.session.get_inputs()}
+
+        def buffer(shape, where=self.device_type, dtype=np.float32):
+            return ort.OrtValue.ortvalue_from_shape_and_type(tuple(shape), dtype, where, device_id if where == "cuda" else 0)
 
         self._names = state_names(config)
-        self._state = [[buffer(s) for s in shapes] for _ in range(2)]
+        self._state_dtypes = [types[n] for n in self._names]
+        self._state = [[buffer(s, dtype=t) for s, t in zip(shapes, self._state_dtypes)] for _ in range(2)]
         self._task = buffer((batch, config.d_model))
         # with graphs the actions stay on the device (a captured graph cannot write host memory) and are copied back
         self._actions = buffer((batch, config.chunk_size, config.action_dim), self.device_type if cuda_graph else "cpu")
@@ -246,8 +267,8 @@ class OnnxStep:
 
     def restart(self, state: list[np.ndarray], task: np.ndarray) -> None:
         """Set the state to continue from (flat: conv_0, ssm_0, conv_1, ...) and the task vector, all (B, ...)."""
-        for buffer, value in zip(self._state[self._current], state):
-            buffer.update_inplace(np.ascontiguousarray(value, dtype=np.float32))
+        for buffer, value, dtype in zip(self._state[self._current], state, self._state_dtypes):
+            buffer.update_inplace(np.ascontiguousarray(value, dtype=dtype))
         self._task.update_inplace(np.ascontiguousarray(task, dtype=np.float32))
 
     def state(self) -> list[np.ndarray]:
@@ -287,4 +308,4 @@ def streamed_parity(model: MambaVLA, onnx_path: str | Path, steps: int = 20, dev
                        "proprio": rng.normal(size=model.config.proprio_dim).astype(np.float32)}
         worst = max(worst, float(np.abs(reference.step(observation).actions - onnx.step(observation).actions).max()))
     return {"steps": steps, "max_abs_diff": worst, "provider": onnx.onnx_provider, "cuda_graph": onnx.onnx_cuda_graph,
-            "reference": "torch fp32 cpu eager"}
+            "graph_dtype": onnx._onnx.dtype, "reference": "torch fp32 cpu eager"}

@@ -57,6 +57,7 @@ class PolicyRuntime:
     There ORT captures and replays the step in CUDA graphs (`OnnxStep`) unless `cuda_graph=False`.
     `onnx_cuda_options`: CUDA provider options over `OnnxStep`'s, e.g. {"use_tf32": "1"} for TF32 matmuls
     (base on an H100: 3.93 against 4.93 ms a step, but the fp32 parity promised, 1e-3, no longer holds).
+    `dtype=torch.float16` (backend 'onnx'): the graph in fp16, its scan and SSM state in fp32 (`export_step`).
     Torch keeps only the once-per-instruction work: the instruction prefix state and task vector (fp32,
     CPU), and the noise, drawn as the torch backend draws it on CPU. Stream-mode Mamba policies only."""
 
@@ -74,11 +75,12 @@ class PolicyRuntime:
             raise ValueError("device 'cuda' requested but CUDA is not available")
         self._onnx = None
         if backend == "onnx":
-            if dtype not in (None, torch.float32):
-                raise ValueError("backend 'onnx' runs the fp32 graph; dtype is a torch-backend option")
-            self._onnx = _onnx_session(model, onnx_path, str(self.device), threads, cuda_graph, onnx_cuda_options)
+            self._onnx = _onnx_session(model, onnx_path, str(self.device), threads, cuda_graph, onnx_cuda_options, dtype)
             self.device = torch.device("cpu")  # torch's part: instruction prefix, noise, input checks
             cuda_graph = False  # ORT's graphs are the session's (onnx_cuda_graph); torch captures nothing
+            dtype = torch.float32  # of torch's part; the graph's is onnx_dtype
+        elif dtype == torch.float16:
+            raise ValueError("dtype float16 is the ONNX graph's (backend 'onnx'); the torch backend runs float32 or bfloat16")
         self.dtype = dtype or torch.float32
         self.model = model.to(self.device, self.dtype).eval()
         self.config = model.config
@@ -174,6 +176,11 @@ class PolicyRuntime:
     def onnx_provider(self) -> str | None:
         """The ONNX Runtime execution provider the step runs on (backend 'onnx'), else None."""
         return None if self._onnx is None else self._onnx.provider
+
+    @property
+    def onnx_dtype(self) -> str | None:
+        """The ONNX graph's dtype, "float32" or "float16" (backend 'onnx'), else None."""
+        return None if self._onnx is None else self._onnx.dtype
 
     @property
     def onnx_cuda_graph(self) -> bool:
@@ -636,17 +643,23 @@ class PinnedUpload:
         return images, proprio
 
 
-DTYPES = ("auto", "fp32", "bf16")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 def runtime_dtype(name: str, device: str, backend: str = "torch") -> torch.dtype:
     """A dtype by name (`DTYPES`) for a runtime on `device` and `backend`: "auto" is bf16 for the torch backend
-    on CUDA (how the policies train, under autocast) and fp32 elsewhere (the CPU, and the ONNX graph's fp32)."""
+    on CUDA (how the policies train, under autocast) and fp32 elsewhere (the CPU, and the ONNX graph's fp32).
+    bf16 is the torch backend's reduced precision, fp16 the ONNX graph's (ONNX Runtime's CUDA provider runs
+    fp16 on tensor cores; its bf16 coverage is partial)."""
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}")
     if name == "auto":
         name = "bf16" if torch.device(device).type == "cuda" and backend == "torch" else "fp32"
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+    wrong = {"torch": "fp16", "onnx": "bf16"}.get(backend)
+    if name == wrong:
+        raise ValueError(f"dtype {name} is not a precision of the {backend} backend: the torch backend runs fp32 or bf16, "
+                         "the onnx backend fp32 or fp16")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def _compile_mode(compile_step: bool | str, graphed: bool, device: torch.device, backend: str) -> str | None:
@@ -665,16 +678,22 @@ def _compile_mode(compile_step: bool | str, graphed: bool, device: torch.device,
 
 
 def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, threads: int | None, cuda_graph: bool | None,
-                  cuda_options: dict | None = None):
-    """cuda_graph None: ORT's CUDA graphs wherever its CUDA provider runs the step (its best mode there)."""
-    from mambavla.runtime.onnx_step import OnnxStep, check_exportable, export_step, providers
+                  cuda_options: dict | None = None, dtype: torch.dtype | None = None):
+    """cuda_graph None: ORT's CUDA graphs wherever its CUDA provider runs the step (its best mode there).
+    dtype: the graph's (float32 or float16); None is float32 for an export, and whatever `onnx_path` holds."""
+    from mambavla.runtime.onnx_step import GRAPH_DTYPES, OnnxStep, check_exportable, export_step, providers
 
     check_exportable(model.config)
+    if dtype not in (None, *GRAPH_DTYPES.values()):
+        raise ValueError(f"backend 'onnx' runs a float32 or float16 graph, got dtype {dtype}")
     if cuda_graph is None:
         cuda_graph = providers(device)[0] == "CUDAExecutionProvider"
     if onnx_path is not None:
-        return OnnxStep(onnx_path, model.config, batch=1, device=device, threads=threads, cuda_graph=cuda_graph,
+        step = OnnxStep(onnx_path, model.config, batch=1, device=device, threads=threads, cuda_graph=cuda_graph,
                         cuda_options=cuda_options)
+        if dtype is not None and GRAPH_DTYPES[step.dtype] != dtype:
+            raise ValueError(f"{onnx_path} is a {step.dtype} graph, not {dtype}: export it with that dtype, or leave dtype unset")
+        return step
     import shutil
     import tempfile
     import weakref
@@ -683,8 +702,8 @@ def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, th
     # it lives), or at once if the export or the session fails; a node restarted all day must not fill /tmp
     folder = Path(tempfile.mkdtemp(prefix="mambavla-onnx-"))
     try:
-        step = OnnxStep(export_step(model, folder / "step.onnx"), model.config, batch=1, device=device, threads=threads,
-                        cuda_graph=cuda_graph, cuda_options=cuda_options)
+        step = OnnxStep(export_step(model, folder / "step.onnx", dtype or torch.float32), model.config, batch=1,
+                        device=device, threads=threads, cuda_graph=cuda_graph, cuda_options=cuda_options)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -46,7 +46,8 @@ class StreamBatch:
             from mambavla.runtime.onnx_step import OnnxStep
 
             self._onnx = OnnxStep(runtime._onnx.path, config, batch=streams, device=runtime._onnx.device,
-                                  threads=runtime._onnx.threads, cuda_graph=runtime._onnx.cuda_graph)
+                                  threads=runtime._onnx.threads, cuda_graph=runtime._onnx.cuda_graph,
+                                  cuda_options=runtime._onnx.cuda_options)
         elif runtime.cuda_graph:
             h, w = config.image_size
             # the dtypes the input checks give: uint8 colour, float with depth

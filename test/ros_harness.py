@@ -64,6 +64,7 @@ class Probe:
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(n)
         self._closing = threading.Event()
+        self._died: BaseException | None = None  # what ended the spin thread, if anything did
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -73,12 +74,18 @@ class Probe:
         rclpy 9.1.2's executor lists the node's QoS event handlers before it enters them; one destroyed in between
         fails to enter, is kept anyway, and raises InvalidHandle from add_to_wait_set, which ends `executor.spin`
         and leaves the probe deaf for the rest of the module (CI, stop 23: the chunk-flood test's publisher). The
-        next wait set no longer lists the destroyed handler, so spinning on is correct."""
-        while not self._closing.is_set() and rclpy.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.1)
-            except InvalidHandle:
-                continue
+        next wait set no longer lists the destroyed handler, so spinning on is correct. (The probe's own callbacks
+        touch no ROS handles, so an InvalidHandle here comes from the wait set.) Anything else ends the thread, and
+        `wait_for` reports it."""
+        try:
+            while not self._closing.is_set() and rclpy.ok():
+                try:
+                    self.executor.spin_once(timeout_sec=0.1)
+                except InvalidHandle:
+                    continue
+        except BaseException as err:
+            self._died = err
+            raise
 
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
@@ -117,7 +124,7 @@ class Probe:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if not self._thread.is_alive() and not self._closing.is_set():
-                raise AssertionError(f"the probe's executor thread died while waiting for {what}")
+                raise AssertionError(f"the probe's executor thread died ({self._died!r}) while waiting for {what}")
             result = predicate()
             if result:
                 return result
@@ -131,7 +138,9 @@ class Probe:
     def close(self) -> None:
         self._closing.set()
         self._thread.join(timeout=5.0)  # the loop ends within its 0.1 s wait: destroying a node under a spinning
-        self.executor.shutdown()        # executor aborts in C++, and shutdown mid-spin leaves a taken callback no guard
+        if self._thread.is_alive():     # executor aborts in C++, and shutdown mid-spin leaves a taken callback no guard
+            raise RuntimeError("the probe's spin thread did not stop within 5 s (a callback blocked?): its node is left as is")
+        self.executor.shutdown()
         self.node.destroy_node()
 
 

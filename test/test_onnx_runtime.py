@@ -144,8 +144,9 @@ def test_onnx_fp16_backend_streams_close_to_torch_fp32(exported, exported_fp16):
     batch.set_instruction(1, "push the blue cube to the left")
     chunks = batch.step_batch([random_observation(runtime, 0), random_observation(runtime, 1)])
     assert all(np.isfinite(c.actions).all() for c in chunks)
-    with pytest.raises(ValueError, match="is a float32 graph, not torch.float16"):
+    with pytest.raises(ValueError, match="is a float32 graph, but dtype torch.float16 was asked for"):
         PolicyRuntime(reference.model, backend="onnx", onnx_path=fp32_path, dtype=torch.float16)
+    assert PolicyRuntime(reference.model, backend="onnx", onnx_path=exported_fp16, dtype=None).onnx_dtype == "float16"
     with pytest.raises(ValueError, match="float32 or float16 graph"):
         PolicyRuntime(reference.model, backend="onnx", onnx_path=fp32_path, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="the torch backend runs float32 or bfloat16"):
@@ -238,3 +239,6 @@ def test_export_command_writes_the_graph_and_reports_parity(tmp_path, capsys, dt
     assert out.is_file() and report["bytes"] == out.stat().st_size and report["dtype"] == dtype
     assert report["parity"]["steps"] == 20 and report["parity"]["max_abs_diff"] <= tolerance
     assert report["parity"]["graph_dtype"] == {"fp32": "float32", "fp16": "float16"}[dtype]
+    if dtype != "fp32":  # the graph's dtype, refused where it would be dropped
+        assert main(["export", "--bf16", str(tmp_path / "ckpt"), "--dtype", dtype]) == 2
+        assert "--dtype is the ONNX graph's" in capsys.readouterr().err

@@ -307,7 +307,7 @@ def test_runtime_dtype_auto_is_bf16_only_for_the_torch_backend_on_cuda():
 
     assert runtime_dtype("auto", "cpu") == torch.float32
     assert runtime_dtype("auto", "cuda") == runtime_dtype("auto", "cuda:1") == torch.bfloat16
-    assert runtime_dtype("auto", "cuda", backend="onnx") == torch.float32  # the exported graph is fp32
+    assert runtime_dtype("auto", "cuda", backend="onnx") is None  # the given graph's own; an exported one is fp32
     assert runtime_dtype("bf16", "cpu") == torch.bfloat16 and runtime_dtype("fp32", "cuda") == torch.float32
     assert runtime_dtype("fp16", "cuda", backend="onnx") == torch.float16  # the ONNX graph's reduced precision
     with pytest.raises(ValueError, match="not a precision of the torch backend"):

@@ -25,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--presets", default="tiny,base", help="comma-separated presets (default: tiny,base)")
     p.add_argument("--checkpoint", default="", help="benchmark this checkpoint instead of presets")
     p.add_argument("--device", default="cpu", help="policy device (default: cpu)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="policy_node's dtype (default auto: bf16 for the torch backend on cuda, else fp32; the node's "
-                        "own default is fp32)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="policy_node's dtype (default auto: bf16 for the torch backend on cuda, else fp32; fp16: the onnx "
+                        "backend's fp16 graph; the node's own default is fp32)")
     p.add_argument("--chunks", type=int, default=100, help="measured chunks per policy (default: 100)")
     p.add_argument("--warmup", type=int, default=10, help="chunks discarded first (default: 10)")
     p.add_argument("--camera-size", type=frame_size, metavar="HxW", help="size of the published frames (default: the policy's own)")

@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from mambavla.runtime.onnx_step import export_step, streamed_parity
 
     if args.bf16:
+        if args.dtype != "fp32":
+            raise ValueError("--dtype is the ONNX graph's (--onnx); --bf16 writes a checkpoint with bfloat16 weights")
         if args.preset:
             raise ValueError("--bf16 converts a checkpoint; --preset has no trained weights")
         source = str(args.checkpoint or shipped_checkpoint())
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         path = args.checkpoint or shipped_checkpoint()
         model, source = load_checkpoint(path), str(path)
-    model = model.float().eval()  # a bf16 checkpoint is exported, and checked, in fp32
+    model = model.float().eval()  # loaded in fp32 (a bf16 checkpoint too); export_step casts its copy to --dtype
     t0 = time.perf_counter()
     out = export_step(model, args.onnx, {"fp32": torch.float32, "fp16": torch.float16}[args.dtype])
     result = {"onnx": str(out), "source": source, "dtype": args.dtype, "bytes": out.stat().st_size, "export_s": round(time.perf_counter() - t0, 1),

@@ -45,8 +45,9 @@ class PolicyNode(Node):
         self.checkpoint = p("checkpoint", "", "checkpoint folder; empty runs the untrained `preset` (and says so)")
         self.preset = p("preset", "tiny", "model preset used when no checkpoint is given")
         self.device = p("device", "cpu", "torch device: cpu, cuda, cuda:1 ...")
-        self.dtype = p("dtype", "fp32", "fp32, bf16 (torch backend), fp16 (onnx backend's graph), or auto (bf16 for the "
-                                        "torch backend on CUDA, else fp32); bf16 and fp16 have not been evaluated in closed loop")
+        self.dtype = p("dtype", "fp32", "fp32, bf16 (torch backend), fp16 (onnx backend's graph), or auto (torch: bf16 on "
+                                        "CUDA, else fp32; onnx: the onnx_path graph's own, fp32 when exported at load); "
+                                        "bf16 and fp16 have not been evaluated in closed loop")
         self.seed = p("seed", 0, "seed of the flow-matching noise (and of untrained weights)")
         self.torch_threads = p("torch_threads", 0, "CPU threads for inference (torch or ONNX Runtime); 0 keeps the default")
         self.backend = p("backend", "torch", "torch, or onnx: the step in ONNX Runtime (CUDA provider with onnxruntime-gpu, "
@@ -205,7 +206,7 @@ class PolicyNode(Node):
         elif self.runtime.cuda_graph:  # and for torch, the captured step (compiled or not)
             self.backend_label = f"torch (CUDA graph{f', torch.compile {self.compile_step}' if self.compile_step else ''})"
         self._period = PeriodSchedule(self.runtime.policy_period)
-        dtype = str(options["dtype"]).replace("torch.", "")
+        dtype = self.runtime.onnx_dtype if self.backend == "onnx" else str(self.runtime.dtype).replace("torch.", "")
         step = f"torch.compile {self.compile_step}, " if self.compile_step else ""
         resize = "GPU" if self.runtime.resizes_on_device else "CPU"
         self.get_logger().info(f"policy: {source} on {self.device} ({step}{dtype}, frames resized on the {resize}); "

@@ -646,15 +646,17 @@ class PinnedUpload:
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
-def runtime_dtype(name: str, device: str, backend: str = "torch") -> torch.dtype:
+def runtime_dtype(name: str, device: str, backend: str = "torch") -> torch.dtype | None:
     """A dtype by name (`DTYPES`) for a runtime on `device` and `backend`: "auto" is bf16 for the torch backend
-    on CUDA (how the policies train, under autocast) and fp32 elsewhere (the CPU, and the ONNX graph's fp32).
-    bf16 is the torch backend's reduced precision, fp16 the ONNX graph's (ONNX Runtime's CUDA provider runs
-    fp16 on tensor cores; its bf16 coverage is partial)."""
+    on CUDA (how the policies train, under autocast), fp32 for torch elsewhere, and None for the onnx backend
+    (the dtype of the graph given, fp32 for one it exports). bf16 is the torch backend's reduced precision,
+    fp16 the ONNX graph's (ONNX Runtime's CUDA provider runs fp16 on tensor cores; its bf16 coverage is partial)."""
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}")
     if name == "auto":
-        name = "bf16" if torch.device(device).type == "cuda" and backend == "torch" else "fp32"
+        if backend == "onnx":
+            return None
+        name = "bf16" if torch.device(device).type == "cuda" else "fp32"
     wrong = {"torch": "fp16", "onnx": "bf16"}.get(backend)
     if name == wrong:
         raise ValueError(f"dtype {name} is not a precision of the {backend} backend: the torch backend runs fp32 or bf16, "
@@ -692,7 +694,8 @@ def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, th
         step = OnnxStep(onnx_path, model.config, batch=1, device=device, threads=threads, cuda_graph=cuda_graph,
                         cuda_options=cuda_options)
         if dtype is not None and GRAPH_DTYPES[step.dtype] != dtype:
-            raise ValueError(f"{onnx_path} is a {step.dtype} graph, not {dtype}: export it with that dtype, or leave dtype unset")
+            raise ValueError(f"{onnx_path} is a {step.dtype} graph, but dtype {dtype} was asked for: ask for "
+                             f"{step.dtype} (fp16 / fp32), or 'auto' / None to take the graph's own")
         return step
     import shutil
     import tempfile

@@ -155,11 +155,14 @@ def report(mode: str, height: int, width: int, sent: list[float], rtts: list[flo
     # (sets and answers pair up in order: exact while every set is answered, as in the runs reported)
     slow = [[round(t - start, 3), round(r * 1e3, 2)] for t, r in zip(sent[10:], rtts[10:]) if r > 5e-3]
     start_unix = time.time() - (time.perf_counter() - start)  # to line up the slow sets of runs side by side
+    def percentiles(values) -> dict:
+        return {q: float(np.percentile(values, int(q[1:]))) for q in ("p50", "p90", "p99")}
+
     print(json.dumps({"env": {k: os.environ[k] for k in VARIANTS if k in os.environ}, "spin": mode,
                       "size": [height, width], "n": int(ms.size), "pace_ms": PACE_S * 1e3, "start_unix": round(start_unix, 3), "no_answer_within_2s": unanswered,
-                      "rtt_ms": {q: float(np.percentile(ms, int(q[1:]))) for q in ("p50", "p90", "p99")} | {"max": float(ms.max())},
-                      **({"legs_ms": {name: {q: float(np.percentile(leg, int(q[1:]))) for q in ("p50", "p90", "p99")}
-                                          for name, leg in zip(("frames_in", "answer_out"), np.array(legs[10:]).T * 1e3)}} if legs else {}),
+                      "rtt_ms": percentiles(ms) | {"max": float(ms.max())},
+                      **({"legs_ms": {name: percentiles(leg)
+                                      for name, leg in zip(("frames_in", "answer_out"), np.array(legs[10:]).T * 1e3)}} if legs else {}),
                       **({"publish_calls_ms_p50": float(np.median(publish[10:]) * 1e3)} if publish else {}),
                       "slow": slow}),
           flush=True)

@@ -308,4 +308,4 @@ def streamed_parity(model: MambaVLA, onnx_path: str | Path, steps: int = 20, dev
                        "proprio": rng.normal(size=model.config.proprio_dim).astype(np.float32)}
         worst = max(worst, float(np.abs(reference.step(observation).actions - onnx.step(observation).actions).max()))
     return {"steps": steps, "max_abs_diff": worst, "provider": onnx.onnx_provider, "cuda_graph": onnx.onnx_cuda_graph,
-            "graph_dtype": onnx._onnx.dtype, "reference": "torch fp32 cpu eager"}
+            "graph_dtype": onnx.onnx_dtype, "reference": "torch fp32 cpu eager"}

@@ -694,8 +694,10 @@ def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, th
         step = OnnxStep(onnx_path, model.config, batch=1, device=device, threads=threads, cuda_graph=cuda_graph,
                         cuda_options=cuda_options)
         if dtype is not None and GRAPH_DTYPES[step.dtype] != dtype:
-            raise ValueError(f"{onnx_path} is a {step.dtype} graph, but dtype {dtype} was asked for: ask for "
-                             f"{step.dtype} (fp16 / fp32), or 'auto' / None to take the graph's own")
+            name = {v: k for k, v in GRAPH_DTYPES.items()}[dtype]
+            raise ValueError(f"{onnx_path} is a {step.dtype} graph, but dtype {dtype} was asked for: ask for {step.dtype} "
+                             f"(policy_node: {'fp16' if step.dtype == 'float16' else 'fp32'}), or None / 'auto' to take the "
+                             f"graph's own, or export a {name} graph")
         return step
     import shutil
     import tempfile

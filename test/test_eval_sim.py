@@ -58,13 +58,12 @@ class SlowRuntime:
         return self._runtime.step(observation)
 
 
-def test_eval_sim_command_runs_an_episode_end_to_end(cell, runtime, tmp_path, monkeypatch, capsys):
-    from PIL import Image
-
-    from mambavla import cli
+@pytest.fixture
+def shared_cell(cell, monkeypatch):
+    """The command starts and stops "its" workcell: hand it the module's."""
     from mambavla.sim import evaluate
 
-    class SharedCell:  # the command starts and stops "its" workcell: hand it the module's
+    class SharedCell:
         def __init__(self, **kwargs):
             pass
 
@@ -75,6 +74,16 @@ def test_eval_sim_command_runs_an_episode_end_to_end(cell, runtime, tmp_path, mo
             pass
 
     monkeypatch.setattr(evaluate, "Workcell", SharedCell)
+    return cell
+
+
+def test_eval_sim_command_runs_an_episode_end_to_end(shared_cell, runtime, tmp_path, capsys):
+    from PIL import Image
+
+    from mambavla import cli
+    from mambavla.sim import evaluate
+
+    cell = shared_cell
     sim0 = cell.sim_time
     limit = 1.0
     code = cli.main(["eval-sim", "--preset", "tiny", "--tasks", "lift", "--episodes", "1", "--time-limit", str(limit),
@@ -84,6 +93,7 @@ def test_eval_sim_command_runs_an_episode_end_to_end(cell, runtime, tmp_path, mo
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert printed == summary
     assert summary["preset"] == "tiny" and summary["checkpoint"] is None
+    assert (summary["backend"], summary["dtype"], summary["device"]) == ("torch", "float32", "cpu")  # auto: fp32 on a CPU
     lift = summary["tasks"]["lift"]
     for key in ("success_rate", "episodes", "mean_episode_sim_seconds", "chunks_produced", "chunks_accepted", "chunks_rejected", "rows_clamped"):
         assert math.isfinite(lift[key]), key
@@ -134,6 +144,27 @@ def test_eval_sim_command_runs_an_episode_end_to_end(cell, runtime, tmp_path, mo
     with Image.open(tmp_path / "traces" / "lift_1000000.png") as png:
         png.load()
         assert png.size[0] > 500
+
+
+def test_eval_sim_runs_the_policy_as_an_fp16_onnx_graph(shared_cell, tmp_path, capsys):
+    """--dtype fp16 with --backend onnx: the closed loop on the fp16 graph (scan and SSM state fp32), and the run
+    says so; a precision the backend does not run is refused before the workcell starts."""
+    pytest.importorskip("onnxruntime")
+    from mambavla import cli
+
+    args = ["eval-sim", "--preset", "tiny", "--tasks", "lift", "--episodes", "1", "--time-limit", "0.4",
+            "--gif-episodes", "0", "--json", "--torch-threads", "1", "--out", str(tmp_path)]
+    assert cli.main(args + ["--backend", "onnx", "--dtype", "fp16"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["backend"], summary["dtype"]) == ("onnx", "float16")
+    lift = summary["tasks"]["lift"]
+    assert lift["chunks_produced"] == 2 and lift["chunks_accepted"] + lift["chunks_rejected"] == 2
+    assert lift["episodes_detail"][0]["error"] == ""
+    refused = tmp_path / "refused"
+    for backend, dtype in (("onnx", "bf16"), ("torch", "fp16")):
+        assert cli.main(args[:-1] + [str(refused), "--backend", backend, "--dtype", dtype]) == 2
+        assert f"dtype {dtype} is not a precision of the {backend} backend" in capsys.readouterr().err
+    assert not refused.exists()  # refused before a policy was loaded or an output written
 
 
 def test_slow_policy_observes_every_policy_period_of_sim_time(evaluator, runtime, cell):

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=0, help="CPU threads for inference; 0 keeps torch's default")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                    help="inference backend (onnx: ONNX Runtime, the step exported at start; about 2x faster on a CPU)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="inference precision (default auto: bf16 for the torch backend on cuda, else fp32; bf16: torch only; "
+                        "fp16: onnx only, the step exported as an fp16 graph with its scan and SSM state in fp32)")
     p.add_argument("--noise-scale", type=float, default=None, metavar="S",
                    help="scale of the flow's starting noise, 0..1 (default: the checkpoint's config.noise_scale)")
     p.add_argument("--out", default="eval-sim", help="output folder: eval.json, episodes.jsonl (each episode as it ends), success.png, episodes_<task>.gif (default ./eval-sim)")
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mambavla.runtime import PolicyRuntime
+    from mambavla.runtime.policy_runtime import runtime_dtype
     from mambavla.sim.eval_media import episodes_gif, success_chart
     from mambavla.sim.evaluate import evaluate, observation_stride
 
@@ -52,12 +56,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.torch_threads)
     if args.gif_episodes < 0:
         raise ValueError("--gif-episodes must be >= 0")
+    options = {"device": args.device, "seed": args.seed, "backend": args.backend, "threads": args.torch_threads or None,
+               "noise_scale": args.noise_scale, "dtype": runtime_dtype(args.dtype, args.device, args.backend)}
     if args.checkpoint:
-        runtime = PolicyRuntime.from_checkpoint(args.checkpoint, device=args.device, seed=args.seed,
-                                                backend=args.backend, threads=args.torch_threads or None, noise_scale=args.noise_scale)
+        runtime = PolicyRuntime.from_checkpoint(args.checkpoint, **options)
     else:
-        runtime = PolicyRuntime.from_preset(args.preset, device=args.device, seed=args.seed,
-                                            backend=args.backend, threads=args.torch_threads or None, noise_scale=args.noise_scale)
+        runtime = PolicyRuntime.from_preset(args.preset, **options)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     episode_log = out / "episodes.jsonl"  # one line per episode as it ends: kept if the run dies later
@@ -66,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
                                 time_limit=args.time_limit, gif_episodes=args.gif_episodes, speed=args.speed,
                                 progress=not args.json, episode_log=episode_log, trace_dir=out / "traces" if args.trace else None,
                                 param_overrides=None if args.gripper_open_delay is None else {"gripper_open_delay": args.gripper_open_delay})
-    summary = {"checkpoint": args.checkpoint, "preset": args.preset if not args.checkpoint else None, **summary}
+    precision = runtime.onnx_dtype or str(runtime.dtype).removeprefix("torch.")  # the graph's, or torch's
+    summary = {"checkpoint": args.checkpoint, "preset": args.preset if not args.checkpoint else None,
+               "backend": args.backend, "dtype": precision, "device": args.device, **summary}
     summary["chart"] = str(success_chart(summary, out / "success.png"))
     frame_seconds = runtime.policy_period * observation_stride(args.latency, runtime.policy_period)
     summary["gifs"] = {t: str(p) for t, rs in results.items()
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     name = args.checkpoint or f"untrained preset {args.preset}"
     mode = f"emulated latency {args.latency} s" if args.latency else "lockstep (zero simulated latency)"
-    print(f"eval-sim: {name}, {args.episodes} held-out episodes per task, {mode}")
+    print(f"eval-sim: {name} ({args.backend}, {precision}), {args.episodes} held-out episodes per task, {mode}")
     for task, s in summary["tasks"].items():
         lo, hi = s["ci95"]
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["rejections_by_kind"].items(), key=lambda kv: -kv[1])) or "none"

@@ -454,6 +454,7 @@ def merge_runs(folders: list[str | Path]) -> dict:
     for folder in map(Path, folders):
         run = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
         # with the settings each chunk ran under (None: the run predates the setting, or wrote no eval.json)
-        keys = ("checkpoint", "seeds", "latency_s", "noise_scale", "gripper_open_delay_s", "inference_ms", "wall_seconds")
+        keys = ("checkpoint", "backend", "dtype", "seeds", "latency_s", "noise_scale", "gripper_open_delay_s", "inference_ms",
+                "wall_seconds")
         summary["runs"][str(folder)] = {k: run.get(k) for k in keys}
     return summary

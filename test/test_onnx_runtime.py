@@ -86,6 +86,12 @@ def test_onnx_backend_matches_torch_runtime_over_streamed_steps(exported):
     assert runtime.onnx_provider == "CPUExecutionProvider" and not runtime.onnx_cuda_graph
     diffs = _streamed_diffs(reference, runtime)
     assert max(diffs) <= 1e-3, diffs
+    # a chunk the caller keeps (replay keeps every one) is its own: the next step does not rewrite it
+    first = runtime.step(random_observation(runtime, 30))
+    kept = first.actions.copy()
+    second = runtime.step(random_observation(runtime, 31))
+    assert not np.shares_memory(first.actions, second.actions)
+    assert np.array_equal(first.actions, kept) and np.abs(second.actions - kept).max() > 1e-3
     with pytest.raises(ValueError, match="CUDA execution provider"):  # ORT's graphs need its CUDA provider
         PolicyRuntime(reference.model, backend="onnx", onnx_path=path, cuda_graph=True)
     # so do CUDA provider options (TF32): refused where they would be dropped, not ignored

@@ -286,7 +286,10 @@ class OnnxStep:
                 binding.bind_cpu_input(name, value)
         self.session.run_with_iobinding(binding, self._run_options[self._current])
         self._current = 1 - self._current
-        return self._actions.numpy()  # from the device when the actions live there
+        # a new array every step: on the host, numpy() is a view of the output buffer, which the next step rewrites
+        # under a caller that keeps this chunk (replay's records did); from the device it is a copy already
+        actions = self._actions.numpy()
+        return actions.copy() if self._actions.device_name() == "cpu" else actions
 
 
 def streamed_parity(model: MambaVLA, onnx_path: str | Path, steps: int = 20, device: str = "cpu", seed: int = 0,

@@ -300,3 +300,35 @@ def test_compare_evals_tables_each_policy_on_the_seeds_all_ran_and_draws_the_cha
     assert out.with_suffix(".png").stat().st_size > 10_000
     bad = subprocess.run([sys.executable, script, str(out), f"x={tmp_path / 'none'}"], capture_output=True, text=True)
     assert bad.returncode == 2 and "expected NAME=EVAL_DIR with EVAL_DIR/eval.json" in bad.stderr
+
+
+def test_precision_parity_records_a_closed_loop_and_compares_precisions(shared_cell, tmp_path):
+    """scripts/precision_parity.py: the observations of one eval-sim episode, streamed through each precision."""
+    import argparse
+    import importlib.util
+
+    import torch
+
+    pytest.importorskip("onnxruntime")
+    from mambavla.model.checkpoint import save_checkpoint
+    from mambavla.model.config import preset
+    from mambavla.model.modeling_mambavla import MambaVLA
+
+    spec = importlib.util.spec_from_file_location("precision_parity", Path(__file__).resolve().parents[1] / "scripts" / "precision_parity.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    checkpoint = str(save_checkpoint(MambaVLA(preset("tiny")), tmp_path / "tiny"))
+    frames = tmp_path / "frames.npz"
+    recorded = script.record(argparse.Namespace(checkpoint=checkpoint, out=str(frames), task="lift", seed=0, seconds=1.0))
+    assert recorded["steps"] == round(1.0 / PERIOD) and recorded["seed"] == 1_000_000 and "cube" in recorded["instruction"]
+    data = np.load(frames)
+    assert data["image_front"].shape == (5, 32, 32, 3) and data["image_front"].dtype == np.uint8  # at the policy's size
+    assert data["proprio"].shape == (5, 8) and str(data["instruction"]) == recorded["instruction"]
+    result = script.compare(argparse.Namespace(checkpoint=checkpoint, frames=str(frames), out=str(tmp_path / "cmp"), device="cpu",
+                                               compile=False))
+    fp32, fp16 = result["modes"]["onnx fp32 cpu"], result["modes"]["onnx fp16 cpu"]
+    assert fp32["max_abs"] < 1e-4 < fp16["max_abs"] < 5e-2  # the fp16 graph rounds; the fp32 one does not
+    assert set(fp16["per_action_max_abs"]) == set(result["action_names"]) and fp16["position_max_abs_mm"] > 0
+    assert json.loads((tmp_path / "cmp" / "precision.json").read_text()) == result
+    assert (tmp_path / "cmp" / "precision.png").stat().st_size > 10_000

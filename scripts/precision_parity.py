@@ -6,7 +6,7 @@
 `record` (needs franky-sim) runs one held-out episode of `mambavla eval-sim` (torch, fp32, CPU) and keeps every
 observation the policy was given, resized to the policy's image size as the runtime resizes them (OpenCV
 INTER_AREA), with the instruction. `compare` streams those observations through the reference (torch, fp32, CPU,
-eager) and through each other mode: on the CPU, ONNX Runtime's fp32 and fp16 graphs; on a GPU also torch's bf16
+eager) and through each other mode: on the CPU, ONNX Runtime's fp32 and fp16 graphs and torch in bf16; on a GPU also torch's bf16
 CUDA graph (`--compile`: and the compiled one) and ONNX Runtime's fp32 and fp16 graphs on its CUDA provider with
 their CUDA graphs. The flow starts from zero noise in every mode (`noise_scale` 0), so the chunks differ by
 arithmetic alone, not by the devices' random numbers. Per mode: the largest difference from the reference over
@@ -66,7 +66,8 @@ def record(args: argparse.Namespace) -> dict:
 def _modes(device: str, compile_step: bool) -> list[tuple[str, dict]]:
     import torch
 
-    modes = [("onnx fp32 cpu", {"backend": "onnx"}), ("onnx fp16 cpu", {"backend": "onnx", "dtype": torch.float16})]
+    modes = [("onnx fp32 cpu", {"backend": "onnx"}), ("onnx fp16 cpu", {"backend": "onnx", "dtype": torch.float16}),
+             ("torch bf16 cpu", {"dtype": torch.bfloat16})]
     if device.startswith("cuda"):
         modes += [("torch bf16 cuda graph", {"device": device, "dtype": torch.bfloat16, "cuda_graph": True})]
         if compile_step:

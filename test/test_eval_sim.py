@@ -329,6 +329,7 @@ def test_precision_parity_records_a_closed_loop_and_compares_precisions(shared_c
                                                compile=False))
     fp32, fp16 = result["modes"]["onnx fp32 cpu"], result["modes"]["onnx fp16 cpu"]
     assert fp32["max_abs"] < 1e-4 < fp16["max_abs"] < 5e-2  # the fp16 graph rounds; the fp32 one does not
+    assert result["modes"]["torch bf16 cpu"]["max_abs"] > 1e-4  # and so does torch in bf16
     assert set(fp16["per_action_max_abs"]) == set(result["action_names"]) and fp16["position_max_abs_mm"] > 0
     assert json.loads((tmp_path / "cmp" / "precision.json").read_text()) == result
     assert (tmp_path / "cmp" / "precision.png").stat().st_size > 10_000

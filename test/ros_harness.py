@@ -20,8 +20,6 @@ import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
-from rclpy.exceptions import InvalidHandle  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -30,6 +28,7 @@ from mambavla.ros.convert import pose_from_msg, stamp_to_seconds  # noqa: E402
 from mambavla.ros.diagnostics import status_values  # noqa: E402
 from mambavla.ros.launcher import NodeProcess  # noqa: E402
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS  # noqa: E402
+from mambavla.ros.spin import BackgroundSpin  # noqa: E402
 
 TIMEOUT = 120.0  # generous: two CI cores shared with other test modules; loading torch alone can take a minute
 
@@ -61,31 +60,7 @@ class Probe:
         self.image_pubs = {cam: n.create_publisher(Image, f"/cameras/{cam}/image_raw", SENSOR_QOS) for cam in ("front", "wrist")}
         self.pose_pub = n.create_publisher(PoseStamped, "/ee_pose", STATE_QOS)
         self.joint_pub = n.create_publisher(JointState, "/joint_states", STATE_QOS)
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(n)
-        self._closing = threading.Event()
-        self._died: BaseException | None = None  # what ended the spin thread, if anything did
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        """Spin until close(), outliving a publisher or subscription that a test destroys mid-spin.
-
-        rclpy 9.1.2's executor lists the node's QoS event handlers before it enters them; one destroyed in between
-        fails to enter, is kept anyway, and raises InvalidHandle from add_to_wait_set, which ends `executor.spin`
-        and leaves the probe deaf for the rest of the module (CI, stop 23: the chunk-flood test's publisher). The
-        next wait set no longer lists the destroyed handler, so spinning on is correct. (The probe's own callbacks
-        touch no ROS handles, so an InvalidHandle here comes from the wait set.) Anything else ends the thread, and
-        `wait_for` reports it."""
-        try:
-            while not self._closing.is_set() and rclpy.ok():
-                try:
-                    self.executor.spin_once(timeout_sec=0.1)
-                except InvalidHandle:
-                    continue
-        except BaseException as err:
-            self._died = err
-            raise
+        self.spin = BackgroundSpin(n)  # outlives publishers a test destroys while it spins (CI, stop 23)
 
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
@@ -123,8 +98,9 @@ class Probe:
     def wait_for(self, predicate, what: str, timeout: float = TIMEOUT):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if not self._thread.is_alive() and not self._closing.is_set():
-                raise AssertionError(f"the probe's executor thread died ({self._died!r}) while waiting for {what}")
+            failure = self.spin.failure()
+            if failure:
+                raise AssertionError(f"the probe's executor thread died ({failure}) while waiting for {what}")
             result = predicate()
             if result:
                 return result
@@ -136,12 +112,7 @@ class Probe:
                              timeout)
 
     def close(self) -> None:
-        self._closing.set()
-        self._thread.join(timeout=5.0)  # the loop ends within its 0.1 s wait: destroying a node under a spinning
-        if self._thread.is_alive():     # executor aborts in C++, and shutdown mid-spin leaves a taken callback no guard
-            raise RuntimeError("the probe's spin thread did not stop within 5 s (a callback blocked?): its node is left as is")
-        self.executor.shutdown()
-        self.node.destroy_node()
+        self.spin.stop()
 
 
 def chunk_message(rows: np.ndarray, stamp: float, dt: float = 0.05, frame_id: str = "fr3_link0",

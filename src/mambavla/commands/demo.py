@@ -161,18 +161,16 @@ class _Monitor:
     """Records what the nodes publish: diagnostics, poses, targets, chunks, the last front frame."""
 
     def __init__(self):
-        import threading
-
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseStamped
-        from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image
         from rosgraph_msgs.msg import Clock
         from std_msgs.msg import Bool, String
         from trajectory_msgs.msg import JointTrajectory
 
         from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+        from mambavla.ros.spin import BackgroundSpin
 
         self.node = rclpy.create_node("mambavla_demo")
         self.statuses: dict[str, dict] = {}
@@ -193,10 +191,7 @@ class _Monitor:
         n.create_subscription(Bool, "/sim/success", lambda m: setattr(self, "success", self.success or m.data), STATE_QOS)
         n.create_subscription(Clock, "/clock", lambda m: setattr(self, "clock", m.clock.sec + m.clock.nanosec * 1e-9), 10)
         self.clock = 0.0
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(n)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
+        self.spin = BackgroundSpin(n)
 
     def _on_diag(self, msg) -> None:
         from mambavla.ros.diagnostics import status_values
@@ -228,13 +223,14 @@ class _Monitor:
             dead = [p for p in processes if not p.alive]
             if dead:
                 raise RuntimeError(f"{dead[0].node} exited while waiting for {what}:\n{dead[0].log_tail()}")
+            failure = self.spin.failure()
+            if failure:
+                raise RuntimeError(f"the demo's monitor stopped spinning ({failure}) while waiting for {what}")
             time.sleep(0.05)
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self._thread.join(timeout=5.0)  # destroying a node under a spinning executor aborts in C++
-        self.node.destroy_node()
+        self.spin.stop()
 
 
 def _position(msg) -> np.ndarray:

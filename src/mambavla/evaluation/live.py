@@ -40,7 +40,6 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
-    from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
@@ -49,6 +48,7 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
     from mambavla.ros.diagnostics import status_values
     from mambavla.ros.launcher import NodeProcess
     from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+    from mambavla.ros.spin import BackgroundSpin
 
     params = load_params(("policy.yaml",), "policy_node")
     cameras = list(config.cameras)
@@ -81,10 +81,7 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
     pose_pub = node.create_publisher(PoseStamped, params.get("ee_pose_topic", "/ee_pose"), STATE_QOS)
     joint_pub = node.create_publisher(JointState, params.get("joint_states_topic", "/joint_states"), STATE_QOS)
     instruction_pub = node.create_publisher(String, params.get("instruction_topic", "/instruction"), LATCHED_QOS)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spin = BackgroundSpin(node)
     policy = NodeProcess("policy_node", ["policy.yaml"], overrides, out / "policy_node.log")
     runs = []
     recorded_s = 0.0
@@ -94,6 +91,8 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
         while status.get("state") not in ("WAITING", "RUNNING", "ERROR"):
             if not policy.alive or time.monotonic() > end:
                 raise RuntimeError(f"policy_node did not come up:\n{policy.log_tail()}")
+            if spin.failure():
+                raise RuntimeError(f"the replay's node stopped spinning ({spin.failure()}) while policy_node came up")
             time.sleep(0.1)
         if status.get("state") == "ERROR":
             raise RuntimeError(f"policy_node: {status.get('reason')}")
@@ -108,9 +107,7 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
         node_status = dict(status)
     finally:
         policy.stop()
-        executor.shutdown()
-        spinner.join(timeout=5.0)
-        node.destroy_node()
+        spin.stop()
         rclpy.try_shutdown()
     header = {**header, "mode": "live", "bags": [str(b) for b in bags], "roles": {i.path.name: {"roles": i.roles, "notes": i.notes} for i in infos},
               "infer_mode": schedule.infer_mode, "recorded_s": round(recorded_s, 3), "rate": args.rate,

@@ -11,8 +11,10 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import threading
 
 import rclpy
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
@@ -96,3 +98,55 @@ def run_node(node_factory, args=None, threads: int = 1) -> None:
             node.shutdown()
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+class BackgroundSpin:
+    """Spins `node` on its own SingleThreadedExecutor in a daemon thread until `stop()`: the observer nodes of the
+    tools (demo, live replay) and of the tests, whose callbacks only record what arrives and touch no ROS handles.
+
+    - A publisher or subscription destroyed while the node spins does not end the spinning. rclpy 9.1.2's executor
+      lists a node's QoS event handlers before it enters them; one destroyed in between fails to enter, is kept
+      anyway, and raises InvalidHandle from add_to_wait_set, which ends `executor.spin()` and leaves the node deaf
+      (CI, stop 23). The next wait set no longer lists the destroyed handler, so spinning on is correct; the
+      callbacks touch no handles, so an InvalidHandle comes from the wait set.
+    - `stop()` ends the loop between waits (each at most `period` s) and joins the thread before it shuts the
+      executor down and destroys the node: destroying a node under a spinning executor aborts in C++, and shutting
+      the executor down mid-spin leaves a callback it has taken unguarded.
+    - Anything else ends the thread; `failure()` says what, so a caller waiting for messages stops waiting."""
+
+    def __init__(self, node, period: float = 0.1):
+        self.node, self.period = node, period
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(node)
+        self._stopping = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._spin, name=f"spin {node.get_name()}", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            while not self._stopping.is_set() and rclpy.ok(context=self.executor.context):
+                try:
+                    self.executor.spin_once(timeout_sec=self.period)
+                except InvalidHandle:
+                    continue
+        except BaseException as err:
+            self._error = err
+            raise
+
+    def failure(self) -> str | None:
+        """Why the spin thread ended before `stop()` (an exception, or the ROS context shut down); None while it runs."""
+        if self._thread.is_alive() or self._stopping.is_set():
+            return None
+        return repr(self._error) if self._error is not None else "the ROS context was shut down"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the spinning, then shut the executor down and destroy the node. Raises if the thread is still in a
+        callback after `timeout` s, leaving the node as it is rather than destroying it under the executor."""
+        self._stopping.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError(f"{self.node.get_name()}: the spin thread did not stop within {timeout} s (a callback "
+                               "blocked?); its node is left as is")
+        self.executor.shutdown()
+        self.node.destroy_node()

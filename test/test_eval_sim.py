@@ -59,8 +59,10 @@ class SlowRuntime:
 
 
 @pytest.fixture
-def shared_cell(cell, monkeypatch):
-    """The command starts and stops "its" workcell: hand it the module's."""
+def shared_cell(cell, evaluator, monkeypatch):
+    """The command starts and stops "its" workcell: hand it the module's. The module's evaluator lets go of its
+    franky connection meanwhile: franky-sim takes one gripper connection at a time, and a second one waits for
+    good (the suite hung here when a command ran after the evaluator had connected)."""
     from mambavla.sim import evaluate
 
     class SharedCell:
@@ -74,7 +76,9 @@ def shared_cell(cell, monkeypatch):
             pass
 
     monkeypatch.setattr(evaluate, "Workcell", SharedCell)
-    return cell
+    evaluator.close()
+    yield cell
+    evaluator._connect()
 
 
 def test_eval_sim_command_runs_an_episode_end_to_end(shared_cell, runtime, tmp_path, capsys):

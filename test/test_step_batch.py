@@ -40,6 +40,13 @@ def test_streams_match_separate_runtimes_with_their_own_instruction_and_resets(b
             assert chunk.stamp == expected.stamp
     assert worst <= 1e-4
     assert batch.frames_seen == [12, 7, 4] == [s.frames_seen for s in singles]
+    # state() is a copy: two more steps (ONNX Runtime writes each of its two state buffers once) leave it as it was
+    kept = [t for s in batch.state(0) for t in s]
+    before = [t.clone() for t in kept]
+    for k in (12, 13):
+        batch.step_batch([random_observation(base, 100 * i + k) for i in range(3)])
+    assert all(torch.equal(a, b) for a, b in zip(kept, before))
+    assert not all(torch.equal(a, b) for a, b in zip((t for s in batch.state(0) for t in s), before))
 
 
 def test_streams_differ_when_only_their_instruction_differs(base):

@@ -272,8 +272,9 @@ class OnnxStep:
         self._task.update_inplace(np.ascontiguousarray(task, dtype=np.float32))
 
     def state(self) -> list[np.ndarray]:
-        """The current state, flat, copied to the host."""
-        return [v.numpy() for v in self._state[self._current]]
+        """The current state, flat, copied to the host (a copy on the CPU provider too, where numpy() is a view of
+        a buffer that the step after next rewrites)."""
+        return [_host_copy(v) for v in self._state[self._current]]
 
     def run(self, images: dict[str, np.ndarray], proprio: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """images {camera: (B, C, H, W) float32}, proprio (B, P), noise (B, H, A) -> actions (B, H, A); advances the state."""
@@ -286,10 +287,16 @@ class OnnxStep:
                 binding.bind_cpu_input(name, value)
         self.session.run_with_iobinding(binding, self._run_options[self._current])
         self._current = 1 - self._current
-        # a new array every step: on the host, numpy() is a view of the output buffer, which the next step rewrites
-        # under a caller that keeps this chunk (replay's records did); from the device it is a copy already
-        actions = self._actions.numpy()
-        return actions.copy() if self._actions.device_name() == "cpu" else actions
+        # a new array every step: the next step rewrites the output buffer under a caller that keeps this chunk
+        # (replay's records did)
+        return _host_copy(self._actions)
+
+
+def _host_copy(value) -> np.ndarray:
+    """An OrtValue's data as a numpy array of its own: numpy() of a CPU OrtValue is a view of its buffer, of a
+    device one a copy already."""
+    data = value.numpy()
+    return data.copy() if value.device_name() == "cpu" else data
 
 
 def streamed_parity(model: MambaVLA, onnx_path: str | Path, steps: int = 20, device: str = "cpu", seed: int = 0,

@@ -78,7 +78,7 @@ def shared_cell(cell, evaluator, monkeypatch):
     monkeypatch.setattr(evaluate, "Workcell", SharedCell)
     evaluator.close()
     yield cell
-    evaluator._connect()
+    evaluator.connect()
 
 
 def test_eval_sim_command_runs_an_episode_end_to_end(shared_cell, runtime, tmp_path, capsys):

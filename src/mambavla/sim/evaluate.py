@@ -110,11 +110,12 @@ class SimEvaluator:
         self.robot = self.gripper = None
         self._gripper_future = None  # the last gripper command's franky future
         self._abandoned_grippers: list = []  # kept alive: see _reconnect
-        self._connect()
+        self.connect()
 
     # ---- franky connection ----
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Connect franky's Robot (and Gripper) to the workcell: at start, and again after `close()`."""
         import franky
 
         with keep_thread_scheduling():  # franky would make this thread SCHED_FIFO 99
@@ -151,7 +152,7 @@ class SimEvaluator:
         self.robot = self.gripper = None
         self.cell.stop()
         self.cell.start()  # the next reset() sets the episode's layout
-        self._connect()
+        self.connect()
         if self.robot.has_errors:
             self.robot.recover_from_errors()
 

@@ -1,13 +1,18 @@
-"""The test probe itself: a test that destroys a publisher while the probe spins must not leave it deaf."""
+"""The test probe and the BackgroundSpin it stands on: a test that destroys a publisher while the probe spins must not
+leave it deaf, and a spin that dies says why."""
 
 import sys
 import threading
 import time
 
-from ros_harness import Probe
+import pytest
+from ros_harness import Probe  # first: it sets up the test DDS domain before rclpy loads
+import rclpy
+from rclpy.exceptions import InvalidHandle
 from std_msgs.msg import String
 
 from mambavla.ros.qos import SENSOR_QOS
+from mambavla.ros.spin import BackgroundSpin
 
 
 def test_the_probe_outlives_publishers_destroyed_while_it_spins():
@@ -43,3 +48,28 @@ def test_the_probe_outlives_publishers_destroyed_while_it_spins():
         stop.set()
         busy.join()
         probe.close()
+
+
+def test_background_spin_says_why_it_stopped_and_stop_still_destroys_the_node():
+    """A callback that raises ends the spinning (demo and live replay then stop waiting on a clock that stands
+    still); failure() names the error, and stop() still shuts the executor down and destroys the node."""
+    if not rclpy.ok():
+        rclpy.init()
+    node = rclpy.create_node("harness_failing")
+    fired = threading.Event()
+
+    def boom():
+        fired.set()
+        raise RuntimeError("boom")
+
+    node.create_timer(0.05, boom)
+    spin = BackgroundSpin(node)
+    assert fired.wait(10.0)
+    deadline = time.monotonic() + 10.0
+    while spin.failure() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert spin.failure() == "RuntimeError('boom')"
+    spin.stop()
+    assert spin.failure() is None  # stopped on purpose: nothing to report
+    with pytest.raises(InvalidHandle):  # the node is gone
+        node.create_publisher(String, "/harness_after", 1)

@@ -142,6 +142,8 @@ def _run_stack(args, config, out: Path, log) -> dict:
             if not all(p.alive for p in processes):
                 dead = [p.node for p in processes if not p.alive]
                 raise RuntimeError(f"node(s) exited: {dead}\n" + "\n".join(p.log_tail() for p in processes if not p.alive))
+            if monitor.spin.failure():  # the simulated clock would stand still
+                raise RuntimeError(f"the demo's monitor stopped spinning ({monitor.spin.failure()})")
             time.sleep(0.1)
         summary["elapsed_s"] = round(clock() - t0, 2)
         summary["clock"] = "simulated (/clock)" if sim_time else "wall"

@@ -41,7 +41,9 @@ def runtime():
 def evaluator(cell, runtime):
     from mambavla.sim.evaluate import SimEvaluator
 
-    return SimEvaluator(cell, runtime, time_limit=0.5)
+    evaluator = SimEvaluator(cell, runtime, time_limit=0.5)
+    yield evaluator
+    evaluator.close()  # let go of franky before the workcell's server stops (see SimEvaluator.close)
 
 
 class SlowRuntime:

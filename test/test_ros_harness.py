@@ -15,6 +15,13 @@ from mambavla.ros.qos import SENSOR_QOS
 from mambavla.ros.spin import BackgroundSpin
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _leave_rclpy_as_found():
+    """The probe initialises rclpy's default context; later modules' commands (live replay) call rclpy.init()."""
+    yield
+    rclpy.try_shutdown()
+
+
 def test_the_probe_outlives_publishers_destroyed_while_it_spins():
     """CI stop 23: rclpy raised InvalidHandle in the probe's spin thread when the chunk-flood test destroyed its
     publisher, and the next three controller tests timed out. A 1 µs GIL switch interval makes that window
@@ -53,9 +60,10 @@ def test_the_probe_outlives_publishers_destroyed_while_it_spins():
 def test_background_spin_says_why_it_stopped_and_stop_still_destroys_the_node():
     """A callback that raises ends the spinning (demo and live replay then stop waiting on a clock that stands
     still); failure() names the error, and stop() still shuts the executor down and destroys the node."""
-    if not rclpy.ok():
-        rclpy.init()
-    node = rclpy.create_node("harness_failing")
+    rclpy.try_shutdown()  # the default context down (the probe test had it up): only the node's own context runs
+    context = rclpy.Context()  # so the executor must spin the node's context, not the default one
+    rclpy.init(context=context)
+    node = rclpy.create_node("harness_failing", context=context)
     fired = threading.Event()
 
     def boom():
@@ -73,3 +81,4 @@ def test_background_spin_says_why_it_stopped_and_stop_still_destroys_the_node():
     assert spin.failure() is None  # stopped on purpose: nothing to report
     with pytest.raises(InvalidHandle):  # the node is gone
         node.create_publisher(String, "/harness_after", 1)
+    context.try_shutdown()

@@ -130,7 +130,6 @@ def plot_latencies(path: str, results: dict) -> str:
 def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dict:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, JointState
     from geometry_msgs.msg import PoseStamped
     from std_msgs.msg import String
@@ -140,6 +139,7 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
     from mambavla.ros.diagnostics import status_values
     from mambavla.ros.launcher import NodeProcess
     from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+    from mambavla.ros.spin import BackgroundSpin
     from mambavla.spaces import EE_REFERENCE_QUAT
 
     node = rclpy.create_node("mambavla_bench_ros")
@@ -162,10 +162,7 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
     pose_pub = node.create_publisher(PoseStamped, "/ee_pose", STATE_QOS)
     joint_pub = node.create_publisher(JointState, "/joint_states", STATE_QOS)
     node.create_publisher(String, "/instruction", LATCHED_QOS).publish(String(data="pick up the red cube"))
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=_spin_quietly, args=(executor,), daemon=True)
-    spinner.start()
+    spin = BackgroundSpin(node)
     topics = [f"/cameras/{c}/image_raw" for c in config.cameras]
     if kind == "echo":
         policy = NodeProcess("echo_node", [], {"camera_topics": topics})
@@ -186,6 +183,8 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
         while len(latencies) < total and time.monotonic() < deadline:
             if not policy.alive:
                 raise RuntimeError(f"policy_node exited:\n{policy.log_tail()}")
+            if spin.failure():
+                raise RuntimeError(f"bench-ros's node stopped spinning ({spin.failure()})")
             now = node.get_clock().now().nanoseconds * 1e-9
             pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, now, "fr3_link0"))
             js = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"],
@@ -206,9 +205,7 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
             time.sleep(1.5)  # one more diagnostics message with the inference time
     finally:
         policy.stop()
-        executor.shutdown()
-        spinner.join(timeout=5.0)
-        node.destroy_node()
+        spin.stop()
     lat = np.array(latencies[args.warmup:]) * 1e3
     result = {
         kind: name,
@@ -228,13 +225,3 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
                       wait_ms_p50=stat("p50_wait_ms"),
                       node_latency_ms={"p50": stat("p50_latency_ms"), "p99": stat("p99_latency_ms")})
     return result
-
-
-def _spin_quietly(executor) -> None:
-    """Spin until the executor shuts down, or the context does under it (a signal, or rclpy.shutdown first)."""
-    from rclpy.executors import ExternalShutdownException
-
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass

@@ -154,8 +154,10 @@ def _run_stack(args, config, out: Path, log) -> dict:
     finally:
         for proc in reversed(processes):  # policy first, then the controller stops the arm, then the sim
             proc.stop()
-        monitor.close()
-        rclpy.try_shutdown()
+        try:
+            monitor.close()
+        finally:
+            rclpy.try_shutdown()
     return summary
 
 

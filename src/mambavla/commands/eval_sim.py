@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=0, help="CPU threads for inference; 0 keeps torch's default")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                    help="inference backend (onnx: ONNX Runtime, the step exported at start; about 2x faster on a CPU)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="inference precision (default auto: bf16 for the torch backend on cuda, else fp32; bf16: torch only; "
+    p.add_argument("--dtype", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="inference precision (default fp32, as the shipped policy's evaluations and config/policy.yaml; "
+                        "auto: bf16 for the torch backend on cuda, else fp32; bf16: torch only; "
                         "fp16: onnx only, the step exported as an fp16 graph with its scan and SSM state in fp32)")
     p.add_argument("--noise-scale", type=float, default=None, metavar="S",
                    help="scale of the flow's starting noise, 0..1 (default: the checkpoint's config.noise_scale)")

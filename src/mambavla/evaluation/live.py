@@ -102,13 +102,17 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
             chunks, recording, seconds = _play(info, text, args.rate, config, node, image_pubs, pose_pub, joint_pub,
                                                instruction_pub, lock, received, base_frame, log,
                                                (rgb_to_image, pose_to_msg, seconds_to_stamp, trajectory_to_chunk, String, JointState))
+            if spin.failure():  # chunks would have gone unheard: no score from part of them
+                raise RuntimeError(f"the replay's node stopped spinning ({spin.failure()}) during {info.path.name}")
             runs.append((info.path.name, chunks, recording))
             recorded_s += seconds
         node_status = dict(status)
     finally:
         policy.stop()
-        spin.stop()
-        rclpy.try_shutdown()
+        try:
+            spin.stop()
+        finally:
+            rclpy.try_shutdown()
     header = {**header, "mode": "live", "bags": [str(b) for b in bags], "roles": {i.path.name: {"roles": i.roles, "notes": i.notes} for i in infos},
               "infer_mode": schedule.infer_mode, "recorded_s": round(recorded_s, 3), "rate": args.rate,
               "policy_node_status": node_status, "policy_node_log": str(out / "policy_node.log")}

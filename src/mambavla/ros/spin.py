@@ -112,11 +112,14 @@ class BackgroundSpin:
     - `stop()` ends the loop between waits (each at most `period` s) and joins the thread before it shuts the
       executor down and destroys the node: destroying a node under a spinning executor aborts in C++, and shutting
       the executor down mid-spin leaves a callback it has taken unguarded.
-    - Anything else ends the thread; `failure()` says what, so a caller waiting for messages stops waiting."""
+    - Anything else ends the thread, and so do `MAX_INVALID_HANDLES` InvalidHandles in a row (a handle that stays
+      invalid); `failure()` says what, so a caller waiting for messages stops waiting."""
+
+    MAX_INVALID_HANDLES = 100
 
     def __init__(self, node, period: float = 0.1):
         self.node, self.period = node, period
-        self.executor = SingleThreadedExecutor()
+        self.executor = SingleThreadedExecutor(context=node.context)
         self.executor.add_node(node)
         self._stopping = threading.Event()
         self._error: BaseException | None = None
@@ -124,15 +127,18 @@ class BackgroundSpin:
         self._thread.start()
 
     def _spin(self) -> None:
+        invalid = 0
         try:
             while not self._stopping.is_set() and rclpy.ok(context=self.executor.context):
                 try:
                     self.executor.spin_once(timeout_sec=self.period)
+                    invalid = 0
                 except InvalidHandle:
-                    continue
-        except BaseException as err:
+                    invalid += 1
+                    if invalid >= self.MAX_INVALID_HANDLES:
+                        raise
+        except BaseException as err:  # kept for failure(), not raised into the thread's excepthook
             self._error = err
-            raise
 
     def failure(self) -> str | None:
         """Why the spin thread ended before `stop()` (an exception, or the ROS context shut down); None while it runs."""

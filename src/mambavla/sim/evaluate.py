@@ -115,8 +115,12 @@ class SimEvaluator:
     # ---- franky connection ----
 
     def connect(self) -> None:
-        """Connect franky's Robot (and Gripper) to the workcell: at start, and again after `close()`."""
+        """Connect franky's Robot (and Gripper) to the workcell: at start, and again after `close()`. Refused while
+        connected: franky-sim takes one gripper connection at a time, and a second one waits for good."""
         import franky
+
+        if self.robot is not None:
+            raise RuntimeError("SimEvaluator.connect: already connected (close() first)")
 
         with keep_thread_scheduling():  # franky would make this thread SCHED_FIFO 99
             self.robot = franky.Robot(self.cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
@@ -455,7 +459,7 @@ def merge_runs(folders: list[str | Path]) -> dict:
     for folder in map(Path, folders):
         run = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
         # with the settings each chunk ran under (None: the run predates the setting, or wrote no eval.json)
-        keys = ("checkpoint", "backend", "dtype", "seeds", "latency_s", "noise_scale", "gripper_open_delay_s", "inference_ms",
+        keys = ("checkpoint", "backend", "dtype", "device", "seeds", "latency_s", "noise_scale", "gripper_open_delay_s", "inference_ms",
                 "wall_seconds")
         summary["runs"][str(folder)] = {k: run.get(k) for k in keys}
     return summary

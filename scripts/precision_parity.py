@@ -17,6 +17,7 @@ every step and row, per action (the positions also in mm), and per step; DIR get
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -98,9 +99,9 @@ def compare(args: argparse.Namespace) -> dict:
     frames = [{"images": {c: data[f"image_{c}"][t] for c in cameras}, "proprio": data["proprio"][t]}
               for t in range(len(data["proprio"]))]
     instruction = str(data["instruction"])
-    model = load_checkpoint(args.checkpoint).float().eval()
-    names = list(model.config.action_names)
-    reference = _stream(PolicyRuntime(model, seed=0, noise_scale=0.0, cuda_graph=False), frames, instruction)
+    loaded = load_checkpoint(args.checkpoint).float().eval()  # read once; each runtime casts and moves a copy of its own
+    names = list(loaded.config.action_names)
+    reference = _stream(PolicyRuntime(copy.deepcopy(loaded), seed=0, noise_scale=0.0, cuda_graph=False), frames, instruction)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": args.checkpoint, "frames": args.frames, "steps": len(frames), "instruction": instruction,
@@ -112,7 +113,7 @@ def compare(args: argparse.Namespace) -> dict:
     figure, axis = plt.subplots(figsize=(8, 4))
     for label, options in _modes(args.device, args.compile):
         t0 = time.perf_counter()
-        runtime = PolicyRuntime(load_checkpoint(args.checkpoint).float().eval(), seed=0, noise_scale=0.0, **options)
+        runtime = PolicyRuntime(copy.deepcopy(loaded), seed=0, noise_scale=0.0, **options)
         diff = np.abs(_stream(runtime, frames, instruction) - reference)  # (T, H, A)
         per_step = diff.max(axis=(1, 2))
         per_action = diff.max(axis=(0, 1))

@@ -77,6 +77,8 @@ def test_background_spin_says_why_it_stopped_and_stop_still_destroys_the_node():
     while spin.failure() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert spin.failure() == "RuntimeError('boom')"
+    with pytest.raises(RuntimeError, match=r"harness_failing stopped spinning \(RuntimeError\('boom'\)\) while waiting for chunks"):
+        spin.raise_if_failed("chunks")
     spin.stop()
     assert spin.failure() is None  # stopped on purpose: nothing to report
     with pytest.raises(InvalidHandle):  # the node is gone

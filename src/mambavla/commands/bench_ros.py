@@ -20,12 +20,13 @@ import numpy as np
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mambavla.commands.bench import frame_size
+    from mambavla.runtime.policy_runtime import DTYPES
 
     p = subparsers.add_parser("bench-ros", help="camera-in -> chunk-out latency of policy_node over DDS (JSON)")
     p.add_argument("--presets", default="tiny,base", help="comma-separated presets (default: tiny,base)")
     p.add_argument("--checkpoint", default="", help="benchmark this checkpoint instead of presets")
     p.add_argument("--device", default="cpu", help="policy device (default: cpu)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="policy_node's dtype (default auto: bf16 for the torch backend on cuda, else fp32; fp16: the onnx "
                         "backend's fp16 graph; the node's own default is fp32)")
     p.add_argument("--chunks", type=int, default=100, help="measured chunks per policy (default: 100)")
@@ -183,8 +184,7 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
         while len(latencies) < total and time.monotonic() < deadline:
             if not policy.alive:
                 raise RuntimeError(f"policy_node exited:\n{policy.log_tail()}")
-            if spin.failure():
-                raise RuntimeError(f"bench-ros's node stopped spinning ({spin.failure()})")
+            spin.raise_if_failed("chunks")
             now = node.get_clock().now().nanoseconds * 1e-9
             pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, now, "fr3_link0"))
             js = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"],

@@ -142,8 +142,7 @@ def _run_stack(args, config, out: Path, log) -> dict:
             if not all(p.alive for p in processes):
                 dead = [p.node for p in processes if not p.alive]
                 raise RuntimeError(f"node(s) exited: {dead}\n" + "\n".join(p.log_tail() for p in processes if not p.alive))
-            if monitor.spin.failure():  # the simulated clock would stand still
-                raise RuntimeError(f"the demo's monitor stopped spinning ({monitor.spin.failure()})")
+            monitor.spin.raise_if_failed("the run to end (/clock would stand still)")
             time.sleep(0.1)
         summary["elapsed_s"] = round(clock() - t0, 2)
         summary["clock"] = "simulated (/clock)" if sim_time else "wall"
@@ -227,9 +226,7 @@ class _Monitor:
             dead = [p for p in processes if not p.alive]
             if dead:
                 raise RuntimeError(f"{dead[0].node} exited while waiting for {what}:\n{dead[0].log_tail()}")
-            failure = self.spin.failure()
-            if failure:
-                raise RuntimeError(f"the demo's monitor stopped spinning ({failure}) while waiting for {what}")
+            self.spin.raise_if_failed(what)
             time.sleep(0.05)
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 

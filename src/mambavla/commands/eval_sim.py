@@ -7,6 +7,7 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mambavla.runtime.policy_runtime import DTYPES
     from mambavla.sim.tasks import TASK_FAMILIES
 
     p = subparsers.add_parser("eval-sim", help="closed-loop evaluation in simulation (policy -> controller -> franky -> franky-sim)")
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=0, help="CPU threads for inference; 0 keeps torch's default")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                    help="inference backend (onnx: ONNX Runtime, the step exported at start; about 2x faster on a CPU)")
-    p.add_argument("--dtype", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+    p.add_argument("--dtype", default="fp32", choices=DTYPES,
                    help="inference precision (default fp32, as the shipped policy's evaluations and config/policy.yaml; "
                         "auto: bf16 for the torch backend on cuda, else fp32; bf16: torch only; "
                         "fp16: onnx only, the step exported as an fp16 graph with its scan and SSM state in fp32)")
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                                 time_limit=args.time_limit, gif_episodes=args.gif_episodes, speed=args.speed,
                                 progress=not args.json, episode_log=episode_log, trace_dir=out / "traces" if args.trace else None,
                                 param_overrides=None if args.gripper_open_delay is None else {"gripper_open_delay": args.gripper_open_delay})
-    precision = runtime.onnx_dtype or str(runtime.dtype).removeprefix("torch.")  # the graph's, or torch's
+    precision = runtime.precision
     summary = {"checkpoint": args.checkpoint, "preset": args.preset if not args.checkpoint else None,
                "backend": args.backend, "dtype": precision, "device": args.device, **summary}
     summary["chart"] = str(success_chart(summary, out / "success.png"))

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from mambavla.model.config import preset
     from mambavla.model.modeling_mambavla import MambaVLA
     from mambavla.runtime.onnx_step import export_step, streamed_parity
+    from mambavla.runtime.policy_runtime import runtime_dtype
 
     if args.bf16:
         if args.dtype != "fp32":
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         model, source = load_checkpoint(path), str(path)
     model = model.float().eval()  # loaded in fp32 (a bf16 checkpoint too); export_step casts its copy to --dtype
     t0 = time.perf_counter()
-    out = export_step(model, args.onnx, {"fp32": torch.float32, "fp16": torch.float16}[args.dtype])
+    out = export_step(model, args.onnx, runtime_dtype(args.dtype, "cpu", backend="onnx"))
     result = {"onnx": str(out), "source": source, "dtype": args.dtype, "bytes": out.stat().st_size, "export_s": round(time.perf_counter() - t0, 1),
               "instruction": "not in the graph: torch computes the prefix state and task vector once per instruction"}
     if args.check_steps > 0:

@@ -91,8 +91,7 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
         while status.get("state") not in ("WAITING", "RUNNING", "ERROR"):
             if not policy.alive or time.monotonic() > end:
                 raise RuntimeError(f"policy_node did not come up:\n{policy.log_tail()}")
-            if spin.failure():
-                raise RuntimeError(f"the replay's node stopped spinning ({spin.failure()}) while policy_node came up")
+            spin.raise_if_failed("policy_node to come up")
             time.sleep(0.1)
         if status.get("state") == "ERROR":
             raise RuntimeError(f"policy_node: {status.get('reason')}")
@@ -102,8 +101,7 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
             chunks, recording, seconds = _play(info, text, args.rate, config, node, image_pubs, pose_pub, joint_pub,
                                                instruction_pub, lock, received, base_frame, log,
                                                (rgb_to_image, pose_to_msg, seconds_to_stamp, trajectory_to_chunk, String, JointState))
-            if spin.failure():  # chunks would have gone unheard: no score from part of them
-                raise RuntimeError(f"the replay's node stopped spinning ({spin.failure()}) during {info.path.name}")
+            spin.raise_if_failed(f"the chunks of {info.path.name}")  # no score from part of them
             runs.append((info.path.name, chunks, recording))
             recorded_s += seconds
         node_status = dict(status)

@@ -146,6 +146,12 @@ class BackgroundSpin:
             return None
         return repr(self._error) if self._error is not None else "the ROS context was shut down"
 
+    def raise_if_failed(self, waiting_for: str) -> None:
+        """Raise RuntimeError if the spinning ended before `stop()`: what the caller waits for would never arrive."""
+        failure = self.failure()
+        if failure:
+            raise RuntimeError(f"{self.node.get_name()} stopped spinning ({failure}) while waiting for {waiting_for}")
+
     def stop(self, timeout: float = 5.0) -> None:
         """End the spinning, then shut the executor down and destroy the node. Raises if the thread is still in a
         callback after `timeout` s, leaving the node as it is rather than destroying it under the executor."""

@@ -33,6 +33,7 @@ from mambavla.model.modeling_mambavla import MambaVLA
 OPSET = 17
 FORMAT = 1  # bump when the graph's inputs or outputs change
 GRAPH_DTYPES = {"float32": torch.float32, "float16": torch.float16}  # name in the graph's metadata -> torch dtype
+GRAPH_DTYPE_NAMES = {v: k for k, v in GRAPH_DTYPES.items()}
 
 
 def state_names(config: MambaVLAConfig) -> list[str]:
@@ -117,8 +118,7 @@ def export_step(model: MambaVLA, path: str | Path, dtype: torch.dtype = torch.fl
     """Write the streaming step of `model` (exported from a CPU copy in `dtype`: float32 or float16) to `path` (.onnx)."""
     import warnings
 
-    names = {v: k for k, v in GRAPH_DTYPES.items()}
-    if dtype not in names:
+    if dtype not in GRAPH_DTYPE_NAMES:
         raise ValueError(f"ONNX export: dtype must be torch.float32 or torch.float16, got {dtype}")
     config = model.config
     check_exportable(config)
@@ -141,7 +141,7 @@ def export_step(model: MambaVLA, path: str | Path, dtype: torch.dtype = torch.fl
     import onnx
 
     graph = onnx.load(str(path))
-    meta = {"mambavla_format": str(FORMAT), "config": json.dumps(config.to_dict()), "dtype": names[dtype]}
+    meta = {"mambavla_format": str(FORMAT), "config": json.dumps(config.to_dict()), "dtype": GRAPH_DTYPE_NAMES[dtype]}
     for key, value in meta.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))

@@ -183,6 +183,11 @@ class PolicyRuntime:
         return None if self._onnx is None else self._onnx.dtype
 
     @property
+    def precision(self) -> str:
+        """What the step computes in: the ONNX graph's dtype (backend 'onnx'), else torch's ("float32", "bfloat16")."""
+        return self._onnx.dtype if self._onnx is not None else str(self.dtype).removeprefix("torch.")
+
+    @property
     def onnx_cuda_graph(self) -> bool:
         """Whether ONNX Runtime replays the step as CUDA graphs (backend 'onnx', cuda_graph=True)."""
         return self._onnx is not None and self._onnx.cuda_graph
@@ -683,7 +688,7 @@ def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, th
                   cuda_options: dict | None = None, dtype: torch.dtype | None = None):
     """cuda_graph None: ORT's CUDA graphs wherever its CUDA provider runs the step (its best mode there).
     dtype: the graph's (float32 or float16); None is float32 for an export, and whatever `onnx_path` holds."""
-    from mambavla.runtime.onnx_step import GRAPH_DTYPES, OnnxStep, check_exportable, export_step, providers
+    from mambavla.runtime.onnx_step import GRAPH_DTYPE_NAMES, GRAPH_DTYPES, OnnxStep, check_exportable, export_step, providers
 
     check_exportable(model.config)
     if dtype not in (None, *GRAPH_DTYPES.values()):
@@ -694,7 +699,7 @@ def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, th
         step = OnnxStep(onnx_path, model.config, batch=1, device=device, threads=threads, cuda_graph=cuda_graph,
                         cuda_options=cuda_options)
         if dtype is not None and GRAPH_DTYPES[step.dtype] != dtype:
-            name = {v: k for k, v in GRAPH_DTYPES.items()}[dtype]
+            name = GRAPH_DTYPE_NAMES[dtype]
             raise ValueError(f"{onnx_path} is a {step.dtype} graph, but dtype {dtype} was asked for: ask for {step.dtype} "
                              f"(policy_node: {'fp16' if step.dtype == 'float16' else 'fp32'}), or None / 'auto' to take the "
                              f"graph's own, or export a {name} graph")

@@ -273,3 +273,154 @@ def test_gripper_rule_closes_at_once_and_opens_only_after_the_command_asks_for_o
     with pytest.raises(ValueError, match="gripper_open_delay"):
         TrackingParams.from_params({"gripper_open_delay": -1.0})
     assert TrackingParams.from_params({"gripper_open_delay": 0.5}).gripper_open_delay == 0.5
+
+
+# ---- teleoperation: a twist stream as the command source ----
+
+
+def teleop_core(limits: SafetyLimits = SafetyLimits(), **kw) -> ControllerCore:
+    core = make_core(limits, **kw)
+    assert "policy -> teleop" in core.set_source("teleop")
+    return core
+
+
+def stream_twist(core: ControllerCore, t0: float, seconds: float, linear, angular=(0.0, 0.0, 0.0), frame="base",
+                 every: int = 5):
+    """Ticks at RATE with a twist every `every` ticks (20 Hz, as a joystick driver publishes)."""
+    targets = []
+    for k in range(int(round(seconds * RATE))):
+        t = t0 + k / RATE
+        if k % every == 0:
+            assert core.submit_twist(linear, angular, t, stamp=t, frame=frame) is None, core.teleop_last_rejection
+        targets.append(core.update(t, 1.0 / RATE))
+    return targets
+
+
+def test_a_twist_stream_is_integrated_into_the_streamed_target():
+    core = teleop_core()
+    targets = stream_twist(core, 1.0, 1.0, (0.0, 0.1, -0.05))
+    assert core.state == ControllerState.ACTIVE and core.status()["command_source"] == "teleop"
+    moved = targets[-1].position - HOME_P
+    # one second at (0, 0.1, -0.05) m/s, less the first tick's 10 ms (the target moves from the tick after)
+    assert moved == pytest.approx([0.0, 0.099, -0.0495], abs=1.5e-3)
+    assert quat_angle_between(targets[-1].quat, HOME_Q) < 1e-9
+
+
+def test_a_twist_in_the_tool_frame_moves_along_the_gripper_axes():
+    core = teleop_core()
+    # the reference orientation points the gripper's z down: +z in the tool frame is -z in the base frame
+    targets = stream_twist(core, 1.0, 0.5, (0.0, 0.0, 0.1), frame="tool")
+    moved = targets[-1].position - HOME_P
+    assert moved[2] == pytest.approx(-0.049, abs=1.5e-3) and abs(moved[0]) < 1e-6 and abs(moved[1]) < 1e-6
+
+
+def test_an_angular_twist_turns_the_gripper_about_the_base_axis():
+    core = teleop_core()
+    targets = stream_twist(core, 1.0, 0.5, (0.0, 0.0, 0.0), angular=(0.0, 0.0, 0.4))
+    assert quat_angle_between(targets[-1].quat, HOME_Q) == pytest.approx(0.4 * 0.49, abs=5e-3)
+    assert core.status()["teleop_limited"] == ""  # yaw keeps the gripper pointing down
+
+
+def test_a_twist_stops_at_the_workspace_box_and_slides_along_it():
+    limits = SafetyLimits(workspace_max=(0.80, 0.45, 0.52))
+    core = teleop_core(limits)
+    targets = stream_twist(core, 1.0, 1.0, (0.1, 0.0, 0.1))  # up into the ceiling, and forward
+    final = targets[-1].position
+    assert final[2] == pytest.approx(0.52, abs=1e-9)  # stopped at the ceiling ...
+    assert final[0] == pytest.approx(HOME_P[0] + 0.099, abs=1.5e-3)  # ... still moving forward along it
+    assert max(t.position[2] for t in targets) <= 0.52 + 1e-12
+    assert core.status()["teleop_limited"] == "workspace"
+
+
+def test_a_twist_cannot_tilt_the_gripper_past_max_tilt():
+    core = teleop_core(SafetyLimits(max_tilt=0.3))
+    targets = stream_twist(core, 1.0, 2.0, (0.02, 0.0, 0.0), angular=(0.5, 0.0, 0.0))
+    from mambavla.control.safety import tilt
+
+    tilts = tilt(np.array([t.quat for t in targets]))
+    assert tilts.max() <= 0.3 + 1e-9 and tilts.max() > 0.25  # turned up to the limit, not beyond
+    assert targets[-1].position[0] - HOME_P[0] == pytest.approx(0.0398, abs=2e-3)  # translation goes on
+    assert core.status()["teleop_limited"] == "tilt"
+
+
+def test_a_fast_twist_is_limited_to_max_linear_speed():
+    core = teleop_core()
+    targets = stream_twist(core, 1.0, 0.5, (1.5, 0.0, 0.0))  # under teleop_max_linear, over max_linear_speed
+    steps = np.linalg.norm(np.diff([t.position for t in targets], axis=0), axis=1)
+    assert steps.max() == pytest.approx(core.limits.max_linear_speed / RATE, rel=1e-6)
+    assert core.status()["speed_limited"]
+
+
+BAD_TWISTS = {
+    "nan": (dict(linear=(np.nan, 0.0, 0.0), angular=(0.0, 0.0, 0.0)), "non-finite"),
+    "inf-angular": (dict(linear=(0.0, 0.0, 0.0), angular=(0.0, np.inf, 0.0)), "non-finite"),
+    "absurd-speed": (dict(linear=(0.0, 40.0, 0.0), angular=(0.0, 0.0, 0.0)), "too fast"),
+    "absurd-turn": (dict(linear=(0.0, 0.0, 0.0), angular=(0.0, 0.0, 100.0)), "too fast"),
+    "stale": (dict(linear=(0.1, 0.0, 0.0), angular=(0.0, 0.0, 0.0), stamp=-10.0), "stale"),
+    "future": (dict(linear=(0.1, 0.0, 0.0), angular=(0.0, 0.0, 0.0), stamp=1e9), "future"),
+    "frame": (dict(linear=(0.1, 0.0, 0.0), angular=(0.0, 0.0, 0.0), frame="camera"), "frame"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TWISTS))
+def test_bad_twists_are_rejected_with_a_counted_reason_and_never_move_the_target(case):
+    core = teleop_core()
+    kwargs, kind = BAD_TWISTS[case]
+    kwargs = {"stamp": 1.0, **kwargs}
+    assert core.submit_twist(now=1.0, **kwargs) is not None
+    targets = run(core, 1.0, 0.3)
+    assert np.linalg.norm(targets[-1].position - HOME_P) < 1e-12
+    status = core.status()
+    assert status["teleop_rejections_by_kind"] == {kind: 1} and status["teleop_rejected"] == 1
+    assert status["state"] == "IDLE" and status["chunks_rejected"] == 0
+
+
+def test_a_nan_gripper_command_is_rejected_and_a_valid_one_drives_the_gripper():
+    core = teleop_core()
+    assert "non-finite" in core.submit_gripper(float("nan"))
+    assert core.update(1.0, 0.01).gripper == 0.0
+    assert core.submit_gripper(1.0) is None
+    assert core.update(1.01, 0.01).gripper == 1.0
+
+
+def test_a_twist_stream_that_stops_halts_the_target_then_holds_then_stops():
+    core = teleop_core()
+    stream_twist(core, 1.0, 0.5, (0.1, 0.0, 0.0))
+    # the stream stops at t = 1.45 (the last twist): the target stands still after command_timeout ...
+    targets = run(core, 1.5, 0.4)
+    still = [t.position[0] for t in targets[25:]]
+    assert max(still) - min(still) < 1e-12 and core.state == ControllerState.ACTIVE
+    # ... the watchdog holds the measured pose after hold_after (0.5 s) ...
+    run(core, 1.9, 0.1, measured=HOME_P + np.array([0.03, 0.0, 0.0]))
+    assert core.state == ControllerState.HOLDING and "teleoperation command" in core.reason
+    assert core.target[0] == pytest.approx(HOME_P + np.array([0.03, 0.0, 0.0]))
+    # ... and asks for a stop after stop_after (1.5 s)
+    targets = run(core, 2.0, 1.0)
+    assert any(t is not None and t.stop for t in targets) and "stop_after" in core.reason
+
+
+def test_only_the_active_source_drives_and_switching_holds_the_target():
+    core = make_core()
+    assert "command source is policy" in core.submit_twist((0.1, 0.0, 0.0), (0.0, 0.0, 0.0), 1.0)
+    assert core.status()["teleop_rejections_by_kind"] == {"inactive source": 1}
+    assert core.submit(line_chunk(1.0, HOME_P, np.array([0.1, 0.0, 0.0])), 1.0) is None
+    targets = run(core, 1.0, 0.3)
+    assert targets[-1].position[0] > HOME_P[0] + 0.015  # the chunk moves the target
+    core.set_source("teleop")
+    assert core.state == ControllerState.IDLE and "switched from policy to teleop" in core.reason
+    held = run(core, 1.3, 0.3)  # the chunk no longer steers: the target stays where the switch left it
+    assert np.linalg.norm(held[-1].position - targets[-1].position) < 1e-12
+    reason = core.submit(line_chunk(1.6, held[-1].position, np.array([0.1, 0.0, 0.0])), 1.6)
+    assert "command source is teleop" in reason and "~/use_policy" in reason
+    assert core.status()["rejections_by_kind"] == {"inactive source": 1}
+    assert core.submit_twist((0.0, 0.1, 0.0), (0.0, 0.0, 0.0), 1.6) is None
+    assert core.state == ControllerState.ACTIVE
+
+
+def test_a_publisher_over_its_message_budget_is_gated_and_others_are_not():
+    from mambavla.control.teleop import RateGate
+
+    gate = RateGate(rate_hz=50.0, burst=5.0)
+    flood = sum(gate.allow(b"flood", k * 0.0005) for k in range(2000))  # 2,000 messages in one second
+    assert 50 <= flood <= 56  # the burst, then 50 per second
+    assert all(gate.allow(b"valid", k * 0.2) for k in range(6))  # a 5 Hz publisher beside it is untouched

@@ -1,10 +1,16 @@
 """The controller's state machine: chunk admission, blending, interpolation, rate limits and watchdog.
 
 States: STOPPED (not tracking; the initial state until enabled), IDLE (tracking, holding the pose it
-was enabled at), ACTIVE (executing chunks), HOLDING (no fresh chunk for `hold_after` s: the streamed
+was enabled at), ACTIVE (executing commands), HOLDING (no fresh command for `hold_after` s: the streamed
 target jumps onto the measured pose, so an arm lagging its targets stops where it is instead of
-catching up), ERROR (franky reported a fault; needs recovery). After `stop_after` s without a chunk
+catching up), ERROR (franky reported a fault; needs recovery). After `stop_after` s without a command
 `update` asks the caller to stop the arm, which then reports STOPPED.
+
+Two command sources, one at a time (`set_source`): "policy" (action chunks, `submit`) and "teleop" (a twist
+stream, `submit_twist`, and a gripper command, `submit_gripper`; `mambavla.control.teleop`). Commands of the
+inactive source are rejected and counted. Both feed the same target stream: the workspace box, tilt limit,
+speed limits, non-finite rejection and watchdog apply to each. A twist is integrated from the streamed
+target each tick and counts as zero once older than `TeleopParams.command_timeout`.
 
 Two clocks: `now` is the ROS clock that chunk stamps and the pose history use; `mono` (monotonic,
 defaults to `now`) times the watchdog, so a clock step cannot silence it.
@@ -23,22 +29,26 @@ from enum import Enum
 
 import numpy as np
 
-from mambavla.control.safety import SafetyLimits, check_rows, rate_limit
+from mambavla.control.safety import SafetyLimits, check_rows, rate_limit, tilt
+from mambavla.control.teleop import SOURCES, TeleopParams, Twist, check_twist, integrate
 from mambavla.control.trajectory import PoseTrajectory, blend, slerp
 from mambavla.runtime.chunk import ActionChunk
 from mambavla.spaces import ACTION_NAMES, delta_to_absolute, quat_angle_between, vector_to_pose
 
 
-REJECTION_KINDS = ("malformed", "action names", "non-finite", "dt", "stale", "future", "past", "no measured pose",
-                   "outside workspace", "tilts", "jump", "starts", "controller is")
+REJECTION_KINDS = ("command source is", "max_command_rate_hz", "malformed", "action names", "non-finite", "dt", "stale",
+                   "future", "past", "no measured pose", "outside workspace", "tilts", "jump", "starts", "controller is",
+                   "teleop_max", "frame")
+KIND_NAMES = {"tilts": "tilt", "starts": "start offset", "controller is": "not tracking", "no measured pose": "no pose history",
+              "past": "all rows past", "command source is": "inactive source", "max_command_rate_hz": "rate limited",
+              "teleop_max": "too fast"}
 
 
 def rejection_kind(reason: str) -> str:
     """A short category of a rejection reason, for counting."""
     for kind in REJECTION_KINDS:
         if kind in reason:
-            return {"tilts": "tilt", "starts": "start offset", "controller is": "not tracking", "no measured pose": "no pose history",
-                    "past": "all rows past"}.get(kind, kind)
+            return KIND_NAMES.get(kind, kind)
     return "other"
 
 
@@ -71,7 +81,11 @@ class ControllerCore:
         max_tick_dt: float = 0.02,
         action_names: tuple[str, ...] = ACTION_NAMES,
         pose_history: float = 3.0,
+        teleop: TeleopParams = TeleopParams(),
+        source: str = "policy",
     ):
+        if source not in SOURCES:
+            raise ValueError(f"command_source must be one of {SOURCES}, got {source!r}")
         if not 0 < hold_after < stop_after:
             raise ValueError(f"need 0 < hold_after < stop_after, got {hold_after}, {stop_after}")
         self.limits = limits
@@ -99,6 +113,15 @@ class ControllerCore:
         self._last_chunk_time: float | None = None
         self._now = 0.0
         self._epoch = 0  # counts activations and deactivations: a chunk validated across one is refused
+        self.teleop = teleop
+        self.source = source
+        self._twist: Twist | None = None
+        self._twist_time: float | None = None  # monotonic receipt time of the latest twist
+        self.teleop_accepted = 0
+        self.teleop_rejected = 0
+        self.teleop_last_rejection = ""
+        self.teleop_rejections_by_kind: dict[str, int] = {}
+        self.teleop_limited = ""  # which rule bent the twist at the last tick: "workspace", "tilt" or ""
 
     # ---- measured state ----
 
@@ -137,10 +160,33 @@ class ControllerCore:
             self._target = pose
             self._gripper = gripper
             self._trajectory = None
+            self._twist = None
             self._last_chunk_time = None
             self._epoch += 1
             self.state = ControllerState.IDLE
-            self.reason = "enabled, waiting for chunks"
+            self.reason = f"enabled, waiting for {self._awaited()}"
+
+    def _awaited(self) -> str:
+        return "chunks" if self.source == "policy" else "teleoperation commands"
+
+    def set_source(self, source: str) -> str:
+        """Make `source` ("policy" or "teleop") the one command source; the arm holds its target until that
+        source sends. Returns what happened."""
+        if source not in SOURCES:
+            raise ValueError(f"command source must be one of {SOURCES}, got {source!r}")
+        with self._lock:
+            if source == self.source:
+                return f"command source is {source} already"
+            previous, self.source = self.source, source
+            self._trajectory = None
+            self._twist = None
+            self._last_chunk_time = None
+            self._epoch += 1  # a chunk validated across the switch is refused
+            if self.state in RUNNING:
+                self._hold = self._target
+                self.state = ControllerState.IDLE
+                self.reason = f"command source switched from {previous} to {source}, waiting for {self._awaited()}"
+            return f"command source {previous} -> {source}"
 
     def deactivate(self, reason: str, error: bool = False) -> None:
         with self._lock:
@@ -149,10 +195,10 @@ class ControllerCore:
             self._trajectory = None
             self._epoch += 1
 
-    def reject(self, reason: str) -> str:
-        """Count a rejection found before a chunk could be built (malformed message)."""
+    def reject(self, reason: str, teleop: bool = False) -> str:
+        """Count a rejection found before a command reached the core (malformed or rate-limited message)."""
         with self._lock:
-            return self._reject(reason)
+            return self._reject_teleop(reason) if teleop else self._reject(reason)
 
     def _reject(self, reason: str) -> str:
         self.chunks_rejected += 1
@@ -161,17 +207,99 @@ class ControllerCore:
         self.rejections_by_kind[kind] = self.rejections_by_kind.get(kind, 0) + 1
         return reason
 
+    def _reject_teleop(self, reason: str) -> str:
+        self.teleop_rejected += 1
+        self.teleop_last_rejection = reason
+        kind = rejection_kind(reason)
+        self.teleop_rejections_by_kind[kind] = self.teleop_rejections_by_kind.get(kind, 0) + 1
+        return reason
+
+    def _inactive(self, what: str) -> str:
+        fix = "~/use_teleop" if self.source == "policy" else "~/use_policy"
+        return f"command source is {self.source}: {what} ignored (call {fix} to switch)"
+
+    # ---- teleoperation ----
+
+    def submit_twist(self, linear, angular, now: float, stamp: float | None = None, mono: float | None = None,
+                     frame: str = "base") -> str | None:
+        """A teleoperation twist (unscaled, as the driver sent it); `stamp` None for an unstamped message.
+        Returns the rejection reason, or None when accepted."""
+        with self._lock:
+            if self.source != "teleop":
+                return self._reject_teleop(self._inactive("twist"))
+            if self.state not in RUNNING or self._target is None:
+                return self._reject_teleop(f"controller is {self.state.value} ({self.reason}): twist ignored")
+        twist = check_twist(self.teleop, linear, angular, frame)
+        if isinstance(twist, str):
+            return self.reject(twist, teleop=True)
+        if stamp is not None:
+            if not np.isfinite(stamp):
+                return self.reject(f"non-finite twist stamp {stamp}", teleop=True)
+            age = now - stamp
+            if age > self.limits.max_chunk_age:
+                return self.reject(f"stale twist: stamped {age:.3f} s ago > max_chunk_age {self.limits.max_chunk_age} s",
+                                   teleop=True)
+            if -age > self.limits.max_chunk_future:
+                return self.reject(f"twist stamp {-age:.3f} s in the future > max_chunk_future "
+                                   f"{self.limits.max_chunk_future} s", teleop=True)
+        with self._lock:
+            if self.source != "teleop" or self.state not in RUNNING:  # switched or stopped meanwhile
+                return self._reject_teleop(self._inactive("twist") if self.source != "teleop" else
+                                           f"controller is {self.state.value} ({self.reason}): twist ignored")
+            self._twist = twist
+            self._twist_time = now if mono is None else mono
+            self._last_chunk_time = self._twist_time
+            if self.state != ControllerState.ACTIVE:
+                self.state = ControllerState.ACTIVE
+            self.reason = "teleoperated"
+            self.teleop_accepted += 1
+            return None
+
+    def submit_gripper(self, value: float) -> str | None:
+        """A teleoperation gripper command, 0 open .. 1 closed; the rejection reason or None."""
+        with self._lock:
+            if self.source != "teleop":
+                return self._reject_teleop(self._inactive("gripper command"))
+            if not np.isfinite(value):
+                return self._reject_teleop(f"non-finite gripper command {value}")
+            if self.state not in RUNNING:
+                return self._reject_teleop(f"controller is {self.state.value} ({self.reason}): gripper command ignored")
+            self._gripper = float(np.clip(value, 0.0, 1.0))
+            self.teleop_accepted += 1
+            return None
+
+    def _teleop_target(self, step_dt: float, mono: float) -> tuple[np.ndarray, np.ndarray]:
+        """The target one tick along the twist, bent by the workspace box and the tilt limit."""
+        position, quat = self._target
+        self.teleop_limited = ""
+        if self._twist is None or self._twist_time is None or mono - self._twist_time > self.teleop.command_timeout:
+            return position, quat  # the operator let go (or the stream paused): stand still
+        moved, turned = integrate(position, quat, self._twist, step_dt)
+        # the box stops motion outward on each axis; a target already outside it is not pulled in
+        lo = np.minimum(self.limits.workspace_min, position)
+        hi = np.maximum(self.limits.workspace_max, position)
+        inside = np.clip(moved, lo, hi)
+        if np.any(inside != moved):
+            self.teleop_limited = "workspace"
+        tilted = float(tilt(turned)[0])
+        if tilted > self.limits.max_tilt and tilted > float(tilt(quat)[0]):
+            turned = quat  # the rotation would tilt the gripper past max_tilt: translate only
+            self.teleop_limited = "tilt"
+        return inside, turned
+
     # ---- chunk admission ----
 
     def submit(self, chunk: ActionChunk, now: float, mono: float | None = None) -> str | None:
         """Validate a chunk and schedule it; returns the rejection reason, or None when accepted."""
         with self._lock:  # a snapshot only: validation runs without the lock
+            if self.source != "policy":
+                return self._reject(self._inactive("chunk"))
             state, reason, target, history, epoch = self.state, self.reason, self._target, list(self._history), self._epoch
         result = self._build(chunk, now, state, reason, target, history)
         with self._lock:
             if isinstance(result, str):
                 return self._reject(result)
-            if self._epoch != epoch or self.state not in RUNNING:  # stopped or re-enabled while validating
+            if self._epoch != epoch or self.state not in RUNNING:  # stopped, re-enabled or switched while validating
                 return self._reject(f"controller is {self.state.value} ({self.reason}): chunk ignored")
             if self.state == ControllerState.ACTIVE:
                 old = self._trajectory
@@ -247,6 +375,7 @@ class ControllerCore:
                 return None
             mono = now if mono is None else mono
             silent = None if self._last_chunk_time is None else mono - self._last_chunk_time
+            what = "chunk" if self.source == "policy" else "teleoperation command"
             if self.state == ControllerState.ACTIVE and silent is not None and silent > self.hold_after:
                 measured = self.measured_pose()
                 self._hold = measured if measured is not None else self._target
@@ -254,17 +383,20 @@ class ControllerCore:
                 # otherwise keep moving until the rate-limited target walked back to it
                 self._target = self._hold
                 self._trajectory = None
+                self._twist = None
                 self.state = ControllerState.HOLDING
-                self.reason = f"watchdog: no chunk for {silent:.2f} s > hold_after {self.hold_after} s, holding pose"
+                self.reason = f"watchdog: no {what} for {silent:.2f} s > hold_after {self.hold_after} s, holding pose"
             if self.state == ControllerState.HOLDING and silent is not None and silent > self.stop_after:
-                self.reason = f"watchdog: no chunk for {silent:.2f} s > stop_after {self.stop_after} s, stopping"
+                self.reason = f"watchdog: no {what} for {silent:.2f} s > stop_after {self.stop_after} s, stopping"
                 return ControlTarget(self._target[0], self._target[1], self._gripper, stop=True)
-            if self.state == ControllerState.ACTIVE:
+            step_dt = min(max(dt, 0.0), self.max_tick_dt)
+            if self.state == ControllerState.ACTIVE and self.source == "teleop":
+                desired, gripper = self._teleop_target(step_dt, mono), self._gripper
+            elif self.state == ControllerState.ACTIVE:
                 sample = self._trajectory.sample(now)
                 desired, gripper = (sample.position, sample.quat), sample.gripper
             else:
                 desired, gripper = self._hold, self._gripper
-            step_dt = min(max(dt, 0.0), self.max_tick_dt)
             position, quat, self.speed_limited = rate_limit(*self._target, *desired, step_dt, self.limits)
             if not (np.all(np.isfinite(position)) and np.all(np.isfinite(quat))):
                 # cannot happen with validated chunks; never stream it if it does
@@ -298,6 +430,12 @@ class ControllerCore:
                 "last_rejection": self.last_rejection,
                 "rejections_by_kind": dict(self.rejections_by_kind),
                 "speed_limited": self.speed_limited,
+                "command_source": self.source,
+                "teleop_accepted": self.teleop_accepted,
+                "teleop_rejected": self.teleop_rejected,
+                "teleop_last_rejection": self.teleop_last_rejection,
+                "teleop_rejections_by_kind": dict(self.teleop_rejections_by_kind),
+                "teleop_limited": self.teleop_limited,
             }
 
     @property

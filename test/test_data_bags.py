@@ -115,7 +115,7 @@ def test_missing_topics_and_mismatched_camera_sizes_are_rejected(tmp_path):
     assert set(reasons) == {"b", "c"}
     assert "mismatched camera size" in reasons["b"]
     assert "cameras" in reasons["c"]
-    with pytest.raises(EpisodeError, match="missing topics /cameras/wrist/image_raw"):
+    with pytest.raises(EpisodeError, match="no topic for camera\\(s\\) wrist"):
         read_episode(tmp_path / "c", cameras=("front", "wrist"))
     with pytest.raises(DatasetError, match="no usable episodes"):
         EpisodeDataset(tmp_path / "b" / "..", cameras=("left",), verbose=False)
@@ -202,3 +202,17 @@ def test_episodes_recorded_with_jpeg_cameras_are_image_transport_bags_that_read_
     for cam in ("front", "wrist"):
         diff = np.abs(ep.images[cam].astype(int) - raw.images[cam])
         assert 0 < diff.mean() < 3 and diff.max() < 48, (cam, diff.mean(), diff.max())
+
+
+def test_a_bag_without_its_sidecar_reads_the_same_episode_from_its_custom_data(tmp_path, capsys):
+    """`ros2 bag` copies keep metadata.yaml but not episode.json: the bag's own custom_data stands in for it."""
+    with_sidecar = read_episode(_scene_episode(tmp_path / "with"))
+    bare = shutil.copytree(tmp_path / "with", tmp_path / "bare" / "episode")
+    (bare / "episode.json").unlink()
+    ep = read_episode(bare)
+    assert (ep.instruction, ep.task, ep.meta["seed"], ep.meta["dt"]) == ("lift the red cube", "lift", 0, 0.05)
+    assert list(ep.images) == ["front", "wrist"] and len(ep) == len(with_sidecar)
+    np.testing.assert_array_equal(ep.actions, with_sidecar.actions)
+    np.testing.assert_array_equal(ep.images["wrist"], with_sidecar.images["wrist"])
+    ds = EpisodeDataset(tmp_path / "bare", chunk=2)
+    assert len(ds.episodes) == 1 and not ds.skipped and "skipping" not in capsys.readouterr().err

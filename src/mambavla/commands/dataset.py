@@ -7,6 +7,8 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mambavla.commands.bag_options import add_bag_options
+
     p = subparsers.add_parser("dataset", help="dataset statistics and imports")
     sub = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
     stats = sub.add_parser("stats", help="episodes, frames, tasks, success rate, action ranges of a directory of bags")
@@ -14,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--chunk", type=int, default=16, help="action chunk length for the norm stats (default 16)")
     stats.add_argument("--action-mode", choices=("absolute", "delta"), default="absolute")
     stats.add_argument("--norm-out", default=None, help="also write the normalisation statistics JSON here")
+    stats.add_argument("--preset", default="base", help="preset whose cameras and image size to read for (default base), as train does")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
+    add_bag_options(stats)
     stats.set_defaults(func=run_stats)
     pack = sub.add_parser("pack", help="pack episodes for training elsewhere: policy-rate JPEG frames, actions, instruction embeddings")
     pack.add_argument("dirs", nargs="+", help="directories of episode bags")
@@ -29,12 +33,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--out", required=True, help="output directory")
     imp.add_argument("--no-flip", action="store_true", help="do not flip LIBERO's upside-down images")
     imp.set_defaults(func=run_import)
+    from mambavla.commands import dataset_lerobot  # import-lerobot, export-lerobot
+
+    dataset_lerobot.register(sub)
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from mambavla.commands.bag_options import read_options
     from mambavla.data import EpisodeDataset, compute_norm_stats
+    from mambavla.model.config import preset
 
-    ds = EpisodeDataset(args.dir, chunk=args.chunk, action_mode=args.action_mode, verbose=not args.json)
+    config = preset(args.preset)
+    ds = EpisodeDataset(args.dir, chunk=args.chunk, action_mode=args.action_mode, verbose=not args.json, cameras=args.cameras,
+                        options=read_options(args, config.image_size, config.cameras))
     summary = ds.summary()
     if args.norm_out:
         with open(args.norm_out, "w") as f:
@@ -54,6 +65,13 @@ def run_stats(args: argparse.Namespace) -> int:
     print("  action range")
     for name, (lo, hi) in summary["action_range"].items():
         print(f"    {name:<8} {lo:+.4f} .. {hi:+.4f}")
+    print(f"  recorded at   {', '.join(f'{hz} Hz' for hz in summary['recorded_rate_hz'])}; rows every {summary['dt']:.4f} s")
+    print("  roles         (topic: episodes)")
+    for role, found in summary["roles"].items():
+        sizes = "".join(f"  recorded {w}x{h}" for h, w in found.get("recorded_sizes", []))
+        print(f"    {role:<13} {', '.join(f'{t}: {n}' for t, n in found['topics'].items())}{sizes}")
+    for how, n in summary["actions_from"].items():
+        print(f"  actions       {how} ({n} episodes)")
     for item in summary["skipped"]:
         print(f"  skipped {item['path']}: {item['reason']}")
     return 0

@@ -14,12 +14,20 @@ Frames are written at the policy rate with one stamp shared by all topics of a f
 messages, `episode.json` in the bag directory (also copied into the bag's `custom_data`) holds what a
 reader needs: task, instruction, seed, success, dt, cameras, image size, frame count.
 
-`read_episode(path)` returns an `Episode` of aligned numpy arrays and raises `EpisodeError` with a
-clear reason for anything unusable (not a bag, corrupt or truncated, missing topics, no frames,
-inconsistent image sizes). Streams recorded elsewhere with their own stamps are aligned to the
-first camera's frames by taking the latest message at or before each frame. A camera recorded as
-sensor_msgs/CompressedImage (JPEG/PNG) on `/cameras/<name>/image_raw/compressed`, as image_transport
-publishes it, is read when its raw topic is absent; frames decode with `images.image_to_rgb`, as in policy_node.
+`read_episode(path, cameras, options)` reads any rosbag2 recording, ours or another cell's, through the
+role finder replay uses (`mambavla.data.roles`: topics by type and name, or `--map ROLE=TOPIC`); the
+sidecar is optional. It returns an `Episode` of rows at one interval and raises `EpisodeError` naming
+the topic for anything unusable (not a bag, corrupt or truncated, a role missing or matched twice, a frame
+that does not decode, a rate that changes or is irregular, no instruction):
+
+- dt is the first camera's median interval between header stamps (`options.dt` resamples to another);
+  rows are the times t0 + k dt where every stream has started, each stream's message nearest in time.
+- frames are decoded and resized to `options.image_size` as they are read, so a 640x480 camera costs
+  the policy's resolution in memory and in the decode cache.
+- actions are the recorded command in force at each row (`actions` role), else derived from the
+  measured trajectory: the pose `options.action_lead` s ahead as the absolute target, the gripper closed
+  where the finger width that far ahead is below GRIPPER_CLOSED_BELOW of the episode's widest.
+- the instruction is the recorded one (topic or sidecar), else `options.instruction`.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from mambavla import spaces
+from mambavla.data.roles import BagError, arm_joint_order, finger_positions
 
 FORMAT = "mambavla-episode/1"
 SIDECAR = "episode.json"
@@ -71,8 +80,11 @@ def _latched_qos():
                QosLiveliness.AUTOMATIC, never, False)
 
 
-class EpisodeError(ValueError):
-    """An episode that cannot be used, with the reason."""
+EpisodeError = BagError  # an episode that cannot be used, with the reason: the role finder's error, one class
+ACTION_LEAD = 0.1  # s: where no command was recorded, the measured pose this far ahead is a row's target
+GRIPPER_CLOSED_BELOW = 0.9  # finger width, as a fraction of the episode's widest, under which the gripper counts as closed
+RATE_TOLERANCE = 0.25  # a stretch of the recording whose median interval is this far off the whole's: the rate changed
+IRREGULAR_FRACTION = 0.1  # more intervals than this more than half off the median: irregular
 
 
 COMPRESSIONS: tuple[str, ...] = ("message", "file", "none")
@@ -202,12 +214,12 @@ class EpisodeWriter:
 class Episode:
     path: Path
     instruction: str
-    meta: dict
-    times: np.ndarray  # float64[T], s since the first frame
+    meta: dict  # the sidecar's (or the bag's custom_data) plus what reading found: dt, roles, action source
+    times: np.ndarray  # float64[T], s since the first row
     images: dict[str, np.ndarray]  # camera -> uint8[T, H, W, 3]
     proprio: np.ndarray  # float32[T, 8], spaces layout
     actions: np.ndarray  # float32[T, 7], absolute, spaces layout
-    joint_positions: np.ndarray  # float32[T, 9]: 7 arm joints, 2 fingers
+    joint_positions: np.ndarray  # float32[T, 9]: 7 arm joints (NaN where not recorded), 2 fingers
     counts: dict[str, int] = field(default_factory=dict)  # messages per topic
 
     def __len__(self) -> int:
@@ -241,133 +253,206 @@ def read_meta(path: str | Path) -> dict:
     return {}
 
 
-def read_episode(path: str | Path, cameras: Sequence[str] | None = None) -> Episode:
-    """Decode a bag into aligned arrays. `cameras` defaults to the sidecar's list or every image topic."""
-    from rosbags.rosbag2 import Reader
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a bag becomes training rows; part of the decode cache's key.
 
+    maps:         role -> topic, as `--map` (see `mambavla.data.roles`)
+    instruction:  for bags that recorded none (no instruction topic, nothing in the sidecar)
+    image_size:   (H, W) every frame is resized to as it is read (None: as recorded)
+    dt:           s between rows; None: the first camera's recorded interval (refused when irregular)
+    action_lead:  s ahead of a row whose measured pose is its action, where no action topic was recorded
+    default_cameras: the camera roles to look for when neither the caller, the sidecar, our /cameras/<name>/
+                  layout nor `maps` names any (the policy's: a cell's topics are found by these names)
+    """
+
+    maps: tuple[tuple[str, str], ...] = ()
+    instruction: str = ""
+    image_size: tuple[int, int] | None = None
+    dt: float | None = None
+    action_lead: float = ACTION_LEAD
+    default_cameras: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.dt is not None and not self.dt > 0:
+            raise ValueError(f"dt must be > 0 s, got {self.dt}")
+        if not self.action_lead >= 0:
+            raise ValueError(f"action lead must be >= 0 s, got {self.action_lead}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(f"image size must be two positive numbers (H, W), got {self.image_size}")
+
+    @classmethod
+    def make(cls, maps: dict | None = None, instruction: str | None = None, image_size=None, dt: float | None = None,
+             action_lead: float = ACTION_LEAD, default_cameras=()) -> "ReadOptions":
+        return cls(tuple(sorted((maps or {}).items())), instruction or "", tuple(image_size) if image_size else None,
+                   dt or None, float(action_lead), tuple(default_cameras or ()))
+
+    def key(self) -> str:
+        return json.dumps([self.maps, self.instruction, self.image_size, self.dt, self.action_lead, self.default_cameras])
+
+
+def read_episode(path: str | Path, cameras: Sequence[str] | None = None, options: ReadOptions | None = None) -> Episode:
+    """Decode a bag into rows at a regular interval. `cameras` defaults to the sidecar's list, else the bag's
+    /cameras/<name>/ topics, else the camera roles of `options.maps`; [] reads no camera."""
+    from mambavla.data.roles import custom_meta, inspect, read_messages
+
+    options = options or ReadOptions()
     path = Path(path)
     if not path.exists():
         raise EpisodeError(f"{path}: no such episode")
     if not path.is_dir() or not is_bag_dir(path):
         raise EpisodeError(f"{path}: not a rosbag2 directory (no metadata.yaml or .mcap file)")
-    if not (path / "metadata.yaml").exists():
-        raise EpisodeError(f"{path}: no metadata.yaml: the recording was not closed (truncated bag?)")
     meta = read_meta(path)
-    ts = _typestore()
-    try:
-        with Reader(path) as reader:
-            if not meta and reader.metadata.get("custom_data"):
-                meta = json.loads((reader.metadata.get("custom_data") or {}).get("mambavla", "{}"))
-            topics = {c.topic: c.msgtype for c in reader.connections}
-            image_topics = sorted(t for t, m in topics.items() if t.startswith("/cameras/") and
-                                  (m == IMAGE_TYPE or (m == COMPRESSED_IMAGE_TYPE and t.endswith(COMPRESSED_SUFFIX))))
-            names = list(cameras or meta.get("cameras") or dict.fromkeys(t.split("/")[2] for t in image_topics))
-            sources = {n: _camera_source(topics, n) for n in names}
-            wanted = list(sources.values()) + list(TYPES)
-            missing = [t for t in wanted if t not in topics]
-            if missing:
-                raise EpisodeError(f"{path}: missing topics {', '.join(missing)} (has {', '.join(sorted(topics)) or 'none'})")
-            for topic, msgtype in TYPES.items():
-                if topics[topic] != msgtype:
-                    raise EpisodeError(f"{path}: topic {topic} is {topics[topic]}, expected {msgtype}")
-            streams: dict[str, list] = {t: [] for t in wanted}
-            conns = [c for c in reader.connections if c.topic in streams]
-            for conn, stamp, raw in reader.messages(connections=conns):
-                msg = ts.deserialize_cdr(raw, conn.msgtype)
-                streams[conn.topic].append((_stamp(msg, stamp), msg))
-    except EpisodeError:
-        raise
-    except Exception as err:  # rosbags raises several types for damaged files
-        raise EpisodeError(f"{path}: corrupt or truncated bag ({type(err).__name__}: {err})") from err
-    return _assemble(path, meta, sources, streams)
-
-
-def _camera_source(topics: dict[str, str], name: str) -> str:
-    """The camera's raw Image topic, else its image_transport CompressedImage twin (the raw name when neither)."""
-    raw = camera_topic(name)
-    if topics.get(raw) != IMAGE_TYPE and topics.get(raw + COMPRESSED_SUFFIX) == COMPRESSED_IMAGE_TYPE:
-        return raw + COMPRESSED_SUFFIX
-    return raw
-
-
-def _stamp(msg, fallback_ns: int) -> int:
-    header = getattr(msg, "header", None)
-    if header is None:
-        return fallback_ns
-    return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
-
-
-def _align(ref: np.ndarray, stamps: np.ndarray) -> np.ndarray:
-    """Index of the latest message at or before each reference stamp (-1 if none)."""
-    return np.searchsorted(stamps, ref, side="right") - 1
-
-
-def _assemble(path: Path, meta: dict, sources: dict[str, str], streams: dict[str, list]) -> Episode:
-    """`sources`: camera name -> the topic its frames come from."""
-    cameras = list(sources)
-    counts = {t: len(v) for t, v in streams.items()}
-    empty = [t for t in list(sources.values()) + [JOINT_STATE_TOPIC, EE_POSE_TOPIC, ACTION_TOPIC] if not streams[t]]
+    if cameras is None and meta.get("cameras") is not None:
+        cameras = list(meta["cameras"])
+    info = inspect(path, cameras, dict(options.maps), require_pose=True, default_cameras=options.default_cameras)
+    meta = meta or custom_meta(info)
+    cameras = list(cameras) if cameras is not None else info.cameras
+    roles = cameras + ["joint_states", "ee_pose"] + [r for r in ("actions", "instruction") if r in info.roles]
+    streams: dict[str, list] = {r: [] for r in roles}
+    for message in read_messages(info, roles, options.image_size):
+        streams[message.role].append((message.stamp, message.value))
+    counts = {info.roles[r]: len(v) for r, v in streams.items()}
+    empty = [f"{info.roles[r]} ({r})" for r in roles if r != "instruction" and not streams[r]]
     if empty:
-        raise EpisodeError(f"{path}: no messages on {', '.join(empty)}")
-    for t in streams:
-        streams[t].sort(key=lambda item: item[0])
-    ref_topic = sources[cameras[0]] if cameras else JOINT_STATE_TOPIC  # state-only bags have no cameras
-    ref = np.array([s for s, _ in streams[ref_topic]], dtype=np.int64)
-    index = {t: _align(ref, np.array([s for s, _ in v], dtype=np.int64)) for t, v in streams.items() if t != INSTRUCTION_TOPIC}
-    valid = np.all([i >= 0 for i in index.values()], axis=0)
-    if not valid.any():
-        raise EpisodeError(f"{path}: camera frames and robot state never overlap in time")
-    keep = np.flatnonzero(valid)
+        raise EpisodeError(f"{path}: no usable messages on {', '.join(empty)}")
+    for r in streams:
+        streams[r].sort(key=lambda item: item[0])
+    stamps = {r: np.array([round(s * 1e9) for s, _ in v], dtype=np.int64) for r, v in streams.items()}
+
+    rated = cameras or ["joint_states"]  # every camera keeps one rate; the first one's is the recording's
+    recorded_dt = [recorded_interval(stamps[r], info.roles[r], path) for r in rated][0]
+    dt = options.dt or recorded_dt
+    dt_ns = int(round(dt * 1e9))
+    timed = [r for r in roles if r != "instruction"]
+    t0, t_end = max(int(stamps[r][0]) for r in timed), min(int(stamps[r][-1]) for r in timed)
+    if t_end < t0:
+        spans = ", ".join(f"{info.roles[r]} {stamps[r][0] / 1e9:.3f}..{stamps[r][-1] / 1e9:.3f} s" for r in timed)
+        raise EpisodeError(f"{path}: the streams never overlap in time ({spans})")
+    grid = t0 + np.round(np.arange((t_end - t0) // dt_ns + 1) * (dt * 1e9)).astype(np.int64)
 
     images = {}
-    size = None
     for name in cameras:
-        msgs, at = streams[sources[name]], index[sources[name]]
-        frames = [_image_array(path, name, msgs[at[k]][1]) for k in keep]
-        arr = np.stack(frames)
-        if size is not None and arr.shape[1:3] != size:
-            raise EpisodeError(f"{path}: camera {name!r} is {arr.shape[2]}x{arr.shape[1]}, other cameras {size[1]}x{size[0]}")
-        size = arr.shape[1:3]
-        images[name] = arr
-    if size is not None and meta.get("image_size") and tuple(meta["image_size"]) != size:  # no cameras read: nothing to check
-        raise EpisodeError(f"{path}: images are {size}, the sidecar says {tuple(meta['image_size'])}")
+        at = _nearest(stamps[name], grid)
+        frames = [streams[name][k][1] for k in at]
+        shapes = {f.shape for f in frames}
+        if len(shapes) > 1:
+            raise EpisodeError(f"{path}: camera {name!r} changes size on {info.roles[name]} ({sorted(shapes)}); "
+                               f"train with --image-size H W to resize every frame")
+        images[name] = np.stack(frames)
+    sizes = {n: images[n].shape[1:3] for n in cameras}
+    if len(set(sizes.values())) > 1:
+        a, b = cameras[0], next(n for n in cameras if sizes[n] != sizes[cameras[0]])
+        raise EpisodeError(f"{path}: camera {b!r} is {sizes[b][1]}x{sizes[b][0]}, camera {a!r} {sizes[a][1]}x{sizes[a][0]}; "
+                           f"train with --image-size H W to resize them to one size")
+    recorded_sizes = {n: list(info.source_sizes[n]) for n in cameras if n in info.source_sizes}
+    if meta.get("image_size") and any(s != list(meta["image_size"]) for s in recorded_sizes.values()):
+        raise EpisodeError(f"{path}: images are {recorded_sizes}, the sidecar says {tuple(meta['image_size'])}")
 
-    joints = np.stack([_joint_vector(path, streams[JOINT_STATE_TOPIC][index[JOINT_STATE_TOPIC][k]][1]) for k in keep])
-    poses = [streams[EE_POSE_TOPIC][index[EE_POSE_TOPIC][k]][1].pose for k in keep]
-    position = np.array([[p.position.x, p.position.y, p.position.z] for p in poses])
-    quat = np.array([[p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w] for p in poses])
-    proprio = np.concatenate([spaces.pose_to_vector(position, quat), joints[:, 7:9]], axis=1).astype(np.float32)
-    actions = np.stack([_action_vector(path, streams[ACTION_TOPIC][index[ACTION_TOPIC][k]][1]) for k in keep]).astype(np.float32)
+    joint_msgs = [streams["joint_states"][k][1] for k in _nearest(stamps["joint_states"], grid)]
+    fingers = np.stack([_fingers(path, info.roles["joint_states"], m) for m in joint_msgs])
+    arms = np.stack([_arm(m) for m in joint_msgs])
+    position, quat = _poses(streams["ee_pose"], _nearest(stamps["ee_pose"], grid))
+    proprio = np.concatenate([spaces.pose_to_vector(position, quat), fingers], axis=1).astype(np.float32)
+    if "actions" in info.roles:
+        at = np.searchsorted(stamps["actions"], grid, side="right") - 1  # the command in force at each row
+        if at[0] < 0:
+            raise EpisodeError(f"{path}: no command on {info.roles['actions']} before {grid[0] / 1e9:.3f} s")
+        actions = np.stack([_action_vector(path, info.roles["actions"], streams["actions"][k][1]) for k in at])
+        actions_from = f"recorded on {info.roles['actions']}"
+    else:
+        actions = derived_actions(stamps, streams, grid, options.action_lead)
+        actions_from = (f"derived: the pose on {info.roles['ee_pose']} {options.action_lead:g} s ahead as the target; "
+                        f"gripper closed where the finger width on {info.roles['joint_states']} {options.action_lead:g} s "
+                        f"ahead is below {GRIPPER_CLOSED_BELOW:g} of the widest in the episode")
+    actions = actions.astype(np.float32)
     if not (np.isfinite(proprio).all() and np.isfinite(actions).all()):
-        raise EpisodeError(f"{path}: non-finite robot state or action values")
-    instruction = streams[INSTRUCTION_TOPIC][0][1].data if streams[INSTRUCTION_TOPIC] else meta.get("instruction", "")
+        raise EpisodeError(f"{path}: non-finite robot state or action values on "
+                           f"{', '.join(info.roles[r] for r in ('ee_pose', 'joint_states', 'actions') if r in info.roles)}")
+
+    recorded_text = streams["instruction"][0][1] if streams.get("instruction") else ""
+    instruction = recorded_text or meta.get("instruction") or options.instruction
     if not instruction:
-        raise EpisodeError(f"{path}: no instruction (topic {INSTRUCTION_TOPIC} empty and none in the sidecar)")
-    times = (ref[keep] - ref[keep][0]) / 1e9
-    return Episode(path, instruction, meta, times, images, proprio, actions, joints.astype(np.float32), counts)
+        raise EpisodeError(f"{path}: no instruction (no instruction topic, none in the sidecar); give one with "
+                           f"--instruction TEXT, or map a std_msgs/String topic with --map instruction=TOPIC")
+    meta = {**meta, "dt": dt, "recorded_dt": recorded_dt, "start_stamp": grid[0] / 1e9, "roles": dict(info.roles), "actions_from": actions_from,
+            "recorded_image_size": recorded_sizes}
+    if cameras:
+        meta["cameras"] = cameras
+    return Episode(path, instruction, meta, (grid - grid[0]) / 1e9, images, proprio, actions,
+                   np.concatenate([arms, fingers], axis=1).astype(np.float32), counts)
 
 
-def _image_array(path: Path, name: str, msg) -> np.ndarray:
-    from mambavla.data.images import image_to_rgb
+def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> float:
+    """The median interval (s) between the stamps (int64 ns) of `topic`; EpisodeError naming the topic when the
+    rate changes during the recording or the intervals are irregular (a few dropped frames are fine)."""
+    if len(stamps) < 3:
+        raise EpisodeError(f"{path}: {topic} has {len(stamps)} message(s): too few to tell its rate")
+    gaps = np.diff(stamps).astype(np.float64)
+    if (gaps <= 0).any():
+        raise EpisodeError(f"{path}: {topic} has {int((gaps <= 0).sum())} message(s) stamped no later than the one before: "
+                           f"the stamps must increase")
+    median = float(np.median(gaps))
+    windows = [float(np.median(w)) for w in np.array_split(gaps, max(1, min(10, len(gaps) // 10)))]
+    changed = [w for w in windows if abs(w - median) > RATE_TOLERANCE * median]
+    if changed:
+        stretches = [windows[0]]  # the windows' rates in recording order, one entry per stretch at one rate
+        for w in windows[1:]:
+            if abs(w - stretches[-1]) > RATE_TOLERANCE * stretches[-1]:
+                stretches.append(w)
+        rates = ", then ".join(f"{1e9 / w:.0f} Hz" for w in stretches)
+        raise EpisodeError(f"{path}: the rate on {topic} changes during the recording ({rates}): rows would not be evenly "
+                           f"spaced; record at one rate, or split the bag where it changes")
+    off = float(np.mean(np.abs(gaps - median) > 0.5 * median))
+    if off > IRREGULAR_FRACTION:
+        raise EpisodeError(f"{path}: {topic} is irregular: {off:.0%} of its intervals are more than half off the median "
+                           f"{median / 1e6:.1f} ms; rows would not be evenly spaced")
+    return median / 1e9
 
-    try:
-        return image_to_rgb(msg)
-    except ValueError as err:
-        raise EpisodeError(f"{path}: camera {name!r}: {err}") from err
+
+def derived_actions(stamps: dict, streams: dict, grid: np.ndarray, lead: float) -> np.ndarray:
+    """[T, 7] absolute targets from the measured trajectory: the pose `lead` s after each row (an impedance
+    controller's pose trails its target), and the gripper closed (1) where the finger width `lead` s later is
+    below GRIPPER_CLOSED_BELOW of the episode's widest (the command precedes the fingers' motion)."""
+    ahead = grid + int(round(lead * 1e9))  # past the end: the last measurement (the arm at rest)
+    position, quat = _poses(streams["ee_pose"], _nearest(stamps["ee_pose"], ahead))
+    fingers = [finger_positions(v["names"], v["positions"]) for _, v in streams["joint_states"]]
+    widths = np.array([np.nan if f is None else float(f.sum()) for f in fingers])
+    width = widths[_nearest(stamps["joint_states"], ahead)]
+    closed = (width < GRIPPER_CLOSED_BELOW * np.nanmax(widths)).astype(np.float64)
+    return np.concatenate([spaces.pose_to_vector(position, quat), closed[:, None]], axis=1)
 
 
-def _joint_vector(path: Path, msg) -> np.ndarray:
-    names = list(msg.name)
-    try:
-        order = [names.index(n) for n in ARM_JOINTS + FINGER_JOINTS]
-    except ValueError:
-        if len(msg.position) != 9:
-            raise EpisodeError(f"{path}: /joint_states names {names} lack the FR3 arm and finger joints") from None
-        order = list(range(9))
-    return np.asarray(msg.position, dtype=np.float64)[order]
+def _nearest(stamps: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Index of the stamp nearest each time in `at` (earlier on a tie)."""
+    if len(stamps) == 1:
+        return np.zeros(len(at), dtype=np.int64)
+    right = np.clip(np.searchsorted(stamps, at), 1, len(stamps) - 1)
+    left = right - 1
+    return np.where(at - stamps[left] <= stamps[right] - at, left, right)
 
 
-def _action_vector(path: Path, msg) -> np.ndarray:
-    if list(msg.joint_names) != list(spaces.ACTION_NAMES) or not msg.points:
-        raise EpisodeError(f"{path}: /action joint_names {list(msg.joint_names)} (expected {list(spaces.ACTION_NAMES)}) or no points")
-    return np.asarray(msg.points[0].positions, dtype=np.float64)
+def _poses(stream: list, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([stream[k][1][0] for k in index]).reshape(-1, 3), np.array([stream[k][1][1] for k in index]).reshape(-1, 4))
+
+
+def _fingers(path: Path, topic: str, value: dict) -> np.ndarray:
+    fingers = finger_positions(value["names"], value["positions"])
+    if fingers is None:
+        raise EpisodeError(f"{path}: a message on {topic} lacks the finger joints (names ending in finger_joint1 / "
+                           f"finger_joint2; it has {value['names']}); map a JointState topic that has them with "
+                           f"--map joint_states=TOPIC")
+    return fingers
+
+
+def _arm(value: dict) -> np.ndarray:
+    order = arm_joint_order(value["names"])
+    if not order or max(order) >= len(value["positions"]):
+        return np.full(7, np.nan)
+    return np.asarray(value["positions"], dtype=np.float64)[order]
+
+
+def _action_vector(path: Path, topic: str, value: np.ndarray) -> np.ndarray:
+    if value.shape != (len(spaces.ACTION_NAMES),):
+        raise EpisodeError(f"{path}: a command on {topic} has {value.shape[0]} positions, expected {len(spaces.ACTION_NAMES)}")
+    return value

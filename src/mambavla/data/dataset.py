@@ -7,13 +7,15 @@
     #  "action_pad": bool[16]}   # True where the chunk ran past the episode end (last action repeated)
     stats = compute_norm_stats(ds)   # {"proprio": {"mean","std","min","max"}, "actions": {...}} (lists)
 
-One sample per recorded frame (the policy rate the bags were written at). `actions` is the chunk of
-the next `chunk` commanded actions starting at the observation's frame; in "delta" mode the pose
+One sample per row, rows at the episodes' one interval `ds.dt` (`bags.read_episode`: any rosbag2 recording,
+read as `options` says: `--map`, instruction, image size, dt; episodes at another interval are skipped with
+the reason). `actions` is the chunk of the next `chunk` actions starting at the observation's row; in "delta" mode the pose
 part is relative to the end-effector pose of the observation (`spaces.absolute_to_delta`), the
 gripper stays absolute.
 
 Decoding bags is slow (rosbags, per-message CDR), so each episode is decoded once into a cache
-folder of `.npy` arrays (memory-mapped on later runs), keyed by the bag files' sizes and mtimes.
+folder of `.npy` arrays at the policy's resolution (memory-mapped on later runs), keyed by the bag files'
+sizes and mtimes and the reading options.
 Unusable episodes are reported (`ds.skipped`, a warning per episode) and left out; an empty or
 all-bad directory is an error.
 """
@@ -31,9 +33,10 @@ from typing import Sequence
 import numpy as np
 
 from mambavla import spaces
-from mambavla.data.bags import Episode, EpisodeError, is_bag_dir, read_episode
+from mambavla.data.bags import Episode, EpisodeError, ReadOptions, is_bag_dir, read_episode
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+DT_TOLERANCE = 0.02  # relative: episodes recorded at rates further apart than this are not one dataset
 DEFAULT_CACHE = ".mambavla_cache"
 
 
@@ -64,8 +67,8 @@ def find_episodes(root: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if not p.name.startswith(".") and is_bag_dir(p))
 
 
-def _cache_key(path: Path) -> str:
-    h = hashlib.sha1(f"{CACHE_VERSION}:{path.resolve()}".encode())
+def _cache_key(path: Path, options: ReadOptions, cameras) -> str:
+    h = hashlib.sha1(f"{CACHE_VERSION}:{path.resolve()}:{options.key()}:{list(cameras) if cameras is not None else None}".encode())
     for f in sorted(path.iterdir()):
         if f.is_file():
             st = f.stat()
@@ -103,6 +106,7 @@ class EpisodeDataset:
         use_cache: bool = True,
         successful_only: bool = False,
         verbose: bool = True,
+        options: ReadOptions | None = None,
     ):
         if action_mode not in spaces.ACTION_MODES:
             raise ValueError(f"action_mode must be one of {spaces.ACTION_MODES}, got {action_mode!r}")
@@ -118,7 +122,9 @@ class EpisodeDataset:
         self.episodes: list[CachedEpisode] = []
         self.skipped: list[tuple[str, str]] = []
         self.cameras: tuple[str, ...] | None = tuple(cameras) if cameras else None
+        self.options = options or ReadOptions()
         self.image_size: tuple[int, int] | None = None
+        self.dt: float | None = None
         from tqdm import tqdm
 
         for path in tqdm(paths, desc="episodes", unit="bag", disable=not verbose or len(paths) < 20, leave=False):
@@ -137,7 +143,6 @@ class EpisodeDataset:
             raise DatasetError(f"no usable episodes: all {len(self.skipped)} skipped ({reasons})")
         lengths = np.array([len(e) for e in self.episodes])
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
-        self.dt = float(self.episodes[0].meta.get("dt", 0.05))
 
     def _skip(self, path: Path, reason: str, verbose: bool) -> None:
         self.skipped.append((str(path), reason))
@@ -145,10 +150,10 @@ class EpisodeDataset:
             print(f"warning: skipping episode {path}: {reason}", file=sys.stderr)
 
     def _load(self, path: Path, use_cache: bool) -> CachedEpisode:
-        folder = self.cache_dir / f"{path.name}-{_cache_key(path)}"
+        folder = self.cache_dir / f"{path.name}-{_cache_key(path, self.options, self.cameras)}"
         if use_cache and (folder / "episode.json").exists():
             return _load_cache(folder, path)
-        ep = read_episode(path, cameras=self.cameras)
+        ep = read_episode(path, cameras=self.cameras, options=self.options)
         self.decoded += 1
         if use_cache:
             try:
@@ -169,10 +174,16 @@ class EpisodeDataset:
         if len(sizes) > 1:
             raise EpisodeError(f"camera sizes differ within the episode: {sorted(sizes)}")
         size = sizes.pop() if sizes else None
-        if self.image_size is None:
-            self.image_size = size
-        elif size != self.image_size:
-            raise EpisodeError(f"images are {size}, the dataset's are {self.image_size} (mismatched camera size)")
+        if self.image_size is not None and size != self.image_size:
+            raise EpisodeError(f"images are {size}, the dataset's are {self.image_size} (mismatched camera size; "
+                               f"--image-size H W resizes every frame)")
+        dt = float(ep.meta["dt"])
+        if self.dt is not None and abs(dt - self.dt) > DT_TOLERANCE * self.dt:
+            source = ep.meta.get("roles", {}).get(self.cameras[0] if self.cameras else "joint_states", "its stamps")
+            raise EpisodeError(f"rows every {dt * 1e3:.1f} ms ({source}), the dataset's every {self.dt * 1e3:.1f} ms; "
+                               f"--dt SECONDS resamples every episode to one interval")
+        self.image_size = size
+        self.dt = self.dt or dt
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -230,7 +241,28 @@ class EpisodeDataset:
                                "mean": round(float(np.mean([len(e) for e in self.episodes])), 1)},
             "action_range": {name: [round(float(lo), 4), round(float(hi), 4)]
                              for name, lo, hi in zip(spaces.ACTION_NAMES, actions.min(0), actions.max(0))},
+            **self.sources(),
         }
+
+    def sources(self) -> dict:
+        """What reading found, over the episodes: {"roles": {role: {"topics": {topic: episodes}, "recorded_sizes":
+        [[H, W]] (cameras)}}, "recorded_rate_hz": [...], "actions_from": {how: episodes}}."""
+        roles: dict[str, dict] = {}
+        rates: list = []
+        actions_from: dict[str, int] = {}
+        for ep in self.episodes:
+            for role, topic in ep.meta.get("roles", {}).items():
+                entry = roles.setdefault(role, {"topics": {}})
+                entry["topics"][topic] = entry["topics"].get(topic, 0) + 1
+                size = ep.meta.get("recorded_image_size", {}).get(role)
+                if size and size not in entry.setdefault("recorded_sizes", []):
+                    entry["recorded_sizes"].append(size)
+            hz = round(1.0 / ep.meta["recorded_dt"], 2) if ep.meta.get("recorded_dt") else None
+            if hz not in rates:
+                rates.append(hz)
+            source = ep.meta.get("actions_from", "unknown")
+            actions_from[source] = actions_from.get(source, 0) + 1
+        return {"roles": roles, "recorded_rate_hz": rates, "actions_from": actions_from}
 
 
 def to_delta(chunk: np.ndarray, proprio: np.ndarray) -> np.ndarray:

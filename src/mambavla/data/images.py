@@ -217,3 +217,11 @@ def image_to_rgb(msg, size: tuple[int, int] | None = None, resize: bool = True) 
     if resize and size is not None:
         rgb = resize_rgb(rgb, size)
     return rgb if rgb.flags.writeable and rgb.flags.c_contiguous else np.array(rgb, order="C")  # own the pixels
+
+
+def source_size(msg) -> tuple[int, int]:
+    """(H, W) of a camera message as recorded, from its header alone."""
+    if is_compressed(msg):
+        _, width, height = _compressed_size(_buffer(msg.data), str(msg.format))
+        return height, width
+    return int(msg.height), int(msg.width)

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from mambavla.commands import dataset_lerobot  # import-lerobot, export-lerobot
 
     dataset_lerobot.register(sub)
+    from mambavla.commands import dataset_lerobot  # import-lerobot, export-lerobot
+
+    dataset_lerobot.register(sub)
 
 
 def run_stats(args: argparse.Namespace) -> int:

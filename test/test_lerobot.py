@@ -130,6 +130,19 @@ def test_fr3_forward_kinematics_gives_the_franka_home_pose():
     assert np.allclose(position, [0.0, 0.3069, 0.4869], atol=5e-4)
 
 
+def test_fr3_forward_kinematics_matches_the_pose_franky_sim_reports():
+    from sim_fixtures import recorded_episode
+
+    from mambavla.data.fr3_kinematics import forward_kinematics
+
+    path, _ = recorded_episode()  # a real lift episode through franky against franky-sim
+    ep = read_episode(path)
+    position, quat = forward_kinematics(ep.joint_positions[:, :7].astype(np.float64))
+    recorded_position, recorded_quat = spaces.vector_to_pose(ep.proprio[:, :6].astype(np.float64))
+    assert np.abs(position - recorded_position).max() < 1e-5
+    assert spaces.quat_angle_between(quat, recorded_quat).max() < 1e-5
+
+
 # ---- a dataset laid out as LeRobot and CRISP write it ---------------------------------------------------------
 
 

@@ -117,6 +117,25 @@ def test_export_then_import_gives_the_same_training_samples(ours, exported, tmp_
     assert (meta["task"], meta["seed"], meta["success"]) == ("place", 1, False)
 
 
+def test_the_cli_exports_h264_and_imports_resized_frames(ours, tmp_path, capsys):
+    from mambavla.cli import main
+
+    assert main(["dataset", "export-lerobot", str(ours), "--out", str(tmp_path / "lr"), "--codec", "h264",
+                 "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["codec"] == "h264 (libx264)" and exported["frames"] == 21
+    info = json.loads((tmp_path / "lr/meta/info.json").read_text())
+    assert info["features"]["observation.images.wrist"]["info"]["video.codec"] == "h264"
+    assert main(["dataset", "import-lerobot", str(tmp_path / "lr"), "--out", str(tmp_path / "back"),
+                 "--map", "wrist=observation.images.wrist", "--image-size", "32x40", "--json"]) == 0
+    imported = json.loads(capsys.readouterr().out)
+    assert imported["cameras"] == {"wrist": "observation.images.wrist"} and imported["frames"] == 21
+    ds = EpisodeDataset(tmp_path / "back", chunk=2, use_cache=False, verbose=False)
+    assert ds.cameras == ("wrist",) and ds[0]["images"]["wrist"].shape == (32, 40, 3)
+    assert main(["dataset", "import-lerobot", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
 def test_fr3_forward_kinematics_gives_the_franka_home_pose():
     from mambavla.data.fr3_kinematics import forward_kinematics
 

@@ -393,7 +393,7 @@ def _video_info(video: _VideoFiles, fps: int, size: tuple[int, int]) -> dict:
 # ---- import ---------------------------------------------------------------------------------------------------
 
 _POSITION_PREFIX = re.compile(r"^(?:ee|eef|tcp|cartesian|pose|pos|position)[_.]")
-_JOINT = re.compile(r"^(?:[a-z0-9]+_)?joint[_.]?(\d+)(?:[_.](?:pos|position))?$")
+_JOINT = re.compile(r"^(?:[a-z0-9]+_)?joint[_.]?(?:pos(?:ition)?[_.])?(\d+)(?:[_.](?:pos|position))?$")
 _QUAT = re.compile(r"^(?:ee_|eef_|tcp_)?(?:q|quat_|orientation_)([xyzw])$")
 _COMPONENTS = {"pos": ("x", "y", "z"), "euler": ("roll", "pitch", "yaw"), "rotvec": ("rx", "ry", "rz")}
 FINGER_OPEN_M = spaces.FRANKA_MAX_FINGER_WIDTH / 2  # one finger fully open

@@ -162,9 +162,6 @@ def test_fr3_forward_kinematics_matches_the_pose_franky_sim_reports():
     assert spaces.quat_angle_between(quat, recorded_quat).max() < 1e-5
 
 
-# ---- a dataset laid out as LeRobot and CRISP write it ---------------------------------------------------------
-
-
 def write_lerobot(root, episodes, state_names, action_names, fps=10, joint_key=None, gripper_key=None,
                   length_override=None, cameras=("primary", "wrist_camera")):
     """A LeRobotDataset v3 written with pyarrow and PyAV the way LeRobot's recorder lays it out (h264 videos,
@@ -347,9 +344,6 @@ def test_episode_selection_imports_only_the_chosen_episodes(tmp_path):
     assert summary["episodes"] == 2 and [p[-6:] for p in summary["bags"]] == ["000000", "000002"]
     with pytest.raises(LeRobotError, match="episodes 0..2"):
         import_lerobot(root, tmp_path / "more", episodes=["5"], progress=False)
-
-
-# ---- bad input --------------------------------------------------------------------------------------------------
 
 
 def test_a_folder_without_meta_info_json_is_refused_with_the_layout_it_needs(tmp_path):

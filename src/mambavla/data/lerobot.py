@@ -65,6 +65,7 @@ ACTION_KEY = "action"
 INDEX_KEYS: tuple[str, ...] = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 QUANTILES: tuple[float, ...] = (0.01, 0.10, 0.50, 0.90, 0.99)
 IMAGE_STATS_FRAMES = 100  # frames sampled per episode and camera for the image statistics
+IMAGE_STATS_PIXELS = 100 * 100  # about this many pixels of each sampled frame (a strided grid)
 
 # name -> (PyAV encoder, options). AV1 through SVT-AV1 with LeRobot's defaults (crf 30, keyframe every 2 frames,
 # preset 12); h264 and mpeg4 where a reader lacks an AV1 decoder.
@@ -110,7 +111,8 @@ def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
 def _image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     """uint8 [T, H, W, 3] -> per-channel statistics in [0, 1], shaped [3, 1, 1] as LeRobot stores them."""
     step = max(1, len(frames) // IMAGE_STATS_FRAMES)
-    pixels = frames[::step].reshape(-1, 3).astype(np.float64) / 255.0
+    stride = max(1, int(np.sqrt(frames.shape[1] * frames.shape[2] / IMAGE_STATS_PIXELS)))
+    pixels = frames[::step, ::stride, ::stride].reshape(-1, 3).astype(np.float64) / 255.0
     stats = feature_stats(pixels)
     shaped = {k: (v if k == "count" else v.reshape(3, 1, 1)) for k, v in stats.items()}
     return shaped | {"count": np.array([len(frames)])}  # frames, as LeRobot counts them
@@ -129,8 +131,6 @@ def _aggregate_image_stats(parts: list[dict[str, np.ndarray]]) -> dict[str, np.n
             out[key] = sum(wi * p[key] for wi, p in zip(w, parts))
     return out
 
-
-# ---- export ---------------------------------------------------------------------------------------------------
 
 
 class _VideoFiles:
@@ -389,8 +389,6 @@ def _video_info(video: _VideoFiles, fps: int, size: tuple[int, int]) -> dict:
     return info
 
 
-
-# ---- import ---------------------------------------------------------------------------------------------------
 
 _POSITION_PREFIX = re.compile(r"^(?:ee|eef|tcp|cartesian|pose|pos|position)[_.]")
 _JOINT = re.compile(r"^(?:[a-z0-9]+_)?joint[_.]?(?:pos(?:ition)?[_.])?(\d+)(?:[_.](?:pos|position))?$")

@@ -277,6 +277,18 @@ def test_crisp_cartesian_dataset_imports_with_its_gripper_flipped_and_euler_angl
     assert np.allclose(ep.proprio[:5, 6:], 0.04) and np.allclose(ep.proprio[5:, 6:], 0.0)  # fingers open, then shut
     err = np.abs(ep.images["front"].astype(int) - np.stack([scene(t, 0) for t in range(10)]).astype(int))
     assert err.mean() < 4.0
+    assert np.isnan(ep.joint_positions[:, :7]).all()  # the dataset has no arm joints
+
+    # and on to LeRobot again: the arm joints' statistics are null (strict JSON), the samples survive
+    export_lerobot([tmp_path / "bags"], tmp_path / "again", progress=False)
+    stats = json.loads((tmp_path / "again/meta/stats.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert stats["observation.state.joint"]["mean"][:7] == [None] * 7
+    import_lerobot(tmp_path / "again", tmp_path / "bags_again", image_format="raw", progress=False)
+    again = EpisodeDataset(tmp_path / "bags_again", chunk=2, use_cache=False, verbose=False)
+    assert len(again) == len(ds)
+    for i in range(len(ds)):
+        assert np.array_equal(again[i]["proprio"], ds[i]["proprio"]) and np.array_equal(again[i]["actions"],
+                                                                                        ds[i]["actions"])
 
 
 def test_crisp_cartesian_delta_actions_are_integrated_from_the_first_measured_pose(tmp_path):

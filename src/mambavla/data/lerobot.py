@@ -35,6 +35,7 @@ import fractions
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -82,17 +83,22 @@ class LeRobotError(ValueError):
     """A LeRobot dataset (or a request about one) that cannot be used, with the reason and the fix."""
 
 
-def _json_default(value):
+def _plain(value):
+    """numpy values -> JSON values; NaN (arm joints a dataset never had) -> null, which strict JSON readers accept."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
     if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    path.write_text(json.dumps(_plain(data), indent=2, allow_nan=False) + "\n")
 
 
 def _chunk_file(index: int) -> dict[str, int]:
@@ -102,9 +108,12 @@ def _chunk_file(index: int) -> dict[str, int]:
 def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
     """[N, D] values -> LeRobot's per-dimension statistics."""
     x = np.asarray(values, dtype=np.float64)
-    stats = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([len(x)])}
-    for q, v in zip(QUANTILES, np.quantile(x, QUANTILES, axis=0)):
-        stats[f"q{round(q * 100):02d}"] = v
+    with warnings.catch_warnings():  # an all-NaN column (arm joints never recorded) has NaN statistics
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stats = {"min": np.nanmin(x, 0), "max": np.nanmax(x, 0), "mean": np.nanmean(x, 0), "std": np.nanstd(x, 0),
+                 "count": np.array([len(x)])}
+        for q, v in zip(QUANTILES, np.nanquantile(x, QUANTILES, axis=0)):
+            stats[f"q{round(q * 100):02d}"] = v
     return stats
 
 
@@ -335,7 +344,7 @@ def export_lerobot(sources: Sequence[str | Path], out: str | Path, codec: str = 
             numeric[ACTION_KEY].append(ep.actions)
             marker_episodes.append({"episode_index": episode_index, "task": ep.meta.get("task"),
                                     "seed": ep.meta.get("seed"), "success": ep.meta.get("success"),
-                                    "source": str(path)})
+                                    "source": path.name})
             total += len(ep)
     finally:
         data.close()

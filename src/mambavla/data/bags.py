@@ -197,6 +197,14 @@ class EpisodeWriter:
         (self.path / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
         return self.path
 
+    def write_serialized(self, topic: str, ns: int, data: bytes) -> None:
+        """A message already serialised as CDR (as rclpy hands a raw subscription's messages over) on one of the
+        episode's topics, at `ns` nanoseconds: what a recorder on the robot stores without decoding."""
+        if topic not in self._conns:
+            raise EpisodeError(f"{topic} is not a topic of this episode ({', '.join(sorted(self._conns))})")
+        self._writer.write(self._conns[topic], ns, data)
+        self._last_stamp = max(self._last_stamp, ns)
+
     def abort(self) -> None:
         self._writer.close()
 

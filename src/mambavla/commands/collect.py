@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from mambavla.commands import metaworld
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mambavla.sim.tasks import TASK_CHOICES
 
     p = subparsers.add_parser("collect", help="record expert demonstrations in simulation (one bag per episode)")
-    p.add_argument("--task", required=True, choices=TASK_CHOICES, help="task family; 'push' alternates sides, 'all' cycles every family")
+    p.add_argument("--task", choices=TASK_CHOICES, help="task family; 'push' alternates sides, 'all' cycles every family")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes (seeds SEED, SEED+1, ...)")
     p.add_argument("--out", required=True, help="output directory (one episode_<seed>/ bag per episode, summary.json)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
@@ -29,10 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "moves; the recorded actions stay the expert's, so the episodes show recoveries (default 0: clean)")
     p.add_argument("--eval", action="store_true", help="allow held-out evaluation seeds (>= 1000000)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    metaworld.add_collect_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite == "metaworld":
+        return metaworld.run_collect(args)
+    if not args.task:
+        raise ValueError("--task is required (a workcell task family)")
     from mambavla.sim.collect import collect
 
     summary = collect(args.task, args.episodes, args.out, seed=args.seed, camera_size=args.camera_size,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mambavla.commands import metaworld
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mambavla.runtime.policy_runtime import DTYPES
@@ -41,10 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", action="store_true",
                    help="write each episode's per-tick trace (target, hand, named cube, fingers) and its plot to OUT/traces/")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
+    metaworld.add_eval_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite == "metaworld":
+        return metaworld.run_eval(args)
     from pathlib import Path
 
     import torch

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mambavla.commands import metaworld
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mambavla.train.trainer import TrainSettings
@@ -52,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (torchrun picks one GPU per process)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    metaworld.add_train_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             grounding_weight=args.grounding_weight, other_cube_grounding=not args.no_other_cube_grounding, val_fraction=args.val_fraction, episodes_per_task=args.episodes_per_task, val_every=args.val_every, save_every=args.save_every, augment=not args.no_augment, shift_px=args.shift_px, balance_tasks=args.balance_tasks,
             bf16=not args.no_bf16, seed=args.seed, device=args.device, max_seconds=args.max_seconds or 0.0, init=args.init)
         overrides = {"fusion": args.fusion} if args.fusion else {}
+        overrides.update(metaworld.train_overrides(args))
         if args.no_vision_film:
             overrides["vision_film"] = False
         trainer = Trainer(args.out, args.data, args.preset, settings, overrides, progress=not args.json)

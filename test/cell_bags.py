@@ -29,10 +29,11 @@ GRASP_AT = 1.0  # s: the fingers start closing
 
 
 def pose_at(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The recorded hand: 5 cm/s along x, 2 cm/s down, turning 0.2 rad/s about z."""
+    """The recorded hand: 5 cm/s along x, 2 cm/s down, tilted 0.15 rad about x (the simulator's demonstrations stay
+    within +-0.06 rad) and turning 0.2 rad/s about z."""
     t = np.asarray(t, dtype=np.float64)
     position = np.stack([0.45 + 0.05 * t, 0.02 * np.ones_like(t), 0.30 - 0.02 * t], axis=-1)
-    vector = np.concatenate([position, np.zeros((len(t), 2)), 0.2 * t[:, None]], axis=1)
+    vector = np.concatenate([position, np.full((len(t), 1), 0.15), np.zeros((len(t), 1)), 0.2 * t[:, None]], axis=1)
     return spaces.vector_to_pose(vector)
 
 

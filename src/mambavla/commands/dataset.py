@@ -27,15 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pack.add_argument("--shards", type=int, default=1, help="number of part-*.npz files (each must fit the link to the GPU machine)")
     pack.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     pack.add_argument("--json", action="store_true", help="print one JSON object")
+    add_bag_options(pack)
     pack.set_defaults(func=run_pack)
     imp = sub.add_parser("import-libero", help="convert LIBERO HDF5 demonstrations into episode bags")
     imp.add_argument("files", nargs="+", help="LIBERO *.hdf5 files")
     imp.add_argument("--out", required=True, help="output directory")
     imp.add_argument("--no-flip", action="store_true", help="do not flip LIBERO's upside-down images")
     imp.set_defaults(func=run_import)
-    from mambavla.commands import dataset_lerobot  # import-lerobot, export-lerobot
-
-    dataset_lerobot.register(sub)
     from mambavla.commands import dataset_lerobot  # import-lerobot, export-lerobot
 
     dataset_lerobot.register(sub)
@@ -81,6 +79,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_pack(args: argparse.Namespace) -> int:
+    from mambavla.commands.bag_options import read_options
     from mambavla.data import EpisodeDataset
     from mambavla.data.packed import TrainingEpisodes, write_pack
     from mambavla.model.config import preset
@@ -89,7 +88,8 @@ def run_pack(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100 or args.shards < 1:
         raise ValueError("--quality must be 1..100 and --shards at least 1")
     config = preset(args.preset)
-    dataset = EpisodeDataset(args.dirs, chunk=1, successful_only=True, verbose=not args.json)
+    dataset = EpisodeDataset(args.dirs, chunk=1, successful_only=True, verbose=not args.json, cameras=args.cameras,
+                             options=read_options(args, config.image_size, config.cameras))
     stride = max(1, round(config.policy_period / dataset.dt))
     episodes = TrainingEpisodes.from_dataset(dataset, stride)
     summary = write_pack(episodes, args.out, InstructionEncoder(config.language, config.max_instruction_tokens),

@@ -9,18 +9,24 @@ from mambavla.commands import metaworld
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from mambavla.train.trainer import TrainSettings
+    from mambavla.commands.bag_options import add_bag_options
+    from mambavla.train.trainer import FINE_TUNE_LR, TrainSettings
 
     d = TrainSettings()
     p = subparsers.add_parser("train", help="train a policy on episode bags or a pack; writes a run folder (last/, best/ checkpoints)",
                               description="Single GPU or CPU: mambavla train ...; several GPUs: torchrun --nproc-per-node N -m mambavla.cli train ...")
-    p.add_argument("--data", nargs="+", help="episode directories (from `mambavla collect` or LIBERO import), or one pack folder (`mambavla dataset pack`)")
+    p.add_argument("--data", nargs="+", help="directories of rosbag2 recordings (any cell: `mambavla record`, `collect`, "
+                   "`ros2 bag record`, LIBERO import), or one pack folder (`mambavla dataset pack`)")
     p.add_argument("--out", help="run folder to write")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from RUN/last (its run.json holds data and settings)")
     p.add_argument("--preset", default="base", help="model preset (default: base)")
     p.add_argument("--init", metavar="CHECKPOINT", default="",
-                   help="fine-tune: start from this checkpoint's weights and normalisation statistics (same preset and "
-                        "overrides; e.g. src/mambavla/policies/base_sim with new demonstrations)")
+                   help="fine-tune: start from this checkpoint (its architecture, cameras found by name, image size, dt and "
+                        "weights; e.g. src/mambavla/policies/base_sim on demonstrations from your cell). A grounding head "
+                        "the data cannot supervise is dropped")
+    p.add_argument("--init-stats", choices=("merge", "data", "checkpoint"), default=d.init_stats,
+                   help="fine-tuning's normalisation statistics: merge (the checkpoint's ranges widened to cover the new data; "
+                        "default), data (the new data's alone) or checkpoint (unchanged)")
     p.add_argument("--fusion", choices=("mamba", "transformer"), help="override the preset's fusion")
     p.add_argument("--no-vision-film", action="store_true",
                    help="vision encoder without the instruction's FiLM (the presets have it; for the comparison)")
@@ -31,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--action-mode", choices=("absolute", "delta"), default=d.action_mode)
     p.add_argument("--steps", type=int, default=None, help=f"total optimiser steps (default {d.steps}; with --resume: extend to this many)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="segments (stream) or samples (window) per step and GPU")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: min(200, steps / 10))")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr}; with --init {FINE_TUNE_LR})")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="warmup steps (default: min(200, steps / 10); with --init min(500, steps / 5))")
     p.add_argument("--ema", type=float, default=d.ema_decay, help=f"EMA decay of the saved weights (default {d.ema_decay})")
     p.add_argument("--grounding-weight", type=float, default=d.grounding_weight,
                    help=f"weight of the grounding head's loss: where the named cube started, from the episode's seed (default {d.grounding_weight}; 0: off)")
@@ -54,12 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (torchrun picks one GPU per process)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_bag_options(p)
     metaworld.add_train_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambavla.train.trainer import Trainer, TrainSettings
+    from mambavla.data.roles import parse_maps
+    from mambavla.train.trainer import FINE_TUNE_LR, Trainer, TrainSettings, default_warmup
 
     if args.resume:
         trainer = Trainer.resume(args.resume, steps=args.steps, progress=not args.json, max_seconds=args.max_seconds)
@@ -69,10 +78,14 @@ def run(args: argparse.Namespace) -> int:
         steps = args.steps or TrainSettings().steps
         settings = TrainSettings(
             steps=steps, batch_size=args.batch_size, history=args.history, segment_frames=args.segment_frames,
-            history_frames=args.history_frames, action_mode=args.action_mode, lr=args.lr,
-            warmup=args.warmup if args.warmup is not None else min(200, max(1, steps // 10)), ema_decay=args.ema,
+            history_frames=args.history_frames, action_mode=args.action_mode,
+            lr=args.lr or (FINE_TUNE_LR if args.init else TrainSettings.lr),
+            warmup=args.warmup if args.warmup is not None else default_warmup(steps, bool(args.init)), ema_decay=args.ema,
             grounding_weight=args.grounding_weight, other_cube_grounding=not args.no_other_cube_grounding, val_fraction=args.val_fraction, episodes_per_task=args.episodes_per_task, val_every=args.val_every, save_every=args.save_every, augment=not args.no_augment, shift_px=args.shift_px, balance_tasks=args.balance_tasks,
-            bf16=not args.no_bf16, seed=args.seed, device=args.device, max_seconds=args.max_seconds or 0.0, init=args.init)
+            bf16=not args.no_bf16, seed=args.seed, device=args.device, max_seconds=args.max_seconds or 0.0, init=args.init,
+            init_stats=args.init_stats, maps=parse_maps(args.map), instruction=args.instruction or "",
+            cameras=tuple(args.cameras or ()), image_size=tuple(args.image_size or ()), dt=args.dt or 0.0,
+            action_lead=args.action_lead)
         overrides = {"fusion": args.fusion} if args.fusion else {}
         overrides.update(metaworld.train_overrides(args))
         if args.no_vision_film:

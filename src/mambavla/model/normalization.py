@@ -71,3 +71,22 @@ class Normalizer(nn.Module):
     def unnormalize_actions(self, a: Tensor, columns: slice | None = None) -> Tensor:
         low, span = (self.action_low, self.action_range) if columns is None else (self.action_low[columns], self.action_range[columns])
         return (a + 1.0) * 0.5 * span + low
+
+
+STATS_SOURCES = ("merge", "data", "checkpoint")
+
+
+def merge_stats(checkpoint: dict, data: dict) -> dict:
+    """Statistics for fine-tuning a checkpoint on new data: each range the union of both (the action scale keeps the
+    checkpoint's ranges and covers the new data), each mean and std those of an equal mixture of the two."""
+    merged = {}
+    for key in ("proprio", "actions"):
+        a, b = ({f: np.asarray(s[key][f], dtype=np.float64) for f in ("mean", "std", "min", "max")} for s in (checkpoint, data))
+        # a constant dimension's std is written as 1 (a placeholder, not a spread): it adds no spread to the mixture
+        spread = [np.where(side["max"] > side["min"], side["std"], 0.0) for side in (a, b)]
+        mean, lo, hi = (a["mean"] + b["mean"]) / 2, np.minimum(a["min"], b["min"]), np.maximum(a["max"], b["max"])
+        std = np.sqrt((spread[0] ** 2 + spread[1] ** 2) / 2 + ((a["mean"] - b["mean"]) / 2) ** 2)
+        scale = np.maximum(np.abs(mean), hi - lo)  # the floor data/dataset.py's statistics have
+        std = np.where(scale > 0, np.maximum(std, 0.01 * scale), 1.0)
+        merged[key] = {"mean": mean.tolist(), "std": std.tolist(), "min": lo.tolist(), "max": hi.tolist()}
+    return merged

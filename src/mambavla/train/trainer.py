@@ -21,15 +21,17 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mambavla.data.bags import ACTION_LEAD, ReadOptions
 from mambavla.data.packed import TrainingEpisodes
-from mambavla.model.checkpoint import STATS, save_checkpoint
+from mambavla.model.checkpoint import STATS, load_config, save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
+from mambavla.model.normalization import STATS_SOURCES, merge_stats
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.sim.tasks import named_cube_starts, other_cube_starts, other_cube_instructions
 from mambavla.train.augment import SHIFT_PX, augment
@@ -45,6 +47,15 @@ VALIDATION_SCORES = {
     "grounding_m": ("val_grounding_m", "val/grounding_error_m"),
     "grounding_first_frame_m": ("val_grounding_first_frame_m", "val/grounding_error_first_frame_m"),
 }
+
+
+FINE_TUNE_LR = 1e-4  # --init's default peak learning rate: a third of training from scratch's
+
+
+def default_warmup(steps: int, fine_tuning: bool) -> int:
+    """Warmup steps: a tenth of the run up to 200 from scratch; a fifth up to 500 when fine-tuning, so that fresh
+    optimiser moments do not take full steps on weights that already work."""
+    return min(500, max(1, steps // 5)) if fine_tuning else min(200, max(1, steps // 10))
 
 
 @dataclass
@@ -78,7 +89,17 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"
     max_seconds: float = 0.0  # stop (saving RUN/last) after this much wall time; --resume goes on. 0: no limit
-    init: str = ""  # checkpoint folder to start from (fine-tuning): its weights and normalisation statistics
+    init: str = ""  # checkpoint folder to start from (fine-tuning): its architecture, cameras, image size, dt, weights
+    init_stats: str = "merge"  # fine-tuning's normalisation: merge (checkpoint's and data's), data, or checkpoint
+    # how bags become rows (data/bags.py ReadOptions): --map, an instruction for bags without one, the policy's cameras
+    # (empty: the bags' names, else the preset's), the size frames are resized to as read (empty: the preset's or the
+    # checkpoint's), s between rows (0: the recording's, with --init the checkpoint's), the derived actions' lead
+    maps: dict = field(default_factory=dict)
+    instruction: str = ""
+    cameras: tuple = ()
+    image_size: tuple = ()
+    dt: float = 0.0
+    action_lead: float = ACTION_LEAD
 
     def __post_init__(self) -> None:
         if self.history not in ("stream", "window"):
@@ -96,15 +117,26 @@ class TrainSettings:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not self.grounding_weight >= 0:  # also rejects NaN
             raise ValueError(f"grounding_weight must be >= 0 (0: no grounding head), got {self.grounding_weight}")
+        if self.init_stats not in STATS_SOURCES:
+            raise ValueError(f"init_stats must be one of {STATS_SOURCES}, got {self.init_stats!r}")
+        self.cameras, self.image_size = tuple(self.cameras), tuple(self.image_size)  # lists, from run.json
+
+    def read_options(self, config: MambaVLAConfig, fine_tuning: bool) -> ReadOptions:
+        """How bags become rows for `config`: its image size, and with fine-tuning its dt, unless set here."""
+        dt = self.dt or (config.dt if fine_tuning else None)
+        return ReadOptions.make(self.maps, self.instruction, self.image_size or config.image_size, dt, self.action_lead,
+                                config.cameras)
 
 
-def load_episodes(sources: list[str], period: float, progress: bool = True) -> TrainingEpisodes:
-    """A pack folder (`mambavla dataset pack`), or rosbag2 episode folders subsampled to the policy period."""
+def load_episodes(sources: list[str], period: float, progress: bool = True, options: ReadOptions | None = None,
+                  cameras: tuple[str, ...] | None = None) -> TrainingEpisodes:
+    """A pack folder (`mambavla dataset pack`), or rosbag2 episode folders read as `options` says (role finder, rows,
+    frames resized as read) and subsampled to the policy period. `cameras`: the policy's, in order."""
     if len(sources) == 1 and (Path(sources[0]) / "pack.json").is_file():
         return TrainingEpisodes.load(sources[0])
     from mambavla.data import EpisodeDataset
 
-    dataset = EpisodeDataset(sources, chunk=1, successful_only=True, verbose=progress)
+    dataset = EpisodeDataset(sources, chunk=1, successful_only=True, verbose=progress, cameras=cameras, options=options)
     stride = max(1, round(period / dataset.dt))
     if abs(stride * dataset.dt - period) > 1e-6:
         print(f"warning: policy period {period} s is not a multiple of the recording's {dataset.dt} s; using {stride * dataset.dt} s",
@@ -121,7 +153,9 @@ def config_for_data(base: MambaVLAConfig, episodes: TrainingEpisodes, settings: 
 
 class Trainer:
     def __init__(self, run: str | Path, data: list[str], preset_name: str = "base", settings: TrainSettings | None = None,
-                 overrides: dict | None = None, progress: bool = True, stats: dict | None = None):
+                 overrides: dict | None = None, progress: bool = True, stats: dict | None = None,
+                 config: MambaVLAConfig | None = None):
+        """`config`: the run's own (--resume), else the --init checkpoint's, else the preset's, with `overrides`."""
         self.run, self.data, self.preset_name = Path(run), [str(d) for d in data], preset_name
         self.settings, self.overrides = settings or TrainSettings(), dict(overrides or {})
         s = self.settings
@@ -140,8 +174,13 @@ class Trainer:
             raise ValueError("device 'cuda' requested but CUDA is not available")
         self.autocast = self.device.type == "cuda" and s.bf16
 
-        base = preset(preset_name).replace(**self.overrides)
-        self.episodes = load_episodes(self.data, base.policy_period, progress=self.progress)
+        fine_tuning = bool(s.init) and config is None  # (a resumed fine-tuning run has its own config)
+        base = (config or (load_config(s.init) if fine_tuning else preset(preset_name))).replace(**self.overrides)
+        cameras = s.cameras or (base.cameras if s.init else None)  # fine-tuning: the checkpoint's cameras, found by name
+        self.episodes = load_episodes(self.data, base.policy_period, self.progress, s.read_options(base, bool(s.init)), cameras)
+        if fine_tuning and (self.episodes.cameras, self.episodes.image_size) != (base.cameras, base.image_size):
+            raise ValueError(f"--init {s.init}: the data's cameras {list(self.episodes.cameras)} at {self.episodes.image_size} "
+                             f"are not the checkpoint's {list(base.cameras)} at {base.image_size}")
         self.config = config_for_data(base, self.episodes, s)
         self.train_ids, self.val_ids = self.episodes.split(s.val_fraction)
         self.train_ids = self.episodes.first_per_task(self.train_ids, s.episodes_per_task)
@@ -156,8 +195,12 @@ class Trainer:
             self.other_targets = [[(t, xy) for t, xy in others if t in self.episodes.embeddings] for others in self.other_targets]
         # `stats` given (--resume: RUN/last's): weights and statistics come from the run, not from --init
         init = _init_checkpoint(s.init, self.config) if s.init and stats is None else None
-        if stats is None:  # a fine-tuned policy keeps the statistics its weights were trained with
-            stats = init[1] if init else self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
+        if stats is None:
+            stats = self.episodes.norm_stats(self.config.chunk_size, s.action_mode)
+            if init and s.init_stats == "checkpoint":
+                stats = init[1]
+            elif init and s.init_stats == "merge":
+                stats = merge_stats(init[1], stats)
         encoder = None
         if self.episodes.embeddings is not None:
             from mambavla.model.language import PrecomputedInstructions
@@ -199,7 +242,8 @@ class Trainer:
         if max_seconds is not None:
             settings.max_seconds = max_seconds
         stats = json.loads((run / "last" / STATS).read_text())
-        trainer = cls(run, info["data"], info["preset"], settings, info["overrides"], progress, stats=stats)
+        trainer = cls(run, info["data"], info["preset"], settings, info["overrides"], progress, stats=stats,
+                      config=MambaVLAConfig.from_dict(info["config"]))
         state = torch.load(run / "last" / STATE_FILE, map_location=trainer.device, weights_only=False)
         trainer.model.load_state_dict(state["model"])
         trainer.ema.load_state_dict(state["ema"])
@@ -405,18 +449,23 @@ class Trainer:
 
 def _init_checkpoint(path: str, config: MambaVLAConfig) -> tuple[dict, dict]:
     """Weights and statistics of checkpoint `path`, refused unless its architecture is the one being trained
-    (the fields that only say how it runs or is trained may differ)."""
+    (the fields that only say how it runs or is trained may differ). A grounding head the data cannot supervise
+    (no cube targets: any cell but the simulated one) is dropped from the weights, as it is from the config."""
     from safetensors.torch import load_file
 
-    from mambavla.model.checkpoint import WEIGHTS, load_config
+    from mambavla.model.checkpoint import WEIGHTS
 
     theirs, ours = load_config(path).to_dict(), config.to_dict()
-    how_it_runs = {"history_mode", "history_frames", "instruction_cache_size"}
+    how_it_runs = {"history_mode", "history_frames", "instruction_cache_size", "grounding_head"}
     differ = sorted(k for k in ours.keys() | theirs.keys() if k not in how_it_runs and ours.get(k) != theirs.get(k))
     if differ:
         raise ValueError(f"--init {path}: its config differs from the one being trained in {differ} "
                          f"(e.g. {differ[0]}: {theirs.get(differ[0])!r} against {ours.get(differ[0])!r})")
+    if config.grounding_head and not theirs.get("grounding_head"):
+        raise ValueError(f"--init {path}: it has no grounding head to fine-tune; train with --grounding-weight 0")
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(Path(path) / WEIGHTS)).items()}
+    if not config.grounding_head:
+        state = {k: v for k, v in state.items() if not k.startswith("target_head.")}
     return state, json.loads((Path(path) / STATS).read_text())
 
 

@@ -3,6 +3,7 @@ franky: chunks move the arm, bad chunks never do, the watchdog holds then stops,
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -57,8 +58,10 @@ def settle(probe: Probe) -> None:
     probe.wait_for(still, "the arm to come to rest")
 
 
-def stream_line(probe: Probe, velocity: np.ndarray, seconds: float, period: float = 0.3, gripper: float = 0.0):
-    """Publish a chunk every `period` s continuing a straight line from the pose at the first chunk."""
+def stream_line(probe: Probe, velocity: np.ndarray, seconds: float, period: float = 0.3, gripper: float = 0.0,
+                sent: list | None = None):
+    """Publish a chunk every `period` s continuing a straight line from the pose at the first chunk (their stamps
+    appended to `sent`)."""
     start_p, quat = probe.pose()
     t_start = probe.now()
     end = time.monotonic() + seconds
@@ -66,6 +69,8 @@ def stream_line(probe: Probe, velocity: np.ndarray, seconds: float, period: floa
         now = probe.now()
         origin = start_p + (now - t_start) * np.asarray(velocity)
         probe.chunk_pub.publish(chunk_message(line_rows(origin, quat, velocity, gripper=gripper), now))
+        if sent is not None:
+            sent.append(now)
         time.sleep(period)
     return start_p, start_p + (probe.now() - t_start) * np.asarray(velocity)
 
@@ -275,31 +280,185 @@ def test_a_chunk_flood_from_a_second_publisher_does_not_slow_the_control_loop(st
     sent = [0]
     stop = threading.Event()
 
-    def flood():  # ~200 chunks/s, as measured in issue 10 (3,729 in 20 s)
+    def flood():  # as fast as one Python publisher goes (~450 chunks/s here), a fuzzer's burst rate
         while not stop.is_set():
             flood_pub.publish(garbage)
             sent[0] += 1
-            time.sleep(0.004)
+            time.sleep(0.001)
 
     flooder = threading.Thread(target=flood, daemon=True)
     flooder.start()
     try:
         status = probe.wait_status(CTRL, lambda s: int(s["chunk_publishers"]) >= 2, "two chunk publishers reported")
         assert "publishers" in status["message"] and status["level"] >= 1
-        rejected = int(probe.latest(CTRL)["chunks_rejected"])
+        before = probe.latest(CTRL)
         t1 = time.monotonic()
-        stream_line(probe, np.zeros(3), seconds=4.0, period=0.2)  # the valid stream beside the flood
+        valid: list = []
+        stream_line(probe, np.zeros(3), seconds=4.0, period=0.2, sent=valid)  # the valid stream beside the flood
         flooded = worst_period_ms(probe, t1 + 1.2)
-        rejected = int(probe.latest(CTRL)["chunks_rejected"]) - rejected
-        state = probe.latest(CTRL)["state"]
+        time.sleep(0.5)  # the diagnostics count what the node took up to now
+        after = probe.latest(CTRL)
+        with probe.lock:
+            states = [v["state"] for t, v in probe.status_history[CTRL] if t > t1 + 0.5]
     finally:
         stop.set()
         flooder.join()
         probe.node.destroy_publisher(flood_pub)
-    print(f"flood: {sent[0]} sent, {rejected} rejected in ~4 s; longest control period per second (median) "
-          f"{baseline:.0f} ms alone, {flooded:.0f} ms flooded")
-    assert rejected > 200 and state == "ACTIVE"  # the flood reached the node; the valid stream still runs
-    assert flooded < max(3.0 * baseline, 100.0)  # issue 10 measured 57 -> 384 ms (longest)
+    rejected = int(after["chunks_rejected"]) - int(before["chunks_rejected"])
+    accepted = int(after["chunks_accepted"]) - int(before["chunks_accepted"])
+    print(f"flood: {sent[0]} sent, {rejected} rejected in ~4 s ({after['rejections_by_kind']}); {accepted} of {len(valid)} "
+          f"valid chunks accepted; longest control period per second (median) {baseline:.0f} ms alone, "
+          f"{flooded:.0f} ms flooded")
+    assert rejected > 200 and "rate limited" in after["rejections_by_kind"]  # the flood reached the node
+    # the valid stream got through (a machine loaded by other jobs may still lose the odd one), never HOLDING
+    assert accepted >= 0.8 * len(valid) and set(states) == {"ACTIVE"}
+    assert flooded < max(3.0 * baseline, 100.0)
+
+
+def twist_message(probe: Probe, linear, angular=(0.0, 0.0, 0.0), frame_id: str = "fr3_link0", stamp: float | None = None):
+    from geometry_msgs.msg import TwistStamped
+
+    from mambavla.ros.convert import seconds_to_stamp
+
+    msg = TwistStamped()
+    msg.header.stamp, msg.header.frame_id = seconds_to_stamp(probe.now() if stamp is None else stamp), frame_id
+    (msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z) = (float(v) for v in linear)
+    (msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z) = (float(v) for v in angular)
+    return msg
+
+
+def stream_twist(probe: Probe, pub, linear, seconds: float, period: float = 0.05) -> None:
+    """Publish a twist every `period` s (20 Hz, as teleop_twist_joy does) for `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pub.publish(twist_message(probe, linear))
+        time.sleep(period)
+
+
+@pytest.fixture
+def teleop(stack):
+    """The controller switched to teleoperation (and back to the policy afterwards), a TwistStamped publisher."""
+    from geometry_msgs.msg import TwistStamped
+
+    from mambavla.ros.qos import COMMAND_QOS
+
+    probe, _, _ = stack
+    settle(probe)
+    if probe.latest(CTRL)["state"] in ("STOPPED", "ERROR"):
+        assert call(probe, "enable").success
+    pub = probe.node.create_publisher(TwistStamped, "/teleop/twist", COMMAND_QOS)
+    probe.wait_for(lambda: pub.get_subscription_count() > 0, "the controller's twist subscription")
+    try:
+        yield probe, pub
+    finally:
+        probe.node.destroy_publisher(pub)
+        assert call(probe, "use_policy").success
+
+
+def test_a_twist_stream_moves_the_arm_and_the_arm_stops_when_the_stream_stops(teleop):
+    probe, pub = teleop
+    before = int(probe.latest(CTRL)["teleop_rejected"])
+    pub.publish(twist_message(probe, (0.0, 0.05, 0.0)))  # the policy drives: the twist is refused, counted
+    status = probe.wait_status(CTRL, lambda s: int(s["teleop_rejected"]) > before, "the inactive source's rejection")
+    assert "inactive source" in status["teleop_rejections_by_kind"] and "~/use_teleop" in status["teleop_last_rejection"]
+    response = call(probe, "use_teleop")
+    assert response.success and "policy -> teleop" in response.message
+    status = probe.wait_status(CTRL, lambda s: s["command_source"] == "teleop", "the source switch on /diagnostics")
+    assert status["message"].startswith("IDLE (teleop)")
+    from geometry_msgs.msg import PoseStamped
+
+    from mambavla.ros.qos import STATE_QOS
+
+    targets = []
+    sub = probe.node.create_subscription(PoseStamped, "/controller_node/target_pose", lambda m: targets.append(
+        [m.pose.position.x, m.pose.position.y, m.pose.position.z]), STATE_QOS)
+    start, _ = probe.pose()
+    velocity = np.array([0.0, -0.06, 0.04])
+    stream_twist(probe, pub, velocity, seconds=1.5)
+    assert probe.latest(CTRL)["state"] == "ACTIVE"
+    # the stream stopped: the target stops teleop_command_timeout after the last twist, the watchdog then holds
+    holding = probe.wait_status(CTRL, lambda s: s["state"] == "HOLDING", "HOLDING", timeout=HOLD_AFTER + 10.0)
+    probe.node.destroy_subscription(sub)
+    assert "no teleoperation command" in holding["reason"]
+    held, _ = probe.pose()
+    time.sleep(0.5)
+    drift = np.linalg.norm(probe.pose()[0] - held)
+    wanted = velocity * 1.5
+    streamed = np.array(targets[:-5]) - start  # before the hold snapped the target onto the arm
+    k = int(np.argmax(streamed @ wanted))
+    moved = held - start
+    print(f"\nteleop: commanded {np.round(wanted * 1e3, 1)} mm, target went {np.round(streamed[k] * 1e3, 1)} mm, "
+          f"arm {np.round(moved * 1e3, 1)} mm, then {drift * 1e3:.1f} mm while held")
+    # the target went the commanded way by about the commanded distance (the last twist counts for up to
+    # teleop_command_timeout more; DDS and tick timing on shared cores), and the arm followed it
+    assert streamed[k] @ wanted / np.linalg.norm(wanted) == pytest.approx(np.linalg.norm(wanted), rel=0.25)
+    assert np.linalg.norm(np.cross(streamed[k], wanted)) / np.linalg.norm(wanted) < 0.01
+    assert moved @ wanted / np.linalg.norm(wanted) > 0.5 * np.linalg.norm(wanted)
+    assert drift < 0.005
+    probe.wait_status(CTRL, lambda s: s["state"] == "STOPPED", "STOPPED after stop_after", timeout=STOP_AFTER + 10.0)
+    assert call(probe, "enable").success
+
+
+def test_bad_twists_are_rejected_and_never_move_the_arm(teleop):
+    probe, pub = teleop
+    assert call(probe, "use_teleop").success
+    start, _ = probe.pose()
+    cases = {"non-finite": twist_message(probe, (np.nan, 0.0, 0.0)),
+             "too fast": twist_message(probe, (0.0, 50.0, 0.0)),
+             "stale": twist_message(probe, (0.0, 0.05, 0.0), stamp=probe.now() - 3600.0),
+             "frame": twist_message(probe, (0.0, 0.05, 0.0), frame_id="camera_link")}
+    for kind, msg in cases.items():
+        before = json.loads(probe.latest(CTRL)["teleop_rejections_by_kind"]).get(kind, 0)
+        pub.publish(msg)
+        probe.wait_status(CTRL, lambda s: json.loads(s["teleop_rejections_by_kind"]).get(kind, 0) > before,
+                          f"the {kind} twist rejected")
+    time.sleep(0.3)
+    assert np.linalg.norm(probe.pose()[0] - start) < 0.003
+    assert probe.latest(CTRL)["state"] == "IDLE"
+
+
+def test_a_twist_flood_from_a_second_publisher_neither_slows_the_loop_nor_starves_the_valid_stream(teleop):
+    from geometry_msgs.msg import TwistStamped
+
+    probe, pub = teleop
+    assert call(probe, "use_teleop").success
+    t0 = time.monotonic()
+    stream_twist(probe, pub, np.zeros(3), seconds=3.0)  # the valid 20 Hz stream alone (standing still)
+    baseline = worst_period_ms(probe, t0 + 1.2)
+    flood_pub = probe.node.create_publisher(TwistStamped, "/teleop/twist", 2)
+    garbage = twist_message(probe, (np.nan, 1e9, 0.0))
+    sent, stop = [0], threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            flood_pub.publish(garbage)
+            sent[0] += 1
+            time.sleep(0.002)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    states = []
+    try:
+        rejected = int(probe.latest(CTRL)["teleop_rejected"])
+        t1 = time.monotonic()
+        end = t1 + 4.0
+        while time.monotonic() < end:
+            pub.publish(twist_message(probe, np.zeros(3)))
+            states.append(probe.latest(CTRL)["state"])
+            time.sleep(0.05)
+        flooded = worst_period_ms(probe, t1 + 1.2)
+        status = probe.latest(CTRL)
+    finally:
+        stop.set()
+        flooder.join()
+        probe.node.destroy_publisher(flood_pub)
+    rejected = int(status["teleop_rejected"]) - rejected
+    kinds = json.loads(status["teleop_rejections_by_kind"])
+    print(f"\ntwist flood: {sent[0]} sent, {rejected} rejected in ~4 s ({kinds}); longest control period per second "
+          f"(median) {baseline:.0f} ms alone, {flooded:.0f} ms flooded")
+    assert rejected > 200 and kinds.get("rate limited", 0) > 0  # the flood reached the node, its excess unread
+    assert set(states[20:]) == {"ACTIVE"}  # the valid stream kept the arm driven: never HOLDING
+    assert flooded < max(3.0 * baseline, 100.0)
 
 
 def test_a_frozen_robot_neither_blocks_services_nor_publishes_a_stale_pose(stack):

@@ -19,10 +19,12 @@ import numpy as np
 from mambavla.control.core import ControllerCore
 from mambavla.control.gripper import GripperRule
 from mambavla.control.safety import SafetyLimits
+from mambavla.control.teleop import TeleopParams
 
 NODE_NAME = "controller_node"
 SIM_PARAM_FILES = ("controller.yaml", "controller_sim.yaml")
 CORE_KEYS = ("blend_window", "hold_after", "stop_after", "max_tick_dt", "action_names")
+TELEOP_PREFIX = "teleop_"  # TeleopParams' fields as node parameters: teleop_linear_scale, ...
 
 
 def config_path(name: str) -> Path:
@@ -61,15 +63,23 @@ def safety_limits(params: dict) -> SafetyLimits:
     return SafetyLimits(**kwargs)
 
 
+def teleop_params(params: dict) -> TeleopParams:
+    names = {f.name for f in fields(TeleopParams)}
+    return TeleopParams(**{k[len(TELEOP_PREFIX):]: float(v) for k, v in params.items()
+                           if k.startswith(TELEOP_PREFIX) and k[len(TELEOP_PREFIX):] in names})
+
+
 def core_kwargs(params: dict) -> dict:
-    """Keyword arguments of `ControllerCore` (limits included) from the parameters."""
+    """Keyword arguments of `ControllerCore` (limits and teleoperation included) from the parameters."""
     kwargs = {k: params[k] for k in CORE_KEYS if k in params}
     if "action_names" in kwargs:
         kwargs["action_names"] = tuple(kwargs["action_names"])
     for k in CORE_KEYS[:-1]:
         if k in kwargs:
             kwargs[k] = float(kwargs[k])
-    return {"limits": safety_limits(params), **kwargs}
+    if "command_source" in params:
+        kwargs["source"] = str(params["command_source"])
+    return {"limits": safety_limits(params), "teleop": teleop_params(params), **kwargs}
 
 
 def controller_core(params: dict) -> ControllerCore:
@@ -80,7 +90,9 @@ def controller_defaults() -> dict:
     """Every number the controller takes from parameters, with the default its owner holds
     (`SafetyLimits`, `ControllerCore`, `TrackingParams`): what controller_node declares."""
     signature = inspect.signature(ControllerCore.__init__).parameters
-    defaults = {**asdict(SafetyLimits()), **{k: signature[k].default for k in CORE_KEYS}, **asdict(TrackingParams())}
+    defaults = {**asdict(SafetyLimits()), **{k: signature[k].default for k in CORE_KEYS}, **asdict(TrackingParams()),
+                **{TELEOP_PREFIX + k: v for k, v in asdict(TeleopParams()).items()},
+                "command_source": signature["source"].default}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
 
 
@@ -98,6 +110,8 @@ class TrackingParams:
     gripper_speed: float = 0.1
     gripper_force: float = 20.0
     gripper_open_delay: float = 0.3  # s the chunk must ask a closed hand to open before it opens (GripperRule; controller.yaml)
+    max_command_rate_hz: float = 50.0  # chunks per second and publisher admitted; more are dropped unread
+    teleop_max_rate_hz: float = 200.0  # teleoperation messages per second and publisher admitted
 
     @classmethod
     def from_params(cls, params: dict) -> "TrackingParams":
@@ -110,6 +124,9 @@ class TrackingParams:
         if not 20.0 <= tracking.rate_hz <= 1000.0:
             raise ValueError(f"rate_hz must be within 20..1000, got {tracking.rate_hz}")
         GripperRule(tracking.gripper_open_delay)  # checks the wait here, at start, not at the first grasp
+        for name in ("max_command_rate_hz", "teleop_max_rate_hz"):
+            if not getattr(tracking, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(tracking, name)}")
         return tracking
 
     def tracker_kwargs(self) -> dict:

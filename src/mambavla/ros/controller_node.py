@@ -1,11 +1,27 @@
-"""controller_node: executes action chunks on a Franka arm through franky's Cartesian impedance tracker.
+"""controller_node: executes action chunks or a teleoperation stream on a Franka arm through franky's
+Cartesian impedance tracker.
 
-Chunk scheduling and every safety rule live in `mambavla.control.ControllerCore`; this node connects it
-to ROS (chunk subscription, state publishers, services, diagnostics) and to franky (a control thread
-streaming targets at `rate_hz`, a gripper thread, error handling). franky runs the 1 kHz torque loop.
+Chunk scheduling, twist integration and every safety rule live in `mambavla.control.ControllerCore`; this
+node connects it to ROS (command subscriptions, state publishers, services, diagnostics) and to franky (a
+control thread streaming targets at `rate_hz`, a gripper thread, error handling). franky runs the 1 kHz
+torque loop.
+
+Command sources, one at a time (parameter `command_source` at start, then the services): "policy" takes
+action chunks (trajectory_msgs/JointTrajectory on `action_topic`); "teleop" takes geometry_msgs/TwistStamped
+on `teleop_twist_topic` or geometry_msgs/Twist on `teleop_cmd_vel_topic` (linear m/s, angular rad/s, in the
+base frame, or in the gripper's frame when the header names `teleop_tool_frame`) and std_msgs/Float64 on
+`teleop_gripper_topic` (0 open .. 1 closed). `~/action` publishes the streamed target and gripper command
+as one JointTrajectory point (the layout a recording stores on /action).
 
 Services (std_srvs/Trigger): ~/enable starts tracking, ~/stop brings the arm to rest and stops
-tracking, ~/recover runs franky's automatic error recovery after a fault.
+tracking, ~/recover runs franky's automatic error recovery after a fault, ~/use_policy and ~/use_teleop
+switch the command source (the arm holds its target until the new source sends).
+
+Every command topic is read raw, and each callback drains what else is waiting on its subscription: a
+publisher over its message budget (`max_command_rate_hz`, `teleop_max_rate_hz`) has its messages counted and
+dropped before they are deserialised, at a few microseconds each instead of an executor round per message, so
+a flood on one input neither holds up the control thread nor crowds another publisher out of the reader's
+history.
 
 Threads: the control thread alone calls franky for the arm; connecting (blocking, no timeout in
 franky) runs on its own thread and hands the robot over. ROS callbacks run in separate callback
@@ -26,31 +42,41 @@ from pathlib import Path
 
 import franky
 import numpy as np
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import InvalidHandle
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from diagnostic_msgs.msg import DiagnosticArray
 
 from mambavla.control import ControllerState
 from mambavla.control.config import TrackingParams, controller_core, controller_defaults
 from mambavla.control.core import RUNNING
 from mambavla.control.gripper import GripperRule
+from mambavla.control.teleop import RateGate
 from mambavla.realtime import keep_thread_scheduling
-from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, trajectory_to_chunk
+from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, stamp_to_seconds, trajectory_to_chunk
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
 from mambavla.ros.spin import EXECUTOR_THREADS, run_node
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, STATE_QOS
-from mambavla.spaces import FRANKA_MAX_FINGER_WIDTH
+from mambavla.spaces import ACTION_NAMES, FRANKA_MAX_FINGER_WIDTH, pose_to_vector
 
 GRIPPER_COMMAND_TIMEOUT = 5.0  # s: a gripper command still running after this is reported as an error
 SERVICE_WAIT = 5.0  # s a service request waits for the control thread to carry it out
 STUCK_AFTER = 3.0  # s without a control-loop pass: the control thread is stuck in a robot call (a stop takes ~1 s)
+DRAIN_MAX = 256  # messages one command callback takes past the one it was given
 SERVICE_QOS = QoSProfile(depth=100)  # no concurrent request may be dropped (a dropped one could be ~/stop)
+# Command subscriptions: COMMAND_QOS with a deep reader history. The history is shared by every publisher of a
+# topic, so with a short one a flooding publisher overwrites a valid publisher's messages before they are taken;
+# the rate gate then drops the flood's excess unread.
+COMMAND_INTAKE_QOS = QoSProfile(history=COMMAND_QOS.history, depth=64, reliability=COMMAND_QOS.reliability,
+                                durability=COMMAND_QOS.durability)
 
 # What each number the controller takes from parameters means. Its default lives with its owner
 # (control.config.controller_defaults: SafetyLimits, ControllerCore, TrackingParams), not here.
@@ -84,6 +110,16 @@ PARAMETERS = {
     "stop_after": "watchdog T2: stop tracking after this long without a chunk, s",
     "max_tick_dt": "a late tick advances the target by at most this many seconds of motion",
     "action_names": "expected chunk dimensions, in order",
+    "command_source": "command source at start: policy (action chunks) or teleop (twist stream); "
+                      "~/use_policy and ~/use_teleop switch it",
+    "max_command_rate_hz": "chunks per second admitted from one publisher; more are counted and dropped unread",
+    "teleop_max_rate_hz": "teleoperation messages per second admitted from one publisher",
+    "teleop_linear_scale": "m/s per unit of twist.linear (1 for drivers publishing m/s)",
+    "teleop_angular_scale": "rad/s per unit of twist.angular",
+    "teleop_max_linear": "reject twists faster than this after scaling (corrupt or mis-scaled), m/s; "
+                         "max_linear_speed still limits the target",
+    "teleop_max_angular": "reject twists turning faster than this after scaling, rad/s",
+    "teleop_command_timeout": "a twist older than this counts as zero (the operator let go), s",
 }
 
 
@@ -171,6 +207,12 @@ class ControllerNode(Node):
         ee_pose_topic = p("ee_pose_topic", "/ee_pose", "published end-effector pose")
         state_rate = p("state_rate_hz", 50.0, "joint state / pose publishing rate, Hz")
         diagnostics_rate = p("diagnostics_rate_hz", 2.0, "status publishing rate, Hz")
+        twist_topic = p("teleop_twist_topic", "/teleop/twist", "teleoperation twists (geometry_msgs/TwistStamped)")
+        cmd_vel_topic = p("teleop_cmd_vel_topic", "/teleop/cmd_vel", "teleoperation twists (geometry_msgs/Twist)")
+        gripper_topic = p("teleop_gripper_topic", "/teleop/gripper",
+                          "teleoperation gripper command (std_msgs/Float64, 0 open .. 1 closed)")
+        self.tool_frame = p("teleop_tool_frame", "fr3_hand_tcp",
+                            "a TwistStamped with this frame_id is in the gripper's frame; empty or base_frame: base frame")
 
         if self.realtime and not kernel_is_realtime():
             self.get_logger().error(
@@ -200,8 +242,21 @@ class ControllerNode(Node):
         self._busy = ""  # the robot call the control thread is in
         self.action_topic = action_topic
 
-        self.create_subscription(JointTrajectory, action_topic, self._on_chunk, COMMAND_QOS,
-                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.twist_topic = twist_topic
+        self._chunk_gate = RateGate(self.tracking.max_command_rate_hz)
+        self._teleop_gate = RateGate(self.tracking.teleop_max_rate_hz)
+        teleop = MutuallyExclusiveCallbackGroup()  # one teleop message at a time: the gate is not shared across threads
+        for msg_type, topic, handle, group in (
+                (JointTrajectory, action_topic, self._on_chunk, MutuallyExclusiveCallbackGroup()),
+                (TwistStamped, twist_topic, lambda d, i: self._on_twist(d, i, TwistStamped), teleop),
+                (Twist, cmd_vel_topic, lambda d, i: self._on_twist(d, i, Twist), teleop),
+                (Float64, gripper_topic, self._on_gripper, teleop)):
+            subscription: list = []
+            subscription.append(self.create_subscription(
+                msg_type, topic, lambda data, info, h=handle, s=subscription: self._drain(s[0], h, data, info),
+                COMMAND_INTAKE_QOS, raw=True, callback_group=group))
+        self._command = None  # (stamp, ControlTarget) last streamed, from the control thread
+        self.action_pub = self.create_publisher(JointTrajectory, "~/action", STATE_QOS)
         self.joint_pub = self.create_publisher(JointState, joint_states_topic, STATE_QOS)
         self.pose_pub = self.create_publisher(PoseStamped, ee_pose_topic, STATE_QOS)
         self.target_pub = self.create_publisher(PoseStamped, "~/target_pose", STATE_QOS)
@@ -209,6 +264,9 @@ class ControllerNode(Node):
         services = MutuallyExclusiveCallbackGroup()  # one request at a time, in arrival order
         for name in ("enable", "stop", "recover"):
             self.create_service(Trigger, f"~/{name}", lambda req, resp, name=name: self._on_service(name, resp),
+                                qos_profile=SERVICE_QOS, callback_group=services)
+        for source in ("policy", "teleop"):  # the core switches under its lock: no control-thread round trip
+            self.create_service(Trigger, f"~/use_{source}", lambda req, resp, s=source: self._on_use(s, resp),
                                 qos_profile=SERVICE_QOS, callback_group=services)
         self.create_timer(1.0 / state_rate, self._publish_state, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(1.0 / diagnostics_rate, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
@@ -222,10 +280,36 @@ class ControllerNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _on_chunk(self, msg: JointTrajectory) -> None:
+    def _drain(self, subscription, handle, data: bytes, info: dict) -> None:
+        """Handle the message the executor took, then take and handle what else is waiting (up to DRAIN_MAX)
+        without a round through the executor. The callback group keeps the executor from taking meanwhile."""
+        handle(data, info)
+        for _ in range(DRAIN_MAX):
+            try:
+                with subscription.handle:
+                    taken = subscription.handle.take_message(subscription.msg_type, True)
+            except InvalidHandle:  # the node is being destroyed
+                return
+            if taken is None:
+                return
+            handle(*taken)
+
+    def _admit(self, gate: RateGate, info: dict, what: str, limit: str) -> bool:
+        """Whether the message's publisher is within its budget (else the drop is counted)."""
+        gid = info.get("publisher_gid") or {}
+        if gate.allow(bytes(gid.get("data") or b""), time.monotonic()):
+            return True
+        reason = self.core.reject(f"publisher over {limit} {gate.rate:g}/s: {what} dropped unread", teleop=what != "chunk")
+        self.get_logger().warning(f"rejected {what}: {reason}", throttle_duration_sec=1.0)
+        return False
+
+    def _on_chunk(self, data: bytes, info: dict) -> None:
+        if not self._admit(self._chunk_gate, info, "chunk", "max_command_rate_hz"):
+            return
         try:
+            msg = deserialize_message(data, JointTrajectory)
             chunk = trajectory_to_chunk(msg, self.base_frame)
-        except ValueError as err:
+        except Exception as err:  # ValueError from the checks; anything from a message rmw could not decode
             reason = self.core.reject(f"malformed chunk: {err}")
         else:
             try:
@@ -234,6 +318,42 @@ class ControllerNode(Node):
                 reason = self.core.reject(f"malformed chunk: internal error {type(err).__name__}: {err}")
         if reason:
             self.get_logger().warning(f"rejected chunk: {reason}", throttle_duration_sec=1.0)
+
+    def _on_twist(self, data: bytes, info: dict, kind) -> None:
+        if not self._admit(self._teleop_gate, info, "twist", "teleop_max_rate_hz"):
+            return
+        try:
+            msg = deserialize_message(data, kind)
+        except Exception as err:
+            reason = self.core.reject(f"malformed twist: {err}", teleop=True)
+        else:
+            stamp, frame = None, "base"
+            if kind is TwistStamped:
+                frame_id, sec = msg.header.frame_id, msg.header.stamp
+                stamp = None if sec.sec == 0 and sec.nanosec == 0 else stamp_to_seconds(sec)  # unstamped driver
+                frame = "base" if frame_id in ("", self.base_frame) else "tool" if frame_id == self.tool_frame else ""
+                msg = msg.twist
+            if not frame:
+                reason = self.core.reject(f"twist frame_id {frame_id!r} is neither base_frame {self.base_frame!r} "
+                                          f"(or empty) nor teleop_tool_frame {self.tool_frame!r}", teleop=True)
+            else:
+                linear, angular = msg.linear, msg.angular
+                reason = self.core.submit_twist((linear.x, linear.y, linear.z), (angular.x, angular.y, angular.z),
+                                                self._now(), stamp=stamp, mono=time.monotonic(), frame=frame)
+        if reason:
+            self.get_logger().warning(f"rejected twist: {reason}", throttle_duration_sec=1.0)
+
+    def _on_gripper(self, data: bytes, info: dict) -> None:
+        if not self._admit(self._teleop_gate, info, "gripper command", "teleop_max_rate_hz"):
+            return
+        reason = self.core.submit_gripper(float(deserialize_message(data, Float64).data))
+        if reason:
+            self.get_logger().warning(f"rejected gripper command: {reason}", throttle_duration_sec=1.0)
+
+    def _on_use(self, source: str, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = True, self.core.set_source(source)
+        self.get_logger().info(f"~/use_{source}: {response.message}")
+        return response
 
     def _stuck(self) -> str:
         """Why the control thread cannot serve requests now ('' when it can)."""
@@ -281,6 +401,13 @@ class ControllerNode(Node):
         target = self.core.target
         if target is not None and self.core.state in RUNNING:
             self.target_pub.publish(pose_to_msg(target[0], target[1], stamp, self.base_frame))
+        command = self._command
+        if command is not None and self.core.state in RUNNING:
+            action = JointTrajectory(joint_names=list(ACTION_NAMES))
+            action.header.stamp, action.header.frame_id = seconds_to_stamp(command[0]), self.base_frame
+            row = np.concatenate([pose_to_vector(command[1].position, command[1].quat), [command[1].gripper]])
+            action.points = [JointTrajectoryPoint(positions=[float(v) for v in row])]
+            self.action_pub.publish(action)
 
     def _publish_diagnostics(self) -> None:
         status = self.core.status()
@@ -294,6 +421,7 @@ class ControllerNode(Node):
         values = {
             **status,
             "rejections_by_kind": json.dumps(status["rejections_by_kind"]),
+            "teleop_rejections_by_kind": json.dumps(status["teleop_rejections_by_kind"]),
             "target_rate_hz": rate,
             "target_jitter_ms": jitter,
             "target_max_period_ms": worst,
@@ -305,7 +433,7 @@ class ControllerNode(Node):
             "control_thread": stuck or "ok",
             "chunk_publishers": publishers,
         }
-        message = f"{state}: {status['reason']}"
+        message = f"{state} ({status['command_source']}): {status['reason']}"
         if publishers > 1:  # two policies (or a stray node) steering one arm
             level = max(level, WARN)
             message += f"; {publishers} publishers on {self.action_topic}"
@@ -551,6 +679,7 @@ class ControllerNode(Node):
                     self.get_logger().warning(self.core.reason)
                 else:
                     self.tracker.set_target(franky.Affine(target.position, target.quat))
+                    self._command = (self._now(), target)
                     if self.gripper is not None:
                         self.gripper.command(target.gripper, self._now())
             except Exception as err:  # a franky call failed outside a motion: never leave tracking unattended

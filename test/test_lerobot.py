@@ -291,6 +291,32 @@ def test_crisp_cartesian_dataset_imports_with_its_gripper_flipped_and_euler_angl
                                                                                         ds[i]["actions"])
 
 
+def test_a_dataset_written_by_lerobot_itself_imports_with_crisp_conventions(tmp_path):
+    """test/data/lerobot_v3_fr3: written by lerobot-dataset 0.4.4's LeRobotDataset (see make_lerobot_v3_fr3.py)."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    truth = json.loads((data / "lerobot_v3_fr3_truth.json").read_text())
+    summary = import_lerobot(data / "lerobot_v3_fr3", tmp_path / "bags", image_format="raw", progress=False,
+                             mapping=["front=observation.images.primary", "wrist=observation.images.wrist"])
+    assert summary["episodes"] == 3 and summary["frames"] == 39 and summary["dt"] == pytest.approx(0.05)
+    assert summary["gripper"] == "open-is-1" and "absolute" in summary["action"]
+    for path, expected in zip(sorted((tmp_path / "bags").iterdir()), truth):
+        ep = read_episode(path)
+        assert len(ep) == len(expected["xyz"]) and ep.instruction == "pick up the cube"
+        pos, quat = spaces.vector_to_pose(ep.actions[:, :6].astype(np.float64))
+        assert np.allclose(pos, expected["xyz"], atol=1e-6)
+        assert np.all(spaces.quat_angle_between(quat, expected["quat"]) < 1e-5)
+        assert ep.actions[:, 6].tolist() == [1.0 - o for o in expected["opened"]]
+        opened = np.array(expected["opened"], dtype=bool)
+        assert np.allclose(ep.proprio[opened, 6:], 0.04) and np.allclose(ep.proprio[~opened, 6:], 0.0)
+        yy, xx = np.mgrid[0:SIZE[0], 0:SIZE[1]]
+        for t in range(len(ep)):
+            recorded = np.stack([(xx * 3 + 5 * t) % 256, yy * 3, np.full_like(xx, 100)], -1)
+            assert np.abs(ep.images["front"][t].astype(int) - recorded).mean() < 8.0
+            assert np.abs(ep.images["wrist"][t].astype(int) - recorded[::-1]).mean() < 8.0
+
+
 def test_crisp_cartesian_delta_actions_are_integrated_from_the_first_measured_pose(tmp_path):
     from scipy.spatial.transform import Rotation
 

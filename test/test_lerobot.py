@@ -136,6 +136,30 @@ def test_the_cli_exports_h264_and_imports_resized_frames(ours, tmp_path, capsys)
     assert "no such directory" in capsys.readouterr().err
 
 
+def test_image_features_stored_in_the_parquet_import_as_cameras(ours, exported, tmp_path):
+    import shutil
+
+    import cv2
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out, _ = exported
+    root = tmp_path / "images"
+    shutil.copytree(out, root)
+    info = json.loads((root / "meta/info.json").read_text())
+    info["features"]["observation.images.front"] = {"dtype": "image", "shape": [*SIZE, 3],
+                                                    "names": ["height", "width", "channels"]}
+    (root / "meta/info.json").write_text(json.dumps(info))
+    frames = [f for p in sorted(ours.iterdir()) for f in read_episode(p).images["front"]]
+    png = [{"bytes": cv2.imencode(".png", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes(), "path": None}
+           for f in frames]  # as LeRobot embeds an `image` feature: PNG bytes in a struct column
+    path = root / "data/chunk-000/file-000.parquet"
+    pq.write_table(pq.read_table(path).append_column("observation.images.front", pa.array(png)), path)
+    import_lerobot(root, tmp_path / "bags", image_format="raw", progress=False)
+    back = [f for p in sorted((tmp_path / "bags").iterdir()) for f in read_episode(p).images["front"]]
+    assert len(back) == len(frames) and all(np.array_equal(a, b) for a, b in zip(back, frames))  # PNG: lossless
+
+
 def test_fr3_forward_kinematics_gives_the_franka_home_pose():
     from mambavla.data.fr3_kinematics import forward_kinematics
 

@@ -225,13 +225,60 @@ def test_truncated_bag_is_reported_without_a_traceback(checkpoint, episode, tmp_
     assert code == 2 and "Traceback" not in err and "corrupt" in err and str(bag) in err
 
 
+def test_live_replay_never_joins_an_exported_domain_unless_asked():
+    from mambavla.evaluation.live import PRIVATE_DOMAINS, dds_environment
+
+    for exported in ("0", "42", str(PRIVATE_DOMAINS[os.getpid() % len(PRIVATE_DOMAINS)])):
+        env = dds_environment(None, {"ROS_DOMAIN_ID": exported, "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"})
+        assert env["ROS_DOMAIN_ID"] != exported and int(env["ROS_DOMAIN_ID"]) in PRIVATE_DOMAINS
+        assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST" and env["ROS_STATIC_PEERS"] == ""
+    assert dds_environment(207, {"ROS_DOMAIN_ID": "0"}) == {"ROS_DOMAIN_ID": "207"}  # --ros-domain-id: as asked
+    with pytest.raises(ValueError, match="0..232"):
+        dds_environment(300, {})
+
+
 @pytest.mark.slow
 @pytest.mark.ros
-def test_live_replay_scores_policy_node(checkpoint, episode, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (os.getpid() + 7) % 200))
+def test_live_replay_scores_policy_node_in_a_private_domain(checkpoint, episode, tmp_path, capsys, monkeypatch):
+    """A shell that exports the robot's domain (206 here): the replay's poses, instruction and chunks stay out of it."""
+    import threading
+
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from std_msgs.msg import String
+    from trajectory_msgs.msg import JointTrajectory
+
+    import mambavla.evaluation.live as live
+    from mambavla.ros.qos import COMMAND_QOS, LATCHED_QOS, STATE_QOS
+    from mambavla.ros.spin import BackgroundSpin
+
+    robot_domain = 206
+    monkeypatch.setattr(live, "PRIVATE_DOMAINS", range(205, 210))  # this test's share of the machine's domains
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(robot_domain))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    code, summary, err = _replay(capsys, episode, "--checkpoint", checkpoint, "--live", "--out", tmp_path)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=robot_domain)
+    robot = rclpy.create_node("robot_graph", context=context)
+    heard, lock = [], threading.Lock()
+
+    def listener(topic):
+        def on_message(_msg):
+            with lock:
+                heard.append(topic)
+        return on_message
+
+    for kind, topic, qos in ((PoseStamped, "/ee_pose", STATE_QOS), (String, "/instruction", LATCHED_QOS),
+                             (JointTrajectory, "/action_chunk", COMMAND_QOS)):
+        robot.create_subscription(kind, topic, listener(topic), qos)
+    spin = BackgroundSpin(robot)
+    try:
+        code, summary, err = _replay(capsys, episode, "--checkpoint", checkpoint, "--live", "--out", tmp_path)
+    finally:
+        spin.stop()
+        context.try_shutdown()
     assert code == 0, err
+    assert heard == []  # nothing reached the exported domain
+    assert summary["ros_domain_id"] in range(205, 210) and summary["ros_domain_id"] != robot_domain
     m = summary["metrics"]
     # policy_node in period mode over 3 s of frames: about one chunk per 0.2 s (fewer when the CPU lags)
     assert 5 <= m["chunks"] <= 16, m["chunks"]

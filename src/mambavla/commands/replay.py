@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                    help="offline: inference backend (onnx: ONNX Runtime, the step exported at start; about 2x faster on a CPU)")
     p.add_argument("--rate", type=float, default=1.0, help="--live: playback speed factor (default: 1.0)")
+    p.add_argument("--ros-domain-id", type=int, default=None, metavar="N",
+                   help="--live: join ROS domain N (e.g. to watch in rviz). By default live replay runs in a private domain "
+                        "on localhost whatever ROS_DOMAIN_ID says: it publishes recorded poses and policy chunks")
     p.add_argument("--out", default="", help="output folder (default: runs/replay/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

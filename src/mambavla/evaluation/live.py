@@ -1,8 +1,10 @@
 """`mambavla replay --live`: play bags into a policy_node child process over rclpy / Fast DDS and score
 the chunks it publishes with the same metrics as offline replay. This checks the node itself.
 
-The node runs in its own DDS domain (localhost discovery) with config/policy.yaml and the command's
-checkpoint; messages go to the node's topics at their recorded pace (`--rate`). Stamps keep the bag's
+The node runs in a private DDS domain with localhost discovery, whatever ROS_DOMAIN_ID the shell exports
+(on a robot PC that is the live robot's graph, and replay publishes recorded poses, an instruction and
+policy chunks); `--ros-domain-id N` joins domain N on purpose (e.g. to watch in rviz). It runs with
+config/policy.yaml and the command's checkpoint; messages go to the node's topics at their recorded pace (`--rate`). Stamps keep the bag's
 spacing but are shifted onto the node's clock (now at playback start): the node ages frames against
 its clock, so the recorded absolute times would all look stale. Chunks are shifted back for scoring.
 This is the ROS side of the command (an entry point): it may import rclpy and `mambavla.ros`.
@@ -24,10 +26,31 @@ from mambavla.evaluation.replay import write_report
 from mambavla.data.images import resize_rgb
 
 
+PRIVATE_DOMAINS = range(100, 200)  # where live replay picks its own domain
+
+
+def dds_environment(requested: int | None, environ: dict) -> dict:
+    """The DDS variables live replay and its policy_node run with: domain `requested` as the user asked, else a
+    private domain on localhost that is not the exported one (an empty value removes the variable)."""
+    if requested is not None:
+        if not 0 <= requested <= 232:
+            raise ValueError(f"--ros-domain-id must be within 0..232 (DDS's port range), got {requested}")
+        return {"ROS_DOMAIN_ID": str(requested)}
+    exported = environ.get("ROS_DOMAIN_ID", "")
+    domain = PRIVATE_DOMAINS[os.getpid() % len(PRIVATE_DOMAINS)]
+    if str(domain) == exported.strip():
+        domain = PRIVATE_DOMAINS[(os.getpid() + 1) % len(PRIVATE_DOMAINS)]
+    return {"ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_STATIC_PEERS": ""}
+
+
 def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, out: Path, header: dict, log) -> dict:
-    if "ROS_DOMAIN_ID" not in os.environ:  # a private domain: never drive someone else's nodes
-        os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    for name, value in dds_environment(args.ros_domain_id, os.environ).items():
+        if value:
+            os.environ[name] = value
+        else:
+            os.environ.pop(name, None)
+    log(f"live replay in ROS domain {os.environ['ROS_DOMAIN_ID']} "
+        f"({'as asked' if args.ros_domain_id is not None else 'private, localhost only'})")
     infos = [inspect(b, config.cameras, maps, config.action_names) for b in bags]
     instructions = []
     for info in infos:
@@ -111,7 +134,8 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
             spin.stop()
         finally:
             rclpy.try_shutdown()
-    header = {**header, "mode": "live", "bags": [str(b) for b in bags], "roles": {i.path.name: {"roles": i.roles, "notes": i.notes} for i in infos},
+    header = {**header, "mode": "live", "ros_domain_id": int(os.environ["ROS_DOMAIN_ID"]), "bags": [str(b) for b in bags],
+              "roles": {i.path.name: {"roles": i.roles, "notes": i.notes} for i in infos},
               "infer_mode": schedule.infer_mode, "recorded_s": round(recorded_s, 3), "rate": args.rate,
               "policy_node_status": node_status, "policy_node_log": str(out / "policy_node.log")}
     return write_report(out, runs, limits, config.action_names, header)

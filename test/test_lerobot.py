@@ -160,6 +160,25 @@ def test_image_features_stored_in_the_parquet_import_as_cameras(ours, exported, 
     assert len(back) == len(frames) and all(np.array_equal(a, b) for a, b in zip(back, frames))  # PNG: lossless
 
 
+def test_files_roll_over_at_their_size_limit_and_still_import(ours, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "small_files"
+    # mpeg4 hands out each frame's packet at once (SVT-AV1 holds back about a second of frames, so its files
+    # pass the limit by that much before the next episode starts a new one)
+    summary = export_lerobot([ours], out, codec="mpeg4", video_file_mb=1e-4, data_file_mb=1e-4, progress=False)
+    assert summary["video_files"] == 4 and summary["data_files"] == 2  # each episode in files of its own
+    episodes = pq.read_table(out / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [e["videos/observation.images.front/file_index"] for e in episodes] == [0, 1]
+    assert [e["videos/observation.images.front/from_timestamp"] for e in episodes] == [0.0, 0.0]
+    assert [e["data/file_index"] for e in episodes] == [0, 1]
+    assert (out / "data/chunk-000/file-001.parquet").exists()
+    import_lerobot(out, tmp_path / "back", image_format="raw", progress=False)
+    original = EpisodeDataset(ours, chunk=2, use_cache=False, verbose=False)
+    back = EpisodeDataset(tmp_path / "back", chunk=2, use_cache=False, verbose=False)
+    assert all(np.array_equal(back[i]["actions"], original[i]["actions"]) for i in range(len(original)))
+
+
 def test_fr3_forward_kinematics_gives_the_franka_home_pose():
     from mambavla.data.fr3_kinematics import forward_kinematics
 
@@ -397,6 +416,30 @@ def test_crisp_joint_space_delta_actions_are_integrated_through_fr3_kinematics(t
         assert np.allclose(back.joint_positions[:, :7], ep["joints"], atol=1e-6)
 
 
+def test_quaternion_state_base_frame_rotation_vectors_and_gripper_width_import(tmp_path):
+    rng = np.random.default_rng(10)
+    ep = crisp_episode(rng, 8)
+    from scipy.spatial.transform import Rotation
+
+    quat = ep["quat"]
+    width = np.where(ep["opened"] > 0, 0.08, 0.02)
+    state = np.concatenate([ep["xyz"][:-1], quat[:-1], width[:, None]], axis=1)
+    rotvec = Rotation.from_quat(quat[1:]).as_rotvec()
+    action = np.concatenate([ep["xyz"][1:], rotvec, 1.0 - ep["opened"][:, None]], axis=1)  # 1 = closed
+    root = write_lerobot(tmp_path / "other", [{"state": state, "action": action}],
+                         ["ee_x", "ee_y", "ee_z", "qx", "qy", "qz", "qw", "gripper_width"],
+                         ["x", "y", "z", "rx", "ry", "rz", "gripper"])
+    summary = import_lerobot(root, tmp_path / "bags", progress=False)
+    assert summary["gripper"] == "closed-is-1"
+    back = read_episode(next((tmp_path / "bags").iterdir()))
+    pos, q = spaces.vector_to_pose(back.proprio[:, :6].astype(np.float64))
+    assert np.allclose(pos, ep["xyz"][:-1], atol=1e-6) and np.all(spaces.quat_angle_between(q, quat[:-1]) < 1e-5)
+    assert np.allclose(back.proprio[:, 6], width / 2)
+    pos, q = spaces.vector_to_pose(back.actions[:, :6].astype(np.float64))
+    assert np.allclose(pos, ep["xyz"][1:], atol=1e-6) and np.all(spaces.quat_angle_between(q, quat[1:]) < 1e-5)
+    assert back.actions[:, 6].tolist() == (1.0 - ep["opened"]).tolist()
+
+
 def test_episode_selection_imports_only_the_chosen_episodes(tmp_path):
     rng = np.random.default_rng(6)
     eps = [crisp_episode(rng, 6) for _ in range(3)]
@@ -463,6 +506,17 @@ def test_unnamed_state_dimensions_are_refused_with_how_to_name_them(tmp_path):
     (root / "meta/info.json").write_text(json.dumps(info))
     with pytest.raises(LeRobotError, match=r"'observation.state'.*no per-dimension names.*\['names'\]"):
         import_lerobot(root, tmp_path / "bags", progress=False)
+
+
+def test_a_gripper_convention_the_data_cannot_tell_asks_for_the_flag(tmp_path):
+    rng = np.random.default_rng(11)
+    eps = [crisp_episode(rng, 6) for _ in range(2)]
+    eps[1]["action"][:, 6] = 1.0 - eps[1]["action"][:, 6]  # one episode starts closed, the other open
+    names = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+    root = write_lerobot(tmp_path / "crisp", eps, names, names)
+    with pytest.raises(LeRobotError, match=r"cannot tell the action gripper convention.*--gripper open-is-1"):
+        import_lerobot(root, tmp_path / "bags", progress=False)
+    assert import_lerobot(root, tmp_path / "bags", gripper="open-is-1", progress=False)["episodes"] == 2
 
 
 def test_export_refuses_a_non_empty_output_folder(ours, tmp_path):

@@ -143,7 +143,8 @@ def _aggregate_image_stats(parts: list[dict[str, np.ndarray]]) -> dict[str, np.n
 
 
 class _VideoFiles:
-    """One camera's mp4 files: episodes appended back to back, a new file once one passes `limit_mb`."""
+    """One camera's mp4 files: episodes appended back to back, a new file for the next episode once the bytes
+    written pass `limit_mb` (an encoder's lookahead, about a second for SVT-AV1, is not counted until written)."""
 
     def __init__(self, root: Path, key: str, fps: int, size: tuple[int, int], codec: str, crf: int | None,
                  limit_mb: float):

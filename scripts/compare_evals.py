@@ -23,10 +23,12 @@ def table(folder: Path, seeds_below: int | None) -> dict[str, dict]:
     episodes of FOLDER/eval.json, without the episode list, plus the first and last seed kept."""
     out = {}
     for task, summary in json.loads((folder / "eval.json").read_text())["tasks"].items():
-        kept = [EpisodeResult.from_dict(e) for e in summary["episodes_detail"] if seeds_below is None or e["seed"] < seeds_below]
+        kept = [EpisodeResult.from_dict(e) for e in summary["episodes_detail"]
+                if seeds_below is None or e["seed"] < seeds_below]
         if kept:
             rows = summarize({task: kept})["tasks"][task]
-            out[task] = {**{k: v for k, v in rows.items() if k != "episodes_detail"}, "seeds": [min(r.seed for r in kept), max(r.seed for r in kept)]}
+            out[task] = {**{k: v for k, v in rows.items() if k != "episodes_detail"},
+                         "seeds": [min(r.seed for r in kept), max(r.seed for r in kept)]}
     return out
 
 
@@ -45,7 +47,8 @@ def chart(tables: dict[str, dict], path: Path, title: str) -> None:
         lo, hi = (np.array([rows[t]["ci95"][j] for t in tasks if t in rows]) for j in (0, 1))
         ax.bar(x, rate, width, label=name, yerr=np.stack([rate - lo, hi - rate]), capsize=3, ecolor="black")
         for xi, t in zip(x, [t for t in tasks if t in rows]):
-            ax.text(xi, 1.02, f"{rows[t]['successes']}/{rows[t]['episodes']}", ha="center", va="bottom", fontsize=7, rotation=90)
+            ax.text(xi, 1.02, f"{rows[t]['successes']}/{rows[t]['episodes']}", ha="center", va="bottom", fontsize=7,
+                    rotation=90)
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylim(0, 1.2)
     ax.set_ylabel("success rate (95% Wilson interval)")
@@ -70,6 +73,7 @@ if __name__ == "__main__":
         runs[name] = table(Path(folder), args.seeds_below)
     seeds = f"seeds < {args.seeds_below}" if args.seeds_below is not None else "all seeds evaluated"
     chart(runs, args.out.with_suffix(".png"), f"eval-sim, held-out layouts ({seeds})")
-    args.out.with_suffix(".json").write_text(json.dumps({"seeds_below": args.seeds_below, "policies": runs}, indent=2) + "\n")
+    table = {"seeds_below": args.seeds_below, "policies": runs}
+    args.out.with_suffix(".json").write_text(json.dumps(table, indent=2) + "\n")
     for name, rows in runs.items():
         print(f"{name:<28}", "  ".join(f"{t} {r['successes']}/{r['episodes']}" for t, r in rows.items()))

@@ -5,7 +5,8 @@
 # base), small enough to bring back from a machine without network. Usage:
 #   bash scripts/gpu_ship_runs.sh RUNS_DIR OUT [MAX_WAIT_SECONDS]   (default wait: 600 s; then ships what is there)
 # SHIP_LAST=1 also packs last/ (the newest EMA weights; best/ is only the lowest validation loss so far) as
-# OUT/<name>_last.tar: one tar with both (27 MB for base) was over the device tool's size limit for a returned file.
+# OUT/<name>_last.tar: a separate file, since one tar with both (27 MB for base) can exceed the size a transfer
+# from the machine allows.
 set -uo pipefail
 runs=$1 out=$2 deadline=$((SECONDS + ${3:-600}))
 for pid in "$runs"/*.pid; do

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start the policy comparison of issue 7 on one GPU machine, all runs at once (each is launch-bound, so
+# Start the policy comparison runs on one GPU machine, all runs at once (each is launch-bound, so
 # they share the GPU well), each in its own session so it outlives the shell that started it:
 #   A mamba_stream     the shipped configuration: Mamba fusion, stream mode, every training episode
 #   (mamba_stream_nofilm  as A without the instruction's FiLM in the vision encoder; only when named)
@@ -13,7 +13,7 @@
 #   D mamba_stream_25  as A on the first 25 episodes of each task
 #   E mamba_stream_10  as A on the first 10 episodes of each task
 # The same comparison on the shipped recipe (mamba_stream_bal: grounding weight 0.5, task-balanced batches),
-# named, not default (the lettered runs above stay as the fourth session ran them):
+# named, not default (the lettered runs above keep the earlier recipe: grounding weight 0.1, unbalanced):
 #   mamba_window_g05 / transformer_window_g05   B and C with --grounding-weight 0.5 (window mode has no
 #                                               --balance-tasks: it samples frames, not episodes)
 #   mamba_stream_bal_50 / _25 / _10             mamba_stream_bal on the first 50, 25, 10 episodes of each task

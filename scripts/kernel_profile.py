@@ -13,7 +13,7 @@ resized on the GPU), then profiles (`cuda_work`, CUPTI)
 each region of the step once outside the graph (vision, the context scan, one flow step's velocity, the
 flow steps' conditions), the whole body, and one graph replay: kernels by category and by name with their
 GPU time, and the replay's summed kernel time against its wall time (CUDA events). Results:
-docs/benchmarks.md, "Eleventh session".
+docs/runtime.md and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def _built_and_timed(preset: str, steps: int, camera: str, **options) -> tuple:
     """The runtime (untrained, stream mode), its first step (capture, compile or ORT's graphs) and then
     `steps` steps timed in the caller's view -> (runtime, observation, JSON fields)."""
     started = time.perf_counter()
-    runtime = PolicyRuntime.from_preset(preset, device="cuda", fusion="mamba", history_mode="stream", seed=0, noise_scale=0.0,
+    runtime = PolicyRuntime.from_preset(preset, device="cuda", fusion="mamba", history_mode="stream", seed=0,
+                                        noise_scale=0.0,
                                         **options)
     runtime.set_instruction(INSTRUCTION)
     obs = _observation(runtime, np.random.default_rng(0), frame_size(camera) if camera else None)
@@ -119,8 +120,8 @@ def onnx_main(preset: str, steps: int, camera: str = "", mode: str = "onnx") -> 
     import onnxruntime
 
     runtime, obs, out = _built_and_timed(preset, steps, camera, backend="onnx", **ONNX_MODES[mode])
-    return {**out, "mode": mode, "onnxruntime": onnxruntime.__version__,
-            "provider": runtime.onnx_provider, "cuda_graphs": runtime.onnx_cuda_graph, "step": profile(lambda: runtime.step(obs))}
+    return {**out, "mode": mode, "onnxruntime": onnxruntime.__version__, "provider": runtime.onnx_provider,
+            "cuda_graphs": runtime.onnx_cuda_graph, "step": profile(lambda: runtime.step(obs))}
 
 
 def main(preset: str, mode: str, steps: int, camera: str = "") -> dict:
@@ -137,7 +138,8 @@ def main(preset: str, mode: str, steps: int, camera: str = "") -> dict:
     graph._load(saved)
     replay = profile(graph.graph.replay)
     graph._load(saved)
-    out["replay"] = {"kernels": replay["kernels"], "kernel_gpu_us": replay["gpu_us"], "replay_wall_us_p50": replay_wall_us(graph),
+    out["replay"] = {"kernels": replay["kernels"], "kernel_gpu_us": replay["gpu_us"],
+                     "replay_wall_us_p50": replay_wall_us(graph),
                      "by_category": replay["by_category"]}
     graph._load(saved)
     return out
@@ -146,4 +148,5 @@ def main(preset: str, mode: str, steps: int, camera: str = "") -> dict:
 if __name__ == "__main__":
     if len(sys.argv) not in (3, 4, 5):
         sys.exit(__doc__)
-    print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 200, *sys.argv[4:]), indent=1))
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 200
+    print(json.dumps(main(sys.argv[1], sys.argv[2], steps, *sys.argv[4:]), indent=1))

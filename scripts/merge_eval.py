@@ -24,6 +24,8 @@ if __name__ == "__main__":
     episodes = sum(t["episodes"] for t in summary["tasks"].values())
     successes = sum(t["successes"] for t in summary["tasks"].values())
     success_chart(summary, out / "success.png",
-                  title=f"eval-sim, held-out seeds: mean success {summary['mean_success_rate']:.0%} ({successes} / {episodes})")
+                  title=f"eval-sim, held-out seeds: mean success {summary['mean_success_rate']:.0%} "
+                        f"({successes} / {episodes})")
     for name, t in summary["tasks"].items():
-        print(f"{name:<11} {t['successes']:>3} / {t['episodes']:<3} ci95 {t['ci95']}  named cube {t['approached_named_cube_rate']:.0%}")
+        print(f"{name:<11} {t['successes']:>3} / {t['episodes']:<3} ci95 {t['ci95']}  named cube "
+              f"{t['approached_named_cube_rate']:.0%}")

@@ -9,7 +9,7 @@ step follows a gap:
   fillers  250 steps after each 20 ms gap filled another way: a sleep, a busy-wait, 1 ms sleeps, a tiny
            kernel on a side stream every 1 ms, 18 ms of sleep then 2 of busy-wait (plain graph only)
 to tell whether a slow step after a gap comes from an idle CPU, an idle GPU, or the machine.
-Results: docs/benchmarks.md, "Thirteenth session".
+Results: docs/benchmarks.md, "camera-in to chunk-out".
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def _spin(seconds: float) -> None:
 
 def main(mode: str, experiment: str) -> dict:
     torch.set_grad_enabled(False)
-    runtime = PolicyRuntime.from_preset("base", device="cuda", dtype=torch.bfloat16, fusion="mamba", history_mode="stream", seed=0,
+    runtime = PolicyRuntime.from_preset("base", device="cuda", dtype=torch.bfloat16, fusion="mamba",
+                                        history_mode="stream", seed=0,
                                         noise_scale=0.0, compile_step=False if mode == "none" else mode)
     runtime.set_instruction(INSTRUCTION)
     obs = _observation(runtime, np.random.default_rng(0), (480, 640))
@@ -57,8 +58,10 @@ def main(mode: str, experiment: str) -> dict:
     else:
         steps = 250
         gaps = [("none", None), ("sleep", lambda: time.sleep(0.02)), ("spin", lambda: _spin(0.02)),
-                ("sleep_1ms_slices", lambda: [time.sleep(0.001) for _ in range(20)]), ("gpu_kernel_every_1ms", kernels_every_ms),
-                ("sleep18_spin2", lambda: (time.sleep(0.018), _spin(0.002))), ("sleep", lambda: time.sleep(0.02)), ("none", None)]
+                ("sleep_1ms_slices", lambda: [time.sleep(0.001) for _ in range(20)]),
+                ("gpu_kernel_every_1ms", kernels_every_ms),
+                ("sleep18_spin2", lambda: (time.sleep(0.018), _spin(0.002))),
+                ("sleep", lambda: time.sleep(0.02)), ("none", None)]
     out: dict = {"mode": mode, "experiment": experiment, "device": torch.cuda.get_device_name(), "step_ms": {}}
     for name, gap in gaps:
         ms = []

@@ -36,7 +36,8 @@ def main() -> None:
             ax.plot(frames, p50, marker="o", label=f"{name} ({sweep['mode'].replace('_', ' ')})")
             ax.fill_between(frames, p50, [p["p95"] for p in sweep["points"]], alpha=0.2)
         device = bench.get("device_name") or bench.get("device")
-        ax.set(xscale="log", yscale="log", xlabel="history (frames in context)", ylabel="step latency, ms (p50, band to p95)",
+        ax.set(xscale="log", yscale="log", xlabel="history (frames in context)",
+               ylabel="step latency, ms (p50, band to p95)",
                title=f"{bench['preset']} on {device}, {bench.get('dtype', '')}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()

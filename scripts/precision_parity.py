@@ -6,10 +6,10 @@
 `record` (needs franky-sim) runs one held-out episode of `mambavla eval-sim` (torch, fp32, CPU) and keeps every
 observation the policy was given, resized to the policy's image size as the runtime resizes them (OpenCV
 INTER_AREA), with the instruction. `compare` streams those observations through the reference (torch, fp32, CPU,
-eager) and through each other mode: on the CPU, ONNX Runtime's fp32 and fp16 graphs and torch in bf16; on a GPU also torch's bf16
-CUDA graph (`--compile`: and the compiled one) and ONNX Runtime's fp32 and fp16 graphs on its CUDA provider with
-their CUDA graphs. The flow starts from zero noise in every mode (`noise_scale` 0), so the chunks differ by
-arithmetic alone, not by the devices' random numbers. Per mode: the largest difference from the reference over
+eager) and through each other mode: on the CPU, ONNX Runtime's fp32 and fp16 graphs and torch in bf16; on a GPU
+also torch's bf16 CUDA graph (`--compile`: and the compiled one) and ONNX Runtime's fp32 and fp16 graphs on its CUDA
+provider with their CUDA graphs. The flow starts from zero noise in every mode (`noise_scale` 0), so the chunks
+differ by arithmetic alone, not by the devices' random numbers. Per mode: the largest difference from the reference over
 every step and row, per action (the positions also in mm), and per step; DIR gets `precision.json` and
 `precision.png` (per-step difference, each mode).
 """
@@ -54,7 +54,8 @@ def record(args: argparse.Namespace) -> dict:
     from mambavla.sim.evaluate import evaluate
 
     recorder = _Recorder(PolicyRuntime.from_checkpoint(args.checkpoint, seed=args.seed, threads=1))
-    summary, _ = evaluate(recorder, (args.task,), 1, seed=args.seed, time_limit=args.seconds, gif_episodes=0, progress=False)
+    summary, _ = evaluate(recorder, (args.task,), 1, seed=args.seed, time_limit=args.seconds, gif_episodes=0,
+                          progress=False)
     cameras = recorder.camera_names
     arrays = {f"image_{c}": np.stack([f["images"][c] for f in recorder.frames]) for c in cameras}
     np.savez_compressed(args.out, proprio=np.stack([f["proprio"] for f in recorder.frames]),
@@ -75,7 +76,8 @@ def _modes(device: str, compile_step: bool) -> list[tuple[str, dict]]:
             modes += [("torch bf16 compiled cuda graph", {"device": device, "dtype": torch.bfloat16, "cuda_graph": True,
                                                           "compile_step": True})]
         modes += [("onnx fp32 cuda graphs", {"device": device, "backend": "onnx", "cuda_graph": True}),
-                  ("onnx fp16 cuda graphs", {"device": device, "backend": "onnx", "dtype": torch.float16, "cuda_graph": True})]
+                  ("onnx fp16 cuda graphs",
+                   {"device": device, "backend": "onnx", "dtype": torch.float16, "cuda_graph": True})]
     return modes
 
 
@@ -99,16 +101,19 @@ def compare(args: argparse.Namespace) -> dict:
     frames = [{"images": {c: data[f"image_{c}"][t] for c in cameras}, "proprio": data["proprio"][t]}
               for t in range(len(data["proprio"]))]
     instruction = str(data["instruction"])
-    loaded = load_checkpoint(args.checkpoint).float().eval()  # read once; each runtime casts and moves a copy of its own
+    # read once; each runtime casts and moves a copy of its own
+    loaded = load_checkpoint(args.checkpoint).float().eval()
     names = list(loaded.config.action_names)
-    reference = _stream(PolicyRuntime(copy.deepcopy(loaded), seed=0, noise_scale=0.0, cuda_graph=False), frames, instruction)
+    reference = _stream(PolicyRuntime(copy.deepcopy(loaded), seed=0, noise_scale=0.0, cuda_graph=False), frames,
+                        instruction)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": args.checkpoint, "frames": args.frames, "steps": len(frames), "instruction": instruction,
               "reference": "torch fp32 cpu eager", "noise_scale": 0.0, "torch": torch.__version__,
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "action_names": names, "reference_range": {n: [round(float(reference[..., i].min()), 4),
-                                                             round(float(reference[..., i].max()), 4)] for i, n in enumerate(names)},
+              "action_names": names,
+              "reference_range": {n: [round(float(reference[..., i].min()), 4),
+                                      round(float(reference[..., i].max()), 4)] for i, n in enumerate(names)},
               "modes": {}}
     figure, axis = plt.subplots(figsize=(8, 4))
     for label, options in _modes(args.device, args.compile):
@@ -151,7 +156,8 @@ def main() -> None:
     c.add_argument("--frames", required=True, help=".npz from `record`")
     c.add_argument("--out", required=True, help="folder for precision.json and precision.png")
     c.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU modes too")
-    c.add_argument("--compile", action="store_true", help="also torch's compiled CUDA-graph step (a minute or two to compile)")
+    c.add_argument("--compile", action="store_true",
+                   help="also torch's compiled CUDA-graph step (a minute or two to compile)")
     args = parser.parse_args()
     print(json.dumps(record(args) if args.command == "record" else compare(args), indent=2))
 

@@ -95,7 +95,8 @@ def echo(mode: str, seconds: float) -> None:
         if len(fresh) < CAMS:
             return
         fresh.clear()
-        msg.header.frame_id += f" {time.perf_counter()!r}"  # the set's receipt: CLOCK_MONOTONIC, one clock for both processes
+        # the set's receipt: CLOCK_MONOTONIC, one clock for both processes
+        msg.header.frame_id += f" {time.perf_counter()!r}"
         if os.environ.get("ECHO_THREAD"):
             answers.put(msg.header)
         else:
@@ -159,10 +160,12 @@ def report(mode: str, height: int, width: int, sent: list[float], rtts: list[flo
         return {q: float(np.percentile(values, int(q[1:]))) for q in ("p50", "p90", "p99")}
 
     print(json.dumps({"env": {k: os.environ[k] for k in VARIANTS if k in os.environ}, "spin": mode,
-                      "size": [height, width], "n": int(ms.size), "pace_ms": PACE_S * 1e3, "start_unix": round(start_unix, 3), "no_answer_within_2s": unanswered,
+                      "size": [height, width], "n": int(ms.size), "pace_ms": PACE_S * 1e3,
+                      "start_unix": round(start_unix, 3), "no_answer_within_2s": unanswered,
                       "rtt_ms": percentiles(ms) | {"max": float(ms.max())},
                       **({"legs_ms": {name: percentiles(leg)
-                                      for name, leg in zip(("frames_in", "answer_out"), np.array(legs[10:]).T * 1e3)}} if legs else {}),
+                                      for name, leg in zip(("frames_in", "answer_out"),
+                                                           np.array(legs[10:]).T * 1e3)}} if legs else {}),
                       **({"publish_calls_ms_p50": float(np.median(publish[10:]) * 1e3)} if publish else {}),
                       "slow": slow}),
           flush=True)

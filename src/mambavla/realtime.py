@@ -2,9 +2,9 @@
 
 libfranka (through `franky.Robot` / `franky.Gripper`) raises the calling thread to SCHED_FIFO 99
 whenever it is allowed to, even with `RealtimeConfig.Ignore`. On a real-time robot PC that is the
-point; in simulation and tests (root in a container) it made the test runner FIFO 99, every process it
-then started inherited that, and busy-waiting threads at that priority starved the simulator and the
-nodes on a 2-core machine until runs hung.
+point; in simulation and tests (root in a container, where the call succeeds) the caller becomes FIFO 99,
+every process it then starts inherits that, and busy-waiting threads at that priority starve the simulator
+and the nodes on a machine with few cores until runs hang.
 """
 
 from __future__ import annotations

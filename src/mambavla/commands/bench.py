@@ -29,20 +29,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16"), help="default: fp32 on cpu, bf16 on cuda")
     p.add_argument("--steps", type=int, help="timed steps per measurement (default: 30 cpu, 200 cuda)")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--history", type=int, nargs="*", default=list(HISTORY_SWEEP), help="history lengths (frames) to sweep")
+    p.add_argument("--history", type=int, nargs="*", default=list(HISTORY_SWEEP),
+                   help="history lengths (frames) to sweep")
     p.add_argument("--sweep-steps", type=int, help="timed steps per history length (default: 10 cpu, 50 cuda)")
     p.add_argument("--fusion", choices=("mamba", "transformer"), action="append", help="limit to these fusions")
     p.add_argument("--language", help="instruction encoder: 'minilm' (default) or a local transformers folder")
     p.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime (default: their own defaults)")
-    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row (default: run it where onnxruntime imports)")
-    p.add_argument("--parity-steps", type=int, default=20, help="streamed steps of the ONNX parity check (vs torch fp32 cpu)")
-    p.add_argument("--batch", type=int, nargs="*", help="step_batch stream counts (default: 1..64 cuda, 1..8 cpu; none: skip)")
+    p.add_argument("--no-onnx", action="store_true",
+                   help="skip the ONNX Runtime row (default: run it where onnxruntime imports)")
+    p.add_argument("--parity-steps", type=int, default=20,
+                   help="streamed steps of the ONNX parity check (vs torch fp32 cpu)")
+    p.add_argument("--batch", type=int, nargs="*",
+                   help="step_batch stream counts (default: 1..64 cuda, 1..8 cpu; none: skip)")
     p.add_argument("--batch-steps", type=int, help="timed batch steps per stream count (default: 50 cuda, 5 cpu)")
     p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
-                   help="cuda: also time the CUDA-graph step with its body torch.compile'd (PolicyRuntime compile_step; "
-                        "MODE 'default' when not given, or 'max-autotune-no-cudagraphs')")
+                   help="cuda: also time the CUDA-graph step with its body torch.compile'd (PolicyRuntime "
+                        "compile_step; MODE 'default' when not given, or 'max-autotune-no-cudagraphs')")
     p.add_argument("--camera-size", type=frame_size, metavar="HxW",
-                   help="frames of this size, which the runtime resizes to the policy's (default: the policy's own size)")
+                   help="frames of this size, which the runtime resizes to the policy's "
+                        "(default: the policy's own size)")
     p.add_argument("--json", action="store_true", help="JSON only (default also prints JSON, plus progress on stderr)")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=run)
@@ -73,7 +78,8 @@ def frame_size(text: str) -> tuple[int, int]:
 
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() and 1 <= int(p) <= MAX_IMAGE_SIDE for p in parts):
-        raise argparse.ArgumentTypeError(f"expected HxW with each side 1..{MAX_IMAGE_SIDE} px, e.g. 480x640; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected HxW with each side 1..{MAX_IMAGE_SIDE} px, e.g. 480x640; got "
+                                         f"{text!r}")
     return int(parts[0]), int(parts[1])
 
 
@@ -202,7 +208,8 @@ def _run(args: argparse.Namespace) -> int:
                     runtime.extend_history(obs, max(0, history - 1))
                     log(f"[{fusion} {mode}] history {history} frames")
                     m = _timed_steps(runtime, obs, sweep_steps)
-                    sweep.append({"history_frames": history, "tokens_in_context": history * runtime.config.tokens_per_frame,
+                    tokens = history * runtime.config.tokens_per_frame
+                    sweep.append({"history_frames": history, "tokens_in_context": tokens,
                                   **m["step_ms"], **({"split_ms_p50": m["split_ms_p50"]} if not graph else {})})
                 entry["history_sweep"] = {"mode": mode, "points": sweep}
             if mode == sweep_mode and fusion in ("mamba", "checkpoint") and args.batch != []:
@@ -214,7 +221,8 @@ def _run(args: argparse.Namespace) -> int:
             entry["onnx"] = _onnx_row(args, torch.float32, steps, cuda, log, result.setdefault("step_batch", []))
             if cuda:  # ORT's reduced precision, beside torch's bf16
                 entry["onnx_fp16"] = _onnx_row(args, torch.float16, steps, cuda, log, None)
-            best = min(m["step_ms"]["p50"] for k, m in entry.items() if k in ("eager", "cuda_graph", "cuda_graph_compiled"))
+            torch_modes = ("eager", "cuda_graph", "cuda_graph_compiled")
+            best = min(m["step_ms"]["p50"] for k, m in entry.items() if k in torch_modes)
             for name in ("onnx", "onnx_fp16"):
                 for row in (entry.get(name, {}), entry.get(name, {}).get("cuda_graph", {})):
                     if "step_ms" in row:
@@ -266,14 +274,16 @@ def _onnx_row(args: argparse.Namespace, graph_dtype, steps: int, cuda: bool, log
     if cuda and providers("cuda")[0] != "CUDAExecutionProvider":
         if graph_dtype != torch.float32:
             return {**row, "skipped": "the fp16 graph is for ONNX Runtime's CUDA provider, which this build lacks"}
-        row["note"] = "this onnxruntime build has no CUDA execution provider (onnxruntime-gpu): the row is on the CPU provider"
+        row["note"] = ("this onnxruntime build has no CUDA execution provider (onnxruntime-gpu): "
+                       "the row is on the CPU provider")
     try:
         reference = _runtime(args, device="cpu", dtype=torch.float32, cuda_graph=False, threads=args.threads)
         path = Path(tempfile.mkdtemp(prefix="mambavla-bench-")) / "step.onnx"
         t0 = time.perf_counter()
         export_step(reference.model, path, graph_dtype)
         row["export_s"] = time.perf_counter() - t0
-        runtime = _runtime(args, device=args.device, cuda_graph=False, backend="onnx", onnx_path=path, threads=args.threads)
+        runtime = _runtime(args, device=args.device, cuda_graph=False, backend="onnx", onnx_path=path,
+                           threads=args.threads)
     except Exception as err:  # an exporter or runtime that cannot take this model is a result too
         row["error"] = f"{type(err).__name__}: {err}"
         return row
@@ -282,7 +292,8 @@ def _onnx_row(args: argparse.Namespace, graph_dtype, steps: int, cuda: bool, log
     def timed(runtime, graphs: bool, into: dict) -> None:
         label = f"onnx {row['dtype']} {row['provider']}{' cuda graphs' if graphs else ''}"
         log(f"[{label}] parity over {args.parity_steps} steps")
-        into["parity"] = streamed_parity(reference.model, path, steps=args.parity_steps, device=args.device, cuda_graph=graphs)
+        into["parity"] = streamed_parity(reference.model, path, steps=args.parity_steps, device=args.device,
+                                         cuda_graph=graphs)
         obs = _observation(runtime, np.random.default_rng(0), args.camera_size)
         runtime.set_instruction(INSTRUCTION)
         for _ in range(max(args.warmup, 3)):  # ORT captures a graph id on its third step
@@ -296,7 +307,8 @@ def _onnx_row(args: argparse.Namespace, graph_dtype, steps: int, cuda: bool, log
     if on_cuda:  # ORT's best mode on the GPU: the step captured in CUDA graphs
         row["cuda_graph"] = {}
         try:
-            graphed = _runtime(args, device=args.device, cuda_graph=True, backend="onnx", onnx_path=path, threads=args.threads)
+            graphed = _runtime(args, device=args.device, cuda_graph=True, backend="onnx", onnx_path=path,
+                               threads=args.threads)
             timed(graphed, True, row["cuda_graph"])
             best = graphed
         except Exception as err:  # e.g. nodes ORT places off the CUDA provider cannot be captured
@@ -332,5 +344,6 @@ def _batch_sweep(runtime, args: argparse.Namespace, cuda: bool, log) -> dict:
         stats = _percentiles(times)
         points.append({"streams": streams, "batch_ms": stats, "stream_steps_per_s": streams / stats["p50"] * 1e3})
         del batch
-    return {"backend": runtime.backend, "mode": mode, "device": str(runtime.device) if runtime.backend == "torch" else runtime.onnx_provider,
+    return {"backend": runtime.backend, "mode": mode,
+            "device": str(runtime.device) if runtime.backend == "torch" else runtime.onnx_provider,
             "points": points}

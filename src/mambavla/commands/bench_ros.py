@@ -27,14 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="", help="benchmark this checkpoint instead of presets")
     p.add_argument("--device", default="cpu", help="policy device (default: cpu)")
     p.add_argument("--dtype", default="auto", choices=DTYPES,
-                   help="policy_node's dtype (default auto: bf16 for the torch backend on cuda, else fp32; fp16: the onnx "
-                        "backend's fp16 graph; the node's own default is fp32)")
+                   help="policy_node's dtype (default auto: bf16 for the torch backend on cuda, else fp32; fp16: "
+                        "the onnx backend's fp16 graph; the node's own default is fp32)")
     p.add_argument("--chunks", type=int, default=100, help="measured chunks per policy (default: 100)")
     p.add_argument("--warmup", type=int, default=10, help="chunks discarded first (default: 10)")
-    p.add_argument("--camera-size", type=frame_size, metavar="HxW", help="size of the published frames (default: the policy's own)")
+    p.add_argument("--camera-size", type=frame_size, metavar="HxW",
+                   help="size of the published frames (default: the policy's own)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="policy_node torch threads; 0 = torch's choice (default: 1, as config/policy_sim.yaml: on a "
-                        "shared 2-core CPU more threads oversubscribe and inference gets several times slower)")
+                        "shared CPU of few cores more threads oversubscribe and inference gets several times slower)")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                    help="policy_node's backend (onnx: ONNX Runtime, the graph exported when the node loads)")
     p.add_argument("--compile-step", default="", choices=("", "default", "max-autotune-no-cudagraphs"),
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the node compiles at load, before the first chunk). Default: the plain CUDA graph")
     p.add_argument("--echo", action="store_true",
                    help="also time echo_node in policy_node's place (the cameras of the first preset, no decoding, no "
-                        "policy): the transport floor of DDS and rclpy on this machine, both ways")
+                        "policy): the transport floor of DDS and rclpy on the machine, both ways")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--plot", default="", metavar="PNG",
                    help="also draw each target's latency distribution (CDF, the tail on a log scale) to this PNG")
@@ -72,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
             return load_config(name)
         return preset(name)
 
-    sources = [("checkpoint", args.checkpoint)] if args.checkpoint else [("preset", p) for p in args.presets.split(",") if p]
+    if args.checkpoint:
+        sources = [("checkpoint", args.checkpoint)]
+    else:
+        sources = [("preset", p) for p in args.presets.split(",") if p]
     targets = [(kind, name, config_of(kind, name)) for kind, name in sources]
     if args.echo:  # with the first policy's cameras and frame size (tiny's when none is named)
         targets.insert(0, ("echo", "echo_node", targets[0][2] if targets else preset("tiny")))
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 def plot_latencies(path: str, results: dict) -> str:
     """camera-in -> chunk-out of every target as the fraction of chunks slower than each latency: the median
-    and the tail (p99 = 1 %) of each curve at a glance, beside the issue's 5 ms goal."""
+    and the tail (p99 = 1 %) of each curve at a glance, beside a 5 ms line."""
     from mambavla.evaluation.plots import pyplot
 
     plt = pyplot()
@@ -111,7 +115,8 @@ def plot_latencies(path: str, results: dict) -> str:
     for target in results["policies"]:
         latencies = np.sort(np.asarray(target["latencies_ms"]))
         slower = 1.0 - np.arange(len(latencies)) / len(latencies)
-        label = "echo_node (transport floor)" if "echo" in target else f"{target.get('preset') or target.get('checkpoint')}"
+        name = target.get("preset") or target.get("checkpoint")
+        label = "echo_node (transport floor)" if "echo" in target else f"{name}"
         p50, p99 = target["latency_ms"]["p50"], target["latency_ms"]["p99"]
         ax.step(latencies, slower, where="post", label=f"{label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     ax.axvline(5.0, color="grey", linestyle="--", linewidth=1, label="5 ms")
@@ -119,7 +124,8 @@ def plot_latencies(path: str, results: dict) -> str:
     ax.set_xlabel("camera-in -> chunk-out (ms)")
     ax.set_ylabel("fraction of chunks slower")
     step = results["compile_step"] and f", torch.compile {results['compile_step']}"
-    ax.set_title(f"bench-ros: {results['device']} {results['backend']}{step or ''}, {results['cpu_count']} CPUs", fontsize=10)
+    ax.set_title(f"bench-ros: {results['device']} {results['backend']}{step or ''}, {results['cpu_count']} CPUs",
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -131,8 +137,8 @@ def plot_latencies(path: str, results: dict) -> str:
 def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dict:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from sensor_msgs.msg import Image, JointState
     from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
@@ -168,8 +174,9 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
     if kind == "echo":
         policy = NodeProcess("echo_node", [], {"camera_topics": topics})
     else:
-        params = {"infer_mode": "frame", "device": args.device, "dtype": args.dtype, "torch_threads": args.torch_threads,
-                  "backend": args.backend, "compile_step": args.compile_step, "max_observation_age": 5.0, "camera_topics": topics,
+        params = {"infer_mode": "frame", "device": args.device, "dtype": args.dtype,
+                  "torch_threads": args.torch_threads, "backend": args.backend, "compile_step": args.compile_step,
+                  "max_observation_age": 5.0, "camera_topics": topics,
                   "checkpoint": name if kind == "checkpoint" else "", "preset": name if kind == "preset" else "tiny"}
         policy = NodeProcess("policy_node", ["policy.yaml"], params)
     rng = np.random.default_rng(0)
@@ -179,7 +186,8 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
     frames = {cam: [rgb_to_image(rgb, 0.0, cam) for rgb in pixels] for cam in cams}
     try:
         total = args.warmup + args.chunks
-        deadline = time.monotonic() + (900.0 if args.compile_step else 300.0)  # the node compiles before its first chunk
+        # the node compiles before its first chunk
+        deadline = time.monotonic() + (900.0 if args.compile_step else 300.0)
         k = 0
         while len(latencies) < total and time.monotonic() < deadline:
             if not policy.alive:
@@ -220,7 +228,8 @@ def _bench_one(kind: str, name: str, config, size: tuple[int, int], args) -> dic
         # inside policy_node, over its last 500 chunks (warm-up included, hence the medians): frame receipt ->
         # chunk published, and the step itself; the rest of camera-in -> chunk-out is DDS both ways
         stat = lambda key: float(status.get(key, "nan"))  # noqa: E731
-        result.update(chunk_size=config.chunk_size, node_backend=status.get("backend", ""), inference_ms_p50=stat("p50_inference_ms"),
+        result.update(chunk_size=config.chunk_size, node_backend=status.get("backend", ""),
+                      inference_ms_p50=stat("p50_inference_ms"),
                       inference_ms_mean=stat("mean_inference_ms"), convert_ms_per_frame_p50=stat("p50_convert_ms"),
                       wait_ms_p50=stat("p50_wait_ms"),
                       node_latency_ms={"p50": stat("p50_latency_ms"), "p99": stat("p99_latency_ms")})

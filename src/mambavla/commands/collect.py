@@ -12,11 +12,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from mambavla.sim.tasks import TASK_CHOICES
 
     p = subparsers.add_parser("collect", help="record expert demonstrations in simulation (one bag per episode)")
-    p.add_argument("--task", choices=TASK_CHOICES, help="task family; 'push' alternates sides, 'all' cycles every family")
+    p.add_argument("--task", choices=TASK_CHOICES,  # required for the workcell
+                   help="task family; 'push' alternates sides, 'all' cycles every family")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes (seeds SEED, SEED+1, ...)")
     p.add_argument("--out", required=True, help="output directory (one episode_<seed>/ bag per episode, summary.json)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--camera-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None, help="image size (default 128 128)")
+    p.add_argument("--camera-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None,
+                   help="image size (default 128 128)")
     p.add_argument("--rate", type=float, default=None, metavar="HZ", help="recording (policy) rate in Hz (default 20)")
     p.add_argument("--no-render", action="store_true", help="record robot state and actions only (no images; faster)")
     p.add_argument("--speed", type=float, default=1.0, metavar="FACTOR",
@@ -27,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="cameras as sensor_msgs/Image rgb8 (default) or CompressedImage JPEG on <topic>/compressed "
                         "(image_transport's layout; a 168-frame sim lift episode: 1.4 MB against 2.6 MB raw)")
     p.add_argument("--dart-noise", type=float, default=0.0, metavar="METRES",
-                   help="DART: add a smooth seeded offset of this standard deviation to the targets the expert streams while it "
-                        "moves; the recorded actions stay the expert's, so the episodes show recoveries (default 0: clean)")
+                   help="DART: add a smooth seeded offset of this standard deviation to the targets the expert streams "
+                        "while it moves; the recorded actions stay the expert's, so the episodes show recoveries "
+                        "(default 0: clean)")
     p.add_argument("--eval", action="store_true", help="allow held-out evaluation seeds (>= 1000000)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     metaworld.add_collect_arguments(p)
@@ -53,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  success rate        {summary['success_rate']:.1%}")
     for task, s in summary["success_by_task"].items():
         print(f"    {task:<12} {s['success_rate']:.1%} of {s['episodes']}")
-    print(f"  seconds per episode {summary['seconds_per_episode']:.2f} (simulated {summary['sim_seconds_per_episode']:.2f})")
+    print(f"  seconds per episode {summary['seconds_per_episode']:.2f} (simulated "
+          f"{summary['sim_seconds_per_episode']:.2f})")
     print(f"  real-time factor    {summary['real_time_factor']}  (server loop {summary['server_loop_hz']} Hz)")
-    print(f"  summary             {summary['out']}/summary.json" + (f", {summary['out']}/preview.png" if summary["render"] else ""))
+    preview = f", {summary['out']}/preview.png" if summary["render"] else ""
+    print(f"  summary             {summary['out']}/summary.json{preview}")
     return 0

@@ -19,19 +19,25 @@ import numpy as np
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="run the simulated arm following the task's instruction (sim + controller + policy nodes)")
-    p.add_argument("--task", default="lift", help="workcell task: lift, place, push-left, push-right, push, all (default: lift)")
+    p = subparsers.add_parser("demo", help="run the simulated arm following the task's instruction (sim + controller + "
+                                           "policy nodes)")
+    p.add_argument("--task", default="lift", help="workcell task: lift, place, push-left, push-right, push, all "
+                                                  "(default: lift)")
     p.add_argument("--seed", type=int, default=4,
-                   help="episode seed (default: 4, a lift layout the shipped policy was trained on; held-out seeds start at 1000000)")
+                   help="episode seed (default: 4, a lift layout the shipped policy was trained on; held-out seeds "
+                        "start at 1000000)")
     p.add_argument("--checkpoint", default=os.environ.get("MAMBAVLA_CHECKPOINT", ""),
                    help="checkpoint folder (default: $MAMBAVLA_CHECKPOINT, else the policy shipped with the package)")
-    p.add_argument("--untrained", action="store_true", help="run an UNTRAINED --preset instead (the stack without a policy)")
+    p.add_argument("--untrained", action="store_true",
+                   help="run an UNTRAINED --preset instead (the stack without a policy)")
     p.add_argument("--preset", default="tiny", help="preset for --untrained (default: tiny)")
     p.add_argument("--seconds", type=float, default=25.0,
-                   help="how long the policy runs after the instruction, in simulated seconds (default: 25, eval-sim's episode limit)")
+                   help="how long the policy runs after the instruction, in simulated seconds (default: 25, "
+                        "eval-sim's episode limit)")
     p.add_argument("--wall-clock", action="store_true",
-                   help="run the nodes on the wall clock instead of the simulator's /clock (then the simulation, slower than "
-                        "real time on a loaded CPU, no longer moves at the pace the policy and controller assume)")
+                   help="run the nodes on the wall clock instead of the simulator's /clock (then the simulation, "
+                        "slower than real time on a loaded CPU, no longer moves at the pace the policy and controller "
+                        "assume)")
     p.add_argument("--device", default="cpu", help="policy device (default: cpu)")
     p.add_argument("--controller-rate", type=float, default=0.0,
                    help="controller target rate in Hz (default: config/controller_sim.yaml)")
@@ -118,7 +124,8 @@ def _run_stack(args, config, out: Path, log) -> dict:
     try:
         log("starting sim_node ...")
         sim_time = not args.wall_clock
-        sim = NodeProcess("sim_node", ["sim_node.yaml"], {"task": args.task, "seed": args.seed, "publish_clock": sim_time,
+        sim = NodeProcess("sim_node", ["sim_node.yaml"],
+                          {"task": args.task, "seed": args.seed, "publish_clock": sim_time,
                                                           "camera_size": list(config.image_size)}, out / "sim_node.log")
         processes.append(sim)
         task = monitor.wait(lambda: monitor.task, 90.0, "sim_node to publish /sim/task", processes)
@@ -128,10 +135,14 @@ def _run_stack(args, config, out: Path, log) -> dict:
             controller_params["rate_hz"] = args.controller_rate
         processes.append(NodeProcess("controller_node", ["controller.yaml", "controller_sim.yaml"], controller_params,
                                      out / "controller_node.log"))
-        policy_params = {"checkpoint": args.checkpoint, "preset": args.preset, "device": args.device, "use_sim_time": sim_time}
-        processes.append(NodeProcess("policy_node", ["policy.yaml", "policy_sim.yaml"], policy_params, out / "policy_node.log"))
-        monitor.wait(lambda: monitor.status("controller").get("state") == "IDLE", 90.0, "controller_node to track", processes)
-        monitor.wait(lambda: monitor.status("policy").get("state") == "WAITING", 300.0, "policy_node to load", processes)
+        policy_params = {"checkpoint": args.checkpoint, "preset": args.preset, "device": args.device,
+                         "use_sim_time": sim_time}
+        processes.append(NodeProcess("policy_node", ["policy.yaml", "policy_sim.yaml"], policy_params,
+                                     out / "policy_node.log"))
+        monitor.wait(lambda: monitor.status("controller").get("state") == "IDLE", 90.0, "controller_node to track",
+                     processes)
+        monitor.wait(lambda: monitor.status("policy").get("state") == "WAITING", 300.0, "policy_node to load",
+                     processes)
         start_pose = monitor.pose()
         pub = monitor.node.create_publisher(String, "/instruction", LATCHED_QOS)
         pub.publish(String(data=task["instruction"]))
@@ -141,7 +152,8 @@ def _run_stack(args, config, out: Path, log) -> dict:
         while clock() - t0 < args.seconds and not monitor.success:
             if not all(p.alive for p in processes):
                 dead = [p.node for p in processes if not p.alive]
-                raise RuntimeError(f"node(s) exited: {dead}\n" + "\n".join(p.log_tail() for p in processes if not p.alive))
+                logs = "\n".join(p.log_tail() for p in processes if not p.alive)
+                raise RuntimeError(f"node(s) exited: {dead}\n" + logs)
             monitor.spin.raise_if_failed("the run to end (/clock would stand still)")
             time.sleep(0.1)
         summary["elapsed_s"] = round(clock() - t0, 2)
@@ -167,8 +179,8 @@ class _Monitor:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseStamped
-        from sensor_msgs.msg import Image
         from rosgraph_msgs.msg import Clock
+        from sensor_msgs.msg import Image
         from std_msgs.msg import Bool, String
         from trajectory_msgs.msg import JointTrajectory
 
@@ -187,12 +199,15 @@ class _Monitor:
         n = self.node
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, DIAGNOSTICS_QOS)
         n.create_subscription(PoseStamped, "/ee_pose", lambda m: self.poses.append(_position(m)), STATE_QOS)
-        n.create_subscription(PoseStamped, "/controller_node/target_pose", lambda m: self.targets.append(_position(m)), STATE_QOS)
+        n.create_subscription(PoseStamped, "/controller_node/target_pose", lambda m: self.targets.append(_position(m)),
+                              STATE_QOS)
         n.create_subscription(JointTrajectory, "/action_chunk", self._on_chunk, COMMAND_QOS)
         n.create_subscription(Image, "/cameras/front/image_raw", lambda m: setattr(self, "frame", m), SENSOR_QOS)
         n.create_subscription(String, "/sim/task", lambda m: setattr(self, "task", json.loads(m.data)), LATCHED_QOS)
-        n.create_subscription(Bool, "/sim/success", lambda m: setattr(self, "success", self.success or m.data), STATE_QOS)
-        n.create_subscription(Clock, "/clock", lambda m: setattr(self, "clock", m.clock.sec + m.clock.nanosec * 1e-9), 10)
+        n.create_subscription(Bool, "/sim/success", lambda m: setattr(self, "success", self.success or m.data),
+                              STATE_QOS)
+        n.create_subscription(Clock, "/clock", lambda m: setattr(self, "clock", m.clock.sec + m.clock.nanosec * 1e-9),
+                              10)
         self.clock = 0.0
         self.spin = BackgroundSpin(n)
 
@@ -267,7 +282,8 @@ def _collect(monitor: _Monitor, task: dict, start_pose) -> dict:
         "controller_max_period_ms": _number(ctrl.get("target_max_period_ms")),
         "sim_loop_hz": _number(sim.get("sim_loop_hz")),
         "sim_realtime_factor": _number(sim.get("realtime_factor")),
-        "ee_moved_m": float(np.linalg.norm(end_pose - start_pose)) if end_pose is not None and start_pose is not None else 0.0,
+        "ee_moved_m": (float(np.linalg.norm(end_pose - start_pose))
+                       if end_pose is not None and start_pose is not None else 0.0),
         "ee_path_m": float(np.linalg.norm(np.diff(poses, axis=0), axis=1).sum()) if len(poses) > 1 else 0.0,
         "tracking_error_m": _number(ctrl.get("tracking_error")),
     }
@@ -276,12 +292,13 @@ def _collect(monitor: _Monitor, task: dict, start_pose) -> dict:
 def _print_summary(s: dict, log) -> None:
     log(f"\n{s['policy']} on task {s['task']!r}: {s['instruction']!r}")
     log(f"  success:            {s['success']}")
-    log(f"  chunks published:   {s['chunks_published']}   executed: {s['chunks_executed']}   rejected: {s['chunks_rejected']} "
-        f"{s['rejections_by_kind'] or ''}")
+    log(f"  chunks published:   {s['chunks_published']}   executed: {s['chunks_executed']}   "
+        f"rejected: {s['chunks_rejected']} {s['rejections_by_kind'] or ''}")
     if s["last_rejection"]:
         log(f"  last rejection:     {s['last_rejection']}")
     lat = s["latency_ms"]
-    log(f"  latency (frame in -> chunk out): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; inference {s['inference_ms_mean']:.1f} ms")
+    log(f"  latency (frame in -> chunk out): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; inference "
+        f"{s['inference_ms_mean']:.1f} ms")
     log(f"  controller:         {s['controller_rate_hz']:.1f} Hz, jitter (std) {s['controller_jitter_ms']:.2f} ms, "
         f"longest period {s['controller_max_period_ms']:.1f} ms, state {s['controller_state']}")
     log(f"  franky-sim loop:    {s['sim_loop_hz']:.0f} Hz (real-time factor {s['sim_realtime_factor']:.2f})")
@@ -292,8 +309,9 @@ def _print_summary(s: dict, log) -> None:
 def _top_view(poses: np.ndarray, targets: np.ndarray, requested: np.ndarray, size: int = 256) -> np.ndarray:
     """Top view over the controller's workspace box, x forward (up), y left (left): policy-requested
     targets (orange, clipped to the box edge), controller targets (red), end-effector path (blue), start (green)."""
-    from mambavla.control.config import config_path
     import yaml
+
+    from mambavla.control.config import config_path
 
     params = yaml.safe_load(config_path("controller.yaml").read_text())["controller_node"]["ros__parameters"]
     lo, hi = np.array(params["workspace_min"]), np.array(params["workspace_max"])
@@ -319,8 +337,8 @@ def _top_view(poses: np.ndarray, targets: np.ndarray, requested: np.ndarray, siz
 
 
 def _write_picture(path: Path, monitor: _Monitor, task: dict, size: int = 256) -> None:
-    from mambavla.data.preview import write_png
     from mambavla.data.images import image_to_rgb
+    from mambavla.data.preview import write_png
 
     frame = image_to_rgb(monitor.frame) if monitor.frame is not None else np.zeros((size, size, 3), np.uint8)
     scale_y, scale_x = max(1, size // frame.shape[0]), max(1, size // frame.shape[1])

@@ -10,16 +10,18 @@ import time
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="export the streaming policy step to ONNX (for PolicyRuntime backend='onnx'), "
-                                             "or a checkpoint with bf16 weights")
+    p = subparsers.add_parser("export", help="export the streaming policy step to ONNX (for PolicyRuntime "
+                                             "backend='onnx'), or a checkpoint with bf16 weights")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--onnx", metavar="OUT", help="path of the .onnx file to write")
-    what.add_argument("--bf16", metavar="OUT", help="checkpoint folder to write with bfloat16 weights (shipping, transfers)")
+    what.add_argument("--bf16", metavar="OUT",
+                      help="checkpoint folder to write with bfloat16 weights (shipping, transfers)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoint folder (default: the shipped policy)")
     src.add_argument("--preset", help="an untrained preset instead of a checkpoint (sizing, benchmarks)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
-                   help="--onnx: the graph's precision (fp16: for ONNX Runtime's CUDA provider; its scan and SSM state stay fp32)")
+                   help="--onnx: the graph's precision (fp16: for ONNX Runtime's CUDA provider; its scan and SSM "
+                        "state stay fp32)")
     p.add_argument("--check-steps", type=int, default=20,
                    help="streamed steps compared with the torch runtime after export (fp32, CPU; 0: skip)")
     p.set_defaults(func=run)
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     model = model.float().eval()  # loaded in fp32 (a bf16 checkpoint too); export_step casts its copy to --dtype
     t0 = time.perf_counter()
     out = export_step(model, args.onnx, runtime_dtype(args.dtype, "cpu", backend="onnx"))
-    result = {"onnx": str(out), "source": source, "dtype": args.dtype, "bytes": out.stat().st_size, "export_s": round(time.perf_counter() - t0, 1),
+    result = {"onnx": str(out), "source": source, "dtype": args.dtype, "bytes": out.stat().st_size,
+              "export_s": round(time.perf_counter() - t0, 1),
               "instruction": "not in the graph: torch computes the prefix state and task vector once per instruction"}
     if args.check_steps > 0:
         result["parity"] = streamed_parity(model, out, steps=args.check_steps)

@@ -72,9 +72,11 @@ class FusionStack(nn.Module):
         return [layer.film.modulation(cond) for layer in self.layers]
 
     def forward(self, x: Tensor, state: list | None = None, cond: Tensor | list | None = None,
-                mask: Tensor | None = None, cond_start: int = 0, frames: tuple[int, int] | None = None) -> tuple[Tensor, list]:
-        """`cond`: (B, d), or `modulations(cond)`. `frames=(start, n)` (Mamba blocks only): the returned state is, per layer, the state after
-        every block of n tokens following `start`, with a frame axis after the batch axis."""
+                mask: Tensor | None = None, cond_start: int = 0,
+                frames: tuple[int, int] | None = None) -> tuple[Tensor, list]:
+        """`cond`: (B, d), or `modulations(cond)`. `frames=(start, n)` (Mamba blocks only): the returned state is,
+        per layer, the state after every block of n tokens following `start`, with a frame axis after the batch
+        axis."""
         state = [None] * len(self.layers) if state is None else state
         conds = cond if isinstance(cond, list) else [cond] * len(self.layers)  # a list: each layer's modulation
         new_state = []
@@ -158,7 +160,8 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor, cache: KVCache | StaticKVCache | None, cond: Tensor | None, mask: Tensor | None,
                 cond_start: int = 0) -> tuple[Tensor, KVCache | StaticKVCache]:
         batch, length, d = x.shape
-        q, k, v = self.qkv(self.film(self.norm1(x), cond, cond_start)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(self.film(self.norm1(x), cond, cond_start))
+        q, k, v = qkv.view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         step_valid = torch.ones(batch, length, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
         if isinstance(cache, StaticKVCache):  # positions from the device-side length: no host value in the step
             if torch.is_grad_enabled():
@@ -168,7 +171,8 @@ class TransformerBlock(nn.Module):
             cache.k.index_copy_(2, positions, k)
             cache.v.index_copy_(2, positions, v)
             cache.valid.index_copy_(1, positions, step_valid)
-            return self._attend(x, q, cache.k, cache.v, cache.valid, positions), cache._replace(length=cache.length + length)
+            out = self._attend(x, q, cache.k, cache.v, cache.valid, positions)
+            return out, cache._replace(length=cache.length + length)
         past = 0 if cache is None else cache.length
         total = past + length
         positions = torch.arange(past, total, device=x.device)
@@ -207,10 +211,12 @@ class TransformerBlock(nn.Module):
         capacity = max(256, 2 * total)
         shape = (batch, like.shape[1], capacity, like.shape[3])
         grown = KVCache(like.new_zeros(shape), like.new_zeros(shape),
-                        torch.zeros(batch, capacity, dtype=torch.bool, device=like.device), 0 if cache is None else cache.length)
+                        torch.zeros(batch, capacity, dtype=torch.bool, device=like.device),
+                        0 if cache is None else cache.length)
         if cache is not None:
             n = cache.length
-            grown.k[:, :, :n], grown.v[:, :, :n], grown.valid[:, :n] = cache.k[:, :, :n], cache.v[:, :, :n], cache.valid[:, :n]
+            grown.k[:, :, :n], grown.v[:, :, :n] = cache.k[:, :, :n], cache.v[:, :, :n]
+            grown.valid[:, :n] = cache.valid[:, :n]
         return grown
 
 

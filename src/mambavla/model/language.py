@@ -11,6 +11,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -92,7 +93,7 @@ class PrecomputedInstructions:
     (a training pack carries them), for machines without the encoder's weights. Same interface as
     `InstructionEncoder`; an instruction it was not given is an error."""
 
-    def __init__(self, embeddings: dict[str, "np.ndarray | Tensor"], max_tokens: int = 32):
+    def __init__(self, embeddings: dict[str, np.ndarray | Tensor], max_tokens: int = 32):
         if not embeddings:
             raise ValueError("PrecomputedInstructions: no embeddings")
         self.max_tokens = max_tokens
@@ -112,7 +113,8 @@ class PrecomputedInstructions:
         if text not in self._table:
             raise ValueError(f"instruction: no precomputed embedding for {text!r}")
         if self._table[text].shape[0] > self.max_tokens:
-            raise ValueError(f"instruction: {self._table[text].shape[0]} tokens, this policy reads at most {self.max_tokens}")
+            raise ValueError(f"instruction: {self._table[text].shape[0]} tokens, this policy reads at most "
+                             f"{self.max_tokens}")
         return self._table[text]
 
     encode = InstructionEncoder.encode

@@ -87,13 +87,14 @@ def _heads_first(t: Tensor, c: int, chunk_len: int) -> Tensor:
     return t.reshape(b, c, chunk_len, heads, k).permute(0, 3, 1, 2, 4)
 
 
-def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, state: Tensor, chunk_len: int) -> tuple[Tensor, Tensor]:
+def ssd_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, state: Tensor,
+                       chunk_len: int) -> tuple[Tensor, Tensor]:
     """Chunked SSD in PyTorch, continuing from `state`.
 
     x (b, l, h, p), dt (b, l, h) after softplus, A (h,) negative, B and C (b, l, g, n), D (h,),
     state (b, h, p, n). Returns y (b, l, h, p) and the final state (b, h, p, n). Computed in fp32.
     """
-    b, l, h, p = x.shape
+    b, l, h, p = x.shape  # noqa: E741 (l: sequence length, as in the shape comments)
     dtype = x.dtype
     x, dt, B, C, state = x.float(), dt.float(), B.float(), C.float(), state.float()
     if l == 1 or B.shape[2] > 1:  # several groups: each head reads its group's B and C
@@ -143,7 +144,7 @@ def frame_states(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, state: Tensor, sta
     x (b, l, h, p), dt (b, l, h) after softplus, A (h,), B (b, l, g, n_state), state (b, h, p, n_state)
     -> (b, T, h, p, n_state) in fp32, T = (l - start) // n. The recurrence h' = exp(dt A) h + dt x B^T,
     summed in closed form inside each block and carried across blocks (T small steps)."""
-    b, l, h, p = x.shape
+    b, l, h, p = x.shape  # noqa: E741 (l: sequence length, as in the shape comments)
     T = (l - start) // n
     x, dt, state = x.float(), dt.float(), state.float()
     B = B.float().repeat_interleave(h // B.shape[2], dim=2)  # (b, l, h, N)
@@ -176,8 +177,8 @@ def causal_depthwise_conv(window: Tensor, weight: Tensor, bias: Tensor, taps: bo
 
     `taps`: as K shifted multiply-adds instead of `F.conv1d`. The same sum; under torch.compile Inductor fuses
     it with the window's concatenation and the SiLU after it into one kernel, where it keeps a convolution as
-    an aten call with kernels of its own around it (4 kernels per layer and scan in the base preset's compiled
-    step on the H100: docs/benchmarks.md, eleventh session). Eager, one conv1d kernel is the cheaper."""
+    an aten call with kernels of its own around it (docs/runtime.md, compiled step). Eager, one conv1d kernel
+    is the cheaper."""
     if not taps:
         return F.conv1d(window, weight, bias, groups=weight.shape[0])
     k, length = weight.shape[-1], window.shape[-1] - weight.shape[-1] + 1
@@ -214,14 +215,16 @@ class Mamba2Mixer(nn.Module):
         self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, 1, d_conv))
         self.conv_bias = nn.Parameter(torch.zeros(self.conv_dim))
         nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
-        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_range[1]) - math.log(dt_range[0])) + math.log(dt_range[0]))
+        log_lo, log_hi = math.log(dt_range[0]), math.log(dt_range[1])
+        dt = torch.exp(torch.rand(self.nheads) * (log_hi - log_lo) + log_lo)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(1.0, 16.0)))
         self.D = nn.Parameter(torch.ones(self.nheads))
         self.norm = RMSNorm(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    def empty_state(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Mamba2State:
+    def empty_state(self, batch: int, device: torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> Mamba2State:
         device = device or self.in_proj.weight.device
         dtype = dtype or self.in_proj.weight.dtype
         return Mamba2State(
@@ -254,7 +257,8 @@ class Mamba2Mixer(nn.Module):
         if mask is None and frames is None and self.use_kernels and short_scan.fits(xBC, self.headdim, self.d_state):
             # a step's few tokens: one kernel (x, B, C read from the conv's output; softplus(dt) and A inside)
             # instead of mamba-ssm's five and the ones that prepare their inputs
-            y, ssm_state = short_scan.short_scan(xBC, dt, self.dt_bias, self.A_log, self.D, state.ssm, self.nheads, self.ngroups)
+            y, ssm_state = short_scan.short_scan(xBC, dt, self.dt_bias, self.A_log, self.D, state.ssm, self.nheads,
+                                                 self.ngroups)
             return self.out_proj(self.norm(y, gate=z)), Mamba2State(conv_state, ssm_state)
 
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)

@@ -63,7 +63,8 @@ class MambaVLA(nn.Module):
         d, H, A = config.d_model, config.chunk_size, config.action_dim
         in_channels = 4 if config.use_depth else 3
         if config.vision == "resnet":
-            self.vision = nn.ModuleDict({cam: ResNetEncoder(in_channels, config.resnet_widths, config.vision_grid, d, film=config.vision_film)
+            self.vision = nn.ModuleDict({cam: ResNetEncoder(in_channels, config.resnet_widths, config.vision_grid, d,
+                                                            film=config.vision_film)
                                          for cam in config.cameras})
         else:
             if config.use_depth:
@@ -78,7 +79,8 @@ class MambaVLA(nn.Module):
         self.connector = Connector(config)
 
         # frozen and shipped by its own package: a plain attribute, so not in state_dict or .to()
-        self.instruction_encoder = instruction_encoder or InstructionEncoder(config.language, config.max_instruction_tokens,
+        self.instruction_encoder = instruction_encoder or InstructionEncoder(config.language,
+                                                                             config.max_instruction_tokens,
                                                                              config.instruction_cache_size)
         self.instruction_proj = nn.Linear(self.instruction_encoder.width, d)
         # the task vector (pooled instruction) enters every frame and the action head directly: through the
@@ -122,10 +124,11 @@ class MambaVLA(nn.Module):
         -> frame tokens (B, tokens_per_frame, d)."""
         cameras, dtype = self.config.cameras, self.camera_embed.dtype
         # contiguous NCHW: torch 2.13's CPU conv/GroupNorm backward corrupts memory on channels-last input
-        pixels = [((images[cam].to(self.pixel_mean.dtype).contiguous() / 255.0 - self.pixel_mean) / self.pixel_std).to(dtype)
-                  for cam in cameras]
+        pixels = [((images[cam].to(self.pixel_mean.dtype).contiguous() / 255.0 - self.pixel_mean)
+                   / self.pixel_std).to(dtype) for cam in cameras]
         if self.config.vision == "resnet":  # an encoder per camera; a FiLM encoder looks for what the task vector names
-            grids = torch.stack([self.vision[cam](p, task if self.config.vision_film else None) for cam, p in zip(cameras, pixels)])
+            film = task if self.config.vision_film else None
+            grids = torch.stack([self.vision[cam](p, film) for cam, p in zip(cameras, pixels)])
         else:  # one shared tower: every camera in one batch (one pass instead of one per camera)
             grids = self.vision["tower"](torch.cat(pixels)).unflatten(0, (len(cameras), -1))
         grids = grids + self.camera_embed[:, None, None]  # (cameras, B, g*g, d)
@@ -184,7 +187,8 @@ class MambaVLA(nn.Module):
         return [[(scale[i * b:(i + 1) * b], shift[i * b:(i + 1) * b]) for scale, shift in layers] for i in range(steps)]
 
     @torch.no_grad()
-    def sample_actions(self, state: list, noise: Tensor, steps: int | None = None, task: Tensor | None = None) -> Tensor:
+    def sample_actions(self, state: list, noise: Tensor, steps: int | None = None,
+                       task: Tensor | None = None) -> Tensor:
         """Euler integration from noise (t = 1) to actions (t = 0); returns normalised actions (B, H, A)."""
         steps = steps or self.config.flow_steps
         # t_i = 1 - i / steps, as (steps - i) / steps in fp32 (each the fp32 nearest the exact value); made on
@@ -198,7 +202,8 @@ class MambaVLA(nn.Module):
 
     # ---- training -----------------------------------------------------------------------------
 
-    def stream_states(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor], proprio: Tensor) -> tuple[list, Tensor]:
+    def stream_states(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor],
+                      proprio: Tensor) -> tuple[list, Tensor]:
         """One parallel scan of `[instruction | frame 1 | ... | frame T]` -> per layer, the state after
         every frame, batch (B * T): exactly what the streaming runtime holds after each step; and the
         task vector of each of those B * T contexts.
@@ -207,7 +212,8 @@ class MambaVLA(nn.Module):
         states, task, _ = self._stream_scan(prompt, mask, images, proprio)
         return states, task
 
-    def _stream_scan(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor], proprio: Tensor) -> tuple[list, Tensor, Tensor]:
+    def _stream_scan(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor],
+                     proprio: Tensor) -> tuple[list, Tensor, Tensor]:
         """stream_states, and the fusion's output at every frame's last token (B, T, d)."""
         b, k = proprio.shape[:2]
         task = self.task_vector(prompt, mask).repeat_interleave(k, dim=0)  # (B * T, d)
@@ -234,7 +240,8 @@ class MambaVLA(nn.Module):
             target = target[:, None].expand_as(predicted)
         return (predicted - target).pow(2)[known].mean()
 
-    def flow_loss(self, state: list, actions: Tensor, pad: Tensor | None = None, generator: torch.Generator | None = None,
+    def flow_loss(self, state: list, actions: Tensor, pad: Tensor | None = None,
+                  generator: torch.Generator | None = None,
                   task: Tensor | None = None) -> Tensor:
         """Flow-matching loss of action chunks (B, H, A) in robot units, each from its context state;
         pad (B, H) bool leaves out steps past an episode's end."""
@@ -258,7 +265,8 @@ class MambaVLA(nn.Module):
         prompt, mask = self.encode_instruction(list(batch["instruction"]))
         state, task, frame_ends = self._stream_scan(prompt, mask, batch["images"], batch["proprio"])
         pad = batch.get("action_pad")
-        loss = self.flow_loss(state, batch["actions"].flatten(0, 1), None if pad is None else pad.flatten(0, 1), generator, task)
+        loss = self.flow_loss(state, batch["actions"].flatten(0, 1), None if pad is None else pad.flatten(0, 1),
+                              generator, task)
         return self._with_grounding(loss, frame_ends, batch)
 
     def _with_grounding(self, loss: Tensor, frame_ends: Tensor, batch: dict) -> Tensor:
@@ -272,11 +280,13 @@ class MambaVLA(nn.Module):
         terms = [self.grounding_loss(frame_ends, batch.get("target_xy"))]
         if batch.get("other_instruction") is not None:
             prompt, mask = self.encode_instruction(list(batch["other_instruction"]))
-            terms.append(self.grounding_loss(self._context_scan(prompt, mask, batch["images"], batch["proprio"])[2], batch["other_xy"]))
+            other_ends = self._context_scan(prompt, mask, batch["images"], batch["proprio"])[2]
+            terms.append(self.grounding_loss(other_ends, batch["other_xy"]))
         terms = [t for t in terms if t is not None]
         return loss + weight * sum(terms) / len(terms) if terms else loss
 
-    def _context_scan(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor], proprio: Tensor) -> tuple[list, Tensor, Tensor]:
+    def _context_scan(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor],
+                      proprio: Tensor) -> tuple[list, Tensor, Tensor]:
         """The config's history mode's scan: `_stream_scan` (output after every frame) or `_window_scan`."""
         scan = self._stream_scan if self.config.history_mode == "stream" else self._window_scan
         return scan(prompt, mask, images, proprio)
@@ -291,7 +301,8 @@ class MambaVLA(nn.Module):
         loss = self.flow_loss(state, batch["actions"], batch.get("action_pad"), generator, task)
         return self._with_grounding(loss, last, batch)
 
-    def _window_scan(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor], proprio: Tensor) -> tuple[list, Tensor, Tensor]:
+    def _window_scan(self, prompt: Tensor, mask: Tensor, images: dict[str, Tensor],
+                     proprio: Tensor) -> tuple[list, Tensor, Tensor]:
         """`[instruction | K frames]` of each sample in one scan -> the state after it, the task vector and
         the fusion's output at the last token (B, d). images (B, [K,] C, H, W), proprio (B, [K,] P)."""
         if proprio.dim() == 2:  # one frame: K = 1
@@ -299,7 +310,8 @@ class MambaVLA(nn.Module):
         b, k = proprio.shape[:2]
         task = self.task_vector(prompt, mask)
         # every frame of every window through the encoders in one batch, then back to time order
-        frames = self.encode_frame({c: v.flatten(0, 1) for c, v in images.items()}, proprio.flatten(0, 1), task.repeat_interleave(k, dim=0))
+        frames = self.encode_frame({c: v.flatten(0, 1) for c, v in images.items()}, proprio.flatten(0, 1),
+                                   task.repeat_interleave(k, dim=0))
         frames = frames.reshape(b, k * frames.shape[1], frames.shape[2])
         tokens = torch.cat([prompt, frames], dim=1)
         full_mask = torch.cat([mask, torch.ones(frames.shape[:2], dtype=torch.bool, device=mask.device)], dim=1)

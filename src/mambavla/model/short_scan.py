@@ -34,8 +34,9 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def short_scan_kernel(xbc_ptr, dt_ptr, bias_ptr, alog_ptr, d_ptr, h0_ptr, y_ptr, h1_ptr, length, heads, heads_per_group,
-                          b_offset, c_offset, sxb, sxl, sxc, sdb, sdl, sdh, shb, shh, shp, shn, syb, syl, syc, sob, soh, sop, son,
+    def short_scan_kernel(xbc_ptr, dt_ptr, bias_ptr, alog_ptr, d_ptr, h0_ptr, y_ptr, h1_ptr, length, heads,
+                          heads_per_group, b_offset, c_offset,
+                          sxb, sxl, sxc, sdb, sdl, sdh, shb, shh, shp, shn, syb, syl, syc, sob, soh, sop, son,
                           BLOCK_T: tl.constexpr, P: tl.constexpr, N: tl.constexpr, PRECISION: tl.constexpr):
         pid = tl.program_id(0)
         b, h = pid // heads, pid % heads
@@ -44,7 +45,8 @@ def _kernel():
         p = tl.arange(0, P)
         n = tl.arange(0, N)
         valid = t < length
-        raw = tl.load(dt_ptr + b * sdb + t * sdl + h * sdh, mask=valid, other=0.0).to(tl.float32) + tl.load(bias_ptr + h).to(tl.float32)
+        raw = (tl.load(dt_ptr + b * sdb + t * sdl + h * sdh, mask=valid, other=0.0).to(tl.float32)
+               + tl.load(bias_ptr + h).to(tl.float32))
         dt = tl.where(valid, tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(raw))), 0.0)  # softplus, as F.softplus
         a = dt * -tl.exp(tl.load(alog_ptr + h).to(tl.float32))
         cum = tl.cumsum(a, axis=0)  # a_1 + ... + a_t (padding adds 0)
@@ -61,10 +63,12 @@ def _kernel():
         y = tl.dot(weights.to(x.dtype), x, input_precision=PRECISION)  # (T, P) fp32
         y += tl.dot(cm, tl.trans(h0.to(cm.dtype)), input_precision=PRECISION) * tl.exp(cum)[:, None]
         y += x.to(tl.float32) * tl.load(d_ptr + h).to(tl.float32)
-        tl.store(y_ptr + b * syb + t[:, None] * syl + (h * P + p[None, :]) * syc, y.to(y_ptr.dtype.element_ty), mask=valid[:, None])
+        tl.store(y_ptr + b * syb + t[:, None] * syl + (h * P + p[None, :]) * syc, y.to(y_ptr.dtype.element_ty),
+                 mask=valid[:, None])
 
         to_end = tl.exp(total - cum) * dt  # (T,) decay from after token s to the end, times dt_s
-        added = tl.dot(tl.trans(x), (bm.to(tl.float32) * to_end[:, None]).to(x.dtype), input_precision=PRECISION)  # (P, N)
+        # (P, N)
+        added = tl.dot(tl.trans(x), (bm.to(tl.float32) * to_end[:, None]).to(x.dtype), input_precision=PRECISION)
         h1 = h0 * tl.exp(total) + added
         tl.store(h1_ptr + b * sob + h * soh + p[:, None] * sop + n[None, :] * son, h1)
 
@@ -104,4 +108,5 @@ def short_scan(xBC: Tensor, dt: Tensor, dt_bias: Tensor, A_log: Tensor, D: Tenso
 
 @short_scan.register_fake
 def _(xBC, dt, dt_bias, A_log, D, state, heads, groups):
-    return xBC.new_empty(xBC.shape[0], xBC.shape[1], heads * state.shape[2]), torch.empty_like(state, dtype=torch.float32)
+    y = xBC.new_empty(xBC.shape[0], xBC.shape[1], heads * state.shape[2])
+    return y, torch.empty_like(state, dtype=torch.float32)

@@ -36,7 +36,8 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, in_channels: int, widths: tuple[int, ...], grid: int, d_model: int, film: bool = False):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False), _group_norm(widths[0]), nn.SiLU())
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False), _group_norm(widths[0]),
+                                  nn.SiLU())
         stages, c = [], widths[0]
         for w in widths:
             stages.append(_ResidualBlock(c, w, stride=2))
@@ -54,7 +55,8 @@ class ResNetEncoder(nn.Module):
         """images (B, C, H, W) normalised, condition (B, d_model) for a FiLM encoder -> tokens (B, grid*grid,
         d_model), row-major."""
         if (self.film is None) != (condition is None):
-            raise ValueError("ResNetEncoder: a FiLM encoder needs a condition (the task vector), a plain one takes none")
+            raise ValueError("ResNetEncoder: a FiLM encoder needs a condition (the task vector), a plain one takes "
+                             "none")
         x = self.stem(images)
         for i, stage in enumerate(self.stages):
             x = stage(x)
@@ -139,7 +141,8 @@ class Connector(nn.Module):
         d = config.d_model
         self.vss = None
         if config.connector != "mlp":
-            self.vss = SelectiveScan2D(d, config.vision_grid, config.scan, d_state=min(16, config.d_state), headdim=config.headdim)
+            self.vss = SelectiveScan2D(d, config.vision_grid, config.scan, d_state=min(16, config.d_state),
+                                       headdim=config.headdim)
         if config.connector == "vss_l2":
             self.proj = nn.Sequential(nn.Linear(d, d), nn.Linear(d, d))
         else:

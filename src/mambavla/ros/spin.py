@@ -20,9 +20,8 @@ from rclpy.signals import SignalHandlerOptions
 
 # The controller's executor: one thread per callback group that may wait (services) plus chunks, state and
 # diagnostics. Nodes whose callbacks all share the default (mutually exclusive) group gain nothing from more
-# threads and spin on one: rclpy's MultiThreadedExecutor delivered 640x480 frames to such a node in 188 ms
-# at the median, 4.1 s at p99 (4 of 40 unanswered within 2 s), where a single-threaded one took 3.4 ms (round trip, the H100
-# machine; docs/benchmarks.md, tenth session, "the MultiThreadedExecutor").
+# threads and spin on one: rclpy's MultiThreadedExecutor takes camera-sized frames into such a node tens of times
+# slower than a SingleThreadedExecutor, with a tail of seconds (docs/benchmarks.md, "ROS executors").
 EXECUTOR_THREADS = 4
 
 # glibc's mallopt parameters, and the largest block a node keeps for reuse: the shared-memory segment of
@@ -44,7 +43,8 @@ def _ignore_signals() -> None:
 def use_large_frame_transport() -> None:
     """Fast DDS with a shared-memory segment that holds real camera frames (config/fastdds.xml), unless the
     user chose a profile or another middleware."""
-    if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
+    if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("RMW_IMPLEMENTATION",
+                                                                         "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
         return
     from mambavla.control.config import config_path
 
@@ -60,10 +60,9 @@ def reuse_large_buffers() -> bool:
     By default glibc maps every block over its mmap threshold (128 kB, raised only as mapped blocks are
     freed) from the kernel and trims the heap's free top above its trim threshold, so the buffers a
     camera frame passes through as a node takes it (Fast DDS's sample, the deserialised message, rclpy's
-    Python copy: 921 kB each at 640x480 rgb8) were faulted in page by page for every frame: about 640 minor
-    faults per frame in echo_node. Measured on this project's 2-core VM: one 640x480 frame from publish to
-    the subscriber's callback took 3.0 ms, 1.7 ms with this (64x64: 0.9 ms) (docs/benchmarks.md, eleventh
-    session). A no-op where the C library has no mallopt (not glibc)."""
+    Python copy: 921 kB each at 640x480 rgb8) would be faulted in page by page for every frame, hundreds of
+    minor faults per frame, which make a large frame's delivery markedly slower (docs/benchmarks.md, "ROS
+    executors"). A no-op where the C library has no mallopt (not glibc)."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
         return False
@@ -106,8 +105,8 @@ class BackgroundSpin:
 
     - A publisher or subscription destroyed while the node spins does not end the spinning. rclpy 9.1.2's executor
       lists a node's QoS event handlers before it enters them; one destroyed in between fails to enter, is kept
-      anyway, and raises InvalidHandle from add_to_wait_set, which ends `executor.spin()` and leaves the node deaf
-      (CI, stop 23). The next wait set no longer lists the destroyed handler, so spinning on is correct; the
+      anyway, and raises InvalidHandle from add_to_wait_set, which ends `executor.spin()` and leaves the node
+      deaf. The next wait set no longer lists the destroyed handler, so spinning on is correct; the
       callbacks touch no handles, so an InvalidHandle comes from the wait set.
     - `stop()` ends the loop between waits (each at most `period` s) and joins the thread before it shuts the
       executor down and destroys the node: destroying a node under a spinning executor aborts in C++, and shutting
@@ -141,7 +140,8 @@ class BackgroundSpin:
             self._error = err
 
     def failure(self) -> str | None:
-        """Why the spin thread ended before `stop()` (an exception, or the ROS context shut down); None while it runs."""
+        """Why the spin thread ended before `stop()` (an exception, or the ROS context shut down); None while it
+        runs."""
         if self._thread.is_alive() or self._stopping.is_set():
             return None
         return repr(self._error) if self._error is not None else "the ROS context was shut down"

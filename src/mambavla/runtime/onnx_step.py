@@ -87,7 +87,8 @@ def _rms_norm_symbolic(g, x, normalized_shape, weight, eps):
     kernel (CPU and CUDA providers); with Mul(x, x) each norm stayed six kernels."""
     square = g.op("Pow", x, g.op("Constant", value_t=torch.tensor(2.0)))
     mean_square = g.op("ReduceMean", square, axes_i=list(range(-len(normalized_shape), 0)), keepdims_i=1)
-    denominator = g.op("Sqrt", g.op("Add", mean_square, g.op("Constant", value_t=torch.tensor(eps, dtype=torch.float32))))
+    denominator = g.op("Sqrt",
+                       g.op("Add", mean_square, g.op("Constant", value_t=torch.tensor(eps, dtype=torch.float32))))
     return g.op("Mul", g.op("Div", x, denominator), weight)
 
 
@@ -115,7 +116,8 @@ def check_exportable(config: MambaVLAConfig) -> None:
 
 
 def export_step(model: MambaVLA, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Write the streaming step of `model` (exported from a CPU copy in `dtype`: float32 or float16) to `path` (.onnx)."""
+    """Write the streaming step of `model` (exported from a CPU copy in `dtype`: float32 or float16) to `path`
+    (.onnx)."""
     import warnings
 
     if dtype not in GRAPH_DTYPE_NAMES:
@@ -124,7 +126,8 @@ def export_step(model: MambaVLA, path: str | Path, dtype: torch.dtype = torch.fl
     check_exportable(config)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    copy = MambaVLA(config, model.normalizer.stats, instruction_encoder=_NoInstructions(model.instruction_encoder.width))
+    copy = MambaVLA(config, model.normalizer.stats,
+                    instruction_encoder=_NoInstructions(model.instruction_encoder.width))
     copy.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()})
     copy = copy.to(dtype).eval()  # all of it, as PolicyRuntime casts the torch model; the scan upcasts itself
     from torch.onnx import symbolic_helper
@@ -149,8 +152,7 @@ def export_step(model: MambaVLA, path: str | Path, dtype: torch.dtype = torch.fl
 
 
 # The CUDA provider's settings. TF32 off: the graph is fp32 and computes in fp32. With ORT's default
-# (TF32 on) the base step's parity with torch fp32 over 20 streamed steps was 1.09e-3 on the H100, over
-# the 1e-3 this backend promises; with it off, 1.7e-6 (docs/benchmarks.md, ONNX Runtime on the GPU).
+# (TF32 on) the base step's parity with torch fp32 exceeds the 1e-3 this backend promises (docs/runtime.md).
 CUDA_OPTIONS = {"use_tf32": "0"}
 
 
@@ -186,7 +188,8 @@ class OnnxStep:
     `dtype` is the graph's ("float32" or "float16", from its metadata); the state buffers take each input's
     own element type, and `restart` casts what it is given to them."""
 
-    def __init__(self, path: str | Path, config: MambaVLAConfig, batch: int = 1, device: str = "cpu", threads: int | None = None,
+    def __init__(self, path: str | Path, config: MambaVLAConfig, batch: int = 1, device: str = "cpu",
+                 threads: int | None = None,
                  cuda_graph: bool = False, cuda_options: dict | None = None):
         import onnxruntime as ort
 
@@ -233,7 +236,8 @@ class OnnxStep:
         types = {i.name: element[i.type] for i in self.session.get_inputs()}
 
         def buffer(shape, where=self.device_type, dtype=np.float32):
-            return ort.OrtValue.ortvalue_from_shape_and_type(tuple(shape), dtype, where, device_id if where == "cuda" else 0)
+            return ort.OrtValue.ortvalue_from_shape_and_type(tuple(shape), dtype, where,
+                                                             device_id if where == "cuda" else 0)
 
         self._names = state_names(config)
         self._state_dtypes = [types[n] for n in self._names]
@@ -277,7 +281,8 @@ class OnnxStep:
         return [_host_copy(v) for v in self._state[self._current]]
 
     def run(self, images: dict[str, np.ndarray], proprio: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """images {camera: (B, C, H, W) float32}, proprio (B, P), noise (B, H, A) -> actions (B, H, A); advances the state."""
+        """images {camera: (B, C, H, W) float32}, proprio (B, P), noise (B, H, A) -> actions (B, H, A); advances
+        the state."""
         binding = self._bindings[self._current]
         given = {**{f"image_{c}": images[c] for c in self.config.cameras}, "proprio": proprio, "noise": noise}
         for name, value in given.items():
@@ -300,7 +305,8 @@ def _host_copy(value) -> np.ndarray:
 
 
 def streamed_parity(model: MambaVLA, onnx_path: str | Path, steps: int = 20, device: str = "cpu", seed: int = 0,
-                    instruction: str = "pick up the red cube and place it on the blue plate", cuda_graph: bool = False) -> dict:
+                    instruction: str = "pick up the red cube and place it on the blue plate",
+                    cuda_graph: bool = False) -> dict:
     """Stream `steps` random observations through the torch runtime (fp32, CPU, eager) and the ONNX
     Runtime backend (its CUDA graphs with `cuda_graph`) from the same seed; -> the largest absolute action
     difference and the provider."""

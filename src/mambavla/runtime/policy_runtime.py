@@ -20,15 +20,13 @@ from mambavla.model.fusion import KVCache, StaticKVCache
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.runtime.chunk import ActionChunk
 
-
 KV_CAPACITY_FRAMES = 256  # frames of history the Transformer's captured step holds by default (StaticKVCache)
 # torch.compile modes for `compile_step`: none that captures CUDA graphs itself ("reduce-overhead",
 # "max-autotune"), since our own graph captures the compiled kernels
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 # the model methods `compile_step` compiles, each once (static shapes; `velocity` serves every flow step,
 # `flow_modulations` conditions them all at once). Compiling the whole step instead unrolls the fusion stack
-# once per flow step: on an H100 the base preset's compile had not finished after about 3 minutes, against
-# 47 s for the regions then (without flow_modulations)
+# once per flow step, and its compile takes several times as long as the regions'
 COMPILED_REGIONS = ("encode_frame", "condition", "flow_modulations", "velocity")
 
 
@@ -43,28 +41,31 @@ class PolicyRuntime:
     `kv_capacity_frames` frames after the instruction (room is kept for the longest instruction, so a
     short one leaves space for a few frames more), attended in full every step; a stream that outgrows it
     is an error until reset() or a new instruction. Default: on for the Mamba fusion on CUDA; the Transformer's is
-    opt-in (`cuda_graph=True`) until test_runtime's CUDA tests have run on a GPU.
+    opt-in (`cuda_graph=True`), because its fixed KV capacity caps the history a stream may hold, where the eager
+    step's cache grows without limit.
 
     `compile_step` (opt-in, CUDA graph only): compile the step's parts (`COMPILED_REGIONS`: vision, the
     context scan, the flow steps' conditions, the velocity that every flow step calls) with `torch.compile`
-    before the graph captures them, so the graph replays Inductor's fused kernels instead of one kernel per eager op. True means mode
-    "default"; a string names the mode (`COMPILE_MODES`). The first step pays the compile (47 s for the base
-    preset on an H100); docs/benchmarks.md has the kernel counts and latencies.
+    before the graph captures them, so the graph replays Inductor's fused kernels instead of one kernel per eager
+    op. True means mode "default"; a string names the mode (`COMPILE_MODES`). The first step pays the compile
+    (about a minute for the base preset); docs/runtime.md has the kernel counts and latencies.
 
     `backend="onnx"`: the step runs in ONNX Runtime from the graph `mambavla export --onnx` wrote
     (`onnx_path`; exported to a temporary folder when not given), on the CUDA execution provider for
     device 'cuda' where onnxruntime-gpu provides it, else on the CPU provider (`onnx_provider` says which).
     There ORT captures and replays the step in CUDA graphs (`OnnxStep`) unless `cuda_graph=False`.
     `onnx_cuda_options`: CUDA provider options over `OnnxStep`'s, e.g. {"use_tf32": "1"} for TF32 matmuls
-    (base on an H100: 3.93 against 4.93 ms a step, but the fp32 parity promised, 1e-3, no longer holds).
+    (faster, but the fp32 parity this backend promises, 1e-3, no longer holds).
     `dtype=torch.float16` (backend 'onnx'): the graph in fp16, its scan and SSM state in fp32 (`export_step`).
     Torch keeps only the once-per-instruction work: the instruction prefix state and task vector (fp32,
     CPU), and the noise, drawn as the torch backend draws it on CPU. Stream-mode Mamba policies only."""
 
-    def __init__(self, model: MambaVLA, device: str | torch.device = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
+    def __init__(self, model: MambaVLA, device: str | torch.device = "cpu", seed: int = 0,
+                 dtype: torch.dtype | None = None,
                  cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
-                 threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES, noise_scale: float | None = None,
-                 compile_step: bool | str = False, onnx_cuda_options: dict | None = None):
+                 threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES,
+                 noise_scale: float | None = None, compile_step: bool | str = False,
+                 onnx_cuda_options: dict | None = None):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         if onnx_cuda_options and backend != "onnx":
@@ -75,12 +76,14 @@ class PolicyRuntime:
             raise ValueError("device 'cuda' requested but CUDA is not available")
         self._onnx = None
         if backend == "onnx":
-            self._onnx = _onnx_session(model, onnx_path, str(self.device), threads, cuda_graph, onnx_cuda_options, dtype)
+            self._onnx = _onnx_session(model, onnx_path, str(self.device), threads, cuda_graph, onnx_cuda_options,
+                                       dtype)
             self.device = torch.device("cpu")  # torch's part: instruction prefix, noise, input checks
             cuda_graph = False  # ORT's graphs are the session's (onnx_cuda_graph); torch captures nothing
             dtype = torch.float32  # of torch's part; the graph's is onnx_dtype
         elif dtype == torch.float16:
-            raise ValueError("dtype float16 is the ONNX graph's (backend 'onnx'); the torch backend runs float32 or bfloat16")
+            raise ValueError("dtype float16 is the ONNX graph's (backend 'onnx'); the torch backend runs float32 or "
+                             "bfloat16")
         self.dtype = dtype or torch.float32
         self.model = model.to(self.device, self.dtype).eval()
         self.config = model.config
@@ -99,7 +102,7 @@ class PolicyRuntime:
         graphable = self.device.type == "cuda"
         if cuda_graph and not graphable:
             raise ValueError("cuda_graph needs device 'cuda'")
-        # the Transformer's captured step (StaticKVCache) is opt-in until its CUDA test has run on a GPU
+        # the Transformer's captured step is opt-in: its StaticKVCache caps the history (see the class docstring)
         self.cuda_graph = (graphable and self.config.fusion == "mamba") if cuda_graph is None else cuda_graph
         self.compile_mode = _compile_mode(compile_step, self.cuda_graph and backend == "torch", self.device, backend)
         self._graph: _StepGraph | None = None
@@ -119,8 +122,9 @@ class PolicyRuntime:
     @classmethod
     def from_preset(cls, name: str, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
                     cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
-                    threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES, noise_scale: float | None = None,
-                    compile_step: bool | str = False, onnx_cuda_options: dict | None = None, **overrides) -> PolicyRuntime:
+                    threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES,
+                    noise_scale: float | None = None, compile_step: bool | str = False,
+                    onnx_cuda_options: dict | None = None, **overrides) -> PolicyRuntime:
         torch.manual_seed(seed)  # untrained weights are reproducible from the seed
         config = preset(name).replace(**overrides) if overrides else preset(name)
         return cls(MambaVLA(config), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph, backend=backend,
@@ -202,8 +206,10 @@ class PolicyRuntime:
         return StreamBatch(self, streams, seeds)
 
     def draw_noise(self, generator: torch.Generator) -> torch.Tensor:
-        """One chunk's starting noise (1, H, A) from `generator`, N(0, noise_scale^2), on the torch device (CPU for 'onnx')."""
-        noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=generator, device=self.device, dtype=self.dtype)
+        """One chunk's starting noise (1, H, A) from `generator`, N(0, noise_scale^2), on the torch device (CPU for
+        'onnx')."""
+        noise = torch.randn((1, self.config.chunk_size, self.config.action_dim), generator=generator,
+                            device=self.device, dtype=self.dtype)
         return noise if self.noise_scale == 1.0 else noise * self.noise_scale
 
     def reset(self) -> None:
@@ -247,7 +253,8 @@ class PolicyRuntime:
         timing = {"input": (time.perf_counter() - t0) * 1e3}
         if self._onnx is not None:
             noise = self.draw_noise(self._generator)
-            actions = self._onnx.run({c: v.float().numpy() for c, v in images.items()}, proprio.numpy(), noise.numpy())[0]
+            actions = self._onnx.run({c: v.float().numpy() for c, v in images.items()}, proprio.numpy(),
+                                     noise.numpy())[0]
         elif self.cuda_graph:
             actions = self._graph_step(images, proprio)
             timing["cuda_graph"] = 1.0
@@ -258,7 +265,8 @@ class PolicyRuntime:
         return ActionChunk(actions=actions, dt=self.config.dt, stamp=stamp, action_names=self.config.action_names,
                            action_mode=self.config.action_mode, timing_ms=timing)
 
-    def _eager_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, timing: dict[str, float]) -> np.ndarray:
+    def _eager_step(self, images: dict[str, torch.Tensor], proprio: torch.Tensor,
+                    timing: dict[str, float]) -> np.ndarray:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         images, proprio = self._on_device(images, proprio)
@@ -275,7 +283,8 @@ class PolicyRuntime:
         sync()
         t2 = time.perf_counter()
         noise = self.draw_noise(self._generator)
-        actions = self.model.normalizer.unnormalize_actions(self.model.sample_actions(context, noise, task=self._task).float())  # level 3
+        sampled = self.model.sample_actions(context, noise, task=self._task)  # level 3
+        actions = self.model.normalizer.unnormalize_actions(sampled.float())
         actions = actions[0].cpu().numpy()
         t3 = time.perf_counter()
         timing.update(vision=(t1 - t0) * 1e3, fusion=(t2 - t1) * 1e3, flow=(t3 - t2) * 1e3)
@@ -292,7 +301,8 @@ class PolicyRuntime:
             self._graph.fill_window()
         return self._graph.replay()[0]
 
-    def _on_device(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _on_device(self, images: dict[str, torch.Tensor],
+                   proprio: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Checked host inputs -> tensors on the torch device at the policy's image size (the eager paths; the
         captured step uploads its own)."""
         if self.device.type != "cuda":
@@ -329,12 +339,15 @@ class PolicyRuntime:
 
     # ---- input checks ----------------------------------------------------------------------------
 
-    def _validate(self, observation: dict, keep_size: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
-        """-> host tensors: images {camera: (1, C, h, w)} (uint8 colour; float with depth), proprio (1, P) float32, stamp.
+    def _validate(self, observation: dict,
+                  keep_size: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+        """-> host tensors: images {camera: (1, C, h, w)} (uint8 colour; float with depth), proprio (1, P) float32,
+        stamp.
         A frame of another size is resized to (h, w) here (OpenCV), or kept at its size with `keep_size`
         (for `AreaResize` on the GPU). Images are views of the frames, channels last in memory."""
         if not isinstance(observation, dict):
-            raise ValueError(f"observation: expected a dict with 'images' and 'proprio', got {type(observation).__name__}")
+            raise ValueError(f"observation: expected a dict with 'images' and 'proprio', got "
+                             f"{type(observation).__name__}")
         images = observation.get("images")
         if not isinstance(images, dict):
             raise ValueError("images: expected a dict {camera_name: uint8 array [H, W, 3]}")
@@ -400,7 +413,8 @@ class _StepGraph:
 
     `compile_mode`: a torch.compile mode (`COMPILE_MODES`) for the body before capture, or None (eager ops)."""
 
-    def __init__(self, model: MambaVLA, prefix_state: list, task: torch.Tensor, images: dict[str, torch.Tensor], proprio: torch.Tensor,
+    def __init__(self, model: MambaVLA, prefix_state: list, task: torch.Tensor, images: dict[str, torch.Tensor],
+                 proprio: torch.Tensor,
                  dtype: torch.dtype, kv_capacity_frames: int = KV_CAPACITY_FRAMES, compile_mode: str | None = None):
         self.model = model
         # static shapes: one specialised compile per region; the warm-up below compiles (and autotunes)
@@ -427,7 +441,8 @@ class _StepGraph:
             self.state = [StaticKVCache.empty_like(s, self.capacity) for s in prefix_state]
             self.restart(prefix_state)
         else:
-            self.state = [type(s)(*(t.clone() for t in s)) for s in prefix_state]  # stream: history; window: instruction
+            # stream: history; window: instruction
+            self.state = [type(s)(*(t.clone() for t in s)) for s in prefix_state]
         self.window = torch.zeros(batch, (model.config.history_frames - 1) * n, d, device=device, dtype=dtype)
         saved = self._save()
         side = torch.cuda.Stream()
@@ -484,8 +499,8 @@ class _StepGraph:
         context = self.model.condition(scanned, self.state)
         if self.capacity is not None:
             # the Transformer's caches, rebuilt here rather than taken from the compiled `condition`: torch
-            # 2.11's dynamo failed to read that region's returned StaticKVCaches in `velocity` ("IndexError:
-            # tuple index out of range", on the H100). `condition` wrote k, v and valid in place.
+            # 2.11's dynamo fails to read that region's returned StaticKVCaches in `velocity` ("IndexError:
+            # tuple index out of range"). `condition` wrote k, v and valid in place.
             context = [StaticKVCache(s.k, s.v, s.valid, s.length + scanned.shape[1]) for s in self.state]
         if self.stream:
             self._copy_state(self.state, context)
@@ -521,9 +536,9 @@ class _StepGraph:
         frames = 1 if self.stream else c.history_frames
         need = self.length + frames * c.tokens_per_frame + c.chunk_size
         if need > self.capacity:
-            raise ValueError(f"history full: the Transformer's static KV cache holds {self.capacity} positions and this step "
-                             f"needs {need}; reset() or a new instruction starts over (or build the runtime with a larger "
-                             "kv_capacity_frames)")
+            raise ValueError(f"history full: the Transformer's static KV cache holds {self.capacity} positions and "
+                             f"this step needs {need}; reset() or a new instruction starts over (or build the runtime "
+                             "with a larger kv_capacity_frames)")
 
     def load(self, images: dict[str, torch.Tensor], proprio: torch.Tensor, noise: torch.Tensor) -> None:
         """Copy one step's inputs into the static buffers: host images and proprio through pinned buffers with
@@ -584,8 +599,8 @@ class AreaResize:
     INTER_AREA resizes them on the host (`resize_rgb`, which made the training frames): two fp32 matmuls
     with OpenCV's own area weights (`area_weights`), rounded to whole levels (within one level of OpenCV's
     fixed-point uint8 result). A camera frame then crosses to the GPU whole (0.9 MB for 640x480) instead of
-    being resized on the node's CPU (OpenCV: 0.8 ms for 640x480 to 128x128 on a 2-core VM). Frames already
-    at `size` pass through unchanged."""
+    being resized on the node's CPU, which costs more than the copy. Frames already at `size` pass through
+    unchanged."""
 
     def __init__(self, size: tuple[int, int]):
         self.size = tuple(size)
@@ -606,10 +621,10 @@ class AreaResize:
 class PinnedUpload:
     """Host inputs -> the GPU through page-locked host buffers, one per input name, made on first use and
     reused every step. A frame is copied once into pinned memory, in its own memory order (an HWC frame's
-    CHW view stays channels last: a plain memcpy; made contiguous there it cost 0.13 ms for 640x480 on a
-    2-core CPU), and leaves it with a non-blocking copy to a device tensor of the same layout: a DMA the GPU
-    queues behind the step's launch, instead of a synchronous pageable cudaMemcpy through a driver staging
-    buffer. The device op that reads it (`AreaResize`, a copy into a static buffer) does the reordering.
+    CHW view stays channels last: a plain memcpy rather than a permuting copy on the CPU), and leaves it with
+    a non-blocking copy to a device tensor of the same layout: a DMA the GPU queues behind the step's launch,
+    instead of a synchronous pageable cudaMemcpy through a driver staging buffer. The device op that reads it
+    (`AreaResize`, a copy into a static buffer) does the reordering.
 
     A pinned buffer is written again only once the copies out of it have finished: `stage` waits on the
     event `issued` recorded after them (already passed when the last step ended by reading its actions back,
@@ -620,7 +635,8 @@ class PinnedUpload:
         self._buffers: dict[str, torch.Tensor] = {}
         self._done = torch.cuda.Event()  # never recorded: synchronize() returns at once
 
-    def stage(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def stage(self, images: dict[str, torch.Tensor],
+              proprio: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Copy the host inputs into their pinned buffers -> (images, proprio), pinned."""
         self._done.synchronize()
         staged = {}
@@ -628,7 +644,8 @@ class PinnedUpload:
             if not (value.is_contiguous() or value.is_contiguous(memory_format=torch.channels_last)):
                 value = value.contiguous()  # not a layout a buffer can share (the input checks never give one)
             buffer = self._buffers.get(name)
-            if buffer is None or buffer.shape != value.shape or buffer.stride() != value.stride() or buffer.dtype != value.dtype:
+            if (buffer is None or buffer.shape != value.shape or buffer.stride() != value.stride()
+                    or buffer.dtype != value.dtype):
                 buffer = self._buffers[name] = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype,
                                                                    pin_memory=True)
             staged[name] = buffer.copy_(value)
@@ -639,7 +656,8 @@ class PinnedUpload:
         also when another GPU is the current device)."""
         self._done.record(torch.cuda.current_stream(self.device))
 
-    def to_device(self, images: dict[str, torch.Tensor], proprio: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def to_device(self, images: dict[str, torch.Tensor],
+                  proprio: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """stage(), then non-blocking copies into new tensors on `device` -> (images, proprio) there."""
         images, proprio = self.stage(images, proprio)
         images = {c: v.to(self.device, non_blocking=True) for c, v in images.items()}
@@ -664,8 +682,8 @@ def runtime_dtype(name: str, device: str, backend: str = "torch") -> torch.dtype
         name = "bf16" if torch.device(device).type == "cuda" else "fp32"
     wrong = {"torch": "fp16", "onnx": "bf16"}.get(backend)
     if name == wrong:
-        raise ValueError(f"dtype {name} is not a precision of the {backend} backend: the torch backend runs fp32 or bf16, "
-                         "the onnx backend fp32 or fp16")
+        raise ValueError(f"dtype {name} is not a precision of the {backend} backend: the torch backend runs fp32 or "
+                         "bf16, the onnx backend fp32 or fp16")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
@@ -678,17 +696,25 @@ def _compile_mode(compile_step: bool | str, graphed: bool, device: torch.device,
         raise ValueError(f"compile_step must be True, False or one of {COMPILE_MODES}, got {compile_step!r} "
                          "(modes that capture CUDA graphs themselves would nest in the runtime's own graph)")
     if not graphed:
-        raise ValueError(f"compile_step compiles the captured CUDA-graph step: it needs backend 'torch' on device 'cuda' "
-                         f"with cuda_graph on (got backend {backend!r}, device {device.type!r}"
+        raise ValueError(f"compile_step compiles the captured CUDA-graph step: it needs backend 'torch' on device "
+                         f"'cuda' with cuda_graph on (got backend {backend!r}, device {device.type!r}"
                          f"{', cuda_graph off' if device.type == 'cuda' and backend == 'torch' else ''})")
     return mode
 
 
-def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, threads: int | None, cuda_graph: bool | None,
+def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, threads: int | None,
+                  cuda_graph: bool | None,
                   cuda_options: dict | None = None, dtype: torch.dtype | None = None):
     """cuda_graph None: ORT's CUDA graphs wherever its CUDA provider runs the step (its best mode there).
     dtype: the graph's (float32 or float16); None is float32 for an export, and whatever `onnx_path` holds."""
-    from mambavla.runtime.onnx_step import GRAPH_DTYPE_NAMES, GRAPH_DTYPES, OnnxStep, check_exportable, export_step, providers
+    from mambavla.runtime.onnx_step import (
+        GRAPH_DTYPE_NAMES,
+        GRAPH_DTYPES,
+        OnnxStep,
+        check_exportable,
+        export_step,
+        providers,
+    )
 
     check_exportable(model.config)
     if dtype not in (None, *GRAPH_DTYPES.values()):
@@ -700,9 +726,10 @@ def _onnx_session(model: MambaVLA, onnx_path: str | Path | None, device: str, th
                         cuda_options=cuda_options)
         if dtype is not None and GRAPH_DTYPES[step.dtype] != dtype:
             name = GRAPH_DTYPE_NAMES[dtype]
-            raise ValueError(f"{onnx_path} is a {step.dtype} graph, but dtype {dtype} was asked for: ask for {step.dtype} "
-                             f"(policy_node: {'fp16' if step.dtype == 'float16' else 'fp32'}), or None / 'auto' to take the "
-                             f"graph's own, or export a {name} graph")
+            node_dtype = "fp16" if step.dtype == "float16" else "fp32"
+            raise ValueError(f"{onnx_path} is a {step.dtype} graph, but dtype {dtype} was asked for: ask for "
+                             f"{step.dtype} (policy_node: {node_dtype}), or None / 'auto' to take the graph's own, "
+                             f"or export a {name} graph")
         return step
     import shutil
     import tempfile

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from mambavla.model.mamba2 import Mamba2State
@@ -101,7 +100,8 @@ class StreamBatch:
     def step_batch(self, observations: Sequence[dict]) -> list[ActionChunk]:
         """One observation per stream, in stream order -> one ActionChunk per stream. Every stream steps."""
         if len(observations) != self.streams:
-            raise ValueError(f"step_batch: expected {self.streams} observations (one per stream), got {len(observations)}")
+            raise ValueError(f"step_batch: expected {self.streams} observations (one per stream), got "
+                             f"{len(observations)}")
         missing = [i for i, p in enumerate(self._prefix) if p is None]
         if missing:
             raise ValueError(f"instruction: no instruction set for stream(s) {missing}; call set_instruction() first")
@@ -111,7 +111,8 @@ class StreamBatch:
         proprio = torch.cat([p for _, p, _ in checked])  # (B, P)
         noise = torch.cat([self.runtime.draw_noise(g) for g in self._generators])
         if self._onnx is not None:
-            actions = self._onnx.run({c: v.float().numpy() for c, v in images.items()}, proprio.numpy(), noise.float().numpy())
+            actions = self._onnx.run({c: v.float().numpy() for c, v in images.items()}, proprio.numpy(),
+                                     noise.float().numpy())
         elif self._graph is not None:
             actions = self._graph.run(images, proprio, noise)
         else:
@@ -124,7 +125,8 @@ class StreamBatch:
         total = (time.perf_counter() - t0) * 1e3
         self.frames_seen = [n + 1 for n in self.frames_seen]
         return [ActionChunk(actions=actions[i], dt=self.config.dt, stamp=stamp, action_names=self.config.action_names,
-                            action_mode=self.config.action_mode, timing_ms={"total": total, "batch": float(self.streams)})
+                            action_mode=self.config.action_mode, timing_ms={"total": total,
+                                                                            "batch": float(self.streams)})
                 for i, (_, _, stamp) in enumerate(checked)]
 
     def state(self, stream: int) -> list[Mamba2State]:

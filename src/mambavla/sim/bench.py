@@ -20,14 +20,14 @@ def _rate(cell, seconds: float) -> dict:
     steps0, sim0, wall0 = cell.steps, cell.sim_time, time.perf_counter()
     time.sleep(seconds)
     wall = time.perf_counter() - wall0
-    return {"loop_hz": round((cell.steps - steps0) / wall, 1), "real_time_factor": round((cell.sim_time - sim0) / wall, 3)}
+    return {"loop_hz": round((cell.steps - steps0) / wall, 1),
+            "real_time_factor": round((cell.sim_time - sim0) / wall, 3)}
 
 
 def measure(seconds: float = 3.0, camera_size: tuple[int, int] = (128, 128), frames: int = 30) -> dict:
     import franky
 
     from mambavla.realtime import keep_thread_scheduling
-
     from mambavla.sim.workcell import Workcell
 
     result: dict = {"camera_size": list(camera_size)}
@@ -42,7 +42,8 @@ def measure(seconds: float = 3.0, camera_size: tuple[int, int] = (128, 128), fra
                 start = time.perf_counter()
                 cell.render(cameras=(name,))
                 times.append(1000 * (time.perf_counter() - start))
-            per_camera[name] = {"median": round(float(np.median(times)), 2), "p90": round(float(np.percentile(times, 90)), 2)}
+            per_camera[name] = {"median": round(float(np.median(times)), 2),
+                                "p90": round(float(np.percentile(times, 90)), 2)}
         result["render_ms_per_frame"] = per_camera
 
         stop = threading.Event()

@@ -29,7 +29,8 @@ def episode_name(seed: int) -> str:
     return f"episode_{seed:07d}"
 
 
-def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, task: str | None = None, render: bool = True,
+def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, task: str | None = None,
+                   render: bool = True,
                    compression: str = "message", image_format: str = "raw", noise: float = 0.0) -> dict:
     """Reset to `seed`, run the expert and record the episode as a bag at `path`. Returns its summary.
     `noise`: DART target-noise scale in metres (`ScriptedExpert`); the recorded actions stay the expert's."""
@@ -37,7 +38,8 @@ def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, 
     spec = cell.reset(seed=seed, task=task)
     meta = {"task": spec.family, "instruction": spec.instruction, "seed": seed, "cube": spec.cube, "plate": spec.plate,
             "source": "mambavla-sim-expert", "held_out": is_eval_seed(seed), "dart_noise": noise}
-    writer = EpisodeWriter(path, cell.camera_names if render else (), cell.config.camera_size, cell.config.policy_dt, meta, compression,
+    writer = EpisodeWriter(path, cell.camera_names if render else (), cell.config.camera_size, cell.config.policy_dt,
+                           meta, compression,
                            image_format)
     samples = cell.start_sampling()
     t0 = cell.sim_time
@@ -70,8 +72,9 @@ def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, 
     if errors:
         raise errors[0]
     writer.close(success=bool(success), sim_seconds=round(sim_seconds, 3))
-    return {"path": str(path), "task": spec.family, "instruction": spec.instruction, "seed": seed, "success": bool(success),
-            "frames": writer.frames, "sim_seconds": round(sim_seconds, 3), "wall_seconds": round(time.perf_counter() - wall0, 3),
+    return {"path": str(path), "task": spec.family, "instruction": spec.instruction, "seed": seed,
+            "success": bool(success), "frames": writer.frames, "sim_seconds": round(sim_seconds, 3),
+            "wall_seconds": round(time.perf_counter() - wall0, 3),
             "render_ms_per_frame": round(float(np.mean(render_ms)), 2) if render_ms else None}
 
 
@@ -122,7 +125,8 @@ def collect(
     if not noise >= 0:
         raise ValueError(f"--dart-noise must be >= 0 metres, got {noise}")
     if not allow_eval_seeds and any(is_eval_seed(s) for s in seeds):
-        raise ValueError(f"seeds {seeds[0]}..{seeds[-1]} reach the held-out evaluation range; pass --eval to record them")
+        raise ValueError(f"seeds {seeds[0]}..{seeds[-1]} reach the held-out evaluation range; pass --eval to record "
+                         f"them")
     existing = [s for s in seeds if (out / episode_name(s)).exists()]
     if existing:
         raise FileExistsError(f"{out / episode_name(existing[0])} exists already; choose another --seed or --out")
@@ -143,12 +147,13 @@ def collect(
         for s in bar:
             for attempt in range(1, attempts + 1):
                 try:
-                    results.append(record_episode(cell, robot, gripper, out / episode_name(s), s, task, render=render, compression=compression,
-                                                  image_format=image_format, noise=noise))
+                    results.append(record_episode(cell, robot, gripper, out / episode_name(s), s, task, render=render,
+                                                  compression=compression, image_format=image_format, noise=noise))
                     break
                 except franky.Exception as err:  # e.g. "UDP receive: Timeout" when the loaded host starves the loop
                     last_error = str(err)
-                    print(f"\nwarning: seed {s}, attempt {attempt}/{attempts}: franky: {err}; reconnecting", file=sys.stderr)
+                    print(f"\nwarning: seed {s}, attempt {attempt}/{attempts}: franky: {err}; reconnecting",
+                          file=sys.stderr)
                     del robot, gripper
                     robot, gripper = connect(cell)
             else:
@@ -160,7 +165,8 @@ def collect(
     summary = summarize(results)
     summary.update({
         "task": task, "episodes": episodes, "out": str(out), "seeds": [seeds[0], seeds[-1]],
-        "camera_size": list(cell.config.camera_size), "rate_hz": round(1.0 / cell.config.policy_dt, 3), "render": render, "dart_noise": noise, "speed": speed, "compression": compression,
+        "camera_size": list(cell.config.camera_size), "rate_hz": round(1.0 / cell.config.policy_dt, 3),
+        "render": render, "dart_noise": noise, "speed": speed, "compression": compression,
         "image_format": image_format,
         "wall_seconds": round(time.perf_counter() - wall0, 2),
         "real_time_factor": round(sim_elapsed / loop_wall, 3) if loop_wall > 0 else None,
@@ -183,7 +189,8 @@ def summarize(results: list[dict]) -> dict:
     render = [r["render_ms_per_frame"] for r in results if r.get("render_ms_per_frame") is not None]
     return {
         "success_rate": round(float(np.mean([r["success"] for r in results])), 4) if results else 0.0,
-        "success_by_task": {k: {"success_rate": round(float(np.mean(v)), 4), "episodes": len(v)} for k, v in sorted(by_task.items())},
+        "success_by_task": {k: {"success_rate": round(float(np.mean(v)), 4), "episodes": len(v)}
+                            for k, v in sorted(by_task.items())},
         "seconds_per_episode": round(float(np.mean([r["wall_seconds"] for r in results])), 3) if results else None,
         "sim_seconds_per_episode": round(float(np.mean([r["sim_seconds"] for r in results])), 3) if results else None,
         "frames": int(sum(r["frames"] for r in results)),

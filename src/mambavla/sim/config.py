@@ -41,7 +41,7 @@ class WorkcellConfig:
         # On the hand, beside the flange, looking along the fingers (tilted 14 degrees towards them).
         CameraConfig("wrist", "hand", (0.07, 0.0, 0.03), (0.0, 1.0, 0.0, 0.970, 0.0, 0.243), 75.0),
     )
-    shadows: bool = False  # osmesa: ~12 ms per 128x128 frame without shadows, ~50-80 ms with
+    shadows: bool = False  # osmesa renders several times faster without shadows
     policy_dt: float = 0.05  # recording / policy rate (20 Hz)
     monitor_dt: float = 0.01  # how often the task monitor reads MuJoCo state in the server loop
 

@@ -54,7 +54,8 @@ def episodes_gif(episodes: list, path: str | Path, frame_seconds: float = 0.2, m
     if len(frames) > max_frames:  # keep a GIF small: drop frames evenly
         frames = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, max_frames)]
     path = Path(path)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(frame_seconds * 1000), loop=0, optimize=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(frame_seconds * 1000), loop=0,
+                   optimize=True)
     return path
 
 

@@ -66,7 +66,8 @@ class EpisodeResult:
 
     def as_dict(self) -> dict:
         return {
-            "task": self.task, "seed": self.seed, "instruction": self.instruction, "success": self.success, "end": self.end,
+            "task": self.task, "seed": self.seed, "instruction": self.instruction, "success": self.success,
+            "end": self.end,
             "sim_seconds": round(self.sim_seconds, 3), "wall_seconds": round(self.wall_seconds, 3),
             "chunks_produced": self.chunks_produced, "chunks_accepted": self.chunks_accepted,
             "chunks_rejected": self.chunks_rejected, "rejections_by_kind": dict(self.rejections_by_kind),
@@ -95,7 +96,8 @@ class SimEvaluator:
     an episode's error)."""
 
     def __init__(self, cell: Workcell, runtime, param_files: tuple[str, ...] = SIM_PARAM_FILES,
-                 latency: float = 0.0, time_limit: float | None = None, trace: bool = False, param_overrides: dict | None = None):
+                 latency: float = 0.0, time_limit: float | None = None, trace: bool = False,
+                 param_overrides: dict | None = None):
         if latency < 0:
             raise ValueError(f"--latency must be >= 0 s, got {latency}")
         self.cell, self.runtime = cell, runtime
@@ -127,9 +129,8 @@ class SimEvaluator:
             self.gripper = franky.Gripper(self.cell.robot_ip) if self.tracking.gripper else None
 
     def close(self) -> None:
-        """Let go of franky before the workcell's server stops. Three eval-sim runs (three sessions) died as
-        they ended, with every episode logged and no eval.json, i.e. in the `finally` that stops the server while
-        this Robot and Gripper were alive; this machine's dmesg holds segfaults inside libfranka."""
+        """Let go of franky before the workcell's server stops: stopping the server under a live Robot and
+        Gripper can crash inside libfranka as a run ends, after its episodes were logged and before eval.json."""
         try:
             self._finish_gripper_command()
         except RuntimeError as err:  # a hand that never settled: dropping the Gripper is all that is left to do
@@ -184,7 +185,8 @@ class SimEvaluator:
             try:
                 self._reconnect()
             except Exception as again:
-                raise RuntimeError(f"episode {task} seed {seed} failed ({result.error}) and reconnecting failed: {again}") from again
+                raise RuntimeError(f"episode {task} seed {seed} failed ({result.error}) and reconnecting failed: "
+                                   f"{again}") from again
         status = core.status()
         result.chunks_accepted, result.chunks_rejected = status["chunks_accepted"], status["chunks_rejected"]
         result.rejections_by_kind, result.rows_clamped = status["rejections_by_kind"], status["rows_clamped"]
@@ -243,7 +245,8 @@ class SimEvaluator:
                     self._finish_gripper_command()
                     if closed:  # wide epsilons, as controller_node: any object between the fingers counts as grasped
                         self._gripper_future = self.gripper.grasp_async(
-                            0.0, self.tracking.gripper_speed, self.tracking.gripper_force, epsilon_inner=0.1, epsilon_outer=0.1)
+                            0.0, self.tracking.gripper_speed, self.tracking.gripper_force, epsilon_inner=0.1,
+                            epsilon_outer=0.1)
                     else:
                         self._gripper_future = self.gripper.move_async(OPEN_WIDTH, self.tracking.gripper_speed)
                     result.gripper_commands += 1
@@ -272,7 +275,8 @@ class SimEvaluator:
         cameras = self.cell.camera_names if keep_frames else runtime.camera_names
         images = self.cell.render(cameras=cameras, snap=snap)
         h, w = runtime.image_size
-        policy_images = {c: images[c] if images[c].shape[:2] == (h, w) else cv2.resize(images[c], (w, h), interpolation=cv2.INTER_AREA)
+        policy_images = {c: images[c] if images[c].shape[:2] == (h, w)
+                         else cv2.resize(images[c], (w, h), interpolation=cv2.INTER_AREA)
                          for c in runtime.camera_names}
         robot = self.cell.robot_state(snap)
         proprio = robot.proprio  # the recorded episodes' proprio, at the snapshot
@@ -321,12 +325,13 @@ def episode_seeds(episodes: int, first: int = 0) -> list[int]:
 def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, latency: float = 0.0,
              time_limit: float | None = None, gif_episodes: int = 1, speed: float = 1.0, progress: bool = True,
              cell: Workcell | None = None, episode_log: str | Path | None = None,
-             trace_dir: str | Path | None = None, param_overrides: dict | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
+             trace_dir: str | Path | None = None,
+             param_overrides: dict | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
     """Evaluate on `episodes` held-out seeds per task. Returns (summary, results per task).
 
     `cell`: an already started workcell to use (tests); otherwise one is started and stopped here.
     `episode_log`: a JSON-lines file that gets each episode's result as soon as it ends (a run that
-    hangs or dies in franky's native code later keeps what it measured; see docs/training.md).
+    hangs or dies in franky's native code later keeps what it measured; see docs/evaluation.md).
     `trace_dir`: a folder that gets each episode's per-tick trace (`TRACE_COLUMNS`) as `<task>_<seed>.npz`
     and its plot as `<task>_<seed>.png` as soon as it ends.
     `param_overrides`: controller parameters that replace those of the parameter files."""
@@ -368,7 +373,8 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
         summary = summarize(results)
         summary.update({
             "seeds": [seeds[0], seeds[-1]], "latency_s": latency, "lockstep": True,
-            "policy_period_s": runtime.policy_period, "noise_scale": runtime.noise_scale, "control_rate_hz": evaluator.tracking.rate_hz,
+            "policy_period_s": runtime.policy_period, "noise_scale": runtime.noise_scale,
+            "control_rate_hz": evaluator.tracking.rate_hz,
             "gripper_open_delay_s": evaluator.tracking.gripper_open_delay,
             "time_limit_s": evaluator.time_limit, "wall_seconds": round(wall, 2), "sim_seconds": round(sim_total, 3),
             "sim_real_factor": round(sim_total / wall, 3) if wall > 0 else None,
@@ -459,7 +465,8 @@ def merge_runs(folders: list[str | Path]) -> dict:
     for folder in map(Path, folders):
         run = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
         # with the settings each chunk ran under (None: the run predates the setting, or wrote no eval.json)
-        keys = ("checkpoint", "backend", "dtype", "device", "seeds", "latency_s", "noise_scale", "gripper_open_delay_s", "inference_ms",
+        keys = ("checkpoint", "backend", "dtype", "device", "seeds", "latency_s", "noise_scale",
+                "gripper_open_delay_s", "inference_ms",
                 "wall_seconds")
         summary["runs"][str(folder)] = {k: run.get(k) for k in keys}
     return summary

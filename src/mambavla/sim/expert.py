@@ -109,9 +109,11 @@ class ScriptedExpert:
                 self._move(start, pre, yaw, rng),
                 self._move(pre, np.array([*start_xy, z_push]), yaw, rng, speed=c.approach_speed, noise=0.5),
                 Segment("settle", np.array([*start_xy, z_push]), yaw),
-                self._move(np.array([*start_xy, z_push]), np.array([*end_xy, z_push]), yaw, rng, speed=c.approach_speed, noise=0.0),
+                self._move(np.array([*start_xy, z_push]), np.array([*end_xy, z_push]), yaw, rng,
+                           speed=c.approach_speed, noise=0.0),
                 Segment("hold", duration=0.3),
-                self._move(np.array([*end_xy, z_push]), np.array([*end_xy, z_push + 0.08]), yaw, rng, speed=c.lift_speed),
+                self._move(np.array([*end_xy, z_push]), np.array([*end_xy, z_push + 0.08]), yaw, rng,
+                           speed=c.lift_speed),
                 Segment("hold", duration=0.4),
             ]
         lifted = np.array([grasp[0], grasp[1], carry_z])
@@ -140,7 +142,8 @@ class ScriptedExpert:
         c = self.config
         distance = float(np.linalg.norm(np.asarray(b) - np.asarray(a)))
         peak = speed or c.speed
-        duration = max(0.6, 1.875 * distance / peak) * (1 + rng.uniform(0.0, c.timing_jitter))  # min-jerk peak speed <= peak
+        # min-jerk peak speed <= peak
+        duration = max(0.6, 1.875 * distance / peak) * (1 + rng.uniform(0.0, c.timing_jitter))
         return Segment("move", np.asarray(b, dtype=float), yaw, duration, noise)
 
     def run(self, seed: int) -> bool:
@@ -204,7 +207,8 @@ class ScriptedExpert:
             self._noise_gain = 0.0
         elif seg.kind == "settle":
             end = min(deadline, cell.sim_time + c.settle_timeout)
-            self._hold_until(lambda: np.linalg.norm(cell.robot_state().ee_position - seg.position) < c.settle_tolerance, end)
+            target, tolerance = seg.position, c.settle_tolerance
+            self._hold_until(lambda: np.linalg.norm(cell.robot_state().ee_position - target) < tolerance, end)
         elif seg.kind == "hold":
             end = min(deadline, cell.sim_time + seg.duration)
             self._hold_until(lambda: False, end)

@@ -70,4 +70,5 @@ def build_scene(sim: MujocoSimulator, config: WorkcellConfig) -> None:
     ET.SubElement(hand, "site", name="tcp", pos=_fmt((0, 0, TCP_OFFSET)), size="0.004", rgba="1 0 0 0", group="4")
     for cam in config.cameras:
         parent = world if cam.parent == "world" else _find_body(world, ROBOT_PREFIX + cam.parent)
-        ET.SubElement(parent, "camera", name=cam.name, pos=_fmt(cam.pos), xyaxes=_fmt(cam.xyaxes), fovy=_fmt((cam.fovy,)))
+        ET.SubElement(parent, "camera", name=cam.name, pos=_fmt(cam.pos), xyaxes=_fmt(cam.xyaxes),
+                      fovy=_fmt((cam.fovy,)))

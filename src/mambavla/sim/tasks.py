@@ -76,7 +76,8 @@ def named_cube_starts(meta: list[dict], instructions: list[str], config: Workcel
     return out
 
 
-def other_cube_starts(meta: list[dict], instructions: list[str], config: WorkcellConfig | None = None) -> list[list[tuple[str, np.ndarray]]]:
+def other_cube_starts(meta: list[dict], instructions: list[str],
+                      config: WorkcellConfig | None = None) -> list[list[tuple[str, np.ndarray]]]:
     """Per episode, (the instruction naming another cube of its layout, where that cube started) for each
     other cube: counterfactual grounding targets, true of the same frames whatever the arm then does.
     Without them a layout seen once tells its target by itself and the colour word is never needed. []
@@ -192,7 +193,8 @@ def _sample_layout(spec: TaskSpec, rng: np.random.Generator, c: WorkcellConfig) 
     return Layout(cubes, plates, home_q)
 
 
-def _fits(xy: np.ndarray, key: tuple[str, str], placed: dict, spec: TaskSpec, target: tuple[str, str], c: WorkcellConfig) -> bool:
+def _fits(xy: np.ndarray, key: tuple[str, str], placed: dict, spec: TaskSpec, target: tuple[str, str],
+          c: WorkcellConfig) -> bool:
     """Whether an object at xy keeps its distance from the objects placed so far and out of the push lane."""
     for other, p in placed.items():
         if np.linalg.norm(xy - p) < c.min_object_distance:

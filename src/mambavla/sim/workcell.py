@@ -44,9 +44,9 @@ from mambavla.sim.config import CUBE_COLOURS, PLATE_COLOURS, WorkcellConfig
 from mambavla.sim.scene import ROBOT_PREFIX, build_scene
 from mambavla.sim.tasks import Layout, SceneState, TaskMonitor, TaskSpec, sample_episode
 
-
 OPEN_WIDTH = spaces.FRANKA_MAX_FINGER_WIDTH
-MAX_HOLD = 0.1  # s of wall time the server loop may be held at once (libfranka times out after ~1 s; margin for a loaded CPU)
+# s of wall time the server loop may be held at once (libfranka times out after ~1 s; margin for a loaded CPU)
+MAX_HOLD = 0.1
 HALF_STEP = 0.5e-3  # s: tolerance when comparing simulated times on the 1 ms step grid
 
 
@@ -79,7 +79,8 @@ class RobotState:
     @property
     def proprio(self) -> np.ndarray:
         """float32[8] in `mambavla.spaces` layout: ee position, ee rotation vector, finger positions."""
-        return np.concatenate([spaces.pose_to_vector(self.ee_position, self.ee_quat), self.finger_positions]).astype(np.float32)
+        pose = spaces.pose_to_vector(self.ee_position, self.ee_quat)
+        return np.concatenate([pose, self.finger_positions]).astype(np.float32)
 
 
 class Workcell:
@@ -384,9 +385,11 @@ class Workcell:
 
         m = self._sim.model
         obj = mujoco.mjtObj
-        self._cube_qpos = {c: int(m.jnt_qposadr[mujoco.mj_name2id(m, obj.mjOBJ_JOINT, f"cube_{c}")]) for c in CUBE_COLOURS}
-        self._cube_dof = {c: int(m.jnt_dofadr[mujoco.mj_name2id(m, obj.mjOBJ_JOINT, f"cube_{c}")]) for c in CUBE_COLOURS}
-        self._plate_mocap = {c: int(m.body_mocapid[mujoco.mj_name2id(m, obj.mjOBJ_BODY, f"plate_{c}")]) for c in PLATE_COLOURS}
+        cube_joints = {c: mujoco.mj_name2id(m, obj.mjOBJ_JOINT, f"cube_{c}") for c in CUBE_COLOURS}
+        self._cube_qpos = {c: int(m.jnt_qposadr[j]) for c, j in cube_joints.items()}
+        self._cube_dof = {c: int(m.jnt_dofadr[j]) for c, j in cube_joints.items()}
+        plate_bodies = {c: mujoco.mj_name2id(m, obj.mjOBJ_BODY, f"plate_{c}") for c in PLATE_COLOURS}
+        self._plate_mocap = {c: int(m.body_mocapid[b]) for c, b in plate_bodies.items()}
         self._tcp_site = mujoco.mj_name2id(m, obj.mjOBJ_SITE, "tcp")
         for name in self.camera_names:
             if mujoco.mj_name2id(m, obj.mjOBJ_CAMERA, name) < 0:
@@ -406,7 +409,8 @@ class Workcell:
         c = self.config
         cubes = {k: np.array(qpos[a : a + 3]) for k, a in self._cube_qpos.items()}
         speeds = {k: float(np.linalg.norm(qvel[a : a + 3])) for k, a in self._cube_dof.items()}
-        plates = {k: np.array(mocap_pos[i]) + np.array([0.0, 0.0, c.plate_half_height]) for k, i in self._plate_mocap.items()}
+        lift = np.array([0.0, 0.0, c.plate_half_height])
+        plates = {k: np.array(mocap_pos[i]) + lift for k, i in self._plate_mocap.items()}
         width = float(sum(qpos[a] for a in self._robot._finger_qpos_addrs))
         return SceneState(cubes, plates, width, t, speeds)
 

@@ -20,7 +20,8 @@ def test_train_command_writes_a_checkpoint_the_runtime_can_run(tmp_path, capsys)
     shutil.copytree(bag, data / bag.name)
     out = tmp_path / "ckpt"
     assert main(["train", "--data", str(data), "--out", str(out), "--preset", "tiny", "--steps", "4", "--batch-size", "4",
-                 "--action-mode", "delta", "--history", "window", "--history-frames", "2", "--val-fraction", "0", "--json"]) == 0
+                 "--action-mode", "delta", "--history", "window", "--history-frames", "2", "--val-fraction", "0",
+                 "--image-size", *map(str, CAMERA_SIZE), "--json"]) == 0  # the recorded size (default: the preset's)
     summary = json.loads(capsys.readouterr().out)
     assert summary["episodes"] == 1 and summary["steps"] == 4 and np.isfinite(summary["loss_last"])
     assert {p.name for p in out.iterdir()} >= {"run.json", "last", "best", "train_summary.json", "loss.png"}

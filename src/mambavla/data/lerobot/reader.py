@@ -1,41 +1,17 @@
-"""LeRobotDataset v3 <-> episode bags, offline, with pyarrow (parquet) and PyAV (mp4).
+"""A LeRobotDataset v3 folder -> episode bags (`mambavla dataset import-lerobot`), with pyarrow and PyAV.
 
-    export_lerobot(["demos/"], "demos_lerobot/")            episode bags -> a LeRobotDataset v3 folder
-    import_lerobot("crisp_pick/", "bags/", gripper="auto")  a LeRobotDataset v3 folder -> episode bags
-
-The layout is LeRobot's v3.0 (`codebase_version` "v3.0"):
-
-    meta/info.json       fps, features (dtype, shape, names), totals, path templates
-    meta/stats.json      per feature min/max/mean/std/count/q01..q99 (images per channel, in [0, 1])
-    meta/tasks.parquet   task (the instruction text, the index) -> task_index
-    meta/episodes/chunk-000/file-000.parquet
-                         one row per episode: length, tasks, data/{chunk,file}_index,
-                         dataset_{from,to}_index, videos/<key>/{chunk_index,file_index,from_timestamp,to_timestamp},
-                         stats/<key>/<stat>
-    data/chunk-XXX/file-YYY.parquet              frames of many episodes, one row group per episode
-    videos/<key>/chunk-XXX/file-YYY.mp4          frames of many episodes back to back, per camera
-
-Export writes our layout verbatim, so nothing is lost on the way back: `observation.state` is the 8-D
-proprio (`spaces.PROPRIO_NAMES`, rotation vector relative to the gripper-down reference), `observation.state.joint`
-the 7 arm and 2 finger joints, `action` the 7-D absolute target (`spaces.ACTION_NAMES`, gripper 1 = closed),
-`observation.images.<camera>` one video per camera, `task` the instruction. `meta/mambavla.json` says so
-(LeRobot ignores files it does not know) and keeps each episode's task name, seed and success.
-
-Import reads any v3 dataset whose feature names say what each dimension is (see `docs/lerobot.md`):
-cameras from `observation.images.*` (video or image features), the end-effector pose from position +
-orientation names (x/y/z with roll/pitch/yaw, rx/ry/rz or qx/qy/qz/qw) or, failing that, from 7 arm joints
-through FR3 forward kinematics, the fingers from finger joints or a gripper value, the action as a
-Cartesian or joint-space target, absolute or per-step delta (integrated from the first measured state),
-with the gripper flipped when the dataset uses 1 = open (CRISP's FR3 sets do).
+Any v3 dataset whose feature names say what each dimension is (see `docs/lerobot.md`): cameras from
+`observation.images.*` (video or image features), the end-effector pose from position + orientation names
+(x/y/z with roll/pitch/yaw, rx/ry/rz or qx/qy/qz/qw) or, failing that, from 7 arm joints through FR3 forward
+kinematics, the fingers from finger joints or a gripper value, the action as a Cartesian or joint-space target,
+absolute or per-step delta (integrated from the first measured state), with the gripper flipped when the
+dataset uses 1 = open (CRISP's FR3 sets do).
 """
 
 from __future__ import annotations
 
-import fractions
 import json
-import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -43,361 +19,24 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from mambavla import spaces
-from mambavla.data.bags import ARM_JOINTS, FINGER_JOINTS, EpisodeWriter, read_episode
+from mambavla.data.bags import EpisodeWriter
+from mambavla.data.lerobot.layout import (
+    ACTION_KEY,
+    DATA_PATH,
+    EPISODES_DIR,
+    IMAGE_PREFIX,
+    INDEX_KEYS,
+    MARKER_FORMAT,
+    MARKER_PATH,
+    STATE_KEY,
+    TASKS_PATH,
+    VIDEO_PATH,
+    LeRobotError,
+    load_info,
+)
 
-CODEBASE_VERSION = "v3.0"
-INFO_PATH = "meta/info.json"
-STATS_PATH = "meta/stats.json"
-TASKS_PATH = "meta/tasks.parquet"
-EPISODES_DIR = "meta/episodes"
-MARKER_PATH = "meta/mambavla.json"
-MARKER_FORMAT = "mambavla-lerobot/1"
-CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
-DATA_PATH = "data/" + CHUNK_FILE + ".parquet"
-VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
-EPISODES_PATH = EPISODES_DIR + "/" + CHUNK_FILE + ".parquet"
-CHUNKS_SIZE = 1000  # files per chunk folder, as LeRobot
-DATA_FILE_MB = 100
-VIDEO_FILE_MB = 200
-IMAGE_PREFIX = "observation.images."
-STATE_KEY = "observation.state"
-JOINT_STATE_KEY = "observation.state.joint"
-ACTION_KEY = "action"
-INDEX_KEYS: tuple[str, ...] = ("timestamp", "frame_index", "episode_index", "index", "task_index")
-QUANTILES: tuple[float, ...] = (0.01, 0.10, 0.50, 0.90, 0.99)
-IMAGE_STATS_FRAMES = 100  # frames sampled per episode and camera for the image statistics
-IMAGE_STATS_PIXELS = 100 * 100  # about this many pixels of each sampled frame (a strided grid)
-
-# name -> (PyAV encoder, options). AV1 through SVT-AV1 with LeRobot's defaults (crf 30, keyframe every 2 frames,
-# preset 12); h264 and mpeg4 where a reader lacks an AV1 decoder.
-CODECS: dict[str, tuple[str, dict[str, str]]] = {
-    "av1": ("libsvtav1", {"g": "2", "crf": "30", "preset": "12"}),
-    "h264": ("libx264", {"g": "2", "crf": "18", "preset": "veryfast"}),
-    "mpeg4": ("mpeg4", {"g": "2", "qscale": "2"}),
-}
 GRIPPER_CONVENTIONS: tuple[str, ...] = ("auto", "open-is-1", "closed-is-1")
 ACTION_TYPES: tuple[str, ...] = ("auto", "absolute", "delta")
-
-
-class LeRobotError(ValueError):
-    """A LeRobot dataset (or a request about one) that cannot be used, with the reason and the fix."""
-
-
-def _plain(value):
-    """numpy values -> JSON values; NaN (arm joints a dataset never had) -> null, which strict JSON readers accept."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_plain(data), indent=2, allow_nan=False) + "\n")
-
-
-def _chunk_file(index: int) -> dict[str, int]:
-    return {"chunk_index": index // CHUNKS_SIZE, "file_index": index % CHUNKS_SIZE}
-
-
-def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
-    """[N, D] values -> LeRobot's per-dimension statistics."""
-    x = np.asarray(values, dtype=np.float64)
-    with warnings.catch_warnings():  # an all-NaN column (arm joints never recorded) has NaN statistics
-        warnings.simplefilter("ignore", RuntimeWarning)
-        stats = {"min": np.nanmin(x, 0), "max": np.nanmax(x, 0), "mean": np.nanmean(x, 0), "std": np.nanstd(x, 0),
-                 "count": np.array([len(x)])}
-        for q, v in zip(QUANTILES, np.nanquantile(x, QUANTILES, axis=0)):
-            stats[f"q{round(q * 100):02d}"] = v
-    return stats
-
-
-def _image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """uint8 [T, H, W, 3] -> per-channel statistics in [0, 1], shaped [3, 1, 1] as LeRobot stores them."""
-    step = max(1, len(frames) // IMAGE_STATS_FRAMES)
-    stride = max(1, int(np.sqrt(frames.shape[1] * frames.shape[2] / IMAGE_STATS_PIXELS)))
-    pixels = frames[::step, ::stride, ::stride].reshape(-1, 3).astype(np.float64) / 255.0
-    stats = feature_stats(pixels)
-    shaped = {k: (v if k == "count" else v.reshape(3, 1, 1)) for k, v in stats.items()}
-    return shaped | {"count": np.array([len(frames)])}  # frames, as LeRobot counts them
-
-
-def _aggregate_image_stats(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-episode image statistics -> dataset statistics: pooled mean and variance, weighted quantiles."""
-    counts = np.array([p["count"][0] for p in parts], dtype=np.float64)
-    w = counts[:, None, None, None] / counts.sum()
-    mean = sum(wi * p["mean"] for wi, p in zip(w, parts))
-    var = sum(wi * (p["std"] ** 2 + (p["mean"] - mean) ** 2) for wi, p in zip(w, parts))
-    out = {"min": np.min([p["min"] for p in parts], axis=0), "max": np.max([p["max"] for p in parts], axis=0),
-           "mean": mean, "std": np.sqrt(var), "count": np.array([int(counts.sum())])}
-    for key in parts[0]:
-        if key.startswith("q"):
-            out[key] = sum(wi * p[key] for wi, p in zip(w, parts))
-    return out
-
-
-
-class _VideoFiles:
-    """One camera's mp4 files: episodes appended back to back, a new file for the next episode once the bytes
-    written pass `limit_mb` (an encoder's lookahead, about a second for SVT-AV1, is not counted until written)."""
-
-    def __init__(self, root: Path, key: str, fps: int, size: tuple[int, int], codec: str, crf: int | None,
-                 limit_mb: float):
-        self.root, self.key, self.fps, self.size, self.limit = root, key, fps, size, limit_mb * 2**20
-        self.encoder, options = CODECS[codec]
-        self.options = dict(options)
-        if crf is not None:
-            if "crf" not in self.options:
-                with_crf = [c for c, (_, o) in CODECS.items() if "crf" in o]
-                raise LeRobotError(f"--crf does not apply to {codec}; it applies to {', '.join(with_crf)}")
-            self.options["crf"] = str(int(crf))
-        self.file_index = -1
-        self.container = self.stream = None
-        self.frames = self.bytes = 0
-
-    def _open(self) -> None:
-        import av
-
-        self.close()
-        self.file_index += 1
-        self.path = self.root / VIDEO_PATH.format(video_key=self.key, **_chunk_file(self.file_index))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.container = av.open(str(self.path), "w")
-        self.stream = self.container.add_stream(self.encoder, self.fps, options=self.options)
-        self.stream.height, self.stream.width = self.size
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.time_base = fractions.Fraction(1, self.fps)
-        self.frames = self.bytes = 0
-
-    def _mux(self, packets) -> None:
-        for packet in packets:
-            self.bytes += packet.size
-            self.container.mux(packet)
-
-    def append(self, frames: np.ndarray) -> dict:
-        """Encode one episode's frames (uint8 [T, H, W, 3]); returns its episode-metadata columns."""
-        import av
-
-        if self.container is None or self.bytes >= self.limit:
-            self._open()
-        start = self.frames
-        for frame in frames:
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            video_frame.pts = self.frames  # time base 1/fps: frame k of the file sits at k/fps s
-            self._mux(self.stream.encode(video_frame))
-            self.frames += 1
-        prefix = f"videos/{self.key}/"
-        cf = _chunk_file(self.file_index)
-        return {prefix + "chunk_index": cf["chunk_index"], prefix + "file_index": cf["file_index"],
-                prefix + "from_timestamp": start / self.fps, prefix + "to_timestamp": self.frames / self.fps}
-
-    def close(self) -> None:
-        if self.container is not None:
-            self._mux(self.stream.encode())
-            self.container.close()
-            self.container = None
-
-
-class _DataFiles:
-    """Frame tables in data/chunk-*/file-*.parquet, one row group per episode, a new file past `limit_mb`."""
-
-    def __init__(self, root: Path, limit_mb: float):
-        self.root, self.limit = root, limit_mb * 2**20
-        self.file_index, self.writer, self.bytes = -1, None, 0
-
-    def append(self, table) -> dict:
-        import pyarrow.parquet as pq
-
-        if self.writer is None or self.bytes >= self.limit:
-            self.close()
-            self.file_index += 1
-            path = self.root / DATA_PATH.format(**_chunk_file(self.file_index))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(str(path), table.schema, compression="snappy")
-            self.bytes = 0
-        self.writer.write_table(table)
-        self.bytes += table.nbytes
-        cf = _chunk_file(self.file_index)
-        return {"data/chunk_index": cf["chunk_index"], "data/file_index": cf["file_index"]}
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-def _frame_table(ep, episode_index: int, first_index: int, task_index: int, fps: int):
-    import pyarrow as pa
-
-    n = len(ep)
-    frame_index = np.arange(n, dtype=np.int64)
-
-    def vectors(x: np.ndarray):
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
-
-    return pa.table({
-        STATE_KEY: vectors(ep.proprio),
-        JOINT_STATE_KEY: vectors(ep.joint_positions),
-        ACTION_KEY: vectors(ep.actions),
-        "timestamp": pa.array((frame_index / fps).astype(np.float32)),
-        "frame_index": pa.array(frame_index),
-        "episode_index": pa.array(np.full(n, episode_index, dtype=np.int64)),
-        "index": pa.array(first_index + frame_index),
-        "task_index": pa.array(np.full(n, task_index, dtype=np.int64)),
-    })
-
-
-def _fps(dt: float, path: Path) -> int:
-    fps = round(1.0 / dt)
-    if fps < 1 or abs(fps * dt - 1.0) > 1e-3:
-        raise LeRobotError(f"{path}: dt {dt} s is not a whole number of frames per second; LeRobotDataset stores an "
-                           f"integer fps (record at a rate such as 10, 20 or 30 Hz)")
-    return fps
-
-
-def _write_tasks(root: Path, tasks: dict[str, int]) -> None:
-    """meta/tasks.parquet as pandas writes a frame indexed by `task` (LeRobot reads it with pandas)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    names = sorted(tasks, key=tasks.get)
-    pandas_meta = {
-        "index_columns": ["task"], "column_indexes": [],
-        "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
-                     "metadata": None},
-                    {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
-                     "metadata": None}],
-        "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.3",
-    }
-    table = pa.table({"task_index": pa.array([tasks[t] for t in names], pa.int64()),
-                      "task": pa.array(names, pa.string())})
-    table = table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
-    path = root / TASKS_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, str(path))
-
-
-def _flat_stats(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, list]:
-    return {f"stats/{key}/{name}": np.asarray(v).tolist() for key, s in stats.items() for name, v in s.items()}
-
-
-def export_lerobot(sources: Sequence[str | Path], out: str | Path, codec: str = "av1", crf: int | None = None,
-                   video_file_mb: float = VIDEO_FILE_MB, data_file_mb: float = DATA_FILE_MB,
-                   progress: bool = True) -> dict:
-    """Write the episode bags found under `sources` as one LeRobotDataset v3 in `out`; returns a summary."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tqdm import tqdm
-
-    from mambavla.data.dataset import find_episodes
-
-    if codec not in CODECS:
-        raise LeRobotError(f"codec {codec!r}: choose one of {', '.join(CODECS)}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise LeRobotError(f"{out} exists and is not empty: choose a new --out folder or remove this one")
-    paths = [p for s in sources for p in find_episodes(s)]
-    if not paths:
-        raise LeRobotError(f"no episode bags in {', '.join(map(str, sources))}")
-    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its configuration banner per file otherwise
-    out.mkdir(parents=True, exist_ok=True)
-
-    cameras: tuple[str, ...] | None = None
-    size = fps = dt = None
-    videos: dict[str, _VideoFiles] = {}
-    data = _DataFiles(out, data_file_mb)
-    tasks: dict[str, int] = {}
-    rows, marker_episodes, numeric, image_parts = [], [], {STATE_KEY: [], JOINT_STATE_KEY: [], ACTION_KEY: []}, {}
-    total = 0
-    try:
-        for episode_index, path in enumerate(tqdm(paths, desc="export LeRobot", unit="episode", disable=not progress)):
-            ep = read_episode(path)
-            ep_dt = float(ep.meta.get("dt") or np.median(np.diff(ep.times)))
-            if cameras is None:
-                cameras, size, dt, fps = tuple(ep.images), tuple(ep.image_size), ep_dt, _fps(ep_dt, path)
-                videos = {c: _VideoFiles(out, IMAGE_PREFIX + c, fps, size, codec, crf, video_file_mb) for c in cameras}
-            elif tuple(ep.images) != cameras or (cameras and tuple(ep.image_size) != size) or abs(ep_dt - dt) > 1e-6:
-                raise LeRobotError(f"{path}: cameras {list(ep.images)} at {ep.image_size if ep.images else '-'}, "
-                                   f"dt {ep_dt} s; the first episode had {list(cameras)} at {size}, dt {dt} s. "
-                                   f"One LeRobot dataset holds one layout: export these episodes separately")
-            task_index = tasks.setdefault(ep.instruction, len(tasks))
-            table = _frame_table(ep, episode_index, total, task_index, fps)
-            row = {"episode_index": episode_index, "tasks": [ep.instruction], "length": len(ep),
-                   **data.append(table), "dataset_from_index": total, "dataset_to_index": total + len(ep)}
-            ep_stats = {STATE_KEY: feature_stats(ep.proprio), JOINT_STATE_KEY: feature_stats(ep.joint_positions),
-                        ACTION_KEY: feature_stats(ep.actions)}
-            for name in cameras:
-                row.update(videos[name].append(ep.images[name]))
-                ep_stats[IMAGE_PREFIX + name] = _image_stats(ep.images[name])
-                image_parts.setdefault(IMAGE_PREFIX + name, []).append(ep_stats[IMAGE_PREFIX + name])
-            for key in INDEX_KEYS:
-                ep_stats[key] = feature_stats(table.column(key).to_numpy()[:, None])
-            row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0, **_flat_stats(ep_stats)})
-            rows.append(row)
-            numeric[STATE_KEY].append(ep.proprio)
-            numeric[JOINT_STATE_KEY].append(ep.joint_positions)
-            numeric[ACTION_KEY].append(ep.actions)
-            marker_episodes.append({"episode_index": episode_index, "task": ep.meta.get("task"),
-                                    "seed": ep.meta.get("seed"), "success": ep.meta.get("success"),
-                                    "source": path.name})
-            total += len(ep)
-    finally:
-        data.close()
-        for video in videos.values():
-            video.close()
-
-    episodes_path = out / EPISODES_PATH.format(chunk_index=0, file_index=0)
-    episodes_path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), str(episodes_path))
-    _write_tasks(out, tasks)
-
-    stats = {key: feature_stats(np.concatenate(parts)) for key, parts in numeric.items()}
-    stats |= {key: _aggregate_image_stats(parts) for key, parts in image_parts.items()}
-    index_columns = pq.read_table(str(out / "data"), columns=list(INDEX_KEYS))
-    stats |= {key: feature_stats(index_columns.column(key).to_numpy()[:, None]) for key in INDEX_KEYS}
-    _write_json(out / STATS_PATH, stats)
-
-    vector = {"dtype": "float32"}
-    features = {
-        **{IMAGE_PREFIX + c: {"dtype": "video", "shape": [*size, 3], "names": ["height", "width", "channels"],
-                              "info": _video_info(videos[c], fps, size)} for c in cameras},
-        STATE_KEY: {**vector, "shape": [len(spaces.PROPRIO_NAMES)], "names": list(spaces.PROPRIO_NAMES)},
-        JOINT_STATE_KEY: {**vector, "shape": [9], "names": [*ARM_JOINTS, *FINGER_JOINTS]},
-        ACTION_KEY: {**vector, "shape": [len(spaces.ACTION_NAMES)], "names": list(spaces.ACTION_NAMES)},
-        "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-        **{k: {"dtype": "int64", "shape": [1], "names": None} for k in INDEX_KEYS[1:]},
-    }
-    info = {
-        "codebase_version": CODEBASE_VERSION, "robot_type": "fr3", "total_episodes": len(rows), "total_frames": total,
-        "total_tasks": len(tasks), "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": data_file_mb,
-        "video_files_size_in_mb": video_file_mb, "fps": fps, "splits": {"train": f"0:{len(rows)}"},
-        "data_path": DATA_PATH, "video_path": VIDEO_PATH if cameras else None, "features": features,
-    }
-    _write_json(out / INFO_PATH, info)
-    _write_json(out / MARKER_PATH, {
-        "format": MARKER_FORMAT, "rotation": "rotation vector relative to spaces.EE_REFERENCE_QUAT (gripper down)",
-        "gripper": "closed-is-1", "actions": "absolute", "dt": dt, "episodes": marker_episodes})
-    return {"out": str(out), "episodes": len(rows), "frames": total, "fps": fps, "tasks": len(tasks),
-            "cameras": list(cameras), "image_size": list(size) if cameras else None,
-            "codec": f"{codec} ({CODECS[codec][0]})",
-            "video_files": sum(v.file_index + 1 for v in videos.values()), "data_files": data.file_index + 1}
-
-
-def _video_info(video: _VideoFiles, fps: int, size: tuple[int, int]) -> dict:
-    import av
-
-    info = {"video.height": size[0], "video.width": size[1], "video.codec": av.Codec(video.encoder, "w").canonical_name,
-            "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps, "video.channels": 3,
-            "has_audio": False}
-    info |= {f"video.{k}": (int(v) if v.isdigit() else v) for k, v in video.options.items()}
-    return info
-
 
 
 _POSITION_PREFIX = re.compile(r"^(?:ee|eef|tcp|cartesian|pose|pos|position)[_.]")
@@ -564,28 +203,6 @@ def parse_map(items: Sequence[str]) -> dict[str, list[str]]:
                                f"state=observation.state, action=action)")
         mapping.setdefault(role, []).append(key)
     return mapping
-
-
-def load_info(root: str | Path) -> dict:
-    root = Path(root)
-    path = root / INFO_PATH
-    if not root.is_dir():
-        raise LeRobotError(f"{root}: no such directory")
-    if not path.exists():
-        raise LeRobotError(f"{path} is missing: {root} is not a LeRobotDataset root (it needs meta/info.json, "
-                           f"meta/episodes/, data/ and, for cameras, videos/); download the whole dataset repository")
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LeRobotError(f"{path}: not valid JSON ({err})") from err
-    version = str(info.get("codebase_version", ""))
-    if not version.startswith("v3"):
-        raise LeRobotError(f"{path}: codebase_version {version or 'missing'}; this reads LeRobotDataset v3.x. Convert "
-                           f"a v2.1 dataset with LeRobot's `python -m lerobot.scripts.convert_dataset_v21_to_v30`")
-    for key in ("fps", "features"):
-        if key not in info:
-            raise LeRobotError(f"{path}: no {key!r}")
-    return info
 
 
 @dataclass

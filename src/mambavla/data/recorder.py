@@ -1,0 +1,305 @@
+"""Recording demonstrations on a robot: one rosbag2 per episode in the layout `data.bags.read_episode` reads,
+from messages as the drivers and the controller publish them. Free of ROS: `mambavla.ros.recorder_node` hands
+over each message serialised (CDR, as a raw rclpy subscription delivers it) with its stamp.
+
+    /cameras/<name>/image_raw/compressed  sensor_msgs/CompressedImage  JPEG; raw Image frames are encoded here,
+                                                                       compressed ones stored as they came
+    /joint_states, /ee_pose, /action      as published (the controller's streamed target and gripper command
+                                          is /action)
+    /instruction                          the episode's instruction, once at the start
+    episode.json                          instruction, success, dt (the median frame interval of the first
+                                          camera), cameras, image size, frames, per-topic counts
+
+An episode goes READY -> RECORDING (start) -> saved or discarded -> RESETTING (`reset_time` s, for the
+operator to reset the scene) -> READY. Messages arrive on callback threads and are queued; one writer thread
+decodes, encodes and writes, so a slow disk or a JPEG encode never blocks a callback. A full queue drops the
+message and counts it (`dropped`): the figure a recording that kept up shows as 0.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mambavla.data.bags import (ACTION_TOPIC, COMPRESSED_IMAGE_TYPE, EE_POSE_TOPIC, IMAGE_TYPE, INSTRUCTION_TOPIC,
+                                JOINT_STATE_TOPIC, EpisodeWriter, camera_topic, is_bag_dir)
+
+STATE_TOPICS = (JOINT_STATE_TOPIC, EE_POSE_TOPIC, ACTION_TOPIC)
+READY, RECORDING, RESETTING = "READY", "RECORDING", "RESETTING"
+FRESH = 2.0  # s: a stream whose last message is older is not live
+
+
+def episode_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in Path(root).glob("episode_*") if is_bag_dir(p))
+
+
+def next_episode_path(root: Path) -> Path:
+    taken = [int(p.name.split("_")[-1]) for p in Path(root).glob("episode_*") if p.name.split("_")[-1].isdigit()]
+    return Path(root) / f"episode_{max(taken, default=-1) + 1:06d}"
+
+
+@dataclass
+class Episode:
+    path: Path
+    instruction: str
+    writer: EpisodeWriter
+    started: float  # monotonic
+    success: bool = False
+    counts: dict[str, int] = field(default_factory=dict)  # messages written per bag topic
+    frame_stamps: list[int] = field(default_factory=list)  # ns, first camera
+    image_size: tuple[int, int] | None = None
+
+
+class EpisodeRecorder:
+    """Episodes under `root`, one bag each. `cameras`: names; frames of the first one are the episode's steps."""
+
+    def __init__(self, root: str | Path, cameras: Sequence[str], jpeg_quality: int = 90, reset_time: float = 5.0,
+                 episode_time: float = 0.0, queue_size: int = 240, meta: dict | None = None):
+        if not cameras:
+            raise ValueError("at least one camera is needed: frames are the episode's steps")
+        if not 1 <= jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be within 1..100, got {jpeg_quality}")
+        if reset_time < 0 or episode_time < 0:
+            raise ValueError(f"reset_time and episode_time must be >= 0 s, got {reset_time}, {episode_time}")
+        from rosbags.typesys import Stores, get_typestore
+
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.cameras = tuple(cameras)
+        self.jpeg_quality, self.reset_time, self.episode_time = int(jpeg_quality), reset_time, episode_time
+        self.meta = dict(meta or {})
+        self._ts = get_typestore(Stores.ROS2_KILTED)
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()
+        self.state = READY
+        self.message = "ready: start an episode"
+        self.episode: Episode | None = None
+        self._reset_until = 0.0
+        self._last_seen: dict[str, float] = {}  # input -> monotonic time of its last message
+        self._last_size: dict[str, tuple[int, int]] = {}
+        self.frames_in = 0  # camera messages offered while recording
+        self.frames_written = 0
+        self.dropped = 0
+        self.saved = 0
+        self.discarded = 0
+        self.error = ""
+        self._running = True
+        self._thread = threading.Thread(target=self._write_loop, name="episode-writer", daemon=True)
+        self._thread.start()
+
+    # ---- input (callback threads) ----
+
+    def on_camera(self, camera: str, ns: int, data: bytes, compressed: bool) -> None:
+        """One camera message, CDR-serialised: sensor_msgs/Image, or CompressedImage if `compressed`."""
+        self._last_seen[camera] = time.monotonic()
+        if self.state != RECORDING:
+            return
+        self.frames_in += 1
+        self._offer(("camera", camera, ns, data, compressed))
+
+    def on_state(self, topic: str, ns: int, data: bytes) -> None:
+        """One message for a bag topic of STATE_TOPICS, CDR-serialised in that topic's type."""
+        self._last_seen[topic] = time.monotonic()
+        if self.state == RECORDING:
+            self._offer(("state", topic, ns, data))
+
+    def _offer(self, item) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+
+    def missing_inputs(self) -> list[str]:
+        """Inputs with no message in the last FRESH seconds."""
+        now = time.monotonic()
+        return [name for name in (*self.cameras, *STATE_TOPICS) if now - self._last_seen.get(name, -1e9) > FRESH]
+
+    # ---- episode control (any thread) ----
+
+    def start(self, instruction: str) -> tuple[bool, str]:
+        instruction = (instruction or "").strip()
+        with self._lock:
+            self._tick()
+            if self.state == RECORDING:
+                return False, f"already recording {self.episode.path.name}"
+            if not instruction:
+                return False, "no instruction: set one (parameter instruction, topic /instruction or the 'i' key)"
+            missing = self.missing_inputs()
+            if missing:
+                return False, (f"no messages for {FRESH:.0f} s on: {', '.join(missing)} (check the camera drivers, and "
+                               "that controller_node is tracking: its ~/action is the recorded /action)")
+            path = next_episode_path(self.root)
+            writer = EpisodeWriter(path, self.cameras, (0, 0), dt=0.0, image_format="jpeg",
+                                   jpeg_quality=self.jpeg_quality,
+                                   meta={**self.meta, "instruction": instruction, "source": "mambavla-record"})
+            self.episode = Episode(path, instruction, writer, time.monotonic())
+            self._queue.put(("instruction", instruction))
+            self.state, self.message = RECORDING, f"recording {path.name}: {instruction!r}"
+            return True, self.message
+
+    def mark_success(self, success: bool = True) -> tuple[bool, str]:
+        with self._lock:
+            if self.episode is None:
+                return False, "not recording: nothing to mark"
+            self.episode.success = success
+            return True, f"{self.episode.path.name} marked {'success' if success else 'failure'}"
+
+    def save(self) -> tuple[bool, str]:
+        return self._finish(save=True)
+
+    def discard(self) -> tuple[bool, str]:
+        return self._finish(save=False)
+
+    def _finish(self, save: bool) -> tuple[bool, str]:
+        with self._lock:
+            if self.state != RECORDING:
+                return False, "not recording"
+            episode, self.state = self.episode, RESETTING
+            self._reset_until = time.monotonic() + self.reset_time
+        done = threading.Event()
+        result: list = []
+        self._queue.put(("finish", save, done, result))  # after every message queued before it
+        done.wait()
+        ok, text = result
+        with self._lock:
+            self.episode = None
+            self.message = f"{text}; reset the scene ({self.reset_time:.0f} s)"
+        return ok, text
+
+    def status(self) -> dict:
+        with self._lock:
+            self._tick()
+            episode = self.episode
+            return {
+                "state": self.state, "message": self.message, "root": str(self.root),
+                "episode": episode.path.name if episode else "",
+                "instruction": episode.instruction if episode else "",
+                "seconds": round(time.monotonic() - episode.started, 1) if episode else 0.0,
+                "success": episode.success if episode else False,
+                "reset_left": round(max(0.0, self._reset_until - time.monotonic()), 1) if self.state == RESETTING else 0.0,
+                "frames_in": self.frames_in, "frames_written": self.frames_written, "dropped": self.dropped,
+                "queued": self._queue.qsize(), "saved": self.saved, "discarded": self.discarded, "error": self.error,
+                "missing": ", ".join(self.missing_inputs()),
+            }
+
+    def _tick(self) -> None:
+        if self.state == RESETTING and time.monotonic() >= self._reset_until:
+            self.state, self.message = READY, "ready: start an episode"
+
+    def poll(self) -> str | None:
+        """Time-driven transitions: 'save' when the episode ran `episode_time` s (the caller saves), else None."""
+        with self._lock:
+            self._tick()
+            if self.state == RECORDING and self.episode_time > 0 and time.monotonic() - self.episode.started >= self.episode_time:
+                return "save"
+        return None
+
+    def close(self) -> None:
+        if self.state == RECORDING:
+            self.discard()
+        self._running = False
+        self._queue.put(None)
+        self._thread.join(timeout=10.0)
+
+    # ---- writer thread ----
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self._handle(item)
+            except Exception as err:  # a bad message must not end the recorder; the status shows it
+                self.error = f"{type(err).__name__}: {err}"
+                if item[0] == "finish":
+                    item[3].extend([False, f"could not finish the episode: {self.error}"])
+                    item[2].set()
+
+    def _handle(self, item) -> None:
+        kind, episode = item[0], self.episode
+        if kind == "finish":
+            _, save, done, result = item
+            result.extend(self._close(episode, save))
+            done.set()
+        elif episode is None:
+            return
+        elif kind == "instruction":
+            episode.writer.write_instruction(time.time(), item[1])
+        elif kind == "camera":
+            self._write_camera(episode, *item[1:])
+        else:
+            _, topic, ns, data = item
+            episode.writer.write_serialized(topic, ns, data)
+            episode.counts[topic] = episode.counts.get(topic, 0) + 1
+
+    def _write_camera(self, episode: Episode, camera: str, ns: int, data: bytes, compressed: bool) -> None:
+        from mambavla.data.images import encode_jpeg, image_to_rgb
+
+        topic = camera_topic(camera) + "/compressed"
+        msg = self._ts.deserialize_cdr(data, COMPRESSED_IMAGE_TYPE if compressed else IMAGE_TYPE)
+        stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec) or ns
+        if compressed:
+            size = image_to_rgb(msg).shape[:2] if episode.image_size is None else episode.image_size
+            out = data
+        else:
+            rgb = image_to_rgb(msg, resize=False)
+            size = rgb.shape[:2]
+            T = self._ts.types
+            jpeg = np.frombuffer(encode_jpeg(rgb, self.jpeg_quality), np.uint8)
+            out = self._ts.serialize_cdr(T[COMPRESSED_IMAGE_TYPE](header=msg.header, format="rgb8; jpeg compressed bgr8",
+                                                                  data=jpeg), COMPRESSED_IMAGE_TYPE)
+        if episode.image_size is None:
+            episode.image_size = tuple(size)
+        elif tuple(size) != episode.image_size:
+            raise ValueError(f"camera {camera!r} sent {size[1]}x{size[0]}, the episode's frames are "
+                             f"{episode.image_size[1]}x{episode.image_size[0]}: every camera needs one size")
+        episode.writer.write_serialized(topic, ns, bytes(out))
+        episode.counts[topic] = episode.counts.get(topic, 0) + 1
+        if camera == self.cameras[0]:
+            episode.frame_stamps.append(stamp)
+        self.frames_written += 1
+
+    def _close(self, episode: Episode, save: bool) -> tuple[bool, str]:
+        name = episode.path.name
+        if not save:
+            episode.writer.abort()
+            _remove(episode.path)
+            self.discarded += 1
+            return True, f"discarded {name}"
+        empty = [t for t in [camera_topic(c) + "/compressed" for c in self.cameras] + list(STATE_TOPICS)
+                 if not episode.counts.get(t)]
+        if empty or len(episode.frame_stamps) < 2:
+            episode.writer.abort()
+            _remove(episode.path)
+            self.discarded += 1
+            what = f"no messages on {', '.join(empty)}" if empty else "fewer than 2 frames"
+            return False, f"{name} not saved ({what}): training could not read it"
+        stamps = np.sort(np.array(episode.frame_stamps, dtype=np.int64))
+        steps = np.diff(stamps) / 1e9
+        dt = float(np.median(steps))
+        writer = episode.writer
+        writer.dt, writer.image_size, writer.frames = dt, episode.image_size, len(stamps)
+        writer.close(success=bool(episode.success), counts=dict(episode.counts),
+                     seconds=round(float(stamps[-1] - stamps[0]) / 1e9, 3),
+                     irregular_steps=int(np.sum(np.abs(steps - dt) > 0.5 * dt)))
+        self.saved += 1
+        return True, f"saved {name}: {len(stamps)} frames at {1 / dt:.1f} Hz, success {episode.success}"
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def read_sidecars(root: str | Path) -> list[dict]:
+    """The sidecars of the episodes under `root`, in order."""
+    return [json.loads((p / "episode.json").read_text()) for p in episode_dirs(root) if (p / "episode.json").exists()]

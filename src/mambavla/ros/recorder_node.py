@@ -1,0 +1,141 @@
+"""recorder_node: records demonstrations as one rosbag2 per episode (`mambavla.data.recorder.EpisodeRecorder`,
+the layout training reads). `mambavla record` runs it with keys on the terminal; the services drive it from
+anywhere.
+
+Inputs, all taken raw (stored as they arrive, camera frames JPEG-encoded off the callback threads): each camera
+of `cameras` on `camera_topic` (sensor_msgs/Image, or sensor_msgs/CompressedImage on `<topic>/compressed` with
+`compressed_cameras`), `joint_states_topic`, `ee_pose_topic`, and controller_node's streamed target and gripper
+command on `action_topic` (stored as /action), the instruction on `instruction_topic` (latched
+std_msgs/String; the `instruction` parameter until one arrives).
+
+Services (std_srvs/Trigger): ~/start, ~/save, ~/discard, ~/mark_success, ~/mark_failure. Status on
+/diagnostics ("mambavla/recorder_node").
+"""
+
+from __future__ import annotations
+
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from mambavla.data.bags import ACTION_TOPIC, EE_POSE_TOPIC, JOINT_STATE_TOPIC
+from mambavla.data.recorder import RECORDING, EpisodeRecorder
+from mambavla.ros.diagnostics import OK, WARN, diagnostic_array
+from mambavla.ros.params import declare
+from mambavla.ros.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+from mambavla.ros.spin import run_node
+
+# Frames arrive at 30 Hz or more: a reader history of a few frames rides out a pause of the executor thread
+# instead of overwriting frames the drivers delivered.
+FRAME_QOS = QoSProfile(history=SENSOR_QOS.history, depth=10, reliability=SENSOR_QOS.reliability,
+                       durability=SENSOR_QOS.durability)
+STATE_INTAKE_QOS = QoSProfile(history=STATE_QOS.history, depth=50, reliability=STATE_QOS.reliability,
+                              durability=STATE_QOS.durability)
+
+
+class RecorderNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("recorder_node", **kwargs)
+        p = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        root = p("root", "recordings", "folder the episode bags go into (episode_000000, ...)")
+        cameras = p("cameras", ["front", "wrist"], "camera names, in the bag as /cameras/<name>/...; the first "
+                    "one's frames are the episode's steps")
+        camera_topic = p("camera_topic", "/cameras/{camera}/image_raw", "camera topic pattern, {camera} = name")
+        compressed = p("compressed_cameras", False, "subscribe to <camera topic>/compressed (CompressedImage, "
+                       "stored as it comes) instead of raw Image frames (JPEG-encoded here)")
+        jpeg_quality = p("jpeg_quality", 90, "JPEG quality of the stored frames (1-100)")
+        self.instruction = p("instruction", "", "instruction until one arrives on instruction_topic")
+        reset_time = p("reset_time_s", 5.0, "seconds after an episode for resetting the scene")
+        episode_time = p("episode_time_s", 0.0, "save an episode automatically after this long, s (0: never)")
+        self.auto_start = p("auto_start", False, "start the next episode when the reset time is over")
+        topics = {JOINT_STATE_TOPIC: p("joint_states_topic", JOINT_STATE_TOPIC, "robot joint states (JointState)"),
+                  EE_POSE_TOPIC: p("ee_pose_topic", EE_POSE_TOPIC, "end-effector pose (PoseStamped)"),
+                  ACTION_TOPIC: p("action_topic", "/controller_node/action",
+                                  "the commanded action (JointTrajectory, one point): controller_node's ~/action")}
+        instruction_topic = p("instruction_topic", "/instruction", "operator instruction (std_msgs/String, latched)")
+        diagnostics_rate = p("diagnostics_rate_hz", 2.0, "status publishing rate, Hz")
+
+        self.recorder = EpisodeRecorder(root, cameras, jpeg_quality=jpeg_quality, reset_time=reset_time,
+                                        episode_time=episode_time)
+        for name in cameras:
+            topic = camera_topic.format(camera=name) + ("/compressed" if compressed else "")
+            self.create_subscription(CompressedImage if compressed else Image, topic,
+                                     lambda data, info, n=name: self.recorder.on_camera(n, _received(info), data,
+                                                                                        compressed),
+                                     FRAME_QOS, raw=True)
+        for bag_topic, msg_type in ((JOINT_STATE_TOPIC, JointState), (EE_POSE_TOPIC, PoseStamped),
+                                    (ACTION_TOPIC, JointTrajectory)):
+            self.create_subscription(msg_type, topics[bag_topic],
+                                     lambda data, info, t=bag_topic: self.recorder.on_state(t, _received(info), data),
+                                     STATE_INTAKE_QOS, raw=True)
+        self.create_subscription(String, instruction_topic, self._on_instruction, LATCHED_QOS)
+        for name in ("start", "save", "discard", "mark_success", "mark_failure"):
+            self.create_service(Trigger, f"~/{name}", lambda req, resp, name=name: self._on_service(name, resp))
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self.create_timer(1.0 / diagnostics_rate, self._publish_diagnostics)
+        self.create_timer(0.1, self._poll)
+
+    def _on_instruction(self, msg: String) -> None:
+        text = msg.data.strip()
+        if text and len(text) <= 1000:
+            self.instruction = text
+
+    def command(self, name: str) -> tuple[bool, str]:
+        """start / save / discard / mark_success / mark_failure, from a service or the terminal."""
+        if name == "start":
+            return self.recorder.start(self.instruction)
+        if name == "save":
+            return self.recorder.save()
+        if name == "discard":
+            return self.recorder.discard()
+        if name in ("mark_success", "mark_failure"):
+            return self.recorder.mark_success(name == "mark_success")
+        return False, f"unknown command {name!r}"
+
+    def _on_service(self, name: str, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self.command(name)
+        if response.success:  # rclpy refuses two severities from one call site
+            self.get_logger().info(f"~/{name}: {response.message}")
+        else:
+            self.get_logger().warning(f"~/{name} refused: {response.message}")
+        return response
+
+    def _poll(self) -> None:
+        if self.recorder.poll() == "save":
+            ok, text = self.recorder.save()
+            self.get_logger().info(f"episode_time_s reached: {text}")
+        elif self.auto_start and self.recorder.status()["state"] == "READY" and self.recorder.saved + \
+                self.recorder.discarded > 0 and not self.recorder.missing_inputs():
+            ok, text = self.recorder.start(self.instruction)
+            self.get_logger().info(f"auto_start: {text}")
+
+    def _publish_diagnostics(self) -> None:
+        status = self.recorder.status()
+        level = WARN if status["dropped"] or status["error"] or (status["missing"] and status["state"] == RECORDING) else OK
+        message = f"{status['state']}: {status['message']}"
+        self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/recorder_node",
+                                               str(self.recorder.root), level, message,
+                                               {**status, "current_instruction": self.instruction}))
+
+    def shutdown(self) -> None:
+        self.recorder.close()
+
+
+def _received(info: dict) -> int:
+    """The bag's log time of a message: when it was received (ns), else now."""
+    return int(info.get("received_timestamp") or time.time_ns())
+
+
+def main(args=None) -> None:
+    run_node(RecorderNode, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Recording a demonstration the way it is done on the robot, in simulation: a scripted operator teleoperates
+sim_node's FR3 through controller_node (TwistStamped + gripper command), recorder_node records an episode
+through its services, and the bag reads back as training reads it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import TwistStamped
+from ros_harness import TIMEOUT, NodeProcess, Probe
+from std_msgs.msg import Float64
+from std_srvs.srv import Trigger
+
+from mambavla.ros.convert import seconds_to_stamp
+from mambavla.ros.qos import COMMAND_QOS
+
+pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
+
+CTRL, REC = "mambavla/controller_node", "mambavla/recorder_node"
+CAMERA_SIZE = [48, 64]
+CAMERA_HZ = 10.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("record")
+    root = logs / "episodes"
+    probe = Probe("record_probe")
+    nodes = [NodeProcess("sim_node", ["sim_node.yaml"], {"camera_rate_hz": CAMERA_HZ, "camera_size": CAMERA_SIZE,
+                                                         "task": "lift", "seed": 11}, logs / "sim.log")]
+    try:
+        task = probe.wait_for(lambda: probe.task, "sim_node's /sim/task")
+        nodes.append(NodeProcess("controller_node", ["controller.yaml", "controller_sim.yaml"],
+                                 {"robot_ip": task["robot_ip"], "command_source": "teleop", "diagnostics_rate_hz": 5.0},
+                                 logs / "controller.log"))
+        nodes.append(NodeProcess("recorder_node", [], {"root": str(root), "cameras": ["front", "wrist"],
+                                                       "instruction": task["instruction"], "reset_time_s": 0.0,
+                                                       "diagnostics_rate_hz": 5.0}, logs / "recorder.log"))
+        probe.wait_status(CTRL, lambda s: s["state"] == "IDLE" and s["command_source"] == "teleop", "teleop, tracking")
+        probe.wait_status(REC, lambda s: s["state"] == "READY" and not s["missing"], "recorder inputs live")
+        yield probe, task, root, nodes
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        probe.close()
+
+
+def call(probe: Probe, service: str) -> Trigger.Response:
+    client = probe.node.create_client(Trigger, service)
+    assert client.wait_for_service(timeout_sec=TIMEOUT)
+    future = client.call_async(Trigger.Request())
+    probe.wait_for(future.done, f"{service} response")
+    probe.node.destroy_client(client)
+    return future.result()
+
+
+class OperatorThread:
+    """The scripted operator at 20 Hz on the probe's /ee_pose, publishing twists and the gripper command."""
+
+    def __init__(self, probe: Probe, task: dict):
+        from mambavla.sim.operator import ScriptedOperator
+
+        self.probe, self.operator = probe, ScriptedOperator(task["task"], int(task["seed"]))
+        self.twist_pub = probe.node.create_publisher(TwistStamped, "/teleop/twist", COMMAND_QOS)
+        self.gripper_pub = probe.node.create_publisher(Float64, "/teleop/gripper", COMMAND_QOS)
+        self.segment, self.stop = "", threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            position, quat = self.probe.pose()
+            command = self.operator.command(position, quat, time.monotonic())
+            msg = TwistStamped()
+            msg.header.stamp, msg.header.frame_id = seconds_to_stamp(self.probe.now()), "fr3_link0"
+            (msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z) = (float(v) for v in command.linear)
+            (msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z) = (float(v) for v in command.angular)
+            self.twist_pub.publish(msg)
+            self.gripper_pub.publish(Float64(data=command.gripper))
+            self.segment = command.segment
+            time.sleep(0.05)
+
+
+def test_a_teleoperated_episode_is_recorded_as_training_reads_it(stack):
+    from mambavla.data.bags import read_episode
+
+    probe, task, root, _ = stack
+    operator = OperatorThread(probe, task)
+    start, _ = probe.pose()
+    assert call(probe, "/recorder_node/start").success
+    operator.thread.start()
+    try:
+        # approach above the cube and descend to it: segments 0 and 1 of the expert's lift plan
+        probe.wait_for(lambda: operator.segment.startswith(("settle", "grasp")), "the operator at the cube", timeout=60.0)
+        time.sleep(0.5)
+    finally:
+        operator.stop.set()
+        operator.thread.join()
+    assert call(probe, "/recorder_node/mark_success").success
+    response = call(probe, "/recorder_node/save")
+    assert response.success, response.message
+    status = probe.wait_status(REC, lambda s: int(s["saved"]) == 1, "the save on /diagnostics")
+    assert int(status["dropped"]) == 0 and not status["error"]
+
+    episode = read_episode(root / "episode_000000")
+    print(f"\nrecorded {len(episode)} frames over {episode.times[-1]:.1f} s, dt {episode.meta['dt']:.3f} s; "
+          f"{response.message}")
+    assert episode.instruction == task["instruction"] and episode.success is True
+    assert episode.meta["dt"] == pytest.approx(1.0 / CAMERA_HZ, rel=0.2)
+    assert len(episode) >= 10 and np.median(np.diff(episode.times)) == pytest.approx(episode.meta["dt"], rel=0.01)
+    for name in ("front", "wrist"):
+        frames = episode.images[name]
+        assert frames.shape == (len(episode), *CAMERA_SIZE, 3)
+        assert np.abs(frames[-1].astype(int) - frames[0].astype(int)).mean() > 1.0  # the scene changed
+    # /action is the streamed target: it leads the measured pose by a few cm at most, and went where the arm went
+    assert np.isfinite(episode.actions).all()
+    lag = np.linalg.norm(episode.actions[:, :3] - episode.proprio[:, :3], axis=1)
+    assert lag.max() < 0.05
+    travelled = episode.proprio[-1, :3] - start
+    assert np.linalg.norm(travelled) > 0.1
+    assert np.linalg.norm(episode.actions[-1, :3] - episode.proprio[-1, :3]) < 0.02
+
+
+def test_discard_leaves_no_episode_and_a_start_without_inputs_is_refused(stack):
+    probe, _, root, nodes = stack
+    probe.wait_status(REC, lambda s: s["state"] == "READY", "READY again")
+    assert call(probe, "/recorder_node/start").success
+    time.sleep(0.5)
+    response = call(probe, "/recorder_node/discard")
+    assert response.success and "discarded episode_000001" in response.message
+    assert not (root / "episode_000001").exists() and (root / "episode_000000").exists()
+    assert not call(probe, "/recorder_node/save").success  # nothing is being recorded
+    nodes[1].stop()  # the controller goes: no /action, and the recorder refuses to start an episode without it
+    probe.wait_status(REC, lambda s: "/action" in s["missing"], "the missing /action reported")
+    response = call(probe, "/recorder_node/start")
+    assert not response.success and "/action" in response.message and "controller_node" in response.message

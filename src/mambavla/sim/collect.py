@@ -30,8 +30,8 @@ def episode_name(seed: int) -> str:
 
 
 def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, task: str | None = None,
-                   render: bool = True,
-                   compression: str = "message", image_format: str = "raw", noise: float = 0.0) -> dict:
+                   render: bool = True, compression: str = "message", image_format: str = "raw",
+                   noise: float = 0.0) -> dict:
     """Reset to `seed`, run the expert and record the episode as a bag at `path`. Returns its summary.
     `noise`: DART target-noise scale in metres (`ScriptedExpert`); the recorded actions stay the expert's."""
     wall0 = time.perf_counter()
@@ -125,8 +125,8 @@ def collect(
     if not noise >= 0:
         raise ValueError(f"--dart-noise must be >= 0 metres, got {noise}")
     if not allow_eval_seeds and any(is_eval_seed(s) for s in seeds):
-        raise ValueError(f"seeds {seeds[0]}..{seeds[-1]} reach the held-out evaluation range; pass --eval to record "
-                         f"them")
+        raise ValueError(f"seeds {seeds[0]}..{seeds[-1]} reach the held-out evaluation range; "
+                         "pass --eval to record them")
     existing = [s for s in seeds if (out / episode_name(s)).exists()]
     if existing:
         raise FileExistsError(f"{out / episode_name(existing[0])} exists already; choose another --seed or --out")

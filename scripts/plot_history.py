@@ -1,7 +1,7 @@
 """Step latency against history length, Mamba vs Transformer fusion, from `mambavla bench --json` files.
 
-    python scripts/plot_history.py docs/benchmarks/bench_base_h100.json docs/benchmarks/bench_base_cpu.json \
-        --out docs/benchmarks/history_latency.png
+    python scripts/plot_history.py docs/benchmarks/fusions/bench_base_h100_history.json \
+        docs/benchmarks/fusions/bench_base_cpu_history.json --out docs/benchmarks/fusions/history_latency.png
 
 One panel per file (its device and preset in the title); p50 with a p95 band per fusion, labelled with the
 mode the benchmark ran it in (CUDA graph or eager), on log-log axes.

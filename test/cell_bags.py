@@ -46,13 +46,20 @@ def scene(k: int, size=SIZE) -> np.ndarray:
     """RGB frame k: a red field with a green bar that moves, so a swapped channel or a stale frame shows."""
     img = np.zeros((*size, 3), np.uint8)
     img[..., 0] = 200
-    img[:, (4 * k) % size[1]: (4 * k) % size[1] + 4] = (0, 220, 0)
+    img[:, (4 * k) % size[1] : (4 * k) % size[1] + 4] = (0, 220, 0)
     return img
 
 
-def write_cell_bag(path: Path, seconds: float = 2.0, camera_hz: float = CAMERA_HZ, rate_change_at: float | None = None,
-                   corrupt_wrist_frame: int | None = None, goal_pose: bool = False, pose: bool = True,
-                   instruction: str | None = None) -> Path:
+def write_cell_bag(
+    path: Path,
+    seconds: float = 2.0,
+    camera_hz: float = CAMERA_HZ,
+    rate_change_at: float | None = None,
+    corrupt_wrist_frame: int | None = None,
+    goal_pose: bool = False,
+    pose: bool = True,
+    instruction: str | None = None,
+) -> Path:
     """One demonstration as the cell records it. `rate_change_at`: the front camera drops to half its rate from
     then on; `corrupt_wrist_frame`: that JPEG cut short; `goal_pose`: a second PoseStamped topic (/goal_pose);
     `pose`: False leaves the pose out; `instruction`: also a /task_instruction String topic."""
@@ -66,20 +73,27 @@ def write_cell_bag(path: Path, seconds: float = 2.0, camera_hz: float = CAMERA_H
 
     def header(t: float, frame: str):
         ns = int(round((START + t) * 1e9))
-        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9),
-                                        frame_id=frame), ns
+        return T["std_msgs/msg/Header"](
+            stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9), frame_id=frame
+        ), ns
 
     arm = [f"fr3_joint{i}" for i in range(1, 8)]
     fingers = ["fr3_finger_joint1", "fr3_finger_joint2"]
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+
         def conn(topic, msgtype):
             return writer.add_connection(topic, msgtype, typestore=ts)
 
-        c = {FRONT: conn(FRONT, "sensor_msgs/msg/Image"), FRONT + "/compressed": conn(FRONT + "/compressed", "sensor_msgs/msg/CompressedImage"),
-             FRONT_DEPTH: conn(FRONT_DEPTH, "sensor_msgs/msg/Image"), WRIST: conn(WRIST, "sensor_msgs/msg/CompressedImage"),
-             JOINTS: conn(JOINTS, "sensor_msgs/msg/JointState"), ARM_JOINTS: conn(ARM_JOINTS, "sensor_msgs/msg/JointState"),
-             GRIPPER_JOINTS: conn(GRIPPER_JOINTS, "sensor_msgs/msg/JointState"),
-             "/robot_description": conn("/robot_description", "std_msgs/msg/String")}
+        c = {
+            FRONT: conn(FRONT, "sensor_msgs/msg/Image"),
+            FRONT + "/compressed": conn(FRONT + "/compressed", "sensor_msgs/msg/CompressedImage"),
+            FRONT_DEPTH: conn(FRONT_DEPTH, "sensor_msgs/msg/Image"),
+            WRIST: conn(WRIST, "sensor_msgs/msg/CompressedImage"),
+            JOINTS: conn(JOINTS, "sensor_msgs/msg/JointState"),
+            ARM_JOINTS: conn(ARM_JOINTS, "sensor_msgs/msg/JointState"),
+            GRIPPER_JOINTS: conn(GRIPPER_JOINTS, "sensor_msgs/msg/JointState"),
+            "/robot_description": conn("/robot_description", "std_msgs/msg/String"),
+        }
         if pose:
             c[POSE] = conn(POSE, "geometry_msgs/msg/PoseStamped")
         if goal_pose:
@@ -101,38 +115,112 @@ def write_cell_bag(path: Path, seconds: float = 2.0, camera_hz: float = CAMERA_H
             rgb = scene(k)
             h, ns = header(tk + jitter, "front_color_optical_frame")
             bgr = np.ascontiguousarray(rgb[..., ::-1])
-            events.append((ns, FRONT, T["sensor_msgs/msg/Image"](header=h, height=SIZE[0], width=SIZE[1], encoding="bgr8", is_bigendian=0,
-                                                                  step=SIZE[1] * 3, data=bgr.reshape(-1))))
-            events.append((ns, FRONT + "/compressed", T["sensor_msgs/msg/CompressedImage"](
-                header=h, format="bgr8; jpeg compressed bgr8", data=cv2.imencode(".jpg", bgr)[1].reshape(-1))))
+            events.append(
+                (
+                    ns,
+                    FRONT,
+                    T["sensor_msgs/msg/Image"](
+                        header=h,
+                        height=SIZE[0],
+                        width=SIZE[1],
+                        encoding="bgr8",
+                        is_bigendian=0,
+                        step=SIZE[1] * 3,
+                        data=bgr.reshape(-1),
+                    ),
+                )
+            )
+            events.append(
+                (
+                    ns,
+                    FRONT + "/compressed",
+                    T["sensor_msgs/msg/CompressedImage"](
+                        header=h, format="bgr8; jpeg compressed bgr8", data=cv2.imencode(".jpg", bgr)[1].reshape(-1)
+                    ),
+                )
+            )
             depth = np.full(SIZE, 800 + k, np.uint16)
-            events.append((ns, FRONT_DEPTH, T["sensor_msgs/msg/Image"](header=h, height=SIZE[0], width=SIZE[1], encoding="16UC1",
-                                                                        is_bigendian=0, step=SIZE[1] * 2, data=depth.view(np.uint8).reshape(-1))))
+            events.append(
+                (
+                    ns,
+                    FRONT_DEPTH,
+                    T["sensor_msgs/msg/Image"](
+                        header=h,
+                        height=SIZE[0],
+                        width=SIZE[1],
+                        encoding="16UC1",
+                        is_bigendian=0,
+                        step=SIZE[1] * 2,
+                        data=depth.view(np.uint8).reshape(-1),
+                    ),
+                )
+            )
             h, ns = header(tk + 0.004 + jitter, "wrist_color_optical_frame")
             jpeg = cv2.imencode(".jpg", np.ascontiguousarray(scene(k + 7)[..., ::-1]))[1].reshape(-1)
             if k == corrupt_wrist_frame:
                 jpeg = jpeg[: len(jpeg) // 3]
-            events.append((ns, WRIST, T["sensor_msgs/msg/CompressedImage"](header=h, format="bgr8; jpeg compressed bgr8", data=jpeg)))
+            events.append(
+                (
+                    ns,
+                    WRIST,
+                    T["sensor_msgs/msg/CompressedImage"](header=h, format="bgr8; jpeg compressed bgr8", data=jpeg),
+                )
+            )
         state_times = np.arange(0.0, seconds + 0.3, 1.0 / STATE_HZ)  # the state outlasts the cameras, as it does
         positions, quats = pose_at(state_times)
         finger = finger_at(state_times)
         for k, tk in enumerate(state_times):
             q_arm = 0.1 * np.arange(1, 8) + 0.01 * tk
             h, ns = header(tk, "")
-            events.append((ns, JOINTS, T["sensor_msgs/msg/JointState"](header=h, name=arm + fingers, position=np.r_[q_arm, finger[k], finger[k]],
-                                                                        velocity=np.zeros(0), effort=np.zeros(0))))
-            events.append((ns, ARM_JOINTS, T["sensor_msgs/msg/JointState"](header=h, name=arm, position=q_arm, velocity=np.zeros(7),
-                                                                            effort=np.zeros(7))))
-            events.append((ns, GRIPPER_JOINTS, T["sensor_msgs/msg/JointState"](header=h, name=fingers, position=np.r_[finger[k], finger[k]],
-                                                                                velocity=np.zeros(0), effort=np.zeros(0))))
+            events.append(
+                (
+                    ns,
+                    JOINTS,
+                    T["sensor_msgs/msg/JointState"](
+                        header=h,
+                        name=arm + fingers,
+                        position=np.r_[q_arm, finger[k], finger[k]],
+                        velocity=np.zeros(0),
+                        effort=np.zeros(0),
+                    ),
+                )
+            )
+            events.append(
+                (
+                    ns,
+                    ARM_JOINTS,
+                    T["sensor_msgs/msg/JointState"](
+                        header=h, name=arm, position=q_arm, velocity=np.zeros(7), effort=np.zeros(7)
+                    ),
+                )
+            )
+            events.append(
+                (
+                    ns,
+                    GRIPPER_JOINTS,
+                    T["sensor_msgs/msg/JointState"](
+                        header=h,
+                        name=fingers,
+                        position=np.r_[finger[k], finger[k]],
+                        velocity=np.zeros(0),
+                        effort=np.zeros(0),
+                    ),
+                )
+            )
             p, q = positions[k], quats[k]
-            msg = T["geometry_msgs/msg/PoseStamped"](header=T["std_msgs/msg/Header"](stamp=h.stamp, frame_id="fr3_link0"), pose=T["geometry_msgs/msg/Pose"](
-                position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
-                orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3])))
+            msg = T["geometry_msgs/msg/PoseStamped"](
+                header=T["std_msgs/msg/Header"](stamp=h.stamp, frame_id="fr3_link0"),
+                pose=T["geometry_msgs/msg/Pose"](
+                    position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
+                    orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
+                ),
+            )
             if pose:
                 events.append((ns, POSE, msg))
             if goal_pose and k % 50 == 0:
                 events.append((ns, "/goal_pose", msg))
         for ns, topic, msg in sorted(events, key=lambda e: e[0]):
-            writer.write(c[topic], ns + 2_000_000, ts.serialize_cdr(msg, msg.__msgtype__))  # logged 2 ms after the stamp
+            writer.write(
+                c[topic], ns + 2_000_000, ts.serialize_cdr(msg, msg.__msgtype__)
+            )  # logged 2 ms after the stamp
     return path

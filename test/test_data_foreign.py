@@ -6,8 +6,20 @@ import json
 
 import numpy as np
 import pytest
-from cell_bags import (CAMERA_HZ, FRONT, GRASP_AT, JOINTS, POSE, SIZE, START, WRIST, finger_at, pose_at, scene,
-                       write_cell_bag)
+from cell_bags import (
+    CAMERA_HZ,
+    FRONT,
+    GRASP_AT,
+    JOINTS,
+    POSE,
+    SIZE,
+    START,
+    WRIST,
+    finger_at,
+    pose_at,
+    scene,
+    write_cell_bag,
+)
 
 from mambavla import spaces
 from mambavla.cli import main
@@ -57,14 +69,16 @@ def test_a_foreign_cell_bag_reads_with_roles_found_by_name_and_rows_at_the_camer
 
 
 def test_dataset_stats_reports_what_it_found_per_role(cell, capsys):
-    assert main(["dataset", "stats", str(cell), "--instruction", "lift the red cube", "--preset", "tiny", "--json"]) == 0
+    assert (
+        main(["dataset", "stats", str(cell), "--instruction", "lift the red cube", "--preset", "tiny", "--json"]) == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["episodes"] == 2 and summary["image_size"] == list(POLICY_SIZE)
     assert summary["dt"] == pytest.approx(1 / CAMERA_HZ, rel=0.01)
     assert summary["roles"]["front"] == {"topics": {FRONT: 2}, "recorded_sizes": [list(SIZE)]}
     assert summary["roles"]["joint_states"]["topics"] == {JOINTS: 2}
     assert summary["recorded_rate_hz"] and abs(summary["recorded_rate_hz"][0] - CAMERA_HZ) < 0.5
-    (how, count), = summary["actions_from"].items()
+    ((how, count),) = summary["actions_from"].items()
     assert count == 2 and how.startswith("derived") and POSE in how
     assert main(["dataset", "stats", str(cell), "--instruction", "lift the red cube", "--preset", "tiny"]) == 0
     text = capsys.readouterr().out
@@ -72,12 +86,17 @@ def test_dataset_stats_reports_what_it_found_per_role(cell, capsys):
 
 
 def test_mapped_topics_and_a_resample_interval_are_honoured(cell):
-    options = ReadOptions.make({"front": FRONT + "/compressed", "joint_states": "/fr3_gripper/joint_states"},
-                               "lift the red cube", POLICY_SIZE, dt=0.05)
+    options = ReadOptions.make(
+        {"front": FRONT + "/compressed", "joint_states": "/fr3_gripper/joint_states"},
+        "lift the red cube",
+        POLICY_SIZE,
+        dt=0.05,
+    )
     ep = read_episode(cell / "demo_0", cameras=("front", "wrist"), options=options)
-    assert ep.meta["roles"]["front"] == FRONT + "/compressed" and ep.meta["roles"]["joint_states"] == "/fr3_gripper/joint_states"
+    assert ep.meta["roles"]["front"] == FRONT + "/compressed"
+    assert ep.meta["roles"]["joint_states"] == "/fr3_gripper/joint_states"
     assert ep.meta["dt"] == 0.05 and np.allclose(np.diff(ep.times), 0.05)
-    assert np.isnan(ep.joint_positions[:, :7]).all() and (ep.joint_positions[:, 7:] > 0).all()  # the gripper's topic has no arm
+    assert np.isnan(ep.joint_positions[:, :7]).all() and (ep.joint_positions[:, 7:] > 0).all()  # no arm on that topic
 
 
 def test_instruction_comes_from_a_recorded_topic_before_the_command_line(tmp_path):
@@ -126,6 +145,11 @@ def test_episodes_at_another_rate_are_skipped_unless_resampled(tmp_path):
     write_cell_bag(tmp_path / "b_15hz", seconds=0.6, camera_hz=15.0)
     ds = EpisodeDataset(tmp_path, chunk=4, cameras=("front", "wrist"), options=OPTIONS, verbose=False)
     assert [e.path.name for e in ds.episodes] == ["a_30hz"] and "--dt SECONDS" in ds.skipped[0][1]
-    both = EpisodeDataset(tmp_path, chunk=4, cameras=("front", "wrist"), verbose=False,
-                          options=ReadOptions.make(instruction="lift", image_size=POLICY_SIZE, dt=0.1))
+    both = EpisodeDataset(
+        tmp_path,
+        chunk=4,
+        cameras=("front", "wrist"),
+        verbose=False,
+        options=ReadOptions.make(instruction="lift", image_size=POLICY_SIZE, dt=0.1),
+    )
     assert len(both.episodes) == 2 and both.dt == 0.1

@@ -1,4 +1,4 @@
-"""`train --init` on another cell's data: the shipped policy fine-tuned for a few CPU steps on two foreign-layout bags."""
+"""`train --init` on another cell's data: the shipped policy fine-tuned a few CPU steps on two foreign-layout bags."""
 
 import json
 
@@ -20,9 +20,28 @@ def fine_tuned(tmp_path_factory):
     for i in range(2):
         write_cell_bag(root / "bags" / f"demo_{i}", seconds=1.2)
     run = root / "run"
-    code = main(["train", "--data", str(root / "bags"), "--out", str(run), "--init", str(shipped_checkpoint()),
-                 "--instruction", "lift the red cube", "--steps", "2", "--batch-size", "1", "--segment-frames", "4",
-                 "--val-fraction", "0", "--json"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(root / "bags"),
+            "--out",
+            str(run),
+            "--init",
+            str(shipped_checkpoint()),
+            "--instruction",
+            "lift the red cube",
+            "--steps",
+            "2",
+            "--batch-size",
+            "1",
+            "--segment-frames",
+            "4",
+            "--val-fraction",
+            "0",
+            "--json",
+        ]
+    )
     assert code == 0
     return run
 
@@ -38,7 +57,7 @@ def test_fine_tuning_keeps_the_checkpoints_size_and_rate_and_drops_the_grounding
     before = load_file(str(shipped_checkpoint() / "model.safetensors"))
     assert set(weights) == {k for k in before if not k.startswith("target_head.")}
     changed = [k for k in weights if weights[k].is_floating_point() and not torch.equal(weights[k], before[k].float())]
-    assert changed and max(float((weights[k] - before[k].float()).abs().max()) for k in changed) < 0.05  # a few small steps
+    assert changed and max(float((weights[k] - before[k].float()).abs().max()) for k in changed) < 0.05  # small steps
 
 
 def test_fine_tuning_normalises_over_the_checkpoints_and_the_new_datas_ranges(fine_tuned):
@@ -54,8 +73,9 @@ def test_fine_tuning_normalises_over_the_checkpoints_and_the_new_datas_ranges(fi
 
 
 def test_merged_statistics_are_an_equal_mixture_with_the_union_of_ranges():
-    a = {k: {"mean": [0.0, 5.0], "std": [1.0, 1.0], "min": [-1.0, 5.0], "max": [1.0, 5.0]} for k in ("proprio", "actions")}
-    b = {k: {"mean": [2.0, 5.0], "std": [1.0, 1.0], "min": [1.0, 5.0], "max": [3.0, 5.0]} for k in ("proprio", "actions")}
+    keys = ("proprio", "actions")
+    a = {k: {"mean": [0.0, 5.0], "std": [1.0, 1.0], "min": [-1.0, 5.0], "max": [1.0, 5.0]} for k in keys}
+    b = {k: {"mean": [2.0, 5.0], "std": [1.0, 1.0], "min": [1.0, 5.0], "max": [3.0, 5.0]} for k in keys}
     merged = merge_stats(a, b)["actions"]
     assert merged["min"] == [-1.0, 5.0] and merged["max"] == [3.0, 5.0] and merged["mean"] == [1.0, 5.0]
     np.testing.assert_allclose(merged["std"], [np.sqrt(2.0), 0.05])  # constant: no spread, floored at 1% of its scale

@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--chunk", type=int, default=16, help="action chunk length for the norm stats (default 16)")
     stats.add_argument("--action-mode", choices=("absolute", "delta"), default="absolute")
     stats.add_argument("--norm-out", default=None, help="also write the normalisation statistics JSON here")
-    stats.add_argument("--preset", default="base", help="preset whose cameras and image size to read for (default base), as train does")
+    stats.add_argument("--preset", default="base",
+                       help="preset whose cameras and image size to read for (default base), as train does")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     add_bag_options(stats)
     stats.set_defaults(func=run_stats)
@@ -45,8 +46,8 @@ def run_stats(args: argparse.Namespace) -> int:
     from mambavla.model.config import preset
 
     config = preset(args.preset)
-    ds = EpisodeDataset(args.dir, chunk=args.chunk, action_mode=args.action_mode, verbose=not args.json, cameras=args.cameras,
-                        options=read_options(args, config.image_size, config.cameras))
+    ds = EpisodeDataset(args.dir, chunk=args.chunk, action_mode=args.action_mode, verbose=not args.json,
+                        cameras=args.cameras, options=read_options(args, config.image_size, config.cameras))
     summary = ds.summary()
     if args.norm_out:
         with open(args.norm_out, "w") as f:
@@ -66,7 +67,8 @@ def run_stats(args: argparse.Namespace) -> int:
     print("  action range")
     for name, (lo, hi) in summary["action_range"].items():
         print(f"    {name:<8} {lo:+.4f} .. {hi:+.4f}")
-    print(f"  recorded at   {', '.join(f'{hz} Hz' for hz in summary['recorded_rate_hz'])}; rows every {summary['dt']:.4f} s")
+    rates = ", ".join(f"{hz} Hz" for hz in summary["recorded_rate_hz"])
+    print(f"  recorded at   {rates}; rows every {summary['dt']:.4f} s")
     print("  roles         (topic: episodes)")
     for role, found in summary["roles"].items():
         sizes = "".join(f"  recorded {w}x{h}" for h, w in found.get("recorded_sizes", []))

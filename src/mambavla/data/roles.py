@@ -42,8 +42,12 @@ ROLE_TYPES = {
 }
 STATE_ROLES = tuple(ROLE_TYPES)
 NOT_COLOUR = ("depth", "infra", "/ir/", "confidence")  # image streams of a camera that are not its colour frames
-HINTS = {"joint_states": ("joint_states",), "ee_pose": ("ee", "tcp", "pose"), "instruction": ("instruction", "task", "prompt"),
-         "actions": ("action",)}
+HINTS = {
+    "joint_states": ("joint_states",),
+    "ee_pose": ("ee", "tcp", "pose"),
+    "instruction": ("instruction", "task", "prompt"),
+    "actions": ("action",),
+}
 
 
 class BagError(ValueError):
@@ -121,9 +125,14 @@ def _custom_data(reader) -> dict:
     return dict(getattr(metadata, "custom", None) or {})
 
 
-def inspect(path: str | Path, cameras: Sequence[str] | None, maps: dict[str, str] | None = None,
-            action_names: Sequence[str] = spaces.ACTION_NAMES, require_pose: bool = False,
-            default_cameras: Sequence[str] = ()) -> BagInfo:
+def inspect(
+    path: str | Path,
+    cameras: Sequence[str] | None,
+    maps: dict[str, str] | None = None,
+    action_names: Sequence[str] = spaces.ACTION_NAMES,
+    require_pose: bool = False,
+    default_cameras: Sequence[str] = (),
+) -> BagInfo:
     """The bag's topics and the topic of each role (BagError if a needed role has none, or several).
     `cameras=None`: the bag's own names (module docstring), else `default_cameras`."""
     path = Path(path)
@@ -133,41 +142,54 @@ def inspect(path: str | Path, cameras: Sequence[str] | None, maps: dict[str, str
         counts = {c.topic: 0 for c in reader.connections}
         for c in reader.connections:
             counts[c.topic] += c.msgcount
-        info = BagInfo(path, topics, counts, reader.duration / 1e9 if reader.message_count else 0.0,
-                       custom=_custom_data(reader))
+        info = BagInfo(
+            path, topics, counts, reader.duration / 1e9 if reader.message_count else 0.0, custom=_custom_data(reader)
+        )
         maps = dict(maps or {})
         if cameras is None:
             cameras = _camera_names(topics, maps) or list(default_cameras)
         known = list(cameras) + list(STATE_ROLES)
         for role, topic in maps.items():
             if role not in known:
-                raise BagError(f"--map {role}={topic}: unknown role {role!r}; roles are {', '.join(known)} "
-                               f"(the policy's cameras are {', '.join(cameras) or 'none'})")
+                raise BagError(
+                    f"--map {role}={topic}: unknown role {role!r}; roles are {', '.join(known)} "
+                    f"(the policy's cameras are {', '.join(cameras) or 'none'})"
+                )
             if topic not in topics:
                 raise BagError(f"--map {role}={topic}: the bag {path} has no topic {topic}\n{info.table()}")
             allowed = IMAGE_TYPES if role in cameras else ROLE_TYPES[role]
             if topics[topic] not in allowed:
-                raise BagError(f"--map {role}={topic}: {topic} is {topics[topic]}, a {role} topic must be "
-                               f"{' or '.join(allowed)}\n{info.table()}")
+                raise BagError(
+                    f"--map {role}={topic}: {topic} is {topics[topic]}, a {role} topic must be "
+                    f"{' or '.join(allowed)}\n{info.table()}"
+                )
             info.roles[role] = topic
         _discover(info, reader, cameras, action_names)
     finally:
         reader.close()
     missing = [c for c in cameras if c not in info.roles]
     if missing:
-        raise BagError(f"{path}: no topic for camera(s) {', '.join(missing)} (the policy's cameras, in order: "
-                       f"{', '.join(cameras)}); map one with --map CAMERA=TOPIC. The bag has:\n{info.table()}")
+        raise BagError(
+            f"{path}: no topic for camera(s) {', '.join(missing)} (the policy's cameras, in order: "
+            f"{', '.join(cameras)}); map one with --map CAMERA=TOPIC. The bag has:\n{info.table()}"
+        )
     if "joint_states" not in info.roles:
-        raise BagError(f"{path}: no sensor_msgs/msg/JointState topic with the finger joints (names ending in "
-                       f"finger_joint1 / finger_joint2: the policy reads the finger positions); map one with "
-                       f"--map joint_states=TOPIC. The bag has:\n{info.table()}")
+        raise BagError(
+            f"{path}: no sensor_msgs/msg/JointState topic with the finger joints (names ending in "
+            f"finger_joint1 / finger_joint2: the policy reads the finger positions); map one with "
+            f"--map joint_states=TOPIC. The bag has:\n{info.table()}"
+        )
     if "ee_pose" not in info.roles and (require_pose or "actions" not in info.roles):
-        raise BagError(f"{path}: no end-effector pose (geometry_msgs/msg/PoseStamped){'' if require_pose else ' and no recorded actions'}: "
-                       f"the policy's input is the measured pose; map one with --map ee_pose=TOPIC. "
-                       f"The bag has:\n{info.table()}")
+        alone = "" if require_pose else " and no recorded actions"
+        raise BagError(
+            f"{path}: no end-effector pose (geometry_msgs/msg/PoseStamped){alone}: the policy's input is "
+            f"the measured pose; map one with --map ee_pose=TOPIC. The bag has:\n{info.table()}"
+        )
     if "ee_pose" not in info.roles:
-        info.notes.append("no end-effector pose topic: the recorded actions (commanded targets) stand in for the "
-                          "pose, both as the policy's input and as the reference")
+        info.notes.append(
+            "no end-effector pose topic: the recorded actions (commanded targets) stand in for the "
+            "pose, both as the policy's input and as the reference"
+        )
     return info
 
 
@@ -176,8 +198,11 @@ def _camera_names(topics: dict[str, str], maps: dict[str, str]) -> list[str]:
     mapped = [r for r in maps if r not in STATE_ROLES]
     if mapped:
         return mapped
-    ours = [t.split("/")[2] for t, m in sorted(topics.items()) if m in IMAGE_TYPES and t.startswith("/cameras/")
-            and t.count("/") >= 3 and not _not_colour(t)]
+    ours = [
+        t.split("/")[2]
+        for t, m in sorted(topics.items())
+        if m in IMAGE_TYPES and t.startswith("/cameras/") and t.count("/") >= 3 and not _not_colour(t)
+    ]
     return list(dict.fromkeys(ours))
 
 
@@ -197,15 +222,19 @@ def _discover(info: BagInfo, reader, cameras: Sequence[str], action_names: Seque
             info.roles[cam] = raw[0]
             info.notes.append(f"camera {cam}: {raw[0]} (found by name)")
         elif len(raw) > 1:
-            raise BagError(f"{info.path}: camera {cam!r} matches several topics ({', '.join(raw)}); choose one with "
-                           f"--map {cam}=TOPIC. The bag has:\n{info.table()}")
+            raise BagError(
+                f"{info.path}: camera {cam!r} matches several topics ({', '.join(raw)}); choose one with "
+                f"--map {cam}=TOPIC. The bag has:\n{info.table()}"
+            )
     for role, types in ROLE_TYPES.items():
         if role in info.roles:
             continue
         candidates = [t for t, m in info.topics.items() if m in types and t not in taken]
         named = [t for t in candidates if any(h in t.lower() for h in HINTS[role])]
         if role == "actions":
-            candidates = [t for t in candidates if list(getattr(_first(reader, t), "joint_names", [])) == list(action_names)]
+            candidates = [
+                t for t in candidates if list(getattr(_first(reader, t), "joint_names", [])) == list(action_names)
+            ]
             named = [t for t in named if t in candidates]
         elif role == "joint_states":
             names = {t: list(getattr(_first(reader, t), "name", [])) for t in candidates}
@@ -219,8 +248,10 @@ def _discover(info: BagInfo, reader, cameras: Sequence[str], action_names: Seque
             info.roles[role] = pick[0]
             info.notes.append(f"{role}: {pick[0]}")
         elif len(pick) > 1:
-            raise BagError(f"{info.path}: {role} matches several topics ({', '.join(pick)}); choose one with "
-                           f"--map {role}=TOPIC. The bag has:\n{info.table()}")
+            raise BagError(
+                f"{info.path}: {role} matches several topics ({', '.join(pick)}); choose one with "
+                f"--map {role}=TOPIC. The bag has:\n{info.table()}"
+            )
 
 
 def _first(reader, topic: str):
@@ -256,7 +287,7 @@ def finger_positions(names: Sequence[str], positions: Sequence[float]) -> np.nda
 
 
 def arm_joint_order(names: Sequence[str]) -> list[int]:
-    """Indices of the arm joints 1..7 (names ending in `_joint1` ... `_joint7`, fingers excluded), where all seven exist."""
+    """Indices of the arm joints 1..7 (names ending in `_joint1` ... `_joint7`, not fingers), where all seven exist."""
     index = {}
     for i, name in enumerate(names):
         for k in range(1, 8):
@@ -281,8 +312,9 @@ def read_messages(info: BagInfo, roles: Sequence[str], image_size: tuple[int, in
                 try:
                     msg = ts.deserialize_cdr(raw, conn.msgtype)
                 except Exception as err:
-                    raise BagError(f"{info.path}: unreadable {conn.msgtype} message on {conn.topic} "
-                                   f"({type(err).__name__}: {err})") from err
+                    raise BagError(
+                        f"{info.path}: unreadable {conn.msgtype} message on {conn.topic} ({type(err).__name__}: {err})"
+                    ) from err
                 for role in by_topic[conn.topic]:
                     value = _decode(info, role, conn.topic, msg, image_size, log_ns)
                     if value is not None:
@@ -315,8 +347,9 @@ def _decode(info: BagInfo, role: str, topic: str, msg, image_size, log_ns: int):
     try:  # a camera
         rgb = image_to_rgb(msg, image_size)
     except ValueError as err:
-        raise BagError(f"{info.path}: camera {role!r}: a frame on {topic} at {_stamp(msg, log_ns):.3f} s cannot be "
-                       f"decoded: {err}") from err
+        raise BagError(
+            f"{info.path}: camera {role!r}: a frame on {topic} at {_stamp(msg, log_ns):.3f} s cannot be decoded: {err}"
+        ) from err
     if role not in info.source_sizes:
         info.source_sizes[role] = source_size(msg)
     return rgb

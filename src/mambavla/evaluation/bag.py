@@ -12,5 +12,5 @@ from mambavla.data.roles import (IMAGE_TYPES, ROLE_TYPES, STATE_ROLES, BagError,
 
 ReplayError = BagError
 
-__all__ = ["IMAGE_TYPES", "ROLE_TYPES", "STATE_ROLES", "BagInfo", "Message", "ReplayError", "finger_positions", "inspect",
-           "parse_maps", "read_messages"]
+__all__ = ["IMAGE_TYPES", "ROLE_TYPES", "STATE_ROLES", "BagInfo", "Message", "ReplayError", "finger_positions",
+           "inspect", "parse_maps", "read_messages"]

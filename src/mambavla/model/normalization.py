@@ -81,7 +81,8 @@ def merge_stats(checkpoint: dict, data: dict) -> dict:
     checkpoint's ranges and covers the new data), each mean and std those of an equal mixture of the two."""
     merged = {}
     for key in ("proprio", "actions"):
-        a, b = ({f: np.asarray(s[key][f], dtype=np.float64) for f in ("mean", "std", "min", "max")} for s in (checkpoint, data))
+        a, b = ({f: np.asarray(s[key][f], dtype=np.float64) for f in ("mean", "std", "min", "max")}
+                for s in (checkpoint, data))
         # a constant dimension's std is written as 1 (a placeholder, not a spread): it adds no spread to the mixture
         spread = [np.where(side["max"] > side["min"], side["std"], 0.0) for side in (a, b)]
         mean, lo, hi = (a["mean"] + b["mean"]) / 2, np.minimum(a["min"], b["min"]), np.maximum(a["max"], b["max"])

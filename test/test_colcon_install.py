@@ -52,7 +52,8 @@ def test_colcon_build_installs_launch_files_configs_and_node_scripts(workspace):
     share = prefix / "share" / "mambavla"
     assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "mambavla").is_file()
     assert (share / "package.xml").read_text() == (ROOT / "package.xml").read_text()
-    assert sorted(p.name for p in (share / "launch").iterdir()) == sorted(p.name for p in (ROOT / "launch").glob("*.launch.py"))
+    launch_files = sorted(p.name for p in (ROOT / "launch").glob("*.launch.py"))
+    assert sorted(p.name for p in (share / "launch").iterdir()) == launch_files
     shipped = {p.name for p in (ROOT / "config").iterdir() if p.suffix in (".yaml", ".xml")}
     assert {p.name for p in (share / "config").iterdir()} == shipped
     assert "fastdds.xml" in shipped and "controller.yaml" in shipped

@@ -63,7 +63,8 @@ from mambavla.realtime import keep_thread_scheduling
 from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, stamp_to_seconds, trajectory_to_chunk
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
-from mambavla.ros.spin import EXECUTOR_THREADS, run_node
+from mambavla.ros.spin import EXECUTOR_THREADS
+from mambavla.ros.startup import run_until_stopped
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, STATE_QOS
 from mambavla.spaces import ACTION_NAMES, FRANKA_MAX_FINGER_WIDTH, pose_to_vector
 
@@ -716,7 +717,14 @@ def kernel_is_realtime() -> bool:
 def main(args=None) -> None:
     # the control thread must get the interpreter lock back quickly while callbacks (a chunk flood) run
     sys.setswitchinterval(0.001)
-    run_node(ControllerNode, args, threads=EXECUTOR_THREADS)
+
+    def connecting(node: ControllerNode) -> str:  # what a stop before the first connection interrupts
+        if node._connected_before:
+            return ""
+        tried = f" (last attempt: {node.franky_error})" if node.franky_error else ""
+        return f"connecting to the robot at {node.robot_ip}{tried}"
+
+    run_until_stopped("controller_node", ControllerNode, connecting, args, threads=EXECUTOR_THREADS)
 
 
 if __name__ == "__main__":

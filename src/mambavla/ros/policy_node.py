@@ -30,10 +30,10 @@ from trajectory_msgs.msg import JointTrajectory
 from mambavla.data.images import image_to_rgb
 from mambavla.ros.convert import chunk_to_trajectory, pose_from_msg, stamp_to_seconds
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
-from mambavla.runtime.schedule import INFER_MODES, Frame, Observation, ObservationBuffer, PeriodSchedule
 from mambavla.ros.params import declare
-from mambavla.ros.spin import run_node
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+from mambavla.ros.startup import run_until_stopped
+from mambavla.runtime.schedule import INFER_MODES, Frame, Observation, ObservationBuffer, PeriodSchedule
 
 IMAGE_TRANSPORTS = ("raw", "compressed")
 
@@ -267,6 +267,8 @@ class PolicyNode(Node):
             self.state, self.reason = "ERROR", f"could not load the policy: {err}"
             self.get_logger().error(self.reason)
             return
+        if not self._running:  # stopped while loading
+            return
         self.state, self.reason = "WAITING", "waiting for an instruction"
         while self._running:
             self._convert_frames()
@@ -367,11 +369,20 @@ class PolicyNode(Node):
         self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/policy_node", self.device,
                                                level, f"{self.state}: {self.reason}", values))
 
+    def starting(self) -> str:
+        """What the node is still doing before it can infer; '' once the policy is loaded (or failed to load)."""
+        if self.state != "LOADING":
+            return ""
+        return f"loading the policy ({f'checkpoint {self.checkpoint}' if self.checkpoint else f'preset {self.preset}'})"
+
     def shutdown(self) -> None:
         self._running = False
         with self._lock:
             self._lock.notify_all()
-        self._worker.join(timeout=2.0)  # an inference step in progress may not finish: launch's SIGTERM comes at 5 s
+        # a load cannot be interrupted: main() leaves without waiting for it (ros/startup.py). An inference step in
+        # progress may not finish within the wait: launch's SIGTERM comes at 5 s
+        if not self.starting():
+            self._worker.join(timeout=2.0)
 
 
 def clean_instruction(text: str) -> str:
@@ -389,7 +400,7 @@ def clean_instruction(text: str) -> str:
 
 
 def main(args=None) -> None:
-    run_node(PolicyNode, args)
+    run_until_stopped("policy_node", PolicyNode, PolicyNode.starting, args)
 
 
 if __name__ == "__main__":

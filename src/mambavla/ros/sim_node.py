@@ -26,8 +26,8 @@ from std_msgs.msg import Bool, String
 from mambavla.ros.convert import rgb_to_image, seconds_to_stamp
 from mambavla.ros.diagnostics import OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
-from mambavla.ros.spin import run_node
 from mambavla.ros.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+from mambavla.ros.startup import run_until_stopped
 
 
 class SimNode(Node):
@@ -148,7 +148,8 @@ class SimNode(Node):
 
 
 def main(args=None) -> None:
-    run_node(SimNode, args)
+    # the workcell is built in the constructor; once it serves, a signal takes the ordinary shutdown
+    run_until_stopped("sim_node", SimNode, lambda node: "", args, constructing="building the simulated workcell")
 
 
 if __name__ == "__main__":

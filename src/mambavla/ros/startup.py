@@ -1,0 +1,64 @@
+"""Leaving on the first SIGINT or SIGTERM while a node is still starting, and saying so.
+
+`run_node` (ros/spin.py) turns SIGINT/SIGTERM into a clean shutdown. A node that is still loading a checkpoint,
+building the simulated workcell or connecting to a robot has nothing to bring to rest, but the thread doing that
+work may sit in a call nothing interrupts (CUDA initialisation, a compile, a TCP connect without a timeout), and
+the interpreter's exit waits for it and for the thread pools it started: under `ros2 launch` such a node outlived
+SIGINT and SIGTERM until launch killed it. So once ROS is shut down, a node stopped while starting logs what it
+was doing and leaves at once, without the interpreter's teardown. A node that was running takes the ordinary
+path (the controller's controlled stop of the arm included).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Callable
+
+from rclpy.logging import get_logger
+
+from mambavla.ros.spin import run_node
+
+
+class _Signals:
+    """The signals that reached a Python handler from now on (they are written to a pipe: `signal.set_wakeup_fd`)."""
+
+    def __init__(self):
+        self._read, write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(write, False)
+        self._previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def received(self) -> list[str]:
+        signal.set_wakeup_fd(self._previous)
+        try:
+            data = os.read(self._read, 64)
+        except BlockingIOError:
+            data = b""
+        return [signal.Signals(n).name for n in data if n in (signal.SIGINT, signal.SIGTERM)]
+
+
+def run_until_stopped(name: str, node_class, starting: Callable[[object], str], args=None, threads: int = 1,
+                      constructing: str = "setting the node up") -> None:
+    """`run_node(node_class, args, threads)`; stopped by a signal while `starting(node)` names what the node is
+    still doing, or while its constructor ran (`constructing`), log that and exit with status 0 at once."""
+    signals = _Signals()
+    built: list = []
+
+    def build():
+        node = node_class()
+        built.append(node)
+        return node
+
+    run_node(build, args, threads=threads)
+    received = signals.received()
+    if not received:
+        return
+    doing = starting(built[0]) if built else constructing
+    if not doing:
+        return
+    get_logger(name).info(f"stopped by {received[0]} while {doing}: leaving without waiting for it")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

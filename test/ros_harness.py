@@ -60,7 +60,7 @@ class Probe:
         self.image_pubs = {cam: n.create_publisher(Image, f"/cameras/{cam}/image_raw", SENSOR_QOS) for cam in ("front", "wrist")}
         self.pose_pub = n.create_publisher(PoseStamped, "/ee_pose", STATE_QOS)
         self.joint_pub = n.create_publisher(JointState, "/joint_states", STATE_QOS)
-        self.spin = BackgroundSpin(n)  # outlives publishers a test destroys while it spins (CI, stop 23)
+        self.spin = BackgroundSpin(n)  # outlives publishers a test destroys while it spins
 
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9

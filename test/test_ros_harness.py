@@ -23,10 +23,9 @@ def _leave_rclpy_as_found():
 
 
 def test_the_probe_outlives_publishers_destroyed_while_it_spins():
-    """CI stop 23: rclpy raised InvalidHandle in the probe's spin thread when the chunk-flood test destroyed its
-    publisher, and the next three controller tests timed out. A 1 µs GIL switch interval makes that window
-    (between the executor listing a QoS event handler and entering it) easy to hit: the old probe died within
-    a few dozen cycles here."""
+    """rclpy 9.1.2 raises InvalidHandle in a spin thread when a publisher is destroyed between the executor
+    listing its QoS event handler and entering it; a probe that died there would leave later tests deaf. A 1 µs
+    GIL switch interval makes that window easy to hit."""
     probe = Probe("harness_probe")
     received = []
     probe.node.create_subscription(String, "/harness_busy", lambda m: received.append(m.data), SENSOR_QOS)

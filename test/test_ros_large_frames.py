@@ -90,8 +90,8 @@ run_node(ExecutorProbe, **({"threads": int(sys.argv[1])} if len(sys.argv) > 1 el
 
 
 def test_nodes_spin_single_threaded_unless_they_ask_for_threads():
-    # rclpy's MultiThreadedExecutor delivered 640x480 frames to a node of one callback group in 188 ms at the
-    # median on the H100 machine (3.4 ms single-threaded): policy_node, echo_node and sim_node take the default
+    # rclpy's MultiThreadedExecutor delivers large frames to a node of one callback group far slower than the
+    # single-threaded one (docs/benchmarks.md): policy_node, echo_node and sim_node take the default
     from mambavla.ros.spin import EXECUTOR_THREADS
 
     lines = {}
@@ -118,8 +118,8 @@ def _minor_faults(pid: int) -> int:
 
 def test_a_node_takes_camera_frames_without_faulting_in_fresh_memory_for_each():
     # glibc handed every 921 kB buffer a frame passes through (Fast DDS's sample, the deserialised message,
-    # rclpy's copy) back to the kernel, so each frame was faulted in afresh: ~640 faults a frame in echo_node,
-    # 3.0 ms against 1.7 ms from publish to callback on this VM. run_node keeps freed blocks (reuse_large_buffers)
+    # rclpy's copy) back to the kernel, so each frame would be faulted in afresh (hundreds of page faults a
+    # frame). run_node keeps freed blocks (reuse_large_buffers)
     from mambavla.ros.launcher import NodeProcess
 
     probe = Probe("fault_probe")

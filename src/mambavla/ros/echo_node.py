@@ -3,7 +3,7 @@
 It subscribes to the camera topics as policy_node does (same QoS, same large-frame transport) and, once
 every camera has a frame newer than the last echo, publishes an empty `/action_chunk` stamped with the
 newest frame's stamp at once: no decoding, no policy. bench-ros's camera-in -> chunk-out through it is
-what DDS and rclpy cost on this machine, both ways.
+what DDS and rclpy cost on the machine it runs on, both ways.
 """
 
 from __future__ import annotations

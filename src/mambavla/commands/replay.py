@@ -18,31 +18,67 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("replay", help="score a policy on recorded bags (offline, or --live through policy_node)")
     p.add_argument("bag", help="a rosbag2 directory, or a directory of them")
-    p.add_argument("--checkpoint", default=os.environ.get("MAMBAVLA_CHECKPOINT", ""),
-                   help="checkpoint folder (default: $MAMBAVLA_CHECKPOINT)")
+    p.add_argument(
+        "--checkpoint",
+        default=os.environ.get("MAMBAVLA_CHECKPOINT", ""),
+        help="checkpoint folder (default: $MAMBAVLA_CHECKPOINT)",
+    )
     p.add_argument("--preset", default="", help="score an UNTRAINED preset instead of a checkpoint (tests, timing)")
-    p.add_argument("--map", action="append", default=[], metavar="ROLE=TOPIC",
-                   help="topic of a role: a checkpoint camera name (front, wrist ...), joint_states, ee_pose, "
-                        "instruction or actions; repeatable")
-    p.add_argument("--instruction", default=None, help="instruction for bags that recorded none (overrides a recorded one)")
-    p.add_argument("--live", action="store_true", help="play the bag into a policy_node child process and score what it publishes")
-    p.add_argument("--infer-mode", default=None, choices=("period", "consumed", "rate", "frame"),
-                   help="policy_node's infer_mode (default: config/policy.yaml)")
-    p.add_argument("--infer-period", type=float, default=None,
-                   help="s between inferences in rate mode (default: the checkpoint's policy_period; "
-                        "period mode always steps once per policy_period of frame time)")
-    p.add_argument("--zero-latency", action="store_true",
-                   help="offline: treat inference as instantaneous (the schedule then depends on recorded times only)")
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="ROLE=TOPIC",
+        help="topic of a role: a checkpoint camera name (front, wrist ...), joint_states, ee_pose, "
+        "instruction or actions; repeatable",
+    )
+    p.add_argument(
+        "--instruction", default=None, help="instruction for bags that recorded none (overrides a recorded one)"
+    )
+    p.add_argument(
+        "--live", action="store_true", help="play the bag into a policy_node child process and score what it publishes"
+    )
+    p.add_argument(
+        "--infer-mode",
+        default=None,
+        choices=("period", "consumed", "rate", "frame"),
+        help="policy_node's infer_mode (default: config/policy.yaml)",
+    )
+    p.add_argument(
+        "--infer-period",
+        type=float,
+        default=None,
+        help="s between inferences in rate mode (default: the checkpoint's policy_period; "
+        "period mode always steps once per policy_period of frame time)",
+    )
+    p.add_argument(
+        "--zero-latency",
+        action="store_true",
+        help="offline: treat inference as instantaneous (the schedule then depends on recorded times only)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="flow-matching noise seed (default: 0)")
-    p.add_argument("--torch-threads", type=int, default=0,
-                   help="offline: CPU threads for inference, as policy_node's torch_threads (0 keeps torch's default)")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
-                   help="offline: inference backend (onnx: ONNX Runtime, the step exported at start; about 2x faster on a CPU)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="offline: CPU threads for inference, as policy_node's torch_threads (0 keeps torch's default)",
+    )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "onnx"),
+        help="offline: inference backend (onnx: ONNX Runtime, the step exported at start; about 2x faster on a CPU)",
+    )
     p.add_argument("--rate", type=float, default=1.0, help="--live: playback speed factor (default: 1.0)")
-    p.add_argument("--ros-domain-id", type=int, default=None, metavar="N",
-                   help="--live: join ROS domain N (e.g. to watch in rviz). By default live replay runs in a private domain "
-                        "on localhost whatever ROS_DOMAIN_ID says: it publishes recorded poses and policy chunks")
+    p.add_argument(
+        "--ros-domain-id",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--live: join ROS domain N (e.g. to watch in rviz). By default live replay runs in a private domain "
+        "on localhost whatever ROS_DOMAIN_ID says: it publishes recorded poses and policy chunks",
+    )
     p.add_argument("--out", default="", help="output folder (default: runs/replay/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -82,12 +118,19 @@ def run(args: argparse.Namespace) -> int:
         config = preset(args.preset)
         log(f"no checkpoint: scoring an UNTRAINED {args.preset!r} policy (its actions are noise)")
     schedule = ScheduleConfig(
-        n_cameras=len(config.cameras), policy_period=config.policy_period, chunk_duration=config.chunk_size * config.dt,
+        n_cameras=len(config.cameras),
+        policy_period=config.policy_period,
+        chunk_duration=config.chunk_size * config.dt,
         infer_mode=args.infer_mode or policy_params.get("infer_mode", "period"),
         consume_fraction=float(policy_params.get("consume_fraction", 0.5)),
         infer_period=args.infer_period or config.policy_period,
-        max_observation_age=float(policy_params.get("max_observation_age", 0.5)))
-    header = {"checkpoint": args.checkpoint or f"UNTRAINED preset {args.preset}", "instruction": args.instruction, "output": str(out)}
+        max_observation_age=float(policy_params.get("max_observation_age", 0.5)),
+    )
+    header = {
+        "checkpoint": args.checkpoint or f"UNTRAINED preset {args.preset}",
+        "instruction": args.instruction,
+        "output": str(out),
+    }
 
     if args.live:
         from mambavla.evaluation.live import replay_live
@@ -111,13 +154,29 @@ def _offline(args, config, bags, maps, schedule, limits, out, header, log) -> di
     from mambavla.runtime import PolicyRuntime
 
     if args.checkpoint:
-        runtime = PolicyRuntime.from_checkpoint(args.checkpoint, device=args.device, seed=args.seed,
-                                                backend=args.backend, threads=args.torch_threads or None)
+        runtime = PolicyRuntime.from_checkpoint(
+            args.checkpoint,
+            device=args.device,
+            seed=args.seed,
+            backend=args.backend,
+            threads=args.torch_threads or None,
+        )
     else:
-        runtime = PolicyRuntime.from_preset(args.preset, device=args.device, seed=args.seed,
-                                            backend=args.backend, threads=args.torch_threads or None)
-    summary = replay_bags(bags, runtime, maps, args.instruction, schedule, limits, out,
-                          latency="zero" if args.zero_latency else "measured", progress=not args.no_progress, log=log)
+        runtime = PolicyRuntime.from_preset(
+            args.preset, device=args.device, seed=args.seed, backend=args.backend, threads=args.torch_threads or None
+        )
+    summary = replay_bags(
+        bags,
+        runtime,
+        maps,
+        args.instruction,
+        schedule,
+        limits,
+        out,
+        latency="zero" if args.zero_latency else "measured",
+        progress=not args.no_progress,
+        log=log,
+    )
     summary = {**header, **summary}
     (out / "replay.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -125,8 +184,11 @@ def _offline(args, config, bags, maps, schedule, limits, out, header, log) -> di
 
 def _print_summary(summary: dict, log) -> None:
     m = summary["metrics"]
-    log(f"replayed {len(summary['bags'])} bag(s), {summary.get('recorded_s', 0):.1f} s recorded, mode {summary['mode']}: "
-        f"{m.get('chunks', 0)} chunks")
+    log(
+        f"replayed {len(summary['bags'])} bag(s), {summary.get('recorded_s', 0):.1f} s recorded, "
+        f"mode {summary['mode']}: "
+        f"{m.get('chunks', 0)} chunks"
+    )
     if not m.get("chunks"):
         log("no chunk was produced (see the roles and notes in replay.json)")
         return
@@ -134,7 +196,10 @@ def _print_summary(summary: dict, log) -> None:
     log("MAE  " + "  ".join(f"{k} {v:.1f} {m['mae_units'][k]}" for k, v in mae.items()))
     h = m["by_horizon"]
     log(f"position error by horizon: first {h['position_mm'][0]:.1f} mm, last {h['position_mm'][-1]:.1f} mm")
-    log(f"gripper agreement {m['gripper_agreement']:.1%}; seams: mean jump {m['seams']['position_jump_mm'].get('mean', float('nan')):.1f} mm")
+    log(
+        f"gripper agreement {m['gripper_agreement']:.1%}; "
+        f"seams: mean jump {m['seams']['position_jump_mm'].get('mean', float('nan')):.1f} mm"
+    )
     s = m["safety"]
     log(f"controller would reject {s['rejected']}/{s['chunks']} chunks: {s['rejected_by_kind'] or 'none'}")
     for key in ("inference_ms", "observation_to_chunk_ms"):
@@ -142,5 +207,8 @@ def _print_summary(summary: dict, log) -> None:
         if st.get("n"):
             log(f"{key}: p50 {st['p50']:.1f}  p95 {st['p95']:.1f}  p99 {st['p99']:.1f}")
     if summary.get("wall_s_per_recorded_minute") is not None:
-        log(f"replay took {summary['replay_wall_s']:.1f} s ({summary['wall_s_per_recorded_minute']:.1f} s per recorded minute)")
+        log(
+            f"replay took {summary['replay_wall_s']:.1f} s "
+            f"({summary['wall_s_per_recorded_minute']:.1f} s per recorded minute)"
+        )
     log(f"written: {Path(summary['output']) / 'replay.json'} and {len(summary['pictures'])} pictures")

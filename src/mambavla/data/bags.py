@@ -5,7 +5,7 @@ One episode = one rosbag2 directory (`metadata.yaml` + one `.mcap`), standard me
     /cameras/<name>/image_raw  sensor_msgs/msg/Image            rgb8, one per frame and camera
     /joint_states              sensor_msgs/msg/JointState       fr3_joint1..7 (rad) + two finger joints (m)
     /ee_pose                   geometry_msgs/msg/PoseStamped    end-effector pose, frame `fr3_link0`
-    /instruction               std_msgs/msg/String              once, at the start (offered QoS: reliable, transient local)
+    /instruction               std_msgs/msg/String              once, at the start (QoS: reliable, transient local)
     /action                    trajectory_msgs/msg/JointTrajectory
                                joint_names = spaces.ACTION_NAMES, one point: the commanded absolute
                                target (x, y, z, rotation vector w.r.t. spaces.EE_REFERENCE_QUAT, gripper)
@@ -76,13 +76,24 @@ def _latched_qos():
     from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
     never = QosTime(0, 0)
-    return Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, never, never,
-               QosLiveliness.AUTOMATIC, never, False)
+    return Qos(
+        QosHistory.KEEP_LAST,
+        1,
+        QosReliability.RELIABLE,
+        QosDurability.TRANSIENT_LOCAL,
+        never,
+        never,
+        QosLiveliness.AUTOMATIC,
+        never,
+        False,
+    )
 
 
 EpisodeError = BagError  # an episode that cannot be used, with the reason: the role finder's error, one class
 ACTION_LEAD = 0.1  # s: where no command was recorded, the measured pose this far ahead is a row's target
-GRIPPER_CLOSED_BELOW = 0.9  # finger width, as a fraction of the episode's widest, under which the gripper counts as closed
+GRIPPER_CLOSED_BELOW = (
+    0.9  # finger width, as a fraction of the episode's widest, under which the gripper counts as closed
+)
 RATE_TOLERANCE = 0.25  # a stretch of the recording whose median interval is this far off the whole's: the rate changed
 IRREGULAR_FRACTION = 0.1  # more intervals than this more than half off the median: irregular
 
@@ -103,9 +114,17 @@ class EpisodeWriter:
     it (OpenCV, `jpeg_quality`), which `read_episode` and replay read back.
     """
 
-    def __init__(self, path: str | Path, cameras: Sequence[str], image_size: tuple[int, int], dt: float,
-                 meta: dict | None = None, compression: str = "message", image_format: str = "raw",
-                 jpeg_quality: int = 90):
+    def __init__(
+        self,
+        path: str | Path,
+        cameras: Sequence[str],
+        image_size: tuple[int, int],
+        dt: float,
+        meta: dict | None = None,
+        compression: str = "message",
+        image_format: str = "raw",
+        jpeg_quality: int = 90,
+    ):
         from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
         if compression not in COMPRESSIONS:
@@ -124,20 +143,28 @@ class EpisodeWriter:
         if compression != "none":
             self._writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
         self._writer.open()
-        self._image_topics = {c: camera_topic(c) + (COMPRESSED_SUFFIX if image_format == "jpeg" else "") for c in self.cameras}
+        self._image_topics = {
+            c: camera_topic(c) + (COMPRESSED_SUFFIX if image_format == "jpeg" else "") for c in self.cameras
+        }
         image_type = COMPRESSED_IMAGE_TYPE if image_format == "jpeg" else IMAGE_TYPE
-        self._conns = {t: self._writer.add_connection(t, image_type, typestore=self._ts) for t in self._image_topics.values()}
+        self._conns = {
+            t: self._writer.add_connection(t, image_type, typestore=self._ts) for t in self._image_topics.values()
+        }
         for topic, msgtype in TYPES.items():
             # `ros2 bag play` offers the recorded QoS: the instruction must stay latched (transient local),
             # as policy_node subscribes to it that way.
             qos = [_latched_qos()] if topic == INSTRUCTION_TOPIC else []
-            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self._ts, offered_qos_profiles=qos)
+            self._conns[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=self._ts, offered_qos_profiles=qos
+            )
         self._last_stamp = 0
 
     def _header(self, t: float, frame_id: str):
         T = self._ts.types
         ns = int(round(t * 1e9))
-        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9), frame_id=frame_id), ns
+        return T["std_msgs/msg/Header"](
+            stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9), frame_id=frame_id
+        ), ns
 
     def _write(self, topic: str, msg, ns: int) -> None:
         self._writer.write(self._conns[topic], ns, self._ts.serialize_cdr(msg, msg.__msgtype__))
@@ -168,30 +195,69 @@ class EpisodeWriter:
             if self.image_format == "jpeg":
                 from mambavla.data.images import encode_jpeg
 
-                msg = T["sensor_msgs/msg/CompressedImage"](header=header, format="rgb8; jpeg compressed bgr8",
-                                                            data=np.frombuffer(encode_jpeg(img, self.jpeg_quality), np.uint8))
+                msg = T["sensor_msgs/msg/CompressedImage"](
+                    header=header,
+                    format="rgb8; jpeg compressed bgr8",
+                    data=np.frombuffer(encode_jpeg(img, self.jpeg_quality), np.uint8),
+                )
             else:
-                msg = T["sensor_msgs/msg/Image"](header=header, height=img.shape[0], width=img.shape[1], encoding="rgb8",
-                                                  is_bigendian=0, step=img.shape[1] * 3, data=img.reshape(-1))
+                msg = T["sensor_msgs/msg/Image"](
+                    header=header,
+                    height=img.shape[0],
+                    width=img.shape[1],
+                    encoding="rgb8",
+                    is_bigendian=0,
+                    step=img.shape[1] * 3,
+                    data=img.reshape(-1),
+                )
             self._write(self._image_topics[name], msg, ns)
         header, ns = self._header(t, BASE_FRAME)
         position = np.concatenate([joint_positions, finger_positions]).astype(np.float64)
         velocity = np.zeros(0) if joint_velocities is None else np.asarray(joint_velocities, dtype=np.float64)
-        self._write(JOINT_STATE_TOPIC, T["sensor_msgs/msg/JointState"](header=header, name=list(ARM_JOINTS + FINGER_JOINTS),
-                                                                         position=position, velocity=velocity, effort=np.zeros(0)), ns)
+        self._write(
+            JOINT_STATE_TOPIC,
+            T["sensor_msgs/msg/JointState"](
+                header=header,
+                name=list(ARM_JOINTS + FINGER_JOINTS),
+                position=position,
+                velocity=velocity,
+                effort=np.zeros(0),
+            ),
+            ns,
+        )
         p, q = np.asarray(ee_position, dtype=float), np.asarray(ee_quat, dtype=float)
-        pose = T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
-                                           orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]))
+        pose = T["geometry_msgs/msg/Pose"](
+            position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
+            orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
+        )
         self._write(EE_POSE_TOPIC, T["geometry_msgs/msg/PoseStamped"](header=header, pose=pose), ns)
         point = T["trajectory_msgs/msg/JointTrajectoryPoint"](
-            positions=np.asarray(action, dtype=np.float64), velocities=np.zeros(0), accelerations=np.zeros(0),
-            effort=np.zeros(0), time_from_start=T["builtin_interfaces/msg/Duration"](sec=0, nanosec=0))
-        self._write(ACTION_TOPIC, T["trajectory_msgs/msg/JointTrajectory"](header=header, joint_names=list(spaces.ACTION_NAMES), points=[point]), ns)
+            positions=np.asarray(action, dtype=np.float64),
+            velocities=np.zeros(0),
+            accelerations=np.zeros(0),
+            effort=np.zeros(0),
+            time_from_start=T["builtin_interfaces/msg/Duration"](sec=0, nanosec=0),
+        )
+        self._write(
+            ACTION_TOPIC,
+            T["trajectory_msgs/msg/JointTrajectory"](
+                header=header, joint_names=list(spaces.ACTION_NAMES), points=[point]
+            ),
+            ns,
+        )
         self.frames += 1
 
     def close(self, **final_meta) -> Path:
-        meta = {"format": FORMAT, **self.meta, **final_meta, "dt": self.dt, "cameras": list(self.cameras),
-                "image_size": list(self.image_size), "image_format": self.image_format, "frames": self.frames}
+        meta = {
+            "format": FORMAT,
+            **self.meta,
+            **final_meta,
+            "dt": self.dt,
+            "cameras": list(self.cameras),
+            "image_size": list(self.image_size),
+            "image_format": self.image_format,
+            "frames": self.frames,
+        }
         self._writer.set_custom_data("mambavla", json.dumps(meta))
         self._writer.close()
         (self.path / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
@@ -247,7 +313,9 @@ class Episode:
 
 
 def is_bag_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "metadata.yaml").exists() or any(path.glob("*.mcap*")) or any(path.glob("*.db3*")))
+    return path.is_dir() and (
+        (path / "metadata.yaml").exists() or any(path.glob("*.mcap*")) or any(path.glob("*.db3*"))
+    )
 
 
 def read_meta(path: str | Path) -> dict:
@@ -290,13 +358,28 @@ class ReadOptions:
             raise ValueError(f"image size must be two positive numbers (H, W), got {self.image_size}")
 
     @classmethod
-    def make(cls, maps: dict | None = None, instruction: str | None = None, image_size=None, dt: float | None = None,
-             action_lead: float = ACTION_LEAD, default_cameras=()) -> "ReadOptions":
-        return cls(tuple(sorted((maps or {}).items())), instruction or "", tuple(image_size) if image_size else None,
-                   dt or None, float(action_lead), tuple(default_cameras or ()))
+    def make(
+        cls,
+        maps: dict | None = None,
+        instruction: str | None = None,
+        image_size=None,
+        dt: float | None = None,
+        action_lead: float = ACTION_LEAD,
+        default_cameras=(),
+    ) -> "ReadOptions":
+        return cls(
+            tuple(sorted((maps or {}).items())),
+            instruction or "",
+            tuple(image_size) if image_size else None,
+            dt or None,
+            float(action_lead),
+            tuple(default_cameras or ()),
+        )
 
     def key(self) -> str:
-        return json.dumps([self.maps, self.instruction, self.image_size, self.dt, self.action_lead, self.default_cameras])
+        return json.dumps(
+            [self.maps, self.instruction, self.image_size, self.dt, self.action_lead, self.default_cameras]
+        )
 
 
 def read_episode(path: str | Path, cameras: Sequence[str] | None = None, options: ReadOptions | None = None) -> Episode:
@@ -345,14 +428,18 @@ def read_episode(path: str | Path, cameras: Sequence[str] | None = None, options
         frames = [streams[name][k][1] for k in at]
         shapes = {f.shape for f in frames}
         if len(shapes) > 1:
-            raise EpisodeError(f"{path}: camera {name!r} changes size on {info.roles[name]} ({sorted(shapes)}); "
-                               f"train with --image-size H W to resize every frame")
+            raise EpisodeError(
+                f"{path}: camera {name!r} changes size on {info.roles[name]} ({sorted(shapes)}); "
+                f"train with --image-size H W to resize every frame"
+            )
         images[name] = np.stack(frames)
     sizes = {n: images[n].shape[1:3] for n in cameras}
     if len(set(sizes.values())) > 1:
         a, b = cameras[0], next(n for n in cameras if sizes[n] != sizes[cameras[0]])
-        raise EpisodeError(f"{path}: camera {b!r} is {sizes[b][1]}x{sizes[b][0]}, camera {a!r} {sizes[a][1]}x{sizes[a][0]}; "
-                           f"train with --image-size H W to resize them to one size")
+        raise EpisodeError(
+            f"{path}: camera {b!r} is {sizes[b][1]}x{sizes[b][0]}, camera {a!r} {sizes[a][1]}x{sizes[a][0]}; "
+            f"train with --image-size H W to resize them to one size"
+        )
     recorded_sizes = {n: list(info.source_sizes[n]) for n in cameras if n in info.source_sizes}
     if meta.get("image_size") and any(s != list(meta["image_size"]) for s in recorded_sizes.values()):
         raise EpisodeError(f"{path}: images are {recorded_sizes}, the sidecar says {tuple(meta['image_size'])}")
@@ -370,25 +457,47 @@ def read_episode(path: str | Path, cameras: Sequence[str] | None = None, options
         actions_from = f"recorded on {info.roles['actions']}"
     else:
         actions = derived_actions(stamps, streams, grid, options.action_lead)
-        actions_from = (f"derived: the pose on {info.roles['ee_pose']} {options.action_lead:g} s ahead as the target; "
-                        f"gripper closed where the finger width on {info.roles['joint_states']} {options.action_lead:g} s "
-                        f"ahead is below {GRIPPER_CLOSED_BELOW:g} of the widest in the episode")
+        actions_from = (
+            f"derived: the pose on {info.roles['ee_pose']} {options.action_lead:g} s ahead as the target; "
+            f"gripper closed where the finger width on {info.roles['joint_states']} {options.action_lead:g} s "
+            f"ahead is below {GRIPPER_CLOSED_BELOW:g} of the widest in the episode"
+        )
     actions = actions.astype(np.float32)
     if not (np.isfinite(proprio).all() and np.isfinite(actions).all()):
-        raise EpisodeError(f"{path}: non-finite robot state or action values on "
-                           f"{', '.join(info.roles[r] for r in ('ee_pose', 'joint_states', 'actions') if r in info.roles)}")
+        raise EpisodeError(
+            f"{path}: non-finite robot state or action values on "
+            f"{', '.join(info.roles[r] for r in ('ee_pose', 'joint_states', 'actions') if r in info.roles)}"
+        )
 
     recorded_text = streams["instruction"][0][1] if streams.get("instruction") else ""
     instruction = recorded_text or meta.get("instruction") or options.instruction
     if not instruction:
-        raise EpisodeError(f"{path}: no instruction (no instruction topic, none in the sidecar); give one with "
-                           f"--instruction TEXT, or map a std_msgs/String topic with --map instruction=TOPIC")
-    meta = {**meta, "dt": dt, "recorded_dt": recorded_dt, "start_stamp": grid[0] / 1e9, "roles": dict(info.roles), "actions_from": actions_from,
-            "recorded_image_size": recorded_sizes}
+        raise EpisodeError(
+            f"{path}: no instruction (no instruction topic, none in the sidecar); give one with "
+            f"--instruction TEXT, or map a std_msgs/String topic with --map instruction=TOPIC"
+        )
+    meta = {
+        **meta,
+        "dt": dt,
+        "recorded_dt": recorded_dt,
+        "start_stamp": grid[0] / 1e9,
+        "roles": dict(info.roles),
+        "actions_from": actions_from,
+        "recorded_image_size": recorded_sizes,
+    }
     if cameras:
         meta["cameras"] = cameras
-    return Episode(path, instruction, meta, (grid - grid[0]) / 1e9, images, proprio, actions,
-                   np.concatenate([arms, fingers], axis=1).astype(np.float32), counts)
+    return Episode(
+        path,
+        instruction,
+        meta,
+        (grid - grid[0]) / 1e9,
+        images,
+        proprio,
+        actions,
+        np.concatenate([arms, fingers], axis=1).astype(np.float32),
+        counts,
+    )
 
 
 def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> float:
@@ -398,8 +507,10 @@ def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> float:
         raise EpisodeError(f"{path}: {topic} has {len(stamps)} message(s): too few to tell its rate")
     gaps = np.diff(stamps).astype(np.float64)
     if (gaps <= 0).any():
-        raise EpisodeError(f"{path}: {topic} has {int((gaps <= 0).sum())} message(s) stamped no later than the one before: "
-                           f"the stamps must increase")
+        raise EpisodeError(
+            f"{path}: {topic} has {int((gaps <= 0).sum())} message(s) stamped no later than the one before: "
+            f"the stamps must increase"
+        )
     median = float(np.median(gaps))
     windows = [float(np.median(w)) for w in np.array_split(gaps, max(1, min(10, len(gaps) // 10)))]
     changed = [w for w in windows if abs(w - median) > RATE_TOLERANCE * median]
@@ -409,12 +520,16 @@ def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> float:
             if abs(w - stretches[-1]) > RATE_TOLERANCE * stretches[-1]:
                 stretches.append(w)
         rates = ", then ".join(f"{1e9 / w:.0f} Hz" for w in stretches)
-        raise EpisodeError(f"{path}: the rate on {topic} changes during the recording ({rates}): rows would not be evenly "
-                           f"spaced; record at one rate, or split the bag where it changes")
+        raise EpisodeError(
+            f"{path}: the rate on {topic} changes during the recording ({rates}): rows would not be evenly "
+            f"spaced; record at one rate, or split the bag where it changes"
+        )
     off = float(np.mean(np.abs(gaps - median) > 0.5 * median))
     if off > IRREGULAR_FRACTION:
-        raise EpisodeError(f"{path}: {topic} is irregular: {off:.0%} of its intervals are more than half off the median "
-                           f"{median / 1e6:.1f} ms; rows would not be evenly spaced")
+        raise EpisodeError(
+            f"{path}: {topic} is irregular: {off:.0%} of its intervals are more than half off the median "
+            f"{median / 1e6:.1f} ms; rows would not be evenly spaced"
+        )
     return median / 1e9
 
 
@@ -441,15 +556,20 @@ def _nearest(stamps: np.ndarray, at: np.ndarray) -> np.ndarray:
 
 
 def _poses(stream: list, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return (np.array([stream[k][1][0] for k in index]).reshape(-1, 3), np.array([stream[k][1][1] for k in index]).reshape(-1, 4))
+    return (
+        np.array([stream[k][1][0] for k in index]).reshape(-1, 3),
+        np.array([stream[k][1][1] for k in index]).reshape(-1, 4),
+    )
 
 
 def _fingers(path: Path, topic: str, value: dict) -> np.ndarray:
     fingers = finger_positions(value["names"], value["positions"])
     if fingers is None:
-        raise EpisodeError(f"{path}: a message on {topic} lacks the finger joints (names ending in finger_joint1 / "
-                           f"finger_joint2; it has {value['names']}); map a JointState topic that has them with "
-                           f"--map joint_states=TOPIC")
+        raise EpisodeError(
+            f"{path}: a message on {topic} lacks the finger joints (names ending in finger_joint1 / "
+            f"finger_joint2; it has {value['names']}); map a JointState topic that has them with "
+            f"--map joint_states=TOPIC"
+        )
     return fingers
 
 
@@ -462,5 +582,7 @@ def _arm(value: dict) -> np.ndarray:
 
 def _action_vector(path: Path, topic: str, value: np.ndarray) -> np.ndarray:
     if value.shape != (len(spaces.ACTION_NAMES),):
-        raise EpisodeError(f"{path}: a command on {topic} has {value.shape[0]} positions, expected {len(spaces.ACTION_NAMES)}")
+        raise EpisodeError(
+            f"{path}: a command on {topic} has {value.shape[0]} positions, expected {len(spaces.ACTION_NAMES)}"
+        )
     return value

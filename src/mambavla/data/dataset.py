@@ -9,9 +9,9 @@
 
 One sample per row, rows at the episodes' one interval `ds.dt` (`bags.read_episode`: any rosbag2 recording,
 read as `options` says: `--map`, instruction, image size, dt; episodes at another interval are skipped with
-the reason). `actions` is the chunk of the next `chunk` actions starting at the observation's row; in "delta" mode the pose
-part is relative to the end-effector pose of the observation (`spaces.absolute_to_delta`), the
-gripper stays absolute.
+the reason). `actions` is the chunk of the next `chunk` actions starting at the observation's row; in
+"delta" mode the pose part is relative to the end-effector pose of the observation
+(`spaces.absolute_to_delta`), the gripper stays absolute.
 
 Decoding bags is slow (rosbags, per-message CDR), so each episode is decoded once into a cache
 folder of `.npy` arrays at the policy's resolution (memory-mapped on later runs), keyed by the bag files'
@@ -68,7 +68,9 @@ def find_episodes(root: str | Path) -> list[Path]:
 
 
 def _cache_key(path: Path, options: ReadOptions, cameras) -> str:
-    h = hashlib.sha1(f"{CACHE_VERSION}:{path.resolve()}:{options.key()}:{list(cameras) if cameras is not None else None}".encode())
+    h = hashlib.sha1(
+        f"{CACHE_VERSION}:{path.resolve()}:{options.key()}:{list(cameras) if cameras is not None else None}".encode()
+    )
     for f in sorted(path.iterdir()):
         if f.is_file():
             st = f.stat()
@@ -84,7 +86,9 @@ def _save_cache(folder: Path, ep: Episode) -> None:
         np.save(tmp / f"image_{name}.npy", arr)
     np.save(tmp / "proprio.npy", ep.proprio)
     np.save(tmp / "actions.npy", ep.actions)
-    (tmp / "episode.json").write_text(json.dumps({"instruction": ep.instruction, "meta": ep.meta, "cameras": list(ep.images)}))
+    (tmp / "episode.json").write_text(
+        json.dumps({"instruction": ep.instruction, "meta": ep.meta, "cameras": list(ep.images)})
+    )
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
@@ -92,7 +96,14 @@ def _save_cache(folder: Path, ep: Episode) -> None:
 def _load_cache(folder: Path, path: Path) -> CachedEpisode:
     info = json.loads((folder / "episode.json").read_text())
     images = {c: np.load(folder / f"image_{c}.npy", mmap_mode="r") for c in info["cameras"]}
-    return CachedEpisode(path, info["instruction"], info["meta"], images, np.load(folder / "proprio.npy"), np.load(folder / "actions.npy"))
+    return CachedEpisode(
+        path,
+        info["instruction"],
+        info["meta"],
+        images,
+        np.load(folder / "proprio.npy"),
+        np.load(folder / "actions.npy"),
+    )
 
 
 class EpisodeDataset:
@@ -175,13 +186,17 @@ class EpisodeDataset:
             raise EpisodeError(f"camera sizes differ within the episode: {sorted(sizes)}")
         size = sizes.pop() if sizes else None
         if self.image_size is not None and size != self.image_size:
-            raise EpisodeError(f"images are {size}, the dataset's are {self.image_size} (mismatched camera size; "
-                               f"--image-size H W resizes every frame)")
+            raise EpisodeError(
+                f"images are {size}, the dataset's are {self.image_size} (mismatched camera size; "
+                f"--image-size H W resizes every frame)"
+            )
         dt = float(ep.meta["dt"])
         if self.dt is not None and abs(dt - self.dt) > DT_TOLERANCE * self.dt:
             source = ep.meta.get("roles", {}).get(self.cameras[0] if self.cameras else "joint_states", "its stamps")
-            raise EpisodeError(f"rows every {dt * 1e3:.1f} ms ({source}), the dataset's every {self.dt * 1e3:.1f} ms; "
-                               f"--dt SECONDS resamples every episode to one interval")
+            raise EpisodeError(
+                f"rows every {dt * 1e3:.1f} ms ({source}), the dataset's every {self.dt * 1e3:.1f} ms; "
+                f"--dt SECONDS resamples every episode to one interval"
+            )
         self.image_size = size
         self.dt = self.dt or dt
 
@@ -237,10 +252,15 @@ class EpisodeDataset:
             "dt": self.dt,
             "cameras": list(self.cameras or ()),
             "image_size": list(self.image_size) if self.image_size else None,
-            "episode_frames": {"min": int(min(map(len, self.episodes))), "max": int(max(map(len, self.episodes))),
-                               "mean": round(float(np.mean([len(e) for e in self.episodes])), 1)},
-            "action_range": {name: [round(float(lo), 4), round(float(hi), 4)]
-                             for name, lo, hi in zip(spaces.ACTION_NAMES, actions.min(0), actions.max(0))},
+            "episode_frames": {
+                "min": int(min(map(len, self.episodes))),
+                "max": int(max(map(len, self.episodes))),
+                "mean": round(float(np.mean([len(e) for e in self.episodes])), 1),
+            },
+            "action_range": {
+                name: [round(float(lo), 4), round(float(hi), 4)]
+                for name, lo, hi in zip(spaces.ACTION_NAMES, actions.min(0), actions.max(0))
+            },
             **self.sources(),
         }
 

@@ -4,9 +4,10 @@ the chunks it publishes with the same metrics as offline replay. This checks the
 The node runs in a private DDS domain with localhost discovery, whatever ROS_DOMAIN_ID the shell exports
 (on a robot PC that is the live robot's graph, and replay publishes recorded poses, an instruction and
 policy chunks); `--ros-domain-id N` joins domain N on purpose (e.g. to watch in rviz). It runs with
-config/policy.yaml and the command's checkpoint; messages go to the node's topics at their recorded pace (`--rate`). Stamps keep the bag's
-spacing but are shifted onto the node's clock (now at playback start): the node ages frames against
-its clock, so the recorded absolute times would all look stale. Chunks are shifted back for scoring.
+config/policy.yaml and the command's checkpoint; messages go to the node's topics at their recorded pace
+(`--rate`). Stamps keep the bag's spacing but are shifted onto the node's clock (now at playback start):
+the node ages frames against its clock, so the recorded absolute times would all look stale. Chunks are
+shifted back for scoring.
 This is the ROS side of the command (an entry point): it may import rclpy and `mambavla.ros`.
 """
 
@@ -49,14 +50,18 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
             os.environ[name] = value
         else:
             os.environ.pop(name, None)
-    log(f"live replay in ROS domain {os.environ['ROS_DOMAIN_ID']} "
-        f"({'as asked' if args.ros_domain_id is not None else 'private, localhost only'})")
+    log(
+        f"live replay in ROS domain {os.environ['ROS_DOMAIN_ID']} "
+        f"({'as asked' if args.ros_domain_id is not None else 'private, localhost only'})"
+    )
     infos = [inspect(b, config.cameras, maps, config.action_names) for b in bags]
     instructions = []
     for info in infos:
         text = args.instruction or next((m.value for m in read_messages(info, ["instruction"])), None)
         if not text:
-            raise ReplayError(f"{info.path}: no instruction recorded; give one with --instruction TEXT. The bag has:\n{info.table()}")
+            raise ReplayError(
+                f"{info.path}: no instruction recorded; give one with --instruction TEXT. The bag has:\n{info.table()}"
+            )
         instructions.append(text)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -78,9 +83,17 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
     camera_topics = list(params.get("camera_topics", [f"/cameras/{c}/image_raw" for c in cameras]))
     if len(camera_topics) != len(cameras):
         camera_topics = [f"/cameras/{c}/image_raw" for c in cameras]
-    overrides = {"checkpoint": args.checkpoint, "preset": args.preset or "tiny", "device": args.device, "seed": args.seed,
-                 "infer_mode": schedule.infer_mode, "camera_topics": camera_topics, "torch_threads": 1,
-                 "max_observation_age": schedule.max_observation_age, "infer_rate_hz": 1.0 / schedule.infer_period}
+    overrides = {
+        "checkpoint": args.checkpoint,
+        "preset": args.preset or "tiny",
+        "device": args.device,
+        "seed": args.seed,
+        "infer_mode": schedule.infer_mode,
+        "camera_topics": camera_topics,
+        "torch_threads": 1,
+        "max_observation_age": schedule.max_observation_age,
+        "infer_rate_hz": 1.0 / schedule.infer_period,
+    }
     base_frame = params.get("base_frame", "fr3_link0")
 
     rclpy.init()
@@ -121,9 +134,22 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
         for info, text in zip(infos, instructions):
             with lock:
                 received.clear()
-            chunks, recording, seconds = _play(info, text, args.rate, config, node, image_pubs, pose_pub, joint_pub,
-                                               instruction_pub, lock, received, base_frame, log,
-                                               (rgb_to_image, pose_to_msg, seconds_to_stamp, trajectory_to_chunk, String, JointState))
+            chunks, recording, seconds = _play(
+                info,
+                text,
+                args.rate,
+                config,
+                node,
+                image_pubs,
+                pose_pub,
+                joint_pub,
+                instruction_pub,
+                lock,
+                received,
+                base_frame,
+                log,
+                (rgb_to_image, pose_to_msg, seconds_to_stamp, trajectory_to_chunk, String, JointState),
+            )
             spin.raise_if_failed(f"the chunks of {info.path.name}")  # no score from part of them
             runs.append((info.path.name, chunks, recording))
             recorded_s += seconds
@@ -134,15 +160,37 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
             spin.stop()
         finally:
             rclpy.try_shutdown()
-    header = {**header, "mode": "live", "ros_domain_id": int(os.environ["ROS_DOMAIN_ID"]), "bags": [str(b) for b in bags],
-              "roles": {i.path.name: {"roles": i.roles, "notes": i.notes} for i in infos},
-              "infer_mode": schedule.infer_mode, "recorded_s": round(recorded_s, 3), "rate": args.rate,
-              "policy_node_status": node_status, "policy_node_log": str(out / "policy_node.log")}
+    header = {
+        **header,
+        "mode": "live",
+        "ros_domain_id": int(os.environ["ROS_DOMAIN_ID"]),
+        "bags": [str(b) for b in bags],
+        "roles": {i.path.name: {"roles": i.roles, "notes": i.notes} for i in infos},
+        "infer_mode": schedule.infer_mode,
+        "recorded_s": round(recorded_s, 3),
+        "rate": args.rate,
+        "policy_node_status": node_status,
+        "policy_node_log": str(out / "policy_node.log"),
+    }
     return write_report(out, runs, limits, config.action_names, header)
 
 
-def _play(info, text, rate, config, node, image_pubs, pose_pub, joint_pub, instruction_pub, lock, received, base_frame, log,
-          ros) -> tuple[list[PredictedChunk], Recording, float]:
+def _play(
+    info,
+    text,
+    rate,
+    config,
+    node,
+    image_pubs,
+    pose_pub,
+    joint_pub,
+    instruction_pub,
+    lock,
+    received,
+    base_frame,
+    log,
+    ros,
+) -> tuple[list[PredictedChunk], Recording, float]:
     rgb_to_image, pose_to_msg, seconds_to_stamp, trajectory_to_chunk, String, JointState = ros
     cameras = list(config.cameras)
     roles = cameras + ["joint_states", "ee_pose", "actions"]
@@ -150,7 +198,9 @@ def _play(info, text, rate, config, node, image_pubs, pose_pub, joint_pub, instr
     if not messages:
         raise ReplayError(f"{info.path}: no messages on the replayed topics")
     recording = Recording()
-    frames: dict[str, list[tuple[float, np.ndarray, float]]] = {c: [] for c in cameras}  # stamp, rgb (policy size), wall sent
+    frames: dict[str, list[tuple[float, np.ndarray, float]]] = {
+        c: [] for c in cameras
+    }  # stamp, rgb (policy size), wall sent
     instruction_pub.publish(String(data=text))
     time.sleep(1.0)  # the node applies the instruction (and resets its history) before the first frame
     r0 = messages[0].receipt
@@ -196,9 +246,18 @@ def _play(info, text, rate, config, node, image_pubs, pose_pub, joint_pub, instr
         pose = interpolate(pose_t, pose_v, np.array([bag_stamp]))[0]
         width = np.interp(bag_stamp, fingers_t, recording.finger_width) if len(fingers_t) else 0.0
         proprio = np.concatenate([pose, [width / 2, width / 2]])
-        chunks.append(PredictedChunk(
-            stamp=bag_stamp, published=wall - offset, receipt=(max(sent) if sent else wall) - offset, dt=chunk.dt,
-            actions=chunk.actions, action_mode=chunk.action_mode,
-            absolute=absolute_targets(chunk.actions, chunk.action_mode, proprio), inference_ms=float("nan"), images=images))
+        chunks.append(
+            PredictedChunk(
+                stamp=bag_stamp,
+                published=wall - offset,
+                receipt=(max(sent) if sent else wall) - offset,
+                dt=chunk.dt,
+                actions=chunk.actions,
+                action_mode=chunk.action_mode,
+                absolute=absolute_targets(chunk.actions, chunk.action_mode, proprio),
+                inference_ms=float("nan"),
+                images=images,
+            )
+        )
     chunks.sort(key=lambda c: c.stamp)
     return chunks, recording, messages[-1].receipt - r0

@@ -124,12 +124,18 @@ class TrainSettings:
     def read_options(self, config: MambaVLAConfig, fine_tuning: bool) -> ReadOptions:
         """How bags become rows for `config`: its image size, and with fine-tuning its dt, unless set here."""
         dt = self.dt or (config.dt if fine_tuning else None)
-        return ReadOptions.make(self.maps, self.instruction, self.image_size or config.image_size, dt, self.action_lead,
-                                config.cameras)
+        return ReadOptions.make(
+            self.maps, self.instruction, self.image_size or config.image_size, dt, self.action_lead, config.cameras
+        )
 
 
-def load_episodes(sources: list[str], period: float, progress: bool = True, options: ReadOptions | None = None,
-                  cameras: tuple[str, ...] | None = None) -> TrainingEpisodes:
+def load_episodes(
+    sources: list[str],
+    period: float,
+    progress: bool = True,
+    options: ReadOptions | None = None,
+    cameras: tuple[str, ...] | None = None,
+) -> TrainingEpisodes:
     """A pack folder (`mambavla dataset pack`), or rosbag2 episode folders read as `options` says (role finder, rows,
     frames resized as read) and subsampled to the policy period. `cameras`: the policy's, in order."""
     if len(sources) == 1 and (Path(sources[0]) / "pack.json").is_file():
@@ -139,22 +145,39 @@ def load_episodes(sources: list[str], period: float, progress: bool = True, opti
     dataset = EpisodeDataset(sources, chunk=1, successful_only=True, verbose=progress, cameras=cameras, options=options)
     stride = max(1, round(period / dataset.dt))
     if abs(stride * dataset.dt - period) > 1e-6:
-        print(f"warning: policy period {period} s is not a multiple of the recording's {dataset.dt} s; using {stride * dataset.dt} s",
-              file=sys.stderr)
+        print(
+            f"warning: policy period {period} s is not a multiple of the recording's {dataset.dt} s; "
+            f"using {stride * dataset.dt} s",
+            file=sys.stderr,
+        )
     return TrainingEpisodes.from_dataset(dataset, stride)
 
 
 def config_for_data(base: MambaVLAConfig, episodes: TrainingEpisodes, settings: TrainSettings) -> MambaVLAConfig:
     """The preset, adapted to the episodes (cameras, image size, rates) and to how it is trained."""
-    return base.replace(cameras=episodes.cameras, image_size=episodes.image_size, dt=episodes.dt,
-                        policy_period=episodes.policy_period, action_mode=settings.action_mode,
-                        history_mode=settings.history, history_frames=settings.history_frames)
+    return base.replace(
+        cameras=episodes.cameras,
+        image_size=episodes.image_size,
+        dt=episodes.dt,
+        policy_period=episodes.policy_period,
+        action_mode=settings.action_mode,
+        history_mode=settings.history,
+        history_frames=settings.history_frames,
+    )
 
 
 class Trainer:
-    def __init__(self, run: str | Path, data: list[str], preset_name: str = "base", settings: TrainSettings | None = None,
-                 overrides: dict | None = None, progress: bool = True, stats: dict | None = None,
-                 config: MambaVLAConfig | None = None):
+    def __init__(
+        self,
+        run: str | Path,
+        data: list[str],
+        preset_name: str = "base",
+        settings: TrainSettings | None = None,
+        overrides: dict | None = None,
+        progress: bool = True,
+        stats: dict | None = None,
+        config: MambaVLAConfig | None = None,
+    ):
         """`config`: the run's own (--resume), else the --init checkpoint's, else the preset's, with `overrides`."""
         self.run, self.data, self.preset_name = Path(run), [str(d) for d in data], preset_name
         self.settings, self.overrides = settings or TrainSettings(), dict(overrides or {})
@@ -176,23 +199,37 @@ class Trainer:
 
         fine_tuning = bool(s.init) and config is None  # (a resumed fine-tuning run has its own config)
         base = (config or (load_config(s.init) if fine_tuning else preset(preset_name))).replace(**self.overrides)
-        cameras = s.cameras or (base.cameras if s.init else None)  # fine-tuning: the checkpoint's cameras, found by name
-        self.episodes = load_episodes(self.data, base.policy_period, self.progress, s.read_options(base, bool(s.init)), cameras)
+        cameras = s.cameras or (
+            base.cameras if s.init else None
+        )  # fine-tuning: the checkpoint's cameras, found by name
+        self.episodes = load_episodes(
+            self.data, base.policy_period, self.progress, s.read_options(base, bool(s.init)), cameras
+        )
         if fine_tuning and (self.episodes.cameras, self.episodes.image_size) != (base.cameras, base.image_size):
-            raise ValueError(f"--init {s.init}: the data's cameras {list(self.episodes.cameras)} at {self.episodes.image_size} "
-                             f"are not the checkpoint's {list(base.cameras)} at {base.image_size}")
+            raise ValueError(
+                f"--init {s.init}: the data's cameras {list(self.episodes.cameras)} at {self.episodes.image_size} "
+                f"are not the checkpoint's {list(base.cameras)} at {base.image_size}"
+            )
         self.config = config_for_data(base, self.episodes, s)
         self.train_ids, self.val_ids = self.episodes.split(s.val_fraction)
         self.train_ids = self.episodes.first_per_task(self.train_ids, s.episodes_per_task)
         # where the named cube started, per episode (NaN where unknown): the grounding head's targets. No head
         # when it would get no gradient (no targets, or weight 0): DDP requires every parameter to be used
-        self.targets = named_cube_starts(self.episodes.meta, self.episodes.instructions) if self.config.grounding_head else None
+        self.targets = (
+            named_cube_starts(self.episodes.meta, self.episodes.instructions) if self.config.grounding_head else None
+        )
         if self.targets is not None and (s.grounding_weight == 0 or not np.isfinite(self.targets).all(1).any()):
             self.config, self.targets = self.config.replace(grounding_head=False), None
         # and for each episode the other cubes of its layout, named: the same frames with another answer
-        self.other_targets = other_cube_starts(self.episodes.meta, self.episodes.instructions) if self.targets is not None else None
-        if self.other_targets is not None and self.episodes.embeddings is not None:  # a pack embeds only what it was built with
-            self.other_targets = [[(t, xy) for t, xy in others if t in self.episodes.embeddings] for others in self.other_targets]
+        self.other_targets = (
+            other_cube_starts(self.episodes.meta, self.episodes.instructions) if self.targets is not None else None
+        )
+        if (
+            self.other_targets is not None and self.episodes.embeddings is not None
+        ):  # a pack embeds only what it was built with
+            self.other_targets = [
+                [(t, xy) for t, xy in others if t in self.episodes.embeddings] for others in self.other_targets
+            ]
         # `stats` given (--resume: RUN/last's): weights and statistics come from the run, not from --init
         init = _init_checkpoint(s.init, self.config) if s.init and stats is None else None
         if stats is None:
@@ -215,8 +252,11 @@ class Trainer:
         self.trained = self.model
         if self.world > 1:
             self.trained = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.frames = {c: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for c, v in self.episodes.frames.items()}
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.frames = {
+            c: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for c, v in self.episodes.frames.items()
+        }
         self.rng = np.random.default_rng([s.seed, self.rank])
         self.generator = torch.Generator(device=self.device).manual_seed(s.seed * 1000 + self.rank)
         self.step, self.best_val = 0, math.inf
@@ -225,12 +265,21 @@ class Trainer:
     # ---- run folder ----------------------------------------------------------------------------
 
     def describe(self) -> dict:
-        return {"data": self.data, "preset": self.preset_name, "overrides": self.overrides, "settings": asdict(self.settings),
-                "config": self.config.to_dict(), "data_summary": self.episodes.summary(),
-                "validation_episodes": len(self.val_ids), "world_size": self.world}
+        return {
+            "data": self.data,
+            "preset": self.preset_name,
+            "overrides": self.overrides,
+            "settings": asdict(self.settings),
+            "config": self.config.to_dict(),
+            "data_summary": self.episodes.summary(),
+            "validation_episodes": len(self.val_ids),
+            "world_size": self.world,
+        }
 
     @classmethod
-    def resume(cls, run: str | Path, steps: int | None = None, progress: bool = True, max_seconds: float | None = None) -> Trainer:
+    def resume(
+        cls, run: str | Path, steps: int | None = None, progress: bool = True, max_seconds: float | None = None
+    ) -> Trainer:
         run = Path(run)
         if not (run / RUN_FILE).is_file() or not (run / "last" / STATE_FILE).is_file():
             raise FileNotFoundError(f"{run}: not a run folder to resume (needs {RUN_FILE} and last/{STATE_FILE})")
@@ -242,14 +291,26 @@ class Trainer:
         if max_seconds is not None:
             settings.max_seconds = max_seconds
         stats = json.loads((run / "last" / STATS).read_text())
-        trainer = cls(run, info["data"], info["preset"], settings, info["overrides"], progress, stats=stats,
-                      config=MambaVLAConfig.from_dict(info["config"]))
+        trainer = cls(
+            run,
+            info["data"],
+            info["preset"],
+            settings,
+            info["overrides"],
+            progress,
+            stats=stats,
+            config=MambaVLAConfig.from_dict(info["config"]),
+        )
         state = torch.load(run / "last" / STATE_FILE, map_location=trainer.device, weights_only=False)
         trainer.model.load_state_dict(state["model"])
         trainer.ema.load_state_dict(state["ema"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.schedule.load_state_dict(state["schedule"])
-        trainer.step, trainer.best_val, trainer.history = state["step"], state["best_val"], {**trainer.history, **state["history"]}
+        trainer.step, trainer.best_val, trainer.history = (
+            state["step"],
+            state["best_val"],
+            {**trainer.history, **state["history"]},
+        )
         trainer.rng.bit_generator.state = state["numpy_rng"]
         trainer.generator.set_state(state["torch_generator"].cpu())
         return trainer
@@ -257,11 +318,27 @@ class Trainer:
     def save(self, final: bool = False) -> None:
         if not self.main:
             return
-        meta = {"steps_done": self.step, "partial": not final, "ema_decay": self.settings.ema_decay, "run": str(self.run)}
+        meta = {
+            "steps_done": self.step,
+            "partial": not final,
+            "ema_decay": self.settings.ema_decay,
+            "run": str(self.run),
+        }
         last = save_checkpoint(self.ema, self.run / "last", meta=meta)
-        torch.save({"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "schedule": self.schedule.state_dict(), "step": self.step, "best_val": self.best_val, "history": self.history,
-                    "numpy_rng": self.rng.bit_generator.state, "torch_generator": self.generator.get_state()}, last / STATE_FILE)
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "step": self.step,
+                "best_val": self.best_val,
+                "history": self.history,
+                "numpy_rng": self.rng.bit_generator.state,
+                "torch_generator": self.generator.get_state(),
+            },
+            last / STATE_FILE,
+        )
 
     # ---- one step ------------------------------------------------------------------------------
 
@@ -270,7 +347,9 @@ class Trainer:
         if s.history == "stream":
             # each step: vectorised, ~0.07 ms for 480 ids on this CPU against a training step of 0.5-1 s
             weights = self.episodes.task_balanced_weights(episodes) if train and s.balance_tasks else None
-            raw = self.episodes.segments(rng, s.batch_size, s.segment_frames, c.chunk_size, episodes, s.action_mode, weights)
+            raw = self.episodes.segments(
+                rng, s.batch_size, s.segment_frames, c.chunk_size, episodes, s.action_mode, weights
+            )
         else:
             raw = self.episodes.windows(rng, s.batch_size, s.history_frames, c.chunk_size, episodes, s.action_mode)
         index = torch.from_numpy(raw["frame_index"]).to(self.device)  # (B, T)
@@ -278,8 +357,13 @@ class Trainer:
         if train and s.augment:
             images = {cam: augment(v, self.generator, shift=s.shift_px) for cam, v in images.items()}
         tensor = lambda key: torch.from_numpy(np.ascontiguousarray(raw[key])).to(self.device)  # noqa: E731
-        out = {"instruction": raw["instruction"], "images": images, "proprio": tensor("proprio"),
-               "actions": tensor("actions"), "action_pad": tensor("action_pad")}
+        out = {
+            "instruction": raw["instruction"],
+            "images": images,
+            "proprio": tensor("proprio"),
+            "actions": tensor("actions"),
+            "action_pad": tensor("action_pad"),
+        }
         if self.targets is not None:  # validation leaves them out of its loss, which stays the flow loss
             out["target_xy"] = torch.from_numpy(self.targets[raw["episode"]]).to(self.device)
             out["grounding_weight"] = s.grounding_weight if train else 0.0
@@ -336,7 +420,9 @@ class Trainer:
                 if self.ema.target_head is not None and torch.isfinite(batch["target_xy"]).any():
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                         predicted = self.ema.predict_target(batch)
-                    target = batch["target_xy"] if predicted.dim() == 2 else batch["target_xy"][:, None].expand_as(predicted)
+                    target = (
+                        batch["target_xy"] if predicted.dim() == 2 else batch["target_xy"][:, None].expand_as(predicted)
+                    )
                     miss = (predicted - target).norm(dim=-1)  # NaN where the episode has no target
                     misses.append(float(miss[torch.isfinite(miss)].mean()))
                     if miss.dim() == 2:  # stream: a segment's first frame, where only the instruction tells the cube
@@ -349,9 +435,12 @@ class Trainer:
                         torch.set_rng_state(time_state)
                         swapped = [o or text for o, text in zip(other, batch["instruction"])]
                         other_losses.append(float(self.ema({**batch, "instruction": swapped}, generator)))
-        return {"loss": float(np.mean(losses)), "other_cube": float(np.mean(other_losses)) if other_losses else None,
-                "grounding_m": float(np.mean(misses)) if misses else None,
-                "grounding_first_frame_m": float(np.mean(first_misses)) if first_misses else None}
+        return {
+            "loss": float(np.mean(losses)),
+            "other_cube": float(np.mean(other_losses)) if other_losses else None,
+            "grounding_m": float(np.mean(misses)) if misses else None,
+            "grounding_first_frame_m": float(np.mean(first_misses)) if first_misses else None,
+        }
 
     def _other_cube(self, text: str) -> str | None:
         """`text` naming another cube, one the instruction encoder can embed (a pack embeds only its own)."""
@@ -420,22 +509,47 @@ class Trainer:
             save_checkpoint(self.ema, self.run / "best", meta={"steps_done": self.step, "val_loss": None})
         window = max(1, min(100, len(self.history["loss"]) // 10))
         summary = {
-            "run": str(self.run), "preset": self.preset_name, "fusion": self.config.fusion, "history": s.history,
-            "episodes": len(self.episodes), "train_episodes": len(self.train_ids), "validation_episodes": len(self.val_ids),
-            "frames": int(self.episodes.frame_start[-1]), "policy_period": self.config.policy_period,
-            "action_mode": s.action_mode, "steps": self.step, "steps_planned": s.steps, "steps_this_session": self.step - start_step,
-            "batch_size": s.batch_size, "world_size": self.world, "device": str(self.device), "bf16": self.autocast,
-            "seconds": round(seconds, 1), "steps_per_second": round((self.step - start_step) / max(seconds, 1e-9), 2),
-            "loss_first": float(np.mean(self.history["loss"][:window])), "loss_last": float(np.mean(self.history["loss"][-window:])),
-            "loss_window_steps": window, "val_loss_best": None if math.isinf(self.best_val) else self.best_val,
+            "run": str(self.run),
+            "preset": self.preset_name,
+            "fusion": self.config.fusion,
+            "history": s.history,
+            "episodes": len(self.episodes),
+            "train_episodes": len(self.train_ids),
+            "validation_episodes": len(self.val_ids),
+            "frames": int(self.episodes.frame_start[-1]),
+            "policy_period": self.config.policy_period,
+            "action_mode": s.action_mode,
+            "steps": self.step,
+            "steps_planned": s.steps,
+            "steps_this_session": self.step - start_step,
+            "batch_size": s.batch_size,
+            "world_size": self.world,
+            "device": str(self.device),
+            "bf16": self.autocast,
+            "seconds": round(seconds, 1),
+            "steps_per_second": round((self.step - start_step) / max(seconds, 1e-9), 2),
+            "loss_first": float(np.mean(self.history["loss"][:window])),
+            "loss_last": float(np.mean(self.history["loss"][-window:])),
+            "loss_window_steps": window,
+            "val_loss_best": None if math.isinf(self.best_val) else self.best_val,
             "val_loss_last": self.history["val"][-1][1] if self.history["val"] else None,
             # the last validation's loss with every instruction naming another cube, minus the true one's
-            "val_other_cube_gap_last": (self.history["val_other_cube"][-1][1] - self.history["val"][-1][1]
-                                        if self.history["val_other_cube"] else None),
-            "val_grounding_error_m_last": self.history["val_grounding_m"][-1][1] if self.history["val_grounding_m"] else None,
-            "val_grounding_error_first_frame_m_last": (self.history["val_grounding_first_frame_m"][-1][1]
-                                                       if self.history["val_grounding_first_frame_m"] else None),
-            "episodes_with_grounding_target": None if self.targets is None else int(np.isfinite(self.targets).all(1).sum()),
+            "val_other_cube_gap_last": (
+                self.history["val_other_cube"][-1][1] - self.history["val"][-1][1]
+                if self.history["val_other_cube"]
+                else None
+            ),
+            "val_grounding_error_m_last": self.history["val_grounding_m"][-1][1]
+            if self.history["val_grounding_m"]
+            else None,
+            "val_grounding_error_first_frame_m_last": (
+                self.history["val_grounding_first_frame_m"][-1][1]
+                if self.history["val_grounding_first_frame_m"]
+                else None
+            ),
+            "episodes_with_grounding_target": None
+            if self.targets is None
+            else int(np.isfinite(self.targets).all(1).sum()),
             "parameters": self.model.parameter_counts(),
         }
         (self.run / "train_summary.json").write_text(json.dumps({**summary, **self.history}, indent=2))
@@ -459,8 +573,10 @@ def _init_checkpoint(path: str, config: MambaVLAConfig) -> tuple[dict, dict]:
     how_it_runs = {"history_mode", "history_frames", "instruction_cache_size", "grounding_head"}
     differ = sorted(k for k in ours.keys() | theirs.keys() if k not in how_it_runs and ours.get(k) != theirs.get(k))
     if differ:
-        raise ValueError(f"--init {path}: its config differs from the one being trained in {differ} "
-                         f"(e.g. {differ[0]}: {theirs.get(differ[0])!r} against {ours.get(differ[0])!r})")
+        raise ValueError(
+            f"--init {path}: its config differs from the one being trained in {differ} "
+            f"(e.g. {differ[0]}: {theirs.get(differ[0])!r} against {ours.get(differ[0])!r})"
+        )
     if config.grounding_head and not theirs.get("grounding_head"):
         raise ValueError(f"--init {path}: it has no grounding head to fine-tune; train with --grounding-weight 0")
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(Path(path) / WEIGHTS)).items()}
@@ -469,8 +585,14 @@ def _init_checkpoint(path: str, config: MambaVLAConfig) -> tuple[dict, dict]:
     return state, json.loads((Path(path) / STATS).read_text())
 
 
-def train(data: list[str], out: str | Path, preset_name: str = "base", settings: TrainSettings | None = None,
-          overrides: dict | None = None, progress: bool = True) -> dict:
+def train(
+    data: list[str],
+    out: str | Path,
+    preset_name: str = "base",
+    settings: TrainSettings | None = None,
+    overrides: dict | None = None,
+    progress: bool = True,
+) -> dict:
     return Trainer(out, data, preset_name, settings, overrides, progress).fit()
 
 

@@ -15,7 +15,7 @@ COMMANDS = (
     "bench", "export",
     "train",
     "collect", "dataset", "eval-sim",
-    "instruct", "demo", "bench-ros",
+    "instruct", "demo", "bench-ros", "record", "bench-record",
     "replay",
 )
 

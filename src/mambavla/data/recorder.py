@@ -55,6 +55,8 @@ class Episode:
     counts: dict[str, int] = field(default_factory=dict)  # messages written per bag topic
     frame_stamps: list[int] = field(default_factory=list)  # ns, first camera
     image_size: tuple[int, int] | None = None
+    frames_in0: int = 0  # the recorder's counters when the episode started
+    dropped0: int = 0
 
 
 class EpisodeRecorder:
@@ -139,7 +141,8 @@ class EpisodeRecorder:
             writer = EpisodeWriter(path, self.cameras, (0, 0), dt=0.0, image_format="jpeg",
                                    jpeg_quality=self.jpeg_quality,
                                    meta={**self.meta, "instruction": instruction, "source": "mambavla-record"})
-            self.episode = Episode(path, instruction, writer, time.monotonic())
+            self.episode = Episode(path, instruction, writer, time.monotonic(), frames_in0=self.frames_in,
+                                   dropped0=self.dropped)
             self._queue.put(("instruction", instruction))
             self.state, self.message = RECORDING, f"recording {path.name}: {instruction!r}"
             return True, self.message
@@ -289,7 +292,8 @@ class EpisodeRecorder:
         writer.dt, writer.image_size, writer.frames = dt, episode.image_size, len(stamps)
         writer.close(success=bool(episode.success), counts=dict(episode.counts),
                      seconds=round(float(stamps[-1] - stamps[0]) / 1e9, 3),
-                     irregular_steps=int(np.sum(np.abs(steps - dt) > 0.5 * dt)))
+                     irregular_steps=int(np.sum(np.abs(steps - dt) > 0.5 * dt)),
+                     frames_received=self.frames_in - episode.frames_in0, dropped=self.dropped - episode.dropped0)
         self.saved += 1
         return True, f"saved {name}: {len(stamps)} frames at {1 / dt:.1f} Hz, success {episode.success}"
 

@@ -1,0 +1,122 @@
+"""EpisodeRecorder without ROS: serialised messages in (as a raw rclpy subscription hands them over), episode
+bags out that `read_episode` reads; start / save / discard / mark success, refusals, and the dropped count."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from mambavla.data.bags import read_episode
+from mambavla.data.recorder import READY, RECORDING, RESETTING, EpisodeRecorder
+from mambavla.spaces import ACTION_NAMES
+
+CAMERAS = ("front", "wrist")
+SIZE = (24, 32)
+
+
+@pytest.fixture
+def typestore():
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+def header(ts, ns: int):
+    T = ts.types
+    return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9),
+                                    frame_id="fr3_link0")
+
+
+def feed(recorder: EpisodeRecorder, ts, t0: float, steps: int, dt: float = 1 / 30, size=SIZE) -> None:
+    """`steps` frames per camera, each with a joint state, a pose and an action at the same stamp."""
+    T = ts.types
+    for k in range(steps):
+        ns = int(round(t0 * 1e9)) + k * int(round(dt * 1e9))
+        for c, name in enumerate(CAMERAS):
+            rgb = np.full((*size, 3), (k * 5 + 40 * c) % 255, np.uint8)
+            img = T["sensor_msgs/msg/Image"](header=header(ts, ns), height=size[0], width=size[1], encoding="rgb8",
+                                            is_bigendian=0, step=size[1] * 3, data=rgb.reshape(-1))
+            recorder.on_camera(name, ns, bytes(ts.serialize_cdr(img, img.__msgtype__)), compressed=False)
+        joints = T["sensor_msgs/msg/JointState"](header=header(ts, ns), name=[f"fr3_joint{i}" for i in range(1, 8)] +
+                                                 ["fr3_finger_joint1", "fr3_finger_joint2"],
+                                                 position=np.full(9, 0.01 * k), velocity=np.zeros(0), effort=np.zeros(0))
+        P = T["geometry_msgs/msg/Pose"]
+        pose = T["geometry_msgs/msg/PoseStamped"](header=header(ts, ns), pose=P(
+            position=T["geometry_msgs/msg/Point"](x=0.5 + 0.001 * k, y=0.0, z=0.4),
+            orientation=T["geometry_msgs/msg/Quaternion"](x=1.0, y=0.0, z=0.0, w=0.0)))
+        point = T["trajectory_msgs/msg/JointTrajectoryPoint"](
+            positions=np.array([0.5 + 0.001 * (k + 1), 0.0, 0.4, 0.0, 0.0, 0.0, 1.0]), velocities=np.zeros(0),
+            accelerations=np.zeros(0), effort=np.zeros(0), time_from_start=T["builtin_interfaces/msg/Duration"](sec=0, nanosec=0))
+        action = T["trajectory_msgs/msg/JointTrajectory"](header=header(ts, ns), joint_names=list(ACTION_NAMES), points=[point])
+        for topic, msg in (("/joint_states", joints), ("/ee_pose", pose), ("/action", action)):
+            recorder.on_state(topic, ns, bytes(ts.serialize_cdr(msg, msg.__msgtype__)))
+
+
+def test_an_episode_is_saved_with_its_frames_actions_dt_and_success(tmp_path, typestore):
+    recorder = EpisodeRecorder(tmp_path, CAMERAS, reset_time=0.2)
+    feed(recorder, typestore, 100.0, 1)  # the inputs are live
+    ok, text = recorder.start("lift the red cube")
+    assert ok and recorder.state == RECORDING, text
+    feed(recorder, typestore, 101.0, 45)
+    assert recorder.mark_success()[0]
+    ok, text = recorder.save()
+    assert ok and "45 frames at 30.0 Hz" in text, text
+    assert recorder.state == RESETTING
+    episode = read_episode(tmp_path / "episode_000000")
+    assert len(episode) == 45 and episode.instruction == "lift the red cube" and episode.success is True
+    assert episode.meta["dt"] == pytest.approx(1 / 30, rel=1e-6) and episode.meta["dropped"] == 0
+    assert episode.images["front"].shape == (45, *SIZE, 3)
+    assert episode.images["wrist"][10].mean() == pytest.approx((10 * 5 + 40) % 255, abs=2)  # JPEG, near the value
+    assert episode.actions[:, 0] == pytest.approx(0.5 + 0.001 * np.arange(1, 46), abs=1e-6)
+    recorder.close()
+
+
+def test_a_discarded_episode_leaves_nothing_and_the_next_takes_the_next_name(tmp_path, typestore):
+    recorder = EpisodeRecorder(tmp_path, CAMERAS, reset_time=0.0)
+    feed(recorder, typestore, 100.0, 1)
+    assert recorder.start("push the cube")[0]
+    feed(recorder, typestore, 101.0, 10)
+    ok, text = recorder.discard()
+    assert ok and text == "discarded episode_000000" and not any(tmp_path.iterdir())
+    recorder.status()
+    assert recorder.state == READY
+    assert recorder.start("push the cube")[0]
+    assert recorder.episode.path.name == "episode_000000"
+    recorder.close()
+
+
+def test_start_is_refused_without_an_instruction_or_live_inputs_and_save_without_frames(tmp_path, typestore):
+    recorder = EpisodeRecorder(tmp_path, CAMERAS)
+    ok, text = recorder.start("lift")
+    assert not ok and "front, wrist, /joint_states, /ee_pose, /action" in text and "controller_node" in text
+    feed(recorder, typestore, 100.0, 1)
+    assert "no instruction" in recorder.start("  ")[1]
+    assert recorder.start("lift")[0]
+    ok, text = recorder.save()  # nothing arrived while recording
+    assert not ok and "not saved" in text and "training could not read it" in text
+    assert not any(tmp_path.iterdir())
+    recorder.close()
+
+
+def test_cameras_of_different_sizes_are_reported_not_written_as_one_episode(tmp_path, typestore):
+    recorder = EpisodeRecorder(tmp_path, CAMERAS)
+    feed(recorder, typestore, 100.0, 1)
+    assert recorder.start("lift")[0]
+    feed(recorder, typestore, 101.0, 3)
+    feed(recorder, typestore, 102.0, 3, size=(30, 40))
+    end = time.monotonic() + 10
+    while recorder.status()["queued"] and time.monotonic() < end:
+        time.sleep(0.01)
+    assert "every camera needs one size" in recorder.status()["error"]
+    recorder.close()
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking_the_callback(tmp_path, typestore):
+    recorder = EpisodeRecorder(tmp_path, CAMERAS, queue_size=4)
+    feed(recorder, typestore, 100.0, 1)
+    assert recorder.start("lift")[0]
+    feed(recorder, typestore, 101.0, 200)  # 1,000 messages offered at once: returns, having dropped some
+    assert recorder.dropped > 0 and recorder.status()["dropped"] == recorder.dropped
+    recorder.close()

@@ -33,7 +33,8 @@ def launched_nodes(path: Path) -> list[dict]:
             kwargs = {k.arg: k.value for k in call.keywords}
             yamls = [n.value for n in ast.walk(kwargs["parameters"]) if isinstance(n, ast.Constant)
                      and isinstance(n.value, str) and n.value.endswith(".yaml")]
-            nodes.append({"package": ast.literal_eval(kwargs["package"]), "executable": ast.literal_eval(kwargs["executable"]),
+            nodes.append({"package": ast.literal_eval(kwargs["package"]),
+                          "executable": ast.literal_eval(kwargs["executable"]),
                           "name": ast.literal_eval(kwargs["name"]), "yamls": yamls})
     return nodes
 
@@ -120,17 +121,68 @@ def test_sim_launch_gives_the_simulator_a_free_address_of_its_own_by_default():
                                                         ("sim.launch.py", ("sim", "controller", "policy"))])
 def test_the_launch_shuts_down_when_a_required_node_exits(launch_file, required):
     tree = ast.parse((ROOT / "launch" / launch_file).read_text())
-    handlers = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "OnProcessExit"]
-    emits_shutdown = any(getattr(c.func, "id", None) == "Shutdown" for c in ast.walk(tree) if isinstance(c, ast.Call))
+    calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call)]
+    handlers = [c for c in calls if getattr(c.func, "id", None) == "OnProcessExit"]
+    emits_shutdown = any(getattr(c.func, "id", None) == "Shutdown" for c in calls)
     assert handlers and emits_shutdown
     text = (ROOT / "launch" / launch_file).read_text()
     for name in required:
-        assert f"({name}, " in text or f"shutdown_when_it_exits({name}," in text, f"{name} exiting does not end the launch"
+        assert f"({name}, " in text or f"shutdown_when_it_exits({name}," in text, \
+            f"{name} exiting does not end the launch"
 
 
 def test_robot_launch_has_a_realtime_argument():
     text = (ROOT / "launch" / "robot.launch.py").read_text()
-    assert 'DeclareLaunchArgument("realtime"' in text and '"realtime": ParameterValue(LaunchConfiguration("realtime")' in text
+    assert 'DeclareLaunchArgument("realtime"' in text
+    assert '"realtime": ParameterValue(LaunchConfiguration("realtime")' in text
+
+
+def test_robot_launch_names_any_number_of_cameras_as_the_checkpoint_does():
+    path = ROOT / "launch" / "robot.launch.py"
+    camera_topics = _function_from(path, "camera_topics")
+    # today's arguments: front and wrist, each topic from its <name>_camera argument
+    assert camera_topics("front,wrist", {"front_camera": "/a/color/image_raw"}) == (
+        ["front", "wrist"], ["/a/color/image_raw", "/cameras/wrist/image_raw"])
+    assert camera_topics("top, front=/f/image_raw,wrist", {"wrist_camera": "/w/image_raw", "top_camera": "/t"}) == (
+        ["top", "front", "wrist"], ["/t", "/f/image_raw", "/w/image_raw"])
+    assert camera_topics("left", {}) == (["left"], ["/cameras/left/image_raw"])
+    for bad, fix in (("front,front", "twice"), ("front,,wrist", "empty camera name"), ("=/a", "empty camera name")):
+        with pytest.raises(ValueError, match=fix):
+            camera_topics(bad, {})
+    text = path.read_text()
+    assert 'DeclareLaunchArgument("cameras", default_value=DEFAULT_CAMERAS' in text
+    assert 'DEFAULT_CAMERAS = "front,wrist"' in text
+    for name in ("front", "wrist"):  # kept, with the topics policy.yaml subscribes by default
+        assert f'DeclareLaunchArgument("{name}_camera", default_value=DEFAULT_TOPIC.format(name="{name}")' in text
+    shipped = yaml.safe_load((ROOT / "config" / "policy.yaml").read_text())["policy_node"]["ros__parameters"]
+    assert camera_topics("front,wrist", {}) == (shipped["camera_names"], shipped["camera_topics"])
+    calls = [c for c in ast.walk(ast.parse(text)) if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "Node"]
+    policy = next(c for c in calls
+                  if ast.literal_eval({k.arg: k.value for k in c.keywords}["executable"]) == "policy_node")
+    keys = {k.value for d in ast.walk(policy) if isinstance(d, ast.Dict) for k in d.keys if isinstance(k, ast.Constant)}
+    assert {"camera_names", "camera_topics"} <= keys  # the policy node gets them as parameters
+
+
+def test_robot_launch_params_file_applies_over_the_shipped_yaml_for_both_nodes(tmp_path):
+    path = ROOT / "launch" / "robot.launch.py"
+    parameter_files = _function_from(path, "parameter_files")
+    assert parameter_files("") == []
+    cell = tmp_path / "cell.yaml"
+    cell.write_text("controller_node:\n  ros__parameters:\n    workspace_min: [0.3, -0.3, 0.05]\n")
+    assert parameter_files(str(cell)) == [str(cell)]
+    with pytest.raises(FileNotFoundError, match="controller_node: and/or policy_node: sections"):
+        parameter_files(str(tmp_path / "missing.yaml"))
+    tree = ast.parse(path.read_text())
+    assert any(isinstance(c, ast.Call) and getattr(c.func, "id", None) == "DeclareLaunchArgument"
+               and c.args and ast.literal_eval(c.args[0]) == "params_file" for c in ast.walk(tree))
+    nodes = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "Node"]
+    assert len(nodes) == 2
+    for node in nodes:
+        parameters = dict((k.arg, k.value) for k in node.keywords)["parameters"].elts
+        kinds = [type(p).__name__ for p in parameters]
+        # shipped YAML, then the user's file, then the launch arguments: later entries override earlier ones
+        assert kinds == ["Call", "Starred", "Dict"], kinds
+        assert getattr(parameters[1].value, "id", None) == "user"
 
 
 def test_config_path_finds_config_in_a_colcon_install_space(tmp_path, monkeypatch):

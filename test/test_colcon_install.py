@@ -51,6 +51,7 @@ def test_colcon_build_installs_launch_files_configs_and_node_scripts(workspace):
     prefix = workspace / "install" / "mambavla"
     share = prefix / "share" / "mambavla"
     assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "mambavla").is_file()
+    assert (workspace / "install" / "setup.bash").is_file()  # what docs/robot.md has users source (colcon-bash)
     assert (share / "package.xml").read_text() == (ROOT / "package.xml").read_text()
     launch_files = sorted(p.name for p in (ROOT / "launch").glob("*.launch.py"))
     assert sorted(p.name for p in (share / "launch").iterdir()) == launch_files

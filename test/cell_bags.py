@@ -58,11 +58,14 @@ def write_cell_bag(
     corrupt_wrist_frame: int | None = None,
     goal_pose: bool = False,
     pose: bool = True,
-    instruction: str | None = None,
+    instruction: str | list[str] | None = None,
+    demonstrations: int = 1,
+    pause: float = 2.0,
 ) -> Path:
     """One demonstration as the cell records it. `rate_change_at`: the front camera drops to half its rate from
     then on; `corrupt_wrist_frame`: that JPEG cut short; `goal_pose`: a second PoseStamped topic (/goal_pose);
-    `pose`: False leaves the pose out; `instruction`: also a /task_instruction String topic."""
+    `pose`: False leaves the pose out; `instruction`: also a /task_instruction String topic (a list: one per
+    demonstration); `demonstrations`: that many, `pause` s apart, the recorder paused in between."""
     import cv2
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -103,122 +106,126 @@ def write_cell_bag(
         events = []  # (log ns, topic, message)
         _, ns0 = header(0.0, "")
         events.append((ns0, "/robot_description", T["std_msgs/msg/String"](data="<robot name='fr3'/>")))
-        if instruction:
-            events.append((ns0, "/task_instruction", T["std_msgs/msg/String"](data=instruction)))
-        camera_times, t = [], 0.0
-        while t < seconds:
-            camera_times.append(t)
-            slow = rate_change_at is not None and t >= rate_change_at
-            t += (2.0 if slow else 1.0) / camera_hz
-        for k, tk in enumerate(camera_times):
-            jitter = float(rng.uniform(-1e-3, 1e-3))
-            rgb = scene(k)
-            h, ns = header(tk + jitter, "front_color_optical_frame")
-            bgr = np.ascontiguousarray(rgb[..., ::-1])
-            events.append(
-                (
-                    ns,
-                    FRONT,
-                    T["sensor_msgs/msg/Image"](
-                        header=h,
-                        height=SIZE[0],
-                        width=SIZE[1],
-                        encoding="bgr8",
-                        is_bigendian=0,
-                        step=SIZE[1] * 3,
-                        data=bgr.reshape(-1),
+        texts = [instruction] if isinstance(instruction, str) else list(instruction or [])
+        for j in range(demonstrations):
+            offset = j * (seconds + 0.3 + pause)
+            if texts:
+                _, ns = header(offset, "")
+                events.append((ns, "/task_instruction", T["std_msgs/msg/String"](data=texts[j % len(texts)])))
+            camera_times, t = [], 0.0
+            while t < seconds:
+                camera_times.append(t)
+                slow = rate_change_at is not None and t >= rate_change_at
+                t += (2.0 if slow else 1.0) / camera_hz
+            for k, tk in enumerate(camera_times):
+                jitter = float(rng.uniform(-1e-3, 1e-3))
+                rgb = scene(k)
+                h, ns = header(offset + tk + jitter, "front_color_optical_frame")
+                bgr = np.ascontiguousarray(rgb[..., ::-1])
+                events.append(
+                    (
+                        ns,
+                        FRONT,
+                        T["sensor_msgs/msg/Image"](
+                            header=h,
+                            height=SIZE[0],
+                            width=SIZE[1],
+                            encoding="bgr8",
+                            is_bigendian=0,
+                            step=SIZE[1] * 3,
+                            data=bgr.reshape(-1),
+                        ),
+                    )
+                )
+                events.append(
+                    (
+                        ns,
+                        FRONT + "/compressed",
+                        T["sensor_msgs/msg/CompressedImage"](
+                            header=h, format="bgr8; jpeg compressed bgr8", data=cv2.imencode(".jpg", bgr)[1].reshape(-1)
+                        ),
+                    )
+                )
+                depth = np.full(SIZE, 800 + k, np.uint16)
+                events.append(
+                    (
+                        ns,
+                        FRONT_DEPTH,
+                        T["sensor_msgs/msg/Image"](
+                            header=h,
+                            height=SIZE[0],
+                            width=SIZE[1],
+                            encoding="16UC1",
+                            is_bigendian=0,
+                            step=SIZE[1] * 2,
+                            data=depth.view(np.uint8).reshape(-1),
+                        ),
+                    )
+                )
+                h, ns = header(offset + tk + 0.004 + jitter, "wrist_color_optical_frame")
+                jpeg = cv2.imencode(".jpg", np.ascontiguousarray(scene(k + 7)[..., ::-1]))[1].reshape(-1)
+                if k == corrupt_wrist_frame:
+                    jpeg = jpeg[: len(jpeg) // 3]
+                events.append(
+                    (
+                        ns,
+                        WRIST,
+                        T["sensor_msgs/msg/CompressedImage"](header=h, format="bgr8; jpeg compressed bgr8", data=jpeg),
+                    )
+                )
+            state_times = np.arange(0.0, seconds + 0.3, 1.0 / STATE_HZ)  # the state outlasts the cameras, as it does
+            positions, quats = pose_at(state_times)
+            finger = finger_at(state_times)
+            for k, tk in enumerate(state_times):
+                q_arm = 0.1 * np.arange(1, 8) + 0.01 * tk
+                h, ns = header(offset + tk, "")
+                events.append(
+                    (
+                        ns,
+                        JOINTS,
+                        T["sensor_msgs/msg/JointState"](
+                            header=h,
+                            name=arm + fingers,
+                            position=np.r_[q_arm, finger[k], finger[k]],
+                            velocity=np.zeros(0),
+                            effort=np.zeros(0),
+                        ),
+                    )
+                )
+                events.append(
+                    (
+                        ns,
+                        ARM_JOINTS,
+                        T["sensor_msgs/msg/JointState"](
+                            header=h, name=arm, position=q_arm, velocity=np.zeros(7), effort=np.zeros(7)
+                        ),
+                    )
+                )
+                events.append(
+                    (
+                        ns,
+                        GRIPPER_JOINTS,
+                        T["sensor_msgs/msg/JointState"](
+                            header=h,
+                            name=fingers,
+                            position=np.r_[finger[k], finger[k]],
+                            velocity=np.zeros(0),
+                            effort=np.zeros(0),
+                        ),
+                    )
+                )
+                p, q = positions[k], quats[k]
+                msg = T["geometry_msgs/msg/PoseStamped"](
+                    header=T["std_msgs/msg/Header"](stamp=h.stamp, frame_id="fr3_link0"),
+                    pose=T["geometry_msgs/msg/Pose"](
+                        position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
+                        orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
                     ),
                 )
-            )
-            events.append(
-                (
-                    ns,
-                    FRONT + "/compressed",
-                    T["sensor_msgs/msg/CompressedImage"](
-                        header=h, format="bgr8; jpeg compressed bgr8", data=cv2.imencode(".jpg", bgr)[1].reshape(-1)
-                    ),
-                )
-            )
-            depth = np.full(SIZE, 800 + k, np.uint16)
-            events.append(
-                (
-                    ns,
-                    FRONT_DEPTH,
-                    T["sensor_msgs/msg/Image"](
-                        header=h,
-                        height=SIZE[0],
-                        width=SIZE[1],
-                        encoding="16UC1",
-                        is_bigendian=0,
-                        step=SIZE[1] * 2,
-                        data=depth.view(np.uint8).reshape(-1),
-                    ),
-                )
-            )
-            h, ns = header(tk + 0.004 + jitter, "wrist_color_optical_frame")
-            jpeg = cv2.imencode(".jpg", np.ascontiguousarray(scene(k + 7)[..., ::-1]))[1].reshape(-1)
-            if k == corrupt_wrist_frame:
-                jpeg = jpeg[: len(jpeg) // 3]
-            events.append(
-                (
-                    ns,
-                    WRIST,
-                    T["sensor_msgs/msg/CompressedImage"](header=h, format="bgr8; jpeg compressed bgr8", data=jpeg),
-                )
-            )
-        state_times = np.arange(0.0, seconds + 0.3, 1.0 / STATE_HZ)  # the state outlasts the cameras, as it does
-        positions, quats = pose_at(state_times)
-        finger = finger_at(state_times)
-        for k, tk in enumerate(state_times):
-            q_arm = 0.1 * np.arange(1, 8) + 0.01 * tk
-            h, ns = header(tk, "")
-            events.append(
-                (
-                    ns,
-                    JOINTS,
-                    T["sensor_msgs/msg/JointState"](
-                        header=h,
-                        name=arm + fingers,
-                        position=np.r_[q_arm, finger[k], finger[k]],
-                        velocity=np.zeros(0),
-                        effort=np.zeros(0),
-                    ),
-                )
-            )
-            events.append(
-                (
-                    ns,
-                    ARM_JOINTS,
-                    T["sensor_msgs/msg/JointState"](
-                        header=h, name=arm, position=q_arm, velocity=np.zeros(7), effort=np.zeros(7)
-                    ),
-                )
-            )
-            events.append(
-                (
-                    ns,
-                    GRIPPER_JOINTS,
-                    T["sensor_msgs/msg/JointState"](
-                        header=h,
-                        name=fingers,
-                        position=np.r_[finger[k], finger[k]],
-                        velocity=np.zeros(0),
-                        effort=np.zeros(0),
-                    ),
-                )
-            )
-            p, q = positions[k], quats[k]
-            msg = T["geometry_msgs/msg/PoseStamped"](
-                header=T["std_msgs/msg/Header"](stamp=h.stamp, frame_id="fr3_link0"),
-                pose=T["geometry_msgs/msg/Pose"](
-                    position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
-                    orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
-                ),
-            )
-            if pose:
-                events.append((ns, POSE, msg))
-            if goal_pose and k % 50 == 0:
-                events.append((ns, "/goal_pose", msg))
+                if pose:
+                    events.append((ns, POSE, msg))
+                if goal_pose and k % 50 == 0:
+                    events.append((ns, "/goal_pose", msg))
         for ns, topic, msg in sorted(events, key=lambda e: e[0]):
             writer.write(
                 c[topic], ns + 2_000_000, ts.serialize_cdr(msg, msg.__msgtype__)

@@ -24,7 +24,7 @@ from cell_bags import (
 from mambavla import spaces
 from mambavla.cli import main
 from mambavla.data import EpisodeDataset, EpisodeError, read_episode
-from mambavla.data.bags import ACTION_LEAD, ReadOptions
+from mambavla.data.bags import ACTION_LEAD, ReadOptions, read_episodes
 
 POLICY_SIZE = (32, 32)
 OPTIONS = ReadOptions.make(instruction="lift the red cube", image_size=POLICY_SIZE)
@@ -153,3 +153,27 @@ def test_episodes_at_another_rate_are_skipped_unless_resampled(tmp_path):
         options=ReadOptions.make(instruction="lift", image_size=POLICY_SIZE, dt=0.1),
     )
     assert len(both.episodes) == 2 and both.dt == 0.1
+
+
+def test_a_bag_of_several_demonstrations_splits_at_the_recorders_pauses(tmp_path, capsys):
+    instructions = ["lift the red cube", "lift the blue cube", "lift the green cube"]
+    bag = write_cell_bag(
+        tmp_path / "session" / "morning", seconds=1.0, demonstrations=3, pause=2.0, instruction=instructions
+    )
+    with pytest.raises(EpisodeError, match=rf"{FRONT} pauses 2 time\(s\), first for 2.\d+ s .*--split-gap SECONDS"):
+        read_episode(bag, cameras=("front", "wrist"), options=OPTIONS)
+    split = ReadOptions.make(instruction="lift", image_size=POLICY_SIZE, split_gap=1.0)
+    episodes = read_episodes(bag, cameras=("front", "wrist"), options=split)
+    assert [ep.instruction for ep in episodes] == instructions  # each the one given before it
+    assert [ep.meta["demonstration"] for ep in episodes] == [0, 1, 2]
+    for ep in episodes:  # each one second of 30 Hz rows, none reaching into the next demonstration
+        assert len(ep) == pytest.approx(CAMERA_HZ, abs=2) and ep.times[-1] < 1.0
+        np.testing.assert_allclose(ep.proprio[0, 0], 0.45, atol=1e-3)  # every demonstration starts at x = 0.45
+    ds = EpisodeDataset(tmp_path / "session", chunk=4, cameras=("front", "wrist"), options=split, verbose=False)
+    assert len(ds.episodes) == 3 and not ds.skipped and ds.decoded == 1
+    again = EpisodeDataset(tmp_path / "session", chunk=4, cameras=("front", "wrist"), options=split, verbose=False)
+    assert again.decoded == 0 and [e.instruction for e in again.episodes] == instructions  # from the cache
+    assert (
+        main(["dataset", "stats", str(tmp_path / "session"), "--split-gap", "1.0", "--preset", "tiny", "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["episodes"] == 3

@@ -52,6 +52,14 @@ def add_bag_options(p: argparse.ArgumentParser) -> None:
         help="where no action topic was recorded: the measured pose this far ahead is a row's target "
         f"(default {ACTION_LEAD})",
     )
+    g.add_argument(
+        "--split-gap",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a bag holds several demonstrations: a gap longer than this in the first camera's stream ends one "
+        "(default 0: one demonstration per bag)",
+    )
 
 
 def read_options(args: argparse.Namespace, image_size, default_cameras, dt: float | None = None) -> ReadOptions:
@@ -59,5 +67,5 @@ def read_options(args: argparse.Namespace, image_size, default_cameras, dt: floa
 
     size = tuple(args.image_size) if args.image_size else image_size
     return ReadOptions.make(
-        parse_maps(args.map), args.instruction, size, args.dt or dt, args.action_lead, default_cameras
+        parse_maps(args.map), args.instruction, size, args.dt or dt, args.action_lead, default_cameras, args.split_gap
     )

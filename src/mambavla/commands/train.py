@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
             image_size=tuple(args.image_size or ()),
             dt=args.dt or 0.0,
             action_lead=args.action_lead,
+            split_gap=args.split_gap,
         )
         overrides = {"fusion": args.fusion} if args.fusion else {}
         overrides.update(metaworld.train_overrides(args))

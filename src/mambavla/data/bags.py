@@ -96,6 +96,7 @@ GRIPPER_CLOSED_BELOW = (
 )
 RATE_TOLERANCE = 0.25  # a stretch of the recording whose median interval is this far off the whole's: the rate changed
 IRREGULAR_FRACTION = 0.1  # more intervals than this more than half off the median: irregular
+GAP_LIMIT = 5  # an interval this many times the median is a pause in the recording, not dropped frames
 
 
 COMPRESSIONS: tuple[str, ...] = ("message", "file", "none")
@@ -340,6 +341,7 @@ class ReadOptions:
     action_lead:  s ahead of a row whose measured pose is its action, where no action topic was recorded
     default_cameras: the camera roles to look for when neither the caller, the sidecar, our /cameras/<name>/
                   layout nor `maps` names any (the policy's: a cell's topics are found by these names)
+    split_gap:    s: a gap longer than this in the first camera's stream ends one demonstration (0: a bag is one)
     """
 
     maps: tuple[tuple[str, str], ...] = ()
@@ -348,8 +350,11 @@ class ReadOptions:
     dt: float | None = None
     action_lead: float = ACTION_LEAD
     default_cameras: tuple[str, ...] = ()
+    split_gap: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.split_gap >= 0:
+            raise ValueError(f"split gap must be >= 0 s (0: one demonstration per bag), got {self.split_gap}")
         if self.dt is not None and not self.dt > 0:
             raise ValueError(f"dt must be > 0 s, got {self.dt}")
         if not self.action_lead >= 0:
@@ -366,6 +371,7 @@ class ReadOptions:
         dt: float | None = None,
         action_lead: float = ACTION_LEAD,
         default_cameras=(),
+        split_gap: float = 0.0,
     ) -> "ReadOptions":
         return cls(
             tuple(sorted((maps or {}).items())),
@@ -374,17 +380,32 @@ class ReadOptions:
             dt or None,
             float(action_lead),
             tuple(default_cameras or ()),
+            float(split_gap or 0.0),
         )
 
     def key(self) -> str:
-        return json.dumps(
-            [self.maps, self.instruction, self.image_size, self.dt, self.action_lead, self.default_cameras]
-        )
+        fields = [self.maps, self.instruction, self.image_size, self.dt, self.action_lead, self.default_cameras]
+        return json.dumps(fields + ([self.split_gap] if self.split_gap else []))
 
 
 def read_episode(path: str | Path, cameras: Sequence[str] | None = None, options: ReadOptions | None = None) -> Episode:
     """Decode a bag into rows at a regular interval. `cameras` defaults to the sidecar's list, else the bag's
     /cameras/<name>/ topics, else the camera roles of `options.maps`; [] reads no camera."""
+    options = options or ReadOptions()
+    episodes = read_episodes(path, cameras, options)
+    if len(episodes) > 1:
+        raise EpisodeError(
+            f"{path}: {len(episodes)} demonstrations (split at gaps over {options.split_gap} s); "
+            f"read them with read_episodes"
+        )
+    return episodes[0]
+
+
+def read_episodes(
+    path: str | Path, cameras: Sequence[str] | None = None, options: ReadOptions | None = None
+) -> list[Episode]:
+    """`read_episode`, for a bag that may hold several demonstrations: with `options.split_gap`, one episode per
+    stretch of the first camera's stream between gaps longer than that (a recorder paused between demonstrations)."""
     from mambavla.data.roles import custom_meta, inspect, read_messages
 
     options = options or ReadOptions()
@@ -410,16 +431,64 @@ def read_episode(path: str | Path, cameras: Sequence[str] | None = None, options
     for r in streams:
         streams[r].sort(key=lambda item: item[0])
     stamps = {r: np.array([round(s * 1e9) for s, _ in v], dtype=np.int64) for r, v in streams.items()}
+    reference = (cameras or ["joint_states"])[0]
+    windows = _split(stamps[reference], options.split_gap)
+    episodes = []
+    if len(windows) == 1:
+        return [_episode(str(path), path, info, meta, cameras, roles, streams, stamps, counts, options)]
+    margin = int(options.split_gap * 0.5e9)  # the other streams may start and end a little apart from the reference
+    episodes = []
+    for k, (lo, hi) in enumerate(windows):
+        label = f"{path} [demonstration {k + 1} of {len(windows)}, from {lo / 1e9:.3f} s]"
+        parts, part_stamps = {}, {}
+        for r in roles:
+            if r == "instruction":  # the last one given before the demonstration ends, else the first
+                before = np.flatnonzero(stamps[r] <= hi)
+                keep = before[-1:] if len(before) else np.arange(min(1, len(stamps[r])))
+            else:
+                pad = 0 if r == reference else margin
+                keep = np.flatnonzero((stamps[r] >= lo - pad) & (stamps[r] <= hi + pad))
+            parts[r], part_stamps[r] = [streams[r][i] for i in keep], stamps[r][keep]
+        part_meta = {**meta, "demonstration": k, "demonstrations": len(windows)}
+        episodes.append(_episode(label, path, info, part_meta, cameras, roles, parts, part_stamps, counts, options))
+    return episodes
+
+
+def _split(reference: np.ndarray, gap: float) -> list[tuple[int, int]]:
+    """(first, last) stamps (ns) of each stretch of `reference` between gaps longer than `gap` s (0: one stretch)."""
+    if not gap or len(reference) < 2:
+        return [(int(reference[0]), int(reference[-1]))]
+    cuts = np.flatnonzero(np.diff(reference) > gap * 1e9)
+    starts, ends = np.r_[0, cuts + 1], np.r_[cuts, len(reference) - 1]
+    return [(int(reference[a]), int(reference[b])) for a, b in zip(starts, ends)]
+
+
+def _episode(
+    label: str,
+    path: Path,
+    info,
+    meta: dict,
+    cameras: list[str],
+    roles: list[str],
+    streams: dict,
+    stamps: dict,
+    counts: dict,
+    options: "ReadOptions",
+) -> Episode:
+    """One episode's rows from its streams ((stamp, value) lists, sorted) and their int64 ns stamps."""
+    empty = [f"{info.roles[r]} ({r})" for r in roles if r != "instruction" and not streams[r]]
+    if empty:
+        raise EpisodeError(f"{label}: no usable messages on {', '.join(empty)}")
 
     rated = cameras or ["joint_states"]  # every camera keeps one rate; the first one's is the recording's
-    recorded_dt = [recorded_interval(stamps[r], info.roles[r], path) for r in rated][0]
+    recorded_dt = [recorded_interval(stamps[r], info.roles[r], label) for r in rated][0]
     dt = options.dt or recorded_dt
     dt_ns = int(round(dt * 1e9))
     timed = [r for r in roles if r != "instruction"]
     t0, t_end = max(int(stamps[r][0]) for r in timed), min(int(stamps[r][-1]) for r in timed)
     if t_end < t0:
         spans = ", ".join(f"{info.roles[r]} {stamps[r][0] / 1e9:.3f}..{stamps[r][-1] / 1e9:.3f} s" for r in timed)
-        raise EpisodeError(f"{path}: the streams never overlap in time ({spans})")
+        raise EpisodeError(f"{label}: the streams never overlap in time ({spans})")
     grid = t0 + np.round(np.arange((t_end - t0) // dt_ns + 1) * (dt * 1e9)).astype(np.int64)
 
     images = {}
@@ -429,7 +498,7 @@ def read_episode(path: str | Path, cameras: Sequence[str] | None = None, options
         shapes = {f.shape for f in frames}
         if len(shapes) > 1:
             raise EpisodeError(
-                f"{path}: camera {name!r} changes size on {info.roles[name]} ({sorted(shapes)}); "
+                f"{label}: camera {name!r} changes size on {info.roles[name]} ({sorted(shapes)}); "
                 f"train with --image-size H W to resize every frame"
             )
         images[name] = np.stack(frames)
@@ -437,23 +506,23 @@ def read_episode(path: str | Path, cameras: Sequence[str] | None = None, options
     if len(set(sizes.values())) > 1:
         a, b = cameras[0], next(n for n in cameras if sizes[n] != sizes[cameras[0]])
         raise EpisodeError(
-            f"{path}: camera {b!r} is {sizes[b][1]}x{sizes[b][0]}, camera {a!r} {sizes[a][1]}x{sizes[a][0]}; "
+            f"{label}: camera {b!r} is {sizes[b][1]}x{sizes[b][0]}, camera {a!r} {sizes[a][1]}x{sizes[a][0]}; "
             f"train with --image-size H W to resize them to one size"
         )
     recorded_sizes = {n: list(info.source_sizes[n]) for n in cameras if n in info.source_sizes}
     if meta.get("image_size") and any(s != list(meta["image_size"]) for s in recorded_sizes.values()):
-        raise EpisodeError(f"{path}: images are {recorded_sizes}, the sidecar says {tuple(meta['image_size'])}")
+        raise EpisodeError(f"{label}: images are {recorded_sizes}, the sidecar says {tuple(meta['image_size'])}")
 
     joint_msgs = [streams["joint_states"][k][1] for k in _nearest(stamps["joint_states"], grid)]
-    fingers = np.stack([_fingers(path, info.roles["joint_states"], m) for m in joint_msgs])
+    fingers = np.stack([_fingers(label, info.roles["joint_states"], m) for m in joint_msgs])
     arms = np.stack([_arm(m) for m in joint_msgs])
     position, quat = _poses(streams["ee_pose"], _nearest(stamps["ee_pose"], grid))
     proprio = np.concatenate([spaces.pose_to_vector(position, quat), fingers], axis=1).astype(np.float32)
     if "actions" in info.roles:
         at = np.searchsorted(stamps["actions"], grid, side="right") - 1  # the command in force at each row
         if at[0] < 0:
-            raise EpisodeError(f"{path}: no command on {info.roles['actions']} before {grid[0] / 1e9:.3f} s")
-        actions = np.stack([_action_vector(path, info.roles["actions"], streams["actions"][k][1]) for k in at])
+            raise EpisodeError(f"{label}: no command on {info.roles['actions']} before {grid[0] / 1e9:.3f} s")
+        actions = np.stack([_action_vector(label, info.roles["actions"], streams["actions"][k][1]) for k in at])
         actions_from = f"recorded on {info.roles['actions']}"
     else:
         actions = derived_actions(stamps, streams, grid, options.action_lead)
@@ -465,7 +534,7 @@ def read_episode(path: str | Path, cameras: Sequence[str] | None = None, options
     actions = actions.astype(np.float32)
     if not (np.isfinite(proprio).all() and np.isfinite(actions).all()):
         raise EpisodeError(
-            f"{path}: non-finite robot state or action values on "
+            f"{label}: non-finite robot state or action values on "
             f"{', '.join(info.roles[r] for r in ('ee_pose', 'joint_states', 'actions') if r in info.roles)}"
         )
 
@@ -473,7 +542,7 @@ def read_episode(path: str | Path, cameras: Sequence[str] | None = None, options
     instruction = recorded_text or meta.get("instruction") or options.instruction
     if not instruction:
         raise EpisodeError(
-            f"{path}: no instruction (no instruction topic, none in the sidecar); give one with "
+            f"{label}: no instruction (no instruction topic, none in the sidecar); give one with "
             f"--instruction TEXT, or map a std_msgs/String topic with --map instruction=TOPIC"
         )
     meta = {
@@ -523,6 +592,14 @@ def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> float:
         raise EpisodeError(
             f"{path}: the rate on {topic} changes during the recording ({rates}): rows would not be evenly "
             f"spaced; record at one rate, or split the bag where it changes"
+        )
+    pauses = np.flatnonzero(gaps > GAP_LIMIT * median)
+    if len(pauses):
+        first = pauses[0]
+        raise EpisodeError(
+            f"{path}: {topic} pauses {len(pauses)} time(s), first for {gaps[first] / 1e9:.2f} s at "
+            f"{stamps[first] / 1e9:.3f} s (its interval is {median / 1e6:.1f} ms): rows would bridge the pause; "
+            f"a bag of several demonstrations is split with --split-gap SECONDS"
         )
     off = float(np.mean(np.abs(gaps - median) > 0.5 * median))
     if off > IRREGULAR_FRACTION:

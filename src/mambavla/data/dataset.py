@@ -33,9 +33,9 @@ from typing import Sequence
 import numpy as np
 
 from mambavla import spaces
-from mambavla.data.bags import Episode, EpisodeError, ReadOptions, is_bag_dir, read_episode
+from mambavla.data.bags import Episode, EpisodeError, ReadOptions, is_bag_dir, read_episodes
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 DT_TOLERANCE = 0.02  # relative: episodes recorded at rates further apart than this are not one dataset
 DEFAULT_CACHE = ".mambavla_cache"
 
@@ -78,19 +78,36 @@ def _cache_key(path: Path, options: ReadOptions, cameras) -> str:
     return h.hexdigest()[:16]
 
 
-def _save_cache(folder: Path, ep: Episode) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def _write_episode(folder: Path, ep: Episode) -> None:
+    folder.mkdir(parents=True)
     for name, arr in ep.images.items():
-        np.save(tmp / f"image_{name}.npy", arr)
-    np.save(tmp / "proprio.npy", ep.proprio)
-    np.save(tmp / "actions.npy", ep.actions)
-    (tmp / "episode.json").write_text(
+        np.save(folder / f"image_{name}.npy", arr)
+    np.save(folder / "proprio.npy", ep.proprio)
+    np.save(folder / "actions.npy", ep.actions)
+    (folder / "episode.json").write_text(
         json.dumps({"instruction": ep.instruction, "meta": ep.meta, "cameras": list(ep.images)})
     )
+
+
+def _save_cache(folder: Path, episodes: list[Episode]) -> None:
+    """A bag's episodes: in `folder` itself when it holds one, else in folder/0, folder/1 ... with episodes.json."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if len(episodes) == 1:
+        _write_episode(tmp, episodes[0])
+    else:
+        for k, ep in enumerate(episodes):
+            _write_episode(tmp / str(k), ep)
+        (tmp / "episodes.json").write_text(json.dumps({"count": len(episodes)}))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+def _cached(folder: Path) -> list[Path] | None:
+    """The episode folders of a bag's cache, None when it has none."""
+    if (folder / "episodes.json").exists():
+        return [folder / str(k) for k in range(json.loads((folder / "episodes.json").read_text())["count"])]
+    return [folder] if (folder / "episode.json").exists() else None
 
 
 def _load_cache(folder: Path, path: Path) -> CachedEpisode:
@@ -140,40 +157,45 @@ class EpisodeDataset:
 
         for path in tqdm(paths, desc="episodes", unit="bag", disable=not verbose or len(paths) < 20, leave=False):
             try:
-                ep = self._load(path, use_cache)
-                self._check_consistent(ep)
+                loaded = self._load(path, use_cache)
             except EpisodeError as err:
                 self._skip(path, str(err), verbose)
                 continue
-            if successful_only and ep.meta.get("success") is False:
-                self._skip(path, "not successful", verbose)
-                continue
-            self.episodes.append(ep)
+            for k, ep in enumerate(loaded):
+                where = path if len(loaded) == 1 else f"{path} [demonstration {k + 1} of {len(loaded)}]"
+                try:
+                    self._check_consistent(ep)
+                except EpisodeError as err:
+                    self._skip(where, str(err), verbose)
+                    continue
+                if successful_only and ep.meta.get("success") is False:
+                    self._skip(where, "not successful", verbose)
+                    continue
+                self.episodes.append(ep)
         if not self.episodes:
             reasons = "; ".join(r for _, r in self.skipped[:3])
             raise DatasetError(f"no usable episodes: all {len(self.skipped)} skipped ({reasons})")
         lengths = np.array([len(e) for e in self.episodes])
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
 
-    def _skip(self, path: Path, reason: str, verbose: bool) -> None:
+    def _skip(self, path: Path | str, reason: str, verbose: bool) -> None:
         self.skipped.append((str(path), reason))
         if verbose:
             print(f"warning: skipping episode {path}: {reason}", file=sys.stderr)
 
-    def _load(self, path: Path, use_cache: bool) -> CachedEpisode:
+    def _load(self, path: Path, use_cache: bool) -> list[CachedEpisode]:
         folder = self.cache_dir / f"{path.name}-{_cache_key(path, self.options, self.cameras)}"
-        if use_cache and (folder / "episode.json").exists():
-            return _load_cache(folder, path)
-        ep = read_episode(path, cameras=self.cameras, options=self.options)
+        if use_cache and (cached := _cached(folder)):
+            return [_load_cache(f, path) for f in cached]
+        episodes = read_episodes(path, cameras=self.cameras, options=self.options)
         self.decoded += 1
         if use_cache:
             try:
-                _save_cache(folder, ep)
+                _save_cache(folder, episodes)
+                return [_load_cache(f, path) for f in _cached(folder)]
             except OSError as err:  # read-only dataset directory: keep going without a cache
                 print(f"warning: cannot write the decode cache {folder}: {err}", file=sys.stderr)
-                return CachedEpisode(path, ep.instruction, ep.meta, ep.images, ep.proprio, ep.actions)
-            return _load_cache(folder, path)
-        return CachedEpisode(path, ep.instruction, ep.meta, ep.images, ep.proprio, ep.actions)
+        return [CachedEpisode(path, ep.instruction, ep.meta, ep.images, ep.proprio, ep.actions) for ep in episodes]
 
     def _check_consistent(self, ep: CachedEpisode) -> None:
         cams = tuple(ep.images)

@@ -65,7 +65,8 @@ class TrainingEpisodes:
             frame_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             action_start=np.concatenate([[0], np.cumsum([len(e) for e in eps])]).astype(np.int64),
             instructions=[e.instruction for e in eps],
-            meta=[{"task": e.meta.get("task"), "seed": e.meta.get("seed"), "path": str(e.path)} for e in eps],
+            meta=[{"task": e.meta.get("task"), "seed": e.meta.get("seed"), "path": str(e.path),
+                   **({"demonstration": e.meta["demonstration"]} if "demonstration" in e.meta else {})} for e in eps],
         )
 
     @classmethod

@@ -100,6 +100,7 @@ class TrainSettings:
     image_size: tuple = ()
     dt: float = 0.0
     action_lead: float = ACTION_LEAD
+    split_gap: float = 0.0  # s: a gap this long in a bag's first camera stream ends one demonstration (0: one per bag)
 
     def __post_init__(self) -> None:
         if self.history not in ("stream", "window"):
@@ -124,9 +125,8 @@ class TrainSettings:
     def read_options(self, config: MambaVLAConfig, fine_tuning: bool) -> ReadOptions:
         """How bags become rows for `config`: its image size, and with fine-tuning its dt, unless set here."""
         dt = self.dt or (config.dt if fine_tuning else None)
-        return ReadOptions.make(
-            self.maps, self.instruction, self.image_size or config.image_size, dt, self.action_lead, config.cameras
-        )
+        size = self.image_size or config.image_size
+        return ReadOptions.make(self.maps, self.instruction, size, dt, self.action_lead, config.cameras, self.split_gap)
 
 
 def load_episodes(

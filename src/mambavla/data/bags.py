@@ -96,7 +96,7 @@ GRIPPER_CLOSED_BELOW = (
 )
 RATE_TOLERANCE = 0.25  # a stretch of the recording whose median interval is this far off the whole's: the rate changed
 IRREGULAR_FRACTION = 0.1  # more intervals than this more than half off the median: irregular
-GAP_LIMIT = 5  # an interval this many times the median is a pause in the recording, not dropped frames
+GAP_LIMIT = (5, 0.25)  # an interval this many times the median and this many s long: a pause, not dropped frames
 
 
 COMPRESSIONS: tuple[str, ...] = ("message", "file", "none")
@@ -593,7 +593,7 @@ def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> float:
             f"{path}: the rate on {topic} changes during the recording ({rates}): rows would not be evenly "
             f"spaced; record at one rate, or split the bag where it changes"
         )
-    pauses = np.flatnonzero(gaps > GAP_LIMIT * median)
+    pauses = np.flatnonzero(gaps > max(GAP_LIMIT[0] * median, GAP_LIMIT[1] * 1e9))
     if len(pauses):
         first = pauses[0]
         raise EpisodeError(

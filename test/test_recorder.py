@@ -114,9 +114,36 @@ def test_cameras_of_different_sizes_are_reported_not_written_as_one_episode(tmp_
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking_the_callback(tmp_path, typestore):
-    recorder = EpisodeRecorder(tmp_path, CAMERAS, queue_size=4)
+    recorder = EpisodeRecorder(tmp_path, CAMERAS, queue_mb=0.02)  # a few frames of 24x32
     feed(recorder, typestore, 100.0, 1)
     assert recorder.start("lift")[0]
     feed(recorder, typestore, 101.0, 200)  # 1,000 messages offered at once: returns, having dropped some
     assert recorder.dropped > 0 and recorder.status()["dropped"] == recorder.dropped
+    recorder.close()
+
+
+def test_a_kinesthetic_episode_without_commanded_actions_reads_back_with_derived_actions(tmp_path, typestore):
+    recorder = EpisodeRecorder(tmp_path, CAMERAS, record_action=False)
+
+    class NoAction:  # the guided arm: no controller publishes an action
+        def __init__(self, inner):
+            self.inner = inner
+
+        def on_camera(self, *a, **k):
+            self.inner.on_camera(*a, **k)
+
+        def on_state(self, topic, *a):
+            if topic != "/action":
+                self.inner.on_state(topic, *a)
+
+    feed(NoAction(recorder), typestore, 100.0, 1)
+    ok, text = recorder.start("lift the cube")
+    assert ok, text
+    feed(NoAction(recorder), typestore, 101.0, 30)
+    ok, text = recorder.save()
+    assert ok, text
+    episode = read_episode(tmp_path / "episode_000000")
+    assert "derived" in episode.meta["actions"] and len(episode) == 30
+    # the measured pose moves 1 mm per frame: a derived target leads it
+    assert np.all(episode.actions[:-5, 0] > episode.proprio[:-5, 0])
     recorder.close()

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("record", help="record teleoperated demonstrations as episode bags (keys and services)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for the episodes (episode_000000, ...); may hold some already")
-    p.add_argument("--instruction", default="", help="the task's instruction (else the latest on /instruction)")
+    p.add_argument("--instruction", default="",
+                   help="the task's instruction; a message on /instruction or the i key replaces it")
     p.add_argument("--cameras", nargs="+", default=["front", "wrist"], help="camera names (default: front wrist)")
     p.add_argument("--camera-topic", default="/cameras/{camera}/image_raw", help="topic pattern, {camera} = name")
     p.add_argument("--compressed", action="store_true", help="subscribe to <camera topic>/compressed (JPEG as sent)")
@@ -30,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reset-time", type=float, default=5.0, help="s between episodes to reset the scene (default: 5)")
     p.add_argument("--auto-start", action="store_true", help="start the next episode when the reset time is over")
     p.add_argument("--action-topic", default="/controller_node/action", help="the commanded action (controller ~/action)")
+    p.add_argument("--kinesthetic", action="store_true",
+                   help="no commanded action: the arm is guided by hand; training derives actions from the poses")
     p.set_defaults(func=run)
 
 
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"root": args.out, "cameras": list(args.cameras), "camera_topic": args.camera_topic,
                  "compressed_cameras": args.compressed, "jpeg_quality": args.jpeg_quality,
                  "instruction": args.instruction, "reset_time_s": args.reset_time,
-                 "episode_time_s": args.episode_time, "auto_start": args.auto_start, "action_topic": args.action_topic}
+                 "episode_time_s": args.episode_time, "auto_start": args.auto_start,
+                 "action_topic": "" if args.kinesthetic else args.action_topic}
     use_large_frame_transport()
     rclpy.init()
     node = RecorderNode(parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])

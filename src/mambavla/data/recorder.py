@@ -12,8 +12,9 @@ over each message serialised (CDR, as a raw rclpy subscription delivers it) with
 
 An episode goes READY -> RECORDING (start) -> saved or discarded -> RESETTING (`reset_time` s, for the
 operator to reset the scene) -> READY. Messages arrive on callback threads and are queued; one writer thread
-decodes, encodes and writes, so a slow disk or a JPEG encode never blocks a callback. A full queue drops the
-message and counts it (`dropped`): the figure a recording that kept up shows as 0.
+decodes, encodes and writes, so a slow disk or a JPEG encode never blocks a callback. The queue is bounded in
+bytes (`queue_mb`: raw frames are large, state messages small and many); a message that does not fit is dropped
+and counted (`dropped`): the figure a recording that kept up shows as 0.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class EpisodeRecorder:
     """Episodes under `root`, one bag each. `cameras`: names; frames of the first one are the episode's steps."""
 
     def __init__(self, root: str | Path, cameras: Sequence[str], jpeg_quality: int = 90, reset_time: float = 5.0,
-                 episode_time: float = 0.0, queue_size: int = 240, meta: dict | None = None):
+                 episode_time: float = 0.0, queue_mb: float = 256.0, meta: dict | None = None,
+                 record_action: bool = True):
         if not cameras:
             raise ValueError("at least one camera is needed: frames are the episode's steps")
         if not 1 <= jpeg_quality <= 100:
@@ -77,8 +79,16 @@ class EpisodeRecorder:
         self.cameras = tuple(cameras)
         self.jpeg_quality, self.reset_time, self.episode_time = int(jpeg_quality), reset_time, episode_time
         self.meta = dict(meta or {})
+        # without a commanded action (kinesthetic teaching: the arm is guided by hand) the reader derives the
+        # actions from the measured trajectory
+        self.required = STATE_TOPICS if record_action else (JOINT_STATE_TOPIC, EE_POSE_TOPIC)
+        if not record_action:
+            self.meta["actions"] = "derived from the measured trajectory (no commanded action recorded)"
         self._ts = get_typestore(Stores.ROS2_KILTED)
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue = queue.Queue()
+        self._queue_budget = int(queue_mb * 1e6)
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         self._lock = threading.Lock()
         self.state = READY
         self.message = "ready: start an episode"
@@ -113,15 +123,18 @@ class EpisodeRecorder:
             self._offer(("state", topic, ns, data))
 
     def _offer(self, item) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
+        size = len(item[3])
+        with self._bytes_lock:
+            if self._queued_bytes + size > self._queue_budget:
+                self.dropped += 1
+                return
+            self._queued_bytes += size
+        self._queue.put(item)
 
     def missing_inputs(self) -> list[str]:
         """Inputs with no message in the last FRESH seconds."""
         now = time.monotonic()
-        return [name for name in (*self.cameras, *STATE_TOPICS) if now - self._last_seen.get(name, -1e9) > FRESH]
+        return [name for name in (*self.cameras, *self.required) if now - self._last_seen.get(name, -1e9) > FRESH]
 
     # ---- episode control (any thread) ----
 
@@ -188,7 +201,7 @@ class EpisodeRecorder:
                 "success": episode.success if episode else False,
                 "reset_left": round(max(0.0, self._reset_until - time.monotonic()), 1) if self.state == RESETTING else 0.0,
                 "frames_in": self.frames_in, "frames_written": self.frames_written, "dropped": self.dropped,
-                "queued": self._queue.qsize(), "saved": self.saved, "discarded": self.discarded, "error": self.error,
+                "queued": self._queue.qsize(), "queued_mb": round(self._queued_bytes / 1e6, 1), "saved": self.saved, "discarded": self.discarded, "error": self.error,
                 "missing": ", ".join(self.missing_inputs()),
             }
 
@@ -218,6 +231,9 @@ class EpisodeRecorder:
             item = self._queue.get()
             if item is None:
                 return
+            if item[0] in ("camera", "state"):
+                with self._bytes_lock:
+                    self._queued_bytes -= len(item[3])
             try:
                 self._handle(item)
             except Exception as err:  # a bad message must not end the recorder; the status shows it
@@ -277,7 +293,7 @@ class EpisodeRecorder:
             _remove(episode.path)
             self.discarded += 1
             return True, f"discarded {name}"
-        empty = [t for t in [camera_topic(c) + "/compressed" for c in self.cameras] + list(STATE_TOPICS)
+        empty = [t for t in [camera_topic(c) + "/compressed" for c in self.cameras] + list(self.required)
                  if not episode.counts.get(t)]
         if empty or len(episode.frame_stamps) < 2:
             episode.writer.abort()

@@ -58,12 +58,13 @@ class RecorderNode(Node):
         topics = {JOINT_STATE_TOPIC: p("joint_states_topic", JOINT_STATE_TOPIC, "robot joint states (JointState)"),
                   EE_POSE_TOPIC: p("ee_pose_topic", EE_POSE_TOPIC, "end-effector pose (PoseStamped)"),
                   ACTION_TOPIC: p("action_topic", "/controller_node/action",
-                                  "the commanded action (JointTrajectory, one point): controller_node's ~/action")}
+                                  "the commanded action (JointTrajectory, one point): controller_node's ~/action; "
+                                  "empty for kinesthetic teaching (actions derived from the measured trajectory)")}
         instruction_topic = p("instruction_topic", "/instruction", "operator instruction (std_msgs/String, latched)")
         diagnostics_rate = p("diagnostics_rate_hz", 2.0, "status publishing rate, Hz")
 
         self.recorder = EpisodeRecorder(root, cameras, jpeg_quality=jpeg_quality, reset_time=reset_time,
-                                        episode_time=episode_time)
+                                        episode_time=episode_time, record_action=bool(topics[ACTION_TOPIC]))
         for name in cameras:
             topic = camera_topic.format(camera=name) + ("/compressed" if compressed else "")
             self.create_subscription(CompressedImage if compressed else Image, topic,
@@ -72,6 +73,8 @@ class RecorderNode(Node):
                                      FRAME_QOS, raw=True)
         for bag_topic, msg_type in ((JOINT_STATE_TOPIC, JointState), (EE_POSE_TOPIC, PoseStamped),
                                     (ACTION_TOPIC, JointTrajectory)):
+            if not topics[bag_topic]:
+                continue
             self.create_subscription(msg_type, topics[bag_topic],
                                      lambda data, info, t=bag_topic: self.recorder.on_state(t, _received(info), data),
                                      STATE_INTAKE_QOS, raw=True)

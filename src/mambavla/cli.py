@@ -17,6 +17,7 @@ COMMANDS = (
     "collect", "dataset", "eval-sim",
     "instruct", "demo", "bench-ros", "record", "bench-record",
     "replay",
+    "doctor",
 )
 
 

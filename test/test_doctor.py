@@ -1,0 +1,122 @@
+"""`mambavla doctor` on what this machine has and lacks: a franky-sim robot on its own loopback address answers
+where a closed port does not, camera topics are measured (a silent one fails), the shipped checkpoint loads and
+its cameras are matched, and a machine without a GPU or a real-time kernel is told how to fix that."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+
+import numpy as np
+import pytest
+from ros_harness import Probe
+
+from mambavla.cli import main
+from mambavla.model.checkpoint import shipped_checkpoint
+from mambavla.ros.convert import rgb_to_image
+
+pytestmark = [pytest.mark.ros]
+
+
+def doctor(capsys, *args: str) -> tuple[int, dict[str, dict]]:
+    code = main(["doctor", "--json", *args])
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] == (code == 0)
+    return code, {check["name"]: check for check in report["checks"]}
+
+
+def closed_port_address() -> str:
+    """A loopback address where nothing listens on libfranka's port."""
+    rng = random.SystemRandom()
+    while True:
+        host = f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.{rng.randint(2, 254)}"
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, 1337))
+            except OSError:
+                continue
+        return host
+
+
+def test_doctor_says_how_to_fix_what_this_machine_lacks(capsys):
+    import onnxruntime
+    import torch
+
+    code, checks = doctor(capsys)
+    assert checks["python"]["status"] == "ok" and "numpy" in checks["python"]["detail"]
+    assert checks["franky"]["status"] == "ok"
+    assert checks["ros"]["status"] in ("ok", "warn") and "rclpy" in checks["ros"]["detail"]
+    assert checks["dds profile"]["status"] in ("ok", "warn") and "32 MB" in checks["dds profile"]["detail"]
+    if not torch.cuda.is_available():
+        assert checks["torch"]["status"] == "fail" and "CUDA build" in checks["torch"]["fix"]
+        assert checks["mamba-ssm"]["status"] == "warn" and checks["mamba-ssm"]["fix"]
+        assert code == 1
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert checks["onnxruntime"]["status"] == "warn" and "onnxruntime-gpu" in checks["onnxruntime"]["fix"]
+    for check in checks.values():
+        assert (check["status"] == "ok") == (check["fix"] == ""), check
+
+
+def test_real_time_checks_warn_on_a_development_machine_and_fail_for_an_arm(capsys):
+    _, plain = doctor(capsys)
+    _, robot = doctor(capsys, "--robot-ip", closed_port_address(), "--timeout", "0.5")
+    kernel = plain["realtime kernel"]
+    if kernel["status"] != "ok":  # this machine's kernel is not PREEMPT_RT
+        assert kernel["status"] == "warn" and robot["realtime kernel"]["status"] == "fail"
+        assert "PREEMPT_RT" in kernel["fix"]
+
+
+@pytest.mark.sim
+def test_doctor_reaches_a_simulated_robot_and_fails_on_a_closed_port(capsys):
+    from mambavla.sim import Workcell
+
+    with Workcell(task="lift", seed=0, camera_size=(32, 32)) as cell:
+        _, checks = doctor(capsys, "--robot-ip", cell.robot_ip)
+    assert checks["robot"]["status"] == "ok", checks["robot"]
+    assert f"{cell.robot_ip}:1337 accepts" in checks["robot"]["detail"]
+    closed = closed_port_address()
+    code, checks = doctor(capsys, "--robot-ip", closed, "--timeout", "1")
+    assert code == 1 and checks["robot"]["status"] == "fail"
+    assert "refuses" in checks["robot"]["detail"] and "Activate FCI" in checks["robot"]["fix"]
+
+
+def test_doctor_measures_camera_topics_and_matches_the_checkpoints_cameras(capsys):
+    probe = Probe("doctor_cameras")
+    frame = rgb_to_image(np.zeros((48, 64, 3), dtype=np.uint8), probe.now(), "front")
+    stop = threading.Event()
+
+    def publish() -> None:
+        while not stop.wait(0.05):
+            probe.image_pubs["front"].publish(frame)
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    checkpoint = str(shipped_checkpoint())
+    try:
+        code, checks = doctor(capsys, "--camera", "front=/cameras/front/image_raw", "--camera", "wrist",
+                              "--listen", "2", "--checkpoint", checkpoint)
+    finally:
+        stop.set()
+        publisher.join()
+        probe.close()
+    front, wrist = checks["camera front"], checks["camera wrist"]
+    assert front["status"] == "ok" and "64x48 rgb8" in front["detail"], front
+    assert wrist["status"] == "fail" and "/cameras/wrist/image_raw" in wrist["detail"] and wrist["fix"], wrist
+    assert code == 1
+    assert checks["checkpoint"]["status"] == "ok", checks["checkpoint"]
+    assert "front <- /cameras/front/image_raw" in checks["checkpoint"]["detail"]
+    code, checks = doctor(capsys, "--camera", "left=/l", "--listen", "0.2", "--checkpoint", checkpoint)
+    assert checks["checkpoint"]["status"] == "fail" and "cameras:=front,wrist" in checks["checkpoint"]["fix"]
+    code, checks = doctor(capsys, "--checkpoint", str(shipped_checkpoint().parent))  # a folder of checkpoints
+    assert checks["checkpoint"]["status"] == "fail" and "mambavla train" in checks["checkpoint"]["fix"]
+
+
+def test_doctor_text_output_and_bad_camera_arguments(capsys):
+    assert main(["doctor", "--camera", "=/topic"]) == 2
+    assert "NAME=TOPIC" in capsys.readouterr().err
+    main(["doctor"])
+    out = capsys.readouterr().out
+    assert "franky" in out and ("fix:" in out) == ("warn" in out or "fail" in out)
+    assert out.rstrip().endswith("warnings")

@@ -218,3 +218,17 @@ def test_the_cli_is_on_path_in_an_install_space(tmp_path):
     out = subprocess.run(["sh", "-c", "mambavla instruct hello"], env={"PATH": f"{prefix / 'bin'}:/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=10)
     assert out.stdout.strip() == "console script: instruct hello", out.stderr
+
+
+def test_the_cell_parameter_file_in_docs_sets_only_parameters_the_nodes_declare():
+    """docs/robot.md's params_file example: a user copying it gets no 'undeclared parameter' surprise."""
+    text = (ROOT / "docs" / "robot.md").read_text()
+    block = next(b for b in text.split("```yaml\n")[1:] if b.startswith("# my_cell.yaml")).split("```")[0]
+    sections = yaml.safe_load(block)
+    scripts = console_scripts()
+    assert set(sections) == {"controller_node", "policy_node"}
+    assert "workspace_min" in sections["controller_node"]["ros__parameters"]
+    for node, section in sections.items():
+        declared = declared_parameters(scripts[node].split(":")[0])
+        unknown = set(section["ros__parameters"]) - declared
+        assert not unknown, f"docs/robot.md's my_cell.yaml sets undeclared parameters of {node}: {sorted(unknown)}"

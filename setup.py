@@ -32,6 +32,7 @@ setup(
             "policy_node = mambavla.ros.policy_node:main",
             "controller_node = mambavla.ros.controller_node:main",
             "sim_node = mambavla.ros.sim_node:main",
+            "recorder_node = mambavla.ros.recorder_node:main",
         ],
     },
 )

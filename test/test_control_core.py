@@ -267,7 +267,8 @@ def test_gripper_rule_closes_at_once_and_opens_only_after_the_command_asks_for_o
              (0.91, 0.9, True)]  # and closes again at once
     assert [rule.update(v, t) for t, v, _ in steps] == [closed for _, _, closed in steps]
     rule.update(0.1, 5.0)  # asking from t = 5 s ...
-    assert rule.update(0.1, 1.0) and rule.update(0.1, 1.29) and not rule.update(0.1, 1.3)  # ... then the clock went back
+    # ... then the clock went back
+    assert rule.update(0.1, 1.0) and rule.update(0.1, 1.29) and not rule.update(0.1, 1.3)
     with pytest.raises(ValueError, match="gripper_open_delay"):
         GripperRule(open_delay=-0.1)
     with pytest.raises(ValueError, match="gripper_open_delay"):

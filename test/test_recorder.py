@@ -39,17 +39,19 @@ def feed(recorder: EpisodeRecorder, ts, t0: float, steps: int, dt: float = 1 / 3
             img = T["sensor_msgs/msg/Image"](header=header(ts, ns), height=size[0], width=size[1], encoding="rgb8",
                                             is_bigendian=0, step=size[1] * 3, data=rgb.reshape(-1))
             recorder.on_camera(name, ns, bytes(ts.serialize_cdr(img, img.__msgtype__)), compressed=False)
-        joints = T["sensor_msgs/msg/JointState"](header=header(ts, ns), name=[f"fr3_joint{i}" for i in range(1, 8)] +
-                                                 ["fr3_finger_joint1", "fr3_finger_joint2"],
-                                                 position=np.full(9, 0.01 * k), velocity=np.zeros(0), effort=np.zeros(0))
+        names = [f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"]
+        joints = T["sensor_msgs/msg/JointState"](header=header(ts, ns), name=names, position=np.full(9, 0.01 * k),
+                                                 velocity=np.zeros(0), effort=np.zeros(0))
         P = T["geometry_msgs/msg/Pose"]
         pose = T["geometry_msgs/msg/PoseStamped"](header=header(ts, ns), pose=P(
             position=T["geometry_msgs/msg/Point"](x=0.5 + 0.001 * k, y=0.0, z=0.4),
             orientation=T["geometry_msgs/msg/Quaternion"](x=1.0, y=0.0, z=0.0, w=0.0)))
         point = T["trajectory_msgs/msg/JointTrajectoryPoint"](
             positions=np.array([0.5 + 0.001 * (k + 1), 0.0, 0.4, 0.0, 0.0, 0.0, 1.0]), velocities=np.zeros(0),
-            accelerations=np.zeros(0), effort=np.zeros(0), time_from_start=T["builtin_interfaces/msg/Duration"](sec=0, nanosec=0))
-        action = T["trajectory_msgs/msg/JointTrajectory"](header=header(ts, ns), joint_names=list(ACTION_NAMES), points=[point])
+            accelerations=np.zeros(0), effort=np.zeros(0),
+            time_from_start=T["builtin_interfaces/msg/Duration"](sec=0, nanosec=0))
+        action = T["trajectory_msgs/msg/JointTrajectory"](header=header(ts, ns), joint_names=list(ACTION_NAMES),
+                                                           points=[point])
         for topic, msg in (("/joint_states", joints), ("/ee_pose", pose), ("/action", action)):
             recorder.on_state(topic, ns, bytes(ts.serialize_cdr(msg, msg.__msgtype__)))
 
@@ -146,4 +148,15 @@ def test_a_kinesthetic_episode_without_commanded_actions_reads_back_with_derived
     assert "derived" in episode.meta["actions"] and len(episode) == 30
     # the measured pose moves 1 mm per frame: a derived target leads it
     assert np.all(episode.actions[:-5, 0] > episode.proprio[:-5, 0])
+    recorder.close()
+
+
+def test_saving_an_episode_whose_camera_rate_changed_warns_while_the_scene_is_still_set_up(tmp_path, typestore):
+    recorder = EpisodeRecorder(tmp_path, CAMERAS)
+    feed(recorder, typestore, 100.0, 1)
+    assert recorder.start("lift")[0]
+    feed(recorder, typestore, 101.0, 20, dt=1 / 30)
+    feed(recorder, typestore, 102.0, 20, dt=1 / 10)  # the camera fell to 10 Hz
+    ok, text = recorder.save()
+    assert ok and "warning: 20 of 39 frame intervals" in text and "'front' did not keep its rate" in text, text
     recorder.close()

@@ -184,7 +184,8 @@ def test_hostile_input_on_every_topic_never_crashes_a_node_nor_reaches_the_arm(s
             time.sleep(float(rng.uniform(0.0, 0.01)))
 
     threads = [threading.Thread(target=fuzz, args=(1, ("chunk", "chunk", "chunk", "service")), daemon=True),
-               threading.Thread(target=fuzz, args=(2, ("front", "wrist", "instruction", "pose", "joints")), daemon=True)]
+               threading.Thread(target=fuzz, args=(2, ("front", "wrist", "instruction", "pose", "joints")),
+                                daemon=True)]
     for t in threads:
         t.start()
     t0 = time.monotonic()
@@ -201,7 +202,8 @@ def test_hostile_input_on_every_topic_never_crashes_a_node_nor_reaches_the_arm(s
     streamed = np.array([p for _, p in targets])
     with probe.lock:
         arm = np.array([p for t, p, _ in probe.poses if t > t0])
-    unsafe_targets = int(np.sum(~np.all(np.isfinite(streamed), axis=1) | np.any((streamed < lo) | (streamed > hi), axis=1)))
+    outside = np.any((streamed < lo) | (streamed > hi), axis=1)
+    unsafe_targets = int(np.sum(~np.all(np.isfinite(streamed), axis=1) | outside))
     unsafe_poses = int(np.sum(np.any((arm < lo - 0.01) | (arm > hi + 0.01), axis=1)))
     # published at 50 Hz: a step is at most 20 ms at max_linear_speed, or the hold's snap onto the measured pose
     jumps = np.linalg.norm(np.diff(streamed, axis=0), axis=1) if len(streamed) > 1 else np.zeros(1)
@@ -219,4 +221,5 @@ def test_hostile_input_on_every_topic_never_crashes_a_node_nor_reaches_the_arm(s
     future = clients["stop"].call_async(Trigger.Request())
     probe.wait_for(future.done, "~/stop answered after the fuzz", timeout=30.0)
     t1 = time.monotonic()
-    probe.wait_for(lambda: probe.latest(POLICY) and probe.status_history[POLICY][-1][0] > t1, "policy diagnostics after the fuzz")
+    probe.wait_for(lambda: probe.latest(POLICY) and probe.status_history[POLICY][-1][0] > t1,
+                   "policy diagnostics after the fuzz")

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 
 CTRL, REC = "mambavla/controller_node", "mambavla/recorder_node"
 CAMERA_SIZE = [48, 64]
-CAMERA_HZ = 10.0
+CAMERA_HZ = 5.0  # a rate the simulator renders at steadily on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,8 @@ def test_a_teleoperated_episode_is_recorded_as_training_reads_it(stack):
     operator.thread.start()
     try:
         # approach above the cube and descend to it: segments 0 and 1 of the expert's lift plan
-        probe.wait_for(lambda: operator.segment.startswith(("settle", "grasp")), "the operator at the cube", timeout=60.0)
+        probe.wait_for(lambda: operator.segment.startswith(("settle", "grasp")), "the operator at the cube",
+                       timeout=60.0)
         time.sleep(0.5)
     finally:
         operator.stop.set()
@@ -109,7 +110,7 @@ def test_a_teleoperated_episode_is_recorded_as_training_reads_it(stack):
           f"{response.message}")
     assert episode.instruction == task["instruction"] and episode.success is True
     assert episode.meta["dt"] == pytest.approx(1.0 / CAMERA_HZ, rel=0.2)
-    assert len(episode) >= 10 and np.median(np.diff(episode.times)) == pytest.approx(episode.meta["dt"], rel=0.01)
+    assert len(episode) >= 5 and np.median(np.diff(episode.times)) == pytest.approx(episode.meta["dt"], rel=0.01)
     for name in ("front", "wrist"):
         frames = episode.images[name]
         assert frames.shape == (len(episode), *CAMERA_SIZE, 3)

@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--episode-time", type=float, default=0.0, help="save an episode after this many s (default: never)")
     p.add_argument("--reset-time", type=float, default=5.0, help="s between episodes to reset the scene (default: 5)")
     p.add_argument("--auto-start", action="store_true", help="start the next episode when the reset time is over")
-    p.add_argument("--action-topic", default="/controller_node/action", help="the commanded action (controller ~/action)")
+    p.add_argument("--action-topic", default="/controller_node/action",
+                   help="the commanded action (controller_node's ~/action)")
     p.add_argument("--kinesthetic", action="store_true",
                    help="no commanded action: the arm is guided by hand; training derives actions from the poses")
     p.set_defaults(func=run)
@@ -115,8 +116,9 @@ def progress_line(status: dict, instruction: str) -> str:
         head = f"reset {status['reset_left']:4.1f} s"
     else:
         head = "ready" + (f" (no input: {status['missing']})" if status["missing"] else "")
+    error = f" | error {status['error']}" if status["error"] else ""
     return (f"{head} | frames in {status['frames_in']} written {status['frames_written']} dropped {status['dropped']} "
-            f"| saved {status['saved']} | {instruction[:40]!r}" + (f" | error {status['error']}" if status['error'] else ""))
+            f"| saved {status['saved']} | {instruction[:40]!r}{error}")
 
 
 class Terminal:

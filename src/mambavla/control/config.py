@@ -35,7 +35,8 @@ def config_path(name: str) -> Path:
     prefixes = [here.parents[5]] if len(here.parents) > 5 else []
     prefixes += [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
     prefixes.append(Path(sys.prefix))
-    candidates = [here.parents[3] / "config" / name] + [prefix / "share" / "mambavla" / "config" / name for prefix in prefixes]
+    candidates = [here.parents[3] / "config" / name]
+    candidates += [prefix / "share" / "mambavla" / "config" / name for prefix in prefixes]
     for path in candidates:
         if path.is_file():
             return path
@@ -59,7 +60,8 @@ def load_params(files: tuple[str | Path, ...] = SIM_PARAM_FILES, node: str = NOD
 
 def safety_limits(params: dict) -> SafetyLimits:
     names = {f.name for f in fields(SafetyLimits)}
-    kwargs = {k: (tuple(float(x) for x in v) if isinstance(v, list) else float(v)) for k, v in params.items() if k in names}
+    kwargs = {k: (tuple(float(x) for x in v) if isinstance(v, list) else float(v))
+              for k, v in params.items() if k in names}
     return SafetyLimits(**kwargs)
 
 
@@ -109,7 +111,7 @@ class TrackingParams:
     gripper: bool = True
     gripper_speed: float = 0.1
     gripper_force: float = 20.0
-    gripper_open_delay: float = 0.3  # s the chunk must ask a closed hand to open before it opens (GripperRule; controller.yaml)
+    gripper_open_delay: float = 0.3  # s the chunk must ask a closed hand to open before it opens (GripperRule)
     max_command_rate_hz: float = 50.0  # chunks per second and publisher admitted; more are dropped unread
     teleop_max_rate_hz: float = 200.0  # teleoperation messages per second and publisher admitted
 
@@ -131,7 +133,8 @@ class TrackingParams:
 
     def tracker_kwargs(self) -> dict:
         """Keyword arguments of `franky.CartesianImpedanceTracker` (unpaced: the caller keeps time)."""
-        kwargs = dict(translational_stiffness=self.translational_stiffness, rotational_stiffness=self.rotational_stiffness,
+        kwargs = dict(translational_stiffness=self.translational_stiffness,
+                      rotational_stiffness=self.rotational_stiffness,
                       translational_error_clip=np.array(self.translational_error_clip),
                       rotational_error_clip=np.array(self.rotational_error_clip))
         if len(self.damping) == 6:

@@ -35,13 +35,12 @@ from mambavla.control.trajectory import PoseTrajectory, blend, slerp
 from mambavla.runtime.chunk import ActionChunk
 from mambavla.spaces import ACTION_NAMES, delta_to_absolute, quat_angle_between, vector_to_pose
 
-
 REJECTION_KINDS = ("command source is", "publisher over", "malformed", "action names", "non-finite", "dt", "stale",
-                   "future", "past", "no measured pose", "outside workspace", "tilts", "jump", "starts", "controller is",
-                   "teleop_max", "frame")
-KIND_NAMES = {"tilts": "tilt", "starts": "start offset", "controller is": "not tracking", "no measured pose": "no pose history",
-              "past": "all rows past", "command source is": "inactive source", "publisher over": "rate limited",
-              "teleop_max": "too fast"}
+                   "future", "past", "no measured pose", "outside workspace", "tilts", "jump", "starts",
+                   "controller is", "teleop_max", "frame")
+KIND_NAMES = {"tilts": "tilt", "starts": "start offset", "controller is": "not tracking",
+              "no measured pose": "no pose history", "past": "all rows past", "command source is": "inactive source",
+              "publisher over": "rate limited", "teleop_max": "too fast"}
 
 
 def rejection_kind(reason: str) -> str:
@@ -237,8 +236,8 @@ class ControllerCore:
                 return self.reject(f"non-finite twist stamp {stamp}", teleop=True)
             age = now - stamp
             if age > self.limits.max_chunk_age:
-                return self.reject(f"stale twist: stamped {age:.3f} s ago > max_chunk_age {self.limits.max_chunk_age} s",
-                                   teleop=True)
+                return self.reject(f"stale twist: stamped {age:.3f} s ago > max_chunk_age "
+                                   f"{self.limits.max_chunk_age} s", teleop=True)
             if -age > self.limits.max_chunk_future:
                 return self.reject(f"twist stamp {-age:.3f} s in the future > max_chunk_future "
                                    f"{self.limits.max_chunk_future} s", teleop=True)
@@ -294,7 +293,8 @@ class ControllerCore:
         with self._lock:  # a snapshot only: validation runs without the lock
             if self.source != "policy":
                 return self._reject(self._inactive("chunk"))
-            state, reason, target, history, epoch = self.state, self.reason, self._target, list(self._history), self._epoch
+            state, reason, target = self.state, self.reason, self._target
+            history, epoch = list(self._history), self._epoch
         result = self._build(chunk, now, state, reason, target, history)
         with self._lock:
             if isinstance(result, str):
@@ -358,7 +358,8 @@ class ControllerCore:
         start = trajectory.sample(now)
         offset = float(np.linalg.norm(start.position - target[0]))
         if offset > self.limits.max_start_offset:
-            return f"chunk starts {offset:.3f} m from the current target > max_start_offset {self.limits.max_start_offset} m"
+            return (f"chunk starts {offset:.3f} m from the current target > max_start_offset "
+                    f"{self.limits.max_start_offset} m")
         angle = float(quat_angle_between(start.quat, target[1]))
         if angle > self.limits.max_start_offset_angle:
             return (f"chunk starts {angle:.3f} rad from the current target orientation > max_start_offset_angle "

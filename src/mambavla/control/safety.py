@@ -25,12 +25,13 @@ class SafetyLimits:
     max_tilt: float = 1.0  # rad between the gripper axis and straight down (yaw is free)
     min_chunk_dt: float = 0.005  # s between chunk rows: closer rows are a unit error (ms for s)
     max_chunk_dt: float = 0.5  # s between chunk rows: further apart, one chunk would steer for minutes
-    workspace_clamp: float = 0.02  # m: rows outside the box by at most this are moved onto it, further ones reject the chunk
+    workspace_clamp: float = 0.02  # m: rows this far outside the box are moved onto it, further ones reject the chunk
 
     def __post_init__(self) -> None:
         lo, hi = np.asarray(self.workspace_min), np.asarray(self.workspace_max)
         if lo.shape != (3,) or hi.shape != (3,) or not np.all(lo < hi):
-            raise ValueError(f"workspace box must satisfy min < max per axis, got {self.workspace_min} .. {self.workspace_max}")
+            raise ValueError(f"workspace box must satisfy min < max per axis, got {self.workspace_min} .. "
+                             f"{self.workspace_max}")
         for name in ("max_linear_speed", "max_angular_speed", "max_jump", "max_jump_angle", "max_start_offset",
                      "max_start_offset_angle", "max_chunk_age", "max_chunk_future", "max_tilt", "min_chunk_dt",
                      "max_chunk_dt"):
@@ -84,7 +85,8 @@ def check_rows(limits: SafetyLimits, positions: np.ndarray, quats: np.ndarray) -
         angles = quat_angle_between(quats[:-1], quats[1:])
         k = int(np.argmax(angles))
         if angles[k] > limits.max_jump_angle:
-            return f"jump of {angles[k]:.3f} rad between rows {k} and {k + 1} exceeds max_jump_angle {limits.max_jump_angle} rad"
+            return (f"jump of {angles[k]:.3f} rad between rows {k} and {k + 1} exceeds max_jump_angle "
+                    f"{limits.max_jump_angle} rad")
     return None
 
 

@@ -29,8 +29,16 @@ from typing import Sequence
 
 import numpy as np
 
-from mambavla.data.bags import (ACTION_TOPIC, COMPRESSED_IMAGE_TYPE, EE_POSE_TOPIC, IMAGE_TYPE, INSTRUCTION_TOPIC,
-                                JOINT_STATE_TOPIC, EpisodeWriter, camera_topic, is_bag_dir)
+from mambavla.data.bags import (
+    ACTION_TOPIC,
+    COMPRESSED_IMAGE_TYPE,
+    EE_POSE_TOPIC,
+    IMAGE_TYPE,
+    JOINT_STATE_TOPIC,
+    EpisodeWriter,
+    camera_topic,
+    is_bag_dir,
+)
 
 STATE_TOPICS = (JOINT_STATE_TOPIC, EE_POSE_TOPIC, ACTION_TOPIC)
 READY, RECORDING, RESETTING = "READY", "RECORDING", "RESETTING"
@@ -177,7 +185,7 @@ class EpisodeRecorder:
         with self._lock:
             if self.state != RECORDING:
                 return False, "not recording"
-            episode, self.state = self.episode, RESETTING
+            self.state = RESETTING
             self._reset_until = time.monotonic() + self.reset_time
         done = threading.Event()
         result: list = []
@@ -199,9 +207,11 @@ class EpisodeRecorder:
                 "instruction": episode.instruction if episode else "",
                 "seconds": round(time.monotonic() - episode.started, 1) if episode else 0.0,
                 "success": episode.success if episode else False,
-                "reset_left": round(max(0.0, self._reset_until - time.monotonic()), 1) if self.state == RESETTING else 0.0,
+                "reset_left": round(max(0.0, self._reset_until - time.monotonic()), 1)
+                if self.state == RESETTING else 0.0,
                 "frames_in": self.frames_in, "frames_written": self.frames_written, "dropped": self.dropped,
-                "queued": self._queue.qsize(), "queued_mb": round(self._queued_bytes / 1e6, 1), "saved": self.saved, "discarded": self.discarded, "error": self.error,
+                "queued": self._queue.qsize(), "queued_mb": round(self._queued_bytes / 1e6, 1), "saved": self.saved,
+                "discarded": self.discarded, "error": self.error,
                 "missing": ", ".join(self.missing_inputs()),
             }
 
@@ -213,7 +223,8 @@ class EpisodeRecorder:
         """Time-driven transitions: 'save' when the episode ran `episode_time` s (the caller saves), else None."""
         with self._lock:
             self._tick()
-            if self.state == RECORDING and self.episode_time > 0 and time.monotonic() - self.episode.started >= self.episode_time:
+            running = time.monotonic() - self.episode.started if self.episode is not None else 0.0
+            if self.state == RECORDING and self.episode_time > 0 and running >= self.episode_time:
                 return "save"
         return None
 
@@ -273,8 +284,8 @@ class EpisodeRecorder:
             size = rgb.shape[:2]
             T = self._ts.types
             jpeg = np.frombuffer(encode_jpeg(rgb, self.jpeg_quality), np.uint8)
-            out = self._ts.serialize_cdr(T[COMPRESSED_IMAGE_TYPE](header=msg.header, format="rgb8; jpeg compressed bgr8",
-                                                                  data=jpeg), COMPRESSED_IMAGE_TYPE)
+            compressed_msg = T[COMPRESSED_IMAGE_TYPE](header=msg.header, format="rgb8; jpeg compressed bgr8", data=jpeg)
+            out = self._ts.serialize_cdr(compressed_msg, COMPRESSED_IMAGE_TYPE)
         if episode.image_size is None:
             episode.image_size = tuple(size)
         elif tuple(size) != episode.image_size:
@@ -306,12 +317,16 @@ class EpisodeRecorder:
         dt = float(np.median(steps))
         writer = episode.writer
         writer.dt, writer.image_size, writer.frames = dt, episode.image_size, len(stamps)
+        irregular = int(np.sum(np.abs(steps - dt) > 0.5 * dt))
         writer.close(success=bool(episode.success), counts=dict(episode.counts),
-                     seconds=round(float(stamps[-1] - stamps[0]) / 1e9, 3),
-                     irregular_steps=int(np.sum(np.abs(steps - dt) > 0.5 * dt)),
+                     seconds=round(float(stamps[-1] - stamps[0]) / 1e9, 3), irregular_steps=irregular,
                      frames_received=self.frames_in - episode.frames_in0, dropped=self.dropped - episode.dropped0)
         self.saved += 1
-        return True, f"saved {name}: {len(stamps)} frames at {1 / dt:.1f} Hz, success {episode.success}"
+        text = f"saved {name}: {len(stamps)} frames at {1 / dt:.1f} Hz, success {episode.success}"
+        if irregular:  # training refuses a bag whose frame rate changes: say so while the scene is still set up
+            text += (f"; warning: {irregular} of {len(steps)} frame intervals are more than half off {dt * 1e3:.0f} ms "
+                     f"(the camera {self.cameras[0]!r} did not keep its rate)")
+        return True, text
 
 
 def _remove(path: Path) -> None:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import franky
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import InvalidHandle
@@ -52,7 +53,6 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-from diagnostic_msgs.msg import DiagnosticArray
 
 from mambavla.control import ControllerState
 from mambavla.control.config import TrackingParams, controller_core, controller_defaults
@@ -63,9 +63,9 @@ from mambavla.realtime import keep_thread_scheduling
 from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, stamp_to_seconds, trajectory_to_chunk
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
+from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, STATE_QOS
 from mambavla.ros.spin import EXECUTOR_THREADS
 from mambavla.ros.startup import run_until_stopped
-from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, STATE_QOS
 from mambavla.spaces import ACTION_NAMES, FRANKA_MAX_FINGER_WIDTH, pose_to_vector
 
 GRIPPER_COMMAND_TIMEOUT = 5.0  # s: a gripper command still running after this is reported as an error
@@ -91,7 +91,8 @@ PARAMETERS = {
     "gripper": "drive the Franka Hand from the chunk's gripper column",
     "gripper_speed": "finger speed, m/s",
     "gripper_force": "grasp force, N",
-    "gripper_open_delay": "a closed hand opens only after the chunks have asked for open this long without a break, s (closing is immediate)",
+    "gripper_open_delay": "a closed hand opens only after the chunks have asked for open this long without a break, s "
+                          "(closing is immediate)",
     "workspace_min": "workspace box lower corner (base frame), m",
     "workspace_max": "workspace box upper corner (base frame), m",
     "workspace_clamp": "chunk rows outside the box by at most this are moved onto it; further out rejects the chunk, m",
@@ -160,7 +161,8 @@ class GripperWorker:
                 if self._rule.closed != self._commanded_closed and not self._previous_finished():
                     waited = time.monotonic() - self._sent_at
                     if waited > GRIPPER_COMMAND_TIMEOUT:
-                        waiting = f"the previous gripper command has not finished after {waited:.0f} s; the next waits for it"
+                        waiting = (f"the previous gripper command has not finished after {waited:.0f} s; "
+                                   "the next waits for it")
                 elif self._rule.closed != self._commanded_closed:
                     closed = self._rule.closed
                     if closed:  # wide epsilons: any object between the fingers counts as grasped
@@ -196,7 +198,8 @@ class ControllerNode(Node):
         self.robot_ip = p("robot_ip", "172.16.0.2", "FCI address of the arm (franky-sim prints its loopback address)")
         self.realtime = p("realtime", True, "require a realtime kernel (false for franky-sim)")
         self.enable_on_start = p("enable_on_start", False,
-                                 "start tracking without ~/enable (config/controller_sim.yaml sets it; keep false on a real arm)")
+                                 "start tracking without ~/enable (config/controller_sim.yaml sets it; "
+                                 "keep false on a real arm)")
         params = {name: p(name, default, PARAMETERS[name]) for name, default in controller_defaults().items()}
         self.core = controller_core(params)  # every safety rule and limit lives there
         self.tracking = TrackingParams.from_params(params)
@@ -213,7 +216,8 @@ class ControllerNode(Node):
         gripper_topic = p("teleop_gripper_topic", "/teleop/gripper",
                           "teleoperation gripper command (std_msgs/Float64, 0 open .. 1 closed)")
         self.tool_frame = p("teleop_tool_frame", "fr3_hand_tcp",
-                            "a TwistStamped with this frame_id is in the gripper's frame; empty or base_frame: base frame")
+                            "a TwistStamped with this frame_id is in the gripper's frame; "
+                            "empty or base_frame: base frame")
 
         if self.realtime and not kernel_is_realtime():
             self.get_logger().error(
@@ -237,7 +241,8 @@ class ControllerNode(Node):
         self._running = True
         self._connected_before = False
         self._next_tick: float | None = None
-        self._connections: queue.Queue = queue.Queue()  # (robot, gripper worker | None, gripper error) from the connector
+        # (robot, gripper worker | None, gripper error) from the connector
+        self._connections: queue.Queue = queue.Queue()
         self._want_connection = threading.Event()
         self._beat = time.monotonic()  # last control-loop pass
         self._busy = ""  # the robot call the control thread is in
@@ -270,7 +275,8 @@ class ControllerNode(Node):
             self.create_service(Trigger, f"~/use_{source}", lambda req, resp, s=source: self._on_use(s, resp),
                                 qos_profile=SERVICE_QOS, callback_group=services)
         self.create_timer(1.0 / state_rate, self._publish_state, callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0 / diagnostics_rate, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0 / diagnostics_rate, self._publish_diagnostics,
+                          callback_group=MutuallyExclusiveCallbackGroup())
         self._connector = threading.Thread(target=self._connect_loop, name="connect", daemon=True)
         self._connector.start()
         self._thread = threading.Thread(target=self._control_loop, name="control", daemon=True)
@@ -300,7 +306,8 @@ class ControllerNode(Node):
         gid = info.get("publisher_gid") or {}
         if gate.allow(bytes(gid.get("data") or b""), time.monotonic()):
             return True
-        reason = self.core.reject(f"publisher over {limit} {gate.rate:g}/s: {what} dropped unread", teleop=what != "chunk")
+        reason = self.core.reject(f"publisher over {limit} {gate.rate:g}/s: {what} dropped unread",
+                                  teleop=what != "chunk")
         self.get_logger().warning(f"rejected {what}: {reason}", throttle_duration_sec=1.0)
         return False
 
@@ -458,7 +465,8 @@ class ControllerNode(Node):
             except Exception as err:  # NetworkException, IncompatibleVersionException, RealtimeException ...
                 message = f"cannot connect to {self.robot_ip}: {err}"
                 if self.realtime and "realtime" in str(err).lower():
-                    message += " (this kernel is not real-time: use a PREEMPT_RT kernel, or realtime:=false for tests only)"
+                    message += (" (this kernel is not real-time: use a PREEMPT_RT kernel, or realtime:=false for "
+                                "tests only)")
                 self._connections.put((None, None, message))
                 continue
             gripper, gripper_error = None, ""
@@ -466,7 +474,8 @@ class ControllerNode(Node):
                 try:
                     with keep_thread_scheduling(enabled=not self.realtime):
                         hand = franky.Gripper(self.robot_ip)
-                    gripper = GripperWorker(hand, self.tracking.gripper_speed, self.tracking.gripper_force, FRANKA_MAX_FINGER_WIDTH,
+                    gripper = GripperWorker(hand, self.tracking.gripper_speed, self.tracking.gripper_force,
+                                            FRANKA_MAX_FINGER_WIDTH,
                                             self.get_logger(), open_delay=self.tracking.gripper_open_delay)
                 except Exception as err:  # the arm is still usable; the status says the hand is not
                     gripper_error = f"no gripper at {self.robot_ip}: {err}"
@@ -490,7 +499,8 @@ class ControllerNode(Node):
         self._busy = "reading the robot state"
         self._read_state()
         if self._connected_before:  # the robot was lost (a fault): whatever came back needs ~/recover
-            self.core.deactivate(f"reconnected to {self.robot_ip} after losing it ({self.franky_error}): call ~/recover",
+            self.core.deactivate(f"reconnected to {self.robot_ip} after losing it ({self.franky_error}): "
+                                 "call ~/recover",
                                  error=True)
             self.get_logger().warning(f"reconnected to {self.robot_ip}: staying in ERROR until ~/recover")
             return True
@@ -517,7 +527,7 @@ class ControllerNode(Node):
         state = self.robot.state
         robot_time = state.time.to_sec()
         if self._snapshot is not None and robot_time == self._robot_time:
-            return  # franky still holds the last state the robot sent (e.g. it froze): it keeps its age, not a new stamp
+            return  # franky still holds the last state the robot sent (it froze): it keeps its age, not a new stamp
         self._robot_time = robot_time
         pose = state.O_T_EE
         position, quat = np.asarray(pose.translation), np.asarray(pose.quaternion)
@@ -536,7 +546,8 @@ class ControllerNode(Node):
         if self.robot.has_errors:
             return False, "robot reports errors: call ~/recover first"
         try:
-            self.tracker = franky.CartesianImpedanceTracker(self.robot, **self.tracking.tracker_kwargs())  # unpaced: _pace() keeps time
+            # unpaced: _pace() keeps time
+            self.tracker = franky.CartesianImpedanceTracker(self.robot, **self.tracking.tracker_kwargs())
         except Exception as err:
             self.tracker = None
             self.franky_error = f"could not start tracking: {err}"

@@ -121,7 +121,8 @@ class RecorderNode(Node):
 
     def _publish_diagnostics(self) -> None:
         status = self.recorder.status()
-        level = WARN if status["dropped"] or status["error"] or (status["missing"] and status["state"] == RECORDING) else OK
+        trouble = status["dropped"] or status["error"] or (status["missing"] and status["state"] == RECORDING)
+        level = WARN if trouble else OK
         message = f"{status['state']}: {status['message']}"
         self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/recorder_node",
                                                str(self.recorder.root), level, message,

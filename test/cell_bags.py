@@ -55,6 +55,8 @@ def write_cell_bag(
     seconds: float = 2.0,
     camera_hz: float = CAMERA_HZ,
     rate_change_at: float | None = None,
+    rate_factor: float = 2.0,
+    rate_change_until: float | None = None,
     corrupt_wrist_frame: int | None = None,
     goal_pose: bool = False,
     pose: bool = True,
@@ -62,8 +64,8 @@ def write_cell_bag(
     demonstrations: int = 1,
     pause: float = 2.0,
 ) -> Path:
-    """One demonstration as the cell records it. `rate_change_at`: the front camera drops to half its rate from
-    then on; `corrupt_wrist_frame`: that JPEG cut short; `goal_pose`: a second PoseStamped topic (/goal_pose);
+    """One demonstration as the cell records it. `rate_change_at`: the cameras drop to 1 / `rate_factor` of their
+    rate from then on (until `rate_change_until`); `corrupt_wrist_frame`: that JPEG cut short; `goal_pose`: a second PoseStamped topic (/goal_pose);
     `pose`: False leaves the pose out; `instruction`: also a /task_instruction String topic (a list: one per
     demonstration); `demonstrations`: that many, `pause` s apart, the recorder paused in between."""
     import cv2
@@ -115,8 +117,8 @@ def write_cell_bag(
             camera_times, t = [], 0.0
             while t < seconds:
                 camera_times.append(t)
-                slow = rate_change_at is not None and t >= rate_change_at
-                t += (2.0 if slow else 1.0) / camera_hz
+                slow = rate_change_at is not None and rate_change_at <= t < (rate_change_until or seconds)
+                t += (rate_factor if slow else 1.0) / camera_hz
             for k, tk in enumerate(camera_times):
                 jitter = float(rng.uniform(-1e-3, 1e-3))
                 rgb = scene(k)

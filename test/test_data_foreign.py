@@ -140,6 +140,20 @@ def test_a_rate_change_is_refused_naming_the_topic(tmp_path):
         read_episode(bag, cameras=("front", "wrist"), options=OPTIONS)
 
 
+def test_a_rate_that_wobbles_is_read_with_a_warning_naming_the_topic(tmp_path, capsys):
+    bag = write_cell_bag(
+        tmp_path / "wobbly" / "demo", seconds=2.0, rate_change_at=0.8, rate_factor=1.5, rate_change_until=1.4
+    )
+    ep = read_episode(bag, cameras=("front", "wrist"), options=OPTIONS)
+    assert ep.meta["dt"] == pytest.approx(1 / CAMERA_HZ, rel=0.02)
+    assert any(
+        w.startswith(f"the rate on {FRONT} wobbles (30 Hz, then 20 Hz, then 30 Hz)") for w in ep.meta["warnings"]
+    )
+    ds = EpisodeDataset(tmp_path / "wobbly", chunk=4, cameras=("front", "wrist"), options=OPTIONS)
+    assert len(ds.episodes) == 1 and f"{FRONT} wobbles" in capsys.readouterr().err
+    assert any(FRONT in w["warning"] for w in ds.summary()["warnings"])
+
+
 def test_episodes_at_another_rate_are_skipped_unless_resampled(tmp_path):
     write_cell_bag(tmp_path / "a_30hz", seconds=0.6)
     write_cell_bag(tmp_path / "b_15hz", seconds=0.6, camera_hz=15.0)

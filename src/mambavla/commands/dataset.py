@@ -75,6 +75,8 @@ def run_stats(args: argparse.Namespace) -> int:
         print(f"    {role:<13} {', '.join(f'{t}: {n}' for t, n in found['topics'].items())}{sizes}")
     for how, n in summary["actions_from"].items():
         print(f"  actions       {how} ({n} episodes)")
+    for item in summary["warnings"]:
+        print(f"  warning {item['path']}: {item['warning']}")
     for item in summary["skipped"]:
         print(f"  skipped {item['path']}: {item['reason']}")
     return 0

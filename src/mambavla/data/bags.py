@@ -94,8 +94,9 @@ ACTION_LEAD = 0.1  # s: where no command was recorded, the measured pose this fa
 GRIPPER_CLOSED_BELOW = (
     0.9  # finger width, as a fraction of the episode's widest, under which the gripper counts as closed
 )
-RATE_TOLERANCE = 0.25  # a stretch of the recording whose median interval is this far off the whole's: the rate changed
-IRREGULAR_FRACTION = 0.1  # more intervals than this more than half off the median: irregular
+RATE_TOLERANCE = 0.25  # a stretch of the recording whose median interval is this far off the whole's: the rate moved
+RATE_CHANGE = 1.9  # stretches whose rates differ by this factor: the rate changed (refused; less: a warning)
+IRREGULAR_FRACTION = 0.1  # more intervals than this more than half off the median: irregular (a warning)
 GAP_LIMIT = (5, 0.25)  # an interval this many times the median and this many s long: a pause, not dropped frames
 
 
@@ -481,7 +482,8 @@ def _episode(
         raise EpisodeError(f"{label}: no usable messages on {', '.join(empty)}")
 
     rated = cameras or ["joint_states"]  # every camera keeps one rate; the first one's is the recording's
-    recorded_dt = [recorded_interval(stamps[r], info.roles[r], label) for r in rated][0]
+    intervals = [recorded_interval(stamps[r], info.roles[r], label) for r in rated]
+    recorded_dt, warnings = intervals[0][0], [w for _, found in intervals for w in found]
     dt = options.dt or recorded_dt
     dt_ns = int(round(dt * 1e9))
     timed = [r for r in roles if r != "instruction"]
@@ -553,6 +555,7 @@ def _episode(
         "roles": dict(info.roles),
         "actions_from": actions_from,
         "recorded_image_size": recorded_sizes,
+        "warnings": warnings,
     }
     if cameras:
         meta["cameras"] = cameras
@@ -569,9 +572,11 @@ def _episode(
     )
 
 
-def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> float:
-    """The median interval (s) between the stamps (int64 ns) of `topic`; EpisodeError naming the topic when the
-    rate changes during the recording or the intervals are irregular (a few dropped frames are fine)."""
+def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> tuple[float, list[str]]:
+    """(the median interval in s between the stamps (int64 ns) of `topic`, warnings). EpisodeError naming the topic
+    where rows would be read wrong: stamps that do not increase, a pause, a stretch at another rate (half or double,
+    or further). A rate that wobbles less, or jitter, is a warning: rows stay on their times, the nearest frame of
+    each is a little older or newer (a few dropped frames are neither)."""
     if len(stamps) < 3:
         raise EpisodeError(f"{path}: {topic} has {len(stamps)} message(s): too few to tell its rate")
     gaps = np.diff(stamps).astype(np.float64)
@@ -581,18 +586,6 @@ def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> float:
             f"the stamps must increase"
         )
     median = float(np.median(gaps))
-    windows = [float(np.median(w)) for w in np.array_split(gaps, max(1, min(10, len(gaps) // 10)))]
-    changed = [w for w in windows if abs(w - median) > RATE_TOLERANCE * median]
-    if changed:
-        stretches = [windows[0]]  # the windows' rates in recording order, one entry per stretch at one rate
-        for w in windows[1:]:
-            if abs(w - stretches[-1]) > RATE_TOLERANCE * stretches[-1]:
-                stretches.append(w)
-        rates = ", then ".join(f"{1e9 / w:.0f} Hz" for w in stretches)
-        raise EpisodeError(
-            f"{path}: the rate on {topic} changes during the recording ({rates}): rows would not be evenly "
-            f"spaced; record at one rate, or split the bag where it changes"
-        )
     pauses = np.flatnonzero(gaps > max(GAP_LIMIT[0] * median, GAP_LIMIT[1] * 1e9))
     if len(pauses):
         first = pauses[0]
@@ -601,13 +594,29 @@ def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> float:
             f"{stamps[first] / 1e9:.3f} s (its interval is {median / 1e6:.1f} ms): rows would bridge the pause; "
             f"a bag of several demonstrations is split with --split-gap SECONDS"
         )
+    windows = [float(np.median(w)) for w in np.array_split(gaps, max(1, min(10, len(gaps) // 10)))]
+    stretches = windows[:1]  # the rate of each stretch in recording order
+    for w in windows[1:]:
+        if abs(w - stretches[-1]) > RATE_TOLERANCE * stretches[-1]:
+            stretches.append(w)
+    rates = ", then ".join(f"{1e9 / w:.0f} Hz" for w in stretches)
+    warnings = []
+    if max(stretches + [median]) / min(stretches + [median]) >= RATE_CHANGE:
+        raise EpisodeError(
+            f"{path}: the rate on {topic} changes during the recording ({rates}): the rows' interval would fit only "
+            f"part of it; record at one rate, or split the bag where it changes"
+        )
+    if len(stretches) > 1 or abs(stretches[0] - median) > RATE_TOLERANCE * median:
+        warnings.append(
+            f"the rate on {topic} wobbles ({rates}): rows every {median / 1e6:.1f} ms take the nearest frame"
+        )
     off = float(np.mean(np.abs(gaps - median) > 0.5 * median))
     if off > IRREGULAR_FRACTION:
-        raise EpisodeError(
-            f"{path}: {topic} is irregular: {off:.0%} of its intervals are more than half off the median "
-            f"{median / 1e6:.1f} ms; rows would not be evenly spaced"
+        warnings.append(
+            f"{topic} is irregular: {off:.0%} of its intervals are more than half off the median "
+            f"{median / 1e6:.1f} ms; rows take the nearest frame"
         )
-    return median / 1e9
+    return median / 1e9, warnings
 
 
 def derived_actions(stamps: dict, streams: dict, grid: np.ndarray, lead: float) -> np.ndarray:

@@ -189,6 +189,8 @@ class EpisodeDataset:
             return [_load_cache(f, path) for f in cached]
         episodes = read_episodes(path, cameras=self.cameras, options=self.options)
         self.decoded += 1
+        for warning in (w for ep in episodes for w in ep.meta.get("warnings", [])):
+            print(f"warning: {path}: {warning}", file=sys.stderr)
         if use_cache:
             try:
                 _save_cache(folder, episodes)
@@ -288,7 +290,8 @@ class EpisodeDataset:
 
     def sources(self) -> dict:
         """What reading found, over the episodes: {"roles": {role: {"topics": {topic: episodes}, "recorded_sizes":
-        [[H, W]] (cameras)}}, "recorded_rate_hz": [...], "actions_from": {how: episodes}}."""
+        [[H, W]] (cameras)}}, "recorded_rate_hz": [...], "actions_from": {how: episodes}, "warnings": [{path, warning}]}
+        (a camera rate that wobbles or jitters: the rows are read, each with its nearest frame)."""
         roles: dict[str, dict] = {}
         rates: list = []
         actions_from: dict[str, int] = {}
@@ -304,7 +307,8 @@ class EpisodeDataset:
                 rates.append(hz)
             source = ep.meta.get("actions_from", "unknown")
             actions_from[source] = actions_from.get(source, 0) + 1
-        return {"roles": roles, "recorded_rate_hz": rates, "actions_from": actions_from}
+        warnings = [{"path": str(ep.path), "warning": w} for ep in self.episodes for w in ep.meta.get("warnings", [])]
+        return {"roles": roles, "recorded_rate_hz": rates, "actions_from": actions_from, "warnings": warnings}
 
 
 def to_delta(chunk: np.ndarray, proprio: np.ndarray) -> np.ndarray:

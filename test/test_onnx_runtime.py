@@ -164,7 +164,7 @@ def test_a_graph_the_runtime_exported_itself_goes_when_its_session_does(exported
 
     reference, _ = exported
     runtime = PolicyRuntime(reference.model, backend="onnx")  # no onnx_path: exported to a folder of its own
-    folder = runtime._onnx.path.parent
+    folder = runtime.step_backend.onnx_step.path.parent
     assert folder.name.startswith("mambavla-onnx-") and (folder / "step.onnx").is_file()
     del runtime
     gc.collect()
@@ -222,8 +222,9 @@ def test_onnx_cuda_options_reach_the_cuda_provider(exported):
     options, batched = {}, {}
     for tf32 in (None, {"use_tf32": "1"}):
         runtime = PolicyRuntime(reference.model, device="cuda", backend="onnx", onnx_path=path, onnx_cuda_options=tf32)
-        options[bool(tf32)] = runtime._onnx.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"]
-        session = runtime.stream_batch(2)._onnx.session  # the batch's own session takes them too
+        session = runtime.step_backend.onnx_step.session
+        options[bool(tf32)] = session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"]
+        session = runtime.stream_batch(2).step_backend.onnx_step.session  # the batch's own session takes them too
         batched[bool(tf32)] = session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"]
     assert options == batched == {False: "0", True: "1"}
 

@@ -281,7 +281,7 @@ def test_cuda_steps_upload_every_frame_through_pinned_buffers_made_once(graph, c
         np.testing.assert_allclose(got, expected, atol=2e-3)  # this step's frame reached the GPU, not a stale one
         assert last is None or np.abs(got - last).max() > 1e-3  # and the frames matter
         last = got
-        buffers = (gpu._graph if graph else gpu)._upload._buffers
+        buffers = gpu.step_backend.upload._buffers  # the eager step's, or the captured step's
         assert sorted(buffers) == ["image/front", "image/wrist", "proprio"] and all(t.is_pinned() for t in buffers.values())
         now = {name: t.data_ptr() for name, t in buffers.items()}
         assert pointers in (None, now)  # made once, reused

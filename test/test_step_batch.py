@@ -89,5 +89,5 @@ def test_cuda_graph_batch_matches_separate_cuda_graph_runtimes(dtype):
         chunks = batch.step_batch([random_observation(base, 100 * i + k) for i in range(3)])
         for i, chunk in enumerate(chunks):
             worst = max(worst, float(np.abs(chunk.actions - singles[i].step(random_observation(base, 100 * i + k)).actions).max()))
-    assert batch._graph is not None
+    assert batch.step_backend.graph is not None
     assert worst <= (1e-4 if dtype == torch.float32 else 2e-2)

@@ -36,7 +36,7 @@ def test_compiled_graph_step_matches_graph_step(history, dtype):
                                        **history)
         assert rt.cuda_graph and rt.compile_mode == ("default" if compile_step else None)
         chunks[compile_step] = instruction_change_chunks(rt)  # the graph's static state follows a new instruction
-        assert rt._graph.compile_mode == rt.compile_mode
+        assert rt.step_backend.graph.compile_mode == rt.compile_mode
     # fp32: as test_runtime's graph-vs-eager check. bf16: as test_step_batch's, plus a relative term, since
     # Inductor rounds a fused chain to bf16 once where eager rounds after every op (measured on an H100,
     # 4 steps: max abs difference 0.011 for tiny, 0.019 for base, actions up to 1.6 and 2.3)

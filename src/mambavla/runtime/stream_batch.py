@@ -14,16 +14,16 @@ import torch
 
 from mambavla.model.mamba2 import Mamba2State
 from mambavla.runtime.chunk import ActionChunk
-from mambavla.runtime.policy_runtime import PinnedUpload, PolicyRuntime, _StepGraph
+from mambavla.runtime.inputs import check_observation
 
 
 class StreamBatch:
-    """Stream-mode Mamba policies only. Runs on the runtime's backend: torch (eager, or one CUDA graph
-    for the whole batch where the runtime uses CUDA graphs) or ONNX Runtime (the same graph file with a
-    batch of B). The batched state has one owner: the CUDA graph's static buffers, the ONNX session's
-    buffers, or this object's tensors."""
+    """Stream-mode Mamba policies only. `runtime` is the `PolicyRuntime` whose policy, noise and backend the
+    streams share: the batch steps on a backend of the same kind (`StepBackend.batched`: eager torch, one
+    CUDA graph for the whole batch, or an ONNX Runtime session of the same graph file with a batch of B),
+    which holds the batched state."""
 
-    def __init__(self, runtime: PolicyRuntime, streams: int, seeds: Sequence[int] | None = None):
+    def __init__(self, runtime, streams: int, seeds: Sequence[int] | None = None):
         config = runtime.config
         if config.fusion != "mamba" or config.history_mode != "stream":
             raise ValueError("step_batch: needs a stream-mode policy with the mamba fusion")
@@ -33,31 +33,12 @@ class StreamBatch:
         if len(seeds) != streams:
             raise ValueError(f"step_batch: {streams} streams need {streams} seeds, got {len(seeds)}")
         self.runtime, self.config, self.streams, self.seeds = runtime, config, streams, seeds
-        self.model, self.device, self.dtype = runtime.model, runtime.device, runtime.dtype
-        self._generators = [torch.Generator(device=self.device) for _ in range(streams)]
+        self.model = runtime.model
+        self.step_backend = runtime.step_backend.batched(streams)
+        self._generators = [torch.Generator(device=runtime.device) for _ in range(streams)]
         self._prefix: list[tuple[list, torch.Tensor] | None] = [None] * streams  # per stream: (prefix state, task)
         self.instructions: list[str | None] = [None] * streams
         self.frames_seen = [0] * streams
-        state = [layer.mixer.empty_state(streams, self.device, self.dtype) for layer in self.model.fusion.layers]
-        task = torch.zeros(streams, config.d_model, device=self.device, dtype=self.dtype)
-        self._graph = self._onnx = None
-        if runtime.backend == "onnx":
-            from mambavla.runtime.onnx_step import OnnxStep
-
-            self._onnx = OnnxStep(runtime._onnx.path, config, batch=streams, device=runtime._onnx.device,
-                                  threads=runtime._onnx.threads, cuda_graph=runtime._onnx.cuda_graph,
-                                  cuda_options=runtime._onnx.cuda_options)
-        elif runtime.cuda_graph:
-            h, w = config.image_size
-            # the dtypes the input checks give: uint8 colour, float with depth
-            images = {c: torch.zeros(streams, 4 if config.use_depth else 3, h, w, device=self.device,
-                                     dtype=torch.float32 if config.use_depth else torch.uint8) for c in config.cameras}
-            proprio = torch.zeros(streams, config.proprio_dim, device=self.device)
-            self._graph = _StepGraph(self.model, state, task, images, proprio, self.dtype)
-            state, task = self._graph.state, self._graph.task
-        self._state, self._task = state, task
-        # the eager CUDA step's pinned input buffers (the captured step has its own)
-        self._upload = PinnedUpload(self.device) if self.device.type == "cuda" and self._graph is None else None
 
     # ---- per stream ------------------------------------------------------------------------------
 
@@ -79,20 +60,8 @@ class StreamBatch:
         self._check_index(stream)
         self._generators[stream].manual_seed(self.seeds[stream])
         self.frames_seen[stream] = 0
-        if self._prefix[stream] is None:
-            return
-        prefix, task = self._prefix[stream]
-        if self._onnx is not None:  # the session owns the state: round trip through the host
-            flat = self._onnx.state()
-            for buffer, row in zip(flat, (t for s in prefix for t in s)):
-                buffer[stream] = row[0].numpy()
-            self._task[stream] = task[0]
-            self._onnx.restart(flat, self._task.numpy())
-            return
-        for now, row in zip(self._state, prefix):
-            for dst, src in zip(now, row):
-                dst[stream].copy_(src[0])
-        self._task[stream].copy_(task[0])
+        if self._prefix[stream] is not None:
+            self.step_backend.start(*self._prefix[stream], row=stream)
 
     # ---- all streams -----------------------------------------------------------------------------
 
@@ -106,22 +75,11 @@ class StreamBatch:
         if missing:
             raise ValueError(f"instruction: no instruction set for stream(s) {missing}; call set_instruction() first")
         t0 = time.perf_counter()
-        checked = [self.runtime._validate(o) for o in observations]
-        images = {c: torch.cat([images[c] for images, _, _ in checked]) for c in self.config.cameras}  # (B, C, H, W)
+        checked = [check_observation(self.config, o) for o in observations]
+        images = {c: torch.cat([images[c] for images, _, _ in checked]) for c in self.config.cameras}  # (B, C, h, w)
         proprio = torch.cat([p for _, p, _ in checked])  # (B, P)
-        noise = torch.cat([self.runtime.draw_noise(g) for g in self._generators])
-        if self._onnx is not None:
-            actions = self._onnx.run({c: v.float().numpy() for c, v in images.items()}, proprio.numpy(),
-                                     noise.float().numpy())
-        elif self._graph is not None:
-            actions = self._graph.run(images, proprio, noise)
-        else:
-            if self._upload is not None:
-                images, proprio = self._upload.to_device(images, proprio)
-            tokens = self.model.encode_frame(images, proprio, self._task)
-            self._state = self.model.condition(tokens, self._state)
-            actions = self.model.sample_actions(self._state, noise, task=self._task)
-            actions = self.model.normalizer.unnormalize_actions(actions.float()).cpu().numpy()
+        noise = torch.cat([self.runtime.draw_noise(g) for g in self._generators])  # (B, H, A)
+        actions = self.step_backend.step(images, proprio, noise)  # (B, H, A)
         total = (time.perf_counter() - t0) * 1e3
         self.frames_seen = [n + 1 for n in self.frames_seen]
         return [ActionChunk(actions=actions[i], dt=self.config.dt, stamp=stamp, action_names=self.config.action_names,
@@ -132,10 +90,7 @@ class StreamBatch:
     def state(self, stream: int) -> list[Mamba2State]:
         """Stream `stream`'s recurrent state, per layer, batch 1 (a copy)."""
         self._check_index(stream)
-        if self._onnx is not None:
-            flat = [torch.from_numpy(t[stream:stream + 1]) for t in self._onnx.state()]
-            return [Mamba2State(*flat[2 * i:2 * i + 2]) for i in range(len(flat) // 2)]
-        return [Mamba2State(*(t[stream:stream + 1].clone() for t in s)) for s in self._state]
+        return [Mamba2State(*(t[stream:stream + 1].clone() for t in s)) for s in self.step_backend.state()]
 
     def _check_index(self, stream: int) -> None:
         if not 0 <= stream < self.streams:

@@ -425,3 +425,12 @@ def test_a_publisher_over_its_message_budget_is_gated_and_others_are_not():
     flood = sum(gate.allow(b"flood", k * 0.0005) for k in range(2000))  # 2,000 messages in one second
     assert 50 <= flood <= 56  # the burst, then 50 per second
     assert all(gate.allow(b"valid", k * 0.2) for k in range(6))  # a 5 Hz publisher beside it is untouched
+
+
+def test_a_stopped_controller_still_takes_the_teleop_gripper_command_but_not_in_error():
+    core = teleop_core()
+    core.deactivate("stopped by ~/stop")
+    assert core.submit_gripper(1.0) is None and core.gripper_command == 1.0  # the hand of an arm guided by hand
+    assert core.submit_twist((0.1, 0.0, 0.0), (0.0, 0.0, 0.0), 1.0) is not None  # the arm itself is not driven
+    core.deactivate("franky: reflex", error=True)
+    assert "ERROR" in core.submit_gripper(0.0) and core.gripper_command == 1.0

@@ -426,6 +426,29 @@ def test_bad_twists_are_rejected_and_never_move_the_arm(teleop):
     assert probe.latest(CTRL)["state"] == "IDLE"
 
 
+def test_the_teleop_gripper_command_drives_the_hand_of_a_stopped_arm(teleop):
+    from std_msgs.msg import Float64
+
+    from mambavla.ros.qos import COMMAND_QOS
+
+    probe, _ = teleop
+    assert call(probe, "use_teleop").success
+    assert call(probe, "stop").success  # kinesthetic teaching: the arm is guided by hand, not tracked
+    probe.wait_status(CTRL, lambda s: s["state"] == "STOPPED", "STOPPED")
+    probe.wait_for(lambda: probe.finger_width > 0.07, "the hand open")
+    pub = probe.node.create_publisher(Float64, "/teleop/gripper", COMMAND_QOS)
+    try:
+        probe.wait_for(lambda: pub.get_subscription_count() > 0, "the controller's gripper subscription")
+        pub.publish(Float64(data=1.0))
+        probe.wait_for(lambda: probe.finger_width < 0.03, "the hand to close")
+        pub.publish(Float64(data=0.0))
+        probe.wait_for(lambda: probe.finger_width > 0.07, "the hand to open after gripper_open_delay")
+    finally:
+        probe.node.destroy_publisher(pub)
+    assert probe.latest(CTRL)["state"] == "STOPPED"
+    assert call(probe, "enable").success
+
+
 def test_a_twist_flood_from_a_second_publisher_neither_slows_the_loop_nor_starves_the_valid_stream(teleop):
     from geometry_msgs.msg import TwistStamped
 

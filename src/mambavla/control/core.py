@@ -255,14 +255,16 @@ class ControllerCore:
             return None
 
     def submit_gripper(self, value: float) -> str | None:
-        """A teleoperation gripper command, 0 open .. 1 closed; the rejection reason or None."""
+        """A teleoperation gripper command, 0 open .. 1 closed; the rejection reason or None. Taken while STOPPED
+        too: with the arm guided by hand (kinesthetic teaching) the controller does not track, the hand still
+        obeys (`gripper_command`)."""
         with self._lock:
             if self.source != "teleop":
                 return self._reject_teleop(self._inactive("gripper command"))
             if not np.isfinite(value):
                 return self._reject_teleop(f"non-finite gripper command {value}")
-            if self.state not in RUNNING:
-                return self._reject_teleop(f"controller is {self.state.value} ({self.reason}): gripper command ignored")
+            if self.state == ControllerState.ERROR:
+                return self._reject_teleop(f"controller is ERROR ({self.reason}): gripper command ignored")
             self._gripper = float(np.clip(value, 0.0, 1.0))
             self.teleop_accepted += 1
             return None
@@ -442,3 +444,8 @@ class ControllerCore:
     @property
     def target(self) -> tuple[np.ndarray, np.ndarray] | None:
         return self._target
+
+    @property
+    def gripper_command(self) -> float:
+        """The gripper command in force (0 open .. 1 closed)."""
+        return self._gripper

@@ -661,6 +661,8 @@ class ControllerNode(Node):
                         time.sleep(0.05)
                     continue
                 if self.tracker is None:
+                    if self.gripper is not None and self.core.source == "teleop":  # the hand of a guided arm
+                        self.gripper.command(self.core.gripper_command, self._now())
                     try:
                         self._busy = "reading the robot state"
                         self._read_state()

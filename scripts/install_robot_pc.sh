@@ -7,10 +7,11 @@
 #
 # What it does (docs/robot.md explains each choice):
 # 1. apt: the ROS packages package.xml names (ros-<distro>-*), python3-venv and the GL libraries MuJoCo renders with.
-# 2. A virtualenv made with --system-site-packages: apt's rclpy and messages stay visible, and the pinned Python
-#    packages sit in front of the system's for mambavla's processes only. Installing into the system Python would
-#    need --break-system-packages and put numpy 2 in front of every apt ROS node on the PC (apt's cv_bridge does
-#    not import under numpy 2).
+# 2. A virtualenv made with --system-site-packages: rclpy and the messages come from /opt/ros (PYTHONPATH, set by
+#    sourcing setup.bash), the Python packages apt ROS depends on (launch's lark and osrf_pycommon, ...) from the
+#    system, and the pinned packages sit in front of the system's for mambavla's processes only. Installing into
+#    the system Python would need --break-system-packages and put numpy 2 in front of every apt ROS node on the PC
+#    (apt's cv_bridge does not import under numpy 2).
 # 3. pip: requirements.lock (one source of truth) without the PyPI ROS 2 wheels (the robot's apt ROS serves rclpy
 #    and the messages) and without the CPU-only pins; then PyTorch's CUDA build of the
 #    lock's torch version, onnxruntime-gpu, and mamba-ssm for its Triton SSD kernels (no CUDA compile).
@@ -68,10 +69,11 @@ if [ -z "${ROS_DISTRO:-}" ]; then
 fi
 case "${ROS_DISTRO:-}" in
     jazzy|kilted) ;;
-    "") die "no ROS 2 under /opt/ros: install ROS 2 Jazzy or Kilted from apt first (docs.ros.org, 'Ubuntu (deb packages)')" ;;
+    "") die "no ROS 2 under /opt/ros: install ROS 2 Jazzy or Kilted from apt first (docs.ros.org, Ubuntu debs)" ;;
     *) die "ROS_DISTRO=$ROS_DISTRO is not supported: use Jazzy or Kilted (Ubuntu 24.04, Python 3.12)" ;;
 esac
-[ -f "/opt/ros/$ROS_DISTRO/setup.bash" ] || die "/opt/ros/$ROS_DISTRO/setup.bash is missing: apt install ros-$ROS_DISTRO-ros-base"
+[ -f "/opt/ros/$ROS_DISTRO/setup.bash" ] \
+    || die "/opt/ros/$ROS_DISTRO/setup.bash is missing: apt install ros-$ROS_DISTRO-ros-base"
 
 SUDO=$( [ "$(id -u)" = 0 ] || echo sudo )
 if [ "${MAMBAVLA_SKIP_APT:-0}" != 1 ]; then
@@ -93,11 +95,12 @@ case "$($python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" in
     *) die "$python is not Python 3.11 or 3.12: ROS 2 $ROS_DISTRO from apt on Ubuntu 24.04 runs Python 3.12" ;;
 esac
 
-say "virtualenv $VENV (--system-site-packages: apt's rclpy and messages stay visible)"
+say "virtualenv $VENV (--system-site-packages: apt ROS's Python dependencies stay visible)"
 [ -x "$VENV/bin/python" ] || $python -m venv --system-site-packages "$VENV"
 "$VENV/bin/python" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' || die "$VENV is not a virtualenv"
 grep -q 'include-system-site-packages = true' "$VENV/pyvenv.cfg" \
-    || die "$VENV was made without --system-site-packages (rclpy would be missing): remove it and run this again"
+    || die "$VENV was made without --system-site-packages (ros2 launch's Python dependencies would be missing): \
+remove it and run this again"
 pip=("$VENV/bin/python" -m pip install --quiet)
 "${pip[@]}" pip==26.3
 

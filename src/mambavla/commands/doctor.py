@@ -174,8 +174,8 @@ def check_ros() -> Check:
         from rclpy.utilities import get_rmw_implementation_identifier
     except ImportError as err:
         return Check("ros", FAIL, f"cannot import rclpy: {err}",
-                     "source /opt/ros/<distro>/setup.bash before running mambavla (a venv made with "
-                     "--system-site-packages sees apt's rclpy)")
+                     "source /opt/ros/<distro>/setup.bash (it puts apt's rclpy on PYTHONPATH) before running "
+                     "mambavla")
     origin = Path(rclpy.__file__).resolve()
     source = "apt" if str(origin).startswith("/opt/ros/") else "PyPI wheels"
     distro = os.environ.get("ROS_DISTRO", "")

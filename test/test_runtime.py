@@ -66,7 +66,8 @@ def test_noise_scale_shrinks_the_flows_starting_noise_and_zero_makes_chunks_inde
     assert not np.allclose(full[0], zero[0], atol=1e-3)
     # the same draws, halved: half-scale chunks lie between full-noise and no-noise ones (not equal to either)
     assert 0 < np.abs(half[0] - zero[0]).mean() < np.abs(full[0] - zero[0]).mean()
-    default = PolicyRuntime(model.__class__(model.config.replace(noise_scale=0.0)), seed=5)  # the config's value is the default
+    # the config's value is the default
+    default = PolicyRuntime(model.__class__(model.config.replace(noise_scale=0.0)), seed=5)
     assert default.noise_scale == 0.0
     with pytest.raises(ValueError, match="noise_scale"):
         PolicyRuntime(model, noise_scale=1.5)
@@ -105,7 +106,8 @@ def test_bf16_conversion_halves_the_weights_and_loads_the_rounded_values_without
     fp32 = save_checkpoint(model, tmp_path / "fp32", meta={"note": "test"})
     bf16 = convert_checkpoint(fp32, tmp_path / "bf16")
     assert (bf16 / "model.safetensors").stat().st_size < 0.55 * (fp32 / "model.safetensors").stat().st_size
-    assert json.loads((bf16 / "meta.json").read_text()) == {"note": "test", "weights_dtype": "bfloat16 (loaded as float32)"}
+    meta = json.loads((bf16 / "meta.json").read_text())
+    assert meta == {"note": "test", "weights_dtype": "bfloat16 (loaded as float32)"}
     assert (bf16 / "stats.json").read_text() == (fp32 / "stats.json").read_text()
     original, loaded = model.state_dict(), load_checkpoint(bf16).state_dict()
     assert loaded.keys() == original.keys()
@@ -165,7 +167,8 @@ _DROP = object()
     (lambda rt: _bad(rt, img_front=np.zeros((32, 32), np.uint8)), r"expected shape \(H, W, 3\) RGB \(the policy sees"),
     (lambda rt: _bad(rt, img_front=np.zeros((0, 32, 3), np.uint8)), r"expected shape \(H, W, 3\)"),
     (lambda rt: _bad(rt, img_front=np.zeros((9000, 1, 3), np.uint8)), r"9000 exceeds 8192 px per side"),
-    (lambda rt: _bad(rt, img_front=np.zeros((4000, 6000, 3), np.uint8)), r"images\['front'\]: image of 72000000 bytes exceeds"),
+    (lambda rt: _bad(rt, img_front=np.zeros((4000, 6000, 3), np.uint8)),
+     r"images\['front'\]: image of 72000000 bytes exceeds"),
     (lambda rt: _bad(rt, img_wrist=np.zeros((32, 32, 3), np.float32)), r"images\['wrist'\]: expected dtype uint8"),
     (lambda rt: _bad(rt, img_wrist=[[0]]), "expected a numpy array"),
     (lambda rt: _bad(rt, images=None), "images: expected a dict"),
@@ -197,7 +200,8 @@ def test_frames_of_any_size_are_resized_as_opencv_resizes_them(camera):
 
 def test_area_weights_are_opencvs_inter_area():
     rng = np.random.default_rng(0)
-    for source, size in [((480, 640), (128, 128)), ((100, 90), (128, 128)), ((720, 1280), (224, 224)), ((7, 5), (32, 32))]:
+    for source, size in [((480, 640), (128, 128)), ((100, 90), (128, 128)), ((720, 1280), (224, 224)),
+                         ((7, 5), (32, 32))]:
         frame = rng.integers(0, 256, (*source, 3), dtype=np.uint8)
         rows, cols = area_weights(source, size)
         assert rows.shape == (size[0], source[0]) and cols.shape == (source[1], size[1])
@@ -276,13 +280,15 @@ def test_cuda_steps_upload_every_frame_through_pinned_buffers_made_once(graph, c
     for k in range(4):
         obs = _obs(gpu, seed=k)
         if camera is not None:
-            obs["images"] = {c: np.random.default_rng(k).integers(0, 256, (*camera, 3), dtype=np.uint8) for c in obs["images"]}
+            rng = np.random.default_rng(k)
+            obs["images"] = {c: rng.integers(0, 256, (*camera, 3), dtype=np.uint8) for c in obs["images"]}
         expected, got = cpu.step(obs).actions, gpu.step(obs).actions
         np.testing.assert_allclose(got, expected, atol=2e-3)  # this step's frame reached the GPU, not a stale one
         assert last is None or np.abs(got - last).max() > 1e-3  # and the frames matter
         last = got
         buffers = gpu.step_backend.upload._buffers  # the eager step's, or the captured step's
-        assert sorted(buffers) == ["image/front", "image/wrist", "proprio"] and all(t.is_pinned() for t in buffers.values())
+        assert sorted(buffers) == ["image/front", "image/wrist", "proprio"]
+        assert all(t.is_pinned() for t in buffers.values())
         now = {name: t.data_ptr() for name, t in buffers.items()}
         assert pointers in (None, now)  # made once, reused
         pointers = now
@@ -299,7 +305,8 @@ def test_gpu_area_resize_gives_opencvs_pixels():
         expected = resize_rgb(frame, size)
         assert got.dtype == np.uint8 and got.shape == expected.shape
         difference = np.abs(got.astype(int) - expected)
-        assert difference.max() <= 1 and (difference == 0).mean() > 0.9, (source, difference.max(), (difference == 0).mean())
+        exact = (difference == 0).mean()
+        assert difference.max() <= 1 and exact > 0.9, (source, difference.max(), exact)
 
 
 def test_runtime_dtype_auto_is_bf16_only_for_the_torch_backend_on_cuda():

@@ -72,6 +72,7 @@ def test_step_batch_refuses_wrong_counts_and_streams_without_instruction(base):
         PolicyRuntime.from_preset("tiny", history_mode="window").stream_batch(2)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the GPU machine)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_graph_batch_matches_separate_cuda_graph_runtimes(dtype):

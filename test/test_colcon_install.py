@@ -114,10 +114,17 @@ def test_installed_nodes_run_against_the_simulator_and_stop_on_ctrl_c(workspace,
                            diagnostics_rate_hz=10.0)
         status = probe.wait_status("mambavla/controller_node", lambda s: s["state"] == "IDLE", "connected (IDLE)")
         assert status["robot_ip"] == task["robot_ip"]
-        controller.send_signal(signal.SIGINT)
-        assert controller.wait(timeout=15.0) == 0
-        log = (tmp_path / "controller_node.log").read_text()
-        assert "Traceback" not in log, log[-2000:]
+        # the installed policy_node imports torch and the model from the venv (tiny preset on torch: a quick load)
+        policy = start("policy_node", ["policy.yaml", "policy_sim.yaml"], preset="tiny", backend="torch",
+                       diagnostics_rate_hz=5.0)
+        probe.wait_status("mambavla/policy_node", lambda s: s["state"] == "WAITING", "the installed policy loaded",
+                          timeout=300.0)
+        for process, name in ((policy, "policy_node"), (controller, "controller_node")):
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=15.0) == 0, name
+            log = (tmp_path / f"{name}.log").read_text()
+            assert "Traceback" not in log, log[-2000:]
+        assert "UNTRAINED preset 'tiny'" in (tmp_path / "policy_node.log").read_text()
     finally:
         for process, _ in reversed(started):
             if process.poll() is None:

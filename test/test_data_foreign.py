@@ -191,3 +191,33 @@ def test_a_bag_of_several_demonstrations_splits_at_the_recorders_pauses(tmp_path
         main(["dataset", "stats", str(tmp_path / "session"), "--split-gap", "1.0", "--preset", "tiny", "--json"]) == 0
     )
     assert json.loads(capsys.readouterr().out)["episodes"] == 3
+
+
+def test_mapping_one_camera_keeps_the_policys_other_cameras_found_by_name(cell, capsys):
+    assert (
+        main(
+            [
+                "dataset",
+                "stats",
+                str(cell),
+                "--instruction",
+                "lift",
+                "--preset",
+                "tiny",
+                "--json",
+                "--map",
+                f"front={FRONT}/compressed",
+            ]
+        )
+        == 0
+    )
+    roles = json.loads(capsys.readouterr().out)["roles"]
+    assert roles["front"]["topics"] == {f"{FRONT}/compressed": 2} and roles["wrist"]["topics"] == {WRIST: 2}
+    assert (
+        main(
+            ["dataset", "stats", str(cell), "--instruction", "lift", "--preset", "tiny", "--json", "--cameras", "front"]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cameras"] == ["front"] and "wrist" not in summary["roles"]

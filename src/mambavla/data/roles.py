@@ -17,7 +17,7 @@ given, else found where unambiguous:
     actions        trajectory_msgs/JointTrajectory whose joint_names are the policy's action names
 
 `cameras=None` asks the bag for its camera names: `/cameras/<name>/...` topics (our layout), else the
-camera roles given with `--map`. Anything missing, ambiguous or unreadable raises `BagError` naming the
+caller's defaults (the policy's), with any other camera role given with `--map`. Anything missing, ambiguous or unreadable raises `BagError` naming the
 topic, with a table of the bag's topics and types.
 """
 
@@ -147,7 +147,7 @@ def inspect(
         )
         maps = dict(maps or {})
         if cameras is None:
-            cameras = _camera_names(topics, maps) or list(default_cameras)
+            cameras = _camera_names(topics, maps, default_cameras)
         known = list(cameras) + list(STATE_ROLES)
         for role, topic in maps.items():
             if role not in known:
@@ -171,7 +171,8 @@ def inspect(
     if missing:
         raise BagError(
             f"{path}: no topic for camera(s) {', '.join(missing)} (the policy's cameras, in order: "
-            f"{', '.join(cameras)}); map one with --map CAMERA=TOPIC. The bag has:\n{info.table()}"
+            f"{', '.join(cameras)}); map one with --map CAMERA=TOPIC (when training, --cameras NAME ... chooses "
+            f"the policy's cameras). The bag has:\n{info.table()}"
         )
     if "joint_states" not in info.roles:
         raise BagError(
@@ -193,17 +194,16 @@ def inspect(
     return info
 
 
-def _camera_names(topics: dict[str, str], maps: dict[str, str]) -> list[str]:
-    """Camera names of a bag when the caller has none: the --map camera roles, else our /cameras/<name>/ layout."""
-    mapped = [r for r in maps if r not in STATE_ROLES]
-    if mapped:
-        return mapped
+def _camera_names(topics: dict[str, str], maps: dict[str, str], default: Sequence[str]) -> list[str]:
+    """Camera names of a bag when the caller has none: our /cameras/<name>/ layout's, else `default`; and every
+    other camera role given with --map."""
     ours = [
         t.split("/")[2]
         for t, m in sorted(topics.items())
         if m in IMAGE_TYPES and t.startswith("/cameras/") and t.count("/") >= 3 and not _not_colour(t)
     ]
-    return list(dict.fromkeys(ours))
+    names = list(dict.fromkeys(ours)) or list(default)
+    return names + [r for r in maps if r not in STATE_ROLES and r not in names]
 
 
 def _not_colour(topic: str) -> bool:

@@ -22,6 +22,7 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 LIBFRANKA_COMMAND_PORT = 1337  # libfranka's TCP port on the arm (FCI)
 FRANKA_RTPRIO = 99  # Franka's real-time setup: `@realtime - rtprio 99`
 FRANKA_MEMLOCK = 102400 * 1024  # and `@realtime - memlock 102400` (kB)
+CAP_SYS_NICE = 23  # lets root set real-time priorities whatever the limits say (containers drop it by default)
 SUPPORTED_PYTHON = ((3, 11), (3, 12))
 INSTALL = "bash scripts/install_robot_pc.sh"
 
@@ -245,7 +246,10 @@ def check_rt_limits(robot: bool) -> Check:
     show = lambda v: "unlimited" if v == unlimited else str(v)  # noqa: E731
     detail = f"rtprio {show(rtprio)}, memlock {show(memlock if memlock == unlimited else memlock // 1024)} kB"
     if os.geteuid() == 0:
-        return Check("rt limits", OK, detail + " (root: no limit applies)")
+        if has_capability(CAP_SYS_NICE):
+            return Check("rt limits", OK, detail + " (root with CAP_SYS_NICE: no limit applies)")
+        return Check("rt limits", FAIL if robot else WARN, detail + ", root without CAP_SYS_NICE (a container?)",
+                     "run the container with --cap-add SYS_NICE --ulimit rtprio=99 --ulimit memlock=-1")
     low = [what for what, value, need in (("rtprio", rtprio, FRANKA_RTPRIO), ("memlock", memlock, FRANKA_MEMLOCK))
            if value != unlimited and value < need]
     if not low:
@@ -256,6 +260,16 @@ def check_rt_limits(robot: bool) -> Check:
            "add `@realtime - rtprio 99` and `@realtime - memlock 102400` to /etc/security/limits.conf, "
            "`sudo groupadd realtime; sudo usermod -aG realtime $USER`, then log in again")
     return Check("rt limits", FAIL if robot else WARN, f"{detail}: {' and '.join(low)} too low", fix)
+
+
+def has_capability(bit: int) -> bool:
+    """Whether this process holds a Linux capability (its effective set in /proc/self/status)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return True  # not Linux: nothing to tell
+    effective = next((line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), "0")
+    return bool(int(effective, 16) >> bit & 1)
 
 
 def check_robot(address: str, timeout: float) -> Check:

@@ -14,6 +14,9 @@ from mambavla.model.normalization import merge_stats
 from mambavla.train.trainer import FINE_TUNE_LR, default_warmup
 
 
+pytestmark = pytest.mark.slow  # the shipped policy and the language encoder load, two base-size steps on the CPU
+
+
 @pytest.fixture(scope="module")
 def fine_tuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")

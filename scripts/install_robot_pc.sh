@@ -130,11 +130,15 @@ for script in controller_node policy_node sim_node mambavla; do
 run without torch and franky. Run colcon as '$VENV/bin/python -m colcon build', not /usr/bin/colcon"
 done
 
-say "checking the venv sees apt's rclpy and its own torch"
+say "checking the venv sees apt's rclpy, its own torch, and the installed package"
+set +u
+# shellcheck disable=SC1091
+source "$WS/install/setup.bash"
+set -u
 "$VENV/bin/python" - <<'PY'
-import numpy, rclpy, torch, franky, mambavla  # noqa: F401
-print(f"rclpy from {rclpy.__file__}\nnumpy {numpy.__version__}, torch {torch.__version__} "
-      f"(CUDA {'available' if torch.cuda.is_available() else 'NOT available'})")
+import franky, mambavla, numpy, rclpy, torch  # noqa: F401
+print(f"rclpy from {rclpy.__file__}\nmambavla from {mambavla.__file__}\nnumpy {numpy.__version__}, "
+      f"torch {torch.__version__} (CUDA {'available' if torch.cuda.is_available() else 'NOT available'})")
 PY
 
 cat <<EOF

@@ -19,7 +19,7 @@ pip_download() {
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$out" "$@"
 }
 lock() { grep -E "^$1==" "$(dirname "$0")/../requirements-metaworld.lock"; }
-pip_download "$(lock mujoco)" "$(lock gymnasium)" "$(lock farama-notifications)" pyopengl==3.1.10
+pip_download "$(lock mujoco)" "$(lock gymnasium)" "$(lock farama-notifications)" pyopengl==3.1.10 glfw==2.11.0
 tmp=$(mktemp -d)
 pip_download -d "$tmp" "$(lock metaworld)"
 (cd "$tmp" && python3 -m zipfile -e metaworld-*.whl pkg)

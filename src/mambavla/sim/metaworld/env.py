@@ -73,6 +73,8 @@ class MetaWorldTask:
         self.steps = 0
 
     def reset(self, seed: int) -> np.ndarray:
+        # Meta-World's reset() ignores its seed argument: the layout is drawn from the RNG that seed() sets
+        self.env.seed(int(seed))
         self._obs, _ = self.env.reset(seed=int(seed))
         self.steps = 0
         return self.proprio()

@@ -159,7 +159,6 @@ def evaluate(
     """Evaluate over `tasks` in `workers` processes (0: one per CPU core, at most one per task); writes
     OUT/eval.json, OUT/episodes.jsonl, OUT/success.png and OUT/gifs/<task>.gif; returns the summary."""
     from mambavla.sim.eval_media import episodes_gif
-    from mambavla.sim.evaluate import percentiles, wilson_interval
     from mambavla.sim.metaworld.demos import run_parallel
 
     if episodes < 1:
@@ -256,6 +255,20 @@ def summarize(results: dict[str, list[MetaWorldEpisode]]) -> dict:
     }
 
 
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    p50, p95, p99 = np.percentile(np.asarray(values), [50, 95, 99])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
+
+
 GROUP_COLOURS = {"easy": "#4c9a6a", "medium": "#4878a8", "hard": "#dd8452", "very_hard": "#c44e52"}
 
 
@@ -265,6 +278,7 @@ def success_chart(summary: dict, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     names = list(summary["tasks"])
     rates = np.array([summary["tasks"][t]["success_rate"] for t in names])
@@ -275,11 +289,11 @@ def success_chart(summary: dict, path: str | Path) -> Path:
     y = np.arange(len(names))[::-1]
     ax.barh(y, rates, color=colours, xerr=np.stack([rates - lo, hi - rates]), capsize=2, ecolor="0.3")
     ax.set_yticks(y, [n.removesuffix("-v3") for n in names], fontsize=8)
-    for g, s in summary["groups"].items():
-        ax.barh([], [], color=GROUP_COLOURS[g], label=f"{g} ({s['tasks']}): {s['success_rate']:.1%}")
+    handles = [Patch(color=GROUP_COLOURS[g], label=f"{g} ({s['tasks']}): {s['success_rate']:.1%}")
+               for g, s in summary["groups"].items()]
     ax.set_xlim(0, 1)
     ax.set_xlabel("success rate (95% Wilson interval)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set_title(
         f"Meta-World: mean of groups {summary['mean_of_groups']:.1%}, mean of {len(names)} tasks "
         f"{summary['mean_success_rate']:.1%} ({summary['episodes_per_task']} episodes each)",

@@ -15,7 +15,7 @@ APT_PACKAGES := libosmesa6 libgl1 libegl1
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU build of the same version.
 TORCH_INDEX ?=
 
-.PHONY: setup test demo bench robot-pc clean
+.PHONY: setup test demo bench robot-pc metaworld clean
 
 setup: $(STAMP)
 
@@ -54,5 +54,9 @@ bench: setup
 robot-pc:
 	bash scripts/install_robot_pc.sh
 
+# Meta-World's own environment (docs/metaworld.md): metaworld 3.1.1 and its mujoco 3.3.0 in front of .venv.
+metaworld: setup
+	bash scripts/metaworld_venv.sh
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-metaworld build src/*.egg-info .pytest_cache

@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from mambavla import spaces
-from mambavla.data.roles import BagError, arm_joint_order, finger_positions
+from mambavla.data.roles import BagError, BagInfo, arm_joint_order, finger_positions
 
 FORMAT = "mambavla-episode/1"
 SIDECAR = "episode.json"
@@ -467,14 +467,14 @@ def _split(reference: np.ndarray, gap: float) -> list[tuple[int, int]]:
 def _episode(
     label: str,
     path: Path,
-    info,
+    info: BagInfo,
     meta: dict,
     cameras: list[str],
     roles: list[str],
     streams: dict,
     stamps: dict,
     counts: dict,
-    options: "ReadOptions",
+    options: ReadOptions,
 ) -> Episode:
     """One episode's rows from its streams ((stamp, value) lists, sorted) and their int64 ns stamps."""
     empty = [f"{info.roles[r]} ({r})" for r in roles if r != "instruction" and not streams[r]]
@@ -648,8 +648,10 @@ def _poses(stream: list, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _fingers(path: Path, topic: str, value: dict) -> np.ndarray:
+def _fingers(path: Path | str, topic: str, value: dict) -> np.ndarray:
     fingers = finger_positions(value["names"], value["positions"])
+    if fingers is None and any(n.endswith(("finger_joint1", "finger_joint2")) for n in value["names"]):
+        raise EpisodeError(f"{path}: a message on {topic} has non-finite finger positions ({value['positions']})")
     if fingers is None:
         raise EpisodeError(
             f"{path}: a message on {topic} lacks the finger joints (names ending in finger_joint1 / "

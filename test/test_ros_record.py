@@ -124,9 +124,26 @@ def test_a_teleoperated_episode_is_recorded_as_training_reads_it(stack):
     assert np.linalg.norm(episode.actions[-1, :3] - episode.proprio[-1, :3]) < 0.02
 
 
+def test_the_recorded_episode_trains_a_policy(stack, tmp_path, capsys):
+    import json
+
+    from mambavla.cli import main
+
+    _, _, root, _ = stack
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--out", str(out), "--preset", "tiny", "--steps", "2",
+                 "--batch-size", "2", "--history", "window", "--history-frames", "2", "--val-fraction", "0",
+                 "--device", "cpu", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["episodes"] == 1 and summary["steps"] == 2 and np.isfinite(summary["loss_last"])
+    assert (out / "last" / "model.safetensors").exists()
+
+
 def test_discard_leaves_no_episode_and_a_start_without_inputs_is_refused(stack):
     probe, _, root, nodes = stack
-    probe.wait_status(REC, lambda s: s["state"] == "READY", "READY again")
+    if probe.latest(CTRL)["state"] == "STOPPED":  # the watchdog stopped it while nobody teleoperated
+        assert call(probe, "/controller_node/enable").success
+    probe.wait_status(REC, lambda s: s["state"] == "READY" and not s["missing"], "READY again, inputs live")
     assert call(probe, "/recorder_node/start").success
     time.sleep(0.5)
     response = call(probe, "/recorder_node/discard")

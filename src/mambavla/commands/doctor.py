@@ -243,8 +243,8 @@ def check_rt_limits(robot: bool) -> Check:
     rtprio = resource.getrlimit(resource.RLIMIT_RTPRIO)[0]
     memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
     unlimited = resource.RLIM_INFINITY
-    show = lambda v: "unlimited" if v == unlimited else str(v)  # noqa: E731
-    detail = f"rtprio {show(rtprio)}, memlock {show(memlock if memlock == unlimited else memlock // 1024)} kB"
+    memlock_text = "unlimited" if memlock == unlimited else f"{memlock // 1024} kB"
+    detail = f"rtprio {'unlimited' if rtprio == unlimited else rtprio}, memlock {memlock_text}"
     if os.geteuid() == 0:
         if has_capability(CAP_SYS_NICE):
             return Check("rt limits", OK, detail + " (root with CAP_SYS_NICE: no limit applies)")

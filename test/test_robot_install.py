@@ -20,9 +20,10 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 # top-level modules of the apt ROS install (rclpy, messages, services): package.xml's business, not pip's
 ROS_MODULES = {"rclpy", "rcl_interfaces", "builtin_interfaces", "std_msgs", "std_srvs", "sensor_msgs", "geometry_msgs",
                "trajectory_msgs", "diagnostic_msgs", "rosgraph_msgs"}
-# imported only on CUDA, from the GPU packages the script adds (mamba-ssm; triton comes with CUDA torch), or only
-# by the Meta-World tools, which have their own lock and venv (scripts/metaworld_venv.sh)
-NOT_FROM_THE_LOCK = {"mamba_ssm", "triton", "metaworld"}
+# imported only on CUDA, from the GPU packages the script adds (mamba-ssm; triton comes with CUDA torch)
+NOT_FROM_THE_LOCK = {"mamba_ssm", "triton"}
+# the Meta-World tools run in their own environment (requirements-metaworld.lock, scripts/metaworld_venv.sh)
+OWN_ENVIRONMENT = ROOT / "src" / "mambavla" / "sim" / "metaworld"
 # modules whose distribution the robot PC installs under another name than this venv's metadata says
 ROBOT_DISTRIBUTION = {"onnxruntime": "onnxruntime-gpu",  # the GPU build provides the same module
                       "pinocchio": "pin"}  # cmeel installs it beside site-packages, outside its top-level index
@@ -54,9 +55,12 @@ def robot_requirements() -> dict[str, str]:
 
 
 def imported_modules() -> set[str]:
-    """Top-level modules imported anywhere in src/mambavla that are neither the standard library nor mambavla."""
+    """Top-level modules imported in src/mambavla (outside the Meta-World tools) that are neither the standard
+    library nor mambavla."""
     modules = set()
     for path in (ROOT / "src" / "mambavla").rglob("*.py"):
+        if OWN_ENVIRONMENT in path.parents:
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 modules.update(alias.name.split(".")[0] for alias in node.names)

@@ -221,3 +221,16 @@ def test_mapping_one_camera_keeps_the_policys_other_cameras_found_by_name(cell, 
     )
     summary = json.loads(capsys.readouterr().out)
     assert summary["cameras"] == ["front"] and "wrist" not in summary["roles"]
+
+
+def test_a_mapped_target_pose_topic_gives_the_actions_in_force_at_each_row(tmp_path):
+    bag = write_cell_bag(tmp_path / "commanded", seconds=2.0, goal_pose=True)  # /goal_pose every 0.5 s
+    options = ReadOptions.make({"ee_pose": POSE, "target_pose": "/goal_pose"}, "lift", POLICY_SIZE)
+    ep = read_episode(bag, cameras=("front", "wrist"), options=options)
+    assert ep.meta["actions_from"].startswith("recorded target poses on /goal_pose")
+    at = ep.times + (ep.meta["start_stamp"] - START)
+    held = np.floor(at / 0.5 + 1e-9) * 0.5  # the last target published at or before each row
+    position, quat = pose_at(held)
+    np.testing.assert_allclose(ep.actions[:, :6], spaces.pose_to_vector(position, quat), atol=1e-6)
+    assert len(ep) == pytest.approx(2.0 * CAMERA_HZ, abs=2)  # the sparse command stream does not end the rows
+    assert ep.actions[0, 6] == 0 and ep.actions[-1, 6] == 1  # the gripper from the fingers, as derived

@@ -421,7 +421,8 @@ def read_episodes(
     info = inspect(path, cameras, dict(options.maps), require_pose=True, default_cameras=options.default_cameras)
     meta = meta or custom_meta(info)
     cameras = list(cameras) if cameras is not None else info.cameras
-    roles = cameras + ["joint_states", "ee_pose"] + [r for r in ("actions", "instruction") if r in info.roles]
+    optional = ("actions", "target_pose", "instruction")
+    roles = cameras + ["joint_states", "ee_pose"] + [r for r in optional if r in info.roles]
     streams: dict[str, list] = {r: [] for r in roles}
     for message in read_messages(info, roles, options.image_size):
         streams[message.role].append((message.stamp, message.value))
@@ -487,7 +488,9 @@ def _episode(
     dt = options.dt or recorded_dt
     dt_ns = int(round(dt * 1e9))
     timed = [r for r in roles if r != "instruction"]
-    t0, t_end = max(int(stamps[r][0]) for r in timed), min(int(stamps[r][-1]) for r in timed)
+    held = ("actions", "target_pose")  # commands: the last one stays in force, so they do not end the rows
+    t0 = max(int(stamps[r][0]) for r in timed)
+    t_end = min(int(stamps[r][-1]) for r in timed if r not in held)
     if t_end < t0:
         spans = ", ".join(f"{info.roles[r]} {stamps[r][0] / 1e9:.3f}..{stamps[r][-1] / 1e9:.3f} s" for r in timed)
         raise EpisodeError(f"{label}: the streams never overlap in time ({spans})")
@@ -526,6 +529,16 @@ def _episode(
             raise EpisodeError(f"{label}: no command on {info.roles['actions']} before {grid[0] / 1e9:.3f} s")
         actions = np.stack([_action_vector(label, info.roles["actions"], streams["actions"][k][1]) for k in at])
         actions_from = f"recorded on {info.roles['actions']}"
+    elif "target_pose" in info.roles:
+        at = np.searchsorted(stamps["target_pose"], grid, side="right") - 1  # the target in force at each row
+        target_position, target_quat = _poses(streams["target_pose"], at)
+        gripper = derived_actions(stamps, streams, grid, options.action_lead)[:, 6:]
+        actions = np.concatenate([spaces.pose_to_vector(target_position, target_quat), gripper], axis=1)
+        actions_from = (
+            f"recorded target poses on {info.roles['target_pose']}; gripper closed where the finger width on "
+            f"{info.roles['joint_states']} {options.action_lead:g} s ahead is below {GRIPPER_CLOSED_BELOW:g} of the "
+            f"widest in the episode"
+        )
     else:
         actions = derived_actions(stamps, streams, grid, options.action_lead)
         actions_from = (

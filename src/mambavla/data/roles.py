@@ -15,6 +15,8 @@ given, else found where unambiguous:
     instruction    std_msgs/String named *instruction* / *task* / *prompt* (other String topics, such as
                    /robot_description, are not instructions)
     actions        trajectory_msgs/JointTrajectory whose joint_names are the policy's action names
+    target_pose    geometry_msgs/PoseStamped a controller was commanded to (e.g. an impedance controller's
+                   equilibrium pose): only with --map, as it cannot be told from the measured pose by its type
 
 `cameras=None` asks the bag for its camera names: `/cameras/<name>/...` topics (our layout), else the
 caller's defaults (the policy's), with any other camera role given with `--map`. Anything missing, ambiguous or unreadable raises `BagError` naming the
@@ -39,6 +41,7 @@ ROLE_TYPES = {
     "ee_pose": ("geometry_msgs/msg/PoseStamped",),
     "instruction": ("std_msgs/msg/String",),
     "actions": ("trajectory_msgs/msg/JointTrajectory",),
+    "target_pose": ("geometry_msgs/msg/PoseStamped",),  # a controller's commanded pose: only with --map
 }
 STATE_ROLES = tuple(ROLE_TYPES)
 NOT_COLOUR = ("depth", "infra", "/ir/", "confidence")  # image streams of a camera that are not its colour frames
@@ -47,6 +50,7 @@ HINTS = {
     "ee_pose": ("ee", "tcp", "pose"),
     "instruction": ("instruction", "task", "prompt"),
     "actions": ("action",),
+    "target_pose": (),
 }
 
 
@@ -227,7 +231,7 @@ def _discover(info: BagInfo, reader, cameras: Sequence[str], action_names: Seque
                 f"--map {cam}=TOPIC. The bag has:\n{info.table()}"
             )
     for role, types in ROLE_TYPES.items():
-        if role in info.roles:
+        if role in info.roles or role == "target_pose":  # a target pose looks like the measured one: never guessed
             continue
         candidates = [t for t, m in info.topics.items() if m in types and t not in taken]
         named = [t for t in candidates if any(h in t.lower() for h in HINTS[role])]
@@ -330,7 +334,7 @@ def read_messages(info: BagInfo, roles: Sequence[str], image_size: tuple[int, in
 def _decode(info: BagInfo, role: str, topic: str, msg, image_size, log_ns: int):
     if role == "joint_states":
         return {"names": list(msg.name), "positions": np.asarray(msg.position, dtype=np.float64)}
-    if role == "ee_pose":
+    if role in ("ee_pose", "target_pose"):
         p, q = msg.pose.position, msg.pose.orientation
         quat = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
         position = np.array([p.x, p.y, p.z], dtype=np.float64)

@@ -16,7 +16,7 @@ def add_bag_options(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ROLE=TOPIC",
         help="topic of a role: a camera name of the policy (front, wrist ...), joint_states, ee_pose, "
-        "instruction or actions; repeatable (default: found by type and name)",
+        "instruction, actions or target_pose (a commanded PoseStamped); repeatable (default: found by type and name)",
     )
     g.add_argument(
         "--instruction", default=None, help="instruction for bags that recorded none (no topic, no episode.json)"

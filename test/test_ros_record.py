@@ -4,6 +4,7 @@ through its services, and the bag reads back as training reads it."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -125,8 +126,6 @@ def test_a_teleoperated_episode_is_recorded_as_training_reads_it(stack):
 
 
 def test_the_recorded_episode_trains_a_policy(stack, tmp_path, capsys):
-    import json
-
     from mambavla.cli import main
 
     _, _, root, _ = stack
@@ -137,6 +136,50 @@ def test_the_recorded_episode_trains_a_policy(stack, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["episodes"] == 1 and summary["steps"] == 2 and np.isfinite(summary["loss_last"])
     assert (out / "last" / "model.safetensors").exists()
+
+
+def test_mambavla_record_takes_keys_from_the_terminal(stack, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    probe, task, root, nodes = stack
+    nodes[2].stop()  # the command runs its own recorder_node
+    if probe.latest(CTRL)["state"] == "STOPPED":
+        assert call(probe, "/controller_node/enable").success
+    out = tmp_path / "demos"
+    leader, follower = os.openpty()  # a terminal for the command's keys
+    log = open(tmp_path / "record.log", "w")
+    command = subprocess.Popen([sys.executable, "-m", "mambavla.cli", "record", "--out", str(out), "--instruction",
+                                "stack the cubes", "--reset-time", "0"], stdin=follower, stdout=log, stderr=log)
+    try:
+        def key(text: str, wait: float = 1.0) -> None:
+            os.write(leader, text.encode())
+            time.sleep(wait)
+
+        def ready() -> bool:  # the progress line, rewritten in place (\r), says ready with every input live
+            lines = (tmp_path / "record.log").read_text().splitlines()
+            return bool(lines) and lines[-1].lstrip("\x1b[K").startswith("ready |")
+
+        probe.wait_for(ready, "the command ready with live inputs", timeout=60.0)
+        key(" ", 2.0)  # start, record two seconds
+        key("m")  # mark success
+        key("\r")  # save
+        key("q", 0.0)
+        assert command.wait(30) == 0
+    finally:
+        if command.poll() is None:
+            command.kill()
+        log.close()
+        os.close(leader)
+        os.close(follower)
+        nodes[2] = NodeProcess("recorder_node", [], {"root": str(root), "cameras": ["front", "wrist"],
+                                                     "instruction": task["instruction"], "reset_time_s": 0.0,
+                                                     "diagnostics_rate_hz": 5.0}, tmp_path / "recorder.log")
+    text = (tmp_path / "record.log").read_text()
+    assert "saved episode_000000" in text, text[-2000:]
+    meta = json.loads((out / "episode_000000" / "episode.json").read_text())
+    assert meta["success"] is True and meta["instruction"] == "stack the cubes" and meta["frames"] >= 5
 
 
 def test_discard_leaves_no_episode_and_a_start_without_inputs_is_refused(stack):

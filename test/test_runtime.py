@@ -236,6 +236,23 @@ def test_unknown_preset_and_bad_config_are_rejected():
         PolicyRuntime.from_preset("tiny", fusion="rnn")
 
 
+def test_the_backend_is_chosen_once_from_the_options_and_options_it_cannot_honour_are_refused():
+    from mambavla.runtime.backends.eager import EagerStep
+
+    rt = PolicyRuntime.from_preset("tiny", dtype=torch.bfloat16)
+    assert isinstance(rt.step_backend, EagerStep) and rt.step_backend.model is rt.model
+    assert (rt.device.type, rt.dtype, rt.precision, rt.cuda_graph, rt.compile_mode) == ("cpu", torch.bfloat16,
+                                                                                       "bfloat16", False, None)
+    assert rt.onnx_provider is None and not rt.onnx_cuda_graph and not rt.resizes_on_device and rt._graph is None
+    assert next(rt.model.parameters()).dtype == torch.bfloat16  # the model runs where the backend does
+    with pytest.raises(ValueError, match="cuda_graph needs device 'cuda'"):
+        PolicyRuntime.from_preset("tiny", cuda_graph=True)
+    with pytest.raises(ValueError, match="backend must be 'torch' or 'onnx', got 'tensorrt'"):
+        PolicyRuntime.from_preset("tiny", backend="tensorrt")
+    with pytest.raises(ValueError, match="kv_capacity_frames must be >= 1"):
+        PolicyRuntime.from_preset("tiny", kv_capacity_frames=0)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("fusion", ["mamba", "transformer"])  # the Transformer through its StaticKVCache

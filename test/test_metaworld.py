@@ -157,10 +157,13 @@ def test_a_workcell_policy_is_refused_with_the_fix(mw_venv, tmp_path):
     assert "is not a Meta-World policy" in done.stderr and "train --suite metaworld" in done.stderr
 
 
-def test_without_metaworld_the_error_names_make_metaworld():
+def test_without_metaworld_collect_stops_with_the_fix(tmp_path):
     if subprocess.run([sys.executable, "-c", "import metaworld"], capture_output=True).returncode == 0:
         pytest.skip("metaworld is importable in this interpreter")
-    from mambavla.sim.metaworld.env import MetaWorldTask
-
-    with pytest.raises(ImportError, match="make metaworld"):
-        MetaWorldTask("reach-v3")
+    pack = tmp_path / "pack"
+    command = ["collect", "--suite", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--out", str(pack)]
+    done = subprocess.run([sys.executable, "-m", "mambavla.cli", *command], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "make metaworld" in done.stderr and "Traceback" not in done.stderr
+    assert not pack.exists()

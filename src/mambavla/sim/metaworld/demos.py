@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mambavla.sim.metaworld import suite
+from mambavla.sim.metaworld.env import require_metaworld
 
 
 def expert_episode(task, seed: int, stride: int, render: bool = True) -> dict:
@@ -116,6 +117,7 @@ def collect_demos(
     if seed >= suite.EVAL_SEED_BASE:
         raise ValueError(f"demonstration seeds must stay below the evaluation seeds ({suite.EVAL_SEED_BASE})")
     max_tries = max_tries or 2 * episodes + 10
+    require_metaworld()
     encoder = instruction_encoder(embeddings)  # before the work: a missing table fails at once
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()

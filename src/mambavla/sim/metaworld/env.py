@@ -30,6 +30,14 @@ def import_metaworld():
     return metaworld
 
 
+def require_metaworld() -> None:
+    """ValueError (a command's error, with the fix) unless Meta-World imports here: checked before any worker starts."""
+    try:
+        import_metaworld()
+    except ImportError as err:
+        raise ValueError(str(err)) from None
+
+
 class MetaWorldTask:
     def __init__(
         self,

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mambavla.sim.metaworld import suite
+from mambavla.sim.metaworld.env import require_metaworld
 
 _POLICY = None  # the worker process's PolicyRuntime
 
@@ -167,7 +168,8 @@ def evaluate(
         raise ValueError("--gif-episodes must be >= 0")
     if not 0 <= seed < suite.EVAL_SEED_BASE:
         raise ValueError(f"--seed is an offset into the evaluation seeds: 0 .. {suite.EVAL_SEED_BASE - 1}")
-    # fail here, not in every worker, when the policy cannot run Meta-World
+    # fail here, not in every worker, when Meta-World is missing or the policy cannot run it
+    require_metaworld()
     probe = load_policy(checkpoint, preset, embeddings, "cpu", seed)
     stride, image_size = check_layout(probe.config, checkpoint or f"preset {preset}"), tuple(probe.config.image_size)
     for t in tasks:

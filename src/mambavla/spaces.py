@@ -1,5 +1,5 @@
 """The robot-facing vocabulary shared by data, model, runtime and nodes: action and proprio layouts
-and the pose <-> vector conversions. Pure numpy: importable everywhere (no torch, no rclpy).
+and the pose <-> vector conversions and quaternion helpers. Pure numpy: importable everywhere (no torch, no rclpy).
 
 Action (7-D, one row of a chunk): end-effector target position (m, base frame), target orientation
 as a rotation vector (rad) relative to `EE_REFERENCE_QUAT`, gripper command (0 = open, 1 = closed).
@@ -70,6 +70,21 @@ def quat_angle_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 2.0 * np.arccos(np.clip(dot, -1.0, 1.0))
 
 
+def slerp(q0: np.ndarray, q1: np.ndarray, alpha: float) -> np.ndarray:
+    """Spherical interpolation between unit (x, y, z, w) quaternions, shortest path."""
+    q0 = np.asarray(q0, dtype=np.float64)
+    q1 = np.asarray(q1, dtype=np.float64)
+    dot = float(np.dot(q0, q1))
+    if dot < 0.0:
+        q1, dot = -q1, -dot
+    if dot > 0.9995:  # nearly parallel: normalised lerp is exact enough and avoids 0/0
+        q = q0 + alpha * (q1 - q0)
+        return q / np.linalg.norm(q)
+    theta = np.arccos(np.clip(dot, -1.0, 1.0))
+    s = np.sin(theta)
+    return (np.sin((1.0 - alpha) * theta) * q0 + np.sin(alpha * theta) * q1) / s
+
+
 def quat_conjugate(quat_xyzw: np.ndarray) -> np.ndarray:
     return np.asarray(quat_xyzw, dtype=np.float64) * np.array([-1.0, -1.0, -1.0, 1.0])
 
@@ -89,7 +104,8 @@ def vector_to_pose(vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return v[..., :3], quat_multiply(np.broadcast_to(EE_REFERENCE_QUAT, relative.shape), relative)
 
 
-def delta_to_absolute(delta: np.ndarray, obs_position: np.ndarray, obs_quat_xyzw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def delta_to_absolute(delta: np.ndarray, obs_position: np.ndarray,
+                      obs_quat_xyzw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Delta actions [..., 6] relative to the observed pose -> absolute position [..., 3], quaternion [..., 4]."""
     d = np.asarray(delta, dtype=np.float64)
     position = np.asarray(obs_position, dtype=np.float64) + d[..., :3]
@@ -97,7 +113,8 @@ def delta_to_absolute(delta: np.ndarray, obs_position: np.ndarray, obs_quat_xyzw
     return position, quat
 
 
-def absolute_to_delta(position: np.ndarray, quat_xyzw: np.ndarray, obs_position: np.ndarray, obs_quat_xyzw: np.ndarray) -> np.ndarray:
+def absolute_to_delta(position: np.ndarray, quat_xyzw: np.ndarray, obs_position: np.ndarray,
+                      obs_quat_xyzw: np.ndarray) -> np.ndarray:
     """Inverse of `delta_to_absolute`: absolute target poses -> [..., 6] deltas from the observed pose."""
     rel = quat_multiply(quat_xyzw, np.broadcast_to(quat_conjugate(obs_quat_xyzw), np.shape(quat_xyzw)))
     return np.concatenate([np.asarray(position) - np.asarray(obs_position), quat_to_rotvec(rel)], axis=-1)

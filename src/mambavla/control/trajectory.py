@@ -6,20 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def slerp(q0: np.ndarray, q1: np.ndarray, alpha: float) -> np.ndarray:
-    """Spherical interpolation between unit (x, y, z, w) quaternions, shortest path."""
-    q0 = np.asarray(q0, dtype=np.float64)
-    q1 = np.asarray(q1, dtype=np.float64)
-    dot = float(np.dot(q0, q1))
-    if dot < 0.0:
-        q1, dot = -q1, -dot
-    if dot > 0.9995:  # nearly parallel: normalised lerp is exact enough and avoids 0/0
-        q = q0 + alpha * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = np.arccos(np.clip(dot, -1.0, 1.0))
-    s = np.sin(theta)
-    return (np.sin((1.0 - alpha) * theta) * q0 + np.sin(alpha * theta) * q1) / s
+from mambavla.spaces import slerp
 
 
 def smoothstep(x: float) -> float:

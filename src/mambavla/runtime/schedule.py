@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mambavla.control.trajectory import slerp
-from mambavla.spaces import pose_to_vector
+from mambavla.spaces import pose_to_vector, slerp
 
 INFER_MODES = ("period", "consumed", "rate", "frame")
 

@@ -186,7 +186,8 @@ def test_discard_leaves_no_episode_and_a_start_without_inputs_is_refused(stack):
     probe, _, root, nodes = stack
     if probe.latest(CTRL)["state"] == "STOPPED":  # the watchdog stopped it while nobody teleoperated
         assert call(probe, "/controller_node/enable").success
-    probe.wait_status(REC, lambda s: s["state"] == "READY" and not s["missing"], "READY again, inputs live")
+    probe.wait_status(REC, lambda s: s["root"] == str(root) and s["state"] == "READY" and not s["missing"],
+                      "the module's recorder READY, inputs live")
     assert call(probe, "/recorder_node/start").success
     time.sleep(0.5)
     response = call(probe, "/recorder_node/discard")

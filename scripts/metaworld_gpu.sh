@@ -3,7 +3,7 @@
 # demonstrations of all 50 tasks, train a policy on them, evaluate it on all 50 tasks (10 episodes each).
 # DEPS (made here): DEPS/dev from scripts/metaworld_device_wheels.sh, DEPS/mamba/mamba_ssm-*.tar.gz (its Triton
 # SSD kernels), DEPS/instructions.npz from scripts/metaworld_instructions.py. Results go to OUT: collect.json,
-# train.json, loss.png, eval.json, success.png, gifs.tgz; the pack and the run stay under WORK.
+# train.json, loss.png, eval.json, success.png, gifs.tgz.part-*; the pack and the run stay under WORK.
 # Usage: bash scripts/metaworld_gpu.sh DEPS OUT [WORK]; settings from the environment (defaults below). A second
 # run on the same machine skips the demonstrations it finds, resumes the run (TRAIN_SECONDS=0: no training), EVAL=0
 # stops before the evaluation.
@@ -48,5 +48,6 @@ stamp "eval: $EVAL_EPISODES episodes x 50 tasks, $WORKERS processes"
 mw eval-sim --suite metaworld --checkpoint "$work/run/last" --instructions "$deps/instructions.npz" --device cuda \
     --episodes "$EVAL_EPISODES" --workers "$WORKERS" --out "$work/eval" --json > "$out/eval.json"
 cp "$work/eval/success.png" "$out/"
-tar czf "$out/gifs.tgz" -C "$work/eval" gifs
+# in parts under 15 MB, as files come back from a GPU call (at most 16 MiB each): cat gifs.tgz.part-* | tar xz
+tar czf - -C "$work/eval" gifs | split -b 15M - "$out/gifs.tgz.part-"
 stamp "done"

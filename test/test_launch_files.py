@@ -5,6 +5,7 @@ files is a parameter the named node declares."""
 from __future__ import annotations
 
 import ast
+import importlib
 import sys
 from pathlib import Path
 
@@ -41,12 +42,15 @@ def launched_nodes(path: Path) -> list[dict]:
 
 def declared_parameters(module: str) -> set[str]:
     """First string argument of every `p(...)` / `declare(self, ...)` call in a node module, and the keys of
-    its `PARAMETERS` table (names declared in a loop with their owners' defaults)."""
+    its `PARAMETERS` table (names declared in a loop with their owners' defaults), and the names of the
+    `parameters()` it imports (declared from a config dataclass)."""
     source = ROOT / "src" / (module.replace(".", "/") + ".py")
     names = set()
     for call in ast.walk(ast.parse(source.read_text())):
         if isinstance(call, ast.Assign) and any(getattr(t, "id", None) == "PARAMETERS" for t in call.targets):
             names.update(k.value for k in call.value.keys)
+        if isinstance(call, ast.ImportFrom) and any(alias.name == "parameters" for alias in call.names):
+            names.update(importlib.import_module(call.module).parameters())
         if isinstance(call, ast.Call) and getattr(call.func, "id", None) in ("p", "declare"):
             args = [a for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             if args:

@@ -1,4 +1,4 @@
-"""policy_node's observation choice without ROS: the period schedule, pairing frames with the robot
+"""policy_node's observation choice without ROS: the infer modes, pairing frames with the robot
 state at the frames' time, stale and new frames."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mambavla.runtime.schedule import Frame, ObservationBuffer, PeriodSchedule
+from mambavla.runtime.schedule import Frame, InferenceSchedule, ObservationBuffer, PeriodSchedule, ScheduleConfig
 from mambavla.spaces import EE_REFERENCE_QUAT, pose_to_vector
 
 Q = np.array(EE_REFERENCE_QUAT, dtype=float)
@@ -91,3 +91,42 @@ def test_a_clock_step_back_clears_the_state_history():
     buf.add_frame(0, Frame(RGB, 0.9, 0.95))
     obs = buf.select(0.95)
     assert obs.proprio[0] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_rate_mode_steps_at_once_on_a_clock_that_starts_at_zero():
+    """A simulated clock starts at 0 s: the first step must not wait a period for a step that never ran."""
+    schedule = InferenceSchedule(ScheduleConfig(n_cameras=1, policy_period=0.2, chunk_duration=0.8, infer_mode="rate",
+                                                infer_period=0.2, max_observation_age=1.0))
+    feed_state(schedule.buffer, 0.0, 0.5)
+    schedule.buffer.add_frame(0, Frame(RGB, 0.0, 0.0))
+    assert schedule.due(0.0)
+    observation = schedule.choose(0.0)
+    assert not isinstance(observation, str) and observation.stamp == 0.0
+    schedule.consume(observation, 0.0)
+    assert not schedule.due(0.1) and schedule.next_due(0.1) == pytest.approx(0.2) and schedule.due(0.2)
+
+
+def test_consumed_mode_waits_for_frames_past_the_executed_fraction_and_a_new_instruction_starts_over():
+    schedule = InferenceSchedule(ScheduleConfig(n_cameras=1, policy_period=0.2, chunk_duration=0.8,
+                                                infer_mode="consumed", consume_fraction=0.5, max_observation_age=1.0))
+    feed_state(schedule.buffer, 0.0, 1.0)
+    schedule.buffer.add_frame(0, Frame(RGB, 0.1, 0.1))
+    schedule.consume(schedule.choose(0.1), 0.1)
+    schedule.chunk_published(0.1)
+    schedule.buffer.add_frame(0, Frame(RGB, 0.3, 0.3))
+    assert schedule.choose(0.3) == "waiting for frames taken after 0.500"  # 0.1 + 0.5 * 0.8
+    schedule.restart()
+    assert schedule.choose(0.3).stamp == 0.3
+
+
+def test_the_schedule_continues_a_buffer_that_filled_before_it():
+    """policy_node keeps robot state from its start; the schedule built after loading goes on with it."""
+    buffer = ObservationBuffer(1, max_age=1.0)
+    feed_state(buffer, 0.0, 0.5)
+    buffer.add_frame(0, Frame(RGB, 0.4, 0.4))
+    config = ScheduleConfig(n_cameras=1, policy_period=0.2, chunk_duration=0.8, max_observation_age=1.0)
+    schedule = InferenceSchedule(config, buffer)
+    assert schedule.buffer is buffer and schedule.choose(0.45).stamp == 0.4
+    with pytest.raises(ValueError, match="needs 2 for"):
+        InferenceSchedule(ScheduleConfig(n_cameras=2, policy_period=0.2, chunk_duration=0.8, max_observation_age=1.0),
+                          buffer)

@@ -15,8 +15,8 @@ thread-safe: the caller holds its lock around every call. One use, as policy_nod
         schedule.consume(obs, now); chunk = runtime.step(...); schedule.chunk_published(chunk.stamp)
     schedule.restart()   # a new instruction
 
-policy_node uses `ObservationBuffer` and `PeriodSchedule` from here (one copy of the pairing rules for the
-node and for replay); `InferenceSchedule` bundles them with the other modes for replay.
+policy_node builds its `ObservationBuffer` first (robot state arrives while the policy loads) and hands it
+to the `InferenceSchedule` it builds once the checkpoint's period and chunk are known.
 """
 
 from __future__ import annotations
@@ -200,11 +200,18 @@ class ScheduleConfig:
 
 
 class InferenceSchedule:
-    """policy_node's `infer_mode` over an `ObservationBuffer`: `due`, `choose`, `consume`."""
+    """policy_node's `infer_mode` over an `ObservationBuffer`: `due`, `choose`, `consume`.
 
-    def __init__(self, config: ScheduleConfig):
+    `buffer`: one already filling (the node's); by default a new one."""
+
+    def __init__(self, config: ScheduleConfig, buffer: ObservationBuffer | None = None):
         self.config = config
-        self.buffer = ObservationBuffer(config.n_cameras, config.max_observation_age)
+        if buffer is None:
+            buffer = ObservationBuffer(config.n_cameras, config.max_observation_age)
+        elif (buffer.n_cameras, buffer.max_age) != (config.n_cameras, config.max_observation_age):
+            raise ValueError(f"the buffer keeps {buffer.n_cameras} cameras for {buffer.max_age} s; the schedule "
+                             f"needs {config.n_cameras} for {config.max_observation_age} s")
+        self.buffer = buffer
         self.period = PeriodSchedule(config.policy_period)
         self._last_chunk_stamp: float | None = None
         self._last_infer = float("-inf")

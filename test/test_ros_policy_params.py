@@ -1,0 +1,63 @@
+"""policy_node's parameters as ROS sees them, in-process: derived from PolicyNodeConfig, read-only, a misspelt
+key in a parameter file refused, and the node runs the InferenceSchedule that offline replay runs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import rclpy
+import ros_harness  # noqa: F401  (an isolated DDS domain before a context starts)
+from rclpy.parameter import Parameter
+
+from mambavla.model.config import preset
+from mambavla.ros.policy_node import PolicyNode
+from mambavla.runtime.policy_config import PolicyNodeConfig, parameters
+from mambavla.runtime.schedule import InferenceSchedule
+
+pytestmark = [pytest.mark.ros]
+
+
+@pytest.fixture
+def context():
+    ctx = rclpy.Context()
+    yield ctx
+    ctx.try_shutdown()
+
+
+def start(context, args: list[str], overrides: dict | None = None) -> PolicyNode:
+    rclpy.init(args=["--ros-args", *args], context=context)
+    overrides = [Parameter(k, value=v) for k, v in (overrides or {}).items()]
+    return PolicyNode(context=context, parameter_overrides=overrides)
+
+
+def test_a_misspelt_key_in_a_parameter_file_stops_the_node_naming_the_key_meant(context, tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("policy_node:\n  ros__parameters:\n    device: cpu\n    max_observaton_age: 2.0\n")
+    with pytest.raises(ValueError, match=r"'max_observaton_age' \(did you mean 'max_observation_age'\?\) is not a "
+                                         r"policy_node parameter"):
+        start(context, ["--params-file", str(path)])
+
+
+def test_the_node_declares_the_config_read_only_and_runs_replays_schedule(context):
+    node = start(context, [], {"preset": "tiny", "device": "cpu", "torch_threads": 1, "infer_mode": "rate",
+                               "infer_rate_hz": 4.0})
+    try:
+        for name, (default, description) in parameters().items():
+            descriptor = node.describe_parameter(name)
+            assert descriptor.description == description and descriptor.read_only
+        assert not node.set_parameters([Parameter("infer_rate_hz", value=10.0)])[0].successful
+        assert node.config == PolicyNodeConfig(preset="tiny", device="cpu", torch_threads=1, infer_mode="rate",
+                                               infer_rate_hz=4.0)
+        deadline = time.monotonic() + 300.0
+        while node.state == "LOADING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert node.state == "WAITING", node.reason
+        tiny = preset("tiny")
+        assert isinstance(node.schedule, InferenceSchedule)  # the class evaluation/offline.py replays with
+        assert node.schedule.config == node.config.schedule_config(2, tiny.policy_period, tiny.chunk_size * tiny.dt)
+        assert node.schedule.config.infer_period == 0.25
+        assert node.schedule.buffer is node._observations  # robot state received while loading is kept
+    finally:
+        node.shutdown()
+        node.destroy_node()

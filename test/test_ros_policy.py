@@ -47,7 +47,8 @@ class FakeWorld:
                 front = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)  # not the policy's size: resized
                 msg = self.front_override(stamp) if self.front_override else rgb_to_image(front, stamp, "front")
                 self.probe.image_pubs["front"].publish(msg)
-                self.probe.image_pubs["wrist"].publish(rgb_to_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), stamp, "wrist"))
+                wrist = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                self.probe.image_pubs["wrist"].publish(rgb_to_image(wrist, stamp, "wrist"))
             self.probe.pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, now, "fr3_link0"))
             js = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"],
                             position=[0.0] * 7 + [0.04, 0.04])
@@ -113,7 +114,8 @@ def test_by_default_one_chunk_per_policy_period_of_frame_time(policy):
 @pytest.mark.parametrize(
     ("make", "fragment"),
     [
-        (lambda s: Image(height=32, width=32, encoding="32FC1", step=128, data=bytes(4096)), "unsupported image encoding"),
+        (lambda s: Image(height=32, width=32, encoding="32FC1", step=128, data=bytes(4096)),
+         "unsupported image encoding"),
         (lambda s: Image(height=32, width=32, encoding="rgb8", step=96, data=bytes(1000)), "truncated"),
         (lambda s: Image(height=32, width=32, encoding="rgb8", step=10, data=bytes(3072)), "step"),
     ],
@@ -126,7 +128,8 @@ def test_bad_images_are_rejected_with_a_reason_and_the_node_keeps_going(policy, 
     world.front_override = lambda stamp: _stamped(make(stamp), stamp)
     try:
         # a frame of the previous case may still be in flight: wait for this case's own rejection
-        status = probe.wait_status(POLICY, lambda s: int(s["inputs_rejected"]) > before and fragment in s["last_rejection"],
+        status = probe.wait_status(POLICY,
+                                   lambda s: int(s["inputs_rejected"]) > before and fragment in s["last_rejection"],
                                    f"the {fragment!r} rejection")
         assert "/cameras/front" in status["last_rejection"]
     finally:
@@ -142,8 +145,8 @@ def _stamped(msg: Image, stamp: float) -> Image:
 
 
 @pytest.mark.parametrize(("text", "fragment"),
-                         [("", "empty"), ("   ", "empty"), ("\u200b\u200c\u200d\ufeff", "empty"), ("\x01\x02\x7f\x1b", "empty"),
-                          ("x" * 100_000, "characters")],
+                         [("", "empty"), ("   ", "empty"), ("\u200b\u200c\u200d\ufeff", "empty"),
+                          ("\x01\x02\x7f\x1b", "empty"), ("x" * 100_000, "characters")],
                          ids=["empty", "blank", "zero-width-only", "control-only", "100kB"])
 def test_a_rejected_instruction_ends_the_current_task_so_the_controller_holds(policy, text, fragment):
     probe, _, node = policy
@@ -181,7 +184,8 @@ def test_future_stamped_frames_are_rejected_and_do_not_stall_the_policy(policy):
     good = world.front_override
     world.front_override = lambda stamp: rgb_to_image(np.zeros((48, 64, 3), np.uint8), stamp + 3600.0, "front")
     try:
-        status = probe.wait_status(POLICY, lambda s: int(s["inputs_rejected"]) > before and "future" in s["last_rejection"],
+        status = probe.wait_status(POLICY,
+                                   lambda s: int(s["inputs_rejected"]) > before and "future" in s["last_rejection"],
                                    "the future-stamp rejection")
         assert "/cameras/front" in status["last_rejection"]
     finally:
@@ -195,7 +199,8 @@ def test_an_extreme_frame_shape_is_rejected_fast_and_the_node_keeps_going(policy
     probe, world, node = policy
     probe.wait_status(POLICY, lambda s: int(s["chunks_published"]) >= 1, "running")
     before = int(probe.latest(POLICY)["inputs_rejected"])
-    tall = Image(height=500_000, width=1, encoding="mono8", step=1, data=bytes(500_000))  # 500 kB, within the byte limit
+    # 500 kB, within the byte limit
+    tall = Image(height=500_000, width=1, encoding="mono8", step=1, data=bytes(500_000))
     world.front_override = lambda stamp: _stamped(tall, stamp)
     try:
         probe.wait_status(POLICY, lambda s: int(s["inputs_rejected"]) > before and "px per side" in s["last_rejection"],
@@ -211,9 +216,11 @@ def test_camera_names_that_do_not_match_the_checkpoint_are_an_error(tmp_path):
     probe = Probe("camera_probe")
     node = NodeProcess("policy_node", ["policy.yaml", "policy_sim.yaml"],
                        {"preset": "tiny", "camera_names": ["front", "top"], "diagnostics_rate_hz": 5.0,
-                        "camera_topics": ["/cameras/front/image_raw", "/cameras/top/image_raw"]}, tmp_path / "policy.log")
+                        "camera_topics": ["/cameras/front/image_raw", "/cameras/top/image_raw"]},
+                       tmp_path / "policy.log")
     try:
-        status = probe.wait_status(POLICY, lambda s: s["state"] == "ERROR", "ERROR for unknown camera names", timeout=300.0)
+        status = probe.wait_status(POLICY, lambda s: s["state"] == "ERROR", "ERROR for unknown camera names",
+                                   timeout=300.0)
         assert "top" in status["reason"] and "wrist" in status["reason"]
         assert node.alive  # reported, not crashed
     finally:

@@ -2,7 +2,7 @@
 `<camera topic>/compressed` (as image_transport publishes them) reach the untrained `tiny` policy and chunks come
 out stamped with the frames' time; truncated and oversized JPEG/PNG frames are rejected and the node keeps going.
 
-A private rclpy context on its own DDS domain (163, loopback discovery): the other ROS tests of the session
+A private rclpy context on its own DDS domain (163, loopback discovery): the other ROS tests of the run
 keep theirs."""
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ import time
 import cv2
 import numpy as np
 import pytest
-from ros_harness import TIMEOUT, NodeProcess
-from test_images import camera_frame, jpeg_claiming, png_header
-
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.executors import SingleThreadedExecutor
+from ros_harness import TIMEOUT, NodeProcess
 from sensor_msgs.msg import CompressedImage, JointState
 from std_msgs.msg import String
+from test_images import camera_frame, jpeg_claiming, png_header
 from trajectory_msgs.msg import JointTrajectory
 
 from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, stamp_to_seconds
@@ -189,7 +188,8 @@ def test_the_onnx_backend_serves_the_node(tmp_path):
                         "max_observation_age": 1.0, "diagnostics_rate_hz": 5.0}, tmp_path / "policy.log",
                        env={"ROS_DOMAIN_ID": str(ONNX_DOMAIN)})
     try:
-        status = cams.wait_status(lambda s: int(s["chunks_published"]) >= 3, "chunks from the ONNX backend", timeout=300.0)
+        status = cams.wait_status(lambda s: int(s["chunks_published"]) >= 3, "chunks from the ONNX backend",
+                                  timeout=300.0)
         assert status["backend"] == "onnx (CPUExecutionProvider)", status["backend"]
         msg = cams.wait_for(lambda: cams.chunks_after(0.0), "a chunk on /action_chunk")[-1]
         assert len(msg.points) > 1 and all(np.isfinite(p.positions).all() for p in msg.points)

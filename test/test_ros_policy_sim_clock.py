@@ -3,7 +3,7 @@
 A simulation slower than the node (franky-sim on two busy cores in `mambavla demo`) can leave /clock where it
 is for a whole step. Here the clock moves only when the next set of frames goes out (lockstep), so each chunk
 is published at the very ROS time its frames arrived. The latency and wait the node reports are its own
-compute time (the steady clock), not 0 ms: the demo once summarised a p50 latency of 0.0 ms this way."""
+compute time (the steady clock), not the 0 ms the standing ROS clock would give."""
 
 from __future__ import annotations
 
@@ -83,6 +83,6 @@ def test_latency_is_the_nodes_own_time_when_the_simulated_clock_stands_still(tmp
         ticker.join()
         probe.close()
     inference, latency, wait = (float(status[key]) for key in ("p50_inference_ms", "p50_latency_ms", "p50_wait_ms"))
-    # receipt -> published holds the step itself; on the simulated clock every one of them was 0.0 ms
+    # receipt -> published holds the step itself; on the simulated clock every one of them would be 0.0 ms
     assert 0.0 < inference <= latency, status
     assert 0.0 < wait < latency, status

@@ -216,3 +216,17 @@ def test_a_bag_without_its_sidecar_reads_the_same_episode_from_its_custom_data(t
     np.testing.assert_array_equal(ep.images["wrist"], with_sidecar.images["wrist"])
     ds = EpisodeDataset(tmp_path / "bare", chunk=2)
     assert len(ds.episodes) == 1 and not ds.skipped and "skipping" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hz", [7, 15, 30, 60])
+def test_every_recorded_frame_is_read_at_rates_whose_interval_is_not_a_whole_nanosecond(tmp_path, hz):
+    dt = 1.0 / hz
+    with EpisodeWriter(tmp_path / "ep", ("front",), (8, 10), dt, {"task": "lift"}) as w:
+        w.write_instruction(100.0, "lift the red cube")
+        for k in range(12):
+            pose = spaces.vector_to_pose(np.array([0.5, 0.0, 0.3 + 0.01 * k, 0, 0, 0]))
+            w.write_frame(100.0 + k * dt, {"front": np.full((8, 10, 3), 10 * k, np.uint8)}, np.zeros(7),
+                          np.full(2, 0.04), pose[0], pose[1], np.array([0.5, 0.0, 0.3, 0, 0, 0, 0.0]))
+    episode = read_episode(tmp_path / "ep")
+    assert len(episode) == 12
+    assert episode.images["front"][-1, 0, 0, 0] == 110

@@ -494,7 +494,10 @@ def _episode(
     if t_end < t0:
         spans = ", ".join(f"{info.roles[r]} {stamps[r][0] / 1e9:.3f}..{stamps[r][-1] / 1e9:.3f} s" for r in timed)
         raise EpisodeError(f"{label}: the streams never overlap in time ({spans})")
-    grid = t0 + np.round(np.arange((t_end - t0) // dt_ns + 1) * (dt * 1e9)).astype(np.int64)
+    # a grid point up to a quarter interval past the last stamp still counts: stamps rounded to whole ns (15 Hz,
+    # 60 Hz) or a little jitter put the last frame just short of its exact grid time
+    rows = int(np.floor((t_end - t0) / dt_ns + 0.25)) + 1
+    grid = t0 + np.round(np.arange(rows) * (dt * 1e9)).astype(np.int64)
 
     images = {}
     for name in cameras:

@@ -46,10 +46,15 @@ def free_loopback_address() -> str:
 
 
 def shutdown_when_it_exits(action, name):
-    return RegisterEventHandler(OnProcessExit(target_action=action, on_exit=[
-        LogInfo(msg=f"{name} exited: shutting the launch down"),
-        EmitEvent(event=Shutdown(reason=f"{name} exited")),
-    ]))
+    return RegisterEventHandler(
+        OnProcessExit(
+            target_action=action,
+            on_exit=[
+                LogInfo(msg=f"{name} exited: shutting the launch down"),
+                EmitEvent(event=Shutdown(reason=f"{name} exited")),
+            ],
+        )
+    )
 
 
 def nodes(context):
@@ -83,7 +88,11 @@ def nodes(context):
         executable="controller_node",
         name="controller_node",
         output="screen",
-        parameters=[config("controller.yaml"), config("controller_sim.yaml"), {"robot_ip": robot_ip, "use_sim_time": sim_time}],
+        parameters=[
+            config("controller.yaml"),
+            config("controller_sim.yaml"),
+            {"robot_ip": robot_ip, "use_sim_time": sim_time},
+        ],
     )
     policy = Node(
         package="mambavla",
@@ -96,22 +105,43 @@ def nodes(context):
             {"checkpoint": checkpoint, "device": LaunchConfiguration("device"), "use_sim_time": sim_time},
         ],
     )
-    return [LogInfo(msg=f"simulated FR3 at {robot_ip}"), sim, controller, policy,
-            shutdown_when_it_exits(sim, "sim_node"), shutdown_when_it_exits(controller, "controller_node"),
-            shutdown_when_it_exits(policy, "policy_node")]
+    return [
+        LogInfo(msg=f"simulated FR3 at {robot_ip}"),
+        sim,
+        controller,
+        policy,
+        shutdown_when_it_exits(sim, "sim_node"),
+        shutdown_when_it_exits(controller, "controller_node"),
+        shutdown_when_it_exits(policy, "policy_node"),
+    ]
 
 
 def generate_launch_description():
     arguments = [
-        DeclareLaunchArgument("task", default_value="lift", description="lift, place, push-left, push-right, push, all"),
-        DeclareLaunchArgument("seed", default_value="4", description="episode seed (4: a lift layout the shipped policy was trained on)"),
-        DeclareLaunchArgument("robot_ip", default_value="auto",
-                              description="loopback address sim_node serves on; auto = a free one of its own"),
-        DeclareLaunchArgument("checkpoint", default_value="shipped",
-                              description="checkpoint folder; shipped = the policy shipped with the package; empty = untrained preset"),
-        DeclareLaunchArgument("use_sim_time", default_value="true",
-                              description="the nodes run on the simulator's /clock (simulated time), not the wall clock"),
+        DeclareLaunchArgument(
+            "task", default_value="lift", description="lift, place, push-left, push-right, push, all"
+        ),
+        DeclareLaunchArgument(
+            "seed", default_value="4", description="episode seed (4: a lift layout the shipped policy was trained on)"
+        ),
+        DeclareLaunchArgument(
+            "robot_ip",
+            default_value="auto",
+            description="loopback address sim_node serves on; auto = a free one of its own",
+        ),
+        DeclareLaunchArgument(
+            "checkpoint",
+            default_value="shipped",
+            description="checkpoint folder; shipped = the policy shipped with the package; empty = untrained preset",
+        ),
+        DeclareLaunchArgument(
+            "use_sim_time",
+            default_value="true",
+            description="the nodes run on the simulator's /clock (simulated time), not the wall clock",
+        ),
         DeclareLaunchArgument("device", default_value="cpu", description="policy device"),
-        DeclareLaunchArgument("publish_instruction", default_value="false", description="publish the task's instruction"),
+        DeclareLaunchArgument(
+            "publish_instruction", default_value="false", description="publish the task's instruction"
+        ),
     ]
     return LaunchDescription(arguments + [OpaqueFunction(function=nodes)])

@@ -65,9 +65,10 @@ def write_cell_bag(
     pause: float = 2.0,
 ) -> Path:
     """One demonstration as the cell records it. `rate_change_at`: the cameras drop to 1 / `rate_factor` of their
-    rate from then on (until `rate_change_until`); `corrupt_wrist_frame`: that JPEG cut short; `goal_pose`: a second PoseStamped topic (/goal_pose);
-    `pose`: False leaves the pose out; `instruction`: also a /task_instruction String topic (a list: one per
-    demonstration); `demonstrations`: that many, `pause` s apart, the recorder paused in between."""
+    rate from then on (until `rate_change_until`); `corrupt_wrist_frame`: that JPEG cut short; `goal_pose`: a
+    second PoseStamped topic (/goal_pose); `pose`: False leaves the pose out; `instruction`: also a
+    /task_instruction String topic (a list: one per demonstration); `demonstrations`: that many, `pause` s apart,
+    the recorder paused in between."""
     import cv2
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore

@@ -57,7 +57,9 @@ class Probe:
         n.create_subscription(Bool, "/sim/success", lambda m: setattr(self, "success", m.data), STATE_QOS)
         self.chunk_pub = n.create_publisher(JointTrajectory, "/action_chunk", COMMAND_QOS)
         self.instruction_pub = n.create_publisher(String, "/instruction", LATCHED_QOS)
-        self.image_pubs = {cam: n.create_publisher(Image, f"/cameras/{cam}/image_raw", SENSOR_QOS) for cam in ("front", "wrist")}
+        self.image_pubs = {
+            cam: n.create_publisher(Image, f"/cameras/{cam}/image_raw", SENSOR_QOS) for cam in ("front", "wrist")
+        }
         self.pose_pub = n.create_publisher(PoseStamped, "/ee_pose", STATE_QOS)
         self.joint_pub = n.create_publisher(JointState, "/joint_states", STATE_QOS)
         self.spin = BackgroundSpin(n)  # outlives publishers a test destroys while it spins
@@ -108,17 +110,24 @@ class Probe:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
     def wait_status(self, name: str, predicate, what: str, timeout: float = TIMEOUT) -> dict:
-        return self.wait_for(lambda: (lambda s: s if s and predicate(s) else None)(self.latest(name)), f"{name}: {what}",
-                             timeout)
+        return self.wait_for(
+            lambda: (lambda s: s if s and predicate(s) else None)(self.latest(name)), f"{name}: {what}", timeout
+        )
 
     def close(self) -> None:
         self.spin.stop()
 
 
-def chunk_message(rows: np.ndarray, stamp: float, dt: float = 0.05, frame_id: str = "fr3_link0",
-                  names=("x", "y", "z", "rx", "ry", "rz", "gripper")) -> JointTrajectory:
-    from mambavla.ros.convert import seconds_to_duration, seconds_to_stamp
+def chunk_message(
+    rows: np.ndarray,
+    stamp: float,
+    dt: float = 0.05,
+    frame_id: str = "fr3_link0",
+    names=("x", "y", "z", "rx", "ry", "rz", "gripper"),
+) -> JointTrajectory:
     from trajectory_msgs.msg import JointTrajectoryPoint
+
+    from mambavla.ros.convert import seconds_to_duration, seconds_to_stamp
 
     msg = JointTrajectory()
     msg.header.stamp = seconds_to_stamp(stamp)
@@ -129,8 +138,9 @@ def chunk_message(rows: np.ndarray, stamp: float, dt: float = 0.05, frame_id: st
     return msg
 
 
-def line_rows(position: np.ndarray, quat: np.ndarray, velocity: np.ndarray, rows: int = 16, dt: float = 0.05,
-              gripper: float = 0.0) -> np.ndarray:
+def line_rows(
+    position: np.ndarray, quat: np.ndarray, velocity: np.ndarray, rows: int = 16, dt: float = 0.05, gripper: float = 0.0
+) -> np.ndarray:
     """Absolute action rows moving from `position` at constant `velocity`, orientation held."""
     from mambavla.spaces import pose_to_vector
 

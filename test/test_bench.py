@@ -14,9 +14,37 @@ def test_bench_reports_both_fusions_the_onnx_row_the_history_sweep_and_step_batc
     import torch
 
     threads = torch.get_num_threads()
-    assert main(["bench", "--preset", "tiny", "--history", "1", "4", "--batch", "1", "3", "--steps", "3", "--warmup", "1",
-                 "--sweep-steps", "2", "--batch-steps", "2", "--parity-steps", "5", "--threads", "1", "--camera-size", "48x64",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--preset",
+                "tiny",
+                "--history",
+                "1",
+                "4",
+                "--batch",
+                "1",
+                "3",
+                "--steps",
+                "3",
+                "--warmup",
+                "1",
+                "--sweep-steps",
+                "2",
+                "--batch-steps",
+                "2",
+                "--parity-steps",
+                "5",
+                "--threads",
+                "1",
+                "--camera-size",
+                "48x64",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert torch.is_grad_enabled() and torch.get_num_threads() == threads  # no global state left behind for later tests
     result = json.loads(capsys.readouterr().out)
     assert result["device"] == "cpu" and result["dtype"] == "float32" and result["threads"] == 1
@@ -31,10 +59,17 @@ def test_bench_reports_both_fusions_the_onnx_row_the_history_sweep_and_step_batc
         assert "cuda_graph" not in entry  # no graph on the CPU
     onnx = result["fusions"]["mamba"]["onnx"]  # the export is stream-mode Mamba only
     assert "onnx" not in result["fusions"]["transformer"]
-    assert onnx["provider"] == "CPUExecutionProvider" and "cuda_graph" not in onnx  # ORT's graphs need its CUDA provider
-    assert onnx["parity"]["steps"] == 5 and onnx["parity"]["max_abs_diff"] <= 1e-3 and onnx["parity"]["cuda_graph"] is False
+    assert (
+        onnx["provider"] == "CPUExecutionProvider" and "cuda_graph" not in onnx
+    )  # ORT's graphs need its CUDA provider
+    assert (
+        onnx["parity"]["steps"] == 5
+        and onnx["parity"]["max_abs_diff"] <= 1e-3
+        and onnx["parity"]["cuda_graph"] is False
+    )
     assert onnx["step_ms"]["n"] == 3 and onnx["p50_vs_best_torch"] == pytest.approx(
-        onnx["step_ms"]["p50"] / result["fusions"]["mamba"]["eager"]["step_ms"]["p50"])
+        onnx["step_ms"]["p50"] / result["fusions"]["mamba"]["eager"]["step_ms"]["p50"]
+    )
     sweeps = {(s["backend"], s["mode"]): s["points"] for s in result["step_batch"]}
     assert set(sweeps) == {("torch", "eager"), ("onnx", "onnx")}
     for points in sweeps.values():

@@ -15,9 +15,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 def test_bench_ros_times_the_echo_floor_and_splits_the_policy_nodes_share(tmp_path):
     # a private DDS domain (151-232 are kept free for such tests; see ros_harness.py)
     env = {**os.environ, "ROS_DOMAIN_ID": "166", "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    done = subprocess.run([sys.executable, "-m", "mambavla.cli", "bench-ros", "--presets", "tiny", "--echo",
-                           "--chunks", "6", "--warmup", "2", "--json", "--plot", str(tmp_path / "latency.png")],
-                          capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mambavla.cli",
+            "bench-ros",
+            "--presets",
+            "tiny",
+            "--echo",
+            "--chunks",
+            "6",
+            "--warmup",
+            "2",
+            "--json",
+            "--plot",
+            str(tmp_path / "latency.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     echo, policy = json.loads(done.stdout)["policies"]
     assert echo["echo"] == "echo_node" and echo["chunks"] == 6 and echo["cameras"] == 2
@@ -33,4 +52,6 @@ def test_bench_ros_times_the_echo_floor_and_splits_the_policy_nodes_share(tmp_pa
     assert math.isfinite(inference) and inference > 0
     assert node >= inference  # frame receipt -> chunk published holds the step
     assert 0 < policy["convert_ms_per_frame_p50"] < node  # and the newest frame's decoding before it
-    assert policy["convert_ms_per_frame_p50"] <= policy["wait_ms_p50"] < node  # receipt -> step start: decoding and more
+    assert (
+        policy["convert_ms_per_frame_p50"] <= policy["wait_ms_p50"] < node
+    )  # receipt -> step start: decoding and more

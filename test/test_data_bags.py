@@ -73,8 +73,15 @@ def _tiny_episode(path, size=(8, 10), frames=5, cameras=("front", "wrist")):
         for t in range(frames):
             img = np.full((*size, 3), 10 * t, np.uint8)
             pose = spaces.vector_to_pose(np.array([0.5, 0.0, 0.3 + 0.01 * t, 0, 0, 0]))
-            w.write_frame(0.05 * t, {c: img for c in cameras}, np.zeros(7), np.full(2, 0.04), pose[0], pose[1],
-                          np.array([0.5, 0.0, 0.3 + 0.01 * (t + 1), 0, 0, 0, 0.0]))
+            w.write_frame(
+                0.05 * t,
+                {c: img for c in cameras},
+                np.zeros(7),
+                np.full(2, 0.04),
+                pose[0],
+                pose[1],
+                np.array([0.5, 0.0, 0.3 + 0.01 * (t + 1), 0, 0, 0, 0.0]),
+            )
     return path
 
 
@@ -122,8 +129,10 @@ def test_missing_topics_and_mismatched_camera_sizes_are_rejected(tmp_path):
 
 
 def _scene(t: int, size=(48, 64)) -> np.ndarray:
-    y, x = np.mgrid[0: size[0], 0: size[1]].astype(np.float32)
-    rgb = np.stack([128 + 100 * np.sin((x + 3 * t) / 9.0), 128 + 100 * np.cos(y / 7.0), np.full_like(x, 20 * t)], axis=2)
+    y, x = np.mgrid[0 : size[0], 0 : size[1]].astype(np.float32)
+    rgb = np.stack(
+        [128 + 100 * np.sin((x + 3 * t) / 9.0), 128 + 100 * np.cos(y / 7.0), np.full_like(x, 20 * t)], axis=2
+    )
     return rgb.astype(np.uint8)
 
 
@@ -139,8 +148,9 @@ def _recompress(src, dst, ext: str, keep_raw: bool = False):
         out = {}
         for conn in reader.connections:
             if conn.msgtype == "sensor_msgs/msg/Image":
-                out[conn.topic + "/compressed"] = writer.add_connection(conn.topic + "/compressed", CompressedImage.__msgtype__,
-                                                                        typestore=ts)
+                out[conn.topic + "/compressed"] = writer.add_connection(
+                    conn.topic + "/compressed", CompressedImage.__msgtype__, typestore=ts
+                )
             if conn.msgtype != "sensor_msgs/msg/Image" or keep_raw:
                 out[conn.topic] = writer.add_connection(conn.topic, conn.msgtype, typestore=ts)
         for conn, stamp, raw in reader.messages():
@@ -149,21 +159,34 @@ def _recompress(src, dst, ext: str, keep_raw: bool = False):
             if conn.msgtype == "sensor_msgs/msg/Image":
                 msg = ts.deserialize_cdr(raw, conn.msgtype)
                 bgr = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.width, 3)[..., ::-1]
-                jpeg = CompressedImage(header=msg.header, format=f"rgb8; {ext[1:]} compressed bgr8",
-                                       data=cv2.imencode(ext, np.ascontiguousarray(bgr))[1].reshape(-1))
-                writer.write(out[conn.topic + "/compressed"], stamp, ts.serialize_cdr(jpeg, CompressedImage.__msgtype__))
+                jpeg = CompressedImage(
+                    header=msg.header,
+                    format=f"rgb8; {ext[1:]} compressed bgr8",
+                    data=cv2.imencode(ext, np.ascontiguousarray(bgr))[1].reshape(-1),
+                )
+                writer.write(
+                    out[conn.topic + "/compressed"], stamp, ts.serialize_cdr(jpeg, CompressedImage.__msgtype__)
+                )
     shutil.copy(src / "episode.json", dst / "episode.json")
     return dst
 
 
 def _scene_episode(path, frames=6, cameras=("front", "wrist"), image_format="raw"):
-    with EpisodeWriter(path, cameras, (48, 64), 0.05, {"task": "lift", "seed": 0, "success": True},
-                       image_format=image_format) as w:
+    with EpisodeWriter(
+        path, cameras, (48, 64), 0.05, {"task": "lift", "seed": 0, "success": True}, image_format=image_format
+    ) as w:
         w.write_instruction(0.0, "lift the red cube")
         for t in range(frames):
             pose = spaces.vector_to_pose(np.array([0.5, 0.0, 0.3 + 0.01 * t, 0, 0, 0]))
-            w.write_frame(0.05 * t, {c: _scene(t + i) for i, c in enumerate(cameras)}, np.zeros(7), np.full(2, 0.04),
-                          pose[0], pose[1], np.array([0.5, 0.0, 0.3 + 0.01 * (t + 1), 0, 0, 0, 0.0]))
+            w.write_frame(
+                0.05 * t,
+                {c: _scene(t + i) for i, c in enumerate(cameras)},
+                np.zeros(7),
+                np.full(2, 0.04),
+                pose[0],
+                pose[1],
+                np.array([0.5, 0.0, 0.3 + 0.01 * (t + 1), 0, 0, 0, 0.0]),
+            )
     return path
 
 
@@ -225,8 +248,15 @@ def test_every_recorded_frame_is_read_at_rates_whose_interval_is_not_a_whole_nan
         w.write_instruction(100.0, "lift the red cube")
         for k in range(12):
             pose = spaces.vector_to_pose(np.array([0.5, 0.0, 0.3 + 0.01 * k, 0, 0, 0]))
-            w.write_frame(100.0 + k * dt, {"front": np.full((8, 10, 3), 10 * k, np.uint8)}, np.zeros(7),
-                          np.full(2, 0.04), pose[0], pose[1], np.array([0.5, 0.0, 0.3, 0, 0, 0, 0.0]))
+            w.write_frame(
+                100.0 + k * dt,
+                {"front": np.full((8, 10, 3), 10 * k, np.uint8)},
+                np.zeros(7),
+                np.full(2, 0.04),
+                pose[0],
+                pose[1],
+                np.array([0.5, 0.0, 0.3, 0, 0, 0, 0.0]),
+            )
     episode = read_episode(tmp_path / "ep")
     assert len(episode) == 12
     assert episode.images["front"][-1, 0, 0, 0] == 110

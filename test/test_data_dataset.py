@@ -23,7 +23,9 @@ def write_episode(path, frames, task="lift", success=True, seed=0, compression="
             pos, quat = spaces.vector_to_pose(vectors[t])
             images = {c: rng.integers(0, 255, (*SIZE, 3), dtype=np.uint8) for c in ("front", "wrist")}
             action = np.concatenate([vectors[t + 1], [float(t >= frames // 2)]])
-            w.write_frame(0.05 * t, images, np.zeros(7), np.array([0.04 - 0.001 * t, 0.04 - 0.001 * t]), pos, quat, action)
+            w.write_frame(
+                0.05 * t, images, np.zeros(7), np.array([0.04 - 0.001 * t, 0.04 - 0.001 * t]), pos, quat, action
+            )
     return path
 
 
@@ -120,7 +122,9 @@ def write_libero(path, demos=2, frames=6):
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
-        data.attrs["problem_info"] = json.dumps({"problem_name": "libero_tabletop", "language_instruction": "put the bowl on the plate"})
+        data.attrs["problem_info"] = json.dumps(
+            {"problem_name": "libero_tabletop", "language_instruction": "put the bowl on the plate"}
+        )
         for d in range(demos):
             g = data.create_group(f"demo_{d}")
             obs = g.create_group("obs")

@@ -29,7 +29,7 @@ def camera_frame(height: int = 480, width: int = 640) -> np.ndarray:
     """A smooth RGB scene with edges, as a camera sees it (noise would be JPEG's worst case)."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     rgb = np.stack([128 + 100 * np.sin(x / 37.0), 128 + 100 * np.cos(y / 23.0), (x + y) % 256], axis=2)
-    rgb[height // 3: height // 2, width // 4: width // 2] = (220, 30, 30)  # a red cube
+    rgb[height // 3 : height // 2, width // 4 : width // 2] = (220, 30, 30)  # a red cube
     return rgb.astype(np.uint8)
 
 
@@ -42,14 +42,16 @@ def png_header(width: int, height: int) -> bytes:
     """A PNG signature and IHDR claiming width x height (8-bit RGB), with a tiny IDAT: a decompression bomb."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))  # noqa: E731
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:
     """A real JPEG whose frame header (SOF0) claims another size."""
     data = bytearray(compressed(camera_frame(48, 64), ".jpg").data)
     sof = data.index(b"\xff\xc0")
-    data[sof + 5: sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -84,12 +86,28 @@ def test_mono8_becomes_grey_rgb():
         (lambda m: setattr(m, "step", 3), "step"),
         (lambda m: setattr(m, "height", 0), "no pixels"),
         (lambda m: setattr(m, "height", 100000), "px per side"),
-        (lambda m: (setattr(m, "height", 500000), setattr(m, "width", 1), setattr(m, "step", 1),
-                    setattr(m, "encoding", "mono8"), setattr(m, "data", bytes(500000))), "px per side"),
+        (
+            lambda m: (
+                setattr(m, "height", 500000),
+                setattr(m, "width", 1),
+                setattr(m, "step", 1),
+                setattr(m, "encoding", "mono8"),
+                setattr(m, "data", bytes(500000)),
+            ),
+            "px per side",
+        ),
         (lambda m: (setattr(m, "height", 8000), setattr(m, "width", 8000), setattr(m, "step", 24000)), "bytes exceeds"),
     ],
-    ids=["jpeg-as-encoding", "float", "truncated", "short-step", "empty", "claims-too-tall", "500000x1-within-bytes",
-         "claims-192MB"],
+    ids=[
+        "jpeg-as-encoding",
+        "float",
+        "truncated",
+        "short-step",
+        "empty",
+        "claims-too-tall",
+        "500000x1-within-bytes",
+        "claims-192MB",
+    ],
 )
 def test_bad_raw_images_raise_a_clear_error(mutate, fragment):
     msg = image(RGB, "rgb8")
@@ -131,8 +149,9 @@ def test_frames_decoded_for_a_later_resize_keep_their_size_or_the_jpeg_scale_tha
     jpeg = compressed(rgb, ".jpg")
     assert image_to_rgb(jpeg, (128, 128), resize=False).shape == (240, 320, 3)  # 1/2: 1/4 would be 120 rows < 128
     assert image_to_rgb(jpeg, (32, 32), resize=False).shape == (60, 80, 3)  # 1/8
-    np.testing.assert_array_equal(resize_rgb(image_to_rgb(jpeg, (128, 128), resize=False), (128, 128)),
-                                  image_to_rgb(jpeg, (128, 128)))
+    np.testing.assert_array_equal(
+        resize_rgb(image_to_rgb(jpeg, (128, 128), resize=False), (128, 128)), image_to_rgb(jpeg, (128, 128))
+    )
 
 
 @pytest.mark.parametrize(
@@ -150,8 +169,19 @@ def test_frames_decoded_for_a_later_resize_keep_their_size_or_the_jpeg_scale_tha
         (lambda: bytes(12) + png_header(64, 64), "neither JPEG nor PNG"),  # compressedDepth: a depth header first
         (lambda: b"", "empty"),
     ],
-    ids=["jpeg-cut-mid-scan", "jpeg-cut-in-header", "png-cut", "png-bomb-100000px", "png-bomb-192MB",
-         "jpeg-claims-60000px", "jpeg-fill-bytes", "65MB", "gif", "compressed-depth", "empty"],
+    ids=[
+        "jpeg-cut-mid-scan",
+        "jpeg-cut-in-header",
+        "png-cut",
+        "png-bomb-100000px",
+        "png-bomb-192MB",
+        "jpeg-claims-60000px",
+        "jpeg-fill-bytes",
+        "65MB",
+        "gif",
+        "compressed-depth",
+        "empty",
+    ],
 )
 def test_hostile_compressed_frames_raise_a_clear_error(data, fragment):
     with pytest.raises(ValueError, match=fragment):

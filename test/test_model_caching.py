@@ -58,7 +58,7 @@ def test_flow_step_from_cached_context_matches_recompute_from_scratch(fusion):
         cached = model.velocity(x_t, tt, state)
         tokens, cond = model.action_tokens(x_t, tt)
         hidden, _ = model.fusion(torch.cat([context, tokens], dim=1), cond=cond, cond_start=context.shape[1])
-        scratch = model.action_out(model.norm_out(hidden[:, context.shape[1]:]))
+        scratch = model.action_out(model.norm_out(hidden[:, context.shape[1] :]))
         assert (cached - scratch).abs().max().item() <= 1e-4
     again = model.velocity(x_t, tt, state)
     assert torch.equal(again, cached)  # velocity never mutates the cached context state
@@ -71,14 +71,16 @@ def test_padded_batch_instruction_matches_single_instruction(fusion):
     texts = ["push the blue cube to the left side of the table please", "lift red"]
     batch_tokens, mask = model.encode_instruction(texts)
     frame = _frames(model, 1)[0]
-    batch_state = model.condition(torch.cat([batch_tokens, frame.expand(2, -1, -1)], 1),
-                                  mask=torch.cat([mask, torch.ones(2, frame.shape[1], dtype=torch.bool)], 1))
+    batch_state = model.condition(
+        torch.cat([batch_tokens, frame.expand(2, -1, -1)], 1),
+        mask=torch.cat([mask, torch.ones(2, frame.shape[1], dtype=torch.bool)], 1),
+    )
     x_t, t = torch.randn(2, model.config.chunk_size, model.config.action_dim), torch.tensor([0.3, 0.3])
     v_batch = model.velocity(x_t, t, batch_state)
     for i, text in enumerate(texts):
         single, _ = model.encode_instruction([text])
         state = model.condition(torch.cat([single, frame], 1))
-        assert (model.velocity(x_t[i:i + 1], t[i:i + 1], state) - v_batch[i:i + 1]).abs().max().item() <= 1e-4
+        assert (model.velocity(x_t[i : i + 1], t[i : i + 1], state) - v_batch[i : i + 1]).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
@@ -88,18 +90,30 @@ def test_runtime_caches_equal_full_recompute(fusion):
     runtime.set_instruction("place the green cube on the red plate")
     rng = np.random.default_rng(0)
     h, w = runtime.image_size
-    observations = [{"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in runtime.camera_names},
-                     "proprio": rng.normal(size=8).astype(np.float32), "stamp": float(i)} for i in range(3)]
+    observations = [
+        {
+            "images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in runtime.camera_names},
+            "proprio": rng.normal(size=8).astype(np.float32),
+            "stamp": float(i),
+        }
+        for i in range(3)
+    ]
     chunks = [runtime.step(o) for o in observations]
 
     with torch.no_grad():  # from scratch: one pass over everything, the same noise sequence
         prompt, mask = model.encode_instruction(["place the green cube on the red plate"])
         task = model.task_vector(prompt, mask)
-        frames = [model.encode_frame({c: torch.from_numpy(o["images"][c]).permute(2, 0, 1)[None].float() for c in runtime.camera_names},
-                                     torch.from_numpy(o["proprio"])[None], task) for o in observations]
+        frames = [
+            model.encode_frame(
+                {c: torch.from_numpy(o["images"][c]).permute(2, 0, 1)[None].float() for c in runtime.camera_names},
+                torch.from_numpy(o["proprio"])[None],
+                task,
+            )
+            for o in observations
+        ]
         g = torch.Generator().manual_seed(3)
         for k, chunk in enumerate(chunks):
-            state = model.condition(torch.cat([prompt, *frames[:k + 1]], dim=1))
+            state = model.condition(torch.cat([prompt, *frames[: k + 1]], dim=1))
             noise = torch.randn((1, model.config.chunk_size, model.config.action_dim), generator=g)
             expected = model.normalizer.unnormalize_actions(model.sample_actions(state, noise, task=task))[0].numpy()
             np.testing.assert_allclose(chunk.actions, expected, atol=1e-4)
@@ -133,7 +147,9 @@ def test_static_kv_cache_streams_and_samples_as_the_growing_cache():
     x_t = torch.randn(1, model.config.chunk_size, model.config.action_dim)
     for t in (0.9, 0.3):
         tt = torch.tensor([t])
-        np.testing.assert_allclose(model.velocity(x_t, tt, static).numpy(), model.velocity(x_t, tt, dynamic).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            model.velocity(x_t, tt, static).numpy(), model.velocity(x_t, tt, dynamic).numpy(), atol=1e-5
+        )
     assert [int(s.length) for s in static] == [d.length for d in dynamic]  # the action tokens were not kept
     with pytest.raises(ValueError, match="do not fit"):
         StaticKVCache.empty_like(dynamic[0], 8).load(dynamic[0])

@@ -33,7 +33,9 @@ def test_the_conv_as_taps_is_the_conv(monkeypatch):
     assert (causal_depthwise_conv(window, weight, bias, taps=True) - conv).abs().max().item() <= 1e-6
     mixer, u = _mixer(), torch.randn(2, 20, 64)
     used = []
-    monkeypatch.setattr(mamba2, "causal_depthwise_conv", lambda *a, taps: used.append(taps) or causal_depthwise_conv(*a, taps=taps))
+    monkeypatch.setattr(
+        mamba2, "causal_depthwise_conv", lambda *a, taps: used.append(taps) or causal_depthwise_conv(*a, taps=taps)
+    )
     with torch.no_grad():
         eager, _ = mixer(u)
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
@@ -50,7 +52,7 @@ def test_token_by_token_recurrence_matches_chunked_scan(groups):
         full, _ = mixer(u)
         state, ys = None, []
         for i in range(u.shape[1]):
-            y, state = mixer(u[:, i:i + 1], state)
+            y, state = mixer(u[:, i : i + 1], state)
             ys.append(y)
     assert (torch.cat(ys, 1) - full).abs().max().item() <= 1e-4
 
@@ -115,7 +117,9 @@ def test_short_scan_kernel_matches_the_reference(dtype, groups):
         x = torch.randn(b, length, h, p, device="cuda").to(dtype)
         B, C = torch.randn(2, b, length, groups, n, device="cuda").to(dtype).unbind(0)
         xBC = torch.cat([x.flatten(2), B.flatten(2), C.flatten(2)], dim=-1)  # the conv's output, [x | B | C]
-        dt_raw = (torch.randn(b, length, h, device="cuda") * 3.0).to(dtype)  # some past softplus's threshold (20 after bias)
+        dt_raw = (torch.randn(b, length, h, device="cuda") * 3.0).to(
+            dtype
+        )  # some past softplus's threshold (20 after bias)
         dt_bias = torch.randn(h, device="cuda") - 2.0
         dt_bias[0] = 25.0
         A_log = torch.rand(h, device="cuda") * 2.0

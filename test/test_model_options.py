@@ -13,8 +13,10 @@ from mambavla.runtime import PolicyRuntime
 def _obs(rt, seed, depth=False):
     rng = np.random.default_rng(seed)
     h, w = rt.image_size
-    obs = {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in rt.camera_names},
-           "proprio": rng.normal(size=8).astype(np.float32)}
+    obs = {
+        "images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in rt.camera_names},
+        "proprio": rng.normal(size=8).astype(np.float32),
+    }
     if depth:
         obs["depth"] = {c: rng.uniform(0.2, 1.5, (h, w)).astype(np.float32) for c in rt.camera_names}
     return obs
@@ -30,11 +32,17 @@ def test_window_mode_rescans_last_frames_from_the_instruction_state():
     with torch.no_grad():
         prompt, mask = model.encode_instruction(["lift the blue cube"])
         task = model.task_vector(prompt, mask)
-        frames = [model.encode_frame({c: torch.from_numpy(o["images"][c]).permute(2, 0, 1)[None].float() for c in rt.camera_names},
-                                     torch.from_numpy(o["proprio"])[None], task) for o in observations]
+        frames = [
+            model.encode_frame(
+                {c: torch.from_numpy(o["images"][c]).permute(2, 0, 1)[None].float() for c in rt.camera_names},
+                torch.from_numpy(o["proprio"])[None],
+                task,
+            )
+            for o in observations
+        ]
         g = torch.Generator().manual_seed(1)
         for k, chunk in enumerate(chunks):
-            window = frames[max(0, k - 1):k + 1]
+            window = frames[max(0, k - 1) : k + 1]
             window = [window[0]] * (2 - len(window)) + window  # the first frame repeated until the window is full
             state = model.condition(torch.cat([prompt, *window], dim=1))
             noise = torch.randn((1, model.config.chunk_size, model.config.action_dim), generator=g)
@@ -68,7 +76,9 @@ def test_film_encoder_sees_the_instruction_and_starts_as_the_plain_encoder():
         prompt, mask = film.encode_instruction(["lift the red cube", "lift the blue cube"])
         task = film.task_vector(prompt, mask)
         encoder = film.vision["front"]
-        np.testing.assert_allclose(encoder(pixels, task).numpy(), plain.vision["front"](pixels).numpy(), atol=1e-6)  # zero-initialised
+        np.testing.assert_allclose(
+            encoder(pixels, task).numpy(), plain.vision["front"](pixels).numpy(), atol=1e-6
+        )  # zero-initialised
         for layer in encoder.film:
             torch.nn.init.normal_(layer.weight, std=0.5)
         red, blue = encoder(pixels[:1].expand(2, -1, -1, -1), task)  # the same image, two instructions
@@ -88,11 +98,24 @@ def test_every_connector_gives_finite_chunks(connector, scan):
 def test_local_transformers_towers_load_from_folders(tmp_path):
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                 num_attention_heads=2, image_size=32, patch_size=8))
+    tower = SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    )
     tower.save_pretrained(tmp_path / "siglip")
-    config = preset("tiny").replace(vision="auto", vision_path=str(tmp_path / "siglip"), freeze_vision=True, vision_film=False,
-                                    language=str(default_encoder_path()))
+    config = preset("tiny").replace(
+        vision="auto",
+        vision_path=str(tmp_path / "siglip"),
+        freeze_vision=True,
+        vision_film=False,
+        language=str(default_encoder_path()),
+    )
     model = MambaVLA(config)
     assert model.vision["tower"].width == 32
     assert not any(p.requires_grad for p in model.vision["tower"].tower.parameters())
@@ -130,14 +153,24 @@ def test_every_camera_in_one_pass_gives_each_cameras_own_tokens(vision, tmp_path
     if vision == "tower":
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
-        SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                             image_size=32, patch_size=8)).save_pretrained(tmp_path / "siglip")
+        SiglipVisionModel(
+            SiglipVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+            )
+        ).save_pretrained(tmp_path / "siglip")
         config = config.replace(vision="auto", vision_path=str(tmp_path / "siglip"), vision_film=False)
     torch.manual_seed(0)
     model = MambaVLA(config).eval()
     rng = np.random.default_rng(0)
     h, w = config.image_size
-    images = {c: torch.from_numpy(rng.integers(0, 256, (3, 3, h, w), dtype=np.uint8)) for c in config.cameras}  # batch 3
+    images = {
+        c: torch.from_numpy(rng.integers(0, 256, (3, 3, h, w), dtype=np.uint8)) for c in config.cameras
+    }  # batch 3
     proprio, task = torch.randn(3, config.proprio_dim), torch.randn(3, config.d_model)
     with torch.no_grad():
         got = model.encode_frame(images, proprio, task)

@@ -24,9 +24,20 @@ def test_dataset_stats_floor_std_relative_to_the_dimension_scale():
 def test_normalizer_amplifies_noise_on_a_constant_dimension_by_at_most_a_hundred_over_its_scale():
     config = preset("tiny")
     p = config.proprio_dim
-    stats = {"proprio": {"mean": [0.04] * p, "std": [1e-6] * p, "min": [0.04] * p, "max": [0.04] * p},  # written with the old floor
-             "actions": {"mean": [0.0] * config.action_dim, "std": [1.0] * config.action_dim,
-                         "min": [-1.0] * config.action_dim, "max": [1.0] * config.action_dim}}
+    stats = {
+        "proprio": {
+            "mean": [0.04] * p,
+            "std": [1e-6] * p,
+            "min": [0.04] * p,
+            "max": [0.04] * p,
+        },  # written with the old floor
+        "actions": {
+            "mean": [0.0] * config.action_dim,
+            "std": [1.0] * config.action_dim,
+            "min": [-1.0] * config.action_dim,
+            "max": [1.0] * config.action_dim,
+        },
+    }
     norm = Normalizer(stats, config)
     noisy = torch.full((p,), 0.04 + 1e-4)  # 0.1 mm of sensor noise
     out = norm.proprio(noisy)

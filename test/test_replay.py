@@ -55,8 +55,15 @@ def episode(tmp_path_factory):
     with EpisodeWriter(path, ("front", "wrist"), SIZE, DT, meta={"instruction": "lift the red cube"}) as writer:
         writer.write_instruction(0.0, "lift the red cube")
         for k in range(len(t)):
-            writer.write_frame(t[k], {"front": _image(k, *SIZE), "wrist": _image(k + 5, *SIZE)}, np.zeros(7), fingers[k],
-                               position[k], quat[k], actions[k])
+            writer.write_frame(
+                t[k],
+                {"front": _image(k, *SIZE), "wrist": _image(k + 5, *SIZE)},
+                np.zeros(7),
+                fingers[k],
+                position[k],
+                quat[k],
+                actions[k],
+            )
     return path
 
 
@@ -71,35 +78,65 @@ def _foreign_bag(path, with_front: bool = True):
     T = ts.types
     t, position, quat, fingers, _ = _trajectory(50)
     t = t + 1700000000.0  # wall-clock stamps, as a real recording has
-    joints = ["panda_finger_joint2", "extra_rail_joint"] + [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1"]
+    joints = (
+        ["panda_finger_joint2", "extra_rail_joint"] + [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1"]
+    )
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         conns = {}
         if with_front:
-            conns["jpeg"] = writer.add_connection("/camera/color/image_raw/compressed", "sensor_msgs/msg/CompressedImage", typestore=ts)
+            conns["jpeg"] = writer.add_connection(
+                "/camera/color/image_raw/compressed", "sensor_msgs/msg/CompressedImage", typestore=ts
+            )
         conns["bgr"] = writer.add_connection("/wrist_cam/image_raw", "sensor_msgs/msg/Image", typestore=ts)
         conns["joints"] = writer.add_connection("/franka/joint_states", "sensor_msgs/msg/JointState", typestore=ts)
         conns["pose"] = writer.add_connection("/franka/ee_pose", "geometry_msgs/msg/PoseStamped", typestore=ts)
         conns["desc"] = writer.add_connection("/robot_description", "std_msgs/msg/String", typestore=ts)
-        writer.write(conns["desc"], int(t[0] * 1e9), ts.serialize_cdr(T["std_msgs/msg/String"](data="<robot/>"), "std_msgs/msg/String"))
+        writer.write(
+            conns["desc"],
+            int(t[0] * 1e9),
+            ts.serialize_cdr(T["std_msgs/msg/String"](data="<robot/>"), "std_msgs/msg/String"),
+        )
         for k, tk in enumerate(t):
             ns = int(round(tk * 1e9))
-            header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9), frame_id="cam")
+            header = T["std_msgs/msg/Header"](
+                stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9), frame_id="cam"
+            )
             rgb = _image(k, *SIZE)
             if with_front:
                 jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].reshape(-1)
-                msg = T["sensor_msgs/msg/CompressedImage"](header=header, format="rgb8; jpeg compressed bgr8", data=jpeg)
+                msg = T["sensor_msgs/msg/CompressedImage"](
+                    header=header, format="rgb8; jpeg compressed bgr8", data=jpeg
+                )
                 writer.write(conns["jpeg"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
             bgr = np.ascontiguousarray(rgb[..., ::-1])
-            msg = T["sensor_msgs/msg/Image"](header=header, height=SIZE[0], width=SIZE[1], encoding="bgr8", is_bigendian=0,
-                                             step=SIZE[1] * 3, data=bgr.reshape(-1))
+            msg = T["sensor_msgs/msg/Image"](
+                header=header,
+                height=SIZE[0],
+                width=SIZE[1],
+                encoding="bgr8",
+                is_bigendian=0,
+                step=SIZE[1] * 3,
+                data=bgr.reshape(-1),
+            )
             writer.write(conns["bgr"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
-            values = {"panda_finger_joint1": fingers[k, 0], "panda_finger_joint2": fingers[k, 1], "extra_rail_joint": 0.7}
-            msg = T["sensor_msgs/msg/JointState"](header=header, name=joints, position=np.array([values.get(n, 0.1) for n in joints]),
-                                                  velocity=np.zeros(0), effort=np.zeros(0))
+            values = {
+                "panda_finger_joint1": fingers[k, 0],
+                "panda_finger_joint2": fingers[k, 1],
+                "extra_rail_joint": 0.7,
+            }
+            msg = T["sensor_msgs/msg/JointState"](
+                header=header,
+                name=joints,
+                position=np.array([values.get(n, 0.1) for n in joints]),
+                velocity=np.zeros(0),
+                effort=np.zeros(0),
+            )
             writer.write(conns["joints"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
             p, q = position[k], quat[k]
-            pose = T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
-                                               orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]))
+            pose = T["geometry_msgs/msg/Pose"](
+                position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
+                orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
+            )
             msg = T["geometry_msgs/msg/PoseStamped"](header=header, pose=pose)
             writer.write(conns["pose"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
     return path
@@ -145,7 +182,7 @@ def test_scores_are_zero_for_the_recording_itself_and_exact_for_an_offset(episod
     def chunks(offset):
         out = []
         for k in range(0, 50, 4):
-            rows = actions[k:k + 8] + offset
+            rows = actions[k : k + 8] + offset
             out.append(PredictedChunk(k * DT, k * DT + 0.01, k * DT, DT, rows, "absolute", rows, 5.0, {}))
         return out
 
@@ -166,30 +203,56 @@ def test_scores_are_zero_for_the_recording_itself_and_exact_for_an_offset(episod
 @pytest.mark.slow
 def test_foreign_bag_replays_with_map_and_instruction(checkpoint, tmp_path, capsys):
     bag = _foreign_bag(tmp_path / "foreign")
-    code, _, err = _replay(capsys, bag, "--checkpoint", checkpoint, "--map", "front=/camera/color/image_raw/compressed",
-                           "--out", tmp_path / "out")
+    code, _, err = _replay(
+        capsys,
+        bag,
+        "--checkpoint",
+        checkpoint,
+        "--map",
+        "front=/camera/color/image_raw/compressed",
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 2 and "--instruction" in err and "/robot_description" in err  # no instruction recorded: say so
-    code, summary, err = _replay(capsys, bag, "--checkpoint", checkpoint, "--map", "front=/camera/color/image_raw/compressed",
-                                 "--instruction", "lift the red cube", "--out", tmp_path / "out", "--zero-latency")
+    code, summary, err = _replay(
+        capsys,
+        bag,
+        "--checkpoint",
+        checkpoint,
+        "--map",
+        "front=/camera/color/image_raw/compressed",
+        "--instruction",
+        "lift the red cube",
+        "--out",
+        tmp_path / "out",
+        "--zero-latency",
+    )
     assert code == 0, err
     roles = summary["roles"]["foreign"]["roles"]
-    assert roles == {"front": "/camera/color/image_raw/compressed", "wrist": "/wrist_cam/image_raw",
-                     "joint_states": "/franka/joint_states", "ee_pose": "/franka/ee_pose"}
+    assert roles == {
+        "front": "/camera/color/image_raw/compressed",
+        "wrist": "/wrist_cam/image_raw",
+        "joint_states": "/franka/joint_states",
+        "ee_pose": "/franka/ee_pose",
+    }
     m = summary["metrics"]
     assert m["chunks"] >= 10 and all(np.isfinite(v) for v in m["mae"].values())
     assert m["gripper_reference"] == ["finger joints"]
 
 
 def test_images_decode_jpeg_png_and_raw_encodings_to_rgb():
-    import cv2
     from types import SimpleNamespace as Msg
+
+    import cv2
 
     from mambavla.data.images import image_to_rgb
 
     rgb = _image(3, *SIZE)
     bgr = np.ascontiguousarray(rgb[..., ::-1])
-    raw = lambda enc, arr, ch: Msg(encoding=enc, height=SIZE[0], width=SIZE[1], step=SIZE[1] * ch, is_bigendian=0,  # noqa: E731
-                                   data=arr.tobytes())
+
+    def raw(enc, arr, ch):
+        return Msg(encoding=enc, height=SIZE[0], width=SIZE[1], step=SIZE[1] * ch, is_bigendian=0, data=arr.tobytes())
+
     assert np.array_equal(image_to_rgb(raw("rgb8", rgb, 3)), rgb)
     assert np.array_equal(image_to_rgb(raw("bgr8", bgr, 3)), rgb)
     rgba = np.concatenate([bgr, np.full((*SIZE, 1), 255, np.uint8)], axis=2)
@@ -212,7 +275,9 @@ def test_bag_without_a_camera_gets_an_error_with_the_topic_table(checkpoint, tmp
     assert code == 2 and "Traceback" not in err
     assert "no topic for camera(s) front" in err and "--map" in err
     assert "/wrist_cam/image_raw" in err and "sensor_msgs/msg/Image" in err and "/franka/ee_pose" in err
-    code, _, err = _replay(capsys, bag, "--checkpoint", checkpoint, "--map", "front=/franka/ee_pose", "--out", tmp_path / "out")
+    code, _, err = _replay(
+        capsys, bag, "--checkpoint", checkpoint, "--map", "front=/franka/ee_pose", "--out", tmp_path / "out"
+    )
     assert code == 2 and "front" in err and "geometry_msgs/msg/PoseStamped" in err
 
 
@@ -265,10 +330,14 @@ def test_live_replay_scores_policy_node_in_a_private_domain(checkpoint, episode,
         def on_message(_msg):
             with lock:
                 heard.append(topic)
+
         return on_message
 
-    for kind, topic, qos in ((PoseStamped, "/ee_pose", STATE_QOS), (String, "/instruction", LATCHED_QOS),
-                             (JointTrajectory, "/action_chunk", COMMAND_QOS)):
+    for kind, topic, qos in (
+        (PoseStamped, "/ee_pose", STATE_QOS),
+        (String, "/instruction", LATCHED_QOS),
+        (JointTrajectory, "/action_chunk", COMMAND_QOS),
+    ):
         robot.create_subscription(kind, topic, listener(topic), qos)
     spin = BackgroundSpin(robot)
     try:

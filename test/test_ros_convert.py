@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from mambavla.data.images import image_to_rgb
-from mambavla.ros.convert import (DELTA_SUFFIX, chunk_to_trajectory, pose_from_msg, pose_to_msg, rgb_to_image,
-                                  seconds_to_stamp, stamp_to_seconds, trajectory_to_chunk)
+from mambavla.ros.convert import (
+    DELTA_SUFFIX,
+    chunk_to_trajectory,
+    pose_from_msg,
+    pose_to_msg,
+    rgb_to_image,
+    seconds_to_stamp,
+    stamp_to_seconds,
+    trajectory_to_chunk,
+)
 from mambavla.runtime.chunk import ActionChunk
 
 RNG = np.random.default_rng(0)

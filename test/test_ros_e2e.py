@@ -23,8 +23,21 @@ pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 
 def test_instruction_in_chunks_out_and_the_arm_follows_only_safe_chunks(tmp_path):
     checkpoint = os.environ.get("MAMBAVLA_TEST_CHECKPOINT", "")
-    cmd = [sys.executable, "-X", "faulthandler", "-m", "mambavla.cli", "demo", "--task", "lift", "--seconds", "8", "--json",
-           "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-X",
+        "faulthandler",
+        "-m",
+        "mambavla.cli",
+        "demo",
+        "--task",
+        "lift",
+        "--seconds",
+        "8",
+        "--json",
+        "--out",
+        str(tmp_path),
+    ]
     # explicit: an exported MAMBAVLA_CHECKPOINT must not change the test, nor the shipped default policy
     cmd += ["--checkpoint", checkpoint] if checkpoint else ["--untrained"]
     env = {**os.environ, "ROS_DOMAIN_ID": str(1 + (os.getpid() + 7) % 200), "MUJOCO_GL": "osmesa"}

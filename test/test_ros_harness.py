@@ -6,9 +6,9 @@ import threading
 import time
 
 import pytest
-from ros_harness import Probe  # first: it sets up the test DDS domain before rclpy loads
 import rclpy
 from rclpy.exceptions import InvalidHandle
+from ros_harness import Probe  # first: it sets up the test DDS domain before rclpy loads
 from std_msgs.msg import String
 
 from mambavla.ros.qos import SENSOR_QOS
@@ -76,7 +76,9 @@ def test_background_spin_says_why_it_stopped_and_stop_still_destroys_the_node():
     while spin.failure() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert spin.failure() == "RuntimeError('boom')"
-    with pytest.raises(RuntimeError, match=r"harness_failing stopped spinning \(RuntimeError\('boom'\)\) while waiting for chunks"):
+    with pytest.raises(
+        RuntimeError, match=r"harness_failing stopped spinning \(RuntimeError\('boom'\)\) while waiting for chunks"
+    ):
         spin.raise_if_failed("chunks")
     spin.stop()
     assert spin.failure() is None  # stopped on purpose: nothing to report

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from mambavla.sim.config import CUBE_COLOURS, EVAL_SEED_BASE, WorkcellConfig
-from mambavla.sim.tasks import (SceneState, TaskMonitor, TaskSpec, eval_seeds, other_cube_instructions, predicate, resolve_task,
-                                sample_episode)
+from mambavla.sim.tasks import (
+    SceneState,
+    TaskMonitor,
+    TaskSpec,
+    eval_seeds,
+    other_cube_instructions,
+    predicate,
+    resolve_task,
+    sample_episode,
+)
 
 CONFIG = WorkcellConfig()
 H = CONFIG.cube_half
@@ -86,7 +94,11 @@ def test_eval_seeds_are_held_out():
 
 def test_other_cube_instructions_swap_only_the_named_cube():
     assert other_cube_instructions("place the red cube on the purple plate") == [
-        "place the green cube on the purple plate", "place the blue cube on the purple plate"]
+        "place the green cube on the purple plate",
+        "place the blue cube on the purple plate",
+    ]
     assert other_cube_instructions("push the blue cube to the left side") == [
-        "push the red cube to the left side", "push the green cube to the left side"]
+        "push the red cube to the left side",
+        "push the green cube to the left side",
+    ]
     assert other_cube_instructions("open the drawer") == []

@@ -118,8 +118,9 @@ def test_dart_episode_records_the_experts_targets_while_the_arm_is_pushed_off_th
 
     clean_path, _ = recorded_episode()
     with running_workcell() as (cell, robot, gripper):
-        summary = record_episode(cell, robot, gripper, tmp_path / episode_name(EPISODE_SEED), EPISODE_SEED, "lift", render=False,
-                                 noise=0.02)
+        summary = record_episode(
+            cell, robot, gripper, tmp_path / episode_name(EPISODE_SEED), EPISODE_SEED, "lift", render=False, noise=0.02
+        )
     assert summary["success"] is True
     clean, dart = read_episode(clean_path, cameras=[]), read_episode(tmp_path / episode_name(EPISODE_SEED), cameras=[])
     assert dart.meta["dart_noise"] == 0.02 and clean.meta["dart_noise"] == 0.0

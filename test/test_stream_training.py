@@ -17,7 +17,9 @@ def _segment(config, batch: int, frames: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     h, w = config.image_size
     images = {c: torch.randint(0, 256, (batch, frames, 3, h, w), generator=g).float() for c in config.cameras}
-    proprio = torch.tensor([0.5, 0.0, 0.2, 0.0, 0.0, 0.0, 0.04, 0.04]) + 0.05 * torch.randn(batch, frames, 8, generator=g)
+    proprio = torch.tensor([0.5, 0.0, 0.2, 0.0, 0.0, 0.0, 0.04, 0.04]) + 0.05 * torch.randn(
+        batch, frames, 8, generator=g
+    )
     return images, proprio
 
 
@@ -29,7 +31,7 @@ def test_mixer_frame_states_match_streaming_one_frame_at_a_time():
     _, at = mixer(u, frames=(start, n))
     _, state = mixer(u[:, :start])
     for t in range(T):
-        _, state = mixer(u[:, start + n * t: start + n * (t + 1)], state)
+        _, state = mixer(u[:, start + n * t : start + n * (t + 1)], state)
         torch.testing.assert_close(at.ssm[:, t], state.ssm, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(at.conv[:, t], state.conv, atol=1e-6, rtol=0)
 
@@ -49,13 +51,17 @@ def test_streaming_runtime_matches_stream_training_forward_per_frame():
         runtime.set_instruction(text)
         noise = torch.Generator().manual_seed(7)  # the runtime draws one noise chunk per step from its seed
         for t in range(T):
-            obs = {"images": {c: images[c][b, t].permute(1, 2, 0).numpy().astype(np.uint8) for c in config.cameras},
-                   "proprio": proprio[b, t].numpy()}
+            obs = {
+                "images": {c: images[c][b, t].permute(1, 2, 0).numpy().astype(np.uint8) for c in config.cameras},
+                "proprio": proprio[b, t].numpy(),
+            }
             chunk = runtime.step(obs)
-            frame_state = [type(s)(*(x[b * T + t: b * T + t + 1] for x in s)) for s in states]
+            frame_state = [type(s)(*(x[b * T + t : b * T + t + 1] for x in s)) for s in states]
             x = torch.randn((1, config.chunk_size, config.action_dim), generator=noise)
             with torch.no_grad():
-                expected = model.normalizer.unnormalize_actions(model.sample_actions(frame_state, x, task=task[b * T + t: b * T + t + 1]))[0].numpy()
+                expected = model.normalizer.unnormalize_actions(
+                    model.sample_actions(frame_state, x, task=task[b * T + t : b * T + t + 1])
+                )[0].numpy()
             np.testing.assert_allclose(chunk.actions, expected, atol=1e-4, rtol=1e-4, err_msg=f"segment {b}, frame {t}")
 
 
@@ -64,9 +70,13 @@ def test_stream_loss_trains_and_rejects_the_transformer_fusion():
     config = preset("tiny")
     model = MambaVLA(config)
     images, proprio = _segment(config, 2, 3)
-    batch = {"instruction": INSTRUCTIONS, "images": images, "proprio": proprio,
-             "actions": proprio[..., None, :7].expand(-1, -1, config.chunk_size, -1).clone(),
-             "action_pad": torch.zeros(2, 3, config.chunk_size, dtype=torch.bool)}
+    batch = {
+        "instruction": INSTRUCTIONS,
+        "images": images,
+        "proprio": proprio,
+        "actions": proprio[..., None, :7].expand(-1, -1, config.chunk_size, -1).clone(),
+        "action_pad": torch.zeros(2, 3, config.chunk_size, dtype=torch.bool),
+    }
     loss = model.stream_loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and model.fusion.layers[0].mixer.in_proj.weight.grad.abs().sum() > 0
@@ -81,8 +91,12 @@ def test_the_transformer_fusion_trains_in_window_mode_with_the_loss_it_has_witho
     config = preset("tiny").replace(fusion="transformer", history_mode="window", history_frames=2)
     model = MambaVLA(config)
     images, proprio = _segment(config, 2, 2)
-    batch = {"instruction": INSTRUCTIONS, "images": images, "proprio": proprio,
-             "actions": proprio[:, -1, None, :7].expand(-1, config.chunk_size, -1).clone()}
+    batch = {
+        "instruction": INSTRUCTIONS,
+        "images": images,
+        "proprio": proprio,
+        "actions": proprio[:, -1, None, :7].expand(-1, config.chunk_size, -1).clone(),
+    }
     with torch.no_grad():
         torch.manual_seed(5)  # flow times come from the global generator
         expected = model.loss(batch, torch.Generator().manual_seed(5))

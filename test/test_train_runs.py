@@ -29,23 +29,43 @@ def _episodes() -> TrainingEpisodes:
     for e, rows in enumerate(ROWS):
         for r in range(0, rows, STRIDE):
             for c, cam in enumerate(frames):
-                frames[cam].append(np.stack([(xx * 7 + r * 5) % 256, (yy * 6 + e * 40) % 256, np.full(SIZE, 60 * c + 20)], -1).astype(np.uint8))
+                frames[cam].append(
+                    np.stack([(xx * 7 + r * 5) % 256, (yy * 6 + e * 40) % 256, np.full(SIZE, 60 * c + 20)], -1).astype(
+                        np.uint8
+                    )
+                )
             proprio.append(np.r_[0.5, 0.01 * r, 0.2, 0.0, 0.0, 0.1 * e, 0.04, 0.04].astype(np.float32))
-        actions.append(np.c_[0.5 + 0.01 * np.arange(rows), rng.normal(0, 0.05, (rows, 5)), np.arange(rows) > rows // 2].astype(np.float32))
+        actions.append(
+            np.c_[0.5 + 0.01 * np.arange(rows), rng.normal(0, 0.05, (rows, 5)), np.arange(rows) > rows // 2].astype(
+                np.float32
+            )
+        )
     counts = [len(range(0, r, STRIDE)) for r in ROWS]
     return TrainingEpisodes(
-        cameras=("front", "wrist"), image_size=SIZE, dt=0.1, stride=STRIDE,
-        frames={c: np.stack(v) for c, v in frames.items()}, proprio=np.stack(proprio), actions=np.concatenate(actions),
-        frame_start=np.r_[0, np.cumsum(counts)], action_start=np.r_[0, np.cumsum(ROWS)],
+        cameras=("front", "wrist"),
+        image_size=SIZE,
+        dt=0.1,
+        stride=STRIDE,
+        frames={c: np.stack(v) for c, v in frames.items()},
+        proprio=np.stack(proprio),
+        actions=np.concatenate(actions),
+        frame_start=np.r_[0, np.cumsum(counts)],
+        action_start=np.r_[0, np.cumsum(ROWS)],
         instructions=["lift the red cube", "push the blue cube to the left side"],
-        meta=[{"task": "lift", "seed": 11}, {"task": "push-left", "seed": 3}])  # the seeds that give these instructions
+        meta=[{"task": "lift", "seed": 11}, {"task": "push-left", "seed": 3}],
+    )  # the seeds that give these instructions
 
 
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pack")
     summary = write_pack(_episodes(), folder, InstructionEncoder("minilm"), shards=2, quality=95)
-    assert summary["episodes"] == 2 and set(summary["bytes"]) == {"pack.json", "instructions.npz", "part-000.npz", "part-001.npz"}
+    assert summary["episodes"] == 2 and set(summary["bytes"]) == {
+        "pack.json",
+        "instructions.npz",
+        "part-000.npz",
+        "part-001.npz",
+    }
     return folder
 
 
@@ -81,7 +101,7 @@ def test_segments_start_at_the_episode_start_and_pad_past_its_end():
         assert batch["frame_index"][b, 0] == episodes.frame_start[e]  # both episodes fit in 8 frames
         for t in range(8):
             row = min(t, n - 1) * STRIDE  # the frame's recorded row; chunk rows follow at the recorded rate
-            rows = episodes.actions[episodes.action_start[e]: episodes.action_start[e + 1]]
+            rows = episodes.actions[episodes.action_start[e] : episodes.action_start[e + 1]]
             expected = rows[np.minimum(row + np.arange(4), len(rows) - 1)]
             np.testing.assert_array_equal(batch["actions"][b, t], expected)
             padded = (t >= n) | (row + np.arange(4) >= len(rows))
@@ -96,14 +116,18 @@ def test_delta_chunks_are_relative_to_each_frames_own_pose():
     delta = episodes.segments(np.random.default_rng(1), batch=3, frames=5, chunk=4, action_mode="delta")
     for b in range(3):
         for t in range(5):
-            expected = to_delta(absolute["actions"][b, t].astype(np.float64), episodes.proprio[absolute["frame_index"][b, t]])
+            expected = to_delta(
+                absolute["actions"][b, t].astype(np.float64), episodes.proprio[absolute["frame_index"][b, t]]
+            )
             np.testing.assert_allclose(delta["actions"][b, t], expected, atol=1e-6)
     assert not np.allclose(delta["actions"][:, 0], delta["actions"][:, 1])  # a different pose per frame
 
 
 def test_stream_training_writes_a_run_folder_that_resume_continues(pack, tmp_path):
     run = tmp_path / "run"
-    settings = TrainSettings(steps=2, batch_size=2, segment_frames=4, warmup=1, val_fraction=0.5, val_every=1, save_every=1)
+    settings = TrainSettings(
+        steps=2, batch_size=2, segment_frames=4, warmup=1, val_fraction=0.5, val_every=1, save_every=1
+    )
     summary = Trainer(run, [str(pack)], "tiny", settings, progress=False).fit()
     assert summary["steps"] == 2 and summary["validation_episodes"] == 1 and np.isfinite(summary["loss_last"])
     assert {p.name for p in run.iterdir()} >= {"run.json", "last", "best", "tb", "loss.png", "train_summary.json"}
@@ -118,10 +142,18 @@ def test_stream_training_writes_a_run_folder_that_resume_continues(pack, tmp_pat
     assert summary["steps"] == 4 and summary["steps_this_session"] == 2 and len(resumed.history["loss"]) == 4
 
     runtime = PolicyRuntime.from_checkpoint(run / "last")  # the live MiniLM reads the instruction, as on the robot
-    assert (runtime.config.history_mode, runtime.policy_period, runtime.image_size) == ("stream", pytest.approx(0.2), SIZE)
+    assert (runtime.config.history_mode, runtime.policy_period, runtime.image_size) == (
+        "stream",
+        pytest.approx(0.2),
+        SIZE,
+    )
     runtime.set_instruction("lift the red cube")
-    chunk = runtime.step({"images": {c: np.zeros((*SIZE, 3), np.uint8) for c in runtime.camera_names},
-                          "proprio": np.r_[0.5, 0.0, 0.2, 0, 0, 0, 0.04, 0.04].astype(np.float32)})
+    chunk = runtime.step(
+        {
+            "images": {c: np.zeros((*SIZE, 3), np.uint8) for c in runtime.camera_names},
+            "proprio": np.r_[0.5, 0.0, 0.2, 0, 0, 0, 0.04, 0.04].astype(np.float32),
+        }
+    )
     assert chunk.actions.shape == (runtime.chunk_size, 7) and np.isfinite(chunk.actions).all()
 
 
@@ -131,10 +163,40 @@ def test_torchrun_trains_one_model_on_two_processes_and_they_stop_together_at_th
     every step while rank 1 waits in the next all-reduce, so their clocks read --max-seconds at different
     moments; both must stop at the same step (a rank stopping alone leaves the other waiting for good)."""
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mambavla.cli",
-               "train", "--data", str(pack), "--out", str(run), "--preset", "tiny", "--device", "cpu", "--steps", "10000",
-               "--batch-size", "2", "--segment-frames", "4", "--val-fraction", "0.5", "--val-every", "1", "--max-seconds", "6"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=150, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "mambavla.cli",
+        "train",
+        "--data",
+        str(pack),
+        "--out",
+        str(run),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "10000",
+        "--batch-size",
+        "2",
+        "--segment-frames",
+        "4",
+        "--val-fraction",
+        "0.5",
+        "--val-every",
+        "1",
+        "--max-seconds",
+        "6",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=150, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["train_episodes"] == 1 and summary["validation_episodes"] == 1
@@ -156,8 +218,15 @@ torch.distributed.destroy_process_group()
 
 
 def test_time_box_is_decided_by_rank_0_for_every_rank(tmp_path):
-    ranks = [subprocess.Popen([sys.executable, "-c", _TIME_UP_RANK, str(rank), str(tmp_path / "rendezvous")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", _TIME_UP_RANK, str(rank), str(tmp_path / "rendezvous")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     answers = [rank.communicate(timeout=120) for rank in ranks]
     assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in answers]
     assert [out.strip() for out, _ in answers] == ["True", "True"]
@@ -186,7 +255,9 @@ def test_grounding_head_learns_where_the_named_cube_started(pack, tmp_path):
     np.testing.assert_allclose(starts, [[0.4998, 0.0406], [0.4684, 0.0362]], atol=1e-3)  # the seeded layouts
     assert np.isnan(named_cube_starts([{"task": "lift", "seed": 12}], ["lift the red cube"])).all()  # another layout
     assert np.isnan(named_cube_starts([{"task": "open-drawer", "seed": 1}], ["open the drawer"])).all()
-    settings = TrainSettings(steps=60, batch_size=2, segment_frames=4, warmup=5, lr=3e-3, val_fraction=0.0, augment=False)
+    settings = TrainSettings(
+        steps=60, batch_size=2, segment_frames=4, warmup=5, lr=3e-3, val_fraction=0.0, augment=False
+    )
     trainer = Trainer(tmp_path / "run", [str(pack)], "tiny", settings, progress=False)
     np.testing.assert_allclose(trainer.targets, starts)
     batch = trainer.batch(trainer.train_ids, np.random.default_rng(0), train=True)
@@ -229,7 +300,11 @@ def test_window_mode_trains_on_the_last_k_policy_frames(pack, tmp_path):
     settings = TrainSettings(steps=1, batch_size=2, history="window", history_frames=3, warmup=1, val_fraction=0.0)
     trainer = Trainer(tmp_path / "run", [str(pack)], "tiny", settings, progress=False)
     batch = trainer.batch(trainer.train_ids, np.random.default_rng(0), train=False)
-    assert batch["images"]["front"].shape == (2, 3, 3, *SIZE) and batch["actions"].shape == (2, trainer.config.chunk_size, 7)
+    assert batch["images"]["front"].shape == (2, 3, 3, *SIZE) and batch["actions"].shape == (
+        2,
+        trainer.config.chunk_size,
+        7,
+    )
     assert np.isfinite(trainer.fit()["loss_last"])
     runtime = PolicyRuntime.from_checkpoint(tmp_path / "run" / "last")
     assert (runtime.config.history_mode, runtime.config.history_frames) == ("window", 3)
@@ -238,7 +313,9 @@ def test_window_mode_trains_on_the_last_k_policy_frames(pack, tmp_path):
 def test_ema_weights_are_what_the_checkpoint_holds(pack, tmp_path):
     from safetensors.torch import load_file
 
-    settings = TrainSettings(steps=3, batch_size=2, segment_frames=4, warmup=1, ema_decay=0.5, val_fraction=0.0, save_every=3)
+    settings = TrainSettings(
+        steps=3, batch_size=2, segment_frames=4, warmup=1, ema_decay=0.5, val_fraction=0.0, save_every=3
+    )
     trainer = Trainer(tmp_path / "run", [str(pack)], "tiny", settings, progress=False)
     trainer.fit()
     saved = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
@@ -257,8 +334,13 @@ def test_init_fine_tunes_from_a_checkpoints_weights_and_statistics_and_refuses_a
     stats["actions"]["max"] = (np.asarray(stats["actions"]["max"]) + 0.25).tolist()  # statistics unlike the pack's own
     (source / "stats.json").write_text(json.dumps(stats))
 
-    fine = Trainer(tmp_path / "fine", [str(pack)], "tiny", TrainSettings(**{**settings.__dict__, "seed": 7, "init": str(source)}),
-                   progress=False)
+    fine = Trainer(
+        tmp_path / "fine",
+        [str(pack)],
+        "tiny",
+        TrainSettings(**{**settings.__dict__, "seed": 7, "init": str(source)}),
+        progress=False,
+    )
     saved = load_file(str(source / "model.safetensors"))
     for name, value in fine.model.state_dict().items():
         if name in saved:
@@ -270,12 +352,19 @@ def test_init_fine_tunes_from_a_checkpoints_weights_and_statistics_and_refuses_a
     shutil.rmtree(source)  # resuming needs only the run folder
     resumed = Trainer.resume(tmp_path / "fine", steps=3, progress=False)  # the run's own weights and statistics
     np.testing.assert_allclose(resumed.model.normalizer.stats["actions"]["max"], stats["actions"]["max"])
-    torch.testing.assert_close(resumed.model.state_dict()["action_out.weight"], fine.model.state_dict()["action_out.weight"])
+    torch.testing.assert_close(
+        resumed.model.state_dict()["action_out.weight"], fine.model.state_dict()["action_out.weight"]
+    )
 
     with pytest.raises(ValueError, match="d_model"):
-        Trainer(tmp_path / "other", [str(pack)], "tiny", TrainSettings(**{**settings.__dict__, "init": str(tmp_path / "fine" / "last")}),
-                {"d_model": 96, "headdim": 32}, progress=False)
-
+        Trainer(
+            tmp_path / "other",
+            [str(pack)],
+            "tiny",
+            TrainSettings(**{**settings.__dict__, "init": str(tmp_path / "fine" / "last")}),
+            {"d_model": 96, "headdim": 32},
+            progress=False,
+        )
 
 
 def test_shift_px_sets_how_far_training_images_move_and_zero_keeps_them_in_place(pack, tmp_path, monkeypatch):
@@ -288,7 +377,11 @@ def test_shift_px_sets_how_far_training_images_move_and_zero_keeps_them_in_place
     assert not torch.equal(moved, images)
     for seg in range(4):  # each segment is the recording moved by whole pixels, at most 2, the same for all its frames
         inner = moved[seg, ..., 2:-2, 2:-2]
-        assert any(torch.equal(inner, images[seg, ..., 2 + dy:30 + dy, 2 + dx:30 + dx]) for dy in range(-2, 3) for dx in range(-2, 3))
+        assert any(
+            torch.equal(inner, images[seg, ..., 2 + dy : 30 + dy, 2 + dx : 30 + dx])
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        )
     reaches = []
     real = trainer_module.augment
     monkeypatch.setattr(trainer_module, "augment", lambda v, g, shift: reaches.append(shift) or real(v, g, shift=shift))

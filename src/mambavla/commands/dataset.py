@@ -16,16 +16,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--chunk", type=int, default=16, help="action chunk length for the norm stats (default 16)")
     stats.add_argument("--action-mode", choices=("absolute", "delta"), default="absolute")
     stats.add_argument("--norm-out", default=None, help="also write the normalisation statistics JSON here")
-    stats.add_argument("--preset", default="base",
-                       help="preset whose cameras and image size to read for (default base), as train does")
+    stats.add_argument(
+        "--preset", default="base", help="preset whose cameras and image size to read for (default base), as train does"
+    )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     add_bag_options(stats)
     stats.set_defaults(func=run_stats)
-    pack = sub.add_parser("pack", help="pack episodes for training elsewhere: policy-rate JPEG frames, actions, instruction embeddings")
+    pack = sub.add_parser(
+        "pack", help="pack episodes for training elsewhere: policy-rate JPEG frames, actions, instruction embeddings"
+    )
     pack.add_argument("dirs", nargs="+", help="directories of episode bags")
     pack.add_argument("--out", required=True, help="pack folder to write")
-    pack.add_argument("--preset", default="base", help="preset whose policy period and language encoder to use (default base)")
-    pack.add_argument("--shards", type=int, default=1, help="number of part-*.npz files (each must fit the link to the GPU machine)")
+    pack.add_argument(
+        "--preset", default="base", help="preset whose policy period and language encoder to use (default base)"
+    )
+    pack.add_argument(
+        "--shards", type=int, default=1, help="number of part-*.npz files (each must fit the link to the GPU machine)"
+    )
     pack.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     pack.add_argument("--json", action="store_true", help="print one JSON object")
     add_bag_options(pack)
@@ -46,8 +53,14 @@ def run_stats(args: argparse.Namespace) -> int:
     from mambavla.model.config import preset
 
     config = preset(args.preset)
-    ds = EpisodeDataset(args.dir, chunk=args.chunk, action_mode=args.action_mode, verbose=not args.json,
-                        cameras=args.cameras, options=read_options(args, config.image_size, config.cameras))
+    ds = EpisodeDataset(
+        args.dir,
+        chunk=args.chunk,
+        action_mode=args.action_mode,
+        verbose=not args.json,
+        cameras=args.cameras,
+        options=read_options(args, config.image_size, config.cameras),
+    )
     summary = ds.summary()
     if args.norm_out:
         with open(args.norm_out, "w") as f:
@@ -55,8 +68,10 @@ def run_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{args.dir}: {summary['episodes']} episodes, {summary['frames']} frames at dt {summary['dt']} s"
-          f" ({len(summary['skipped'])} skipped)")
+    print(
+        f"{args.dir}: {summary['episodes']} episodes, {summary['frames']} frames at dt {summary['dt']} s"
+        f" ({len(summary['skipped'])} skipped)"
+    )
     print(f"  cameras       {', '.join(summary['cameras'])} {summary['image_size']}")
     print(f"  tasks         {', '.join(f'{k} ({v})' for k, v in summary['tasks'].items())}")
     print(f"  instructions  {summary['instructions']} distinct")
@@ -92,17 +107,30 @@ def run_pack(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100 or args.shards < 1:
         raise ValueError("--quality must be 1..100 and --shards at least 1")
     config = preset(args.preset)
-    dataset = EpisodeDataset(args.dirs, chunk=1, successful_only=True, verbose=not args.json, cameras=args.cameras,
-                             options=read_options(args, config.image_size, config.cameras))
+    dataset = EpisodeDataset(
+        args.dirs,
+        chunk=1,
+        successful_only=True,
+        verbose=not args.json,
+        cameras=args.cameras,
+        options=read_options(args, config.image_size, config.cameras),
+    )
     stride = max(1, round(config.policy_period / dataset.dt))
     episodes = TrainingEpisodes.from_dataset(dataset, stride)
-    summary = write_pack(episodes, args.out, InstructionEncoder(config.language, config.max_instruction_tokens),
-                         shards=args.shards, quality=args.quality)
+    summary = write_pack(
+        episodes,
+        args.out,
+        InstructionEncoder(config.language, config.max_instruction_tokens),
+        shards=args.shards,
+        quality=args.quality,
+    )
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{args.out}: {summary['episodes']} episodes, {summary['frames']} frames every {summary['policy_period']} s "
-          f"({summary['instructions']} instructions), {summary['total_mib']} MiB")
+    print(
+        f"{args.out}: {summary['episodes']} episodes, {summary['frames']} frames every {summary['policy_period']} s "
+        f"({summary['instructions']} instructions), {summary['total_mib']} MiB"
+    )
     for name, size in summary["bytes"].items():
         print(f"  {name:<20} {size / 2**20:8.2f} MiB")
     return 0

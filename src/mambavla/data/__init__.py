@@ -3,7 +3,8 @@
 Public API:
     EpisodeWriter(path, cameras, image_size, dt, meta)   write one episode bag (+ episode.json sidecar)
     read_episode(path) -> Episode                         decode a bag into aligned arrays (EpisodeError if unusable)
-    EpisodeDataset(root, chunk=16, action_mode=...)       samples {"images", "proprio", "instruction", "actions", "action_mode", "action_pad"}
+    EpisodeDataset(root, chunk=16, action_mode=...)       samples {"images", "proprio", "instruction", "actions",
+                                                          "action_mode", "action_pad"}
     compute_norm_stats(dataset) -> dict                   {"proprio": {mean,std,min,max}, "actions": {...}}
     import_libero(hdf5, out_dir) -> [bag paths]           LIBERO demos as episode bags
 """

@@ -153,12 +153,18 @@ def _compressed_to_rgb(msg, size: tuple[int, int] | None) -> np.ndarray:
     kind, width, height = _compressed_size(buf, str(msg.format))
     check_image_size(width, height, width * height * 3)  # the decoded frame: a small PNG can expand to gigabytes
     reduction = _jpeg_reduction(width, height, size) if kind == "jpeg" else 1
-    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-             8: cv2.IMREAD_REDUCED_COLOR_8}[reduction] | cv2.IMREAD_IGNORE_ORIENTATION  # pixels as stored, as raw frames
+    flags = {
+        1: cv2.IMREAD_COLOR,
+        2: cv2.IMREAD_REDUCED_COLOR_2,
+        4: cv2.IMREAD_REDUCED_COLOR_4,
+        8: cv2.IMREAD_REDUCED_COLOR_8,
+    }[reduction] | cv2.IMREAD_IGNORE_ORIENTATION  # pixels as stored, as raw frames
     bgr = cv2.imdecode(buf, flags)
     if bgr is None:
-        raise ValueError(f"could not decode compressed image: truncated or corrupt {kind.upper()} "
-                         f"(format {msg.format!r}, {buf.size} bytes, {width}x{height})")
+        raise ValueError(
+            f"could not decode compressed image: truncated or corrupt {kind.upper()} "
+            f"(format {msg.format!r}, {buf.size} bytes, {width}x{height})"
+        )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -76,20 +76,36 @@ def import_libero(hdf5_path: str | Path, out_dir: str | Path, flip_images: bool 
             obs = demo["obs"]
             missing = [k for k in (*CAMERAS, "ee_states", "gripper_states", "joint_states") if k not in obs]
             if missing or "actions" not in demo:
-                raise EpisodeError(f"{hdf5_path}: data/{name} lacks {', '.join(missing + ([] if 'actions' in demo else ['actions']))}")
+                raise EpisodeError(
+                    f"{hdf5_path}: data/{name} lacks {', '.join(missing + ([] if 'actions' in demo else ['actions']))}"
+                )
             images = {cam: np.asarray(obs[key]) for key, cam in CAMERAS.items()}
             if flip_images:
                 images = {cam: img[:, ::-1] for cam, img in images.items()}
-            ee, fingers, joints = (np.asarray(obs[k], dtype=np.float64) for k in ("ee_states", "gripper_states", "joint_states"))
+            ee, fingers, joints = (
+                np.asarray(obs[k], dtype=np.float64) for k in ("ee_states", "gripper_states", "joint_states")
+            )
             actions = libero_actions(np.asarray(demo["actions"], dtype=np.float64), ee)
             size = images["front"].shape[1:3]
             path = out_dir / f"{hdf5_path.stem}_{name}"
-            meta = {"task": hdf5_path.stem.removesuffix("_demo"), "instruction": instruction, "seed": None, "success": True,
-                    "source": f"libero:{hdf5_path.name}:{name}"}
+            meta = {
+                "task": hdf5_path.stem.removesuffix("_demo"),
+                "instruction": instruction,
+                "seed": None,
+                "success": True,
+                "source": f"libero:{hdf5_path.name}:{name}",
+            }
             with EpisodeWriter(path, tuple(images), size, LIBERO_DT, meta) as writer:
                 writer.write_instruction(0.0, instruction)
                 for t in range(len(actions)):
-                    writer.write_frame(t * LIBERO_DT, {c: img[t] for c, img in images.items()}, joints[t, :7], fingers[t, :2],
-                                       ee[t, :3], spaces.rotvec_to_quat(ee[t, 3:6]), actions[t])
+                    writer.write_frame(
+                        t * LIBERO_DT,
+                        {c: img[t] for c, img in images.items()},
+                        joints[t, :7],
+                        fingers[t, :2],
+                        ee[t, :3],
+                        spaces.rotvec_to_quat(ee[t, 3:6]),
+                        actions[t],
+                    )
             written.append(path)
     return written

@@ -58,15 +58,25 @@ class TrainingEpisodes:
         frames = {c: np.concatenate([np.asarray(e.images[c][::stride]) for e in eps]) for c in dataset.cameras}
         counts = [len(range(0, len(e), stride)) for e in eps]
         return cls(
-            cameras=tuple(dataset.cameras), image_size=tuple(dataset.image_size), dt=dataset.dt, stride=stride,
+            cameras=tuple(dataset.cameras),
+            image_size=tuple(dataset.image_size),
+            dt=dataset.dt,
+            stride=stride,
             frames=frames,
             proprio=np.concatenate([np.asarray(e.proprio[::stride], np.float32) for e in eps]),
             actions=np.concatenate([np.asarray(e.actions, np.float32) for e in eps]),
             frame_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             action_start=np.concatenate([[0], np.cumsum([len(e) for e in eps])]).astype(np.int64),
             instructions=[e.instruction for e in eps],
-            meta=[{"task": e.meta.get("task"), "seed": e.meta.get("seed"), "path": str(e.path),
-                   **({"demonstration": e.meta["demonstration"]} if "demonstration" in e.meta else {})} for e in eps],
+            meta=[
+                {
+                    "task": e.meta.get("task"),
+                    "seed": e.meta.get("seed"),
+                    "path": str(e.path),
+                    **({"demonstration": e.meta["demonstration"]} if "demonstration" in e.meta else {}),
+                }
+                for e in eps
+            ],
         )
 
     @classmethod
@@ -91,7 +101,10 @@ class TrainingEpisodes:
         texts = index["instruction_texts"]
         embeddings = {t: table["embeddings"][i, : table["lengths"][i]].astype(np.float32) for i, t in enumerate(texts)}
         return cls(
-            cameras=cameras, image_size=tuple(index["image_size"]), dt=float(index["dt"]), stride=int(index["stride"]),
+            cameras=cameras,
+            image_size=tuple(index["image_size"]),
+            dt=float(index["dt"]),
+            stride=int(index["stride"]),
             frames=frames,
             proprio=np.concatenate([p["proprio"] for p in parts]),
             actions=np.concatenate([p["actions"] for p in parts]),
@@ -158,20 +171,35 @@ class TrainingEpisodes:
         if action_mode == "absolute":
             actions = self.actions.astype(np.float64)
         else:
-            rows, pad = self._chunks(np.arange(len(self)).repeat([self.frame_count(e) for e in range(len(self))]),
-                                     np.concatenate([np.arange(self.frame_count(e)) for e in range(len(self))]), chunk, "delta")
+            rows, pad = self._chunks(
+                np.arange(len(self)).repeat([self.frame_count(e) for e in range(len(self))]),
+                np.concatenate([np.arange(self.frame_count(e)) for e in range(len(self))]),
+                chunk,
+                "delta",
+            )
             actions = rows[~pad].astype(np.float64)
         return {"proprio": _stats(self.proprio.astype(np.float64)), "actions": _stats(actions)}
 
     def summary(self) -> dict:
         tasks = Counter(self.task_labels()) if self.meta else {}
-        return {"episodes": len(self), "frames": int(self.frame_start[-1]), "action_rows": int(self.action_start[-1]),
-                "tasks": dict(sorted(tasks.items())), "instructions": len(set(self.instructions)), "cameras": list(self.cameras),
-                "image_size": list(self.image_size), "dt": self.dt, "stride": self.stride, "policy_period": self.policy_period}
+        return {
+            "episodes": len(self),
+            "frames": int(self.frame_start[-1]),
+            "action_rows": int(self.action_start[-1]),
+            "tasks": dict(sorted(tasks.items())),
+            "instructions": len(set(self.instructions)),
+            "cameras": list(self.cameras),
+            "image_size": list(self.image_size),
+            "dt": self.dt,
+            "stride": self.stride,
+            "policy_period": self.policy_period,
+        }
 
     # ---- sampling ----------------------------------------------------------------------------
 
-    def _chunks(self, episodes: np.ndarray, frames: np.ndarray, chunk: int, action_mode: str) -> tuple[np.ndarray, np.ndarray]:
+    def _chunks(
+        self, episodes: np.ndarray, frames: np.ndarray, chunk: int, action_mode: str
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Action chunks from policy frame `frames[i]` of episode `episodes[i]`: float32 [..., chunk, A] and
         the bool [..., chunk] padding (rows past the episode's end repeat its last action)."""
         if action_mode not in ACTION_MODES:
@@ -189,11 +217,21 @@ class TrainingEpisodes:
     def task_balanced_weights(self, ids: np.ndarray) -> np.ndarray:
         """Sampling probabilities over `ids` that give each task the same share of a batch (each episode
         1 / (tasks x its task's episodes))."""
-        _, task, count = np.unique(np.asarray(self.task_labels())[np.asarray(ids)], return_inverse=True, return_counts=True)
+        _, task, count = np.unique(
+            np.asarray(self.task_labels())[np.asarray(ids)], return_inverse=True, return_counts=True
+        )
         return 1.0 / (len(count) * count[task])
 
-    def segments(self, rng: np.random.Generator, batch: int, frames: int, chunk: int, episodes: np.ndarray | None = None,
-                 action_mode: str = "absolute", weights: np.ndarray | None = None) -> dict:
+    def segments(
+        self,
+        rng: np.random.Generator,
+        batch: int,
+        frames: int,
+        chunk: int,
+        episodes: np.ndarray | None = None,
+        action_mode: str = "absolute",
+        weights: np.ndarray | None = None,
+    ) -> dict:
         """Stream-mode batch: B segments of T consecutive policy frames. A segment starts at its episode's
         start (as the runtime does after an instruction) when the episode fits, else at the start half
         of the time and at a random frame otherwise. Frames past an episode's end repeat its last frame
@@ -204,17 +242,32 @@ class TrainingEpisodes:
         chosen = rng.choice(pool, size=batch, p=weights)
         counts = np.diff(self.frame_start)[chosen]
         late = rng.random(batch) >= 0.5
-        start = np.where((counts > frames) & late, (rng.random(batch) * np.maximum(counts - frames + 1, 1)).astype(np.int64), 0)
+        start = np.where(
+            (counts > frames) & late, (rng.random(batch) * np.maximum(counts - frames + 1, 1)).astype(np.int64), 0
+        )
         local = start[:, None] + np.arange(frames)  # (B, T)
         valid = local < counts[:, None]
         local = np.minimum(local, counts[:, None] - 1)
         actions, pad = self._chunks(chosen[:, None].repeat(frames, 1), local, chunk, action_mode)
         index = self.frame_start[chosen][:, None] + local
-        return {"frame_index": index, "proprio": self.proprio[index], "actions": actions, "action_pad": pad | ~valid[..., None],
-                "instruction": [self.instructions[e] for e in chosen], "episode": chosen}
+        return {
+            "frame_index": index,
+            "proprio": self.proprio[index],
+            "actions": actions,
+            "action_pad": pad | ~valid[..., None],
+            "instruction": [self.instructions[e] for e in chosen],
+            "episode": chosen,
+        }
 
-    def windows(self, rng: np.random.Generator, batch: int, history: int, chunk: int, episodes: np.ndarray | None = None,
-                action_mode: str = "absolute") -> dict:
+    def windows(
+        self,
+        rng: np.random.Generator,
+        batch: int,
+        history: int,
+        chunk: int,
+        episodes: np.ndarray | None = None,
+        action_mode: str = "absolute",
+    ) -> dict:
         """Window-mode batch: B samples, each the last `history` policy frames up to a frame (the episode's
         first frame repeated before its start) and that frame's chunk. -> {"frame_index": [B, K], "proprio":
         [B, K, P], "actions": [B, chunk, A], "action_pad": [B, chunk], "instruction": [str] * B, "episode": int [B]}."""
@@ -224,8 +277,14 @@ class TrainingEpisodes:
         local = (rng.random(batch) * counts).astype(np.int64)
         index = self.frame_start[chosen][:, None] + np.maximum(local[:, None] + np.arange(1 - history, 1), 0)
         actions, pad = self._chunks(chosen, local, chunk, action_mode)
-        return {"frame_index": index, "proprio": self.proprio[index], "actions": actions, "action_pad": pad,
-                "instruction": [self.instructions[e] for e in chosen], "episode": chosen}
+        return {
+            "frame_index": index,
+            "proprio": self.proprio[index],
+            "actions": actions,
+            "action_pad": pad,
+            "instruction": [self.instructions[e] for e in chosen],
+            "episode": chosen,
+        }
 
 
 def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: int = 1, quality: int = 90) -> dict:
@@ -252,7 +311,7 @@ def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: 
         for c in episodes.cameras:
             blobs = []
             for e in members:
-                for img in episodes.frames[c][episodes.frame_start[e]: episodes.frame_start[e + 1]]:
+                for img in episodes.frames[c][episodes.frame_start[e] : episodes.frame_start[e + 1]]:
                     blobs.append(encode_jpeg(img, quality))
             arrays[f"jpeg_{c}"] = np.frombuffer(b"".join(blobs), np.uint8)
             arrays[f"offsets_{c}"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
@@ -260,18 +319,35 @@ def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: 
         take_rows = np.concatenate([np.arange(episodes.action_start[e], episodes.action_start[e + 1]) for e in members])
         arrays["proprio"] = episodes.proprio[take_frames]
         arrays["actions"] = episodes.actions[take_rows]
-        arrays["frame_start"] = np.concatenate([[0], np.cumsum([episodes.frame_count(e) for e in members])]).astype(np.int64)
-        arrays["action_start"] = np.concatenate([[0], np.cumsum(np.diff(episodes.action_start)[members])]).astype(np.int64)
+        arrays["frame_start"] = np.concatenate([[0], np.cumsum([episodes.frame_count(e) for e in members])]).astype(
+            np.int64
+        )
+        arrays["action_start"] = np.concatenate([[0], np.cumsum(np.diff(episodes.action_start)[members])]).astype(
+            np.int64
+        )
         name = f"part-{s:03d}.npz"
         np.savez(folder / name, **arrays)
         parts.append(name)
-    index = {"version": PACK_VERSION, "cameras": list(episodes.cameras), "image_size": list(episodes.image_size),
-             "dt": episodes.dt, "stride": episodes.stride, "jpeg_quality": quality, "parts": parts,
-             "instruction_texts": texts, "instruction_width": int(width),
-             "episodes": [{"instruction": i, **m} for i, m in zip(episodes.instructions, episodes.meta)]}
+    index = {
+        "version": PACK_VERSION,
+        "cameras": list(episodes.cameras),
+        "image_size": list(episodes.image_size),
+        "dt": episodes.dt,
+        "stride": episodes.stride,
+        "jpeg_quality": quality,
+        "parts": parts,
+        "instruction_texts": texts,
+        "instruction_width": int(width),
+        "episodes": [{"instruction": i, **m} for i, m in zip(episodes.instructions, episodes.meta)],
+    }
     (folder / "pack.json").write_text(json.dumps(index, indent=1))
     sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
-    return {"folder": str(folder), "bytes": sizes, "total_mib": round(sum(sizes.values()) / 2**20, 2), **episodes.summary()}
+    return {
+        "folder": str(folder),
+        "bytes": sizes,
+        "total_mib": round(sum(sizes.values()) / 2**20, 2),
+        **episodes.summary(),
+    }
 
 
 def _decode_all(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -282,7 +358,7 @@ def _decode_all(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     decode = _jpeg_decoder()
     spans = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return np.stack(list(pool.map(lambda span: decode(data[span[0]:span[1]].tobytes()), spans)))
+        return np.stack(list(pool.map(lambda span: decode(data[span[0] : span[1]].tobytes()), spans)))
 
 
 def _jpeg_decoder():

@@ -24,7 +24,9 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    Path(path).write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    )
     return Path(path)
 
 
@@ -39,7 +41,9 @@ def contact_sheet(episodes: Sequence[str | Path], frames_per_episode: int = 4) -
         if not ep.images:
             continue
         picks = np.linspace(0, len(ep) - 1, frames_per_episode).round().astype(int)
-        rows.append(np.concatenate([np.concatenate([ep.images[c][i] for c in ep.images], axis=1) for i in picks], axis=1))
+        rows.append(
+            np.concatenate([np.concatenate([ep.images[c][i] for c in ep.images], axis=1) for i in picks], axis=1)
+        )
     if not rows:
         raise EpisodeError("no episode with images to draw")
     width = max(r.shape[1] for r in rows)

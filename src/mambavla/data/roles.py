@@ -19,8 +19,8 @@ given, else found where unambiguous:
                    equilibrium pose): only with --map, as it cannot be told from the measured pose by its type
 
 `cameras=None` asks the bag for its camera names: `/cameras/<name>/...` topics (our layout), else the
-caller's defaults (the policy's), with any other camera role given with `--map`. Anything missing, ambiguous or unreadable raises `BagError` naming the
-topic, with a table of the bag's topics and types.
+caller's defaults (the policy's), with any other camera role given with `--map`. Anything missing, ambiguous or
+unreadable raises `BagError` naming the topic, with a table of the bag's topics and types.
 """
 
 from __future__ import annotations

@@ -7,10 +7,30 @@ are in `mambavla.data.roles`. Anything missing or unreadable raises `ReplayError
 
 from __future__ import annotations
 
-from mambavla.data.roles import (IMAGE_TYPES, ROLE_TYPES, STATE_ROLES, BagError, BagInfo, Message, finger_positions,
-                                 inspect, parse_maps, read_messages)
+from mambavla.data.roles import (
+    IMAGE_TYPES,
+    ROLE_TYPES,
+    STATE_ROLES,
+    BagError,
+    BagInfo,
+    Message,
+    finger_positions,
+    inspect,
+    parse_maps,
+    read_messages,
+)
 
 ReplayError = BagError
 
-__all__ = ["IMAGE_TYPES", "ROLE_TYPES", "STATE_ROLES", "BagInfo", "Message", "ReplayError", "finger_positions",
-           "inspect", "parse_maps", "read_messages"]
+__all__ = [
+    "IMAGE_TYPES",
+    "ROLE_TYPES",
+    "STATE_ROLES",
+    "BagInfo",
+    "Message",
+    "ReplayError",
+    "finger_positions",
+    "inspect",
+    "parse_maps",
+    "read_messages",
+]

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mambavla.control.config import load_params
+from mambavla.data.images import resize_rgb
 from mambavla.evaluation.bag import ReplayError, inspect, read_messages
 from mambavla.evaluation.recording import PredictedChunk, Recording, absolute_targets, interpolate
-from mambavla.control.config import load_params
 from mambavla.evaluation.replay import write_report
-from mambavla.data.images import resize_rgb
-
 
 PRIVATE_DOMAINS = range(100, 200)  # where live replay picks its own domain
 

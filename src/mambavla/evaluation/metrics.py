@@ -57,7 +57,7 @@ def chunk_errors(chunks: list[PredictedChunk], recording: Recording, horizon: in
             _, q_ref = spaces.vector_to_pose(ref[ok, :6])
             rotation[i, :h][ok] = np.degrees(spaces.quat_angle_between(q_pred, q_ref))
         g = np.isfinite(ref[:, 6])
-        agree[i, :h][g] = ((pred[g, 6] > spaces.GRIPPER_CLOSE_THRESHOLD) == (ref[g, 6] > spaces.GRIPPER_CLOSE_THRESHOLD))
+        agree[i, :h][g] = (pred[g, 6] > spaces.GRIPPER_CLOSE_THRESHOLD) == (ref[g, 6] > spaces.GRIPPER_CLOSE_THRESHOLD)
     return ChunkErrors(errors, position, rotation, agree, reference)
 
 
@@ -66,8 +66,14 @@ def _stats(values) -> dict:
     v = v[np.isfinite(v)]
     if v.size == 0:
         return {"n": 0}
-    return {"n": int(v.size), "mean": float(v.mean()), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)),
-            "p99": float(np.percentile(v, 99)), "max": float(v.max())}
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "p50": float(np.percentile(v, 50)),
+        "p95": float(np.percentile(v, 95)),
+        "p99": float(np.percentile(v, 99)),
+        "max": float(v.max()),
+    }
 
 
 def _nanmean(x, axis=None):
@@ -92,13 +98,22 @@ def _seam_jumps(chunks: list[PredictedChunk]) -> list[tuple[float, float, bool]]
         a, b = _value_at(old, new.published), _value_at(new, new.published)
         _, qa = spaces.vector_to_pose(a[:6])
         _, qb = spaces.vector_to_pose(b[:6])
-        jumps.append((float(np.linalg.norm(a[:3] - b[:3]) * 1e3), float(np.degrees(spaces.quat_angle_between(qa, qb))),
-                      bool((a[6] > spaces.GRIPPER_CLOSE_THRESHOLD) != (b[6] > spaces.GRIPPER_CLOSE_THRESHOLD))))
+        jumps.append(
+            (
+                float(np.linalg.norm(a[:3] - b[:3]) * 1e3),
+                float(np.degrees(spaces.quat_angle_between(qa, qb))),
+                bool((a[6] > spaces.GRIPPER_CLOSE_THRESHOLD) != (b[6] > spaces.GRIPPER_CLOSE_THRESHOLD)),
+            )
+        )
     return jumps
 
 
-def safety_checks(chunks: list[PredictedChunk], recording: Recording, limits: SafetyLimits,
-                  action_names: tuple[str, ...] = spaces.ACTION_NAMES) -> dict:
+def safety_checks(
+    chunks: list[PredictedChunk],
+    recording: Recording,
+    limits: SafetyLimits,
+    action_names: tuple[str, ...] = spaces.ACTION_NAMES,
+) -> dict:
     """How many chunks controller_node's own admission checks would reject, by kind, with an example each."""
     pose_t, _, quats = recording.pose_series()
     positions = spaces.vector_to_pose(recording.pose_series()[1])[0]
@@ -119,8 +134,16 @@ def safety_checks(chunks: list[PredictedChunk], recording: Recording, limits: Sa
             per_chunk.append(reason)
             continue
         core.activate(now)
-        reason = core.submit(ActionChunk(actions=chunk.actions, dt=chunk.dt, stamp=chunk.stamp, action_names=action_names,
-                                         action_mode=chunk.action_mode), now)
+        reason = core.submit(
+            ActionChunk(
+                actions=chunk.actions,
+                dt=chunk.dt,
+                stamp=chunk.stamp,
+                action_names=action_names,
+                action_mode=chunk.action_mode,
+            ),
+            now,
+        )
         per_chunk.append(reason)
         if reason is None:
             accepted += 1
@@ -128,12 +151,21 @@ def safety_checks(chunks: list[PredictedChunk], recording: Recording, limits: Sa
             kind = rejection_kind(reason)
             by_kind[kind] = by_kind.get(kind, 0) + 1
             examples.setdefault(kind, reason)
-    return {"chunks": len(chunks), "accepted": accepted, "rejected": len(chunks) - accepted,
-            "rejected_by_kind": by_kind, "example_reasons": examples, "per_chunk": per_chunk}
+    return {
+        "chunks": len(chunks),
+        "accepted": accepted,
+        "rejected": len(chunks) - accepted,
+        "rejected_by_kind": by_kind,
+        "example_reasons": examples,
+        "per_chunk": per_chunk,
+    }
 
 
-def score(runs: list[tuple[list[PredictedChunk], Recording]], limits: SafetyLimits,
-          action_names: tuple[str, ...] = spaces.ACTION_NAMES) -> tuple[dict, list[ChunkErrors]]:
+def score(
+    runs: list[tuple[list[PredictedChunk], Recording]],
+    limits: SafetyLimits,
+    action_names: tuple[str, ...] = spaces.ACTION_NAMES,
+) -> tuple[dict, list[ChunkErrors]]:
     """Every metric over one or more replays (chunks, recording) as a JSON-ready dict, and the per-row
     errors of each replay behind them. Seams and safety are taken within each replay."""
     chunks = [c for run_chunks, _ in runs for c in run_chunks]
@@ -171,10 +203,19 @@ def score(runs: list[tuple[list[PredictedChunk], Recording]], limits: SafetyLimi
             "gripper_abs": [float(v) for v in _nanmean(np.abs(errors[:, :, 6]), axis=0)],
         },
         "gripper_agreement": float(_nanmean(agree)),
-        "seams": {"seams": len(jumps), "position_jump_mm": _stats([j[0] for j in jumps]),
-                  "rotation_jump_deg": _stats([j[1] for j in jumps]), "gripper_flips": sum(j[2] for j in jumps)},
-        "safety": {"chunks": len(chunks), "accepted": sum(s["accepted"] for s in safety),
-                   "rejected": sum(s["rejected"] for s in safety), "rejected_by_kind": by_kind, "example_reasons": examples},
+        "seams": {
+            "seams": len(jumps),
+            "position_jump_mm": _stats([j[0] for j in jumps]),
+            "rotation_jump_deg": _stats([j[1] for j in jumps]),
+            "gripper_flips": sum(j[2] for j in jumps),
+        },
+        "safety": {
+            "chunks": len(chunks),
+            "accepted": sum(s["accepted"] for s in safety),
+            "rejected": sum(s["rejected"] for s in safety),
+            "rejected_by_kind": by_kind,
+            "example_reasons": examples,
+        },
         "inference_ms": _stats([c.inference_ms for c in chunks]),
         "observation_to_chunk_ms": _stats([(c.published - c.receipt) * 1e3 for c in chunks]),
     }

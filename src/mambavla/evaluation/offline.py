@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mambavla import spaces
 from mambavla.evaluation.bag import BagInfo, ReplayError, finger_positions, read_messages
 from mambavla.evaluation.recording import PredictedChunk, Recording, absolute_targets
 from mambavla.runtime.schedule import Frame, InferenceSchedule, ScheduleConfig
-from mambavla import spaces
 
 LATENCIES = ("measured", "zero")
 
@@ -31,16 +31,24 @@ class ReplayResult:
     wall_s: float = 0.0
 
 
-def replay_offline(runtime, info: BagInfo, schedule_config: ScheduleConfig, instruction: str | None = None,
-                   latency: str = "measured", progress: bool = True) -> ReplayResult:
+def replay_offline(
+    runtime,
+    info: BagInfo,
+    schedule_config: ScheduleConfig,
+    instruction: str | None = None,
+    latency: str = "measured",
+    progress: bool = True,
+) -> ReplayResult:
     """Run `runtime` on the bag as policy_node would; returns the predicted chunks and the reference."""
     from tqdm import tqdm
 
     if latency not in LATENCIES:
         raise ValueError(f"latency must be one of {LATENCIES}, got {latency!r}")
     if instruction is None and "instruction" not in info.roles:
-        raise ReplayError(f"{info.path}: no instruction topic in the bag; give one with --instruction TEXT "
-                          f"(or --map instruction=TOPIC). The bag has:\n{info.table()}")
+        raise ReplayError(
+            f"{info.path}: no instruction topic in the bag; give one with --instruction TEXT "
+            f"(or --map instruction=TOPIC). The bag has:\n{info.table()}"
+        )
     schedule = InferenceSchedule(schedule_config)
     cameras = list(runtime.camera_names)
     result = ReplayResult(info, instruction or "", Recording())
@@ -75,22 +83,37 @@ def replay_offline(runtime, info: BagInfo, schedule_config: ScheduleConfig, inst
                 return  # nothing changes until the next message
             schedule.consume(observation, wake)
             t0 = time.perf_counter()
-            chunk = runtime.step({"images": dict(zip(cameras, observation.images)), "proprio": observation.proprio,
-                                  "stamp": observation.stamp})
+            chunk = runtime.step(
+                {
+                    "images": dict(zip(cameras, observation.images)),
+                    "proprio": observation.proprio,
+                    "stamp": observation.stamp,
+                }
+            )
             elapsed = time.perf_counter() - t0
             published = wake + busy(elapsed)
             worker["free_at"] = published
             schedule.chunk_published(chunk.stamp)
-            result.chunks.append(PredictedChunk(
-                stamp=chunk.stamp, published=published, receipt=observation.receipt, dt=chunk.dt, actions=chunk.actions,
-                action_mode=chunk.action_mode, absolute=absolute_targets(chunk.actions, chunk.action_mode, observation.proprio),
-                inference_ms=chunk.timing_ms.get("total", elapsed * 1e3), images=dict(zip(cameras, observation.images))))
+            result.chunks.append(
+                PredictedChunk(
+                    stamp=chunk.stamp,
+                    published=published,
+                    receipt=observation.receipt,
+                    dt=chunk.dt,
+                    actions=chunk.actions,
+                    action_mode=chunk.action_mode,
+                    absolute=absolute_targets(chunk.actions, chunk.action_mode, observation.proprio),
+                    inference_ms=chunk.timing_ms.get("total", elapsed * 1e3),
+                    images=dict(zip(cameras, observation.images)),
+                )
+            )
 
     roles = cameras + ["joint_states", "ee_pose", "actions"] + (["instruction"] if instruction is None else [])
     total = sum(info.counts.get(info.roles[r], 0) for r in set(roles) if r in info.roles)
     started = time.perf_counter()
-    with tqdm(total=total, desc=f"replay {info.path.name}", unit="msg", disable=not progress, dynamic_ncols=True,
-              leave=False) as bar:
+    with tqdm(
+        total=total, desc=f"replay {info.path.name}", unit="msg", disable=not progress, dynamic_ncols=True, leave=False
+    ) as bar:
         for message in read_messages(info, roles, runtime.image_size):
             bar.update(1)
             run_worker(message.receipt, inclusive=False)
@@ -115,6 +138,8 @@ def replay_offline(runtime, info: BagInfo, schedule_config: ScheduleConfig, inst
     result.wall_s = time.perf_counter() - started
     result.frames_dropped = schedule.frames_dropped
     if not result.recording.finger_t:
-        raise ReplayError(f"{info.path}: {info.roles['joint_states']} has no finger joints (names ending in "
-                          f"finger_joint1 / finger_joint2); the policy reads their positions. The bag has:\n{info.table()}")
+        raise ReplayError(
+            f"{info.path}: {info.roles['joint_states']} has no finger joints (names ending in "
+            f"finger_joint1 / finger_joint2); the policy reads their positions. The bag has:\n{info.table()}"
+        )
     return result

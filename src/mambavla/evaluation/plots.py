@@ -32,7 +32,13 @@ def plot_trajectories(path: Path, chunks: list[PredictedChunk], recording: Recor
     colours = plt.cm.viridis(np.linspace(0, 1, max(len(chunks), 1)))
     for d, (ax, name) in enumerate(zip(axes, spaces.ACTION_NAMES)):
         t, v = (pose_t, pose_v[:, d]) if d < 6 else (grip_t, grip_v)
-        ax.plot(t - t0, v * SCALE[d], color="black", lw=1.6, label=f"recorded ({recording.reference_source if d < 6 else recording.gripper_source})")
+        ax.plot(
+            t - t0,
+            v * SCALE[d],
+            color="black",
+            lw=1.6,
+            label=f"recorded ({recording.reference_source if d < 6 else recording.gripper_source})",
+        )
         for chunk, colour in zip(chunks, colours):
             ax.plot(chunk.times() - t0, chunk.absolute[:, d] * SCALE[d], color=colour, lw=0.8, alpha=0.8)
             ax.plot(chunk.stamp - t0, chunk.absolute[0, d] * SCALE[d], ".", color=colour, ms=3)
@@ -52,8 +58,11 @@ def plot_horizon(path: Path, metrics: dict, title: str) -> Path:
     h = metrics["by_horizon"]
     t = np.asarray(h["t_s"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, key, label in zip(axes, ("position_mm", "rotation_deg", "gripper_abs"),
-                              ("position error [mm]", "rotation error [deg]", "|gripper error| [command]")):
+    for ax, key, label in zip(
+        axes,
+        ("position_mm", "rotation_deg", "gripper_abs"),
+        ("position error [mm]", "rotation error [deg]", "|gripper error| [command]"),
+    ):
         ax.plot(t, h[key], "o-", ms=3)
         ax.set_xlabel("horizon: time after the observation [s]")
         ax.set_ylabel(label)
@@ -66,8 +75,9 @@ def plot_horizon(path: Path, metrics: dict, title: str) -> Path:
     return path
 
 
-def plot_worst_frames(path: Path, runs: list[tuple[str, list[PredictedChunk]]], errors: list[ChunkErrors],
-                      count: int = 8) -> Path:
+def plot_worst_frames(
+    path: Path, runs: list[tuple[str, list[PredictedChunk]]], errors: list[ChunkErrors], count: int = 8
+) -> Path:
     """The observations whose chunks had the largest mean position error, all cameras side by side."""
     plt = pyplot()
     ranked = []
@@ -88,8 +98,12 @@ def plot_worst_frames(path: Path, runs: list[tuple[str, list[PredictedChunk]]], 
         ax.set_title(f"{name} t={chunk.stamp:.2f} s\n{error:.0f} mm mean position error", fontsize=8)
     if not ranked:
         axes[0, 0].text(0.5, 0.5, "no scored chunks", ha="center")
-    fig.suptitle("observations with the largest chunk error (cameras left to right: " + ", ".join(
-        ranked[0][2].images) + ")" if ranked else "no scored chunks", fontsize=9)
+    fig.suptitle(
+        "observations with the largest chunk error (cameras left to right: " + ", ".join(ranked[0][2].images) + ")"
+        if ranked
+        else "no scored chunks",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

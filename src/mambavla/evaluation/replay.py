@@ -23,7 +23,11 @@ def find_bags(path: str | Path) -> list[Path]:
         raise ReplayError(f"{path}: no such bag or directory")
     if is_bag(path):
         return [path]
-    bags = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and is_bag(p)) if path.is_dir() else []
+    bags = (
+        sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and is_bag(p))
+        if path.is_dir()
+        else []
+    )
     if not bags:
         raise ReplayError(f"{path}: not a rosbag2 directory (no metadata.yaml or .mcap/.db3 file) and no bags inside")
     return bags
@@ -58,8 +62,18 @@ def write_report(out: Path, runs: list, limits: SafetyLimits, action_names, head
     return summary
 
 
-def replay_bags(bags: list[Path], runtime, maps: dict, instruction: str | None, schedule: ScheduleConfig,
-                limits: SafetyLimits, out: Path, latency: str = "measured", progress: bool = True, log=print) -> dict:
+def replay_bags(
+    bags: list[Path],
+    runtime,
+    maps: dict,
+    instruction: str | None,
+    schedule: ScheduleConfig,
+    limits: SafetyLimits,
+    out: Path,
+    latency: str = "measured",
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Offline replay of every bag with one runtime; returns the summary written to out/replay.json."""
     from tqdm import tqdm
 

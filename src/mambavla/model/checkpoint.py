@@ -24,7 +24,9 @@ def shipped_checkpoint(name: str = SHIPPED_POLICY) -> Path:
     return path
 
 
-def save_checkpoint(model: MambaVLA, path: str | Path, meta: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+def save_checkpoint(
+    model: MambaVLA, path: str | Path, meta: dict | None = None, dtype: torch.dtype | None = None
+) -> Path:
     """`dtype` (e.g. torch.bfloat16) stores the floating-point weights smaller; loading casts them back to
     the model's dtype."""
     path = Path(path)
@@ -50,7 +52,9 @@ def convert_checkpoint(source: str | Path, dest: str | Path, dtype: torch.dtype 
     for name in (CONFIG, STATS):
         (dest / name).write_bytes(_require(source, name).read_bytes())
     meta = json.loads((source / META).read_text()) if (source / META).is_file() else {}
-    (dest / META).write_text(json.dumps({**meta, "weights_dtype": f"{str(dtype).removeprefix('torch.')} (loaded as float32)"}, indent=2))
+    (dest / META).write_text(
+        json.dumps({**meta, "weights_dtype": f"{str(dtype).removeprefix('torch.')} (loaded as float32)"}, indent=2)
+    )
     return dest
 
 
@@ -74,5 +78,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mam
     model = MambaVLA(config, stats)
     missing, unexpected = model.load_state_dict(load_file(str(_require(path, WEIGHTS))), strict=False)
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return model.to(device).eval()

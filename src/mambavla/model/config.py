@@ -95,7 +95,9 @@ class MambaVLAConfig:
             if value not in allowed:
                 raise ValueError(f"config.{key} must be one of {allowed}, got {value!r}")
         if (self.d_model * self.expand) % self.headdim:
-            raise ValueError(f"d_model * expand ({self.d_model * self.expand}) must be a multiple of headdim ({self.headdim})")
+            raise ValueError(
+                f"d_model * expand ({self.d_model * self.expand}) must be a multiple of headdim ({self.headdim})"
+            )
         if self.grounding_head and tuple(self.action_names[:2]) != ("x", "y"):
             raise ValueError(f"config.grounding_head needs actions x, y first, got {self.action_names[:2]}")
         if self.vision_film and self.vision != "resnet":
@@ -141,16 +143,38 @@ class MambaVLAConfig:
 PRESETS: dict[str, MambaVLAConfig] = {
     # seconds on CPU: for tests
     "tiny": MambaVLAConfig(
-        name="tiny", image_size=(32, 32), resnet_widths=(8, 16), vision_grid=2, vision_film=True, grounding_head=True, language="minilm",
-        d_model=64, n_layers=2, d_state=16, headdim=32, chunk_len=16, chunk_size=4, flow_steps=3,
+        name="tiny",
+        image_size=(32, 32),
+        resnet_widths=(8, 16),
+        vision_grid=2,
+        vision_film=True,
+        grounding_head=True,
+        language="minilm",
+        d_model=64,
+        n_layers=2,
+        d_state=16,
+        headdim=32,
+        chunk_len=16,
+        chunk_size=4,
+        flow_steps=3,
         n_heads_attn=2,
     ),
     # MambaVLA reference sizes
     "base": MambaVLAConfig(name="base", vision_film=True, grounding_head=True),
     # pretrained vision tower (local path given at load time), wide and deep fusion
     "large": MambaVLAConfig(
-        name="large", vision="siglip", image_size=(224, 224), freeze_vision=True, vision_grid=8,
-        d_model=1024, n_layers=24, d_state=128, headdim=64, chunk_len=128, n_heads_attn=16, connector="vss_l2",
+        name="large",
+        vision="siglip",
+        image_size=(224, 224),
+        freeze_vision=True,
+        vision_grid=8,
+        d_model=1024,
+        n_layers=24,
+        d_state=128,
+        headdim=64,
+        chunk_len=128,
+        n_heads_attn=16,
+        connector="vss_l2",
         scan="csm",
     ),
 }

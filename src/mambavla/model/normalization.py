@@ -21,14 +21,35 @@ def placeholder_stats(config: MambaVLAConfig) -> dict:
     statistics as soon as a policy is trained on data."""
     if config.proprio_dim != 8 or config.action_dim != 7:
         zeros_p, zeros_a = [0.0] * config.proprio_dim, [0.0] * config.action_dim
-        return {"proprio": {"mean": zeros_p, "std": [1.0] * config.proprio_dim, "min": [-1.0] * config.proprio_dim, "max": [1.0] * config.proprio_dim},
-                "actions": {"mean": zeros_a, "std": [1.0] * config.action_dim, "min": [-1.0] * config.action_dim, "max": [1.0] * config.action_dim}}
+        return {
+            "proprio": {
+                "mean": zeros_p,
+                "std": [1.0] * config.proprio_dim,
+                "min": [-1.0] * config.proprio_dim,
+                "max": [1.0] * config.proprio_dim,
+            },
+            "actions": {
+                "mean": zeros_a,
+                "std": [1.0] * config.action_dim,
+                "min": [-1.0] * config.action_dim,
+                "max": [1.0] * config.action_dim,
+            },
+        }
     lo = [0.30, -0.25, 0.05, -0.3, -0.3, -0.6, 0.0]
     hi = [0.70, 0.25, 0.45, 0.3, 0.3, 0.6, 1.0]
     return {
-        "proprio": {"mean": [0.5, 0.0, 0.25, 0.0, 0.0, 0.0, 0.02, 0.02], "std": [0.12, 0.15, 0.12, 0.2, 0.2, 0.3, 0.015, 0.015],
-                    "min": lo[:6] + [0.0, 0.0], "max": hi[:6] + [0.04, 0.04]},
-        "actions": {"mean": [(a + b) / 2 for a, b in zip(lo, hi)], "std": [(b - a) / 4 for a, b in zip(lo, hi)], "min": lo, "max": hi},
+        "proprio": {
+            "mean": [0.5, 0.0, 0.25, 0.0, 0.0, 0.0, 0.02, 0.02],
+            "std": [0.12, 0.15, 0.12, 0.2, 0.2, 0.3, 0.015, 0.015],
+            "min": lo[:6] + [0.0, 0.0],
+            "max": hi[:6] + [0.04, 0.04],
+        },
+        "actions": {
+            "mean": [(a + b) / 2 for a, b in zip(lo, hi)],
+            "std": [(b - a) / 4 for a, b in zip(lo, hi)],
+            "min": lo,
+            "max": hi,
+        },
     }
 
 
@@ -58,18 +79,28 @@ class Normalizer(nn.Module):
         std = torch.where(scale > 0, torch.maximum(buffer("proprio", "std"), 0.01 * scale), torch.ones_like(scale))
         self.register_buffer("proprio_std", std.clamp_min(_EPS), persistent=False)
         self.register_buffer("action_low", buffer("actions", "min"), persistent=False)
-        self.register_buffer("action_range", (buffer("actions", "max") - buffer("actions", "min")).clamp_min(_EPS), persistent=False)
+        self.register_buffer(
+            "action_range", (buffer("actions", "max") - buffer("actions", "min")).clamp_min(_EPS), persistent=False
+        )
 
     def proprio(self, x: Tensor) -> Tensor:
         return (x - self.proprio_mean) / self.proprio_std
 
     def actions(self, a: Tensor, columns: slice | None = None) -> Tensor:
         """Robot units -> [-1, 1] over the data's range; `columns`: only those action columns (a[..., k])."""
-        low, span = (self.action_low, self.action_range) if columns is None else (self.action_low[columns], self.action_range[columns])
+        low, span = (
+            (self.action_low, self.action_range)
+            if columns is None
+            else (self.action_low[columns], self.action_range[columns])
+        )
         return 2.0 * (a - low) / span - 1.0
 
     def unnormalize_actions(self, a: Tensor, columns: slice | None = None) -> Tensor:
-        low, span = (self.action_low, self.action_range) if columns is None else (self.action_low[columns], self.action_range[columns])
+        low, span = (
+            (self.action_low, self.action_range)
+            if columns is None
+            else (self.action_low[columns], self.action_range[columns])
+        )
         return (a + 1.0) * 0.5 * span + low
 
 
@@ -81,8 +112,10 @@ def merge_stats(checkpoint: dict, data: dict) -> dict:
     checkpoint's ranges and covers the new data), each mean and std those of an equal mixture of the two."""
     merged = {}
     for key in ("proprio", "actions"):
-        a, b = ({f: np.asarray(s[key][f], dtype=np.float64) for f in ("mean", "std", "min", "max")}
-                for s in (checkpoint, data))
+        a, b = (
+            {f: np.asarray(s[key][f], dtype=np.float64) for f in ("mean", "std", "min", "max")}
+            for s in (checkpoint, data)
+        )
         # a constant dimension's std is written as 1 (a placeholder, not a spread): it adds no spread to the mixture
         spread = [np.where(side["max"] > side["min"], side["std"], 0.0) for side in (a, b)]
         mean, lo, hi = (a["mean"] + b["mean"]) / 2, np.minimum(a["min"], b["min"]), np.maximum(a["max"], b["max"])

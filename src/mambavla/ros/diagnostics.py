@@ -29,7 +29,9 @@ def status_values(msg: DiagnosticArray, name: str) -> dict[str, str] | None:
     for status in msg.status:
         if status.name == name:
             values = {kv.key: kv.value for kv in status.values}
-            values["level"] = int.from_bytes(status.level, "little") if isinstance(status.level, bytes) else int(status.level)
+            values["level"] = (
+                int.from_bytes(status.level, "little") if isinstance(status.level, bytes) else int(status.level)
+            )
             values["message"] = status.message
             return values
     return None

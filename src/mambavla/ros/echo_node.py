@@ -20,9 +20,15 @@ from mambavla.ros.spin import run_node
 class EchoNode(Node):
     def __init__(self, **kwargs):
         super().__init__("echo_node", **kwargs)
-        topics = declare(self, "camera_topics", ["/cameras/front/image_raw", "/cameras/wrist/image_raw"],
-                         "camera topics (sensor_msgs/Image) to wait for")
-        action_topic = declare(self, "action_topic", "/action_chunk", "where the echo goes (trajectory_msgs/JointTrajectory)")
+        topics = declare(
+            self,
+            "camera_topics",
+            ["/cameras/front/image_raw", "/cameras/wrist/image_raw"],
+            "camera topics (sensor_msgs/Image) to wait for",
+        )
+        action_topic = declare(
+            self, "action_topic", "/action_chunk", "where the echo goes (trajectory_msgs/JointTrajectory)"
+        )
         self._fresh: set[int] = set()
         self._cameras = len(topics)
         self._pub = self.create_publisher(JointTrajectory, action_topic, COMMAND_QOS)

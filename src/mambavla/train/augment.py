@@ -8,11 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SHIFT_PX = 6  # at 128 x 128: about 5% of the image
+from mambavla.train.settings import SHIFT_PX
+
 JITTER = 0.15  # brightness, contrast and saturation factors in [1 - JITTER, 1 + JITTER]
 
 
-def augment(images: Tensor, generator: torch.Generator | None = None, shift: int = SHIFT_PX, jitter: float = JITTER) -> Tensor:
+def augment(
+    images: Tensor, generator: torch.Generator | None = None, shift: int = SHIFT_PX, jitter: float = JITTER
+) -> Tensor:
     """images (B, T, C, H, W) float 0..255 -> same shape, shifted and colour-jittered per segment."""
     b, t, c, h, w = images.shape
     dev = images.device
@@ -22,7 +25,8 @@ def augment(images: Tensor, generator: torch.Generator | None = None, shift: int
         dy, dx = (torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=dev)).unbind(0)
         rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None].expand(b, t * c, h, w)
         cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :].expand(b, t * c, h, w)
-        images = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(t * c, device=dev)[None, :, None, None], rows, cols]
+        batch, channel = torch.arange(b, device=dev)[:, None, None, None], torch.arange(t * c, device=dev)
+        images = padded[batch, channel[None, :, None, None], rows, cols]
         images = images.reshape(b, t, c, h, w)
     if jitter > 0:
         factors = 1 + jitter * (2 * torch.rand(3, b, 1, 1, 1, 1, generator=generator, device=dev) - 1)

@@ -21,21 +21,22 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mambavla.data.bags import ACTION_LEAD, ReadOptions
+from mambavla.data.bags import ReadOptions
 from mambavla.data.packed import TrainingEpisodes
 from mambavla.model.checkpoint import STATS, load_config, save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
-from mambavla.model.normalization import STATS_SOURCES, merge_stats
 from mambavla.model.modeling_mambavla import MambaVLA
-from mambavla.sim.tasks import named_cube_starts, other_cube_starts, other_cube_instructions
-from mambavla.train.augment import SHIFT_PX, augment
+from mambavla.model.normalization import merge_stats
+from mambavla.sim.tasks import named_cube_starts, other_cube_instructions, other_cube_starts
+from mambavla.train.augment import augment
 from mambavla.train.loop import make_optimizer
+from mambavla.train.settings import FINE_TUNE_LR, TrainSettings, default_warmup  # noqa: F401 (importable here)
 
 RUN_FILE, STATE_FILE = "run.json", "trainer_state.pt"
 
@@ -47,86 +48,6 @@ VALIDATION_SCORES = {
     "grounding_m": ("val_grounding_m", "val/grounding_error_m"),
     "grounding_first_frame_m": ("val_grounding_first_frame_m", "val/grounding_error_first_frame_m"),
 }
-
-
-FINE_TUNE_LR = 1e-4  # --init's default peak learning rate: a third of training from scratch's
-
-
-def default_warmup(steps: int, fine_tuning: bool) -> int:
-    """Warmup steps: a tenth of the run up to 200 from scratch; a fifth up to 500 when fine-tuning, so that fresh
-    optimiser moments do not take full steps on weights that already work."""
-    return min(500, max(1, steps // 5)) if fine_tuning else min(200, max(1, steps // 10))
-
-
-@dataclass
-class TrainSettings:
-    steps: int = 3000
-    batch_size: int = 16  # per GPU: segments (stream) or samples (window)
-    history: str = "stream"  # stream | window
-    segment_frames: int = 64  # T policy frames per segment (stream)
-    history_frames: int = 1  # K frames per sample (window)
-    action_mode: str = "absolute"
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    warmup: int = 200
-    clip: float = 1.0
-    ema_decay: float = 0.999
-    grounding_weight: float = 0.1  # of the grounding head's loss (config.grounding_head), beside the flow loss
-    other_cube_grounding: bool = True  # the head also answers for another cube of the same layout, named
-    val_fraction: float = 0.1
-    episodes_per_task: int = 0  # train on the first N episodes of each task (validation unchanged); 0: all
-    val_every: int = 250
-    save_every: int = 500
-    augment: bool = True
-    # the random shift's reach in pixels. By pinhole geometry (50 deg field of view over 128 px, 0.85 m, 45 deg
-    # down; computed, not rendered) the sim's front camera sees about 0.6 cm (y) and 0.9 cm (x) per pixel, so a
-    # shift of 6 px tells the policy the cube may be 3.5-5 cm from where it looks. 2 px did worse (docs/training.md)
-    shift_px: int = SHIFT_PX
-    # stream mode: draw training segments so that each task gets the same share of a batch, whatever its
-    # number of episodes (the seventh session's pack held 169 lifts and 87 push-rights)
-    balance_tasks: bool = False
-    bf16: bool = True  # autocast on CUDA
-    seed: int = 0
-    device: str = "cpu"
-    max_seconds: float = 0.0  # stop (saving RUN/last) after this much wall time; --resume goes on. 0: no limit
-    init: str = ""  # checkpoint folder to start from (fine-tuning): its architecture, cameras, image size, dt, weights
-    init_stats: str = "merge"  # fine-tuning's normalisation: merge (checkpoint's and data's), data, or checkpoint
-    # how bags become rows (data/bags.py ReadOptions): --map, an instruction for bags without one, the policy's cameras
-    # (empty: the bags' names, else the preset's), the size frames are resized to as read (empty: the preset's or the
-    # checkpoint's), s between rows (0: the recording's, with --init the checkpoint's), the derived actions' lead
-    maps: dict = field(default_factory=dict)
-    instruction: str = ""
-    cameras: tuple = ()
-    image_size: tuple = ()
-    dt: float = 0.0
-    action_lead: float = ACTION_LEAD
-    split_gap: float = 0.0  # s: a gap this long in a bag's first camera stream ends one demonstration (0: one per bag)
-
-    def __post_init__(self) -> None:
-        if self.history not in ("stream", "window"):
-            raise ValueError(f"history must be stream or window, got {self.history!r}")
-        if self.episodes_per_task < 0:
-            raise ValueError(f"episodes_per_task must be >= 0, got {self.episodes_per_task}")
-        if self.balance_tasks and self.history != "stream":
-            raise ValueError("balance_tasks applies to stream-mode training (segments)")
-        if self.shift_px < 0:
-            raise ValueError(f"shift_px must be >= 0, got {self.shift_px}")
-        for name in ("steps", "batch_size", "segment_frames", "history_frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not self.grounding_weight >= 0:  # also rejects NaN
-            raise ValueError(f"grounding_weight must be >= 0 (0: no grounding head), got {self.grounding_weight}")
-        if self.init_stats not in STATS_SOURCES:
-            raise ValueError(f"init_stats must be one of {STATS_SOURCES}, got {self.init_stats!r}")
-        self.cameras, self.image_size = tuple(self.cameras), tuple(self.image_size)  # lists, from run.json
-
-    def read_options(self, config: MambaVLAConfig, fine_tuning: bool) -> ReadOptions:
-        """How bags become rows for `config`: its image size, and with fine-tuning its dt, unless set here."""
-        dt = self.dt or (config.dt if fine_tuning else None)
-        size = self.image_size or config.image_size
-        return ReadOptions.make(self.maps, self.instruction, size, dt, self.action_lead, config.cameras, self.split_gap)
 
 
 def load_episodes(

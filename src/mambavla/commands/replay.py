@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--infer-period",
         type=float,
         default=None,
-        help="s between inferences in rate mode (default: the checkpoint's policy_period; "
+        help="s between inferences in rate mode (default: 1 / infer_rate_hz of config/policy.yaml, as policy_node; "
         "period mode always steps once per policy_period of frame time)",
     )
     p.add_argument(
@@ -86,10 +87,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambavla.evaluation.bag import parse_maps
     from mambavla.control.config import load_params, safety_limits
+    from mambavla.evaluation.bag import parse_maps
     from mambavla.evaluation.replay import find_bags
-    from mambavla.runtime.schedule import ScheduleConfig
+    from mambavla.runtime.policy_config import PolicyNodeConfig
 
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     if not args.checkpoint and not args.preset:
@@ -117,14 +118,10 @@ def run(args: argparse.Namespace) -> int:
 
         config = preset(args.preset)
         log(f"no checkpoint: scoring an UNTRAINED {args.preset!r} policy (its actions are noise)")
-    schedule = ScheduleConfig(
-        n_cameras=len(config.cameras),
-        policy_period=config.policy_period,
-        chunk_duration=config.chunk_size * config.dt,
-        infer_mode=args.infer_mode or policy_params.get("infer_mode", "period"),
-        consume_fraction=float(policy_params.get("consume_fraction", 0.5)),
-        infer_period=args.infer_period or config.policy_period,
-        max_observation_age=float(policy_params.get("max_observation_age", 0.5)),
+    node = PolicyNodeConfig.from_params(policy_params, "config/policy.yaml")
+    schedule = replace(
+        node.schedule_config(len(config.cameras), config.policy_period, config.chunk_size * config.dt),
+        **{k: v for k, v in (("infer_mode", args.infer_mode), ("infer_period", args.infer_period)) if v},
     )
     header = {
         "checkpoint": args.checkpoint or f"UNTRAINED preset {args.preset}",

@@ -27,12 +27,13 @@ setup(
     description="Mamba vision-language-action policy with a flow-matching head, as ROS 2 nodes for Franka arms.",
     license="Apache-2.0",
     entry_points={
+        # the nodes start through a light module that takes SIGINT/SIGTERM while the node's imports load
         "console_scripts": [
             "mambavla = mambavla.cli:main",
-            "policy_node = mambavla.ros.policy_node:main",
-            "controller_node = mambavla.ros.controller_node:main",
-            "sim_node = mambavla.ros.sim_node:main",
-            "recorder_node = mambavla.ros.recorder_node:main",
+            "policy_node = mambavla.ros.entry:policy_node",
+            "controller_node = mambavla.ros.entry:controller_node",
+            "sim_node = mambavla.ros.entry:sim_node",
+            "recorder_node = mambavla.ros.entry:recorder_node",
         ],
     },
 )

@@ -30,7 +30,7 @@ from mambavla.data.recorder import RECORDING, EpisodeRecorder
 from mambavla.ros.diagnostics import OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
 from mambavla.ros.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
-from mambavla.ros.spin import run_node
+from mambavla.ros.startup import run_until_stopped
 
 # Frames arrive at 30 Hz or more: a reader history of a few frames rides out a pause of the executor thread
 # instead of overwriting frames the drivers delivered.
@@ -138,7 +138,8 @@ def _received(info: dict) -> int:
 
 
 def main(args=None) -> None:
-    run_node(RecorderNode, args)
+    # once constructed it records, and a signal takes the ordinary shutdown (which closes an open bag)
+    run_until_stopped("recorder_node", RecorderNode, lambda node: "", args, constructing="setting the recorder up")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,15 @@ its cameras are matched, and a machine without a GPU or a real-time kernel is to
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
+import shutil
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,8 +59,13 @@ def test_doctor_says_how_to_fix_what_this_machine_lacks(capsys):
         assert checks["torch"]["status"] == "fail" and "CUDA build" in checks["torch"]["fix"]
         assert checks["mamba-ssm"]["status"] == "warn" and checks["mamba-ssm"]["fix"]
         assert code == 1
+        # a command to paste from any directory: the install script by its absolute path
+        script = Path(re.search(r"bash (\S+install_robot_pc\.sh)", checks["torch"]["fix"]).group(1))
+        assert script.is_absolute() and script.is_file(), checks["torch"]["fix"]
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        assert checks["onnxruntime"]["status"] == "warn" and "onnxruntime-gpu" in checks["onnxruntime"]["fix"]
+        fix = checks["onnxruntime"]["fix"]
+        assert checks["onnxruntime"]["status"] == "warn" and "onnxruntime-gpu" in fix
+        assert f"{sys.executable} -m pip uninstall -y onnxruntime" in fix  # this venv's pip, not whichever is first
     for check in checks.values():
         assert (check["status"] == "ok") == (check["fix"] == ""), check
 
@@ -103,7 +114,8 @@ def test_doctor_measures_camera_topics_and_matches_the_checkpoints_cameras(capsy
         probe.close()
     front, wrist = checks["camera front"], checks["camera wrist"]
     assert front["status"] == "ok" and "64x48 rgb8" in front["detail"], front
-    assert wrist["status"] == "fail" and "/cameras/wrist/image_raw" in wrist["detail"] and wrist["fix"], wrist
+    assert wrist["status"] == "fail" and "/cameras/wrist/image_raw" in wrist["detail"], wrist
+    assert "--camera wrist=TOPIC" in wrist["fix"], wrist
     assert code == 1
     assert checks["checkpoint"]["status"] == "ok", checks["checkpoint"]
     assert "front <- /cameras/front/image_raw" in checks["checkpoint"]["detail"]
@@ -120,3 +132,25 @@ def test_doctor_text_output_and_bad_camera_arguments(capsys):
     out = capsys.readouterr().out
     assert "franky" in out and ("fix:" in out) == ("warn" in out or "fail" in out)
     assert out.rstrip().endswith("warnings")
+
+
+def doctor_without(tmp_path, capabilities: list[str], memlock_kb: int) -> dict:
+    """doctor --json in a process whose bounding set lacks `capabilities`, with a low memlock limit (setpriv, prlimit:
+    a container started without --cap-add or --ulimit)."""
+    drop = ",".join(f"-{c}" for c in capabilities)
+    command = ["prlimit", f"--memlock={memlock_kb * 1024}"]
+    if capabilities:
+        command += ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"]
+    out = subprocess.run(command + [sys.executable, "-m", "mambavla.cli", "doctor", "--json"], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    return {check["name"]: check for check in json.loads(out.stdout)["checks"]}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not (shutil.which("setpriv") and shutil.which("prlimit")),
+                    reason="needs root (a container's user) and util-linux's setpriv and prlimit")
+def test_root_with_low_memlock_needs_cap_ipc_lock_and_is_told_the_container_flag(tmp_path):
+    limits = doctor_without(tmp_path, [], memlock_kb=64)["rt limits"]
+    assert "memlock 64 kB" in limits["detail"] and "memlock=-1" not in limits["fix"], limits  # CAP_IPC_LOCK passes
+    limits = doctor_without(tmp_path, ["ipc_lock"], memlock_kb=64)["rt limits"]
+    assert limits["status"] == "warn" and "CAP_IPC_LOCK (a container?)" in limits["detail"], limits
+    assert limits["fix"].startswith("run the container with") and "--ulimit memlock=-1" in limits["fix"], limits

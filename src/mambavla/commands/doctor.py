@@ -22,9 +22,42 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 LIBFRANKA_COMMAND_PORT = 1337  # libfranka's TCP port on the arm (FCI)
 FRANKA_RTPRIO = 99  # Franka's real-time setup: `@realtime - rtprio 99`
 FRANKA_MEMLOCK = 102400 * 1024  # and `@realtime - memlock 102400` (kB)
-CAP_SYS_NICE = 23  # lets root set real-time priorities whatever the limits say (containers drop it by default)
+# capabilities that let root pass the limits: real-time priorities, locked memory (containers drop both by default)
+CAP_IPC_LOCK, CAP_SYS_NICE = 14, 23
 SUPPORTED_PYTHON = ((3, 11), (3, 12))
-INSTALL = "bash scripts/install_robot_pc.sh"
+INSTALL_SCRIPT = Path("scripts") / "install_robot_pc.sh"
+DEFAULT_VENV = Path.home() / "mambavla" / "venv"  # the install script's MAMBAVLA_VENV default
+
+
+def install_script() -> str:
+    """The robot-PC install as a command to paste: the script's absolute path when a source checkout is found (this
+    package's own tree, or the colcon workspace's src/mambavla next to its install space), with MAMBAVLA_VENV when
+    this interpreter's venv is not the script's default one."""
+    here = Path(__file__).resolve()
+    found = next((c for p in here.parents for c in (p / INSTALL_SCRIPT, p / "src" / "mambavla" / INSTALL_SCRIPT)
+                  if c.is_file()), None)
+    script = f"bash {found}" if found else f"bash {INSTALL_SCRIPT} (in the mambavla source checkout)"
+    venv = Path(sys.prefix)
+    if sys.prefix != sys.base_prefix and venv.resolve() != DEFAULT_VENV.resolve() and not development_venv():
+        script = f"MAMBAVLA_VENV={venv} {script}"
+    return script
+
+
+def development_venv() -> bool:
+    """The development venv of `make setup`: ROS 2 from PyPI wheels, CPU torch by design."""
+    import importlib.util
+
+    return importlib.util.find_spec("ros_wheels_bootstrapper") is not None
+
+
+INSTALL = install_script()
+
+
+def on_the_robot_pc(fix: str) -> str:
+    """`fix` as it applies here, or, in the development venv (CPU-only by design), on the robot PC."""
+    if development_venv():
+        return f"this is the development venv (make setup), CPU-only by design; on the robot PC: {fix}"
+    return fix
 
 
 @dataclass
@@ -114,8 +147,9 @@ def check_torch() -> Check:
                                   f"({props.total_memory / 2**30:.0f} GiB)")
     if torch.version.cuda is None:
         return Check("torch", FAIL, f"torch {torch.__version__} is the CPU build: policy_node device cuda cannot run",
-                     f"install the CUDA build ({INSTALL}; TORCH_INDEX=https://download.pytorch.org/whl/cu128 picks "
-                     "a CUDA version), or run the policy with device:=cpu (simulation only)")
+                     on_the_robot_pc(f"install the CUDA build: {INSTALL} (for an NVIDIA driver older than 580 prefix "
+                                     "it with TORCH_INDEX=https://download.pytorch.org/whl/cu128), or run the policy "
+                                     "with device:=cpu (simulation only)"))
     return Check("torch", FAIL, f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU",
                  "check the NVIDIA driver (nvidia-smi); in Docker run with --gpus all")
 
@@ -125,7 +159,7 @@ def check_mamba_kernels() -> Check:
 
     if importlib.util.find_spec("mamba_ssm") is None:
         return Check("mamba-ssm", WARN, "mamba-ssm is not installed: the PyTorch scan runs (slower on a GPU)",
-                     f"install mamba-ssm for its Triton SSD kernels ({INSTALL})")
+                     on_the_robot_pc(f"install mamba-ssm for its Triton SSD kernels: {INSTALL}"))
     from mambavla.model.mamba2 import ssd_kernels
 
     try:
@@ -149,8 +183,8 @@ def check_onnxruntime() -> Check:
     detail = f"onnxruntime {onnxruntime.__version__}: {', '.join(providers)}"
     if "CUDAExecutionProvider" not in providers:
         return Check("onnxruntime", WARN, detail + " (backend onnx runs on the CPU)",
-                     "for the CUDA provider replace onnxruntime with onnxruntime-gpu "
-                     f"(pip uninstall onnxruntime; {INSTALL})")
+                     on_the_robot_pc("for the CUDA provider replace onnxruntime with onnxruntime-gpu: "
+                                     f"{sys.executable} -m pip uninstall -y onnxruntime, then {INSTALL}"))
     return Check("onnxruntime", OK, detail)
 
 
@@ -245,18 +279,25 @@ def check_rt_limits(robot: bool) -> Check:
     unlimited = resource.RLIM_INFINITY
     memlock_text = "unlimited" if memlock == unlimited else f"{memlock // 1024} kB"
     detail = f"rtprio {'unlimited' if rtprio == unlimited else rtprio}, memlock {memlock_text}"
-    if os.geteuid() == 0:
-        if has_capability(CAP_SYS_NICE):
-            return Check("rt limits", OK, detail + " (root with CAP_SYS_NICE: no limit applies)")
-        return Check("rt limits", FAIL if robot else WARN, detail + ", root without CAP_SYS_NICE (a container?)",
-                     "run the container with --cap-add SYS_NICE --ulimit rtprio=99 --ulimit memlock=-1")
     low = [what for what, value, need in (("rtprio", rtprio, FRANKA_RTPRIO), ("memlock", memlock, FRANKA_MEMLOCK))
            if value != unlimited and value < need]
+    if os.geteuid() == 0:
+        # root passes a limit with the capability that overrides it; the container flags that grant it or the limit
+        overrides = {"rtprio": (CAP_SYS_NICE, "CAP_SYS_NICE", "--cap-add SYS_NICE --ulimit rtprio=99"),
+                     "memlock": (CAP_IPC_LOCK, "CAP_IPC_LOCK", "--ulimit memlock=-1")}
+        short = [what for what in low if not has_capability(overrides[what][0])]
+        if not short:
+            return Check("rt limits", OK, detail + (" (root: its capabilities pass the limits)" if low else ""))
+        return Check("rt limits", FAIL if robot else WARN,
+                     f"{detail}: {' and '.join(short)} too low for root without "
+                     f"{' and '.join(overrides[w][1] for w in short)} (a container?)",
+                     f"run the container with {' '.join(overrides[w][2] for w in short)}")
     if not low:
         return Check("rt limits", OK, detail)
     files = [Path("/etc/security/limits.conf"), *sorted(Path("/etc/security/limits.d").glob("*.conf"))]
     configured = [p for p in files if p.is_file() and "rtprio" in p.read_text(errors="replace")]
-    fix = ("log out and in again: " + ", ".join(map(str, configured)) + " sets rtprio" if configured else
+    fix = ("log out and in again: " + ", ".join(map(str, configured)) + " sets rtprio (for a group: check your user "
+           "is in it with `groups`)" if configured else
            "add `@realtime - rtprio 99` and `@realtime - memlock 102400` to /etc/security/limits.conf, "
            "`sudo groupadd realtime; sudo usermod -aG realtime $USER`, then log in again")
     return Check("rt limits", FAIL if robot else WARN, f"{detail}: {' and '.join(low)} too low", fix)
@@ -324,7 +365,8 @@ def check_cameras(cameras: dict[str, str], listen: float) -> list[Check]:
         if not frames:
             checks.append(Check(f"camera {name}", FAIL, f"no frames on {topic} in {listen:.0f} s",
                                 "start the camera driver (same ROS_DOMAIN_ID; FASTDDS_DEFAULT_PROFILES_FILE set to "
-                                "mambavla's config/fastdds.xml for frames over 512 kB) or give its topic"))
+                                "mambavla's config/fastdds.xml for frames over 512 kB), or give the topic it "
+                                f"publishes (ros2 topic list -t): --camera {name}=TOPIC"))
             continue
         last = frames[-1][1]
         size = (f"{last.width}x{last.height} {last.encoding}" if isinstance(last, Image)

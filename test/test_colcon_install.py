@@ -5,6 +5,7 @@ source tree) running against the simulator after `. install/setup.sh`."""
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import shlex
@@ -19,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # what docker/Dockerfile copies into its workspace: the package, nothing of the development tree
 PACKAGE_FILES = ("package.xml", "setup.py", "setup.cfg", "README.md", "resource", "bin", "src", "launch", "config")
-NODE_SCRIPTS = ("controller_node", "policy_node", "sim_node", "mambavla")
+NODE_SCRIPTS = ("controller_node", "policy_node", "sim_node", "recorder_node", "mambavla")  # the nodes, then the CLI
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,16 @@ def test_installed_node_scripts_start_the_virtualenvs_interpreter(workspace):
     for script in NODE_SCRIPTS:
         first = (workspace / "install" / "mambavla" / "lib" / "mambavla" / script).read_text().splitlines()[0]
         assert first == f"#!{sys.executable}", f"{script} starts {first!r}: it would run without torch and franky"
+
+
+def test_installed_node_scripts_start_through_the_module_that_takes_signals_during_imports(workspace):
+    # colcon's scripts load their entry point from the installed metadata
+    found = list((workspace / "install" / "mambavla" / "lib").glob("python*/site-packages/mambavla-*/entry_points.txt"))
+    assert len(found) == 1, found
+    entry_points = configparser.ConfigParser()
+    entry_points.read(found[0])
+    for node in NODE_SCRIPTS[:-1]:
+        assert entry_points["console_scripts"][node] == f"mambavla.ros.entry:{node}"
 
 
 def test_the_sourced_workspace_imports_the_installed_copy_and_finds_its_config(workspace):

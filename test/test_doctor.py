@@ -70,6 +70,18 @@ def test_doctor_says_how_to_fix_what_this_machine_lacks(capsys):
         assert (check["status"] == "ok") == (check["fix"] == ""), check
 
 
+def test_an_unreadable_dds_profile_chosen_by_the_user_is_named_with_the_variable_to_fix(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", str(tmp_path / "missing.xml"))
+    code, checks = doctor(capsys)
+    profile = checks["dds profile"]
+    assert code == 1 and profile["status"] == "fail" and str(tmp_path / "missing.xml") in profile["detail"], profile
+    assert "unset it" in profile["fix"] and "fastdds.xml" in profile["fix"], profile
+    (tmp_path / "broken.xml").write_text("<profiles><unclosed>")
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", str(tmp_path / "broken.xml"))
+    _, checks = doctor(capsys)
+    assert checks["dds profile"]["status"] == "fail" and "FASTDDS_DEFAULT_PROFILES_FILE" in checks["dds profile"]["fix"]
+
+
 def test_real_time_checks_warn_on_a_development_machine_and_fail_for_an_arm(capsys):
     _, plain = doctor(capsys)
     _, robot = doctor(capsys, "--robot-ip", closed_port_address(), "--timeout", "0.5")

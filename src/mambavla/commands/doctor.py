@@ -240,7 +240,15 @@ def check_dds_profile() -> Check:
     try:
         profile = Path(chosen) if chosen else config_path("fastdds.xml")
         root = ET.parse(profile).getroot()
-    except (FileNotFoundError, ET.ParseError) as err:
+    except (OSError, ET.ParseError) as err:
+        if chosen:
+            try:
+                ours = f" (mambavla's: {config_path('fastdds.xml')})"
+            except FileNotFoundError:
+                ours = ""
+            return Check("dds profile", FAIL, f"FASTDDS_DEFAULT_PROFILES_FILE={chosen} cannot be read: {err}",
+                         f"point FASTDDS_DEFAULT_PROFILES_FILE at a readable profile{ours}, or unset it: the nodes "
+                         "then load mambavla's")
         return Check("dds profile", FAIL, f"no readable Fast DDS profile: {err}",
                      "reinstall the package (config/fastdds.xml is installed to share/mambavla/config)")
     sizes = [int(e.text) for e in root.iter() if e.tag.endswith("segment_size") and e.text]

@@ -1,7 +1,8 @@
 """Ctrl-C under launch: SIGINT, then launch's SIGTERM (or a second Ctrl-C) while the node is shutting
 down. Every node exits cleanly, within launch's 5 s SIGTERM timeout, and the controller's stop of
 the arm completes. A node stopped while still starting (importing its modules, loading its checkpoint,
-connecting to a robot that does not answer) leaves on the first SIGINT and says what it was doing."""
+connecting to a robot that does not answer) leaves on the first SIGINT and says what it was doing. A node
+that refuses its parameters exits with status 1 and one line saying which."""
 
 from __future__ import annotations
 
@@ -208,3 +209,22 @@ def test_a_node_signalled_at_any_moment_of_its_start_leaves_with_one_line_saying
                 assert f"while importing mambavla.ros.{node}" in stops[0], where
     finally:
         robot.close()
+
+
+@pytest.mark.parametrize("node, file_text, refusal", [
+    ("policy_node", 'policy_node:\n  ros__parameters:\n    devise: "cpu"\n',
+     "'devise' (did you mean 'device'?) is not a policy_node parameter"),
+    ("controller_node", "controller_node:\n  ros__parameters:\n    rate_hz: 5000.0\n",
+     "rate_hz must be within 20..1000, got 5000.0")])
+def test_a_node_refusing_its_parameter_file_exits_1_with_one_line_naming_the_parameter(node, file_text, refusal,
+                                                                                        tmp_path):
+    params = tmp_path / "my_cell.yaml"
+    params.write_text(file_text)
+    command = [console_script(node), "--ros-args", "--params-file", str(config_path(f"{node.split('_')[0]}.yaml")),
+               "--params-file", str(params)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert "Traceback" not in text, text
+    fatal = [line for line in text.splitlines() if "[FATAL]" in line]
+    assert len(fatal) == 1 and f"[{node}]: cannot start: " in fatal[0] and refusal in fatal[0], text

@@ -7,6 +7,10 @@ the interpreter's exit waits for it and for the thread pools it started: under `
 SIGINT and SIGTERM until launch killed it. So once ROS is shut down, a node stopped while starting logs what it
 was doing and leaves at once, without the interpreter's teardown. A node that was running takes the ordinary
 path (the controller's controlled stop of the arm included).
+
+A node whose constructor refuses its parameters (a ValueError: an unknown key, a value out of range) exits with
+status 1 and one fatal log line carrying the message, which names the parameter and what it accepts; the
+traceback is logged at debug level (`--ros-args --log-level debug`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import traceback
 from typing import Callable
 
 from rclpy.logging import get_logger
@@ -47,7 +52,13 @@ def run_until_stopped(name: str, node_class, starting: Callable[[object], str], 
     built: list = []
 
     def build():
-        node = node_class()
+        try:
+            node = node_class()
+        except ValueError as err:
+            logger = get_logger(name)
+            logger.fatal(f"cannot start: {err}")
+            logger.debug(traceback.format_exc())
+            raise SystemExit(1) from None
         built.append(node)
         return node
 

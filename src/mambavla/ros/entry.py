@@ -1,15 +1,15 @@
 """The nodes' console scripts (`policy_node`, `controller_node`, `sim_node`, `recorder_node`): a module light enough
 to take SIGINT and SIGTERM before anything heavy is imported.
 
-Importing a node's module loads numpy, rclpy, franky, MuJoCo. A signal in the middle of that would end the process
+Importing a node's module loads numpy, rclpy and the messages, franky. A signal in the middle of that would end it
 in a KeyboardInterrupt traceback, or, raised inside a pybind11 module's initialisation (franky), in a misleading
 "ImportError: initialization failed". So a console script imports this module alone, which catches both signals,
 then imports the node's module and calls its `main()`. A signal that arrives before `run_node` (ros/spin.py) takes
 the signals over ends the process with one log line naming what it interrupted, and exit status 0: nothing has
 started that needs stopping. From then on the node's own handling applies (ros/startup.py).
 
-`python -m mambavla.ros.entry NODE [--ros-args ...]` does the same for a node started by module name
-(ros/launcher.py).
+`python -m mambavla.ros.entry NODE [--ros-args ...]` does the same for a node started by module name rather than by
+its script.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 `ControllerCore` takes action chunks (`mambavla.runtime.chunk.ActionChunk`) and measured poses and
 returns one end-effector target per control tick. It owns every safety rule: chunk validation,
 workspace box, speed and jump limits, the watchdog and the controller state machine.
-`mambavla.ros.controller_node` is the thin shell that feeds it from ROS and franky.
+`mambavla.control.loop.ControlLoop` drives a franky arm with it, one tick at a time on a clock passed in;
+`mambavla.ros.controller_node` runs that loop behind ROS, `mambavla eval-sim` in simulated time.
 """
 
 from mambavla.control.core import ControllerCore, ControllerState, ControlTarget

@@ -1,8 +1,13 @@
-"""The gripper rule: the chunk's gripper column (0 open .. 1 closed) to an open/close decision."""
+"""The gripper rule: the chunk's gripper column (0 open .. 1 closed) to an open/close decision; the worker that
+carries the decisions out on a Franka Hand."""
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import time
+from collections.abc import Callable
 
 from mambavla.spaces import GRIPPER_CLOSE_THRESHOLD
 
@@ -40,3 +45,115 @@ class GripperRule:
         if self._open_since is not None and now - self._open_since >= self.open_delay - 1e-9:
             self.closed, self._open_since = False, None
         return self.closed
+
+
+GRIPPER_COMMAND_TIMEOUT = 5.0  # s a gripper command may run before it counts as stuck; the next one waits for it
+
+
+class GripperWorker:
+    """Drives the Franka Hand (`franky.Gripper`) from the gripper column through `GripperRule`: sends an open or
+    grasp command whenever the rule's decision changes, never a second one before the first has finished.
+
+    Threaded (controller_node): a thread sends the commands and polls the width, off the arm's control thread,
+    and a command still running after `GRIPPER_COMMAND_TIMEOUT` is reported in `error` while the next waits.
+    Synchronous (eval-sim, lockstep): `command` sends at once and waits up to `GRIPPER_COMMAND_TIMEOUT` for the
+    previous command, raising if it did not finish; `before_send` lets the simulator run physics for the call."""
+
+    def __init__(self, gripper, speed: float, force: float, open_width: float, logger=None, open_delay: float = 0.0,
+                 threaded: bool = True, before_send: Callable[[], None] | None = None):
+        self._gripper, self._speed, self._force, self._open_width = gripper, speed, force, open_width
+        self._logger = logger or logging.getLogger("mambavla.control.gripper")
+        self._open_delay = open_delay
+        self._rule = GripperRule(open_delay)  # its `closed` is the hand's desired state
+        self._commanded_closed: bool | None = None
+        self._future = None  # the last command's franky future
+        self._sent_at = 0.0
+        self._before_send = before_send
+        self.commands_sent = 0
+        self.width = float("nan")
+        self.error = ""
+        self._running = threaded
+        self._wake = threading.Event()
+        self._thread = None
+        if threaded:
+            self._thread = threading.Thread(target=self._loop, name="gripper", daemon=True)
+            self._thread.start()
+
+    def reset(self, closed: bool = False) -> None:
+        """Start over with the hand known to be `closed` (a simulator reset put it there): nothing is sent until
+        the rule decides otherwise."""
+        self._rule = GripperRule(self._open_delay, closed=closed)
+        self._commanded_closed = closed
+
+    def command(self, value: float, now: float) -> None:
+        """The gripper command `value` (0 open .. 1 closed) at controller time `now` (s)."""
+        before = self._rule.closed
+        if self._rule.update(value, now) == before:
+            return
+        if self._thread is not None:
+            self._wake.set()
+            return
+        if self._before_send is not None:
+            self._before_send()
+        self.finish(GRIPPER_COMMAND_TIMEOUT)
+        self._send()
+
+    @property
+    def closed(self) -> bool:
+        return self._rule.closed
+
+    @property
+    def pending(self) -> bool:
+        """Whether the last command has not finished yet."""
+        return not self._previous_finished()
+
+    def finish(self, timeout: float = GRIPPER_COMMAND_TIMEOUT) -> None:
+        """Wait up to `timeout` s for the last command; RuntimeError if it has not finished by then (a grasp ends only
+        once the fingers settle, which fingers chattering on an object may never do)."""
+        if self._future is not None and not self._future.wait(timeout):
+            raise RuntimeError(f"gripper: the previous command did not finish within {timeout:g} s "
+                               "(the fingers never settled)")
+        self._future = None
+
+    def _send(self) -> None:
+        closed = self._rule.closed
+        if closed:  # wide epsilons: any object between the fingers counts as grasped
+            self._future = self._gripper.grasp_async(0.0, self._speed, self._force, epsilon_inner=0.1,
+                                                     epsilon_outer=0.1)
+        else:
+            self._future = self._gripper.move_async(self._open_width, self._speed)
+        self._commanded_closed, self._sent_at = closed, time.monotonic()
+        self.commands_sent += 1
+
+    def _loop(self) -> None:
+        while self._running:
+            self._wake.wait(0.1)
+            self._wake.clear()
+            try:
+                waiting = ""
+                if self._rule.closed != self._commanded_closed and not self._previous_finished():
+                    waited = time.monotonic() - self._sent_at
+                    if waited > GRIPPER_COMMAND_TIMEOUT:
+                        waiting = (f"the previous gripper command has not finished after {waited:.0f} s; "
+                                   "the next waits for it")
+                elif self._rule.closed != self._commanded_closed:
+                    self._send()
+                self.width = float(self._gripper.width)
+                if waiting and not self.error:
+                    self._logger.warning(f"gripper: {waiting}")
+                self.error = waiting
+            except Exception as err:  # franky raises several exception types; report, keep running
+                if str(err) != self.error:
+                    self._logger.error(f"gripper: {err}")
+                self.error = str(err)
+
+    def _previous_finished(self) -> bool:
+        """franky's next *_async call joins the previous command without a timeout, so the worker polls for it
+        instead of blocking in the call."""
+        return self._future is None or self._future.wait(0.0)
+
+    def close(self) -> None:
+        self._running = False
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)

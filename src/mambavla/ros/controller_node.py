@@ -1,9 +1,10 @@
 """controller_node: executes action chunks or a teleoperation stream on a Franka arm through franky's
 Cartesian impedance tracker.
 
-Chunk scheduling, twist integration and every safety rule live in `mambavla.control.ControllerCore`; this
-node connects it to ROS (command subscriptions, state publishers, services, diagnostics) and to franky (a
-control thread streaming targets at `rate_hz`, a gripper thread, error handling). franky runs the 1 kHz
+Chunk scheduling, twist integration and every safety rule live in `mambavla.control.ControllerCore`; the control
+loop (ticks, the controlled stop, faults, the gripper worker) in `mambavla.control.loop.ControlLoop`, which eval-sim
+runs too. This node connects them to ROS (command subscriptions, state publishers, services, parameters,
+diagnostics), connects to the robot, and runs the loop on a control thread at `rate_hz`. franky runs the 1 kHz
 torque loop.
 
 Command sources, one at a time (parameter `command_source` at start, then the services): "policy" takes
@@ -54,10 +55,10 @@ from std_msgs.msg import Float64
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from mambavla.control import ControllerState
 from mambavla.control.config import TrackingParams, controller_core, controller_defaults
 from mambavla.control.core import RUNNING
-from mambavla.control.gripper import GripperRule
+from mambavla.control.gripper import GripperWorker
+from mambavla.control.loop import ControlLoop, Pacer
 from mambavla.control.teleop import RateGate
 from mambavla.realtime import keep_thread_scheduling
 from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, stamp_to_seconds, trajectory_to_chunk
@@ -68,7 +69,6 @@ from mambavla.ros.spin import EXECUTOR_THREADS
 from mambavla.ros.startup import run_until_stopped
 from mambavla.spaces import ACTION_NAMES, FRANKA_MAX_FINGER_WIDTH, pose_to_vector
 
-GRIPPER_COMMAND_TIMEOUT = 5.0  # s: a gripper command still running after this is reported as an error
 SERVICE_WAIT = 5.0  # s a service request waits for the control thread to carry it out
 STUCK_AFTER = 3.0  # s without a control-loop pass: the control thread is stuck in a robot call (a stop takes ~1 s)
 DRAIN_MAX = 256  # messages one command callback takes past the one it was given
@@ -125,72 +125,6 @@ PARAMETERS = {
 }
 
 
-class GripperWorker:
-    """Sends open/grasp commands asynchronously and polls the width, off the arm's control thread."""
-
-    def __init__(self, gripper, speed: float, force: float, open_width: float, logger, open_delay: float = 0.0):
-        self._gripper, self._speed, self._force, self._open_width = gripper, speed, force, open_width
-        self._logger = logger
-        self._rule = GripperRule(open_delay)  # its `closed` is the hand's desired state
-        self._commanded_closed: bool | None = None
-        self._future = None  # the last command's franky future
-        self._sent_at = 0.0
-        self.width = float("nan")
-        self.error = ""
-        self._running = True
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="gripper", daemon=True)
-        self._thread.start()
-
-    def command(self, value: float, now: float) -> None:
-        """The chunk's gripper value at controller time `now` (s)."""
-        before = self._rule.closed
-        if self._rule.update(value, now) != before:
-            self._wake.set()
-
-    @property
-    def closed(self) -> bool:
-        return self._rule.closed
-
-    def _loop(self) -> None:
-        while self._running:
-            self._wake.wait(0.1)
-            self._wake.clear()
-            try:
-                waiting = ""
-                if self._rule.closed != self._commanded_closed and not self._previous_finished():
-                    waited = time.monotonic() - self._sent_at
-                    if waited > GRIPPER_COMMAND_TIMEOUT:
-                        waiting = (f"the previous gripper command has not finished after {waited:.0f} s; "
-                                   "the next waits for it")
-                elif self._rule.closed != self._commanded_closed:
-                    closed = self._rule.closed
-                    if closed:  # wide epsilons: any object between the fingers counts as grasped
-                        self._future = self._gripper.grasp_async(0.0, self._speed, self._force,
-                                                                 epsilon_inner=0.1, epsilon_outer=0.1)
-                    else:
-                        self._future = self._gripper.move_async(self._open_width, self._speed)
-                    self._commanded_closed, self._sent_at = closed, time.monotonic()
-                self.width = float(self._gripper.width)
-                if waiting and not self.error:
-                    self._logger.warning(f"gripper: {waiting}")
-                self.error = waiting
-            except Exception as err:  # franky raises several exception types; report, keep running
-                if str(err) != self.error:
-                    self._logger.error(f"gripper: {err}")
-                self.error = str(err)
-
-    def _previous_finished(self) -> bool:
-        """franky's next *_async call joins the previous command without a timeout (a grasp ends only once
-        the fingers settle), so the loop polls for it instead of blocking in the call."""
-        return self._future is None or self._future.wait(0.0)
-
-    def close(self) -> None:
-        self._running = False
-        self._wake.set()
-        self._thread.join(timeout=2.0)
-
-
 class ControllerNode(Node):
     def __init__(self, **kwargs):
         super().__init__("controller_node", **kwargs)
@@ -227,25 +161,19 @@ class ControllerNode(Node):
         self.joint_names = [f"{self.arm_id}_joint{i}" for i in range(1, 8)] + [
             f"{self.arm_id}_finger_joint1", f"{self.arm_id}_finger_joint2"]
 
-        self.robot = None
-        self.gripper: GripperWorker | None = None
-        self.tracker = None
-        self.franky_error = ""
+        # the arm, its hand and every franky call of the control thread
+        self.loop = ControlLoop(self.core, self.tracking, lambda: (self._now(), time.monotonic()),
+                                logger=self.get_logger(), auto_recover=self.auto_recover)
+        self._pacer = Pacer(self.tracking.rate_hz)
         self.gripper_error = "" if self.tracking.gripper else "gripper disabled by parameter"
-        self._snapshot = None  # (stamp, q, dq, tau, position, quat, monotonic time) from the control thread
-        self._robot_time = float("nan")  # the robot's own clock in the last state read (libfranka RobotState.time)
         self.state_max_age = max(3.0 / state_rate, 0.5)  # an older robot state is not published as if fresh
-        self._tick_periods: list[float] = []
-        self._rate_stats = (float("nan"), float("nan"), float("nan"))  # mean Hz, jitter std ms, max period ms
         self._requests: queue.Queue = queue.Queue()
         self._running = True
         self._connected_before = False
-        self._next_tick: float | None = None
         # (robot, gripper worker | None, gripper error) from the connector
         self._connections: queue.Queue = queue.Queue()
         self._want_connection = threading.Event()
         self._beat = time.monotonic()  # last control-loop pass
-        self._busy = ""  # the robot call the control thread is in
         self.action_topic = action_topic
 
         self.twist_topic = twist_topic
@@ -261,7 +189,6 @@ class ControllerNode(Node):
             subscription.append(self.create_subscription(
                 msg_type, topic, lambda data, info, h=handle, s=subscription: self._drain(s[0], h, data, info),
                 COMMAND_INTAKE_QOS, raw=True, callback_group=group))
-        self._command = None  # (stamp, ControlTarget) last streamed, from the control thread
         self.action_pub = self.create_publisher(JointTrajectory, "~/action", STATE_QOS)
         self.joint_pub = self.create_publisher(JointState, joint_states_topic, STATE_QOS)
         self.pose_pub = self.create_publisher(PoseStamped, ee_pose_topic, STATE_QOS)
@@ -367,7 +294,7 @@ class ControllerNode(Node):
         """Why the control thread cannot serve requests now ('' when it can)."""
         silent = time.monotonic() - self._beat
         if silent > STUCK_AFTER and self._thread.is_alive():
-            return f"control thread blocked in {self._busy or 'a robot call'} for {silent:.1f} s"
+            return f"control thread blocked in {self.loop.busy or 'a robot call'} for {silent:.1f} s"
         return "" if self._thread.is_alive() else "control thread has ended"
 
     def _on_service(self, name: str, response: Trigger.Response) -> Trigger.Response:
@@ -392,11 +319,11 @@ class ControllerNode(Node):
         return response
 
     def _publish_state(self) -> None:
-        snap = self._snapshot
-        if snap is None or self.robot is None or time.monotonic() - snap[6] > self.state_max_age:
+        snap = self.loop.snapshot
+        if snap is None or self.loop.robot is None or time.monotonic() - snap.mono > self.state_max_age:
             return  # disconnected or the control thread is stuck: an old state must not look fresh
         stamp, q, dq, tau, position, quat, _ = snap
-        gripper = self.gripper  # the control thread may clear it between check and use
+        gripper = self.loop.gripper  # the control thread may clear it between check and use
         width = gripper.width if gripper is not None else float("nan")
         js = JointState()
         js.header.stamp = seconds_to_stamp(stamp)
@@ -409,7 +336,7 @@ class ControllerNode(Node):
         target = self.core.target
         if target is not None and self.core.state in RUNNING:
             self.target_pub.publish(pose_to_msg(target[0], target[1], stamp, self.base_frame))
-        command = self._command
+        command = self.loop.last_command
         if command is not None and self.core.state in RUNNING:
             action = JointTrajectory(joint_names=list(ACTION_NAMES))
             action.header.stamp, action.header.frame_id = seconds_to_stamp(command[0]), self.base_frame
@@ -420,12 +347,12 @@ class ControllerNode(Node):
     def _publish_diagnostics(self) -> None:
         status = self.core.status()
         state = status["state"]
-        gripper = self.gripper  # the control thread may clear it between check and use
+        gripper = self.loop.gripper  # the control thread may clear it between check and use
         level = {"IDLE": OK, "ACTIVE": OK, "HOLDING": WARN, "STOPPED": WARN, "ERROR": ERROR}[state]
-        rate, jitter, worst = self._rate_stats
+        rate, jitter, worst = self.loop.rate_stats
         stuck = self._stuck()
         publishers = self.count_publishers(self.action_topic)
-        snap = self._snapshot
+        snap = self.loop.snapshot
         values = {
             **status,
             "rejections_by_kind": json.dumps(status["rejections_by_kind"]),
@@ -433,11 +360,11 @@ class ControllerNode(Node):
             "target_rate_hz": rate,
             "target_jitter_ms": jitter,
             "target_max_period_ms": worst,
-            "franky_error": self.franky_error,
+            "franky_error": self.loop.franky_error,
             "gripper_width": gripper.width if gripper is not None else float("nan"),
             "gripper_error": gripper.error if gripper is not None else self.gripper_error,
             "robot_ip": self.robot_ip,
-            "robot_state_age_s": float("nan") if snap is None else time.monotonic() - snap[6],
+            "robot_state_age_s": float("nan") if snap is None else time.monotonic() - snap.mono,
             "control_thread": stuck or "ok",
             "chunk_publishers": publishers,
         }
@@ -487,24 +414,23 @@ class ControllerNode(Node):
             robot, gripper, text = self._connections.get_nowait()
         except queue.Empty:
             return False
+        loop = self.loop
         if robot is None:
-            self.franky_error = text
+            loop.franky_error = text
             self.core.deactivate(text, error=True)
             self.get_logger().error(text, throttle_duration_sec=10.0)
             return False
-        self.robot, self.gripper = robot, gripper
         if text:
             self.gripper_error = text
             self.get_logger().error(text)
-        self._busy = "reading the robot state"
-        self._read_state()
+        loop.attach(robot, gripper)
         if self._connected_before:  # the robot was lost (a fault): whatever came back needs ~/recover
-            self.core.deactivate(f"reconnected to {self.robot_ip} after losing it ({self.franky_error}): "
+            self.core.deactivate(f"reconnected to {self.robot_ip} after losing it ({loop.franky_error}): "
                                  "call ~/recover",
                                  error=True)
             self.get_logger().warning(f"reconnected to {self.robot_ip}: staying in ERROR until ~/recover")
             return True
-        self.franky_error = ""
+        loop.franky_error = ""
         self.core.deactivate("connected; call ~/enable")
         self.get_logger().info(f"connected to {self.robot_ip}")
         self._connected_before = True
@@ -513,100 +439,10 @@ class ControllerNode(Node):
             self.get_logger().info(f"enable_on_start: {message}")
         return True
 
-    def _disconnect(self, message: str) -> None:
-        self.tracker = None
-        self.robot = None
-        if self.gripper is not None:
-            self.gripper.close()
-            self.gripper = None
-        self.franky_error = message
-        self.core.deactivate(message, error=True)
-        self.get_logger().error(message)
-
-    def _read_state(self) -> None:
-        state = self.robot.state
-        robot_time = state.time.to_sec()
-        if self._snapshot is not None and robot_time == self._robot_time:
-            return  # franky still holds the last state the robot sent (it froze): it keeps its age, not a new stamp
-        self._robot_time = robot_time
-        pose = state.O_T_EE
-        position, quat = np.asarray(pose.translation), np.asarray(pose.quaternion)
-        now = self._now()
-        self.core.record_pose(now, position, quat)
-        self._snapshot = (now, np.asarray(state.q), np.asarray(state.dq), np.asarray(state.tau_J), position, quat,
-                          time.monotonic())
-
     def _enable(self) -> tuple[bool, str]:
-        if self.robot is None:
-            return False, f"not connected: {self.franky_error}"
-        if self.core.state == ControllerState.ERROR:
-            return False, f"in ERROR ({self.core.reason}): call ~/recover first"
-        if self.core.state in RUNNING:
-            return True, f"already enabled ({self.core.state.value})"
-        if self.robot.has_errors:
-            return False, "robot reports errors: call ~/recover first"
-        try:
-            # unpaced: _pace() keeps time
-            self.tracker = franky.CartesianImpedanceTracker(self.robot, **self.tracking.tracker_kwargs())
-        except Exception as err:
-            self.tracker = None
-            self.franky_error = f"could not start tracking: {err}"
-            self.core.deactivate(self.franky_error, error=True)
-            return False, self.franky_error
-        self._read_state()
-        self.core.activate(self._now(), gripper=1.0 if self.gripper is not None and self.gripper.closed else 0.0)
-        self._tick_periods.clear()
-        self._next_tick = None
-        return True, "tracking: holding the current pose until chunks arrive"
-
-    def _stop(self, reason: str) -> tuple[bool, str]:
-        tracker, self.tracker = self.tracker, None
-        self.core.deactivate(reason, error=self.core.state == ControllerState.ERROR)  # an ERROR still needs ~/recover
-        if tracker is None:
-            return True, f"already stopped ({reason})"
-        try:
-            tracker.stop()  # ramps torque into damping and waits for the arm to rest
-        except Exception as err:
-            self._fault(f"stop: {err}")
-            return False, self.franky_error
-        return True, reason
-
-    def _fault(self, message: str) -> None:
-        tracker, self.tracker = self.tracker, None
-        if tracker is not None and self.robot is not None and self.robot.is_in_control:
-            try:  # never leave an impedance motion running unattended after an error
-                tracker.stop()
-            except Exception as err:
-                message = f"{message}; stopping the motion also failed: {err}"
-        self.franky_error = message
-        self.core.deactivate(f"franky: {message}", error=True)
-        self.get_logger().error(f"franky fault: {message}")
-        if self.auto_recover:
-            ok, text = self._recover()
-            self.get_logger().warning(f"auto_recover: {text}")
-
-    def _recover(self) -> tuple[bool, str]:
-        if self.robot is None:
-            return False, f"not connected: {self.franky_error}"
-        if self.core.state in RUNNING:
-            return True, "nothing to recover: tracking"
-        try:
-            ok = bool(self.robot.recover_from_errors())
-        except Exception as err:
-            return False, f"recovery failed: {err}"
-        if not ok:
-            return False, "franky error recovery reported failure"
-        self.franky_error = ""
-        self.core.deactivate("recovered: call ~/enable")
-        return True, "recovered: call ~/enable"
-
-    def _control_lost(self) -> None:
-        message = "robot left control"
-        try:
-            self.robot.join_motion(timeout=0.5)  # re-raises the stored control exception, if any
-        except Exception as err:
-            message = str(err) or type(err).__name__
-        self._fault(message)
+        result = self.loop.enable()
+        self._pacer.reset()
+        return result
 
     def _serve_requests(self) -> None:
         while True:
@@ -619,87 +455,45 @@ class ControllerNode(Node):
             if name == "enable":
                 result.extend(self._enable())
             elif name == "stop":
-                result.extend(self._stop("stopped by ~/stop"))
+                result.extend(self.loop.stop("stopped by ~/stop"))
             elif name == "shutdown":
-                result.extend(self._stop("stopped: node shutting down"))
+                result.extend(self.loop.stop("stopped: node shutting down"))
             else:
-                result.extend(self._recover())
+                result.extend(self.loop.recover())
             done.set()
 
-    def _pace(self) -> None:
-        """Sleep to the next tick boundary. Missed boundaries are skipped, not made up: a loop that fell
-        behind (a loaded CPU) must not spin flat out to catch up."""
-        period = 1.0 / self.tracking.rate_hz
-        now = time.perf_counter()
-        if self._next_tick is None or now - self._next_tick > period:
-            self._next_tick = now + period
-            return
-        if self._next_tick > now:
-            time.sleep(self._next_tick - now)
-        self._next_tick += period
-
-    def _tick_stats(self, dt: float) -> None:
-        periods = self._tick_periods
-        periods.append(dt)
-        if len(periods) >= int(self.tracking.rate_hz):  # one second of ticks
-            arr = np.array(periods[1:])
-            self._rate_stats = (1.0 / arr.mean(), arr.std() * 1e3, arr.max() * 1e3)
-            periods.clear()
-
     def _control_loop(self) -> None:
-        next_connect = 0.0
+        """The control thread: service requests, the robot handed over by the connector, then paced ticks of
+        the control loop (franky calls only here)."""
+        loop, next_connect = self.loop, 0.0
         while self._running:
-            self._beat, self._busy = time.monotonic(), ""
+            self._beat, loop.busy = time.monotonic(), ""
             try:
-                self._busy = "a service request"
+                loop.busy = "a service request"
                 self._serve_requests()
-                if self.robot is None:
+                if loop.robot is None:
                     if not self._adopt_connection():
                         if time.monotonic() >= next_connect and self._connections.empty():
                             self._want_connection.set()
                             next_connect = time.monotonic() + 2.0
                         time.sleep(0.05)
                     continue
-                if self.tracker is None:
-                    if self.gripper is not None and self.core.source == "teleop":  # the hand of a guided arm
-                        self.gripper.command(self.core.gripper_command, self._now())
+                if loop.tracker is None:
                     try:
-                        self._busy = "reading the robot state"
-                        self._read_state()
+                        loop.idle()
                     except Exception as err:  # connection lost while not tracking: reconnect later
-                        self._disconnect(f"lost connection to {self.robot_ip}: {err}")
+                        loop.detach(f"lost connection to {self.robot_ip}: {err}")
                         next_connect = time.monotonic() + 2.0
                     time.sleep(0.02)
                     continue
-                self._busy = ""
-                self._pace()
-                self._beat, self._busy = time.monotonic(), "tracker.tick()"
-                dt = self.tracker.tick()  # unpaced: measures and reports whether franky still has control
-                if dt is None:
-                    self._busy = "handling lost control"
-                    self._control_lost()
-                    continue
-                self._tick_stats(dt)
-                self._busy = "reading the robot state"
-                self._read_state()
-                self._busy = "streaming the target"
-                target = self.core.update(self._now(), dt, mono=time.monotonic())
-                if target is None:
-                    self._busy = "tracker.stop()"
-                    self._stop(self.core.reason)
-                elif target.stop:
-                    self._busy = "tracker.stop()"
-                    self._stop(self.core.reason)
-                    self.get_logger().warning(self.core.reason)
-                else:
-                    self.tracker.set_target(franky.Affine(target.position, target.quat))
-                    self._command = (self._now(), target)
-                    if self.gripper is not None:
-                        self.gripper.command(target.gripper, self._now())
+                loop.busy = ""
+                self._pacer.wait()
+                self._beat = time.monotonic()
+                loop.tick()
             except Exception as err:  # a franky call failed outside a motion: never leave tracking unattended
                 self.get_logger().error(f"control loop: {err}")
-                if self.tracker is not None:
-                    self._fault(str(err))
+                if loop.tracker is not None:
+                    loop.fault(str(err))
                 time.sleep(0.05)
 
     def shutdown(self) -> None:
@@ -712,12 +506,12 @@ class ControllerNode(Node):
                 (self.get_logger().info if result[0] else self.get_logger().error)(f"shutdown: {result[1]}")
             else:
                 self.get_logger().error("shutdown: the controlled stop did not finish within 10 s")
-        elif self.tracker is not None:
+        elif self.loop.tracker is not None:
             self.get_logger().error(f"shutdown: cannot stop the arm: {self._stuck()}")
         self._running = False
         self._thread.join(timeout=5.0)
-        if self.gripper is not None:
-            self.gripper.close()
+        if self.loop.gripper is not None:
+            self.loop.gripper.close()
 
 
 def kernel_is_realtime() -> bool:
@@ -734,7 +528,8 @@ def main(args=None) -> None:
     def connecting(node: ControllerNode) -> str:  # what a stop before the first connection interrupts
         if node._connected_before:
             return ""
-        tried = f" (last attempt: {node.franky_error})" if node.franky_error else ""
+        error = node.loop.franky_error
+        tried = f" (last attempt: {error})" if error else ""
         return f"connecting to the robot at {node.robot_ip}{tried}"
 
     run_until_stopped("controller_node", ControllerNode, connecting, args, threads=EXECUTOR_THREADS)

@@ -4,12 +4,12 @@
     limits of config/controller.yaml + controller_sim.yaml) -> franky.CartesianImpedanceTracker
     (+ franky.Gripper) -> franky-sim (Workcell)
 
-as `controller_node` wires it, without ROS. The policy is separated from the host: the controller's
-clock is the simulated clock, and the simulator waits for the policy (lockstep). Physics is held at
-every control tick (1 / rate_hz of simulated time) and at every observation (every `policy_period`);
-an observation is rendered from the held snapshot, the chunk is stamped with the snapshot's time and
-submitted before physics moves on, so a chunk arrives with zero simulated latency however long this
-machine takes to infer. `latency` emulates a fixed inference time in simulated seconds instead: the
+through the control loop `controller_node` runs (`mambavla.control.loop.ControlLoop`), without ROS. The
+policy is separated from the host: the loop's clock is the simulated clock, and the simulator waits for the
+policy (lockstep). Physics is held at every control tick (1 / rate_hz of simulated time) and at every
+observation (every `policy_period`); an observation is rendered from the held snapshot, the chunk is stamped
+with the snapshot's time and submitted before physics moves on, so a chunk arrives with zero simulated latency
+however long the host takes to infer. `latency` emulates a fixed inference time in simulated seconds instead: the
 chunk is submitted that much later while the arm keeps executing the previous one.
 """
 
@@ -27,7 +27,8 @@ import numpy as np
 
 from mambavla.control import ControllerState
 from mambavla.control.config import SIM_PARAM_FILES, TrackingParams, controller_core, load_params
-from mambavla.control.gripper import GripperRule
+from mambavla.control.gripper import GripperWorker
+from mambavla.control.loop import ControlLoop
 from mambavla.realtime import keep_thread_scheduling
 from mambavla.sim.tasks import EVAL_SEED_BASE
 from mambavla.sim.workcell import HALF_STEP, OPEN_WIDTH, Snapshot, Workcell
@@ -36,7 +37,6 @@ from mambavla.sim.workcell import HALF_STEP, OPEN_WIDTH, Snapshot, Workcell
 # point) and the named cube's centre, metres in the base frame; the finger width (m); the hand commanded closed (0/1)
 TRACE_COLUMNS = ("t", "target_x", "target_y", "target_z", "hand_x", "hand_y", "hand_z", "cube_x", "cube_y", "cube_z",
                  "finger_width", "closed")
-GRIPPER_COMMAND_TIMEOUT = 5.0  # wall s the previous gripper command may take to finish before the next
 
 
 @dataclass
@@ -109,8 +109,8 @@ class SimEvaluator:
         self.time_limit = float(time_limit if time_limit is not None else cell.config.episode_timeout)
         if not self.time_limit > 0:
             raise ValueError(f"time limit must be > 0 s, got {self.time_limit}")
-        self.robot = self.gripper = None
-        self._gripper_future = None  # the last gripper command's franky future
+        self.robot = None
+        self.gripper: GripperWorker | None = None  # synchronous: lockstep decides when physics runs
         self._abandoned_grippers: list = []  # kept alive: see _reconnect
         self.connect()
 
@@ -126,34 +126,29 @@ class SimEvaluator:
 
         with keep_thread_scheduling():  # franky would make this thread SCHED_FIFO 99
             self.robot = franky.Robot(self.cell.robot_ip, realtime_config=franky.RealtimeConfig.Ignore)
-            self.gripper = franky.Gripper(self.cell.robot_ip) if self.tracking.gripper else None
+            hand = franky.Gripper(self.cell.robot_ip) if self.tracking.gripper else None
+        if hand is not None:
+            self.gripper = GripperWorker(hand, self.tracking.gripper_speed, self.tracking.gripper_force, OPEN_WIDTH,
+                                         open_delay=self.tracking.gripper_open_delay, threaded=False,
+                                         before_send=self.cell.release)
 
     def close(self) -> None:
         """Let go of franky before the workcell's server stops: stopping the server under a live Robot and
         Gripper can crash inside libfranka as a run ends, after its episodes were logged and before eval.json."""
         try:
-            self._finish_gripper_command()
+            if self.gripper is not None:
+                self.gripper.finish()
         except RuntimeError as err:  # a hand that never settled: dropping the Gripper is all that is left to do
             print(f"eval-sim: closing with the last gripper command unfinished: {err}", file=sys.stderr)
         self.robot = self.gripper = None  # CPython frees them here, while the server still answers
 
-    def _finish_gripper_command(self) -> None:
-        """Let the previous gripper command finish (physics released) before the next one: franky's next
-        *_async call joins it without a timeout, and franky-sim answers a grasp only once the fingers
-        settle, which fingers chattering on a cube may never do (an eval once hung 60 min there)."""
-        if self._gripper_future is not None and not self._gripper_future.wait(GRIPPER_COMMAND_TIMEOUT):
-            raise RuntimeError(f"gripper: the previous command did not finish within {GRIPPER_COMMAND_TIMEOUT} s "
-                               "(franky-sim's fingers never settled)")
-        self._gripper_future = None
-
     def _reconnect(self) -> None:
         """After an episode's error: a fresh simulation server, then a fresh connection. Reconnecting to the
         same server could wait for good: franky-sim takes one gripper connection at a time, and an abandoned
-        Gripper with an unfinished command keeps it (a 25-episode eval once hung in the Gripper constructor)."""
+        Gripper with an unfinished command keeps it (and blocks the Gripper constructor)."""
         self.cell.release()
-        if self._gripper_future is not None:  # a Gripper with an unfinished command would block in its destructor
+        if self.gripper is not None and self.gripper.pending:  # its Gripper would block in its destructor
             self._abandoned_grippers.append(self.gripper)
-            self._gripper_future = None
         self.robot = self.gripper = None
         self.cell.stop()
         self.cell.start()  # the next reset() sets the episode's layout
@@ -164,22 +159,29 @@ class SimEvaluator:
     # ---- one episode ----
 
     def run_episode(self, task: str, seed: int, keep_frames: bool = False) -> EpisodeResult:
-        import franky
-
         result = EpisodeResult(task, seed)
         wall0 = time.perf_counter()
         core = controller_core(self.params)
+        clock = SimClock()
+        loop = ControlLoop(core, self.tracking, clock, before_blocking=self.cell.release)
         try:
             self.cell.release()
             spec = self.cell.reset(seed=seed, task=task)  # the arm is idle: the last tracker was stopped
             result.instruction, result.cube = spec.instruction, spec.cube
             self.runtime.set_instruction(spec.instruction)  # also forgets the history
-            tracker = franky.CartesianImpedanceTracker(self.robot, **self.tracking.tracker_kwargs())
+            if self.gripper is not None:
+                self.gripper.reset(closed=False)  # the reset opened the hand
+            clock.t = self.cell.sim_time
+            loop.attach(self.robot, self.gripper)
+            ok, message = loop.start_tracking()
+            if not ok:
+                raise RuntimeError(message)
             try:
-                self._drive(core, tracker, result, keep_frames)
+                self._drive(loop, clock, result, keep_frames)
             finally:
-                self.cell.release()
-                tracker.stop()  # brings the arm to rest so the next reset may teleport it
+                ok, message = loop.stop("episode over")  # brings the arm to rest so the next reset may teleport it
+            if not ok:
+                raise RuntimeError(message)
         except Exception as err:  # franky raises several types; one episode fails, the run goes on
             result.success, result.end, result.error = False, "error", f"{type(err).__name__}: {err}"
             try:
@@ -193,25 +195,22 @@ class SimEvaluator:
         result.wall_seconds = time.perf_counter() - wall0
         return result
 
-    def _drive(self, core, tracker, result: EpisodeResult, keep_frames: bool) -> None:
-        """The control loop of controller_node, one event (tick, observation, submission) per hold."""
-        import franky
-
-        cell, runtime = self.cell, self.runtime
+    def _drive(self, loop: ControlLoop, clock: SimClock, result: EpisodeResult, keep_frames: bool) -> None:
+        """Run the control loop in simulated time, one event (tick, observation, submission) per hold."""
+        cell, runtime, core = self.cell, self.runtime, loop.core
         tick, period = 1.0 / self.tracking.rate_hz, runtime.policy_period
         obs_stride = observation_stride(self.latency, period)
         snap = cell.hold_at(cell.sim_time)
-        t0 = last_tick = snap.time
-        self._record_pose(core, t0)
-        core.activate(t0, gripper=0.0)
-        rule = GripperRule(self.tracking.gripper_open_delay)  # as controller_node's gripper worker decides
-        closed = False
+        clock.t = t0 = snap.time
+        loop.activate()
+        sent0 = self.gripper.commands_sent if self.gripper is not None else 0
         n_tick = n_obs = 0
         pending: deque = deque()  # (simulated submission time, chunk)
         states: Counter = Counter()
         while True:
-            now = snap.time
-            hand = self._record_pose(core, now)
+            clock.t = now = snap.time
+            loop.read_state()  # at every event: delta chunks look the pose up at their observation time
+            hand = loop.snapshot.position
             if snap.success:
                 result.success, result.end = True, "success"
                 break
@@ -226,47 +225,26 @@ class SimEvaluator:
                 result.submit_delays.append(now - chunk.stamp)
                 core.submit(chunk, now)  # a rejection is counted by the core, by kind
             if now >= t0 + n_tick * tick - HALF_STEP:
-                if tracker.tick() is None:  # franky no longer in control
-                    self.robot.join_motion(timeout=0.5)  # re-raises the stored control exception
-                    raise RuntimeError("robot left control")
-                target = core.update(now, now - last_tick if n_tick else tick)
-                last_tick = now
+                target = loop.tick()
                 n_tick += 1
-                states[core.state.value] += 1
-                if target is None or target.stop:
-                    result.end = f"controller {core.state.value}: {core.reason}"
+                if loop.tick_state is None:  # franky no longer in control
+                    raise RuntimeError(f"franky: {loop.franky_error}")
+                states[loop.tick_state.value] += 1
+                if target is None:
+                    result.end = f"controller {loop.tick_state.value}: {core.reason}"
                     break
-                tracker.set_target(franky.Affine(target.position, target.quat))
-                if self.gripper is not None and rule.update(target.gripper, now) != closed:
-                    closed = not closed
-                    # the call waits for franky-sim's gripper server, which only answers while physics runs:
-                    # release the hold for it (held, it crawled at one keep-alive step per 0.1 s: minutes)
-                    cell.release()
-                    self._finish_gripper_command()
-                    if closed:  # wide epsilons, as controller_node: any object between the fingers counts as grasped
-                        self._gripper_future = self.gripper.grasp_async(
-                            0.0, self.tracking.gripper_speed, self.tracking.gripper_force, epsilon_inner=0.1,
-                            epsilon_outer=0.1)
-                    else:
-                        self._gripper_future = self.gripper.move_async(OPEN_WIDTH, self.tracking.gripper_speed)
-                    result.gripper_commands += 1
                 if self.trace:
                     scene = cell.scene_state(snap)
+                    closed = float(self.gripper is not None and self.gripper.closed)
                     result.trace.append((now, *target.position, *hand,
-                                         *scene.cube_pos[result.cube], scene.finger_width, float(closed)))
+                                         *scene.cube_pos[result.cube], scene.finger_width, closed))
             upcoming = [t0 + n_tick * tick, t0 + n_obs * period] + ([pending[0][0]] if pending else [])
             snap = cell.hold_at(min(upcoming))
         result.sim_seconds = snap.time - t0
         result.controller_states = dict(states)
+        result.gripper_commands = (self.gripper.commands_sent if self.gripper is not None else 0) - sent0
         if core.state == ControllerState.ERROR and not result.end.startswith("controller"):
             result.end = f"controller ERROR: {core.reason}"
-
-    def _record_pose(self, core, now: float) -> np.ndarray:
-        """Record franky's measured pose (what controller_node records) at `now`; -> its position."""
-        pose = self.robot.state.O_T_EE
-        position = np.asarray(pose.translation)
-        core.record_pose(now, position, np.asarray(pose.quaternion))
-        return position
 
     def _observe(self, snap: Snapshot, result: EpisodeResult, keep_frames: bool):
         import cv2
@@ -291,6 +269,16 @@ class SimEvaluator:
         if keep_frames:
             result.frames.append(np.concatenate([images[c] for c in cameras], axis=1))
         return chunk
+
+
+class SimClock:
+    """The control loop's clock in lockstep: simulated time, set per event; it is the monotonic time too."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> tuple[float, float]:
+        return self.t, self.t
 
 
 def write_trace(result: EpisodeResult, folder: Path) -> tuple[Path, Path]:

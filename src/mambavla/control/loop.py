@@ -11,13 +11,15 @@ clock and `time.monotonic`; eval-sim runs it in simulated time (both the same cl
 `before_blocking` runs before calls that wait for the robot to move (a controlled stop, a gripper command): the
 lockstep simulator lets physics run for them.
 
-Thread model: one thread calls the loop's methods; `snapshot`, `last_command`, `rate_stats` and `busy` are read by
-others (each is replaced whole).
+Thread model: one thread calls the loop's methods (`ControlThread` is controller_node's); `snapshot`, `last_command`,
+`rate_stats` and `busy` are read by others (each is replaced whole).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -266,3 +268,150 @@ class Pacer:
         if self._next > now:
             time.sleep(self._next - now)
         self._next += self.period
+
+
+STUCK_AFTER = 3.0  # s without a pass: the control thread is stuck in a robot call (a stop takes about 1 s)
+RECONNECT_EVERY = 2.0  # s between connection attempts
+
+
+class ControlThread:
+    """The one thread that calls franky for the arm (controller_node's): it carries out requests (enable, stop,
+    shutdown, recover) in arrival order, takes over the robot a connector opened, and runs the loop: ticks paced
+    at `rate_hz` while tracking, idle passes otherwise.
+
+    Connecting blocks in franky without a timeout, so it happens elsewhere: the connector waits for
+    `want_connection` and puts `(robot, GripperWorker | None, gripper error)`, or `(None, None, why)`, into
+    `connections`. A robot that comes back after it was lost stays in ERROR until `recover`."""
+
+    def __init__(self, loop: ControlLoop, robot_ip: str, enable_on_start: bool = False):
+        self.loop, self.robot_ip, self.enable_on_start = loop, robot_ip, enable_on_start
+        self.logger = loop.logger
+        self.requests: queue.Queue = queue.Queue()  # (name, done, result, cancelled)
+        self.connections: queue.Queue = queue.Queue()
+        self.want_connection = threading.Event()
+        self.connected_before = False
+        self.gripper_error = ""  # why the hand is not driven, when the connector found none
+        self.beat = time.monotonic()  # last pass
+        self._pacer = Pacer(loop.tracking.rate_hz)
+        self._last_connect_error = ""
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """End the thread (after the pass it is in)."""
+        self._running = False
+        self._thread.join(timeout=timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def stuck(self) -> str:
+        """Why the thread cannot serve requests now ('' when it can)."""
+        silent = time.monotonic() - self.beat
+        if silent > STUCK_AFTER and self._thread.is_alive():
+            return f"control thread blocked in {self.loop.busy or 'a robot call'} for {silent:.1f} s"
+        return "" if self._thread.is_alive() else "control thread has ended"
+
+    def request(self, name: str, timeout: float, cancel_late: bool = True) -> tuple[bool, str] | None:
+        """Have the thread carry out `name` ("enable", "stop", "shutdown", "recover"); its (ok, message), or None
+        when not done within `timeout` s. A late request is cancelled (`cancel_late`) so that it never takes
+        effect after its caller was told it failed."""
+        done, result, cancelled = threading.Event(), [], threading.Event()
+        self.requests.put((name, done, result, cancelled))
+        if done.wait(timeout=timeout):
+            return result[0], result[1]
+        if cancel_late:
+            cancelled.set()
+        return None
+
+    def _enable(self) -> tuple[bool, str]:
+        result = self.loop.enable()
+        self._pacer.reset()
+        return result
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                name, done, result, cancelled = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            if cancelled.is_set():
+                continue
+            if name == "enable":
+                result.extend(self._enable())
+            elif name == "stop":
+                result.extend(self.loop.stop("stopped by ~/stop"))
+            elif name == "shutdown":
+                result.extend(self.loop.stop("stopped: node shutting down"))
+            else:
+                result.extend(self.loop.recover())
+            done.set()
+
+    def _adopt_connection(self) -> bool:
+        """Take over a robot the connector opened (False while none is ready)."""
+        try:
+            robot, gripper, text = self.connections.get_nowait()
+        except queue.Empty:
+            return False
+        loop = self.loop
+        if robot is None:
+            loop.franky_error = text
+            loop.core.deactivate(text, error=True)
+            if text != self._last_connect_error:  # retried every few seconds: say it once
+                self.logger.error(text)
+            self._last_connect_error = text
+            return False
+        self._last_connect_error = ""
+        if text:
+            self.gripper_error = text
+            self.logger.error(text)
+        loop.attach(robot, gripper)
+        if self.connected_before:  # the robot was lost (a fault): whatever came back needs ~/recover
+            loop.core.deactivate(f"reconnected to {self.robot_ip} after losing it ({loop.franky_error}): "
+                                 "call ~/recover", error=True)
+            self.logger.warning(f"reconnected to {self.robot_ip}: staying in ERROR until ~/recover")
+            return True
+        loop.franky_error = ""
+        loop.core.deactivate("connected; call ~/enable")
+        self.logger.info(f"connected to {self.robot_ip}")
+        self.connected_before = True
+        if self.enable_on_start:
+            ok, message = self._enable()
+            self.logger.info(f"enable_on_start: {message}")
+        return True
+
+    def _run(self) -> None:
+        loop, next_connect = self.loop, 0.0
+        while self._running:
+            self.beat, loop.busy = time.monotonic(), ""
+            try:
+                loop.busy = "a service request"
+                self._serve_requests()
+                if loop.robot is None:
+                    if not self._adopt_connection():
+                        if time.monotonic() >= next_connect and self.connections.empty():
+                            self.want_connection.set()
+                            next_connect = time.monotonic() + RECONNECT_EVERY
+                        time.sleep(0.05)
+                    continue
+                if loop.tracker is None:
+                    try:
+                        loop.idle()
+                    except Exception as err:  # connection lost while not tracking: reconnect later
+                        loop.detach(f"lost connection to {self.robot_ip}: {err}")
+                        next_connect = time.monotonic() + RECONNECT_EVERY
+                    time.sleep(0.02)
+                    continue
+                loop.busy = ""
+                self._pacer.wait()
+                self.beat = time.monotonic()
+                loop.tick()
+            except Exception as err:  # a franky call failed outside a motion: never leave tracking unattended
+                self.logger.error(f"control loop: {err}")
+                if loop.tracker is not None:
+                    loop.fault(str(err))
+                time.sleep(0.05)

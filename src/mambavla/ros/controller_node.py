@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import sys
 import threading
 import time
@@ -58,7 +57,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from mambavla.control.config import TrackingParams, controller_core, controller_defaults
 from mambavla.control.core import RUNNING
 from mambavla.control.gripper import GripperWorker
-from mambavla.control.loop import ControlLoop, Pacer
+from mambavla.control.loop import ControlLoop, ControlThread
 from mambavla.control.teleop import RateGate
 from mambavla.realtime import keep_thread_scheduling
 from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, stamp_to_seconds, trajectory_to_chunk
@@ -70,7 +69,6 @@ from mambavla.ros.startup import run_until_stopped
 from mambavla.spaces import ACTION_NAMES, FRANKA_MAX_FINGER_WIDTH, pose_to_vector
 
 SERVICE_WAIT = 5.0  # s a service request waits for the control thread to carry it out
-STUCK_AFTER = 3.0  # s without a control-loop pass: the control thread is stuck in a robot call (a stop takes ~1 s)
 DRAIN_MAX = 256  # messages one command callback takes past the one it was given
 SERVICE_QOS = QoSProfile(depth=100)  # no concurrent request may be dropped (a dropped one could be ~/stop)
 # Command subscriptions: COMMAND_QOS with a deep reader history. The history is shared by every publisher of a
@@ -164,16 +162,10 @@ class ControllerNode(Node):
         # the arm, its hand and every franky call of the control thread
         self.loop = ControlLoop(self.core, self.tracking, lambda: (self._now(), time.monotonic()),
                                 logger=self.get_logger(), auto_recover=self.auto_recover)
-        self._pacer = Pacer(self.tracking.rate_hz)
-        self.gripper_error = "" if self.tracking.gripper else "gripper disabled by parameter"
+        self.control = ControlThread(self.loop, self.robot_ip, enable_on_start=self.enable_on_start)
+        if not self.tracking.gripper:
+            self.control.gripper_error = "gripper disabled by parameter"
         self.state_max_age = max(3.0 / state_rate, 0.5)  # an older robot state is not published as if fresh
-        self._requests: queue.Queue = queue.Queue()
-        self._running = True
-        self._connected_before = False
-        # (robot, gripper worker | None, gripper error) from the connector
-        self._connections: queue.Queue = queue.Queue()
-        self._want_connection = threading.Event()
-        self._beat = time.monotonic()  # last control-loop pass
         self.action_topic = action_topic
 
         self.twist_topic = twist_topic
@@ -206,8 +198,7 @@ class ControllerNode(Node):
                           callback_group=MutuallyExclusiveCallbackGroup())
         self._connector = threading.Thread(target=self._connect_loop, name="connect", daemon=True)
         self._connector.start()
-        self._thread = threading.Thread(target=self._control_loop, name="control", daemon=True)
-        self._thread.start()
+        self.control.start()
 
     # ---- ROS side ----
 
@@ -290,26 +281,16 @@ class ControllerNode(Node):
         self.get_logger().info(f"~/use_{source}: {response.message}")
         return response
 
-    def _stuck(self) -> str:
-        """Why the control thread cannot serve requests now ('' when it can)."""
-        silent = time.monotonic() - self._beat
-        if silent > STUCK_AFTER and self._thread.is_alive():
-            return f"control thread blocked in {self.loop.busy or 'a robot call'} for {silent:.1f} s"
-        return "" if self._thread.is_alive() else "control thread has ended"
-
     def _on_service(self, name: str, response: Trigger.Response) -> Trigger.Response:
-        done = threading.Event()
-        result: list = []
-        cancelled = threading.Event()
-        stuck = self._stuck()
+        stuck = self.control.stuck()
         if stuck:
             response.success, response.message = False, f"{name} refused: {stuck}"
         else:
-            self._requests.put((name, done, result, cancelled))
-            if not done.wait(timeout=SERVICE_WAIT):
-                cancelled.set()  # the caller was told it failed: it must not take effect later
+            result = self.control.request(name, SERVICE_WAIT)
+            if result is None:
                 response.success, response.message = False, (
-                    f"{name}: not done within {SERVICE_WAIT} s ({self._stuck() or 'control thread busy'}); cancelled")
+                    f"{name}: not done within {SERVICE_WAIT} s ({self.control.stuck() or 'control thread busy'}); "
+                    "cancelled")
             else:
                 response.success, response.message = result
         if response.success:  # rclpy refuses two severities from one call site
@@ -350,7 +331,7 @@ class ControllerNode(Node):
         gripper = self.loop.gripper  # the control thread may clear it between check and use
         level = {"IDLE": OK, "ACTIVE": OK, "HOLDING": WARN, "STOPPED": WARN, "ERROR": ERROR}[state]
         rate, jitter, worst = self.loop.rate_stats
-        stuck = self._stuck()
+        stuck = self.control.stuck()
         publishers = self.count_publishers(self.action_topic)
         snap = self.loop.snapshot
         values = {
@@ -362,7 +343,7 @@ class ControllerNode(Node):
             "target_max_period_ms": worst,
             "franky_error": self.loop.franky_error,
             "gripper_width": gripper.width if gripper is not None else float("nan"),
-            "gripper_error": gripper.error if gripper is not None else self.gripper_error,
+            "gripper_error": gripper.error if gripper is not None else self.control.gripper_error,
             "robot_ip": self.robot_ip,
             "robot_state_age_s": float("nan") if snap is None else time.monotonic() - snap.mono,
             "control_thread": stuck or "ok",
@@ -377,14 +358,15 @@ class ControllerNode(Node):
         self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/controller_node",
                                                self.robot_ip, level, message, values))
 
-    # ---- control thread ----
+    # ---- connector thread ----
 
     def _connect_loop(self) -> None:
         """Connector thread: franky.Robot / franky.Gripper block without a timeout, so never on the control thread."""
-        while self._running:
-            if not self._want_connection.wait(timeout=0.2):
+        control = self.control
+        while control.running:
+            if not control.want_connection.wait(timeout=0.2):
                 continue
-            self._want_connection.clear()
+            control.want_connection.clear()
             try:
                 config = franky.RealtimeConfig.Enforce if self.realtime else franky.RealtimeConfig.Ignore
                 with keep_thread_scheduling(enabled=not self.realtime):  # real-time only where asked for
@@ -394,7 +376,7 @@ class ControllerNode(Node):
                 if self.realtime and "realtime" in str(err).lower():
                     message += (" (this kernel is not real-time: use a PREEMPT_RT kernel, or realtime:=false for "
                                 "tests only)")
-                self._connections.put((None, None, message))
+                control.connections.put((None, None, message))
                 continue
             gripper, gripper_error = None, ""
             if self.tracking.gripper:
@@ -406,110 +388,20 @@ class ControllerNode(Node):
                                             self.get_logger(), open_delay=self.tracking.gripper_open_delay)
                 except Exception as err:  # the arm is still usable; the status says the hand is not
                     gripper_error = f"no gripper at {self.robot_ip}: {err}"
-            self._connections.put((robot, gripper, gripper_error))
-
-    def _adopt_connection(self) -> bool:
-        """Control thread: take over a robot the connector opened (False while none is ready)."""
-        try:
-            robot, gripper, text = self._connections.get_nowait()
-        except queue.Empty:
-            return False
-        loop = self.loop
-        if robot is None:
-            loop.franky_error = text
-            self.core.deactivate(text, error=True)
-            self.get_logger().error(text, throttle_duration_sec=10.0)
-            return False
-        if text:
-            self.gripper_error = text
-            self.get_logger().error(text)
-        loop.attach(robot, gripper)
-        if self._connected_before:  # the robot was lost (a fault): whatever came back needs ~/recover
-            self.core.deactivate(f"reconnected to {self.robot_ip} after losing it ({loop.franky_error}): "
-                                 "call ~/recover",
-                                 error=True)
-            self.get_logger().warning(f"reconnected to {self.robot_ip}: staying in ERROR until ~/recover")
-            return True
-        loop.franky_error = ""
-        self.core.deactivate("connected; call ~/enable")
-        self.get_logger().info(f"connected to {self.robot_ip}")
-        self._connected_before = True
-        if self.enable_on_start:
-            ok, message = self._enable()
-            self.get_logger().info(f"enable_on_start: {message}")
-        return True
-
-    def _enable(self) -> tuple[bool, str]:
-        result = self.loop.enable()
-        self._pacer.reset()
-        return result
-
-    def _serve_requests(self) -> None:
-        while True:
-            try:
-                name, done, result, cancelled = self._requests.get_nowait()
-            except queue.Empty:
-                return
-            if cancelled.is_set():
-                continue
-            if name == "enable":
-                result.extend(self._enable())
-            elif name == "stop":
-                result.extend(self.loop.stop("stopped by ~/stop"))
-            elif name == "shutdown":
-                result.extend(self.loop.stop("stopped: node shutting down"))
-            else:
-                result.extend(self.loop.recover())
-            done.set()
-
-    def _control_loop(self) -> None:
-        """The control thread: service requests, the robot handed over by the connector, then paced ticks of
-        the control loop (franky calls only here)."""
-        loop, next_connect = self.loop, 0.0
-        while self._running:
-            self._beat, loop.busy = time.monotonic(), ""
-            try:
-                loop.busy = "a service request"
-                self._serve_requests()
-                if loop.robot is None:
-                    if not self._adopt_connection():
-                        if time.monotonic() >= next_connect and self._connections.empty():
-                            self._want_connection.set()
-                            next_connect = time.monotonic() + 2.0
-                        time.sleep(0.05)
-                    continue
-                if loop.tracker is None:
-                    try:
-                        loop.idle()
-                    except Exception as err:  # connection lost while not tracking: reconnect later
-                        loop.detach(f"lost connection to {self.robot_ip}: {err}")
-                        next_connect = time.monotonic() + 2.0
-                    time.sleep(0.02)
-                    continue
-                loop.busy = ""
-                self._pacer.wait()
-                self._beat = time.monotonic()
-                loop.tick()
-            except Exception as err:  # a franky call failed outside a motion: never leave tracking unattended
-                self.get_logger().error(f"control loop: {err}")
-                if loop.tracker is not None:
-                    loop.fault(str(err))
-                time.sleep(0.05)
+            control.connections.put((robot, gripper, gripper_error))
 
     def shutdown(self) -> None:
         """Stop tracking (arm brought to rest), then the threads. Signals are ignored meanwhile (ros/spin.py)."""
-        done = threading.Event()
-        result: list = []
-        if self._thread.is_alive() and not self._stuck():
-            self._requests.put(("shutdown", done, result, threading.Event()))
-            if done.wait(timeout=10.0):
-                (self.get_logger().info if result[0] else self.get_logger().error)(f"shutdown: {result[1]}")
-            else:
+        stuck = self.control.stuck()
+        if not stuck:
+            result = self.control.request("shutdown", 10.0, cancel_late=False)
+            if result is None:
                 self.get_logger().error("shutdown: the controlled stop did not finish within 10 s")
+            else:
+                (self.get_logger().info if result[0] else self.get_logger().error)(f"shutdown: {result[1]}")
         elif self.loop.tracker is not None:
-            self.get_logger().error(f"shutdown: cannot stop the arm: {self._stuck()}")
-        self._running = False
-        self._thread.join(timeout=5.0)
+            self.get_logger().error(f"shutdown: cannot stop the arm: {stuck}")
+        self.control.join(timeout=5.0)
         if self.loop.gripper is not None:
             self.loop.gripper.close()
 
@@ -526,7 +418,7 @@ def main(args=None) -> None:
     sys.setswitchinterval(0.001)
 
     def connecting(node: ControllerNode) -> str:  # what a stop before the first connection interrupts
-        if node._connected_before:
+        if node.control.connected_before:
             return ""
         error = node.loop.franky_error
         tried = f" (last attempt: {error})" if error else ""

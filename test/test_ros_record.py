@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,17 +126,61 @@ def test_a_teleoperated_episode_is_recorded_as_training_reads_it(stack):
     assert np.linalg.norm(episode.actions[-1, :3] - episode.proprio[-1, :3]) < 0.02
 
 
-def test_the_recorded_episode_trains_a_policy(stack, tmp_path, capsys):
+def test_the_recorded_episode_trains_a_policy_that_replays_it_and_runs_in_simulation(stack, tmp_path, capsys):
+    """record -> train -> replay -> eval-sim, as a user runs it: each stage reads what the one before wrote. An
+    untrained tiny policy succeeds at nothing; what is checked is that every stage ran on the real outputs."""
     from mambavla.cli import main
+    from mambavla.data.bags import read_episode
 
     _, _, root, _ = stack
-    out = tmp_path / "run"
-    assert main(["train", "--data", str(root), "--out", str(out), "--preset", "tiny", "--steps", "2",
+    bag = root / "episode_000000"
+    recorded = read_episode(bag)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--out", str(run), "--preset", "tiny", "--steps", "2",
                  "--batch-size", "2", "--history", "window", "--history-frames", "2", "--val-fraction", "0",
                  "--device", "cpu", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["episodes"] == 1 and summary["steps"] == 2 and np.isfinite(summary["loss_last"])
-    assert (out / "last" / "model.safetensors").exists()
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["episodes"] == 1 and trained["steps"] == 2 and np.isfinite(trained["loss_last"])
+    checkpoint = run / "last"
+    assert (checkpoint / "model.safetensors").exists()
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["cameras"] == ["front", "wrist"] and config["policy_period"] == pytest.approx(recorded.meta["dt"])
+
+    replayed = tmp_path / "replay"
+    assert main(["replay", str(bag), "--checkpoint", str(checkpoint), "--out", str(replayed), "--zero-latency",
+                 "--torch-threads", "1", "--no-progress", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    report = json.loads((replayed / "replay.json").read_text())
+    assert printed == report and report["mode"] == "offline" and report["bags"] == {bag.name: report["bags"][bag.name]}
+    assert report["schedule"]["infer_mode"] == "period"
+    frames_span = recorded.times[-1] - recorded.times[0]  # the bag's duration also holds state around the frames
+    assert frames_span - 1e-3 <= report["recorded_s"] < frames_span + 2.0
+    metrics = report["metrics"]
+    # one chunk per policy period of recorded frames (a frame gone stale in a gap of the recording costs at most
+    # one), each scored against what was recorded
+    assert len(recorded) - report["frames_dropped"] - 1 <= metrics["chunks"] <= len(recorded) + 1, (
+        metrics["chunks"], len(recorded), report["frames_dropped"])
+    assert report["bags"][bag.name]["chunks"] == metrics["chunks"]
+    assert all(np.isfinite(v) for v in metrics["mae"].values()) and set(metrics["mae"]) == set(metrics["mae_units"])
+    assert 0.0 <= metrics["gripper_agreement"] <= 1.0 and metrics["safety"]["chunks"] == metrics["chunks"]
+    assert {Path(p).name for p in report["pictures"]} == {f"trajectories_{bag.name}.png", "horizon_error.png",
+                                                         "worst_frames.png"}
+    assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in report["pictures"])
+
+    evaluated = tmp_path / "eval"
+    limit = 1.0
+    assert main(["eval-sim", "--checkpoint", str(checkpoint), "--tasks", "lift", "--episodes", "1", "--time-limit",
+                 str(limit), "--speed", "0", "--gif-episodes", "0", "--torch-threads", "1", "--out", str(evaluated),
+                 "--json"]) == 0
+    summary = json.loads((evaluated / "eval.json").read_text())
+    assert json.loads(capsys.readouterr().out) == summary and summary["checkpoint"] == str(checkpoint)
+    lift = summary["tasks"]["lift"]
+    assert lift["episodes"] == 1 and lift["episodes_detail"][0]["error"] == ""
+    assert lift["chunks_produced"] == round(limit / config["policy_period"])
+    assert lift["chunks_accepted"] + lift["chunks_rejected"] == lift["chunks_produced"]
+    for value in (lift["success_rate"], summary["mean_success_rate"], *lift["inference_ms"].values()):
+        assert np.isfinite(value)
+    assert (evaluated / "success.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_mambavla_record_takes_keys_from_the_terminal(stack, tmp_path):

@@ -215,7 +215,9 @@ def test_a_node_signalled_at_any_moment_of_its_start_leaves_with_one_line_saying
     ("policy_node", 'policy_node:\n  ros__parameters:\n    devise: "cpu"\n',
      "'devise' (did you mean 'device'?) is not a policy_node parameter"),
     ("controller_node", "controller_node:\n  ros__parameters:\n    rate_hz: 5000.0\n",
-     "rate_hz must be within 20..1000, got 5000.0")])
+     "rate_hz must be within 20..1000, got 5000.0"),
+    ("controller_node", "controller_node:\n  ros__parameters:\n    workspace_mn: [0.2, -0.4, 0.0]\n",
+     "'workspace_mn' (did you mean 'workspace_min'?) is not a controller_node parameter")])
 def test_a_node_refusing_its_parameter_file_exits_1_with_one_line_naming_the_parameter(node, file_text, refusal,
                                                                                         tmp_path):
     params = tmp_path / "my_cell.yaml"

@@ -62,7 +62,7 @@ from mambavla.control.teleop import RateGate
 from mambavla.realtime import keep_thread_scheduling
 from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, stamp_to_seconds, trajectory_to_chunk
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
-from mambavla.ros.params import declare
+from mambavla.ros.params import declare, refuse_undeclared
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, STATE_QOS
 from mambavla.ros.spin import EXECUTOR_THREADS
 from mambavla.ros.startup import run_until_stopped
@@ -150,6 +150,7 @@ class ControllerNode(Node):
         self.tool_frame = p("teleop_tool_frame", "fr3_hand_tcp",
                             "a TwistStamped with this frame_id is in the gripper's frame; "
                             "empty or base_frame: base frame")
+        refuse_undeclared(self)  # a misspelt key (say the workspace box's) must not leave the default box in force
 
         if self.realtime and not kernel_is_realtime():
             self.get_logger().error(

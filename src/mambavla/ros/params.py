@@ -13,6 +13,8 @@ from __future__ import annotations
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
+from mambavla.parameters import check_names
+
 
 def _convert(name: str, value, kind: type):
     if kind is bool:
@@ -30,6 +32,13 @@ def _convert(name: str, value, kind: type):
         if isinstance(value, str):
             return value
     raise ValueError(f"parameter {name!r}: expected {kind.__name__}, got {value!r}")
+
+
+def refuse_undeclared(node: Node) -> None:
+    """Raise ValueError for any parameter override `node` did not declare: call it after the last declaration."""
+    # rclpy (Jazzy and Kilted) keeps overrides of undeclared names in _parameter_overrides and has no public list
+    undeclared = [n for n in node._parameter_overrides if not node.has_parameter(n)]
+    check_names(undeclared, list(node._parameters), node.get_name(), f"{node.get_name()}'s parameters")
 
 
 def declare(node: Node, name: str, default, description: str, item_type: type | None = None, read_only: bool = True):

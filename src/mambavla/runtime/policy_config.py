@@ -8,9 +8,9 @@ from it that the node runs.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import MISSING, dataclass, field, fields
 
+from mambavla.parameters import check_names as parameters_check_names
 from mambavla.runtime.schedule import INFER_MODES, ScheduleConfig
 
 NODE_NAME = "policy_node"
@@ -107,11 +107,4 @@ def parameters() -> dict[str, tuple[object, str]]:
 def check_names(names, source: str = "the parameters") -> None:
     """Refuse any name that is not a policy_node parameter, naming the close ones (a misspelt key in a
     parameter file would otherwise be ignored and its default used)."""
-    known = [f.name for f in fields(PolicyNodeConfig)]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        hints = [f"{n!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(n, known, 1)) else repr(n)
-                 for n in unknown]
-        raise ValueError(f"{source}: {', '.join(hints)} {'is not a' if len(unknown) == 1 else 'are not'} "
-                         f"{NODE_NAME} parameter{'s' if len(unknown) > 1 else ''}; its parameters are "
-                         f"{', '.join(known)}")
+    parameters_check_names(names, [f.name for f in fields(PolicyNodeConfig)], NODE_NAME, source)

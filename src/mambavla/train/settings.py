@@ -1,6 +1,6 @@
 """How a policy is trained, declared once: `TrainSettings`' fields carry their default and help, and
-`mambavla train` derives its flags from them (`add_arguments`, `given`). Free of torch, so that building
-the command line stays fast.
+`mambavla train` derives its flags from them (`add_arguments`, `given`). Importing this module loads no torch,
+so that building the command line stays fast.
 
 A field's flag is `--<name>` with dashes; a boolean that is on by default gets `--no-<name>`, one that is off
 `--<name>`; metadata "cli" holds what argparse needs beyond that (another flag name, aliases, nargs, metavar).

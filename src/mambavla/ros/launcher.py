@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from mambavla.control.config import config_path
+from mambavla.ros import entry
 
 
 def _interrupt_on_parent_death() -> None:
@@ -33,7 +34,9 @@ class NodeProcess:
     def __init__(self, node: str, param_files: list[str] = (), overrides: dict | None = None,
                  log_path: str | Path | None = None, env: dict | None = None):
         self.node = node
-        cmd = [sys.executable, "-u", "-m", f"mambavla.ros.{node}", "--ros-args"]
+        # the nodes' console scripts start through ros/entry.py (a signal while importing ends them cleanly)
+        module = ["mambavla.ros.entry", node] if node in entry.NODES else [f"mambavla.ros.{node}"]
+        cmd = [sys.executable, "-u", "-m", *module, "--ros-args"]
         for name in param_files:
             cmd += ["--params-file", str(config_path(name))]
         for key, value in (overrides or {}).items():

@@ -30,6 +30,7 @@ from mambavla.control.config import SIM_PARAM_FILES, TrackingParams, controller_
 from mambavla.control.gripper import GripperWorker
 from mambavla.control.loop import ControlLoop
 from mambavla.realtime import keep_thread_scheduling
+from mambavla.sim.stats import percentiles, wilson_interval
 from mambavla.sim.tasks import EVAL_SEED_BASE
 from mambavla.sim.workcell import HALF_STEP, OPEN_WIDTH, Snapshot, Workcell
 
@@ -374,20 +375,6 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
         if own is not None:
             own.stop()
     return summary, results
-
-
-def wilson_interval(successes: int, n: int) -> tuple[float, float]:
-    from scipy.stats import binomtest
-
-    ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None}
-    p = np.percentile(np.asarray(values), [50, 95, 99])
-    return {"p50": round(float(p[0]), 2), "p95": round(float(p[1]), 2), "p99": round(float(p[2]), 2)}
 
 
 def summarize(results: dict[str, list[EpisodeResult]]) -> dict:

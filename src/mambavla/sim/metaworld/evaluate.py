@@ -21,6 +21,7 @@ import numpy as np
 
 from mambavla.sim.metaworld import suite
 from mambavla.sim.metaworld.env import require_metaworld
+from mambavla.sim.stats import percentiles, wilson_interval
 
 _POLICY = None  # the worker process's PolicyRuntime
 
@@ -255,20 +256,6 @@ def summarize(results: dict[str, list[MetaWorldEpisode]]) -> dict:
         "mean_success_rate": round(float(np.mean([s["success_rate"] for s in tasks.values()])), 4),
         "complete_mt50": len(tasks) == len(suite.TASKS),
     }
-
-
-def wilson_interval(successes: int, n: int) -> tuple[float, float]:
-    from scipy.stats import binomtest
-
-    ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None}
-    p50, p95, p99 = np.percentile(np.asarray(values), [50, 95, 99])
-    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
 
 
 GROUP_COLOURS = {"easy": "#4c9a6a", "medium": "#4878a8", "hard": "#dd8452", "very_hard": "#c44e52"}

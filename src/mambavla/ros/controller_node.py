@@ -273,7 +273,12 @@ class ControllerNode(Node):
     def _on_gripper(self, data: bytes, info: dict) -> None:
         if not self._admit(self._teleop_gate, info, "gripper command", "teleop_max_rate_hz"):
             return
-        reason = self.core.submit_gripper(float(deserialize_message(data, Float64).data))
+        try:
+            value = float(deserialize_message(data, Float64).data)
+        except Exception as err:  # anything from a message rmw could not decode: counted, never raised
+            reason = self.core.reject(f"malformed gripper command: {err}", teleop=True)
+        else:
+            reason = self.core.submit_gripper(value)
         if reason:
             self.get_logger().warning(f"rejected gripper command: {reason}", throttle_duration_sec=1.0)
 

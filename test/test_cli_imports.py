@@ -46,3 +46,4 @@ def test_train_flags_are_derived_from_the_settings_with_the_old_names_kept():
     assert {k: getattr(plain, k) for k in ("steps", "ema_decay", "shift_px")} == {
         k: defaults()[k] for k in ("steps", "ema_decay", "shift_px")}
     assert build_parser().parse_args(["train", "--ema-decay", "0.5"]).ema_decay == 0.5
+    assert given(build_parser().parse_args(["train", "--resume", "run", "--steps", "5"])) == {"steps": 5}

@@ -158,7 +158,8 @@ def add_arguments(parser, names: tuple[str, ...] | None = None) -> None:
                 cli["type"] = type(default)
         flags = (*flags, *cli.pop("aliases", ()))
         help_text = f.metadata["help"]
-        if not isinstance(default, bool) and default not in (None, "", (), {}) and "(default" not in help_text:
+        said = "(default" in help_text or (default == 0 and "0:" in help_text)  # "(0: no limit)" says it
+        if not isinstance(default, bool) and default not in (None, "", (), {}) and not said:
             help_text += f" (default {default})"
         parser.add_argument(*flags, dest=f.name, default=None, help=help_text, **cli)
 

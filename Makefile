@@ -42,6 +42,7 @@ $(STAMP): requirements.lock setup.py setup.cfg
 	@touch $(STAMP)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	MUJOCO_GL=osmesa $(VENV)/bin/pytest -q test
 
 demo: setup

@@ -24,6 +24,7 @@ If either node exits, the launch shuts down (a policy without a controller, or t
 
 import os
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction, RegisterEventHandler
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
@@ -31,8 +32,6 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 DEFAULT_CAMERAS = "front,wrist"
 DEFAULT_TOPIC = "/cameras/{name}/image_raw"

@@ -92,16 +92,47 @@ def test_eval_sim_command_runs_an_episode_end_to_end(shared_cell, runtime, tmp_p
     cell = shared_cell
     sim0 = cell.sim_time
     limit = 1.0
-    code = cli.main(["eval-sim", "--preset", "tiny", "--tasks", "lift", "--episodes", "1", "--time-limit", str(limit),
-                     "--out", str(tmp_path), "--gif-episodes", "1", "--json", "--torch-threads", "1", "--trace"])
+    code = cli.main(
+        [
+            "eval-sim",
+            "--preset",
+            "tiny",
+            "--tasks",
+            "lift",
+            "--episodes",
+            "1",
+            "--time-limit",
+            str(limit),
+            "--out",
+            str(tmp_path),
+            "--gif-episodes",
+            "1",
+            "--json",
+            "--torch-threads",
+            "1",
+            "--trace",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert printed == summary
     assert summary["preset"] == "tiny" and summary["checkpoint"] is None
-    assert (summary["backend"], summary["dtype"], summary["device"]) == ("torch", "float32", "cpu")  # auto: fp32 on a CPU
+    assert (summary["backend"], summary["dtype"], summary["device"]) == (
+        "torch",
+        "float32",
+        "cpu",
+    )  # auto: fp32 on a CPU
     lift = summary["tasks"]["lift"]
-    for key in ("success_rate", "episodes", "mean_episode_sim_seconds", "chunks_produced", "chunks_accepted", "chunks_rejected", "rows_clamped"):
+    for key in (
+        "success_rate",
+        "episodes",
+        "mean_episode_sim_seconds",
+        "chunks_produced",
+        "chunks_accepted",
+        "chunks_rejected",
+        "rows_clamped",
+    ):
         assert math.isfinite(lift[key]), key
     for key in ("p50", "p95", "p99"):
         assert math.isfinite(lift["inference_ms"][key]) and lift["inference_ms"][key] > 0
@@ -158,8 +189,24 @@ def test_eval_sim_runs_the_policy_as_an_fp16_onnx_graph(shared_cell, tmp_path, c
     pytest.importorskip("onnxruntime")
     from mambavla import cli
 
-    args = ["eval-sim", "--preset", "tiny", "--tasks", "lift", "--episodes", "1", "--time-limit", "0.4",
-            "--gif-episodes", "0", "--json", "--torch-threads", "1", "--out", str(tmp_path)]
+    args = [
+        "eval-sim",
+        "--preset",
+        "tiny",
+        "--tasks",
+        "lift",
+        "--episodes",
+        "1",
+        "--time-limit",
+        "0.4",
+        "--gif-episodes",
+        "0",
+        "--json",
+        "--torch-threads",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     assert cli.main(args + ["--backend", "onnx", "--dtype", "fp16"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["backend"], summary["dtype"]) == ("onnx", "float16")
@@ -214,8 +261,10 @@ def test_controller_limits_come_from_the_node_parameter_files(tmp_path):
     from mambavla.control.config import TrackingParams, controller_core, load_params
 
     override = tmp_path / "tight.yaml"
-    override.write_text("controller_node:\n  ros__parameters:\n    max_linear_speed: 0.1\n    rate_hz: 50.0\n"
-                        "    workspace_min: [0.3, -0.2, 0.05]\n")
+    override.write_text(
+        "controller_node:\n  ros__parameters:\n    max_linear_speed: 0.1\n    rate_hz: 50.0\n"
+        "    workspace_min: [0.3, -0.2, 0.05]\n"
+    )
     params = load_params(("controller.yaml", "controller_sim.yaml", str(override)))
     core = controller_core(params)
     assert core.limits.max_linear_speed == 0.1 and core.limits.workspace_min == (0.3, -0.2, 0.05)
@@ -260,17 +309,23 @@ def test_merge_runs_joins_chunks_and_lets_a_rerun_replace_only_an_episode_the_ho
         (folder / "episodes.jsonl").write_text("".join(json.dumps(e.as_dict()) + "\n" for e in episodes))
         return folder
 
-    ok = lambda task, seed, success: EpisodeResult(task, seed, success=success, end="success" if success else "timeout",  # noqa: E731
-                                                   cube="red", closest={"red": 0.01, "blue": 0.2})
+    def ok(task, seed, success):
+        end = "success" if success else "timeout"
+        return EpisodeResult(task, seed, success=success, end=end, cube="red", closest={"red": 0.01, "blue": 0.2})
+
     failed = EpisodeResult("place", 1_000_001, end="error", error="NetworkException: libfranka: UDP receive: Timeout")
     a = run("a", ok("lift", 1_000_000, True), ok("lift", 1_000_001, False), ok("place", 1_000_000, True), failed)
     b = run("b", ok("place", 1_000_001, True))
-    (b / "eval.json").write_text(json.dumps({"checkpoint": "C", "seeds": [1_000_001, 1_000_001], "gripper_open_delay_s": 0.3}))
+    (b / "eval.json").write_text(
+        json.dumps({"checkpoint": "C", "seeds": [1_000_001, 1_000_001], "gripper_open_delay_s": 0.3})
+    )
     summary = merge_runs([a, b])
     assert summary["runs"][str(b)]["gripper_open_delay_s"] == 0.3 and summary["runs"][str(b)]["checkpoint"] == "C"
     assert summary["runs"][str(a)]["gripper_open_delay_s"] is None  # no eval.json: unknown, not a default
     assert summary["tasks"]["lift"]["successes"] == 1 and summary["tasks"]["lift"]["episodes"] == 2
-    assert summary["tasks"]["place"]["successes"] == 2 and summary["tasks"]["place"]["episodes"] == 2  # the re-run counts
+    assert (
+        summary["tasks"]["place"]["successes"] == 2 and summary["tasks"]["place"]["episodes"] == 2
+    )  # the re-run counts
     assert summary["tasks"]["place"]["approached_named_cube_rate"] == 1.0
     assert summary["replaced_errors"] == ["place seed 1000001: NetworkException: libfranka: UDP receive: Timeout"]
     assert summary["mean_success_rate"] == pytest.approx(0.75)
@@ -287,20 +342,40 @@ def test_compare_evals_tables_each_policy_on_the_seeds_all_ran_and_draws_the_cha
     def evaluated(name, results):  # task -> [success per seed from 1000000]
         folder = tmp_path / name
         folder.mkdir()
-        by_task = {task: [EpisodeResult(task, 1_000_000 + i, success=won, end="success" if won else "timeout", cube="red",
-                                        closest={"red": 0.01}) for i, won in enumerate(wins)] for task, wins in results.items()}
+        by_task = {
+            task: [
+                EpisodeResult(
+                    task,
+                    1_000_000 + i,
+                    success=won,
+                    end="success" if won else "timeout",
+                    cube="red",
+                    closest={"red": 0.01},
+                )
+                for i, won in enumerate(wins)
+            ]
+            for task, wins in results.items()
+        }
         (folder / "eval.json").write_text(json.dumps(summarize(by_task)))
         return folder
 
     long = evaluated("long", {"lift": [True, True, False, False], "place": [False, True, True, True]})
     short = evaluated("short", {"lift": [False, True]})
     out, script = tmp_path / "cmp", str(Path(__file__).resolve().parents[1] / "scripts" / "compare_evals.py")
-    done = subprocess.run([sys.executable, script, str(out), f"stream={long}", f"window={short}",
-                           "--seeds-below", "1000002"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, script, str(out), f"stream={long}", f"window={short}", "--seeds-below", "1000002"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     policies = json.loads(out.with_suffix(".json").read_text())["policies"]
-    assert policies["stream"]["lift"]["successes"] == 2 and policies["stream"]["lift"]["episodes"] == 2  # seeds 1000000-01 only
-    assert policies["stream"]["place"]["successes"] == 1 and policies["stream"]["place"]["seeds"] == [1_000_000, 1_000_001]
+    assert (
+        policies["stream"]["lift"]["successes"] == 2 and policies["stream"]["lift"]["episodes"] == 2
+    )  # seeds 1000000-01 only
+    assert policies["stream"]["place"]["successes"] == 1 and policies["stream"]["place"]["seeds"] == [
+        1_000_000,
+        1_000_001,
+    ]
     assert list(policies["window"]) == ["lift"] and policies["window"]["lift"]["success_rate"] == 0.5
     assert 0 < policies["window"]["lift"]["ci95"][0] < 0.5 < policies["window"]["lift"]["ci95"][1] < 1
     assert out.with_suffix(".png").stat().st_size > 10_000
@@ -320,19 +395,28 @@ def test_precision_parity_records_a_closed_loop_and_compares_precisions(shared_c
     from mambavla.model.config import preset
     from mambavla.model.modeling_mambavla import MambaVLA
 
-    spec = importlib.util.spec_from_file_location("precision_parity", Path(__file__).resolve().parents[1] / "scripts" / "precision_parity.py")
+    spec = importlib.util.spec_from_file_location(
+        "precision_parity", Path(__file__).resolve().parents[1] / "scripts" / "precision_parity.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     torch.manual_seed(0)
     checkpoint = str(save_checkpoint(MambaVLA(preset("tiny")), tmp_path / "tiny"))
     frames = tmp_path / "frames.npz"
-    recorded = script.record(argparse.Namespace(checkpoint=checkpoint, out=str(frames), task="lift", seed=0, seconds=1.0))
-    assert recorded["steps"] == round(1.0 / PERIOD) and recorded["seed"] == 1_000_000 and "cube" in recorded["instruction"]
+    recorded = script.record(
+        argparse.Namespace(checkpoint=checkpoint, out=str(frames), task="lift", seed=0, seconds=1.0)
+    )
+    assert (
+        recorded["steps"] == round(1.0 / PERIOD) and recorded["seed"] == 1_000_000 and "cube" in recorded["instruction"]
+    )
     data = np.load(frames)
     assert data["image_front"].shape == (5, 32, 32, 3) and data["image_front"].dtype == np.uint8  # at the policy's size
     assert data["proprio"].shape == (5, 8) and str(data["instruction"]) == recorded["instruction"]
-    result = script.compare(argparse.Namespace(checkpoint=checkpoint, frames=str(frames), out=str(tmp_path / "cmp"), device="cpu",
-                                               compile=False))
+    result = script.compare(
+        argparse.Namespace(
+            checkpoint=checkpoint, frames=str(frames), out=str(tmp_path / "cmp"), device="cpu", compile=False
+        )
+    )
     fp32, fp16 = result["modes"]["onnx fp32 cpu"], result["modes"]["onnx fp16 cpu"]
     assert fp32["max_abs"] < 1e-4 < fp16["max_abs"] < 5e-2  # the fp16 graph rounds; the fp32 one does not
     assert result["modes"]["torch bf16 cpu"]["max_abs"] > 1e-4  # and so does torch in bf16

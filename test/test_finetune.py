@@ -13,7 +13,6 @@ from mambavla.model.checkpoint import shipped_checkpoint
 from mambavla.model.normalization import merge_stats
 from mambavla.train.trainer import FINE_TUNE_LR, default_warmup
 
-
 pytestmark = pytest.mark.slow  # the shipped policy and the language encoder load, two base-size steps on the CPU
 
 

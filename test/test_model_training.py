@@ -25,8 +25,16 @@ def test_tiny_model_overfits_four_samples_and_reproduces_their_chunks():
         "images": {c: torch.randint(0, 256, (n, 3, h, w), generator=g).float() for c in config.cameras},
         "proprio": torch.randn(n, config.proprio_dim, generator=g) * 0.05 + stats.proprio_mean,
         # smooth, distinct chunks inside the action range
-        "actions": low + span * (0.5 + 0.35 * torch.sin(torch.linspace(0, 3, config.chunk_size)[None, :, None]
-                                                        * torch.arange(1, n + 1)[:, None, None] + torch.arange(7)[None, None, :])),
+        "actions": low
+        + span
+        * (
+            0.5
+            + 0.35
+            * torch.sin(
+                torch.linspace(0, 3, config.chunk_size)[None, :, None] * torch.arange(1, n + 1)[:, None, None]
+                + torch.arange(7)[None, None, :]
+            )
+        ),
     }
     losses = fit(model, itertools.repeat(batch), steps=400, lr=3e-3, warmup=20, progress=False)
     first, last = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
@@ -36,8 +44,10 @@ def test_tiny_model_overfits_four_samples_and_reproduces_their_chunks():
     errors = []
     for i in range(n):
         runtime.set_instruction(batch["instruction"][i])
-        obs = {"images": {c: batch["images"][c][i].permute(1, 2, 0).to(torch.uint8).numpy() for c in config.cameras},
-               "proprio": batch["proprio"][i].numpy()}
+        obs = {
+            "images": {c: batch["images"][c][i].permute(1, 2, 0).to(torch.uint8).numpy() for c in config.cameras},
+            "proprio": batch["proprio"][i].numpy(),
+        }
         chunk = runtime.step(obs)
         errors.append(np.abs(chunk.actions - batch["actions"][i].numpy()) / span.numpy())
     # within 5% of each dimension's range, on average

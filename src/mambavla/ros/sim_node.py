@@ -40,21 +40,30 @@ class SimNode(Node):
         self.camera_size = p("camera_size", [128, 128], "rendered image size [height, width]")
         self.camera_rate_hz = p("camera_rate_hz", 10.0, "camera publishing rate, Hz (osmesa renders ~12 ms per frame)")
         self.camera_topic = p("camera_topic", "/cameras/{camera}/image_raw", "topic pattern, {camera} = camera name")
-        self.publish_instruction = p("publish_instruction", False, "also publish the task's instruction on instruction_topic")
+        self.publish_instruction = p(
+            "publish_instruction", False, "also publish the task's instruction on instruction_topic"
+        )
         instruction_topic = p("instruction_topic", "/instruction", "where publish_instruction publishes")
         task_rate = p("task_rate_hz", 5.0, "success publishing rate, Hz")
-        self.publish_clock = p("publish_clock", False, "publish simulated time on /clock and stamp frames with it (nodes use_sim_time)")
+        self.publish_clock = p(
+            "publish_clock", False, "publish simulated time on /clock and stamp frames with it (nodes use_sim_time)"
+        )
         clock_rate = p("clock_rate_hz", 200.0, "/clock publishing rate, Hz of wall time")
 
         from mambavla.sim import Workcell
 
-        self.workcell = Workcell(task=self.task, seed=self.seed, camera_size=tuple(self.camera_size),
-                                 host=self.host or None).start()
+        self.workcell = Workcell(
+            task=self.task, seed=self.seed, camera_size=tuple(self.camera_size), host=self.host or None
+        ).start()
         self.robot_ip = self.workcell.robot_ip
-        self.get_logger().info(f"workcell serving the FR3 on {self.robot_ip}: task {self.task!r}, "
-                               f"instruction {self.workcell.instruction!r}")
-        self.image_pubs = {cam: self.create_publisher(Image, self.camera_topic.format(camera=cam), SENSOR_QOS)
-                           for cam in self.workcell.camera_names}
+        self.get_logger().info(
+            f"workcell serving the FR3 on {self.robot_ip}: task {self.task!r}, "
+            f"instruction {self.workcell.instruction!r}"
+        )
+        self.image_pubs = {
+            cam: self.create_publisher(Image, self.camera_topic.format(camera=cam), SENSOR_QOS)
+            for cam in self.workcell.camera_names
+        }
         self.task_pub = self.create_publisher(String, "/sim/task", LATCHED_QOS)
         self.success_pub = self.create_publisher(Bool, "/sim/success", STATE_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
@@ -75,7 +84,9 @@ class SimNode(Node):
         self._clock_thread = None
         if self.publish_clock:
             self.clock_pub = self.create_publisher(Clock, "/clock", 10)
-            self._clock_thread = threading.Thread(target=self._clock_loop, args=(1.0 / clock_rate,), name="clock", daemon=True)
+            self._clock_thread = threading.Thread(
+                target=self._clock_loop, args=(1.0 / clock_rate,), name="clock", daemon=True
+            )
             self._clock_thread.start()
 
     def _clock_loop(self, period: float) -> None:
@@ -105,7 +116,11 @@ class SimNode(Node):
                 self.get_logger().error(f"render failed: {err}", throttle_duration_sec=5.0)
                 time.sleep(0.5)
                 continue
-            self.render_ms = 0.9 * self.render_ms + 0.1 * (time.perf_counter() - t0) * 1e3 if self.frames_published else (time.perf_counter() - t0) * 1e3
+            self.render_ms = (
+                0.9 * self.render_ms + 0.1 * (time.perf_counter() - t0) * 1e3
+                if self.frames_published
+                else (time.perf_counter() - t0) * 1e3
+            )
             for cam, rgb in images.items():
                 self.image_pubs[cam].publish(rgb_to_image(rgb, stamp, f"{cam}_camera"))
             self.frames_published += 1
@@ -135,9 +150,16 @@ class SimNode(Node):
             "frames_published": self.frames_published,
             "render_ms": self.render_ms,
         }
-        self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/sim_node", self.robot_ip, level,
-                                               f"task {self.workcell.spec.family}: "
-                                               f"{'success' if self.workcell.success() else 'running'}", values))
+        self.diag_pub.publish(
+            diagnostic_array(
+                self.get_clock().now().to_msg(),
+                "mambavla/sim_node",
+                self.robot_ip,
+                level,
+                f"task {self.workcell.spec.family}: {'success' if self.workcell.success() else 'running'}",
+                values,
+            )
+        )
 
     def shutdown(self) -> None:
         self._running = False

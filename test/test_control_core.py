@@ -118,7 +118,7 @@ def test_bad_chunks_are_rejected_with_a_reason_and_never_streamed(mutate, fragme
     mutate(chunk.actions)
     reason = core.submit(chunk, 1.0)
     assert reason is not None and fragment in reason
-    assert core.status()["last_rejection"] == reason and core.chunks_rejected == 1
+    assert core.status()["last_rejection"] == reason and core.status()["chunks_rejected"] == 1
     targets = run(core, 1.0, 0.2)
     np.testing.assert_allclose(targets[-1].position, HOME_P)  # still holding
     assert core.state == ControllerState.IDLE
@@ -292,7 +292,8 @@ def stream_twist(core: ControllerCore, t0: float, seconds: float, linear, angula
     for k in range(int(round(seconds * RATE))):
         t = t0 + k / RATE
         if k % every == 0:
-            assert core.submit_twist(linear, angular, t, stamp=t, frame=frame) is None, core.teleop_last_rejection
+            reason = core.submit_twist(linear, angular, t, stamp=t, frame=frame)
+            assert reason is None, reason
         targets.append(core.update(t, 1.0 / RATE))
     return targets
 

@@ -51,6 +51,20 @@ def rejection_kind(reason: str) -> str:
     return "other"
 
 
+class Rejections:
+    """The rejected commands of one input (chunks, or teleoperation): how many, the last reason, a count per kind."""
+
+    def __init__(self):
+        self.count, self.last, self.by_kind = 0, "", {}
+
+    def add(self, reason: str) -> str:
+        self.count += 1
+        self.last = reason
+        kind = rejection_kind(reason)
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        return reason
+
+
 class ControllerState(str, Enum):
     IDLE = "IDLE"
     ACTIVE = "ACTIVE"
@@ -98,11 +112,9 @@ class ControllerCore:
         self._history: deque[tuple[float, np.ndarray, np.ndarray]] = deque()
         self.state = ControllerState.STOPPED
         self.reason = "not enabled"
-        self.last_rejection = ""
         self.chunks_accepted = 0
         self.rows_clamped = 0  # chunk rows moved onto the workspace box (within workspace_clamp)
-        self.chunks_rejected = 0
-        self.rejections_by_kind: dict[str, int] = {}
+        self._chunk_rejections = Rejections()
         self.chunk_id = 0  # id of the chunk being executed (count of accepted chunks)
         self.speed_limited = False
         self._trajectory = None
@@ -117,9 +129,7 @@ class ControllerCore:
         self._twist: Twist | None = None
         self._twist_time: float | None = None  # monotonic receipt time of the latest twist
         self.teleop_accepted = 0
-        self.teleop_rejected = 0
-        self.teleop_last_rejection = ""
-        self.teleop_rejections_by_kind: dict[str, int] = {}
+        self._teleop_rejections = Rejections()
         self.teleop_limited = ""  # which rule bent the twist at the last tick: "workspace", "tilt" or ""
 
     # ---- measured state ----
@@ -197,21 +207,10 @@ class ControllerCore:
     def reject(self, reason: str, teleop: bool = False) -> str:
         """Count a rejection found before a command reached the core (malformed or rate-limited message)."""
         with self._lock:
-            return self._reject_teleop(reason) if teleop else self._reject(reason)
+            return self._reject(reason, teleop)
 
-    def _reject(self, reason: str) -> str:
-        self.chunks_rejected += 1
-        self.last_rejection = reason
-        kind = rejection_kind(reason)
-        self.rejections_by_kind[kind] = self.rejections_by_kind.get(kind, 0) + 1
-        return reason
-
-    def _reject_teleop(self, reason: str) -> str:
-        self.teleop_rejected += 1
-        self.teleop_last_rejection = reason
-        kind = rejection_kind(reason)
-        self.teleop_rejections_by_kind[kind] = self.teleop_rejections_by_kind.get(kind, 0) + 1
-        return reason
+    def _reject(self, reason: str, teleop: bool = False) -> str:
+        return (self._teleop_rejections if teleop else self._chunk_rejections).add(reason)
 
     def _inactive(self, what: str) -> str:
         fix = "~/use_teleop" if self.source == "policy" else "~/use_policy"
@@ -225,9 +224,9 @@ class ControllerCore:
         Returns the rejection reason, or None when accepted."""
         with self._lock:
             if self.source != "teleop":
-                return self._reject_teleop(self._inactive("twist"))
+                return self._reject(self._inactive("twist"), teleop=True)
             if self.state not in RUNNING or self._target is None:
-                return self._reject_teleop(f"controller is {self.state.value} ({self.reason}): twist ignored")
+                return self._reject(f"controller is {self.state.value} ({self.reason}): twist ignored", teleop=True)
         twist = check_twist(self.teleop, linear, angular, frame)
         if isinstance(twist, str):
             return self.reject(twist, teleop=True)
@@ -243,8 +242,8 @@ class ControllerCore:
                                    f"{self.limits.max_chunk_future} s", teleop=True)
         with self._lock:
             if self.source != "teleop" or self.state not in RUNNING:  # switched or stopped meanwhile
-                return self._reject_teleop(self._inactive("twist") if self.source != "teleop" else
-                                           f"controller is {self.state.value} ({self.reason}): twist ignored")
+                return self._reject(self._inactive("twist") if self.source != "teleop" else
+                                    f"controller is {self.state.value} ({self.reason}): twist ignored", teleop=True)
             self._twist = twist
             self._twist_time = now if mono is None else mono
             self._last_chunk_time = self._twist_time
@@ -260,11 +259,11 @@ class ControllerCore:
         obeys (`gripper_command`)."""
         with self._lock:
             if self.source != "teleop":
-                return self._reject_teleop(self._inactive("gripper command"))
+                return self._reject(self._inactive("gripper command"), teleop=True)
             if not np.isfinite(value):
-                return self._reject_teleop(f"non-finite gripper command {value}")
+                return self._reject(f"non-finite gripper command {value}", teleop=True)
             if self.state == ControllerState.ERROR:
-                return self._reject_teleop(f"controller is ERROR ({self.reason}): gripper command ignored")
+                return self._reject(f"controller is ERROR ({self.reason}): gripper command ignored", teleop=True)
             self._gripper = float(np.clip(value, 0.0, 1.0))
             self.teleop_accepted += 1
             return None
@@ -428,16 +427,16 @@ class ControllerCore:
                 "seconds_left": seconds_left,
                 "tracking_error": tracking_error,
                 "chunks_accepted": self.chunks_accepted,
-                "chunks_rejected": self.chunks_rejected,
+                "chunks_rejected": self._chunk_rejections.count,
                 "rows_clamped": self.rows_clamped,
-                "last_rejection": self.last_rejection,
-                "rejections_by_kind": dict(self.rejections_by_kind),
+                "last_rejection": self._chunk_rejections.last,
+                "rejections_by_kind": dict(self._chunk_rejections.by_kind),
                 "speed_limited": self.speed_limited,
                 "command_source": self.source,
                 "teleop_accepted": self.teleop_accepted,
-                "teleop_rejected": self.teleop_rejected,
-                "teleop_last_rejection": self.teleop_last_rejection,
-                "teleop_rejections_by_kind": dict(self.teleop_rejections_by_kind),
+                "teleop_rejected": self._teleop_rejections.count,
+                "teleop_last_rejection": self._teleop_rejections.last,
+                "teleop_rejections_by_kind": dict(self._teleop_rejections.by_kind),
                 "teleop_limited": self.teleop_limited,
             }
 

@@ -222,33 +222,28 @@ class ControllerCore:
                      frame: str = "base") -> str | None:
         """A teleoperation twist (unscaled, as the driver sent it); `stamp` None for an unstamped message.
         Returns the rejection reason, or None when accepted."""
+        twist = check_twist(self.teleop, linear, angular, frame)  # pure: no core state, so outside the lock
         with self._lock:
             if self.source != "teleop":
                 return self._reject(self._inactive("twist"), teleop=True)
             if self.state not in RUNNING or self._target is None:
                 return self._reject(f"controller is {self.state.value} ({self.reason}): twist ignored", teleop=True)
-        twist = check_twist(self.teleop, linear, angular, frame)
-        if isinstance(twist, str):
-            return self.reject(twist, teleop=True)
-        if stamp is not None:
-            if not np.isfinite(stamp):
-                return self.reject(f"non-finite twist stamp {stamp}", teleop=True)
-            age = now - stamp
-            if age > self.limits.max_chunk_age:
-                return self.reject(f"stale twist: stamped {age:.3f} s ago > max_chunk_age "
-                                   f"{self.limits.max_chunk_age} s", teleop=True)
-            if -age > self.limits.max_chunk_future:
-                return self.reject(f"twist stamp {-age:.3f} s in the future > max_chunk_future "
-                                   f"{self.limits.max_chunk_future} s", teleop=True)
-        with self._lock:
-            if self.source != "teleop" or self.state not in RUNNING:  # switched or stopped meanwhile
-                return self._reject(self._inactive("twist") if self.source != "teleop" else
-                                    f"controller is {self.state.value} ({self.reason}): twist ignored", teleop=True)
+            if isinstance(twist, str):
+                return self._reject(twist, teleop=True)
+            if stamp is not None:
+                if not np.isfinite(stamp):
+                    return self._reject(f"non-finite twist stamp {stamp}", teleop=True)
+                age = now - stamp
+                if age > self.limits.max_chunk_age:
+                    return self._reject(f"stale twist: stamped {age:.3f} s ago > max_chunk_age "
+                                        f"{self.limits.max_chunk_age} s", teleop=True)
+                if -age > self.limits.max_chunk_future:
+                    return self._reject(f"twist stamp {-age:.3f} s in the future > max_chunk_future "
+                                        f"{self.limits.max_chunk_future} s", teleop=True)
             self._twist = twist
             self._twist_time = now if mono is None else mono
             self._last_chunk_time = self._twist_time
-            if self.state != ControllerState.ACTIVE:
-                self.state = ControllerState.ACTIVE
+            self.state = ControllerState.ACTIVE
             self.reason = "teleoperated"
             self.teleop_accepted += 1
             return None

@@ -12,7 +12,7 @@ from observations import random_observation  # noqa: E402
 
 from mambavla.cli import main  # noqa: E402
 from mambavla.runtime import PolicyRuntime  # noqa: E402
-from mambavla.runtime.onnx_step import export_step, input_names, output_names  # noqa: E402
+from mambavla.runtime.onnx_graph import export_step, input_names, output_names  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_a_graph_the_runtime_exported_itself_goes_when_its_session_does(exported
 
 
 def test_cuda_provider_runs_on_the_gpu_named_in_fp32_unless_told_otherwise():
-    from mambavla.runtime.onnx_step import cuda_provider_options, providers
+    from mambavla.runtime.backends.onnx import cuda_provider_options, providers
 
     assert cuda_provider_options("cuda") == {"use_tf32": "0", "device_id": "0"}  # fp32 graph, fp32 math (parity)
     assert cuda_provider_options("cuda:1", cuda_graph=True) == {"use_tf32": "0", "device_id": "1",

@@ -267,7 +267,9 @@ def _onnx_row(args: argparse.Namespace, graph_dtype, steps: int, cuda: bool, log
         return {"skipped": f"not importable: {', '.join(missing)}"}
     import onnxruntime as ort
 
-    from mambavla.runtime.onnx_step import export_step, providers, streamed_parity
+    from mambavla.runtime.backends.onnx import providers
+    from mambavla.runtime.onnx_graph import export_step
+    from mambavla.runtime.onnx_step import streamed_parity
 
     row: dict = {"onnxruntime": ort.__version__, "available_providers": ort.get_available_providers(),
                  "dtype": str(graph_dtype).replace("torch.", "")}

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from mambavla.model.checkpoint import convert_checkpoint, load_checkpoint, shipped_checkpoint
     from mambavla.model.config import preset
     from mambavla.model.modeling_mambavla import MambaVLA
-    from mambavla.runtime.onnx_step import export_step, streamed_parity
+    from mambavla.runtime.onnx_graph import export_step
+    from mambavla.runtime.onnx_step import streamed_parity
     from mambavla.runtime.policy_runtime import runtime_dtype
 
     if args.bf16:

@@ -1,7 +1,5 @@
-"""The ONNX step as callers use it: export the streaming step to a graph (`export_step`, runtime/onnx_graph.py,
-which documents the graph's inputs and outputs), run it in ONNX Runtime (`OnnxStep`, `providers`,
-runtime/backends/onnx.py; `PolicyRuntime(backend="onnx")` wraps it), and check it against the torch runtime
-(`streamed_parity`)."""
+"""The ONNX step checked against the torch runtime (`streamed_parity`). The graph is exported by
+`runtime/onnx_graph.export_step`, and run by `runtime/backends/onnx.OnnxStep` (`PolicyRuntime(backend="onnx")`)."""
 
 from __future__ import annotations
 
@@ -10,22 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from mambavla.model.modeling_mambavla import MambaVLA
-from mambavla.runtime.backends.onnx import CUDA_OPTIONS, OnnxStep, cuda_provider_options, providers
-from mambavla.runtime.onnx_graph import (
-    GRAPH_DTYPE_NAMES,
-    GRAPH_DTYPES,
-    check_exportable,
-    example_inputs,
-    export_step,
-    input_names,
-    output_names,
-    state_names,
-)
 from mambavla.runtime.policy_runtime import PolicyRuntime
 
-__all__ = ["CUDA_OPTIONS", "GRAPH_DTYPES", "GRAPH_DTYPE_NAMES", "OnnxStep", "check_exportable", "cuda_provider_options",
-           "example_inputs", "export_step", "input_names", "output_names", "providers", "state_names",
-           "streamed_parity"]
+__all__ = ["streamed_parity"]
 
 
 def streamed_parity(model: MambaVLA, onnx_path: str | Path, steps: int = 20, device: str = "cpu", seed: int = 0,

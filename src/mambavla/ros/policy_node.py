@@ -30,10 +30,10 @@ from trajectory_msgs.msg import JointTrajectory
 from mambavla.data.images import image_to_rgb
 from mambavla.ros.convert import chunk_to_trajectory, pose_from_msg, stamp_to_seconds
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
-from mambavla.ros.params import declare
+from mambavla.ros.params import declare, refuse_undeclared
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 from mambavla.ros.startup import run_until_stopped
-from mambavla.runtime.policy_config import PolicyNodeConfig, check_names, parameters
+from mambavla.runtime.policy_config import PolicyNodeConfig, parameters
 from mambavla.runtime.schedule import Frame, InferenceSchedule, Observation, ObservationBuffer
 
 
@@ -42,8 +42,7 @@ class PolicyNode(Node):
         super().__init__("policy_node", **kwargs)
         values = {name: declare(self, name, default, description)
                   for name, (default, description) in parameters().items()}
-        # rclpy keeps an override of an undeclared name without a word: a misspelt key would leave its default
-        check_names([n for n in self._parameter_overrides if not self.has_parameter(n)], "policy_node's parameters")
+        refuse_undeclared(self)  # a misspelt key would otherwise leave its default in force
         self.config = config = PolicyNodeConfig.from_params(values)
         self.checkpoint, self.preset, self.device = config.checkpoint, config.preset, config.device
         self.backend = config.backend

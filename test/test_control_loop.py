@@ -109,3 +109,28 @@ def test_the_watchdog_on_the_passed_clock_stops_the_arm_and_leaves_it_at_rest(wo
     assert loop.core.state == ControllerState.STOPPED and "stop_after" in loop.core.reason
     assert loop.tracker is None and not robot.is_in_control  # the stop ran to its end: the arm is at rest
     assert np.linalg.norm(np.asarray(robot.state.O_T_EE.translation) - here) < 0.005
+
+
+def test_a_request_that_raises_is_answered_at_once_with_the_error_and_the_thread_goes_on():
+    import logging
+    from types import SimpleNamespace
+
+    from mambavla.control.loop import ControlThread
+
+    def enable():
+        raise RuntimeError("robot state unreadable")
+
+    passes = []
+    loop = SimpleNamespace(logger=logging.getLogger("test"), tracking=SimpleNamespace(rate_hz=100.0), busy="",
+                           robot=object(), tracker=None, enable=enable, idle=lambda: passes.append(1))
+    control = ControlThread(loop, "127.0.0.1")
+    control.start()
+    try:
+        t0 = time.monotonic()
+        assert control.request("enable", timeout=3.0) == (False, "enable failed: RuntimeError: robot state unreadable")
+        assert time.monotonic() - t0 < 1.0  # not left to time out
+        n = len(passes)
+        time.sleep(0.2)
+        assert len(passes) > n and not control.stuck()  # idle passes go on
+    finally:
+        control.join(timeout=2.0)

@@ -341,15 +341,20 @@ class ControlThread:
                 return
             if cancelled.is_set():
                 continue
-            if name == "enable":
-                result.extend(self._enable())
-            elif name == "stop":
-                result.extend(self.loop.stop("stopped by ~/stop"))
-            elif name == "shutdown":
-                result.extend(self.loop.stop("stopped: node shutting down"))
-            else:
-                result.extend(self.loop.recover())
-            done.set()
+            try:
+                if name == "enable":
+                    result.extend(self._enable())
+                elif name == "stop":
+                    result.extend(self.loop.stop("stopped by ~/stop"))
+                elif name == "shutdown":
+                    result.extend(self.loop.stop("stopped: node shutting down"))
+                else:
+                    result.extend(self.loop.recover())
+            except Exception as err:  # the caller hears why now; the run loop's handler deals with the fault
+                result[:] = [False, f"{name} failed: {type(err).__name__}: {err}"]
+                raise
+            finally:
+                done.set()
 
     def _adopt_connection(self) -> bool:
         """Take over a robot the connector opened (False while none is ready)."""

@@ -91,9 +91,9 @@ def _latched_qos():
 
 EpisodeError = BagError  # an episode that cannot be used, with the reason: the role finder's error, one class
 ACTION_LEAD = 0.1  # s: where no command was recorded, the measured pose this far ahead is a row's target
-GRIPPER_CLOSED_BELOW = (
-    0.9  # finger width, as a fraction of the episode's widest, under which the gripper counts as closed
-)
+# finger width, as a fraction of the widest seen, under which the hand counts as closed: the one threshold for
+# derived training actions and replay's gripper reference (evaluation/recording.py); a guess, not measured on a hand
+GRIPPER_CLOSED_BELOW = 0.9
 RATE_TOLERANCE = 0.25  # a stretch of the recording whose median interval is this far off the whole's: the rate moved
 RATE_CHANGE = 1.9  # stretches whose rates differ by this factor: the rate changed (refused; less: a warning)
 IRREGULAR_FRACTION = 0.1  # more intervals than this more than half off the median: irregular (a warning)

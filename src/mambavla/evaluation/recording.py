@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mambavla import spaces
+from mambavla.data.bags import GRIPPER_CLOSED_BELOW
 from mambavla.evaluation.bag import finger_positions
-
-GRIPPER_OPEN_FRACTION = 0.9  # from fingers only: "closed" below this fraction of the widest opening seen
 
 
 @dataclass
@@ -101,7 +100,7 @@ class Recording:
         if not self.finger_t:
             return np.zeros(0), np.zeros(0)
         t, width = self._sorted(self.finger_t, np.array(self.finger_width))
-        return t, (width < GRIPPER_OPEN_FRACTION * width.max()).astype(np.float64)
+        return t, (width < GRIPPER_CLOSED_BELOW * width.max()).astype(np.float64)
 
 
 def interpolate(t: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@ franky: chunks move the arm, bad chunks never do, the watchdog holds then stops,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -273,6 +274,29 @@ def worst_period_ms(probe: Probe, since: float) -> float:
     return float(np.median(values))
 
 
+@contextlib.contextmanager
+def flooding(probe: Probe, msg_type, topic: str, message):
+    """A second publisher sends `message` on `topic` every 2 ms while the block runs (about 500 per second, yet
+    leaving the valid publisher's thread the GIL); yields [messages sent so far]."""
+    pub = probe.node.create_publisher(msg_type, topic, 2)
+    sent, stop = [0], threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            pub.publish(message)
+            sent[0] += 1
+            time.sleep(0.002)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        yield sent
+    finally:
+        stop.set()
+        flooder.join()
+        probe.node.destroy_publisher(pub)
+
+
 def test_a_chunk_flood_from_a_second_publisher_does_not_slow_the_control_loop(stack):
     probe, _, _ = stack
     settle(probe)
@@ -281,20 +305,8 @@ def test_a_chunk_flood_from_a_second_publisher_does_not_slow_the_control_loop(st
     t0 = time.monotonic()
     stream_line(probe, np.zeros(3), seconds=3.0, period=0.2)  # the valid 5 Hz stream alone
     baseline = worst_period_ms(probe, t0 + 1.2)
-    flood_pub = probe.node.create_publisher(JointTrajectory, "/action_chunk", 2)
     garbage = chunk_message(np.full((16, 7), 9.0), 0.0)  # stale and outside the workspace: always rejected
-    sent = [0]
-    stop = threading.Event()
-
-    def flood():  # ten times the per-publisher budget, yet leaving the valid publisher's thread the GIL
-        while not stop.is_set():
-            flood_pub.publish(garbage)
-            sent[0] += 1
-            time.sleep(0.002)
-
-    flooder = threading.Thread(target=flood, daemon=True)
-    flooder.start()
-    try:
+    with flooding(probe, JointTrajectory, "/action_chunk", garbage) as sent:
         status = probe.wait_status(CTRL, lambda s: int(s["chunk_publishers"]) >= 2, "two chunk publishers reported")
         assert "publishers" in status["message"] and status["level"] >= 1
         before = probe.latest(CTRL)
@@ -306,10 +318,6 @@ def test_a_chunk_flood_from_a_second_publisher_does_not_slow_the_control_loop(st
         after = probe.latest(CTRL)
         with probe.lock:
             states = [v["state"] for t, v in probe.status_history[CTRL] if t > t1 + 0.5]
-    finally:
-        stop.set()
-        flooder.join()
-        probe.node.destroy_publisher(flood_pub)
     rejected = int(after["chunks_rejected"]) - int(before["chunks_rejected"])
     accepted = int(after["chunks_accepted"]) - int(before["chunks_accepted"])
     print(f"flood: {sent[0]} sent, {rejected} rejected in ~4 s ({after['rejections_by_kind']}); "
@@ -460,20 +468,9 @@ def test_a_twist_flood_from_a_second_publisher_neither_slows_the_loop_nor_starve
     t0 = time.monotonic()
     stream_twist(probe, pub, np.zeros(3), seconds=3.0)  # the valid 20 Hz stream alone (standing still)
     baseline = worst_period_ms(probe, t0 + 1.2)
-    flood_pub = probe.node.create_publisher(TwistStamped, "/teleop/twist", 2)
     garbage = twist_message(probe, (np.nan, 1e9, 0.0))
-    sent, stop = [0], threading.Event()
-
-    def flood():
-        while not stop.is_set():
-            flood_pub.publish(garbage)
-            sent[0] += 1
-            time.sleep(0.002)
-
-    flooder = threading.Thread(target=flood, daemon=True)
-    flooder.start()
     states = []
-    try:
+    with flooding(probe, TwistStamped, "/teleop/twist", garbage) as sent:
         rejected = int(probe.latest(CTRL)["teleop_rejected"])
         t1 = time.monotonic()
         end = t1 + 4.0
@@ -483,10 +480,6 @@ def test_a_twist_flood_from_a_second_publisher_neither_slows_the_loop_nor_starve
             time.sleep(0.05)
         flooded = worst_period_ms(probe, t1 + 1.2)
         status = probe.latest(CTRL)
-    finally:
-        stop.set()
-        flooder.join()
-        probe.node.destroy_publisher(flood_pub)
     rejected = int(status["teleop_rejected"]) - rejected
     kinds = json.loads(status["teleop_rejections_by_kind"])
     print(f"\ntwist flood: {sent[0]} sent, {rejected} rejected in ~4 s ({kinds}); longest control period per second "

@@ -44,6 +44,7 @@ def test_a_misspelt_parameter_is_refused_naming_the_one_meant():
 @pytest.mark.parametrize("name, value, fix", [
     ("infer_mode", "often", "infer_mode must be one of"),
     ("infer_rate_hz", 0.0, "infer_rate_hz must be > 0"),
+    ("dtype", "fp64", "dtype must be one of"),
     ("camera_names", ["front"], "must name each of camera_topics"),
     ("camera_topics", ["/a/compressed", "/b"], "name the base topic"),
 ])
@@ -64,3 +65,14 @@ def test_the_schedule_and_the_parameters_import_neither_control_nor_ros():
             "print(sorted(m for m in sys.modules if m.startswith(('mambavla.control', 'rclpy', 'torch'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_the_cli_dtype_options_parse_without_torch():
+    code = ("import argparse, sys\n"
+            "from mambavla.commands import bench_ros, eval_sim\n"
+            "p = argparse.ArgumentParser(); s = p.add_subparsers(); bench_ros.register(s); eval_sim.register(s)\n"
+            "assert p.parse_args(['bench-ros']).dtype == 'auto'\n"
+            "assert p.parse_args(['eval-sim', '--preset', 'tiny']).dtype == 'fp32'\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

@@ -20,13 +20,13 @@ import numpy as np
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mambavla.commands.bench import frame_size
-    from mambavla.commands.eval_sim import dtype_name
+    from mambavla.runtime.policy_config import DTYPES
 
     p = subparsers.add_parser("bench-ros", help="camera-in -> chunk-out latency of policy_node over DDS (JSON)")
     p.add_argument("--presets", default="tiny,base", help="comma-separated presets (default: tiny,base)")
     p.add_argument("--checkpoint", default="", help="benchmark this checkpoint instead of presets")
     p.add_argument("--device", default="cpu", help="policy device (default: cpu)")
-    p.add_argument("--dtype", default="auto", type=dtype_name, metavar="DTYPE",
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="policy_node's dtype (default auto: bf16 for the torch backend on cuda, else fp32; fp16: "
                         "the onnx backend's fp16 graph; the node's own default is fp32)")
     p.add_argument("--chunks", type=int, default=100, help="measured chunks per policy (default: 100)")

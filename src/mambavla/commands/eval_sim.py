@@ -8,16 +8,8 @@ import json
 from mambavla.commands import metaworld
 
 
-def dtype_name(name: str) -> str:
-    """argparse type of --dtype: one of the runtime's DTYPES, checked when given (the runtime pulls in torch)."""
-    from mambavla.runtime.policy_runtime import DTYPES
-
-    if name not in DTYPES:
-        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(DTYPES)})")
-    return name
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mambavla.runtime.policy_config import DTYPES
     from mambavla.sim.tasks import TASK_FAMILIES
 
     p = subparsers.add_parser("eval-sim", help="closed-loop evaluation in simulation (policy -> controller -> franky "
@@ -42,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=0, help="CPU threads for inference; 0 keeps torch's default")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                    help="inference backend (onnx: ONNX Runtime, the step exported at start; about 2x faster on a CPU)")
-    p.add_argument("--dtype", default="fp32", type=dtype_name, metavar="DTYPE",
+    p.add_argument("--dtype", default="fp32", choices=DTYPES,
                    help="inference precision (default fp32, as the shipped policy's evaluations and "
                         "config/policy.yaml; auto: bf16 for the torch backend on cuda, else fp32; bf16: torch only; "
                         "fp16: onnx only, the step exported as an fp16 graph with its scan and SSM state in fp32)")

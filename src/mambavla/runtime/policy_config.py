@@ -15,6 +15,7 @@ from mambavla.runtime.schedule import INFER_MODES, ScheduleConfig
 
 NODE_NAME = "policy_node"
 BACKENDS = ("torch", "onnx")
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # the precisions by name; `runtime_dtype` turns one into a torch dtype
 IMAGE_TRANSPORTS = ("raw", "compressed")
 
 
@@ -63,7 +64,7 @@ class PolicyNodeConfig:
     diagnostics_rate_hz: float = _param(1.0, "status publishing rate, Hz")
 
     def __post_init__(self) -> None:
-        for name, choices in (("infer_mode", INFER_MODES), ("backend", BACKENDS),
+        for name, choices in (("infer_mode", INFER_MODES), ("backend", BACKENDS), ("dtype", DTYPES),
                               ("image_transport", IMAGE_TRANSPORTS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")

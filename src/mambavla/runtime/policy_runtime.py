@@ -20,6 +20,7 @@ from mambavla.runtime.backends import KV_CAPACITY_FRAMES, StepBackend, open_back
 from mambavla.runtime.backends.cuda_graph import COMPILE_MODES, COMPILED_REGIONS, GraphStep, StepGraph, cuda_work
 from mambavla.runtime.chunk import ActionChunk
 from mambavla.runtime.inputs import check_observation
+from mambavla.runtime.policy_config import DTYPES
 from mambavla.runtime.stream_batch import StreamBatch
 from mambavla.runtime.upload import AreaResize, DeviceInputs, PinnedUpload
 
@@ -253,9 +254,6 @@ class PolicyRuntime:
             state = self.model.condition(tokens.repeat(1, n, 1), state)
         self.step_backend.start(state, self._task)
         self.frames_seen += frames
-
-
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 def runtime_dtype(name: str, device: str, backend: str = "torch") -> torch.dtype | None:

@@ -426,6 +426,24 @@ def test_a_publisher_over_its_message_budget_is_gated_and_others_are_not():
     flood = sum(gate.allow(b"flood", k * 0.0005) for k in range(2000))  # 2,000 messages in one second
     assert 50 <= flood <= 56  # the burst, then 50 per second
     assert all(gate.allow(b"valid", k * 0.2) for k in range(6))  # a 5 Hz publisher beside it is untouched
+    assert gate.unidentified == 0
+
+
+def test_publishers_the_middleware_does_not_identify_share_one_budget_and_are_counted():
+    from mambavla.control.teleop import RateGate
+
+    def valid_taken(flood_key: bytes, valid_key: bytes) -> int:  # a 5 Hz publisher beside a 2 kHz flood, for 1 s
+        gate = RateGate(rate_hz=50.0, burst=5.0)
+        taken = 0
+        for k in range(1, 2001):
+            gate.allow(flood_key, k * 0.0005)
+            if k % 400 == 0:
+                taken += gate.allow(valid_key, k * 0.0005)
+        return taken, gate.unidentified
+
+    assert valid_taken(b"flood", b"valid") == (5, 0)
+    taken, unidentified = valid_taken(b"", b"")  # one bucket: the flood spends every token as it refills
+    assert taken < 5 and unidentified == 2005
 
 
 def test_a_stopped_controller_still_takes_the_teleop_gripper_command_but_not_in_error():

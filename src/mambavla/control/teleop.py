@@ -86,7 +86,8 @@ class RateGate:
     """Admits at most `rate_hz` messages per second per publisher (a token bucket of `burst` messages).
 
     Keys are publisher ids; a publisher silent for a minute is forgotten, so the table stays bounded by the
-    publishers of the last minute."""
+    publishers of the last minute. The empty key stands for a publisher the middleware did not identify (no
+    publisher_gid in the message info): all such messages share one budget, and `unidentified` counts them."""
 
     def __init__(self, rate_hz: float, burst: float | None = None):
         if not (math.isfinite(rate_hz) and rate_hz > 0):
@@ -95,8 +96,11 @@ class RateGate:
         self.burst = float(burst if burst is not None else max(2.0, rate_hz / 5.0))
         self._buckets: dict[bytes, tuple[float, float]] = {}  # key -> (tokens, time of the last update)
         self._swept = 0.0
+        self.unidentified = 0  # messages admitted or dropped under the empty key
 
     def allow(self, key: bytes, now: float) -> bool:
+        if not key:
+            self.unidentified += 1
         tokens, last = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate) if now >= last else tokens
         allowed = tokens >= 1.0

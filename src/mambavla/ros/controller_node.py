@@ -22,7 +22,8 @@ Every command topic is read raw, and each callback drains what else is waiting o
 publisher over its message budget (`max_command_rate_hz`, `teleop_max_rate_hz`) has its messages counted and
 dropped before they are deserialised, at a few microseconds each instead of an executor round per message, so
 a flood on one input neither holds up the control thread nor crowds another publisher out of the reader's
-history.
+history. Publishers are told apart by the message info's publisher_gid; where rmw gives none, every publisher of
+an input shares one budget (logged once; `*_without_publisher_id` in the diagnostics).
 
 Threads: the control thread alone calls franky for the arm; connecting (blocking, no timeout in
 franky) runs on its own thread and hands the robot over. ROS callbacks run in separate callback
@@ -222,8 +223,13 @@ class ControllerNode(Node):
 
     def _admit(self, gate: RateGate, info: dict, what: str, limit: str) -> bool:
         """Whether the message's publisher is within its budget (else the drop is counted)."""
-        gid = info.get("publisher_gid") or {}
-        if gate.allow(bytes(gid.get("data") or b""), time.monotonic()):
+        gid = bytes((info.get("publisher_gid") or {}).get("data") or b"")
+        allowed = gate.allow(gid, time.monotonic())
+        if not gid and gate.unidentified == 1:
+            self.get_logger().warning(
+                f"the middleware gives no publisher_gid with a {what}: every publisher shares one budget of "
+                f"{gate.rate:g}/s ({limit}), so a flooding publisher can crowd a valid one out")
+        if allowed:
             return True
         reason = self.core.reject(f"publisher over {limit} {gate.rate:g}/s: {what} dropped unread",
                                   teleop=what != "chunk")
@@ -354,6 +360,9 @@ class ControllerNode(Node):
             "robot_state_age_s": float("nan") if snap is None else time.monotonic() - snap.mono,
             "control_thread": stuck or "ok",
             "chunk_publishers": publishers,
+            # messages whose publisher rmw did not identify: those share one rate budget instead of one each
+            "chunks_without_publisher_id": self._chunk_gate.unidentified,
+            "teleop_without_publisher_id": self._teleop_gate.unidentified,
         }
         message = f"{state} ({status['command_source']}): {status['reason']}"
         if publishers > 1:  # two policies (or a stray node) steering one arm

@@ -99,6 +99,7 @@ def test_doctor_reaches_a_simulated_robot_and_fails_on_a_closed_port(capsys):
         _, checks = doctor(capsys, "--robot-ip", cell.robot_ip)
     assert checks["robot"]["status"] == "ok", checks["robot"]
     assert f"{cell.robot_ip}:1337 accepts" in checks["robot"]["detail"]
+    assert "a TCP connect only" in checks["robot"]["detail"]  # ok says what it did not check: no libfranka handshake
     closed = closed_port_address()
     code, checks = doctor(capsys, "--robot-ip", closed, "--timeout", "1")
     assert code == 1 and checks["robot"]["status"] == "fail"

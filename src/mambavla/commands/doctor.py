@@ -71,8 +71,8 @@ class Check:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("doctor", help="check a robot PC: GPU, ROS, DDS, real-time setup, robot, cameras, "
                                              "checkpoint; says how to fix what is wrong")
-    p.add_argument("--robot-ip", help="FCI address of the arm: checks it answers on libfranka's port, and makes the "
-                                      "real-time checks failures rather than warnings")
+    p.add_argument("--robot-ip", help="FCI address of the arm: checks it accepts a TCP connection on libfranka's port "
+                                      "(no handshake), and makes the real-time checks failures rather than warnings")
     p.add_argument("--checkpoint", help="checkpoint folder: checks it loads and its cameras match --camera")
     p.add_argument("--camera", action="append", default=[], metavar="NAME=TOPIC",
                    help="a camera as robot.launch.py's cameras:= names it (repeat per camera): its topic is checked "
@@ -337,8 +337,10 @@ def check_robot(address: str, timeout: float) -> Check:
     except OSError as err:
         return Check(name, FAIL, f"cannot reach {address}: {err}",
                      f"check this PC has a route to {address} (ip addr; the arm's network)")
-    return Check(name, OK, f"{address}:{LIBFRANKA_COMMAND_PORT} accepts connections (libfranka/FCI) in "
-                           f"{(time.monotonic() - started) * 1e3:.0f} ms")
+    # a TCP connect only: no libfranka handshake, so neither the FCI version nor the arm's state is checked here
+    return Check(name, OK, f"{address}:{LIBFRANKA_COMMAND_PORT} accepts TCP connections in "
+                           f"{(time.monotonic() - started) * 1e3:.0f} ms (a TCP connect only: libfranka's handshake, "
+                           "its version and the arm's state come when controller_node connects)")
 
 
 def check_cameras(cameras: dict[str, str], listen: float) -> list[Check]:

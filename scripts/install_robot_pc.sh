@@ -122,7 +122,7 @@ fi
 (cd "$WS" && "$VENV/bin/python" -m colcon build --base-paths src --event-handlers console_cohesion+)
 
 say "checking the installed node scripts start $VENV/bin/python"
-for script in controller_node policy_node sim_node mambavla; do
+for script in controller_node policy_node sim_node recorder_node mambavla; do
     path="$WS/install/mambavla/lib/mambavla/$script"
     [ -x "$path" ] || die "$path was not installed"
     shebang=$(head -1 "$path")

@@ -94,6 +94,15 @@ def test_every_module_the_code_imports_is_installed_on_a_robot_pc(robot_requirem
     assert not missing, f"imported by src/mambavla but not installed by {SCRIPT.name}: {missing}"
 
 
+def test_the_script_checks_the_shebang_of_every_console_script_setup_py_installs():
+    setup = ast.parse((ROOT / "setup.py").read_text())
+    entries = next(ast.literal_eval(k.value)["console_scripts"] for k in ast.walk(setup)
+                   if isinstance(k, ast.keyword) and k.arg == "entry_points")
+    installed = {entry.split("=")[0].strip() for entry in entries}
+    checked = re.search(r"^for script in ([^;]+); do$", SCRIPT.read_text(), re.M).group(1).split()
+    assert sorted(checked) == sorted(installed), "a node script the install does not check could start /usr/bin/python3"
+
+
 def test_package_xml_names_every_ros_package_the_code_imports_and_the_script_installs_them():
     depends = {e.text for e in ET.parse(ROOT / "package.xml").getroot().iter("exec_depend")}
     assert not (imported_modules() & ROS_MODULES) - depends

@@ -65,6 +65,7 @@ from mambavla.ros.convert import pose_to_msg, seconds_to_stamp, stamp_to_seconds
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.ros.params import declare, refuse_undeclared
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, STATE_QOS
+from mambavla.ros.services import answer_trigger
 from mambavla.ros.spin import EXECUTOR_THREADS
 from mambavla.ros.startup import run_until_stopped
 from mambavla.spaces import ACTION_NAMES, FRANKA_MAX_FINGER_WIDTH, pose_to_vector
@@ -289,27 +290,17 @@ class ControllerNode(Node):
             self.get_logger().warning(f"rejected gripper command: {reason}", throttle_duration_sec=1.0)
 
     def _on_use(self, source: str, response: Trigger.Response) -> Trigger.Response:
-        response.success, response.message = True, self.core.set_source(source)
-        self.get_logger().info(f"~/use_{source}: {response.message}")
-        return response
+        return answer_trigger(self, f"use_{source}", response, (True, self.core.set_source(source)))
 
     def _on_service(self, name: str, response: Trigger.Response) -> Trigger.Response:
         stuck = self.control.stuck()
         if stuck:
-            response.success, response.message = False, f"{name} refused: {stuck}"
+            result = False, f"{name} refused: {stuck}"
         else:
-            result = self.control.request(name, SERVICE_WAIT)
-            if result is None:
-                response.success, response.message = False, (
-                    f"{name}: not done within {SERVICE_WAIT} s ({self.control.stuck() or 'control thread busy'}); "
-                    "cancelled")
-            else:
-                response.success, response.message = result
-        if response.success:  # rclpy refuses two severities from one call site
-            self.get_logger().info(f"~/{name}: {response.message}")
-        else:
-            self.get_logger().warning(f"~/{name} refused: {response.message}")
-        return response
+            result = self.control.request(name, SERVICE_WAIT) or (False, (
+                f"{name}: not done within {SERVICE_WAIT} s ({self.control.stuck() or 'control thread busy'}); "
+                "cancelled"))
+        return answer_trigger(self, name, response, result)
 
     def _publish_state(self) -> None:
         snap = self.loop.snapshot

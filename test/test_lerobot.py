@@ -523,3 +523,22 @@ def test_export_refuses_a_non_empty_output_folder(ours, tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(LeRobotError, match="not empty"):
         export_lerobot([ours], tmp_path, progress=False)
+
+
+def test_episodes_recorded_at_one_rate_export_together_whatever_their_measured_intervals(tmp_path):
+    def bag(path, dt, frames=4):
+        with EpisodeWriter(path, ("front",), SIZE, dt, {}) as w:
+            w.write_instruction(0.0, "lift the red cube")
+            pos, quat = spaces.vector_to_pose(np.array([0.45, 0.0, 0.3, 0.0, 0.0, 0.0]))
+            for t in range(frames):
+                w.write_frame(t * dt, {"front": scene(t, 0)}, HOME_JOINTS, np.full(2, 0.04), pos, quat,
+                              np.zeros(7))
+
+    # the recorder's dt is the median interval of the camera's stamps: microseconds apart from episode to episode
+    bag(tmp_path / "bags/episode_000000", 1 / FPS)
+    bag(tmp_path / "bags/episode_000001", 1 / FPS + 3e-6)
+    summary = export_lerobot([tmp_path / "bags"], tmp_path / "lr", codec="mpeg4", progress=False)
+    assert summary["episodes"] == 2 and summary["fps"] == FPS
+    bag(tmp_path / "bags/episode_000002", 2 / FPS)
+    with pytest.raises(LeRobotError, match=r"episode_000002: cameras \['front'\].*10 fps.*20 fps"):
+        export_lerobot([tmp_path / "bags"], tmp_path / "lr2", codec="mpeg4", progress=False)

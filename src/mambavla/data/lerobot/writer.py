@@ -220,7 +220,7 @@ def export_lerobot(sources: Sequence[str | Path], out: str | Path, codec: str = 
     out.mkdir(parents=True, exist_ok=True)
 
     cameras: tuple[str, ...] | None = None
-    size = fps = dt = None
+    size = fps = None
     videos: dict[str, _VideoFiles] = {}
     data = _DataFiles(out, data_file_mb)
     tasks: dict[str, int] = {}
@@ -230,12 +230,14 @@ def export_lerobot(sources: Sequence[str | Path], out: str | Path, codec: str = 
         for episode_index, path in enumerate(tqdm(paths, desc="export LeRobot", unit="episode", disable=not progress)):
             ep = read_episode(path)
             ep_dt = float(ep.meta.get("dt") or np.median(np.diff(ep.times)))
+            # a recorded dt is the camera's measured median interval: episodes at one rate differ in microseconds
+            ep_fps = _fps(ep_dt, path)
             if cameras is None:
-                cameras, size, dt, fps = tuple(ep.images), tuple(ep.image_size), ep_dt, _fps(ep_dt, path)
+                cameras, size, fps = tuple(ep.images), tuple(ep.image_size), ep_fps
                 videos = {c: _VideoFiles(out, IMAGE_PREFIX + c, fps, size, codec, crf, video_file_mb) for c in cameras}
-            elif tuple(ep.images) != cameras or (cameras and tuple(ep.image_size) != size) or abs(ep_dt - dt) > 1e-6:
+            elif tuple(ep.images) != cameras or (cameras and tuple(ep.image_size) != size) or ep_fps != fps:
                 raise LeRobotError(f"{path}: cameras {list(ep.images)} at {ep.image_size if ep.images else '-'}, "
-                                   f"dt {ep_dt} s; the first episode had {list(cameras)} at {size}, dt {dt} s. "
+                                   f"{ep_fps} fps; the first episode had {list(cameras)} at {size}, {fps} fps. "
                                    f"One LeRobot dataset holds one layout: export these episodes separately")
             task_index = tasks.setdefault(ep.instruction, len(tasks))
             table = _frame_table(ep, episode_index, total, task_index, fps)
@@ -293,7 +295,7 @@ def export_lerobot(sources: Sequence[str | Path], out: str | Path, codec: str = 
     write_json(out / INFO_PATH, info)
     write_json(out / MARKER_PATH, {
         "format": MARKER_FORMAT, "rotation": "rotation vector relative to spaces.EE_REFERENCE_QUAT (gripper down)",
-        "gripper": "closed-is-1", "actions": "absolute", "dt": dt, "episodes": marker_episodes})
+        "gripper": "closed-is-1", "actions": "absolute", "dt": 1.0 / fps, "episodes": marker_episodes})
     return {"out": str(out), "episodes": len(rows), "frames": total, "fps": fps, "tasks": len(tasks),
             "cameras": list(cameras), "image_size": list(size) if cameras else None,
             "codec": f"{codec} ({CODECS[codec][0]})",

@@ -130,13 +130,36 @@ def dockerfile_run_lines() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def dockerfile_copied() -> set[str]:
+    """The sources of the Dockerfile's COPY instructions, as written."""
+    copies = [line.split()[1:-1] for line in dockerfile_run_lines() if line.startswith("COPY ")]
+    return {source for sources in copies for source in sources}
+
+
+def test_the_dockerfile_copies_every_file_setup_py_installs(monkeypatch):
+    # glob() in setup.py finds nothing in a folder the image lacks, so colcon would build without it: a launch file
+    # or config missing only at run time
+    import runpy
+
+    import setuptools
+
+    arguments = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: arguments.update(kwargs))
+    monkeypatch.chdir(ROOT)
+    runpy.run_path(str(ROOT / "setup.py"))
+    sources = {Path(f).parts[0] for _, files in arguments["data_files"] for f in files}
+    sources |= set(arguments["package_dir"].values())
+    assert {"launch", "config", "src", "package.xml"} <= sources
+    missing = sources - dockerfile_copied()
+    assert not missing, f"setup.py installs from what the image does not copy: {missing}"
+
+
 def test_the_dockerfile_installs_through_the_script_and_pins_nothing_itself():
     instructions = dockerfile_run_lines()
     runs = [line for line in instructions if line.startswith("RUN ")]
     assert any("bash scripts/install_robot_pc.sh" in line for line in runs)
     assert not [line for line in runs if "pip " in line or "==" in line], "the Dockerfile pins packages of its own"
-    copies = [line.split()[1:-1] for line in instructions if line.startswith("COPY ")]
-    copied = {source for sources in copies for source in sources}
+    copied = dockerfile_copied()
     assert {"requirements.lock", "package.xml", "scripts/install_robot_pc.sh"} <= copied
     allowed = {line[1:].rstrip("/") for line in (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
                if line.startswith("!")}

@@ -358,6 +358,7 @@ BAD_TWISTS = {
     "inf-angular": (dict(linear=(0.0, 0.0, 0.0), angular=(0.0, np.inf, 0.0)), "non-finite"),
     "absurd-speed": (dict(linear=(0.0, 40.0, 0.0), angular=(0.0, 0.0, 0.0)), "too fast"),
     "absurd-turn": (dict(linear=(0.0, 0.0, 0.0), angular=(0.0, 0.0, 100.0)), "too fast"),
+    "nan-stamp": (dict(linear=(0.1, 0.0, 0.0), angular=(0.0, 0.0, 0.0), stamp=np.nan), "non-finite"),
     "stale": (dict(linear=(0.1, 0.0, 0.0), angular=(0.0, 0.0, 0.0), stamp=-10.0), "stale"),
     "future": (dict(linear=(0.1, 0.0, 0.0), angular=(0.0, 0.0, 0.0), stamp=1e9), "future"),
     "frame": (dict(linear=(0.1, 0.0, 0.0), angular=(0.0, 0.0, 0.0), frame="camera"), "frame"),
@@ -432,7 +433,8 @@ def test_a_publisher_over_its_message_budget_is_gated_and_others_are_not():
 def test_publishers_the_middleware_does_not_identify_share_one_budget_and_are_counted():
     from mambavla.control.teleop import RateGate
 
-    def valid_taken(flood_key: bytes, valid_key: bytes) -> int:  # a 5 Hz publisher beside a 2 kHz flood, for 1 s
+    def valid_taken(flood_key: bytes, valid_key: bytes) -> tuple[int, int]:
+        """Messages taken from a 5 Hz publisher beside a 2 kHz flood over 1 s, and the unidentified count."""
         gate = RateGate(rate_hz=50.0, burst=5.0)
         taken = 0
         for k in range(1, 2001):

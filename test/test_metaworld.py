@@ -167,3 +167,12 @@ def test_without_metaworld_collect_stops_with_the_fix(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert "make metaworld" in done.stderr and "Traceback" not in done.stderr
     assert not pack.exists()
+
+
+def test_a_missing_instruction_table_names_the_script_that_writes_one(tmp_path):
+    from mambavla.sim.metaworld.demos import read_instruction_table
+
+    with pytest.raises(FileNotFoundError, match="scripts/metaworld_instructions.py") as err:
+        read_instruction_table(tmp_path / "missing.npz")
+    script = str(err.value).split("`python ")[1].split()[0]
+    assert (ROOT / script).is_file()

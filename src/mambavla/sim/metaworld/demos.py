@@ -237,7 +237,7 @@ def read_instruction_table(path: str | Path) -> dict[str, np.ndarray]:
     else:
         raise FileNotFoundError(
             f"{path}: no instruction table; write one with "
-            "`mambavla collect --suite metaworld --write-instructions FILE` where the encoder is installed"
+            "`python scripts/metaworld_instructions.py FILE` where the encoder is installed"
         )
     missing = sorted({text for text, _ in suite.TASKS.values()} - set(texts))
     if missing:

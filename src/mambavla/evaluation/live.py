@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +74,6 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from mambavla.ros.convert import pose_to_msg, rgb_to_image, seconds_to_stamp, trajectory_to_chunk
     from mambavla.ros.diagnostics import status_values
     from mambavla.ros.launcher import NodeProcess
     from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
@@ -94,7 +95,6 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
         "max_observation_age": schedule.max_observation_age,
         "infer_rate_hz": 1.0 / schedule.infer_period,
     }
-    base_frame = params.get("base_frame", "fr3_link0")
 
     # a context of its own, in the private domain: the calling process may have rclpy up in another one
     context = Context()
@@ -115,10 +115,16 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
 
     node.create_subscription(JointTrajectory, params.get("action_topic", "/action_chunk"), on_chunk, COMMAND_QOS)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, DIAGNOSTICS_QOS)
-    image_pubs = [node.create_publisher(Image, t, SENSOR_QOS) for t in camera_topics]
-    pose_pub = node.create_publisher(PoseStamped, params.get("ee_pose_topic", "/ee_pose"), STATE_QOS)
-    joint_pub = node.create_publisher(JointState, params.get("joint_states_topic", "/joint_states"), STATE_QOS)
-    instruction_pub = node.create_publisher(String, params.get("instruction_topic", "/instruction"), LATCHED_QOS)
+    link = _Link(
+        [node.create_publisher(Image, t, SENSOR_QOS) for t in camera_topics],
+        node.create_publisher(PoseStamped, params.get("ee_pose_topic", "/ee_pose"), STATE_QOS),
+        node.create_publisher(JointState, params.get("joint_states_topic", "/joint_states"), STATE_QOS),
+        node.create_publisher(String, params.get("instruction_topic", "/instruction"), LATCHED_QOS),
+        lock,
+        received,
+        params.get("base_frame", "fr3_link0"),
+        log,
+    )
     spin = BackgroundSpin(node)
     policy = NodeProcess("policy_node", ["policy.yaml"], overrides, out / "policy_node.log")
     runs = []
@@ -136,22 +142,7 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
         for info, text in zip(infos, instructions):
             with lock:
                 received.clear()
-            chunks, recording, seconds = _play(
-                info,
-                text,
-                args.rate,
-                config,
-                node,
-                image_pubs,
-                pose_pub,
-                joint_pub,
-                instruction_pub,
-                lock,
-                received,
-                base_frame,
-                log,
-                (rgb_to_image, pose_to_msg, seconds_to_stamp, trajectory_to_chunk, String, JointState),
-            )
+            chunks, recording, seconds = _play(info, text, args.rate, config, link)
             spin.raise_if_failed(f"the chunks of {info.path.name}")  # no score from part of them
             runs.append((info.path.name, chunks, recording))
             recorded_s += seconds
@@ -177,38 +168,40 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
     return write_report(out, runs, limits, config.action_names, header)
 
 
-def _play(
-    info,
-    text,
-    rate,
-    config,
-    node,
-    image_pubs,
-    pose_pub,
-    joint_pub,
-    instruction_pub,
-    lock,
-    received,
-    base_frame,
-    log,
-    ros,
-) -> tuple[list[PredictedChunk], Recording, float]:
-    rgb_to_image, pose_to_msg, seconds_to_stamp, trajectory_to_chunk, String, JointState = ros
+@dataclass
+class _Link:
+    """The replay node's side of policy_node: what `_play` publishes on, and the chunks it hears (under `lock`)."""
+
+    image_pubs: list  # one per camera of the checkpoint, in its order
+    pose_pub: object
+    joint_pub: object
+    instruction_pub: object
+    lock: threading.Lock
+    received: list  # (wall time, JointTrajectory)
+    base_frame: str
+    log: Callable[[str], None]
+
+
+def _play(info, text, rate, config, link: _Link) -> tuple[list[PredictedChunk], Recording, float]:
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
+
+    from mambavla.ros.convert import pose_to_msg, rgb_to_image, seconds_to_stamp, trajectory_to_chunk
+
     cameras = list(config.cameras)
     roles = cameras + ["joint_states", "ee_pose", "actions"]
     messages = list(read_messages(info, roles))  # decoded up front: playback pace is not held up by decoding
     if not messages:
         raise ReplayError(f"{info.path}: no messages on the replayed topics")
     recording = Recording()
-    frames: dict[str, list[tuple[float, np.ndarray, float]]] = {
-        c: [] for c in cameras
-    }  # stamp, rgb (policy size), wall sent
-    instruction_pub.publish(String(data=text))
+    # camera -> (stamp, rgb at the policy's size, wall time sent) of every frame played
+    frames: dict[str, list[tuple[float, np.ndarray, float]]] = {c: [] for c in cameras}
+    link.instruction_pub.publish(String(data=text))
     time.sleep(1.0)  # the node applies the instruction (and resets its history) before the first frame
     r0 = messages[0].receipt
     start = time.time() + 0.2
     offset = start - r0  # bag time -> node (system) clock
-    log(f"playing {info.path.name} ({messages[-1].receipt - r0:.1f} s) into policy_node ...")
+    link.log(f"playing {info.path.name} ({messages[-1].receipt - r0:.1f} s) into policy_node ...")
     for m in messages:
         delay = start + (m.receipt - r0) / rate - time.time()
         if delay > 0:
@@ -216,27 +209,27 @@ def _play(
         stamp = m.stamp + offset
         if m.role in cameras:
             i = cameras.index(m.role)
-            image_pubs[i].publish(rgb_to_image(m.value, stamp, f"{m.role}_camera"))
+            link.image_pubs[i].publish(rgb_to_image(m.value, stamp, f"{m.role}_camera"))
             frames[m.role].append((m.stamp, resize_rgb(m.value, config.image_size), time.time()))
             continue
         recording.add(m.role, m.stamp, m.value)
         if m.role == "ee_pose":
-            pose_pub.publish(pose_to_msg(m.value[0], m.value[1], stamp, base_frame))
+            link.pose_pub.publish(pose_to_msg(m.value[0], m.value[1], stamp, link.base_frame))
         elif m.role == "joint_states":
             msg = JointState(name=list(m.value["names"]), position=[float(v) for v in m.value["positions"]])
             msg.header.stamp = seconds_to_stamp(stamp)
-            joint_pub.publish(msg)
+            link.joint_pub.publish(msg)
     time.sleep(1.5)  # chunks of the last frames
-    with lock:
-        got = list(received)
+    with link.lock:
+        got = list(link.received)
     pose_t, pose_v, _ = recording.pose_series()
     fingers_t = np.asarray(recording.finger_t)
     chunks = []
     for wall, msg in got:
         try:
-            chunk = trajectory_to_chunk(msg, base_frame)
+            chunk = trajectory_to_chunk(msg, link.base_frame)
         except ValueError as err:
-            log(f"policy_node published a malformed chunk: {err}")
+            link.log(f"policy_node published a malformed chunk: {err}")
             continue
         bag_stamp = chunk.stamp - offset
         images, sent = {}, []

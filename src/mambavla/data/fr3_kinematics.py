@@ -1,9 +1,11 @@
 """FR3 forward kinematics: 7 arm joint angles -> the end-effector pose franky reports (`O_T_EE`).
 
 The model is the FR3 URDF that franky-sim ships (`franky_sim.urdf.URDF_PATH`, loaded with pinocchio, both
-installed with franky-sim). The end effector is the Franka Hand's TCP: the flange (`link8`) moved 0.1034 m
-along its z axis and turned -pi/4 about it, the `F_T_EE` that libfranka and franky-sim use by default, so
-poses computed here line up with the `/ee_pose` our recordings hold.
+installed with franky-sim). The end effector is the Franka Hand's TCP as franky-sim places it
+(`RobotParameters.ee_tcp_xyz` / `ee_tcp_rpy`: the flange `link8` moved 0.1034 m along its z axis and turned
+-pi/4 about it, as `fr3_hand_joint` and `fr3_hand_tcp_joint` place `fr3_hand_tcp` in Franka's FR3 URDF), so
+poses computed here line up with the `/ee_pose` our recordings hold. A dataset recorded with another end
+effector configured in Desk has another `F_T_EE`, which these poses do not know.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ import functools
 import numpy as np
 
 FLANGE_FRAME = "link8"
-HAND_TCP_XYZ = (0.0, 0.0, 0.1034)  # m, flange -> TCP (Franka Hand)
-HAND_TCP_RPY = (0.0, 0.0, -np.pi / 4)
 
 
 @functools.lru_cache(maxsize=1)
 def _model():
     import pinocchio as pin
+    from franky_sim.base_simulator import RobotParameters
     from franky_sim.urdf import URDF_PATH
 
     model = pin.buildModelFromUrdf(str(URDF_PATH))
-    tcp = pin.SE3(pin.rpy.rpyToMatrix(*HAND_TCP_RPY), np.array(HAND_TCP_XYZ))
+    hand = RobotParameters()  # flange -> TCP, as franky-sim reports O_T_EE
+    tcp = pin.SE3(pin.rpy.rpyToMatrix(*hand.ee_tcp_rpy), np.array(hand.ee_tcp_xyz))
     return model, model.getFrameId(FLANGE_FRAME), tcp
 
 

@@ -19,7 +19,6 @@ and counted (`dropped`): the figure a recording that kept up shows as 0.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -37,16 +36,11 @@ from mambavla.data.bags import (
     JOINT_STATE_TOPIC,
     EpisodeWriter,
     camera_topic,
-    is_bag_dir,
 )
 
 STATE_TOPICS = (JOINT_STATE_TOPIC, EE_POSE_TOPIC, ACTION_TOPIC)
 READY, RECORDING, RESETTING = "READY", "RECORDING", "RESETTING"
 FRESH = 2.0  # s: a stream whose last message is older is not live
-
-
-def episode_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in Path(root).glob("episode_*") if is_bag_dir(p))
 
 
 def next_episode_path(root: Path) -> Path:
@@ -103,7 +97,6 @@ class EpisodeRecorder:
         self.episode: Episode | None = None
         self._reset_until = 0.0
         self._last_seen: dict[str, float] = {}  # input -> monotonic time of its last message
-        self._last_size: dict[str, tuple[int, int]] = {}
         self.frames_in = 0  # camera messages offered while recording
         self.frames_written = 0
         self.dropped = 0
@@ -333,8 +326,3 @@ def _remove(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
-
-
-def read_sidecars(root: str | Path) -> list[dict]:
-    """The sidecars of the episodes under `root`, in order."""
-    return [json.loads((p / "episode.json").read_text()) for p in episode_dirs(root) if (p / "episode.json").exists()]

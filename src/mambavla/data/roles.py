@@ -222,14 +222,7 @@ def _discover(info: BagInfo, reader, cameras: Sequence[str], action_names: Seque
             continue
         named = [t for t in images if cam.lower() in t.lower()]
         raw = [t for t in named if not (t.endswith("/compressed") and t[: -len("/compressed")] in named)]
-        if len(raw) == 1:
-            info.roles[cam] = raw[0]
-            info.notes.append(f"camera {cam}: {raw[0]} (found by name)")
-        elif len(raw) > 1:
-            raise BagError(
-                f"{info.path}: camera {cam!r} matches several topics ({', '.join(raw)}); choose one with "
-                f"--map {cam}=TOPIC. The bag has:\n{info.table()}"
-            )
+        _assign(info, cam, raw, f"camera {cam}", " (found by name)")
     for role, types in ROLE_TYPES.items():
         if role in info.roles or role == "target_pose":  # a target pose looks like the measured one: never guessed
             continue
@@ -247,15 +240,19 @@ def _discover(info: BagInfo, reader, cameras: Sequence[str], action_names: Seque
             named = whole if len(candidates) > 1 and len(whole) >= 1 else [t for t in named if t in candidates]
         elif role == "instruction":
             candidates = named  # a String topic is an instruction only by name
-        pick = candidates if len(candidates) == 1 else named
-        if len(pick) == 1:
-            info.roles[role] = pick[0]
-            info.notes.append(f"{role}: {pick[0]}")
-        elif len(pick) > 1:
-            raise BagError(
-                f"{info.path}: {role} matches several topics ({', '.join(pick)}); choose one with "
-                f"--map {role}=TOPIC. The bag has:\n{info.table()}"
-            )
+        _assign(info, role, candidates if len(candidates) == 1 else named, role)
+
+
+def _assign(info: BagInfo, role: str, topics: list[str], label: str, how: str = "") -> None:
+    """The one topic found for `role` fills it (noted as `label`: topic`how`); several are refused; none leave it."""
+    if len(topics) == 1:
+        info.roles[role] = topics[0]
+        info.notes.append(f"{label}: {topics[0]}{how}")
+    elif len(topics) > 1:
+        raise BagError(
+            f"{info.path}: {label} matches several topics ({', '.join(topics)}); choose one with "
+            f"--map {role}=TOPIC. The bag has:\n{info.table()}"
+        )
 
 
 def _first(reader, topic: str):

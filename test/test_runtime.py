@@ -10,7 +10,7 @@ from observations import instruction_change_chunks
 from mambavla.data.images import area_weights, resize_rgb
 from mambavla.model.checkpoint import convert_checkpoint, load_checkpoint, save_checkpoint
 from mambavla.runtime import ActionChunk, PolicyRuntime
-from mambavla.runtime.policy_runtime import AreaResize
+from mambavla.runtime.upload import AreaResize
 
 
 def _obs(runtime: PolicyRuntime, seed: int = 0, stamp: float = 12.5) -> dict:

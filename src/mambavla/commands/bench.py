@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
                 entry["set_instruction_ms_first"] = instruction_ms
                 entry["parameters"] = runtime.model.parameter_counts()
             else:
-                entry[mode]["kernels_per_step"] = runtime._graph.kernels_per_step()
+                entry[mode]["kernels_per_step"] = runtime.step_backend.graph.kernels_per_step()
             if compile_step:
                 entry[mode]["compile_mode"] = runtime.compile_mode
                 entry[mode]["first_chunk_max_abs_diff_vs_cuda_graph"] = float(

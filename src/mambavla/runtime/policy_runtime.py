@@ -17,15 +17,14 @@ from mambavla.model.checkpoint import load_checkpoint
 from mambavla.model.config import check_noise_scale, preset
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.runtime.backends import KV_CAPACITY_FRAMES, StepBackend, open_backend
-from mambavla.runtime.backends.cuda_graph import COMPILE_MODES, COMPILED_REGIONS, GraphStep, StepGraph, cuda_work
+from mambavla.runtime.backends.cuda_graph import GraphStep, StepGraph, cuda_work
 from mambavla.runtime.chunk import ActionChunk
 from mambavla.runtime.inputs import check_observation
 from mambavla.runtime.policy_config import DTYPES
 from mambavla.runtime.stream_batch import StreamBatch
-from mambavla.runtime.upload import AreaResize, DeviceInputs, PinnedUpload
+from mambavla.runtime.upload import DeviceInputs
 
-__all__ = ["COMPILED_REGIONS", "COMPILE_MODES", "DTYPES", "KV_CAPACITY_FRAMES", "AreaResize", "PinnedUpload",
-           "PolicyRuntime", "cuda_work", "runtime_dtype"]
+__all__ = ["DTYPES", "PolicyRuntime", "cuda_work", "runtime_dtype"]  # cuda_work: scripts/kernel_profile.py
 
 
 class PolicyRuntime:
@@ -68,7 +67,7 @@ class PolicyRuntime:
             model, device, backend, dtype=dtype, cuda_graph=cuda_graph, compile_step=compile_step,
             kv_capacity_frames=kv_capacity_frames, onnx_path=onnx_path, threads=threads,
             onnx_cuda_options=onnx_cuda_options)
-        self.backend, self.kv_capacity_frames = backend, kv_capacity_frames
+        self.backend = backend
         self.device, self.dtype = self.step_backend.device, self.step_backend.dtype  # torch's part of the step
         self.model = model.to(self.device, self.dtype).eval()
         self.config = model.config

@@ -12,7 +12,7 @@ from sim_fixtures import running_workcell
 from mambavla.control import ControllerState
 from mambavla.control.config import SIM_PARAM_FILES, TrackingParams, controller_core, load_params
 from mambavla.control.gripper import GripperWorker
-from mambavla.control.loop import ControlLoop
+from mambavla.control.loop import ControlLoop, SteppedClock
 from mambavla.runtime.chunk import ActionChunk
 from mambavla.sim.workcell import OPEN_WIDTH
 from mambavla.spaces import pose_to_vector
@@ -23,27 +23,17 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 TICK = 0.01  # s of controller time per tick (rate_hz 100 in controller_sim.yaml)
 
 
-class StepClock:
-    """The loop's clock, advanced by the test: controller time and monotonic time alike."""
-
-    def __init__(self, t: float = 100.0):
-        self.t = t
-
-    def __call__(self) -> tuple[float, float]:
-        return self.t, self.t
-
-
 @pytest.fixture(scope="module")
 def workcell():
     with running_workcell() as handles:
         yield handles
 
 
-def make_loop(robot, gripper=None, **overrides) -> tuple[ControlLoop, StepClock]:
+def make_loop(robot, gripper=None, **overrides) -> tuple[ControlLoop, SteppedClock]:
     params = {**load_params(SIM_PARAM_FILES), **overrides}
     tracking = TrackingParams.from_params(params)
     assert tracking.rate_hz == pytest.approx(1.0 / TICK)
-    clock = StepClock()
+    clock = SteppedClock(100.0)
     loop = ControlLoop(controller_core(params), tracking, clock)
     loop.attach(robot, gripper)
     return loop, clock

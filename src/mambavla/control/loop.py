@@ -33,6 +33,17 @@ from mambavla.control.gripper import GripperWorker
 Clock = Callable[[], tuple[float, float]]  # -> (now, mono), seconds
 
 
+class SteppedClock:
+    """A clock its owner advances (lockstep simulation, tests): `t` is both the controller time and the monotonic
+    time."""
+
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> tuple[float, float]:
+        return self.t, self.t
+
+
 class RobotSnapshot(NamedTuple):
     """The robot state the loop read last."""
 

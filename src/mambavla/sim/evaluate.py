@@ -28,7 +28,7 @@ import numpy as np
 from mambavla.control import ControllerState
 from mambavla.control.config import SIM_PARAM_FILES, TrackingParams, controller_core, load_params
 from mambavla.control.gripper import GripperWorker
-from mambavla.control.loop import ControlLoop
+from mambavla.control.loop import ControlLoop, SteppedClock
 from mambavla.realtime import keep_thread_scheduling
 from mambavla.sim.stats import percentiles, wilson_interval
 from mambavla.sim.tasks import EVAL_SEED_BASE
@@ -163,7 +163,7 @@ class SimEvaluator:
         result = EpisodeResult(task, seed)
         wall0 = time.perf_counter()
         core = controller_core(self.params)
-        clock = SimClock()
+        clock = SteppedClock()
         loop = ControlLoop(core, self.tracking, clock, before_blocking=self.cell.release)
         try:
             self.cell.release()
@@ -196,7 +196,7 @@ class SimEvaluator:
         result.wall_seconds = time.perf_counter() - wall0
         return result
 
-    def _drive(self, loop: ControlLoop, clock: SimClock, result: EpisodeResult, keep_frames: bool) -> None:
+    def _drive(self, loop: ControlLoop, clock: SteppedClock, result: EpisodeResult, keep_frames: bool) -> None:
         """Run the control loop in simulated time, one event (tick, observation, submission) per hold."""
         cell, runtime, core = self.cell, self.runtime, loop.core
         tick, period = 1.0 / self.tracking.rate_hz, runtime.policy_period
@@ -270,16 +270,6 @@ class SimEvaluator:
         if keep_frames:
             result.frames.append(np.concatenate([images[c] for c in cameras], axis=1))
         return chunk
-
-
-class SimClock:
-    """The control loop's clock in lockstep: simulated time, set per event; it is the monotonic time too."""
-
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self) -> tuple[float, float]:
-        return self.t, self.t
 
 
 def write_trace(result: EpisodeResult, folder: Path) -> tuple[Path, Path]:

@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from mambavla import spaces
-from mambavla.data.roles import BagError, BagInfo, arm_joint_order, finger_positions
+from mambavla.data.roles import BagError, BagInfo, arm_joint_order, finger_positions, typestore
 
 FORMAT = "mambavla-episode/1"
 SIDECAR = "episode.json"
@@ -64,12 +64,6 @@ TYPES = {
 
 def camera_topic(name: str) -> str:
     return f"/cameras/{name}/image_raw"
-
-
-def _typestore():
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_KILTED)
 
 
 def _latched_qos():
@@ -140,7 +134,7 @@ class EpisodeWriter:
         self.cameras, self.image_size, self.dt = tuple(cameras), tuple(image_size), float(dt)
         self.meta = dict(meta or {})
         self.frames = 0
-        self._ts = _typestore()
+        self._ts = typestore()
         self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
         if compression != "none":
             self._writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)

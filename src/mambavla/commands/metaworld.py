@@ -13,29 +13,40 @@ SUITE_HELP = (
 )
 
 
-def add_collect_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("--suite metaworld (writes a training pack of expert demonstrations)")
+def add_shared_arguments(g: argparse._ArgumentGroup, tasks_flag: str) -> None:
+    """--suite and the Meta-World options collect and eval-sim share; `tasks_flag` is eval-sim's --metaworld-tasks,
+    its --tasks naming workcell families."""
     g.add_argument("--suite", choices=SUITES, default="workcell", help=SUITE_HELP)
     g.add_argument(
-        "--tasks",
+        tasks_flag,
         nargs="+",
         default=["all"],
         metavar="TASK",
         help="Meta-World tasks (e.g. reach-v3), groups (easy medium hard very_hard) or all (default)",
     )
     g.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="parallel processes, one task at a time each (default 0: one per CPU core)",
+    )
+    g.add_argument(
+        "--instructions",
+        metavar="TABLE",
+        help="instruction embeddings (scripts/metaworld_instructions.py, or a training pack's folder) where the "
+        "language encoder's weights are not (default: the encoder)",
+    )
+
+
+def add_collect_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("--suite metaworld (writes a training pack of expert demonstrations)")
+    add_shared_arguments(g, "--tasks")
+    g.add_argument(
         "--stride",
         type=int,
         default=None,
         metavar="STEPS",
         help="environment steps (12.5 ms) per policy frame (default 4: the policy observes at 20 Hz)",
-    )
-    g.add_argument("--workers", type=int, default=0, help="parallel processes (default 0: one per CPU core)")
-    g.add_argument(
-        "--instructions",
-        metavar="TABLE",
-        help="instruction embeddings written by scripts/metaworld_instructions.py, where the language "
-        "encoder's weights are not (default: the encoder)",
     )
     g.add_argument(
         "--max-tries",
@@ -105,32 +116,13 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("--suite metaworld")
-    g.add_argument("--suite", choices=SUITES, default="workcell", help=SUITE_HELP)
-    g.add_argument(
-        "--metaworld-tasks",
-        nargs="+",
-        default=["all"],
-        metavar="TASK",
-        help="Meta-World tasks, groups (easy medium hard very_hard) or all (default)",
-    )
-    g.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="parallel processes, one task at a time each (default 0: one per CPU core)",
-    )
+    add_shared_arguments(g, "--metaworld-tasks")
     g.add_argument(
         "--max-steps",
         type=int,
         default=500,
         metavar="N",
         help="steps per episode (default 500, the protocol's; fewer only for smoke tests)",
-    )
-    g.add_argument(
-        "--instructions",
-        metavar="TABLE",
-        help="instruction embeddings (scripts/metaworld_instructions.py, or the training pack's folder) "
-        "where the language encoder's weights are not",
     )
 
 

@@ -3,6 +3,7 @@ bags out that `read_episode` reads; start / save / discard / mark success, refus
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -159,4 +160,35 @@ def test_saving_an_episode_whose_camera_rate_changed_warns_while_the_scene_is_st
     feed(recorder, typestore, 102.0, 20, dt=1 / 10)  # the camera fell to 10 Hz
     ok, text = recorder.save()
     assert ok and "warning: 20 of 39 frame intervals" in text and "'front' did not keep its rate" in text, text
+    recorder.close()
+
+
+def test_an_episode_started_while_the_last_one_is_still_being_written_keeps_its_frames(tmp_path, typestore):
+    recorder = EpisodeRecorder(tmp_path, CAMERAS, reset_time=0.0)  # as auto_start with no reset time runs
+    feed(recorder, typestore, 100.0, 1)
+    assert recorder.start("lift")[0]
+    feed(recorder, typestore, 101.0, 10)
+    closing, close = threading.Event(), recorder._close
+
+    def slow_close(episode, save):  # the writer thread still closing the first bag
+        closing.wait(10.0)
+        return close(episode, save)
+
+    recorder._close = slow_close
+    first: list = []
+    saver = threading.Thread(target=lambda: first.append(recorder.save()))
+    saver.start()
+    end = time.monotonic() + 10
+    while recorder.state == RECORDING and time.monotonic() < end:
+        time.sleep(0.001)
+    ok, text = recorder.start("lift")  # the next episode, while the first is being closed
+    assert ok, text
+    closing.set()
+    saver.join()
+    assert first[0] == (True, "saved episode_000000: 10 frames at 30.0 Hz, success False")
+    assert len(read_episode(tmp_path / "episode_000000")) == 10
+    feed(recorder, typestore, 102.0, 12)
+    ok, text = recorder.save()
+    assert ok and "12 frames" in text, text
+    assert len(read_episode(tmp_path / "episode_000001")) == 12 and recorder.status()["error"] == ""
     recorder.close()

@@ -58,8 +58,9 @@ class Episode:
     counts: dict[str, int] = field(default_factory=dict)  # messages written per bag topic
     frame_stamps: list[int] = field(default_factory=list)  # ns, first camera
     image_size: tuple[int, int] | None = None
-    frames_in0: int = 0  # the recorder's counters when the episode started
-    dropped0: int = 0
+    frames_in: int = 0  # camera messages offered
+    dropped: int = 0  # messages that did not fit the queue
+    closed: bool = False  # saved or discarded: what is still queued for it is not written
 
 
 class EpisodeRecorder:
@@ -112,25 +113,30 @@ class EpisodeRecorder:
     def on_camera(self, camera: str, ns: int, data: bytes, compressed: bool) -> None:
         """One camera message, CDR-serialised: sensor_msgs/Image, or CompressedImage if `compressed`."""
         self._last_seen[camera] = time.monotonic()
-        if self.state != RECORDING:
+        episode = self.episode
+        if episode is None:
             return
         self.frames_in += 1
-        self._offer(("camera", camera, ns, data, compressed))
+        episode.frames_in += 1
+        self._offer("camera", episode, len(data), (camera, ns, data, compressed))
 
     def on_state(self, topic: str, ns: int, data: bytes) -> None:
         """One message for a bag topic of STATE_TOPICS, CDR-serialised in that topic's type."""
         self._last_seen[topic] = time.monotonic()
-        if self.state == RECORDING:
-            self._offer(("state", topic, ns, data))
+        episode = self.episode
+        if episode is not None:
+            self._offer("state", episode, len(data), (topic, ns, data))
 
-    def _offer(self, item) -> None:
-        size = len(item[3])
+    def _offer(self, kind: str, episode: Episode, size: int, args: tuple) -> None:
+        """Queue a message for `episode`'s bag (the episode it arrived in, even if it ends before the writer gets to
+        it), or count it dropped when the queue's bytes are at the budget."""
         with self._bytes_lock:
             if self._queued_bytes + size > self._queue_budget:
                 self.dropped += 1
+                episode.dropped += 1
                 return
             self._queued_bytes += size
-        self._queue.put(item)
+        self._queue.put((kind, episode, size, args))
 
     def missing_inputs(self) -> list[str]:
         """Inputs with no message in the last FRESH seconds."""
@@ -155,10 +161,9 @@ class EpisodeRecorder:
             writer = EpisodeWriter(path, self.cameras, (0, 0), dt=0.0, image_format="jpeg",
                                    jpeg_quality=self.jpeg_quality,
                                    meta={**self.meta, "instruction": instruction, "source": "mambavla-record"})
-            self.episode = Episode(path, instruction, writer, time.monotonic(), frames_in0=self.frames_in,
-                                   dropped0=self.dropped)
-            self._queue.put(("instruction", instruction))
-            self.state, self.message = RECORDING, f"recording {path.name}: {instruction!r}"
+            episode = Episode(path, instruction, writer, time.monotonic())
+            self._queue.put(("instruction", episode, 0, (instruction,)))  # the bag's first message
+            self.episode, self.state, self.message = episode, RECORDING, f"recording {path.name}: {instruction!r}"
             return True, self.message
 
     def mark_success(self, success: bool = True) -> tuple[bool, str]:
@@ -178,16 +183,18 @@ class EpisodeRecorder:
         with self._lock:
             if self.state != RECORDING:
                 return False, "not recording"
+            # from here on callbacks queue nothing for it, and a start (after reset_time) opens the next one
+            episode, self.episode = self.episode, None
             self.state = RESETTING
             self._reset_until = time.monotonic() + self.reset_time
         done = threading.Event()
         result: list = []
-        self._queue.put(("finish", save, done, result))  # after every message queued before it
+        self._queue.put(("finish", episode, 0, (save, done, result)))  # after every message queued before it
         done.wait()
         ok, text = result
         with self._lock:
-            self.episode = None
-            self.message = f"{text}; reset the scene ({self.reset_time:.0f} s)"
+            if self.state != RECORDING:
+                self.message = f"{text}; reset the scene ({self.reset_time:.0f} s)"
         return ok, text
 
     def status(self) -> dict:
@@ -235,31 +242,32 @@ class EpisodeRecorder:
             item = self._queue.get()
             if item is None:
                 return
-            if item[0] in ("camera", "state"):
+            kind, episode, size, args = item
+            if size:
                 with self._bytes_lock:
-                    self._queued_bytes -= len(item[3])
+                    self._queued_bytes -= size
             try:
-                self._handle(item)
+                self._handle(kind, episode, args)
             except Exception as err:  # a bad message must not end the recorder; the status shows it
                 self.error = f"{type(err).__name__}: {err}"
-                if item[0] == "finish":
-                    item[3].extend([False, f"could not finish the episode: {self.error}"])
-                    item[2].set()
+                if kind == "finish":
+                    _, done, result = args
+                    result.extend([False, f"could not finish the episode: {self.error}"])
+                    done.set()
 
-    def _handle(self, item) -> None:
-        kind, episode = item[0], self.episode
+    def _handle(self, kind: str, episode: Episode, args: tuple) -> None:
         if kind == "finish":
-            _, save, done, result = item
+            save, done, result = args
             result.extend(self._close(episode, save))
             done.set()
-        elif episode is None:
+        elif episode.closed:  # offered while it was recording, queued after its finish
             return
         elif kind == "instruction":
-            episode.writer.write_instruction(time.time(), item[1])
+            episode.writer.write_instruction(time.time(), *args)
         elif kind == "camera":
-            self._write_camera(episode, *item[1:])
+            self._write_camera(episode, *args)
         else:
-            _, topic, ns, data = item
+            topic, ns, data = args
             episode.writer.write_serialized(topic, ns, data)
             episode.counts[topic] = episode.counts.get(topic, 0) + 1
 
@@ -291,6 +299,7 @@ class EpisodeRecorder:
         self.frames_written += 1
 
     def _close(self, episode: Episode, save: bool) -> tuple[bool, str]:
+        episode.closed = True
         name = episode.path.name
         if not save:
             episode.writer.abort()
@@ -313,7 +322,7 @@ class EpisodeRecorder:
         irregular = int(np.sum(np.abs(steps - dt) > 0.5 * dt))
         writer.close(success=bool(episode.success), counts=dict(episode.counts),
                      seconds=round(float(stamps[-1] - stamps[0]) / 1e9, 3), irregular_steps=irregular,
-                     frames_received=self.frames_in - episode.frames_in0, dropped=self.dropped - episode.dropped0)
+                     frames_received=episode.frames_in, dropped=episode.dropped)
         self.saved += 1
         text = f"saved {name}: {len(stamps)} frames at {1 / dt:.1f} Hz, success {episode.success}"
         if irregular:  # training refuses a bag whose frame rate changes: say so while the scene is still set up

@@ -124,3 +124,20 @@ def test_a_request_that_raises_is_answered_at_once_with_the_error_and_the_thread
         assert len(passes) > n and not control.stuck()  # idle passes go on
     finally:
         control.join(timeout=2.0)
+
+
+def test_a_fault_whose_robot_calls_raise_still_reports_error_instead_of_raising():
+    from types import SimpleNamespace
+
+    params = load_params(SIM_PARAM_FILES)
+    loop = ControlLoop(controller_core(params), TrackingParams.from_params(params), SteppedClock())
+
+    class Unreachable:
+        @property
+        def is_in_control(self):
+            raise RuntimeError("network: connection reset")
+
+    loop.robot, loop.tracker = Unreachable(), SimpleNamespace(stop=lambda: None)
+    loop.fault("reflex")  # called from the control thread's handler: an exception here would end that thread
+    assert loop.tracker is None and loop.core.state == ControllerState.ERROR
+    assert loop.franky_error == "reflex; stopping the motion also failed: network: connection reset"

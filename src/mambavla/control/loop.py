@@ -170,12 +170,13 @@ class ControlLoop:
     def fault(self, message: str) -> None:
         """franky reported an error: stop any motion still running, report ERROR (until `recover`)."""
         tracker, self.tracker = self.tracker, None
-        if tracker is not None and self.robot is not None and self.robot.is_in_control:
-            if self._before_blocking is not None:
-                self._before_blocking()
+        if tracker is not None and self.robot is not None:
             try:  # never leave an impedance motion running unattended after an error
-                tracker.stop()
-            except Exception as err:
+                if self.robot.is_in_control:
+                    if self._before_blocking is not None:
+                        self._before_blocking()
+                    tracker.stop()
+            except Exception as err:  # raised here, it would end the control thread with the arm still tracking
                 message = f"{message}; stopping the motion also failed: {err}"
         self.franky_error = message
         self.core.deactivate(f"franky: {message}", error=True)

@@ -260,3 +260,22 @@ def test_every_recorded_frame_is_read_at_rates_whose_interval_is_not_a_whole_nan
     episode = read_episode(tmp_path / "ep")
     assert len(episode) == 12
     assert episode.images["front"][-1, 0, 0, 0] == 110
+
+
+def test_a_topic_whose_first_message_does_not_deserialise_is_noted_when_roles_are_found(tmp_path):
+    from rosbags.rosbag2 import Reader, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from mambavla.data.roles import inspect
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    src, dst = _scene_episode(tmp_path / "src"), tmp_path / "broken"
+    with Reader(src) as reader, Writer(dst, version=9) as writer:
+        out = {c.topic: writer.add_connection(c.topic, c.msgtype, typestore=ts) for c in reader.connections}
+        broken = writer.add_connection("/gripper/joint_states", "sensor_msgs/msg/JointState", typestore=ts)
+        writer.write(broken, 1, b"\x00\x01\x00\x00\xff\xff\xff\x7f")  # a string length far past the message's end
+        for conn, stamp, raw in reader.messages():
+            writer.write(out[conn.topic], stamp, raw)
+    info = inspect(dst, ("front", "wrist"))
+    assert info.roles["joint_states"] == "/joint_states"  # the readable one still fills the role
+    assert any(n.startswith("/gripper/joint_states: unreadable (") for n in info.notes), info.notes

@@ -230,11 +230,11 @@ def _discover(info: BagInfo, reader, cameras: Sequence[str], action_names: Seque
         named = [t for t in candidates if any(h in t.lower() for h in HINTS[role])]
         if role == "actions":
             candidates = [
-                t for t in candidates if list(getattr(_first(reader, t), "joint_names", [])) == list(action_names)
+                t for t in candidates if list(getattr(_first(info, reader, t), "joint_names", [])) == list(action_names)
             ]
             named = [t for t in named if t in candidates]
         elif role == "joint_states":
-            names = {t: list(getattr(_first(reader, t), "name", [])) for t in candidates}
+            names = {t: list(getattr(_first(info, reader, t), "name", [])) for t in candidates}
             candidates = [t for t in candidates if finger_positions(names[t], [0.0] * len(names[t])) is not None]
             whole = [t for t in candidates if len(arm_joint_order(names[t])) == 7]
             named = whole if len(candidates) > 1 and len(whole) >= 1 else [t for t in named if t in candidates]
@@ -255,15 +255,15 @@ def _assign(info: BagInfo, role: str, topics: list[str], label: str, how: str = 
         )
 
 
-def _first(reader, topic: str):
-    """The first message on `topic`, deserialised (None if it has none or cannot be read)."""
+def _first(info: BagInfo, reader, topic: str):
+    """The first message on `topic`, deserialised (None if it has none or cannot be read, with a note saying why)."""
     ts = typestore()
     conns = [c for c in reader.connections if c.topic == topic]
     try:
         for conn, _, raw in reader.messages(connections=conns):
             return ts.deserialize_cdr(raw, conn.msgtype)
-    except Exception:  # an unreadable topic simply fills no role
-        return None
+    except Exception as err:  # an unreadable topic fills no role; the note says which and why
+        info.notes.append(f"{topic}: unreadable ({type(err).__name__}: {err}), not considered for a role")
     return None
 
 

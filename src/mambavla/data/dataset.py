@@ -340,9 +340,6 @@ def compute_norm_stats(dataset: EpisodeDataset) -> dict:
             idx = np.arange(T)[:, None] + np.arange(dataset.chunk)[None, :]  # (T, chunk)
             valid = idx < T
             chunks = ep.actions[np.minimum(idx, T - 1)].astype(np.float64)  # (T, chunk, 7)
-            obs_pos, obs_quat = spaces.vector_to_pose(ep.proprio[:, :6].astype(np.float64))  # (T, 3), (T, 4)
-            pos, quat = spaces.vector_to_pose(chunks[..., :6])
-            delta = spaces.absolute_to_delta(pos, quat, obs_pos[:, None], obs_quat[:, None])
-            parts.append(np.concatenate([delta, chunks[..., 6:7]], axis=-1)[valid])
+            parts.append(to_delta(chunks, ep.proprio[:, None])[valid])
         actions = np.concatenate(parts)
     return {"proprio": _stats(proprio), "actions": _stats(actions)}

@@ -192,3 +192,23 @@ def test_an_episode_started_while_the_last_one_is_still_being_written_keeps_its_
     assert ok and "12 frames" in text, text
     assert len(read_episode(tmp_path / "episode_000001")) == 12 and recorder.status()["error"] == ""
     recorder.close()
+
+
+def test_an_episode_cut_off_mid_recording_is_not_among_the_episodes_training_reads(tmp_path, typestore):
+    from mambavla.data.dataset import find_episodes
+
+    killed = EpisodeRecorder(tmp_path, CAMERAS)  # never saved nor closed: the process was killed
+    feed(killed, typestore, 100.0, 1)
+    assert killed.start("lift")[0]
+    feed(killed, typestore, 101.0, 10)
+    assert find_episodes(tmp_path) == []  # while recording, no bag sits among the episodes
+    recorder = EpisodeRecorder(tmp_path, CAMERAS)  # the next run
+    feed(recorder, typestore, 200.0, 1)
+    assert recorder.start("lift")[0]
+    feed(recorder, typestore, 201.0, 10)
+    ok, text = recorder.save()
+    assert ok and text.startswith("saved episode_000001"), text  # numbered after the one cut off
+    assert find_episodes(tmp_path) == [tmp_path / "episode_000001"]
+    assert len(read_episode(tmp_path / "episode_000001")) == 10
+    assert (tmp_path / ".partial" / "episode_000000").is_dir()  # left where it was, for whoever wants to look
+    recorder.close()

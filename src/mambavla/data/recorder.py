@@ -11,7 +11,9 @@ over each message serialised (CDR, as a raw rclpy subscription delivers it) with
                                           camera), cameras, image size, frames, per-topic counts
 
 An episode goes READY -> RECORDING (start) -> saved or discarded -> RESETTING (`reset_time` s, for the
-operator to reset the scene) -> READY. Messages arrive on callback threads and are queued; one writer thread
+operator to reset the scene) -> READY. Its bag is written in `.partial/episode_NNNNNN` and moved up once saved: a
+recorder killed mid-episode leaves it there, in a hidden folder that training and export skip, never a bag
+without its metadata among the episodes. Messages arrive on callback threads and are queued; one writer thread
 decodes, encodes and writes, so a slow disk or a JPEG encode never blocks a callback. The queue is bounded in
 bytes (`queue_mb`: raw frames are large, state messages small and many); a message that does not fit is dropped
 and counted (`dropped`): the figure a recording that kept up shows as 0.
@@ -20,6 +22,7 @@ and counted (`dropped`): the figure a recording that kept up shows as 0.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,9 +46,14 @@ READY, RECORDING, RESETTING = "READY", "RECORDING", "RESETTING"
 FRESH = 2.0  # s: a stream whose last message is older is not live
 
 
+PARTIAL = ".partial"  # under root: the bags of episodes not saved yet
+
+
 def next_episode_path(root: Path) -> Path:
-    taken = [int(p.name.split("_")[-1]) for p in Path(root).glob("episode_*") if p.name.split("_")[-1].isdigit()]
-    return Path(root) / f"episode_{max(taken, default=-1) + 1:06d}"
+    """The next episode's folder: numbered after every episode there, saved or left partial."""
+    names = [p.name for folder in (root, root / PARTIAL) if folder.is_dir() for p in folder.iterdir()]
+    taken = [int(m.group(1)) for n in names if (m := re.fullmatch(r"episode_(\d+)", n))]
+    return root / f"episode_{max(taken, default=-1) + 1:06d}"
 
 
 @dataclass
@@ -158,7 +166,7 @@ class EpisodeRecorder:
                 return False, (f"no messages for {FRESH:.0f} s on: {', '.join(missing)} (check the camera drivers, and "
                                "that controller_node is tracking: its ~/action is the recorded /action)")
             path = next_episode_path(self.root)
-            writer = EpisodeWriter(path, self.cameras, (0, 0), dt=0.0, image_format="jpeg",
+            writer = EpisodeWriter(self.root / PARTIAL / path.name, self.cameras, (0, 0), dt=0.0, image_format="jpeg",
                                    jpeg_quality=self.jpeg_quality,
                                    meta={**self.meta, "instruction": instruction, "source": "mambavla-record"})
             episode = Episode(path, instruction, writer, time.monotonic())
@@ -300,17 +308,25 @@ class EpisodeRecorder:
 
     def _close(self, episode: Episode, save: bool) -> tuple[bool, str]:
         episode.closed = True
+        try:
+            return self._close_bag(episode, save)
+        finally:
+            partial = self.root / PARTIAL
+            if partial.is_dir() and not any(partial.iterdir()):  # kept while it holds a bag a killed run left
+                partial.rmdir()
+
+    def _close_bag(self, episode: Episode, save: bool) -> tuple[bool, str]:
         name = episode.path.name
         if not save:
             episode.writer.abort()
-            _remove(episode.path)
+            _remove(episode.writer.path)
             self.discarded += 1
             return True, f"discarded {name}"
         empty = [t for t in [camera_topic(c) + "/compressed" for c in self.cameras] + list(self.required)
                  if not episode.counts.get(t)]
         if empty or len(episode.frame_stamps) < 2:
             episode.writer.abort()
-            _remove(episode.path)
+            _remove(episode.writer.path)
             self.discarded += 1
             what = f"no messages on {', '.join(empty)}" if empty else "fewer than 2 frames"
             return False, f"{name} not saved ({what}): training could not read it"
@@ -323,6 +339,7 @@ class EpisodeRecorder:
         writer.close(success=bool(episode.success), counts=dict(episode.counts),
                      seconds=round(float(stamps[-1] - stamps[0]) / 1e9, 3), irregular_steps=irregular,
                      frames_received=episode.frames_in, dropped=episode.dropped)
+        writer.path.rename(episode.path)
         self.saved += 1
         text = f"saved {name}: {len(stamps)} frames at {1 / dt:.1f} Hz, success {episode.success}"
         if irregular:  # training refuses a bag whose frame rate changes: say so while the scene is still set up

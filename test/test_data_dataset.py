@@ -1,5 +1,6 @@
 """Dataset windowing, delta actions, normalisation statistics, decode cache, LIBERO import."""
 
+import dataclasses
 import json
 import os
 
@@ -96,6 +97,27 @@ def test_decode_cache_is_reused_and_invalidated_by_a_changed_bag(demos):
     os.utime(mcap, ns=(mcap.stat().st_atime_ns, mcap.stat().st_mtime_ns + 10**9))
     assert EpisodeDataset(demos, chunk=2).decoded == 1
     assert EpisodeDataset(demos, chunk=2, use_cache=False).decoded == 2
+
+
+def test_decode_cache_is_invalidated_by_every_reading_option(demos):
+    from mambavla.data.bags import ReadOptions
+
+    assert EpisodeDataset(demos, chunk=2, verbose=False).decoded == 2
+    assert EpisodeDataset(demos, chunk=2, verbose=False, options=ReadOptions()).decoded == 0
+    changed = {
+        "maps": {"front": "/cameras/front/image_raw"},
+        "instruction": "lift",
+        "image_size": (4, 4),
+        "dt": 0.1,
+        "action_lead": 0.2,
+        "default_cameras": ("front",),
+        "split_gap": 1.0,
+    }
+    assert set(changed) == {f.name for f in dataclasses.fields(ReadOptions)}  # a new option gets a case here
+    for name, value in changed.items():
+        ds = EpisodeDataset(demos, chunk=2, verbose=False, options=ReadOptions.make(**{name: value}))
+        assert ds.decoded == 2, name
+    assert EpisodeDataset(demos, chunk=2, verbose=False, cameras=("front",)).decoded == 2
 
 
 def test_summary_reports_tasks_success_and_action_ranges(demos):

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from mambavla.data.bags import read_episode
+from mambavla.data.bags import read_episode, read_meta
 from mambavla.data.recorder import READY, RECORDING, RESETTING, EpisodeRecorder
 from mambavla.spaces import ACTION_NAMES
 
@@ -122,6 +122,9 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking_the_callback(tmp_path
     assert recorder.start("lift")[0]
     feed(recorder, typestore, 101.0, 200)  # 1,000 messages offered at once: returns, having dropped some
     assert recorder.dropped > 0 and recorder.status()["dropped"] == recorder.dropped
+    ok, text = recorder.save()  # the operator hears of it while the scene is still set up, the sidecar keeps it
+    assert ok and f"warning: {recorder.dropped} messages dropped" in text, text
+    assert read_meta(tmp_path / "episode_000000")["dropped"] == recorder.dropped
     recorder.close()
 
 

@@ -37,6 +37,7 @@ from mambavla.data.bags import (
     EE_POSE_TOPIC,
     IMAGE_TYPE,
     JOINT_STATE_TOPIC,
+    SIDECAR,
     EpisodeWriter,
     camera_topic,
 )
@@ -345,6 +346,9 @@ class EpisodeRecorder:
         if irregular:  # training refuses a bag whose frame rate changes: say so while the scene is still set up
             text += (f"; warning: {irregular} of {len(steps)} frame intervals are more than half off {dt * 1e3:.0f} ms "
                      f"(the camera {self.cameras[0]!r} did not keep its rate)")
+        if episode.dropped:
+            text += (f"; warning: {episode.dropped} messages dropped, the writer did not keep up "
+                     f"(dropped in {SIDECAR})")
         return True, text
 
 

@@ -249,15 +249,7 @@ class TrainingEpisodes:
         valid = local < counts[:, None]
         local = np.minimum(local, counts[:, None] - 1)
         actions, pad = self._chunks(chosen[:, None].repeat(frames, 1), local, chunk, action_mode)
-        index = self.frame_start[chosen][:, None] + local
-        return {
-            "frame_index": index,
-            "proprio": self.proprio[index],
-            "actions": actions,
-            "action_pad": pad | ~valid[..., None],
-            "instruction": [self.instructions[e] for e in chosen],
-            "episode": chosen,
-        }
+        return self._batch(chosen, self.frame_start[chosen][:, None] + local, actions, pad | ~valid[..., None])
 
     def windows(
         self,
@@ -277,6 +269,10 @@ class TrainingEpisodes:
         local = (rng.random(batch) * counts).astype(np.int64)
         index = self.frame_start[chosen][:, None] + np.maximum(local[:, None] + np.arange(1 - history, 1), 0)
         actions, pad = self._chunks(chosen, local, chunk, action_mode)
+        return self._batch(chosen, index, actions, pad)
+
+    def _batch(self, chosen: np.ndarray, index: np.ndarray, actions: np.ndarray, pad: np.ndarray) -> dict:
+        """A batch of episodes `chosen` [B] at frames `index` (into `frames`), with their chunks and padding."""
         return {
             "frame_index": index,
             "proprio": self.proprio[index],

@@ -52,6 +52,12 @@ apt_ros_packages() {
         | tr '_' '-' | sed "s/^/ros-$1-/"
 }
 
+# The venv, with a pip that runs: made, or made again in place over one an earlier run left half-made (python3-venv
+# missing: bin/python there, no pip)
+make_venv() {
+    "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || $python -m venv --system-site-packages "$VENV"
+}
+
 if [ "${1:-}" = "--print-requirements" ]; then
     lock_requirements
     torch_requirement
@@ -96,7 +102,7 @@ case "$($python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" in
 esac
 
 say "virtualenv $VENV (--system-site-packages: apt ROS's Python dependencies stay visible)"
-[ -x "$VENV/bin/python" ] || $python -m venv --system-site-packages "$VENV"
+make_venv
 "$VENV/bin/python" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' || die "$VENV is not a virtualenv"
 grep -q 'include-system-site-packages = true' "$VENV/pyvenv.cfg" \
     || die "$VENV was made without --system-site-packages (ros2 launch's Python dependencies would be missing): \

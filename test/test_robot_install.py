@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
+import shlex
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -121,6 +122,26 @@ def test_package_xml_names_every_ros_package_the_code_imports_and_the_script_ins
 def extract_function(script: str, name: str) -> str:
     start = script.index(f"{name}() {{")
     return script[start:script.index("\n}\n", start) + 2]
+
+
+def run_script_function(name: str, **variables: str) -> subprocess.CompletedProcess:
+    """One function of the install script, run in bash with `variables` set (its die() exits 1)."""
+    assigned = "; ".join(f"{key}={shlex.quote(value)}" for key, value in variables.items())
+    shell = (f"set -euo pipefail; die() {{ echo \"$*\" >&2; exit 1; }}; {assigned}; "
+             f"{extract_function(SCRIPT.read_text(), name)}; {name}")
+    return subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
+
+
+def test_the_script_makes_again_a_venv_an_earlier_run_left_without_pip(tmp_path):
+    venv = tmp_path / "venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)  # python3-venv missing
+    assert subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"], capture_output=True).returncode
+    done = run_script_function("make_venv", VENV=str(venv), python=base)
+    assert done.returncode == 0, done.stderr
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
+    assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
 
 
 def dockerfile_run_lines() -> list[str]:

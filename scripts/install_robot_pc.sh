@@ -58,6 +58,15 @@ make_venv() {
     "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || $python -m venv --system-site-packages "$VENV"
 }
 
+# The workspace's src/mambavla: this checkout (a link made here), never another checkout found there
+link_source() {
+    mkdir -p "$WS/src"
+    [ -e "$WS/src/mambavla" ] || ln -s "$SOURCE" "$WS/src/mambavla"
+    [ "$(realpath "$WS/src/mambavla")" = "$(realpath "$SOURCE")" ] || die "$WS/src/mambavla is \
+$(realpath "$WS/src/mambavla"), not this checkout ($SOURCE): colcon would build that one. Remove it, or set \
+MAMBAVLA_WS to another workspace, and run this again"
+}
+
 if [ "${1:-}" = "--print-requirements" ]; then
     lock_requirements
     torch_requirement
@@ -121,10 +130,7 @@ say "$MAMBA_SSM (Triton SSD kernels; its CUDA extension is not built: mambavla d
 MAMBA_SKIP_CUDA_BUILD=TRUE "${pip[@]}" --no-build-isolation --no-deps "$MAMBA_SSM"
 
 say "colcon workspace $WS, built by the venv's python"
-mkdir -p "$WS/src"
-if [ ! -e "$WS/src/mambavla" ]; then
-    ln -s "$SOURCE" "$WS/src/mambavla"
-fi
+link_source
 (cd "$WS" && "$VENV/bin/python" -m colcon build --base-paths src --event-handlers console_cohesion+)
 
 say "checking the installed node scripts start $VENV/bin/python"

@@ -132,6 +132,20 @@ def run_script_function(name: str, **variables: str) -> subprocess.CompletedProc
     return subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
 
 
+def test_the_script_links_this_checkout_into_the_workspace_and_refuses_another(tmp_path):
+    ws = tmp_path / "ws"
+    for _ in range(2):  # a second run finds its own link
+        done = run_script_function("link_source", SOURCE=str(ROOT), WS=str(ws))
+        assert done.returncode == 0, done.stderr
+        assert (ws / "src" / "mambavla").resolve() == ROOT.resolve()
+    other = tmp_path / "other_checkout"
+    other.mkdir()
+    (tmp_path / "ws2" / "src").mkdir(parents=True)
+    (tmp_path / "ws2" / "src" / "mambavla").symlink_to(other)
+    done = run_script_function("link_source", SOURCE=str(ROOT), WS=str(tmp_path / "ws2"))
+    assert done.returncode == 1 and "not this checkout" in done.stderr and "MAMBAVLA_WS" in done.stderr, done.stderr
+
+
 def test_the_script_makes_again_a_venv_an_earlier_run_left_without_pip(tmp_path):
     venv = tmp_path / "venv"
     base = getattr(sys, "_base_executable", sys.executable)

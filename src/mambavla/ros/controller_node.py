@@ -35,6 +35,7 @@ that is stuck in a robot call: they answer that it is stuck.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -56,7 +57,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from mambavla.control.config import TrackingParams, controller_core, controller_defaults
-from mambavla.control.core import RUNNING
+from mambavla.control.core import RUNNING, rejection_kind
 from mambavla.control.gripper import GripperWorker
 from mambavla.control.loop import ControlLoop, ControlThread
 from mambavla.control.teleop import RateGate
@@ -72,6 +73,7 @@ from mambavla.spaces import ACTION_NAMES, FRANKA_MAX_FINGER_WIDTH, pose_to_vecto
 
 SERVICE_WAIT = 5.0  # s a service request waits for the control thread to carry it out
 DRAIN_MAX = 256  # messages one command callback takes past the one it was given
+WARN_EVERY = 1.0  # s between two warnings about one kind of rejected command
 SERVICE_QOS = QoSProfile(depth=100)  # no concurrent request may be dropped (a dropped one could be ~/stop)
 # Command subscriptions: COMMAND_QOS with a deep reader history. The history is shared by every publisher of a
 # topic, so with a short one a flooding publisher overwrites a valid publisher's messages before they are taken;
@@ -174,6 +176,7 @@ class ControllerNode(Node):
         self.twist_topic = twist_topic
         self._chunk_gate = RateGate(self.tracking.max_command_rate_hz)
         self._teleop_gate = RateGate(self.tracking.teleop_max_rate_hz)
+        self._warned: dict[tuple[str, str], float] = {}  # (what, kind of rejection) -> monotonic time of the warning
         teleop = MutuallyExclusiveCallbackGroup()  # one teleop message at a time: the gate is not shared across threads
         for msg_type, topic, handle, group in (
                 (JointTrajectory, action_topic, self._on_chunk, MutuallyExclusiveCallbackGroup()),
@@ -222,6 +225,15 @@ class ControllerNode(Node):
                 return
             handle(*taken)
 
+    def _warn(self, what: str, reason: str) -> None:
+        """Warn about a rejected `what` at most every WARN_EVERY s per kind of rejection. rclpy's own throttle
+        reads the caller's source file on every call, suppressed or not (hundreds of microseconds), which a flood
+        would pay for each message it sends."""
+        key, now = (what, rejection_kind(reason)), time.monotonic()
+        if now - self._warned.get(key, -math.inf) >= WARN_EVERY:
+            self._warned[key] = now
+            self.get_logger().warning(f"rejected {what}: {reason}")
+
     def _admit(self, gate: RateGate, info: dict, what: str, limit: str) -> bool:
         """Whether the message's publisher is within its budget (else the drop is counted)."""
         gid = bytes((info.get("publisher_gid") or {}).get("data") or b"")
@@ -234,7 +246,7 @@ class ControllerNode(Node):
             return True
         reason = self.core.reject(f"publisher over {limit} {gate.rate:g}/s: {what} dropped unread",
                                   teleop=what != "chunk")
-        self.get_logger().warning(f"rejected {what}: {reason}", throttle_duration_sec=1.0)
+        self._warn(what, reason)
         return False
 
     def _on_chunk(self, data: bytes, info: dict) -> None:
@@ -251,7 +263,7 @@ class ControllerNode(Node):
             except Exception as err:  # a bug must not take the node (and the watchdog) down; nothing was scheduled
                 reason = self.core.reject(f"malformed chunk: internal error {type(err).__name__}: {err}")
         if reason:
-            self.get_logger().warning(f"rejected chunk: {reason}", throttle_duration_sec=1.0)
+            self._warn("chunk", reason)
 
     def _on_twist(self, data: bytes, info: dict, kind) -> None:
         if not self._admit(self._teleop_gate, info, "twist", "teleop_max_rate_hz"):
@@ -275,7 +287,7 @@ class ControllerNode(Node):
                 reason = self.core.submit_twist((linear.x, linear.y, linear.z), (angular.x, angular.y, angular.z),
                                                 self._now(), stamp=stamp, mono=time.monotonic(), frame=frame)
         if reason:
-            self.get_logger().warning(f"rejected twist: {reason}", throttle_duration_sec=1.0)
+            self._warn("twist", reason)
 
     def _on_gripper(self, data: bytes, info: dict) -> None:
         if not self._admit(self._teleop_gate, info, "gripper command", "teleop_max_rate_hz"):
@@ -287,7 +299,7 @@ class ControllerNode(Node):
         else:
             reason = self.core.submit_gripper(value)
         if reason:
-            self.get_logger().warning(f"rejected gripper command: {reason}", throttle_duration_sec=1.0)
+            self._warn("gripper command", reason)
 
     def _on_use(self, source: str, response: Trigger.Response) -> Trigger.Response:
         return answer_trigger(self, f"use_{source}", response, (True, self.core.set_source(source)))

@@ -542,3 +542,17 @@ def test_episodes_recorded_at_one_rate_export_together_whatever_their_measured_i
     bag(tmp_path / "bags/episode_000002", 2 / FPS)
     with pytest.raises(LeRobotError, match=r"episode_000002: cameras \['front'\].*10 fps.*20 fps"):
         export_lerobot([tmp_path / "bags"], tmp_path / "lr2", codec="mpeg4", progress=False)
+
+
+def test_a_signed_gripper_reads_alike_in_every_episode_whatever_range_one_episode_covers(tmp_path):
+    rng = np.random.default_rng(12)
+    eps = [crisp_episode(rng, 6), crisp_episode(rng, 6)]
+    eps[0]["action"][:, 6] = 2 * eps[0]["opened"] - 1  # [-1, 1], 1 = open: shut fully
+    eps[1]["action"][:, 6] = eps[1]["opened"]  # the same convention, closed only halfway (0) in this episode
+    names = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+    root = write_lerobot(tmp_path / "signed", eps, names, names)
+    summary = import_lerobot(root, tmp_path / "bags", progress=False)
+    assert summary["gripper"] == "open-is-1"
+    first, second = (read_episode(p) for p in sorted((tmp_path / "bags").iterdir()))
+    assert first.actions[:, 6].tolist() == [0.0] * 3 + [1.0] * 3
+    assert second.actions[:, 6].tolist() == [0.0] * 3 + [0.5] * 3  # halfway, not shut

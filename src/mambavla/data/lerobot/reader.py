@@ -154,19 +154,25 @@ def _rotation_to_quat(kind: str, values: np.ndarray, reference_relative: bool) -
     return spaces.rotvec_to_quat(values)
 
 
-def _gripper_to_closed(values: np.ndarray, convention: str, width: bool) -> np.ndarray:
-    """Gripper values in the dataset's convention -> ours: 0 = open, 1 = closed."""
+def _gripper_to_closed(values: np.ndarray, convention: str, width: bool, signed: bool = False) -> np.ndarray:
+    """Gripper values in the dataset's convention -> ours: 0 = open, 1 = closed. `signed`: the dataset's values
+    span [-1, 1] (decided over all its episodes: one that never goes below 0 reads as the others do)."""
     if width:  # metres between the fingers
         return np.clip(1.0 - values / spaces.FRANKA_MAX_FINGER_WIDTH, 0.0, 1.0)
-    if np.min(values) < -0.01:  # signed, [-1, 1]
+    if signed:
         values = (values + 1.0) / 2.0
     return np.clip(1.0 - values if convention == "open-is-1" else values, 0.0, 1.0)
 
 
-def _detect_gripper(first_values: list[float], what: str, flag: str) -> tuple[str, str]:
+def _signed(numeric: list[dict[str, np.ndarray]], where: tuple[str, int]) -> bool:
+    """Whether a gripper value goes below 0 in any episode: [-1, 1] rather than [0, 1]."""
+    key, col = where
+    return any(np.nanmin(c[key][:, col], initial=np.inf) < -0.01 for c in numeric)
+
+
+def _detect_gripper(first_values: list[float], signed: bool, what: str, flag: str) -> tuple[str, str]:
     """Episodes start with the gripper open (LeRobot's and CRISP's recorders open it at reset)."""
     first = np.asarray(first_values, dtype=np.float64)
-    signed = bool(np.min(first) < -0.01)
     high = np.mean(first > (0.0 if signed else 0.5))
     if high >= 0.8:
         return "open-is-1", f"{what} high in the first frame of {high:.0%} of the episodes (they start open)"
@@ -393,6 +399,8 @@ class Conventions:
 
     gripper: str = "closed-is-1"  # the action's gripper
     gripper_state: str = "closed-is-1"  # a normalised gripper value in the state
+    gripper_signed: bool = False  # the action's gripper value spans [-1, 1]
+    gripper_state_signed: bool = False  # the state's
     actions: str = "absolute"  # or "delta": per-step increments, integrated from the first measured state
     ours: bool = False  # exported by mambavla: rotation vectors relative to the gripper-down reference
     reasons: dict[str, str] = field(default_factory=dict)
@@ -417,7 +425,7 @@ def _episode_arrays(cols: dict[str, np.ndarray], src: _Source, conv: Conventions
 
     if act.gripper:
         kind, (key, col) = act.gripper
-        grip = _gripper_to_closed(cols[key][:, col], conv.gripper, kind == "gripper_width")
+        grip = _gripper_to_closed(cols[key][:, col], conv.gripper, kind == "gripper_width", conv.gripper_signed)
     else:
         grip = np.zeros(T)
     if act.position and act.rotation:
@@ -452,7 +460,7 @@ def _episode_arrays(cols: dict[str, np.ndarray], src: _Source, conv: Conventions
         kind, (key, col) = st.gripper
         g = cols[key][:, col]
         opening = g / spaces.FRANKA_MAX_FINGER_WIDTH if kind == "gripper_width" else \
-            1.0 - _gripper_to_closed(g, conv.gripper_state, False)
+            1.0 - _gripper_to_closed(g, conv.gripper_state, False, conv.gripper_state_signed)
         fingers = np.repeat((opening * FINGER_OPEN_M)[:, None], 2, axis=1)
     else:  # no measured opening: the commanded one is the best guess
         fingers = np.repeat(((1.0 - grip) * FINGER_OPEN_M)[:, None], 2, axis=1)
@@ -475,6 +483,8 @@ def _conventions(src: _Source, numeric: list[dict[str, np.ndarray]], marker: dic
     conv = Conventions(ours=marker is not None)
     ours = "meta/mambavla.json (exported by mambavla)"
     act, st = src.action, src.state
+    conv.gripper_signed = bool(act.gripper) and act.gripper[0] == "gripper" and _signed(numeric, act.gripper[1])
+    conv.gripper_state_signed = bool(st.gripper) and st.gripper[0] == "gripper" and _signed(numeric, st.gripper[1])
     if gripper != "auto":
         conv.gripper, conv.reasons["gripper"] = gripper, "--gripper"
     elif marker:
@@ -487,13 +497,13 @@ def _conventions(src: _Source, numeric: list[dict[str, np.ndarray]], marker: dic
             conv.reasons["gripper"] = f"the action dimension is named {name!r}"
         else:
             conv.gripper, conv.reasons["gripper"] = _detect_gripper([c[key][0, col] for c in numeric],
-                                                                    "action gripper", "--gripper")
+                                                                    conv.gripper_signed, "action gripper", "--gripper")
     if gripper_state != "auto":
         conv.gripper_state, conv.reasons["gripper_state"] = gripper_state, "--gripper-state"
     elif st.gripper and st.gripper[0] == "gripper" and not st.fingers:
         key, col = st.gripper[1]
-        conv.gripper_state, conv.reasons["gripper_state"] = _detect_gripper([c[key][0, col] for c in numeric],
-                                                                            "state gripper", "--gripper-state")
+        conv.gripper_state, conv.reasons["gripper_state"] = _detect_gripper(
+            [c[key][0, col] for c in numeric], conv.gripper_state_signed, "state gripper", "--gripper-state")
     if actions != "auto":
         conv.actions, conv.reasons["actions"] = actions, "--actions"
     elif marker:

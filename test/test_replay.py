@@ -164,7 +164,8 @@ def test_offline_replay_of_an_episode_gives_finite_metrics_and_pictures(checkpoi
     assert m["reference"] == ["ee_pose"] and m["gripper_reference"] == ["actions"]
     for name in ("trajectories_episode_0000001.png", "horizon_error.png", "worst_frames.png", "replay.json"):
         assert (tmp_path / name).stat().st_size > 1000
-    assert json.loads((tmp_path / "replay.json").read_text())["metrics"]["chunks"] == 15
+    written = json.loads((tmp_path / "replay.json").read_text())
+    assert written["metrics"]["chunks"] == 15 and written["checkpoint"] == str(checkpoint) == summary["checkpoint"]
 
 
 def test_scores_are_zero_for_the_recording_itself_and_exact_for_an_offset(episode):

@@ -162,7 +162,7 @@ def _offline(args, config, bags, maps, schedule, limits, out, header, log) -> di
         runtime = PolicyRuntime.from_preset(
             args.preset, device=args.device, seed=args.seed, backend=args.backend, threads=args.torch_threads or None
         )
-    summary = replay_bags(
+    return replay_bags(
         bags,
         runtime,
         maps,
@@ -173,10 +173,8 @@ def _offline(args, config, bags, maps, schedule, limits, out, header, log) -> di
         latency="zero" if args.zero_latency else "measured",
         progress=not args.no_progress,
         log=log,
+        header=header,
     )
-    summary = {**header, **summary}
-    (out / "replay.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def _print_summary(summary: dict, log) -> None:

@@ -73,8 +73,10 @@ def replay_bags(
     latency: str = "measured",
     progress: bool = True,
     log=print,
+    header: dict | None = None,
 ) -> dict:
-    """Offline replay of every bag with one runtime; returns the summary written to out/replay.json."""
+    """Offline replay of every bag with one runtime; returns the summary written to out/replay.json (`header`
+    first: what the caller adds, such as the checkpoint)."""
     from tqdm import tqdm
 
     from mambavla.evaluation.offline import replay_offline
@@ -92,6 +94,7 @@ def replay_bags(
         wall_s += result.wall_s
         dropped += result.frames_dropped
     header = {
+        **(header or {}),
         "mode": "offline",
         "bags": [str(b) for b in bags],
         "roles": notes,

@@ -172,8 +172,6 @@ class ControllerNode(Node):
             self.control.gripper_error = "gripper disabled by parameter"
         self.state_max_age = max(3.0 / state_rate, 0.5)  # an older robot state is not published as if fresh
         self.action_topic = action_topic
-
-        self.twist_topic = twist_topic
         self._chunk_gate = RateGate(self.tracking.max_command_rate_hz)
         self._teleop_gate = RateGate(self.tracking.teleop_max_rate_hz)
         self._warned: dict[tuple[str, str], float] = {}  # (what, kind of rejection) -> monotonic time of the warning

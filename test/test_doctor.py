@@ -80,6 +80,11 @@ def test_an_unreadable_dds_profile_chosen_by_the_user_is_named_with_the_variable
     monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", str(tmp_path / "broken.xml"))
     _, checks = doctor(capsys)
     assert checks["dds profile"]["status"] == "fail" and "FASTDDS_DEFAULT_PROFILES_FILE" in checks["dds profile"]["fix"]
+    (tmp_path / "typo.xml").write_text("<profiles><segment_size>32MB</segment_size></profiles>")  # not a number
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", str(tmp_path / "typo.xml"))
+    _, checks = doctor(capsys)
+    profile = checks["dds profile"]
+    assert profile["status"] == "fail" and "32MB" in profile["detail"], profile
 
 
 def test_real_time_checks_warn_on_a_development_machine_and_fail_for_an_arm(capsys):

@@ -240,7 +240,8 @@ def check_dds_profile() -> Check:
     try:
         profile = Path(chosen) if chosen else config_path("fastdds.xml")
         root = ET.parse(profile).getroot()
-    except (OSError, ET.ParseError) as err:
+        sizes = [int(e.text) for e in root.iter() if e.tag.endswith("segment_size") and e.text]
+    except (OSError, ET.ParseError, ValueError) as err:  # ValueError: a segment size that is not a number
         if chosen:
             try:
                 ours = f" (mambavla's: {config_path('fastdds.xml')})"
@@ -251,7 +252,6 @@ def check_dds_profile() -> Check:
                          "then load mambavla's")
         return Check("dds profile", FAIL, f"no readable Fast DDS profile: {err}",
                      "reinstall the package (config/fastdds.xml is installed to share/mambavla/config)")
-    sizes = [int(e.text) for e in root.iter() if e.tag.endswith("segment_size") and e.text]
     segment = max(sizes) if sizes else 0
     shm = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None
     free = shm.f_bavail * shm.f_frsize if shm else 0

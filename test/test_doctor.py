@@ -87,6 +87,16 @@ def test_an_unreadable_dds_profile_chosen_by_the_user_is_named_with_the_variable
     assert profile["status"] == "fail" and "32MB" in profile["detail"], profile
 
 
+def test_without_rclpy_or_torch_the_camera_and_checkpoint_checks_fail_and_the_report_is_printed(capsys, monkeypatch):
+    # a shell that did not source ROS, a venv without torch: every check still reports, each with its fix
+    for module in ("rclpy", "rclpy.executors", "sensor_msgs.msg", "mambavla.ros.qos", "mambavla.model.checkpoint"):
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    code, checks = doctor(capsys, "--camera", "front", "--listen", "0.1", "--checkpoint", "/nonexistent")
+    assert code == 1 and checks["ros"]["status"] == "fail"
+    assert checks["camera front"]["status"] == "fail" and "ros check" in checks["camera front"]["fix"]
+    assert checks["checkpoint"]["status"] == "fail" and "torch check" in checks["checkpoint"]["fix"]
+
+
 def test_real_time_checks_warn_on_a_development_machine_and_fail_for_an_arm(capsys):
     _, plain = doctor(capsys)
     _, robot = doctor(capsys, "--robot-ip", closed_port_address(), "--timeout", "0.5")

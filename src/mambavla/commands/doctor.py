@@ -345,11 +345,15 @@ def check_robot(address: str, timeout: float) -> Check:
 
 def check_cameras(cameras: dict[str, str], listen: float) -> list[Check]:
     """Listen to every camera topic for `listen` s on a node of its own ROS context: frames, size, rate."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import CompressedImage, Image
+    try:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import CompressedImage, Image
 
-    from mambavla.ros.qos import SENSOR_QOS
+        from mambavla.ros.qos import SENSOR_QOS
+    except ImportError as err:  # ROS not sourced: the ros check names the fix; the other checks still report
+        return [Check(f"camera {name}", FAIL, f"cannot listen to {topic}: {err}", "see the ros check")
+                for name, topic in cameras.items()]
 
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -389,8 +393,10 @@ def check_cameras(cameras: dict[str, str], listen: float) -> list[Check]:
 
 
 def check_checkpoint(path: str, cameras: dict[str, str]) -> Check:
-    from mambavla.model.checkpoint import load_checkpoint
-
+    try:
+        from mambavla.model.checkpoint import load_checkpoint
+    except ImportError as err:  # no torch: the torch check names the fix; the other checks still report
+        return Check("checkpoint", FAIL, f"cannot load {path}: {err}", "see the torch check")
     try:
         model = load_checkpoint(path, device="cpu")
     except Exception as err:  # missing files, a config of another version, weights that do not fit

@@ -556,3 +556,14 @@ def test_a_signed_gripper_reads_alike_in_every_episode_whatever_range_one_episod
     first, second = (read_episode(p) for p in sorted((tmp_path / "bags").iterdir()))
     assert first.actions[:, 6].tolist() == [0.0] * 3 + [1.0] * 3
     assert second.actions[:, 6].tolist() == [0.0] * 3 + [0.5] * 3  # halfway, not shut
+
+
+def test_a_non_finite_state_or_action_is_refused_naming_the_episode_quantity_and_frame(tmp_path):
+    rng = np.random.default_rng(13)
+    names = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+    for column, what in ((("state", 6), "finger opening"), (("action", 2), "action")):
+        eps = [crisp_episode(rng, 6), crisp_episode(rng, 6)]
+        eps[1][column[0]][2, column[1]] = np.nan
+        root = write_lerobot(tmp_path / what.replace(" ", "_"), eps, names, names)
+        with pytest.raises(LeRobotError, match=rf"episode 1: non-finite {what} in 1 of 6 frames \(first: frame 2\)"):
+            import_lerobot(root, tmp_path / f"bags_{column[0]}", progress=False)

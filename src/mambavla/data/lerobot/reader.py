@@ -173,7 +173,8 @@ def _signed(numeric: list[dict[str, np.ndarray]], where: tuple[str, int]) -> boo
 def _detect_gripper(first_values: list[float], signed: bool, what: str, flag: str) -> tuple[str, str]:
     """Episodes start with the gripper open (LeRobot's and CRISP's recorders open it at reset)."""
     first = np.asarray(first_values, dtype=np.float64)
-    high = np.mean(first > (0.0 if signed else 0.5))
+    first = first[np.isfinite(first)]
+    high = np.mean(first > (0.0 if signed else 0.5)) if len(first) else 0.5  # none finite: cannot tell
     if high >= 0.8:
         return "open-is-1", f"{what} high in the first frame of {high:.0%} of the episodes (they start open)"
     if high <= 0.2:
@@ -465,8 +466,12 @@ def _episode_arrays(cols: dict[str, np.ndarray], src: _Source, conv: Conventions
     else:  # no measured opening: the commanded one is the best guess
         fingers = np.repeat(((1.0 - grip) * FINGER_OPEN_M)[:, None], 2, axis=1)
     actions = np.concatenate([pose, grip[:, None]], axis=1)
-    if not (np.isfinite(position).all() and np.isfinite(quat).all() and np.isfinite(actions).all()):
-        raise LeRobotError("non-finite state or action values")
+    # arm joints may be NaN (a dataset without them); anything a training row is made of may not
+    for what, values in (("end-effector position", position), ("end-effector orientation", quat),
+                         ("finger opening", fingers), ("action", actions)):
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if len(bad):
+            raise LeRobotError(f"non-finite {what} in {len(bad)} of {T} frames (first: frame {bad[0]})")
     return {"position": position, "quat": quat, "joints": joints, "fingers": fingers, "actions": actions}
 
 
@@ -520,8 +525,9 @@ def _conventions(src: _Source, numeric: list[dict[str, np.ndarray]], marker: dic
         else:
             raise LeRobotError("joint-space actions need the measured joints in the state to tell absolute from delta "
                                "and to integrate deltas; map a state feature with the 7 arm joints (--map state=...)")
-        to_state = float(np.median(np.linalg.norm(commanded - measured, axis=1)))
-        to_zero = float(np.median(np.linalg.norm(commanded, axis=1)))
+        # nanmedian: a non-finite frame must not decide (its episode is refused with the frame named)
+        to_state = float(np.nanmedian(np.linalg.norm(commanded - measured, axis=1)))
+        to_zero = float(np.nanmedian(np.linalg.norm(commanded, axis=1)))
         conv.actions = "absolute" if to_state < to_zero else "delta"
         conv.reasons["actions"] = (f"median distance to the measured state {to_state:.4f} {unit}, "
                                    f"to zero {to_zero:.4f} {unit}")

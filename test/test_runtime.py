@@ -251,6 +251,8 @@ def test_the_backend_is_chosen_once_from_the_options_and_options_it_cannot_honou
         PolicyRuntime.from_preset("tiny", backend="tensorrt")
     with pytest.raises(ValueError, match="kv_capacity_frames must be >= 1"):
         PolicyRuntime.from_preset("tiny", kv_capacity_frames=0)
+    with pytest.raises(ValueError, match="float64 is not a precision of the torch backend"):
+        PolicyRuntime.from_preset("tiny", dtype=torch.float64)
 
 
 @pytest.mark.cuda

@@ -16,7 +16,7 @@ import torch
 from mambavla.model.checkpoint import load_checkpoint
 from mambavla.model.config import check_noise_scale, preset
 from mambavla.model.modeling_mambavla import MambaVLA
-from mambavla.runtime.backends import KV_CAPACITY_FRAMES, StepBackend, open_backend
+from mambavla.runtime.backends import KV_CAPACITY_FRAMES, StepBackend, check_precision, open_backend
 from mambavla.runtime.backends.cuda_graph import GraphStep, StepGraph, cuda_work
 from mambavla.runtime.chunk import ActionChunk
 from mambavla.runtime.inputs import check_observation
@@ -259,15 +259,13 @@ def runtime_dtype(name: str, device: str, backend: str = "torch") -> torch.dtype
     """A dtype by name (`DTYPES`) for a runtime on `device` and `backend`: "auto" is bf16 for the torch backend
     on CUDA (how the policies train, under autocast), fp32 for torch elsewhere, and None for the onnx backend
     (the dtype of the graph given, fp32 for one it exports). bf16 is the torch backend's reduced precision,
-    fp16 the ONNX graph's (ONNX Runtime's CUDA provider runs fp16 on tensor cores; its bf16 coverage is partial)."""
+    fp16 the ONNX graph's (`PRECISIONS`)."""
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}")
     if name == "auto":
         if backend == "onnx":
             return None
         name = "bf16" if torch.device(device).type == "cuda" else "fp32"
-    wrong = {"torch": "fp16", "onnx": "bf16"}.get(backend)
-    if name == wrong:
-        raise ValueError(f"dtype {name} is not a precision of the {backend} backend: the torch backend runs fp32 or "
-                         "bf16, the onnx backend fp32 or fp16")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    check_precision(backend, dtype, name)
+    return dtype

@@ -20,9 +20,19 @@ from mambavla.runtime.backends.cuda_graph import KV_CAPACITY_FRAMES, GraphStep, 
 from mambavla.runtime.backends.eager import EagerStep
 from mambavla.runtime.backends.onnx import OnnxBackend
 
-__all__ = ["BACKENDS", "KV_CAPACITY_FRAMES", "StepBackend", "open_backend"]
+__all__ = ["BACKENDS", "KV_CAPACITY_FRAMES", "PRECISIONS", "StepBackend", "check_precision", "open_backend"]
 
 BACKENDS = ("torch", "onnx")
+# what each backend computes in: torch's reduced precision is bf16 (as the policies train under autocast), the ONNX
+# graph's fp16 (ONNX Runtime's CUDA provider runs fp16 on tensor cores; its bf16 coverage is partial)
+PRECISIONS = {"torch": (torch.float32, torch.bfloat16), "onnx": (torch.float32, torch.float16)}
+
+
+def check_precision(backend: str, dtype: torch.dtype, name: str | None = None) -> None:
+    """Refuse a dtype `backend` does not run (`PRECISIONS`); `name`: how the caller spelt it (e.g. "fp16")."""
+    if dtype not in PRECISIONS.get(backend, ()):
+        raise ValueError(f"dtype {name or dtype} is not a precision of the {backend} backend: the torch backend runs "
+                         "float32 or bfloat16, the onnx backend a float32 or float16 graph")
 
 
 def open_backend(model: MambaVLA, device: str | torch.device = "cpu", backend: str = "torch", *,
@@ -37,6 +47,8 @@ def open_backend(model: MambaVLA, device: str | torch.device = "cpu", backend: s
     mode = compile_mode(compile_step)
     if kv_capacity_frames < 1:
         raise ValueError(f"kv_capacity_frames must be >= 1, got {kv_capacity_frames}")
+    if dtype is not None:  # None: float32, or for backend 'onnx' the given graph's own
+        check_precision(backend, dtype)
     if backend == "onnx":
         if mode is not None:
             raise _compile_needs_graph(backend, device)
@@ -46,9 +58,6 @@ def open_backend(model: MambaVLA, device: str | torch.device = "cpu", backend: s
         raise ValueError("onnx_cuda_options are ONNX Runtime's: they need backend 'onnx'")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
-    if dtype == torch.float16:
-        raise ValueError("dtype float16 is the ONNX graph's (backend 'onnx'); the torch backend runs float32 or "
-                         "bfloat16")
     dtype = dtype or torch.float32
     if cuda_graph is None:  # the Transformer's captured step is opt-in: its StaticKVCache caps the history
         cuda_graph = device.type == "cuda" and model.config.fusion == "mamba"

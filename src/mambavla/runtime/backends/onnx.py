@@ -45,13 +45,12 @@ class OnnxBackend(StepBackend):
         """The session for `model` on `device`, from `onnx_path`, or from a graph exported to a temporary folder.
 
         cuda_graph None: ORT's CUDA graphs wherever its CUDA provider runs the step (its best mode there).
-        dtype: the graph's (float32 or float16); None is float32 for an export, and whatever `onnx_path` holds.
+        dtype: the graph's (float32 or float16, checked by `open_backend`); None is float32 for an export, and
+        whatever `onnx_path` holds.
         cuda_options: CUDA provider options over `CUDA_OPTIONS`, e.g. {"use_tf32": "1"} for TF32 matmuls
         (faster, but the fp32 parity this backend promises, 1e-3, no longer holds)."""
         device = str(device)
         check_exportable(model.config)
-        if dtype not in (None, *GRAPH_DTYPES.values()):
-            raise ValueError(f"backend 'onnx' runs a float32 or float16 graph, got dtype {dtype}")
         if cuda_graph is None:
             cuda_graph = providers(device)[0] == "CUDAExecutionProvider"
         if onnx_path is not None:

@@ -146,8 +146,8 @@ def _offline(args, config, bags, maps, schedule, limits, out, header, log) -> di
     from mambavla.evaluation.bag import inspect
     from mambavla.evaluation.replay import replay_bags
 
-    for bag in bags:  # every bag's topics are checked before the model loads (seconds saved on a mistake)
-        inspect(bag, config.cameras, maps, config.action_names)
+    # every bag's topics are found and checked before the model loads (seconds saved on a mistake)
+    infos = [inspect(bag, config.cameras, maps, config.action_names) for bag in bags]
     from mambavla.runtime import PolicyRuntime
 
     if args.checkpoint:
@@ -163,9 +163,8 @@ def _offline(args, config, bags, maps, schedule, limits, out, header, log) -> di
             args.preset, device=args.device, seed=args.seed, backend=args.backend, threads=args.torch_threads or None
         )
     return replay_bags(
-        bags,
+        infos,
         runtime,
-        maps,
         args.instruction,
         schedule,
         limits,

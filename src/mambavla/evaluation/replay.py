@@ -10,7 +10,7 @@ import numpy as np
 
 from mambavla.control.safety import SafetyLimits
 from mambavla.data.bags import is_bag_dir as is_bag
-from mambavla.evaluation.bag import ReplayError, inspect
+from mambavla.evaluation.bag import BagInfo, ReplayError
 from mambavla.evaluation.metrics import score
 from mambavla.evaluation.plots import plot_horizon, plot_trajectories, plot_worst_frames
 from mambavla.runtime.schedule import ScheduleConfig
@@ -63,9 +63,8 @@ def write_report(out: Path, runs: list, limits: SafetyLimits, action_names, head
 
 
 def replay_bags(
-    bags: list[Path],
+    infos: list[BagInfo],
     runtime,
-    maps: dict,
     instruction: str | None,
     schedule: ScheduleConfig,
     limits: SafetyLimits,
@@ -75,15 +74,15 @@ def replay_bags(
     log=print,
     header: dict | None = None,
 ) -> dict:
-    """Offline replay of every bag with one runtime; returns the summary written to out/replay.json (`header`
-    first: what the caller adds, such as the checkpoint)."""
+    """Offline replay of every bag (as `inspect` found its roles for the runtime) with one runtime; returns the
+    summary written to out/replay.json (`header` first: what the caller adds, such as the checkpoint)."""
     from tqdm import tqdm
 
     from mambavla.evaluation.offline import replay_offline
 
     runs, notes, recorded_s, wall_s, dropped = [], {}, 0.0, 0.0, 0
-    for path in tqdm(bags, desc="bags", unit="bag", disable=not progress or len(bags) < 2):
-        info = inspect(path, runtime.camera_names, maps, runtime.action_names)
+    for info in tqdm(infos, desc="bags", unit="bag", disable=not progress or len(infos) < 2):
+        path = info.path
         for note in info.notes:
             if not note.startswith(("camera", "joint_states", "ee_pose", "instruction", "actions")):
                 log(f"{path.name}: {note}")
@@ -96,7 +95,7 @@ def replay_bags(
     header = {
         **(header or {}),
         "mode": "offline",
-        "bags": [str(b) for b in bags],
+        "bags": [str(info.path) for info in infos],
         "roles": notes,
         "schedule": dataclasses.asdict(schedule),
         "latency_model": latency,

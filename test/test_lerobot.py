@@ -567,3 +567,15 @@ def test_a_non_finite_state_or_action_is_refused_naming_the_episode_quantity_and
         root = write_lerobot(tmp_path / what.replace(" ", "_"), eps, names, names)
         with pytest.raises(LeRobotError, match=rf"episode 1: non-finite {what} in 1 of 6 frames \(first: frame 2\)"):
             import_lerobot(root, tmp_path / f"bags_{column[0]}", progress=False)
+
+
+@pytest.mark.parametrize("fps", [0, -10, 29.97, "30"])
+def test_an_fps_that_is_not_a_whole_positive_number_is_refused(tmp_path, fps):
+    rng = np.random.default_rng(14)
+    names = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+    root = write_lerobot(tmp_path / "crisp", [crisp_episode(rng, 4)], names, names)
+    info = json.loads((root / "meta/info.json").read_text())
+    info["fps"] = fps
+    (root / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(LeRobotError, match=r"info.json: fps .*whole number of frames per second"):
+        import_lerobot(root, tmp_path / "bags", progress=False)

@@ -127,4 +127,7 @@ def load_info(root: str | Path) -> dict:
     for key in ("fps", "features"):
         if key not in info:
             raise LeRobotError(f"{path}: no {key!r}")
+    fps = info["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (fps >= 1 and float(fps).is_integer()):
+        raise LeRobotError(f"{path}: fps {fps!r}; LeRobotDataset stores a whole number of frames per second (>= 1)")
     return info

@@ -579,3 +579,15 @@ def test_an_fps_that_is_not_a_whole_positive_number_is_refused(tmp_path, fps):
     (root / "meta/info.json").write_text(json.dumps(info))
     with pytest.raises(LeRobotError, match=r"info.json: fps .*whole number of frames per second"):
         import_lerobot(root, tmp_path / "bags", progress=False)
+
+
+def test_episode_metadata_without_the_data_file_columns_is_refused_naming_them(tmp_path):
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(15)
+    names = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+    root = write_lerobot(tmp_path / "crisp", [crisp_episode(rng, 4)], names, names)
+    path = root / "meta/episodes/chunk-000/file-000.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["data/file_index"]), path)
+    with pytest.raises(LeRobotError, match=r"file-000.parquet: no column data/file_index"):
+        import_lerobot(root, tmp_path / "bags", progress=False)

@@ -265,6 +265,9 @@ def _read_episodes_meta(root: Path) -> list[dict]:
     rows: list[dict] = []
     for path in files:
         names = [n for n in pq.read_schema(str(path)).names if not n.startswith("stats/")]
+        missing = [n for n in ("episode_index", "length", "data/chunk_index", "data/file_index") if n not in names]
+        if missing:
+            raise LeRobotError(f"{path}: no column {', '.join(missing)}; a v3 dataset's episode metadata has them")
         rows.extend(pq.read_table(str(path), columns=names).to_pylist())
     rows.sort(key=lambda r: r["episode_index"])
     for i, row in enumerate(rows):

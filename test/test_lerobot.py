@@ -308,6 +308,8 @@ def test_crisp_cartesian_dataset_imports_with_its_gripper_flipped_and_euler_angl
                                                                "wrist=observation.images.wrist_camera"],
                              image_format="raw", progress=False)
     assert summary["gripper"] == "open-is-1" and "absolute" in summary["action"]
+    assert summary["conventions"]["gripper"] == "action gripper high in the first frame of 2 of 2 episodes (they " \
+                                                "start open)"
     assert summary["dt"] == pytest.approx(0.1)
     ds = EpisodeDataset(tmp_path / "bags", chunk=2, use_cache=False, verbose=False)
     assert len(ds) == 18 and ds.cameras == ("front", "wrist") and ds.dt == pytest.approx(0.1)

@@ -171,14 +171,17 @@ def _signed(numeric: list[dict[str, np.ndarray]], where: tuple[str, int]) -> boo
 
 
 def _detect_gripper(first_values: list[float], signed: bool, what: str, flag: str) -> tuple[str, str]:
-    """Episodes start with the gripper open (LeRobot's and CRISP's recorders open it at reset)."""
+    """Episodes start with the gripper open (LeRobot's and CRISP's recorders open it at reset). Four in five
+    agreeing decides, so one in five may start holding something; the reason gives the count, since with few
+    episodes chosen (--episodes) one or two decide alone."""
     first = np.asarray(first_values, dtype=np.float64)
     first = first[np.isfinite(first)]
-    high = np.mean(first > (0.0 if signed else 0.5)) if len(first) else 0.5  # none finite: cannot tell
+    n, k = len(first), int(np.sum(first > (0.0 if signed else 0.5)))
+    high = k / n if n else 0.5  # none finite: cannot tell
     if high >= 0.8:
-        return "open-is-1", f"{what} high in the first frame of {high:.0%} of the episodes (they start open)"
+        return "open-is-1", f"{what} high in the first frame of {k} of {n} episodes (they start open)"
     if high <= 0.2:
-        return "closed-is-1", f"{what} low in the first frame of {1 - high:.0%} of the episodes (they start open)"
+        return "closed-is-1", f"{what} low in the first frame of {n - k} of {n} episodes (they start open)"
     raise LeRobotError(f"cannot tell the {what} convention: it is high at the start of {high:.0%} of the episodes; "
                        f"say which with {flag} open-is-1 or {flag} closed-is-1")
 

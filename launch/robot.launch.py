@@ -67,10 +67,19 @@ def parameter_files(params_file: str) -> list:
     return [path]
 
 
+def checkpoint_folder(checkpoint: str) -> str:
+    """The checkpoint argument, refused when empty: policy_node would then run an untrained preset (noise)."""
+    if not checkpoint.strip():
+        raise ValueError("checkpoint:= is empty: on a real arm give a trained checkpoint folder (an empty checkpoint "
+                         "runs an untrained preset, whose actions are noise)")
+    return checkpoint
+
+
 def nodes(context):
     arguments = context.launch_configurations
     names, topics = camera_topics(LaunchConfiguration("cameras").perform(context), arguments)
     user = parameter_files(LaunchConfiguration("params_file").perform(context))
+    checkpoint = checkpoint_folder(LaunchConfiguration("checkpoint").perform(context))
     controller = Node(
         package="mambavla",
         executable="controller_node",
@@ -94,7 +103,7 @@ def nodes(context):
         parameters=[
             config("policy.yaml"),
             *user,
-            {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
+            {"checkpoint": checkpoint, "device": LaunchConfiguration("device"),
              "image_transport": LaunchConfiguration("image_transport"),
              "camera_names": names, "camera_topics": topics},
         ],

@@ -174,6 +174,19 @@ def test_robot_launch_names_any_number_of_cameras_as_the_checkpoint_does():
     assert {"camera_names", "camera_topics"} <= keys  # the policy node gets them as parameters
 
 
+def test_robot_launch_refuses_an_empty_checkpoint():
+    # policy_node runs an untrained preset (noise) without a checkpoint: never on the real arm
+    path = ROOT / "launch" / "robot.launch.py"
+    checkpoint_folder = _function_from(path, "checkpoint_folder")
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match="untrained preset"):
+            checkpoint_folder(empty)
+    assert checkpoint_folder("/ckpt/lift") == "/ckpt/lift"
+    text = path.read_text()
+    assert 'checkpoint = checkpoint_folder(LaunchConfiguration("checkpoint").perform(context))' in text
+    assert '{"checkpoint": checkpoint,' in text  # the policy gets the checked value
+
+
 def test_robot_launch_params_file_applies_over_the_shipped_yaml_for_both_nodes(tmp_path):
     path = ROOT / "launch" / "robot.launch.py"
     parameter_files = _function_from(path, "parameter_files")

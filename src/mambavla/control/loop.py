@@ -282,7 +282,7 @@ class Pacer:
         self._next += self.period
 
 
-STUCK_AFTER = 3.0  # s without a pass: the control thread is stuck in a robot call (a stop takes about 1 s)
+STUCK_AFTER = 3.0  # s without a pass: stuck in a robot call (a stop from 0.1 m/s takes 0.4-0.5 s in franky-sim)
 RECONNECT_EVERY = 2.0  # s between connection attempts
 
 

@@ -30,6 +30,7 @@ from mambavla.data.recorder import RECORDING, EpisodeRecorder
 from mambavla.ros.diagnostics import OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
 from mambavla.ros.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+from mambavla.ros.services import answer_trigger
 from mambavla.ros.startup import run_until_stopped
 
 # Frames arrive at 30 Hz or more: a reader history of a few frames rides out a pause of the executor thread
@@ -103,12 +104,7 @@ class RecorderNode(Node):
         return False, f"unknown command {name!r}"
 
     def _on_service(self, name: str, response: Trigger.Response) -> Trigger.Response:
-        response.success, response.message = self.command(name)
-        if response.success:  # rclpy refuses two severities from one call site
-            self.get_logger().info(f"~/{name}: {response.message}")
-        else:
-            self.get_logger().warning(f"~/{name} refused: {response.message}")
-        return response
+        return answer_trigger(self, name, response, self.command(name))
 
     def _poll(self) -> None:
         if self.recorder.poll() == "save":

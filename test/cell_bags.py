@@ -50,6 +50,91 @@ def scene(k: int, size=SIZE) -> np.ndarray:
     return img
 
 
+class BagWriter:
+    """A rosbag2 MCAP bag written by hand with rosbags, as another cell's drivers would record it: messages built from
+    the typestore with header stamps in wall-clock seconds, each logged `log_delay` s after its stamp; `close` writes
+    them in log-time order, a topic's connection made at its first message."""
+
+    def __init__(self, path: Path, log_delay: float = 0.0):
+        from rosbags.typesys import Stores, get_typestore
+
+        self.path, self.log_delay_ns = Path(path), int(round(log_delay * 1e9))
+        self.ts = get_typestore(Stores.ROS2_KILTED)
+        self.T = self.ts.types
+        self.events: list[tuple[int, str, object]] = []  # (log ns, topic, message)
+
+    def header(self, t: float, frame: str = ""):
+        ns = int(round(t * 1e9))
+        stamp = self.T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9)
+        return self.T["std_msgs/msg/Header"](stamp=stamp, frame_id=frame)
+
+    def add(self, topic: str, msg, t: float | None = None) -> None:
+        """`msg` on `topic`, logged after its header stamp (or at `t` s, for a message without a header)."""
+        if t is None:
+            ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        else:
+            ns = int(round(t * 1e9))
+        self.events.append((ns + self.log_delay_ns, topic, msg))
+
+    def image(self, header, rgb: np.ndarray, encoding: str = "bgr8"):
+        """A raw sensor_msgs/Image of RGB pixels, stored as `encoding` (bgr8, rgb8) or a uint16 frame as 16UC1."""
+        if encoding == "16UC1":
+            data, step = rgb.view(np.uint8).reshape(-1), rgb.shape[1] * 2
+        else:
+            pixels = rgb[..., ::-1] if encoding == "bgr8" else rgb
+            data, step = np.ascontiguousarray(pixels).reshape(-1), rgb.shape[1] * 3
+        return self.T["sensor_msgs/msg/Image"](
+            header=header,
+            height=rgb.shape[0],
+            width=rgb.shape[1],
+            encoding=encoding,
+            is_bigendian=0,
+            step=step,
+            data=data,
+        )
+
+    def jpeg(self, header, rgb: np.ndarray, fmt: str = "bgr8; jpeg compressed bgr8", cut: bool = False):
+        """A sensor_msgs/CompressedImage of RGB pixels as image_transport publishes it; `cut`: cut short (corrupt)."""
+        import cv2
+
+        data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]))[1].reshape(-1)
+        return self.T["sensor_msgs/msg/CompressedImage"](
+            header=header, format=fmt, data=data[: len(data) // 3] if cut else data
+        )
+
+    def joint_state(self, header, names: list[str], positions) -> object:
+        return self.T["sensor_msgs/msg/JointState"](
+            header=header,
+            name=names,
+            position=np.asarray(positions, np.float64),
+            velocity=np.zeros(0),
+            effort=np.zeros(0),
+        )
+
+    def pose(self, header, position, quat) -> object:
+        return self.T["geometry_msgs/msg/PoseStamped"](
+            header=header,
+            pose=self.T["geometry_msgs/msg/Pose"](
+                position=self.T["geometry_msgs/msg/Point"](x=position[0], y=position[1], z=position[2]),
+                orientation=self.T["geometry_msgs/msg/Quaternion"](x=quat[0], y=quat[1], z=quat[2], w=quat[3]),
+            ),
+        )
+
+    def string(self, text: str) -> object:
+        return self.T["std_msgs/msg/String"](data=text)
+
+    def close(self) -> Path:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        with Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+            conns = {}
+            for ns, topic, msg in sorted(self.events, key=lambda e: e[0]):
+                if topic not in conns:
+                    conns[topic] = writer.add_connection(topic, msg.__msgtype__, typestore=self.ts)
+                writer.write(conns[topic], ns, self.ts.serialize_cdr(msg, msg.__msgtype__))
+        return self.path
+
+
 def write_cell_bag(
     path: Path,
     seconds: float = 2.0,
@@ -69,168 +154,41 @@ def write_cell_bag(
     second PoseStamped topic (/goal_pose); `pose`: False leaves the pose out; `instruction`: also a
     /task_instruction String topic (a list: one per demonstration); `demonstrations`: that many, `pause` s apart,
     the recorder paused in between."""
-    import cv2
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
-    ts = get_typestore(Stores.ROS2_KILTED)
-    T = ts.types
+    bag = BagWriter(path, log_delay=0.002)  # logged 2 ms after the stamp
     rng = np.random.default_rng(0)
-
-    def header(t: float, frame: str):
-        ns = int(round((START + t) * 1e9))
-        return T["std_msgs/msg/Header"](
-            stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9), frame_id=frame
-        ), ns
-
     arm = [f"fr3_joint{i}" for i in range(1, 8)]
     fingers = ["fr3_finger_joint1", "fr3_finger_joint2"]
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-
-        def conn(topic, msgtype):
-            return writer.add_connection(topic, msgtype, typestore=ts)
-
-        c = {
-            FRONT: conn(FRONT, "sensor_msgs/msg/Image"),
-            FRONT + "/compressed": conn(FRONT + "/compressed", "sensor_msgs/msg/CompressedImage"),
-            FRONT_DEPTH: conn(FRONT_DEPTH, "sensor_msgs/msg/Image"),
-            WRIST: conn(WRIST, "sensor_msgs/msg/CompressedImage"),
-            JOINTS: conn(JOINTS, "sensor_msgs/msg/JointState"),
-            ARM_JOINTS: conn(ARM_JOINTS, "sensor_msgs/msg/JointState"),
-            GRIPPER_JOINTS: conn(GRIPPER_JOINTS, "sensor_msgs/msg/JointState"),
-            "/robot_description": conn("/robot_description", "std_msgs/msg/String"),
-        }
-        if pose:
-            c[POSE] = conn(POSE, "geometry_msgs/msg/PoseStamped")
-        if goal_pose:
-            c["/goal_pose"] = conn("/goal_pose", "geometry_msgs/msg/PoseStamped")
-        if instruction:
-            c["/task_instruction"] = conn("/task_instruction", "std_msgs/msg/String")
-        events = []  # (log ns, topic, message)
-        _, ns0 = header(0.0, "")
-        events.append((ns0, "/robot_description", T["std_msgs/msg/String"](data="<robot name='fr3'/>")))
-        texts = [instruction] if isinstance(instruction, str) else list(instruction or [])
-        for j in range(demonstrations):
-            offset = j * (seconds + 0.3 + pause)
-            if texts:
-                _, ns = header(offset, "")
-                events.append((ns, "/task_instruction", T["std_msgs/msg/String"](data=texts[j % len(texts)])))
-            camera_times, t = [], 0.0
-            while t < seconds:
-                camera_times.append(t)
-                slow = rate_change_at is not None and rate_change_at <= t < (rate_change_until or seconds)
-                t += (rate_factor if slow else 1.0) / camera_hz
-            for k, tk in enumerate(camera_times):
-                jitter = float(rng.uniform(-1e-3, 1e-3))
-                rgb = scene(k)
-                h, ns = header(offset + tk + jitter, "front_color_optical_frame")
-                bgr = np.ascontiguousarray(rgb[..., ::-1])
-                events.append(
-                    (
-                        ns,
-                        FRONT,
-                        T["sensor_msgs/msg/Image"](
-                            header=h,
-                            height=SIZE[0],
-                            width=SIZE[1],
-                            encoding="bgr8",
-                            is_bigendian=0,
-                            step=SIZE[1] * 3,
-                            data=bgr.reshape(-1),
-                        ),
-                    )
-                )
-                events.append(
-                    (
-                        ns,
-                        FRONT + "/compressed",
-                        T["sensor_msgs/msg/CompressedImage"](
-                            header=h, format="bgr8; jpeg compressed bgr8", data=cv2.imencode(".jpg", bgr)[1].reshape(-1)
-                        ),
-                    )
-                )
-                depth = np.full(SIZE, 800 + k, np.uint16)
-                events.append(
-                    (
-                        ns,
-                        FRONT_DEPTH,
-                        T["sensor_msgs/msg/Image"](
-                            header=h,
-                            height=SIZE[0],
-                            width=SIZE[1],
-                            encoding="16UC1",
-                            is_bigendian=0,
-                            step=SIZE[1] * 2,
-                            data=depth.view(np.uint8).reshape(-1),
-                        ),
-                    )
-                )
-                h, ns = header(offset + tk + 0.004 + jitter, "wrist_color_optical_frame")
-                jpeg = cv2.imencode(".jpg", np.ascontiguousarray(scene(k + 7)[..., ::-1]))[1].reshape(-1)
-                if k == corrupt_wrist_frame:
-                    jpeg = jpeg[: len(jpeg) // 3]
-                events.append(
-                    (
-                        ns,
-                        WRIST,
-                        T["sensor_msgs/msg/CompressedImage"](header=h, format="bgr8; jpeg compressed bgr8", data=jpeg),
-                    )
-                )
-            state_times = np.arange(0.0, seconds + 0.3, 1.0 / STATE_HZ)  # the state outlasts the cameras, as it does
-            positions, quats = pose_at(state_times)
-            finger = finger_at(state_times)
-            for k, tk in enumerate(state_times):
-                q_arm = 0.1 * np.arange(1, 8) + 0.01 * tk
-                h, ns = header(offset + tk, "")
-                events.append(
-                    (
-                        ns,
-                        JOINTS,
-                        T["sensor_msgs/msg/JointState"](
-                            header=h,
-                            name=arm + fingers,
-                            position=np.r_[q_arm, finger[k], finger[k]],
-                            velocity=np.zeros(0),
-                            effort=np.zeros(0),
-                        ),
-                    )
-                )
-                events.append(
-                    (
-                        ns,
-                        ARM_JOINTS,
-                        T["sensor_msgs/msg/JointState"](
-                            header=h, name=arm, position=q_arm, velocity=np.zeros(7), effort=np.zeros(7)
-                        ),
-                    )
-                )
-                events.append(
-                    (
-                        ns,
-                        GRIPPER_JOINTS,
-                        T["sensor_msgs/msg/JointState"](
-                            header=h,
-                            name=fingers,
-                            position=np.r_[finger[k], finger[k]],
-                            velocity=np.zeros(0),
-                            effort=np.zeros(0),
-                        ),
-                    )
-                )
-                p, q = positions[k], quats[k]
-                msg = T["geometry_msgs/msg/PoseStamped"](
-                    header=T["std_msgs/msg/Header"](stamp=h.stamp, frame_id="fr3_link0"),
-                    pose=T["geometry_msgs/msg/Pose"](
-                        position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
-                        orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
-                    ),
-                )
-                if pose:
-                    events.append((ns, POSE, msg))
-                if goal_pose and k % 50 == 0:
-                    events.append((ns, "/goal_pose", msg))
-        for ns, topic, msg in sorted(events, key=lambda e: e[0]):
-            writer.write(
-                c[topic], ns + 2_000_000, ts.serialize_cdr(msg, msg.__msgtype__)
-            )  # logged 2 ms after the stamp
-    return path
+    bag.add("/robot_description", bag.string("<robot name='fr3'/>"), START)
+    texts = [instruction] if isinstance(instruction, str) else list(instruction or [])
+    for j in range(demonstrations):
+        offset = START + j * (seconds + 0.3 + pause)
+        if texts:
+            bag.add("/task_instruction", bag.string(texts[j % len(texts)]), offset)
+        camera_times, t = [], 0.0
+        while t < seconds:
+            camera_times.append(t)
+            slow = rate_change_at is not None and rate_change_at <= t < (rate_change_until or seconds)
+            t += (rate_factor if slow else 1.0) / camera_hz
+        for k, tk in enumerate(camera_times):
+            jitter = float(rng.uniform(-1e-3, 1e-3))
+            h = bag.header(offset + tk + jitter, "front_color_optical_frame")
+            bag.add(FRONT, bag.image(h, scene(k)))
+            bag.add(FRONT + "/compressed", bag.jpeg(h, scene(k)))
+            bag.add(FRONT_DEPTH, bag.image(h, np.full(SIZE, 800 + k, np.uint16), "16UC1"))
+            h = bag.header(offset + tk + 0.004 + jitter, "wrist_color_optical_frame")
+            bag.add(WRIST, bag.jpeg(h, scene(k + 7), cut=k == corrupt_wrist_frame))
+        state_times = np.arange(0.0, seconds + 0.3, 1.0 / STATE_HZ)  # the state outlasts the cameras, as it does
+        positions, quats = pose_at(state_times)
+        finger = finger_at(state_times)
+        for k, tk in enumerate(state_times):
+            q_arm = 0.1 * np.arange(1, 8) + 0.01 * tk
+            h = bag.header(offset + tk)
+            bag.add(JOINTS, bag.joint_state(h, arm + fingers, np.r_[q_arm, finger[k], finger[k]]))
+            bag.add(ARM_JOINTS, bag.joint_state(h, arm, q_arm))
+            bag.add(GRIPPER_JOINTS, bag.joint_state(h, fingers, [finger[k], finger[k]]))
+            msg = bag.pose(bag.header(offset + tk, "fr3_link0"), positions[k], quats[k])
+            if pose:
+                bag.add(POSE, msg)
+            if goal_pose and k % 50 == 0:
+                bag.add("/goal_pose", msg)
+    return bag.close()

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from cell_bags import BagWriter
 
 from mambavla import spaces
 from mambavla.cli import main
@@ -70,76 +71,23 @@ def episode(tmp_path_factory):
 def _foreign_bag(path, with_front: bool = True):
     """Another driver's layout: JPEG CompressedImage, bgr8 raw frames, JointState with extra joints in
     their own order, the pose on its own topic, no instruction, no actions."""
-    import cv2
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
-    ts = get_typestore(Stores.ROS2_KILTED)
-    T = ts.types
     t, position, quat, fingers, _ = _trajectory(50)
     t = t + 1700000000.0  # wall-clock stamps, as a real recording has
     joints = (
         ["panda_finger_joint2", "extra_rail_joint"] + [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1"]
     )
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        conns = {}
+    bag = BagWriter(path)
+    bag.add("/robot_description", bag.string("<robot/>"), t[0])
+    for k, tk in enumerate(t):
+        header = bag.header(tk, "cam")
+        rgb = _image(k, *SIZE)
         if with_front:
-            conns["jpeg"] = writer.add_connection(
-                "/camera/color/image_raw/compressed", "sensor_msgs/msg/CompressedImage", typestore=ts
-            )
-        conns["bgr"] = writer.add_connection("/wrist_cam/image_raw", "sensor_msgs/msg/Image", typestore=ts)
-        conns["joints"] = writer.add_connection("/franka/joint_states", "sensor_msgs/msg/JointState", typestore=ts)
-        conns["pose"] = writer.add_connection("/franka/ee_pose", "geometry_msgs/msg/PoseStamped", typestore=ts)
-        conns["desc"] = writer.add_connection("/robot_description", "std_msgs/msg/String", typestore=ts)
-        writer.write(
-            conns["desc"],
-            int(t[0] * 1e9),
-            ts.serialize_cdr(T["std_msgs/msg/String"](data="<robot/>"), "std_msgs/msg/String"),
-        )
-        for k, tk in enumerate(t):
-            ns = int(round(tk * 1e9))
-            header = T["std_msgs/msg/Header"](
-                stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9), frame_id="cam"
-            )
-            rgb = _image(k, *SIZE)
-            if with_front:
-                jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].reshape(-1)
-                msg = T["sensor_msgs/msg/CompressedImage"](
-                    header=header, format="rgb8; jpeg compressed bgr8", data=jpeg
-                )
-                writer.write(conns["jpeg"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
-            bgr = np.ascontiguousarray(rgb[..., ::-1])
-            msg = T["sensor_msgs/msg/Image"](
-                header=header,
-                height=SIZE[0],
-                width=SIZE[1],
-                encoding="bgr8",
-                is_bigendian=0,
-                step=SIZE[1] * 3,
-                data=bgr.reshape(-1),
-            )
-            writer.write(conns["bgr"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
-            values = {
-                "panda_finger_joint1": fingers[k, 0],
-                "panda_finger_joint2": fingers[k, 1],
-                "extra_rail_joint": 0.7,
-            }
-            msg = T["sensor_msgs/msg/JointState"](
-                header=header,
-                name=joints,
-                position=np.array([values.get(n, 0.1) for n in joints]),
-                velocity=np.zeros(0),
-                effort=np.zeros(0),
-            )
-            writer.write(conns["joints"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
-            p, q = position[k], quat[k]
-            pose = T["geometry_msgs/msg/Pose"](
-                position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
-                orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
-            )
-            msg = T["geometry_msgs/msg/PoseStamped"](header=header, pose=pose)
-            writer.write(conns["pose"], ns, ts.serialize_cdr(msg, msg.__msgtype__))
-    return path
+            bag.add("/camera/color/image_raw/compressed", bag.jpeg(header, rgb, "rgb8; jpeg compressed bgr8"))
+        bag.add("/wrist_cam/image_raw", bag.image(header, rgb, "bgr8"))
+        values = {"panda_finger_joint1": fingers[k, 0], "panda_finger_joint2": fingers[k, 1], "extra_rail_joint": 0.7}
+        bag.add("/franka/joint_states", bag.joint_state(header, joints, [values.get(n, 0.1) for n in joints]))
+        bag.add("/franka/ee_pose", bag.pose(header, position[k], quat[k]))
+    return bag.close()
 
 
 def _replay(capsys, *argv) -> tuple[int, dict | None, str]:

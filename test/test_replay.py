@@ -152,30 +152,10 @@ def test_scores_are_zero_for_the_recording_itself_and_exact_for_an_offset(episod
 @pytest.mark.slow
 def test_foreign_bag_replays_with_map_and_instruction(checkpoint, tmp_path, capsys):
     bag = _foreign_bag(tmp_path / "foreign")
-    code, _, err = _replay(
-        capsys,
-        bag,
-        "--checkpoint",
-        checkpoint,
-        "--map",
-        "front=/camera/color/image_raw/compressed",
-        "--out",
-        tmp_path / "out",
-    )
+    args = (bag, "--checkpoint", checkpoint, "--map", "front=/camera/color/image_raw/compressed", "--out", tmp_path)
+    code, _, err = _replay(capsys, *args)
     assert code == 2 and "--instruction" in err and "/robot_description" in err  # no instruction recorded: say so
-    code, summary, err = _replay(
-        capsys,
-        bag,
-        "--checkpoint",
-        checkpoint,
-        "--map",
-        "front=/camera/color/image_raw/compressed",
-        "--instruction",
-        "lift the red cube",
-        "--out",
-        tmp_path / "out",
-        "--zero-latency",
-    )
+    code, summary, err = _replay(capsys, *args, "--instruction", "lift the red cube", "--zero-latency")
     assert code == 0, err
     roles = summary["roles"]["foreign"]["roles"]
     assert roles == {

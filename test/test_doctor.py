@@ -162,6 +162,18 @@ def test_doctor_text_output_and_bad_camera_arguments(capsys):
     assert out.rstrip().endswith("warnings")
 
 
+def test_only_an_rtprio_entry_counts_as_configured_not_the_stock_comment(tmp_path):
+    from mambavla.commands.doctor import sets_rtprio
+
+    stock = tmp_path / "limits.conf"  # Ubuntu's /etc/security/limits.conf documents rtprio in a comment
+    stock.write_text("#<domain>      <type>  <item>         <value>\n#        - rtprio - max realtime priority\n")
+    assert not sets_rtprio(stock)
+    configured = tmp_path / "realtime.conf"
+    configured.write_text("@realtime   -   rtprio   99   # Franka\n@realtime - memlock 102400\n")
+    assert sets_rtprio(configured)
+    assert not sets_rtprio(tmp_path / "missing.conf")
+
+
 def doctor_without(tmp_path, capabilities: list[str], memlock_kb: int) -> dict:
     """doctor --json in a process whose bounding set lacks `capabilities`, with a low memlock limit (setpriv, prlimit:
     a container started without --cap-add or --ulimit)."""

@@ -303,12 +303,22 @@ def check_rt_limits(robot: bool) -> Check:
     if not low:
         return Check("rt limits", OK, detail)
     files = [Path("/etc/security/limits.conf"), *sorted(Path("/etc/security/limits.d").glob("*.conf"))]
-    configured = [p for p in files if p.is_file() and "rtprio" in p.read_text(errors="replace")]
+    configured = [p for p in files if sets_rtprio(p)]
     fix = ("log out and in again: " + ", ".join(map(str, configured)) + " sets rtprio (for a group: check your user "
            "is in it with `groups`)" if configured else
            "add `@realtime - rtprio 99` and `@realtime - memlock 102400` to /etc/security/limits.conf, "
            "`sudo groupadd realtime; sudo usermod -aG realtime $USER`, then log in again")
     return Check("rt limits", FAIL if robot else WARN, f"{detail}: {' and '.join(low)} too low", fix)
+
+
+def sets_rtprio(path: Path) -> bool:
+    """Whether a limits.conf-style file has an rtprio entry (`<domain> <type> rtprio <value>`); the stock
+    /etc/security/limits.conf names rtprio only in its comments."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return False
+    return any(len(fields) >= 4 and fields[2] == "rtprio" for fields in (line.split("#")[0].split() for line in lines))
 
 
 def has_capability(bit: int) -> bool:

@@ -81,20 +81,7 @@ def test_train_rejects_an_empty_data_directory(tmp_path, capsys):
 
 
 def test_episodes_per_task_keeps_the_first_n_training_episodes_of_each_task_and_the_same_validation():
-    tasks = [
-        "lift",
-        "place",
-        "lift",
-        "push_left",
-        "lift",
-        "place",
-        "lift",
-        "place",
-        "lift",
-        "push_left",
-        "lift",
-        "place",
-    ]
+    tasks = "lift place lift push_left lift place lift place lift push_left lift place".split()
     n = len(tasks)
     episodes = TrainingEpisodes(
         cameras=("front",),

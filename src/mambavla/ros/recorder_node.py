@@ -39,6 +39,7 @@ FRAME_QOS = QoSProfile(history=SENSOR_QOS.history, depth=10, reliability=SENSOR_
                        durability=SENSOR_QOS.durability)
 STATE_INTAKE_QOS = QoSProfile(history=STATE_QOS.history, depth=50, reliability=STATE_QOS.reliability,
                               durability=STATE_QOS.durability)
+MAX_INSTRUCTION_CHARS = 1000  # as policy_node's default max_instruction_chars
 
 
 class RecorderNode(Node):
@@ -88,8 +89,11 @@ class RecorderNode(Node):
 
     def _on_instruction(self, msg: String) -> None:
         text = msg.data.strip()
-        if text and len(text) <= 1000:
+        if text and len(text) <= MAX_INSTRUCTION_CHARS:
             self.instruction = text
+        else:
+            why = f"{len(text)} characters > {MAX_INSTRUCTION_CHARS}" if text else "empty"
+            self.get_logger().warning(f"instruction on the topic ignored ({why}); episodes keep {self.instruction!r}")
 
     def command(self, name: str) -> tuple[bool, str]:
         """start / save / discard / mark_success / mark_failure, from a service or the terminal."""

@@ -26,7 +26,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from mambavla.data.bags import ACTION_TOPIC, EE_POSE_TOPIC, JOINT_STATE_TOPIC
-from mambavla.data.recorder import RECORDING, EpisodeRecorder
+from mambavla.data.recorder import READY, RECORDING, EpisodeRecorder
 from mambavla.ros.diagnostics import OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
 from mambavla.ros.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
@@ -114,7 +114,7 @@ class RecorderNode(Node):
         if self.recorder.poll() == "save":
             ok, text = self.recorder.save()
             self.get_logger().info(f"episode_time_s reached: {text}")
-        elif self.auto_start and self.recorder.status()["state"] == "READY" and self.recorder.saved + \
+        elif self.auto_start and self.recorder.state == READY and self.recorder.saved + \
                 self.recorder.discarded > 0 and not self.recorder.missing_inputs():
             ok, text = self.recorder.start(self.instruction)
             self.get_logger().info(f"auto_start: {text}")

@@ -73,11 +73,9 @@ class Normalizer(nn.Module):
             return torch.tensor(stats[key][field], dtype=torch.float32)
 
         self.register_buffer("proprio_mean", buffer("proprio", "mean"), persistent=False)
-        # std floored at 1% of the dimension's scale (|mean| or range), 1 where that is 0, as data/dataset.py
-        # `_stats` does: stats written with a 1e-6 floor must not amplify noise on a constant dimension by 1e6
-        scale = torch.maximum(buffer("proprio", "mean").abs(), buffer("proprio", "max") - buffer("proprio", "min"))
-        std = torch.where(scale > 0, torch.maximum(buffer("proprio", "std"), 0.01 * scale), torch.ones_like(scale))
-        self.register_buffer("proprio_std", std.clamp_min(_EPS), persistent=False)
+        # stats written with a 1e-6 floor must not amplify noise on a constant dimension by 1e6
+        std = floor_std(*(np.asarray(stats["proprio"][f], np.float64) for f in ("std", "mean", "min", "max")))
+        self.register_buffer("proprio_std", torch.tensor(std, dtype=torch.float32).clamp_min(_EPS), persistent=False)
         self.register_buffer("action_low", buffer("actions", "min"), persistent=False)
         self.register_buffer(
             "action_range", (buffer("actions", "max") - buffer("actions", "min")).clamp_min(_EPS), persistent=False
@@ -104,6 +102,13 @@ class Normalizer(nn.Module):
         return (a + 1.0) * 0.5 * span + low
 
 
+def floor_std(std: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """std floored at 1% of each dimension's scale (|mean| or range), 1 where that is 0: the rule data/dataset.py's
+    `_stats` writes statistics with."""
+    scale = np.maximum(np.abs(mean), hi - lo)
+    return np.where(scale > 0, np.maximum(std, 0.01 * scale), 1.0)
+
+
 STATS_SOURCES = ("merge", "data", "checkpoint")
 
 
@@ -119,8 +124,7 @@ def merge_stats(checkpoint: dict, data: dict) -> dict:
         # a constant dimension's std is written as 1 (a placeholder, not a spread): it adds no spread to the mixture
         spread = [np.where(side["max"] > side["min"], side["std"], 0.0) for side in (a, b)]
         mean, lo, hi = (a["mean"] + b["mean"]) / 2, np.minimum(a["min"], b["min"]), np.maximum(a["max"], b["max"])
-        std = np.sqrt((spread[0] ** 2 + spread[1] ** 2) / 2 + ((a["mean"] - b["mean"]) / 2) ** 2)
-        scale = np.maximum(np.abs(mean), hi - lo)  # the floor data/dataset.py's statistics have
-        std = np.where(scale > 0, np.maximum(std, 0.01 * scale), 1.0)
+        mixed = np.sqrt((spread[0] ** 2 + spread[1] ** 2) / 2 + ((a["mean"] - b["mean"]) / 2) ** 2)
+        std = floor_std(mixed, mean, lo, hi)
         merged[key] = {"mean": mean.tolist(), "std": std.tolist(), "min": lo.tolist(), "max": hi.tolist()}
     return merged

@@ -116,6 +116,26 @@ def test_cameras_of_different_sizes_are_reported_not_written_as_one_episode(tmp_
     recorder.close()
 
 
+def test_compressed_cameras_of_different_sizes_are_reported_from_each_frames_header(tmp_path, typestore):
+    from mambavla.data.images import encode_jpeg
+
+    recorder = EpisodeRecorder(tmp_path, CAMERAS)
+    feed(recorder, typestore, 100.0, 1)
+    assert recorder.start("lift")[0]
+    T = typestore.types
+    for k in range(3):
+        ns = int(101e9) + k * int(1e9 / 30)
+        for name, size in zip(CAMERAS, (SIZE, (30, 40))):  # the wrist camera sends another size
+            jpeg = np.frombuffer(encode_jpeg(np.full((*size, 3), 90, np.uint8), 90), np.uint8)
+            msg = T["sensor_msgs/msg/CompressedImage"](header=header(typestore, ns), format="jpeg", data=jpeg)
+            recorder.on_camera(name, ns, bytes(typestore.serialize_cdr(msg, msg.__msgtype__)), compressed=True)
+    end = time.monotonic() + 10
+    while recorder.status()["queued"] and time.monotonic() < end:
+        time.sleep(0.01)
+    assert "camera 'wrist' sent 40x30" in recorder.status()["error"]
+    recorder.close()
+
+
 def test_a_full_queue_drops_and_counts_instead_of_blocking_the_callback(tmp_path, typestore):
     recorder = EpisodeRecorder(tmp_path, CAMERAS, queue_mb=0.02)  # a few frames of 24x32
     feed(recorder, typestore, 100.0, 1)

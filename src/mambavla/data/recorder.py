@@ -281,13 +281,13 @@ class EpisodeRecorder:
             episode.counts[topic] = episode.counts.get(topic, 0) + 1
 
     def _write_camera(self, episode: Episode, camera: str, ns: int, data: bytes, compressed: bool) -> None:
-        from mambavla.data.images import encode_jpeg, image_to_rgb
+        from mambavla.data.images import encode_jpeg, image_to_rgb, source_size
 
         topic = camera_topic(camera) + "/compressed"
         msg = self._ts.deserialize_cdr(data, COMPRESSED_IMAGE_TYPE if compressed else IMAGE_TYPE)
         stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec) or ns
         if compressed:
-            size = image_to_rgb(msg).shape[:2] if episode.image_size is None else episode.image_size
+            size = source_size(msg)  # from the JPEG or PNG header: every frame checked, none decoded
             out = data
         else:
             rgb = image_to_rgb(msg, resize=False)

@@ -113,6 +113,9 @@ def test_cameras_of_different_sizes_are_reported_not_written_as_one_episode(tmp_
     while recorder.status()["queued"] and time.monotonic() < end:
         time.sleep(0.01)
     assert "every camera needs one size" in recorder.status()["error"]
+    assert recorder.status()["dropped"] == 6  # the 3 frames of each camera not written are counted
+    ok, text = recorder.save()
+    assert ok and "warning: 6 messages dropped" in text, text
     recorder.close()
 
 

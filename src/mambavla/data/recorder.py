@@ -15,8 +15,9 @@ operator to reset the scene) -> READY. Its bag is written in `.partial/episode_N
 recorder killed mid-episode leaves it there, in a hidden folder that training and export skip, never a bag
 without its metadata among the episodes. Messages arrive on callback threads and are queued; one writer thread
 decodes, encodes and writes, so a slow disk or a JPEG encode never blocks a callback. The queue is bounded in
-bytes (`queue_mb`: raw frames are large, state messages small and many); a message that does not fit is dropped
-and counted (`dropped`): the figure a recording that kept up shows as 0.
+bytes (`queue_mb`: raw frames are large, state messages small and many); a message that does not fit, or that the
+writer cannot store (the status's `error` says why), is dropped and counted (`dropped`, per episode in its
+sidecar, and in the save's message): the figure a recording that kept up shows as 0.
 """
 
 from __future__ import annotations
@@ -259,6 +260,10 @@ class EpisodeRecorder:
                 self._handle(kind, episode, args)
             except Exception as err:  # a bad message must not end the recorder; the status shows it
                 self.error = f"{type(err).__name__}: {err}"
+                if kind in ("camera", "state"):  # not in the bag: counted with the messages the queue dropped
+                    with self._bytes_lock:
+                        self.dropped += 1
+                        episode.dropped += 1
                 if kind == "finish":
                     _, done, result = args
                     result.extend([False, f"could not finish the episode: {self.error}"])
@@ -347,8 +352,8 @@ class EpisodeRecorder:
             text += (f"; warning: {irregular} of {len(steps)} frame intervals are more than half off {dt * 1e3:.0f} ms "
                      f"(the camera {self.cameras[0]!r} did not keep its rate)")
         if episode.dropped:
-            text += (f"; warning: {episode.dropped} messages dropped, the writer did not keep up "
-                     f"(dropped in {SIDECAR})")
+            text += (f"; warning: {episode.dropped} messages dropped: the writer did not keep up or could not store "
+                     f"them (dropped in {SIDECAR}, the reason in the status's error)")
         return True, text
 
 

@@ -47,3 +47,21 @@ def test_train_flags_are_derived_from_the_settings_with_the_old_names_kept():
         k: defaults()[k] for k in ("steps", "ema_decay", "shift_px")}
     assert build_parser().parse_args(["train", "--ema-decay", "0.5"]).ema_decay == 0.5
     assert given(build_parser().parse_args(["train", "--resume", "run", "--steps", "5"])) == {"steps": 5}
+
+
+def test_settings_are_checked_without_loading_torch_and_init_stats_is_a_choice():
+    code = (
+        "import sys\nfrom mambavla.train.settings import TrainSettings\n"
+        "TrainSettings(init='ckpt', init_stats='data')\nprint('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "False"
+    import pytest
+
+    from mambavla.cli import build_parser
+    from mambavla.train.settings import TrainSettings
+
+    with pytest.raises(ValueError, match="init_stats must be one of"):
+        TrainSettings(init_stats="both")
+    with pytest.raises(SystemExit):  # argparse names the choices
+        build_parser().parse_args(["train", "--init-stats", "both"])

@@ -109,9 +109,6 @@ def floor_std(std: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray)
     return np.where(scale > 0, np.maximum(std, 0.01 * scale), 1.0)
 
 
-STATS_SOURCES = ("merge", "data", "checkpoint")
-
-
 def merge_stats(checkpoint: dict, data: dict) -> dict:
     """Statistics for fine-tuning a checkpoint on new data: each range the union of both (the action scale keeps the
     checkpoint's ranges and covers the new data), each mean and std those of an equal mixture of the two."""

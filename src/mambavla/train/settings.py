@@ -1,6 +1,6 @@
 """How a policy is trained, declared once: `TrainSettings`' fields carry their default and help, and
-`mambavla train` derives its flags from them (`add_arguments`, `given`). Importing this module loads no torch,
-so that building the command line stays fast.
+`mambavla train` derives its flags from them (`add_arguments`, `given`). Importing this module or constructing
+settings loads no torch, so that building the command line stays fast.
 
 A field's flag is `--<name>` with dashes; a boolean that is on by default gets `--no-<name>`, one that is off
 `--<name>`; metadata "cli" holds what argparse needs beyond that (another flag name, aliases, nargs, metavar).
@@ -16,6 +16,7 @@ from mambavla.data.roles import parse_maps
 from mambavla.spaces import ACTION_MODES
 
 HISTORY_MODES = ("stream", "window")
+INIT_STATS = ("merge", "data", "checkpoint")  # fine-tuning's normalisation statistics (train/trainer.py)
 SCRATCH_LR = 3e-4  # peak learning rate from scratch
 FINE_TUNE_LR = 1e-4  # --init's default peak learning rate: a third of training from scratch's
 SHIFT_PX = 6  # the random image shift's reach at 128 x 128: about 5% of the image
@@ -82,7 +83,7 @@ class TrainSettings:
                              "cell). A grounding head the data cannot supervise is dropped", metavar="CHECKPOINT")
     init_stats: str = _setting("merge", "fine-tuning's normalisation statistics: merge (the checkpoint's ranges "
                                         "widened to cover the new data), data (the new data's alone) or checkpoint "
-                                        "(unchanged)", metavar="{merge,data,checkpoint}")
+                                        "(unchanged)", choices=INIT_STATS)
     maps: dict = _setting({}, "topic of a role: a camera name of the policy (front, wrist ...), joint_states, "
                               "ee_pose, instruction, actions or target_pose (a commanded PoseStamped); repeatable "
                               "(default: found by type and name)",
@@ -100,11 +101,7 @@ class TrainSettings:
                                      "camera's stream ends one (0: one demonstration per bag)", metavar="SECONDS")
 
     def __post_init__(self) -> None:
-        from mambavla.model.normalization import STATS_SOURCES
-
-        for name, choices in [(f.name, f.metadata["cli"].get("choices")) for f in fields(self)] + [
-            ("init_stats", STATS_SOURCES)
-        ]:
+        for name, choices in [(f.name, f.metadata["cli"].get("choices")) for f in fields(self)]:
             if choices and getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.episodes_per_task < 0:

@@ -61,3 +61,29 @@ def test_the_node_declares_the_config_read_only_and_runs_replays_schedule(contex
     finally:
         node.shutdown()
         node.destroy_node()
+
+
+def test_a_frame_too_large_to_decode_is_rejected_naming_the_memory_error(context, monkeypatch):
+    from sensor_msgs.msg import Image
+
+    import mambavla.ros.policy_node as policy_node
+
+    node = start(context, [], {"preset": "tiny", "device": "cpu", "torch_threads": 1})
+    try:
+        deadline = time.monotonic() + 300.0
+        while node.state == "LOADING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert node.state == "WAITING", node.reason
+
+        def too_large(*args, **kwargs):
+            raise MemoryError("cannot allocate 9 GB")
+
+        monkeypatch.setattr(policy_node, "image_to_rgb", too_large)
+        with node._lock:
+            node._undecoded[0] = (Image(), node._now(), time.perf_counter())
+        node._convert_frames()  # the worker may take the frame first: the same rejection either way
+        assert node.inputs_rejected == 1
+        assert node.last_rejection == f"{node.image_topics[0]}: MemoryError: cannot allocate 9 GB"
+    finally:
+        node.shutdown()
+        node.destroy_node()

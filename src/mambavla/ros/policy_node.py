@@ -200,7 +200,7 @@ class PolicyNode(Node):
                 rgb = image_to_rgb(msg, self.runtime.image_size, resize=not self.runtime.resizes_on_device)
                 self.convert_ms.append((time.perf_counter() - started) * 1e3)
             except (ValueError, MemoryError) as err:  # one hostile frame must never end the node
-                self._reject(f"{topic}: {type(err).__name__ if isinstance(err, MemoryError) else ''}{err}")
+                self._reject(f"{topic}: {'MemoryError: ' if isinstance(err, MemoryError) else ''}{err}")
                 continue
             with self._lock:
                 self._observations.add_frame(self._camera_slot[index], Frame(rgb, stamp, receipt, arrived))

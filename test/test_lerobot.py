@@ -84,6 +84,8 @@ def test_export_writes_the_v3_layout_with_many_episodes_per_file(exported):
     stats = json.loads((out / "meta/stats.json").read_text())
     assert np.array(stats["observation.images.front"]["mean"]).shape == (3, 1, 1)
     assert stats["action"]["count"] == [21]
+    assert (stats["index"]["min"], stats["index"]["max"], stats["episode_index"]["max"]) == ([0], [20], [1])
+    assert stats["frame_index"]["max"] == [11] and stats["timestamp"]["max"] == [pytest.approx(11 / FPS)]
     with av.open(str(out / "videos/observation.images.front/chunk-000/file-000.mp4")) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name in ("libdav1d", "av1", "libaom-av1")

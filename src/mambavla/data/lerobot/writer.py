@@ -225,6 +225,7 @@ def export_lerobot(sources: Sequence[str | Path], out: str | Path, codec: str = 
     data = _DataFiles(out, data_file_mb)
     tasks: dict[str, int] = {}
     rows, marker_episodes, numeric, image_parts = [], [], {STATE_KEY: [], JOINT_STATE_KEY: [], ACTION_KEY: []}, {}
+    index_parts: dict[str, list[np.ndarray]] = {key: [] for key in INDEX_KEYS}
     total = 0
     try:
         for episode_index, path in enumerate(tqdm(paths, desc="export LeRobot", unit="episode", disable=not progress)):
@@ -250,7 +251,8 @@ def export_lerobot(sources: Sequence[str | Path], out: str | Path, codec: str = 
                 ep_stats[IMAGE_PREFIX + name] = image_stats(ep.images[name])
                 image_parts.setdefault(IMAGE_PREFIX + name, []).append(ep_stats[IMAGE_PREFIX + name])
             for key in INDEX_KEYS:
-                ep_stats[key] = feature_stats(table.column(key).to_numpy()[:, None])
+                index_parts[key].append(table.column(key).to_numpy()[:, None])
+                ep_stats[key] = feature_stats(index_parts[key][-1])
             row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0, **_flat_stats(ep_stats)})
             rows.append(row)
             numeric[STATE_KEY].append(ep.proprio)
@@ -272,8 +274,7 @@ def export_lerobot(sources: Sequence[str | Path], out: str | Path, codec: str = 
 
     stats = {key: feature_stats(np.concatenate(parts)) for key, parts in numeric.items()}
     stats |= {key: aggregate_image_stats(parts) for key, parts in image_parts.items()}
-    index_columns = pq.read_table(str(out / "data"), columns=list(INDEX_KEYS))
-    stats |= {key: feature_stats(index_columns.column(key).to_numpy()[:, None]) for key in INDEX_KEYS}
+    stats |= {key: feature_stats(np.concatenate(parts)) for key, parts in index_parts.items()}
     write_json(out / STATS_PATH, stats)
 
     vector = {"dtype": "float32"}

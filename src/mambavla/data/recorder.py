@@ -46,8 +46,6 @@ from mambavla.data.bags import (
 STATE_TOPICS = (JOINT_STATE_TOPIC, EE_POSE_TOPIC, ACTION_TOPIC)
 READY, RECORDING, RESETTING = "READY", "RECORDING", "RESETTING"
 FRESH = 2.0  # s: a stream whose last message is older is not live
-
-
 PARTIAL = ".partial"  # under root: the bags of episodes not saved yet
 
 
@@ -69,7 +67,7 @@ class Episode:
     frame_stamps: list[int] = field(default_factory=list)  # ns, first camera
     image_size: tuple[int, int] | None = None
     frames_in: int = 0  # camera messages offered
-    dropped: int = 0  # messages that did not fit the queue
+    dropped: int = 0  # messages not written: the queue was full, or the writer could not store them
     closed: bool = False  # saved or discarded: what is still queued for it is not written
 
 
@@ -114,7 +112,6 @@ class EpisodeRecorder:
         self.saved = 0
         self.discarded = 0
         self.error = ""
-        self._running = True
         self._thread = threading.Thread(target=self._write_loop, name="episode-writer", daemon=True)
         self._thread.start()
 
@@ -241,7 +238,6 @@ class EpisodeRecorder:
     def close(self) -> None:
         if self.state == RECORDING:
             self.discard()
-        self._running = False
         self._queue.put(None)
         self._thread.join(timeout=10.0)
 

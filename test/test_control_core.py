@@ -402,6 +402,16 @@ def test_a_twist_stream_that_stops_halts_the_target_then_holds_then_stops():
     assert any(t is not None and t.stop for t in targets) and "stop_after" in core.reason
 
 
+def test_a_twist_received_longer_than_command_timeout_ago_moves_nothing():
+    core = teleop_core()
+    # an unstamped twist taken at t = 1.0 that reached the reader 0.4 s earlier (> command_timeout 0.25 s)
+    assert core.submit_twist((0.1, 0.0, 0.0), (0.0, 0.0, 0.0), 1.0, mono=0.6) is None
+    targets = run(core, 1.0, 0.3)
+    assert np.linalg.norm(targets[-1].position - HOME_P) < 1e-12
+    assert core.submit_twist((0.1, 0.0, 0.0), (0.0, 0.0, 0.0), 1.3, mono=1.3) is None  # a fresh one drives
+    assert run(core, 1.3, 0.1)[-1].position[0] > HOME_P[0]
+
+
 def test_only_the_active_source_drives_and_switching_holds_the_target():
     core = make_core()
     assert "command source is policy" in core.submit_twist((0.1, 0.0, 0.0), (0.0, 0.0, 0.0), 1.0)

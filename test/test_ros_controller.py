@@ -461,6 +461,15 @@ def test_the_teleop_gripper_command_drives_the_hand_of_a_stopped_arm(teleop):
     assert call(probe, "enable").success
 
 
+def test_a_twist_counts_from_when_the_reader_received_it_not_from_when_a_callback_took_it():
+    from mambavla.ros.controller_node import received_at
+
+    waited = time.monotonic() - received_at({"received_timestamp": time.time_ns() - 400_000_000})
+    assert waited == pytest.approx(0.4, abs=0.05)  # 0.4 s in the reader's history: older than the 0.25 s timeout
+    assert abs(time.monotonic() - received_at({"received_timestamp": 0})) < 0.05  # no receipt time: the take time
+    assert abs(time.monotonic() - received_at({"received_timestamp": time.time_ns() + 10**9})) < 0.05  # clock step
+
+
 def test_a_twist_flood_from_a_second_publisher_neither_slows_the_loop_nor_starves_the_valid_stream(teleop):
     from geometry_msgs.msg import TwistStamped
 

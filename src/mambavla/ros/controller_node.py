@@ -123,7 +123,7 @@ PARAMETERS = {
     "teleop_max_linear": "reject twists faster than this after scaling (corrupt or mis-scaled), m/s; "
                          "max_linear_speed still limits the target",
     "teleop_max_angular": "reject twists turning faster than this after scaling, rad/s",
-    "teleop_command_timeout": "a twist older than this counts as zero (the operator let go), s",
+    "teleop_command_timeout": "a twist received longer ago than this counts as zero (the operator let go), s",
 }
 
 
@@ -283,7 +283,7 @@ class ControllerNode(Node):
             else:
                 linear, angular = msg.linear, msg.angular
                 reason = self.core.submit_twist((linear.x, linear.y, linear.z), (angular.x, angular.y, angular.z),
-                                                self._now(), stamp=stamp, mono=time.monotonic(), frame=frame)
+                                                self._now(), stamp=stamp, mono=received_at(info), frame=frame)
         if reason:
             self._warn("twist", reason)
 
@@ -420,6 +420,16 @@ class ControllerNode(Node):
         self.control.join(timeout=5.0)
         if self.loop.gripper is not None:
             self.loop.gripper.close()
+
+
+def received_at(info: dict) -> float:
+    """The monotonic time a message reached the node's reader (the message info's received_timestamp, on the system
+    clock), not when a callback took it: a twist that sat in the reader's history while the callbacks were busy
+    has used up that much of teleop_command_timeout. The take time where rmw gives no receipt time."""
+    now, received = time.monotonic(), info.get("received_timestamp") or 0
+    if not received:
+        return now
+    return now - max(0.0, (time.time_ns() - received) * 1e-9)
 
 
 def kernel_is_realtime() -> bool:

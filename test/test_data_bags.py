@@ -67,6 +67,31 @@ def test_read_episode_gives_aligned_arrays_of_a_lift():
     assert np.abs(ep.actions[:, :3] - ep.proprio[:, :3]).max() < 0.05
 
 
+@pytest.mark.sim
+@pytest.mark.slow
+def test_derived_actions_match_the_commanded_ones_of_a_simulated_lift_best_at_the_default_lead():
+    """The labels a bag without commands gets (the pose ACTION_LEAD s ahead, the gripper from the finger width) against
+    what the expert commanded through franky-sim's impedance tracker and gripper."""
+    from mambavla.data.bags import ACTION_LEAD, derived_actions
+    from mambavla.data.roles import inspect, read_messages
+
+    path, _ = recorded_episode()
+    ep = read_episode(path)  # its actions: the recorded commands
+    streams = {"joint_states": [], "ee_pose": []}
+    for m in read_messages(inspect(path, []), list(streams)):
+        streams[m.role].append((m.stamp, m.value))
+    stamps = {r: np.array([round(s * 1e9) for s, _ in v], dtype=np.int64) for r, v in streams.items()}
+    grid = np.round((ep.times + ep.meta["start_stamp"]) * 1e9).astype(np.int64)
+
+    def error_mm(lead):
+        derived = derived_actions(stamps, streams, grid, lead)
+        return np.linalg.norm(derived[:, :3] - ep.actions[:, :3], axis=1).mean() * 1e3, derived[:, 6]
+
+    at_lead, gripper = error_mm(ACTION_LEAD)
+    assert at_lead < 5.0 and at_lead < error_mm(0.5 * ACTION_LEAD)[0] and at_lead < error_mm(1.5 * ACTION_LEAD)[0]
+    assert np.mean(gripper == ep.actions[:, 6]) >= 0.98  # GRIPPER_CLOSED_BELOW: the command within a row or two
+
+
 def _tiny_episode(path, size=(8, 10), frames=5, cameras=("front", "wrist")):
     with EpisodeWriter(path, cameras, size, 0.05, {"task": "lift", "seed": 0, "success": True}) as w:
         w.write_instruction(0.0, "lift the red cube")

@@ -87,3 +87,27 @@ def test_a_frame_too_large_to_decode_is_rejected_naming_the_memory_error(context
     finally:
         node.shutdown()
         node.destroy_node()
+
+
+def test_an_instruction_the_policy_fails_to_take_ends_the_previous_task(context, monkeypatch):
+    """Not only a refused instruction (ValueError): any failure to take a new one must not leave the arm on the
+    old task."""
+    node = start(context, [], {"preset": "tiny", "device": "cpu", "torch_threads": 1})
+    try:
+        deadline = time.monotonic() + 300.0
+        while node.state == "LOADING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert node.state == "WAITING", node.reason
+        node._apply_instruction("lift the red cube")
+        assert node.instruction == "lift the red cube"
+
+        def fails(text):
+            raise RuntimeError("CUDA error: out of memory")
+
+        monkeypatch.setattr(node.runtime, "set_instruction", fails)
+        with pytest.raises(RuntimeError, match="out of memory"):  # the worker reports it as an ERROR
+            node._apply_instruction("push the blue cube")
+        assert node.instruction == ""  # no chunks for the old task: the controller holds
+    finally:
+        node.shutdown()
+        node.destroy_node()

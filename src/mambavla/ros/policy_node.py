@@ -243,7 +243,8 @@ class PolicyNode(Node):
                 else:
                     self._infer(obs)
             except Exception as err:  # a failing policy must not silently kill the worker: report, keep trying
-                self.state, self.reason = "ERROR", f"inference failed: {type(err).__name__}: {err}"
+                what = "inference" if text is None else "the instruction"
+                self.state, self.reason = "ERROR", f"{what} failed: {type(err).__name__}: {err}"
                 self.get_logger().error(self.reason, throttle_duration_sec=5.0)
                 time.sleep(0.5)
 
@@ -262,6 +263,9 @@ class PolicyNode(Node):
             self._reject(f"instruction rejected: {err}; the current task ends (the controller holds)")
             self._end_task("instruction rejected")
             return
+        except Exception:  # the policy failed to take it: the old task must not go on either; the worker reports it
+            self._end_task("the instruction could not be applied")
+            raise
         self.instruction = text
         with self._lock:
             self.schedule.restart()

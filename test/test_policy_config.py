@@ -45,6 +45,7 @@ def test_a_misspelt_parameter_is_refused_naming_the_one_meant():
     ("infer_mode", "often", "infer_mode must be one of"),
     ("infer_rate_hz", 0.0, "infer_rate_hz must be > 0"),
     ("dtype", "fp64", "dtype must be one of"),
+    ("max_frame_future", -0.1, "max_frame_future must be >= 0"),
     ("camera_names", ["front"], "must name each of camera_topics"),
     ("camera_topics", ["/a/compressed", "/b"], "name the base topic"),
 ])

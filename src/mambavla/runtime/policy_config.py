@@ -71,6 +71,8 @@ class PolicyNodeConfig:
         for name in ("infer_rate_hz", "max_observation_age", "diagnostics_rate_hz", "max_instruction_chars"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.max_frame_future >= 0:  # negative: the freshest frames would be refused as from the future
+            raise ValueError(f"max_frame_future must be >= 0 s, got {self.max_frame_future}")
         if not 0.0 <= self.consume_fraction <= 1.0:
             raise ValueError(f"consume_fraction must be within 0..1, got {self.consume_fraction}")
         if self.torch_threads < 0:

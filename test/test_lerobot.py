@@ -595,3 +595,22 @@ def test_episode_metadata_without_the_data_file_columns_is_refused_naming_them(t
     pq.write_table(pq.read_table(path).drop_columns(["data/file_index"]), path)
     with pytest.raises(LeRobotError, match=r"file-000.parquet: no column data/file_index"):
         import_lerobot(root, tmp_path / "bags", progress=False)
+
+
+def test_an_import_stopped_mid_episode_leaves_no_bag_of_that_episode(tmp_path, monkeypatch):
+    rng = np.random.default_rng(16)
+    names = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+    root = write_lerobot(tmp_path / "crisp", [crisp_episode(rng, 6), crisp_episode(rng, 6)], names, names)
+    written, write_frame = [], EpisodeWriter.write_frame
+
+    def interrupted(self, *args, **kwargs):
+        if len(written) == 11:  # the last frame of the second episode: its first five would read as an episode
+            raise KeyboardInterrupt
+        written.append(1)
+        return write_frame(self, *args, **kwargs)
+
+    monkeypatch.setattr(EpisodeWriter, "write_frame", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_lerobot(root, tmp_path / "bags", image_format="raw", progress=False)
+    assert [p.name for p in (tmp_path / "bags").iterdir()] == ["crisp_episode_000000"]
+    assert len(read_episode(tmp_path / "bags/crisp_episode_000000")) == 6

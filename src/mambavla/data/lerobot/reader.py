@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -624,11 +625,17 @@ def import_lerobot(root: str | Path, out: str | Path, episodes: Sequence[str] | 
             bag_meta = {"task": own.get("task") or instruction, "instruction": instruction, "seed": own.get("seed"),
                         "success": own.get("success"), "source": f"lerobot:{root.name}:{index}"}
             path = out / names[index]
-            with EpisodeWriter(path, tuple(camera_frames), size, 1.0 / fps, bag_meta, image_format=image_format) as w:
-                w.write_instruction(0.0, instruction)
-                for t in range(length):
-                    w.write_frame(t / fps, {c: f[t] for c, f in camera_frames.items()}, arrays["joints"][t],
-                                  arrays["fingers"][t], arrays["position"][t], arrays["quat"][t], arrays["actions"][t])
+            try:
+                with EpisodeWriter(path, tuple(camera_frames), size, 1.0 / fps, bag_meta,
+                                   image_format=image_format) as w:
+                    w.write_instruction(0.0, instruction)
+                    for t in range(length):
+                        w.write_frame(t / fps, {c: f[t] for c, f in camera_frames.items()}, arrays["joints"][t],
+                                      arrays["fingers"][t], arrays["position"][t], arrays["quat"][t],
+                                      arrays["actions"][t])
+            except BaseException:  # a Ctrl-C or an error mid-episode: abort() closed a bag of its first frames
+                shutil.rmtree(path, ignore_errors=True)
+                raise
             written.append(str(path))
             frames += length
     finally:

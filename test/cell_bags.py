@@ -148,12 +148,13 @@ def write_cell_bag(
     instruction: str | list[str] | None = None,
     demonstrations: int = 1,
     pause: float = 2.0,
+    pose_pause: tuple[float, float] | None = None,
 ) -> Path:
     """One demonstration as the cell records it. `rate_change_at`: the cameras drop to 1 / `rate_factor` of their
     rate from then on (until `rate_change_until`); `corrupt_wrist_frame`: that JPEG cut short; `goal_pose`: a
     second PoseStamped topic (/goal_pose); `pose`: False leaves the pose out; `instruction`: also a
     /task_instruction String topic (a list: one per demonstration); `demonstrations`: that many, `pause` s apart,
-    the recorder paused in between."""
+    the recorder paused in between; `pose_pause`: (from, to) s with no pose message (a driver that stalled)."""
     bag = BagWriter(path, log_delay=0.002)  # logged 2 ms after the stamp
     rng = np.random.default_rng(0)
     arm = [f"fr3_joint{i}" for i in range(1, 8)]
@@ -187,7 +188,7 @@ def write_cell_bag(
             bag.add(ARM_JOINTS, bag.joint_state(h, arm, q_arm))
             bag.add(GRIPPER_JOINTS, bag.joint_state(h, fingers, [finger[k], finger[k]]))
             msg = bag.pose(bag.header(offset + tk, "fr3_link0"), positions[k], quats[k])
-            if pose:
+            if pose and not (pose_pause and pose_pause[0] <= tk < pose_pause[1]):
                 bag.add(POSE, msg)
             if goal_pose and k % 50 == 0:
                 bag.add("/goal_pose", msg)

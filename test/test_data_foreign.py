@@ -140,6 +140,13 @@ def test_a_rate_change_is_refused_naming_the_topic(tmp_path):
         read_episode(bag, cameras=("front", "wrist"), options=OPTIONS)
 
 
+def test_a_pause_in_the_robot_state_within_the_rows_is_refused_naming_the_topic(tmp_path):
+    bag = write_cell_bag(tmp_path / "stalled", seconds=2.0, pose_pause=(0.8, 1.3))
+    with pytest.raises(EpisodeError, match=rf"{POSE} pauses 1 time\(s\) within the rows, first for 0.5\d s"):
+        read_episode(bag, cameras=("front", "wrist"), options=OPTIONS)
+    read_episode(write_cell_bag(tmp_path / "late", seconds=2.0, pose_pause=(0.0, 0.5)), ("front", "wrist"), OPTIONS)
+
+
 def test_a_rate_that_wobbles_is_read_with_a_warning_naming_the_topic(tmp_path, capsys):
     bag = write_cell_bag(
         tmp_path / "wobbly" / "demo", seconds=2.0, rate_change_at=0.8, rate_factor=1.5, rate_change_until=1.4

@@ -18,7 +18,7 @@ reader needs: task, instruction, seed, success, dt, cameras, image size, frame c
 role finder replay uses (`mambavla.data.roles`: topics by type and name, or `--map ROLE=TOPIC`); the
 sidecar is optional. It returns an `Episode` of rows at one interval and raises `EpisodeError` naming
 the topic for anything unusable (not a bag, corrupt or truncated, a role missing or matched twice, a frame
-that does not decode, a rate that changes or is irregular, no instruction):
+that does not decode, a rate that changes or is irregular, a camera or robot state that pauses, no instruction):
 
 - dt is the first camera's median interval between header stamps (`options.dt` resamples to another);
   rows are the times t0 + k dt where every stream has started, each stream's message nearest in time.
@@ -495,6 +495,8 @@ def _episode(
     # 60 Hz) or a little jitter put the last frame just short of its exact grid time
     rows = int(np.floor((t_end - t0) / dt_ns + 0.25)) + 1
     grid = t0 + np.round(np.arange(rows) * (dt * 1e9)).astype(np.int64)
+    for r in ("joint_states", "ee_pose"):  # rows inside a pause would take a stale robot state
+        _refuse_pause(stamps[r], grid, info.roles[r], label)
 
     images = {}
     for name in cameras:
@@ -599,7 +601,7 @@ def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> tuple[float
             f"the stamps must increase"
         )
     median = float(np.median(gaps))
-    pauses = np.flatnonzero(gaps > max(GAP_LIMIT[0] * median, GAP_LIMIT[1] * 1e9))
+    pauses = np.flatnonzero(gaps > _pause_limit(median))
     if len(pauses):
         first = pauses[0]
         raise EpisodeError(
@@ -630,6 +632,26 @@ def recorded_interval(stamps: np.ndarray, topic: str, path: Path) -> tuple[float
             f"{median / 1e6:.1f} ms; rows take the nearest frame"
         )
     return median / 1e9, warnings
+
+
+def _pause_limit(median: float) -> float:
+    """ns: an interval longer than this, for a stream whose median interval is `median` ns, is a pause."""
+    return max(GAP_LIMIT[0] * median, GAP_LIMIT[1] * 1e9)
+
+
+def _refuse_pause(stamps: np.ndarray, grid: np.ndarray, topic: str, path) -> None:
+    """EpisodeError naming `topic` where its stream (int64 ns stamps) pauses between the first and the last row."""
+    if len(stamps) < 3:
+        return
+    gaps = np.diff(stamps).astype(np.float64)
+    inside = (stamps[1:] > grid[0]) & (stamps[:-1] < grid[-1])
+    pauses = np.flatnonzero((gaps > _pause_limit(float(np.median(gaps)))) & inside)
+    if len(pauses):
+        first = pauses[0]
+        raise EpisodeError(
+            f"{path}: {topic} pauses {len(pauses)} time(s) within the rows, first for {gaps[first] / 1e9:.2f} s at "
+            f"{stamps[first] / 1e9:.3f} s: rows there would take a robot state up to {gaps[first] / 2e9:.2f} s old"
+        )
 
 
 def derived_actions(stamps: dict, streams: dict, grid: np.ndarray, lead: float) -> np.ndarray:

@@ -367,13 +367,18 @@ def check_cameras(cameras: dict[str, str], listen: float) -> list[Check]:
 
     context = rclpy.Context()
     rclpy.init(context=context)
-    received: dict[str, list] = {name: [] for name in cameras}
+    # per camera: [frames, first arrival, last arrival, last message] (the frames themselves are not kept)
+    received: dict[str, list] = {name: [0, 0.0, 0.0, None] for name in cameras}
+
+    def on_frame(name: str, msg) -> None:
+        seen, now = received[name], time.monotonic()
+        seen[:] = [seen[0] + 1, seen[1] if seen[0] else now, now, msg]
+
     try:
         node = rclpy.create_node("mambavla_doctor", context=context)
         for name, topic in cameras.items():
             kind = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
-            node.create_subscription(kind, topic, lambda msg, n=name: received[n].append((time.monotonic(), msg)),
-                                     SENSOR_QOS)
+            node.create_subscription(kind, topic, lambda msg, n=name: on_frame(n, msg), SENSOR_QOS)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         end = time.monotonic() + listen
@@ -385,20 +390,19 @@ def check_cameras(cameras: dict[str, str], listen: float) -> list[Check]:
         rclpy.try_shutdown(context=context)
     checks = []
     for name, topic in cameras.items():
-        frames = received[name]
+        frames, first, latest, last = received[name]
         if not frames:
             checks.append(Check(f"camera {name}", FAIL, f"no frames on {topic} in {listen:.0f} s",
                                 "start the camera driver (same ROS_DOMAIN_ID; FASTDDS_DEFAULT_PROFILES_FILE set to "
                                 "mambavla's config/fastdds.xml for frames over 512 kB), or give the topic it "
                                 f"publishes (ros2 topic list -t): --camera {name}=TOPIC"))
             continue
-        last = frames[-1][1]
         size = (f"{last.width}x{last.height} {last.encoding}" if isinstance(last, Image)
                 else f"{last.format}, {len(last.data)} bytes")
-        rate = (len(frames) - 1) / (frames[-1][0] - frames[0][0]) if len(frames) > 1 else 0.0
-        detail = f"{topic}: {len(frames)} frames in {listen:.0f} s ({rate:.1f} Hz), {size}"
-        checks.append(Check(f"camera {name}", OK if len(frames) > 1 else WARN, detail,
-                            "" if len(frames) > 1 else "one frame only: check the driver's rate"))
+        rate = (frames - 1) / (latest - first) if frames > 1 and latest > first else 0.0
+        detail = f"{topic}: {frames} frames in {listen:.0f} s ({rate:.1f} Hz), {size}"
+        checks.append(Check(f"camera {name}", OK if frames > 1 else WARN, detail,
+                            "" if frames > 1 else "one frame only: check the driver's rate"))
     return checks
 
 

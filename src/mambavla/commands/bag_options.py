@@ -14,9 +14,6 @@ def add_bag_options(p: argparse.ArgumentParser) -> None:
     settings.add_arguments(p.add_argument_group("reading bags from any cell (docs/own-data.md)"), settings.BAG_FIELDS)
 
 
-def read_options(args: argparse.Namespace, image_size, default_cameras, dt: float | None = None) -> ReadOptions:
-    """The command line's bag options; `image_size` and `dt` where it gives none."""
-    chosen = {**settings.defaults(), **settings.given(args, settings.BAG_FIELDS)}
-    size = tuple(chosen["image_size"]) or image_size
-    return ReadOptions.make(chosen["maps"], chosen["instruction"] or None, size, chosen["dt"] or dt,
-                            chosen["action_lead"], default_cameras, chosen["split_gap"])
+def read_options(args: argparse.Namespace, config) -> ReadOptions:
+    """The command line's bag options, read for `config`'s (a MambaVLAConfig) cameras and image size as `train` does."""
+    return settings.TrainSettings(**settings.given(args, settings.BAG_FIELDS)).read_options(config, fine_tuning=False)

@@ -59,7 +59,7 @@ def run_stats(args: argparse.Namespace) -> int:
         action_mode=args.action_mode,
         verbose=not args.json,
         cameras=args.cameras,
-        options=read_options(args, config.image_size, config.cameras),
+        options=read_options(args, config),
     )
     summary = ds.summary()
     if args.norm_out:
@@ -113,7 +113,7 @@ def run_pack(args: argparse.Namespace) -> int:
         successful_only=True,
         verbose=not args.json,
         cameras=args.cameras,
-        options=read_options(args, config.image_size, config.cameras),
+        options=read_options(args, config),
     )
     stride = max(1, round(config.policy_period / dataset.dt))
     episodes = TrainingEpisodes.from_dataset(dataset, stride)

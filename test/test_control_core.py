@@ -276,6 +276,21 @@ def test_gripper_rule_closes_at_once_and_opens_only_after_the_command_asks_for_o
     assert TrackingParams.from_params({"gripper_open_delay": 0.5}).gripper_open_delay == 0.5
 
 
+@pytest.mark.parametrize("name, value", [("damping", [10.0, 10.0, 10.0]), ("damping", [-1.0, 5.0, 5.0, 5.0, 5.0, 5.0]),
+                                         ("translational_stiffness", -800.0), ("rotational_stiffness", float("nan")),
+                                         ("translational_error_clip", [0.05, 0.05]),
+                                         ("rotational_error_clip", [0.2, 0.0, 0.2]), ("gripper_force", 0.0),
+                                         ("gripper_speed", -0.1)])
+def test_impedance_and_gripper_settings_franky_would_refuse_or_ignore_are_refused_at_start(name, value):
+    from mambavla.control.config import SIM_PARAM_FILES, TrackingParams, load_params
+
+    with pytest.raises(ValueError, match=name):
+        TrackingParams.from_params({name: value})
+    for files in (SIM_PARAM_FILES[:1], SIM_PARAM_FILES):  # the shipped files pass
+        TrackingParams.from_params(load_params(files))
+    assert TrackingParams.from_params({"damping": [20.0] * 6}).tracker_kwargs()["damping"].tolist() == [20.0] * 6
+
+
 # ---- teleoperation: a twist stream as the command source ----
 
 

@@ -126,9 +126,18 @@ class TrackingParams:
         if not 20.0 <= tracking.rate_hz <= 1000.0:
             raise ValueError(f"rate_hz must be within 20..1000, got {tracking.rate_hz}")
         GripperRule(tracking.gripper_open_delay)  # checks the wait here, at start, not at the first grasp
-        for name in ("max_command_rate_hz", "teleop_max_rate_hz"):
-            if not getattr(tracking, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(tracking, name)}")
+        for name in ("max_command_rate_hz", "teleop_max_rate_hz", "translational_stiffness", "rotational_stiffness",
+                     "gripper_speed", "gripper_force"):
+            if not (np.isfinite(getattr(tracking, name)) and getattr(tracking, name) > 0):
+                raise ValueError(f"{name} must be a positive number, got {getattr(tracking, name)}")
+        for name in ("translational_error_clip", "rotational_error_clip"):
+            clip = np.asarray(getattr(tracking, name))
+            if clip.shape != (3,) or not np.all(np.isfinite(clip) & (clip > 0)):
+                raise ValueError(f"{name} must be 3 positive numbers, got {list(getattr(tracking, name))}")
+        damping = np.asarray(tracking.damping)
+        if list(damping) != [-1.0] and (damping.shape != (6,) or not np.all(np.isfinite(damping) & (damping >= 0))):
+            # tracker_kwargs passes 6 values on; anything else would have left critical damping in force unsaid
+            raise ValueError(f"damping must be [-1] (critical damping) or 6 values >= 0, got {list(tracking.damping)}")
         return tracking
 
     def tracker_kwargs(self) -> dict:

@@ -50,6 +50,7 @@ class ScriptedOperator:
 
     def _plan(self, position: np.ndarray) -> list[Segment]:
         expert = ScriptedExpert(cell=None, robot=None, gripper=None, config=self.config)
+        # [seed, 7]: the stream ScriptedExpert.run plans with, so the operator follows the expert's plan for the seed
         return expert.plan(self.spec, self.layout, np.random.default_rng([self.seed, 7]), position)
 
     def command(self, position: np.ndarray, quat: np.ndarray, now: float) -> TeleopCommand:

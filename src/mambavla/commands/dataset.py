@@ -99,24 +99,14 @@ def run_stats(args: argparse.Namespace) -> int:
 
 def run_pack(args: argparse.Namespace) -> int:
     from mambavla.commands.bag_options import read_options
-    from mambavla.data import EpisodeDataset
-    from mambavla.data.packed import TrainingEpisodes, write_pack
+    from mambavla.data.packed import load_episodes, write_pack
     from mambavla.model.config import preset
     from mambavla.model.language import InstructionEncoder
 
     if not 1 <= args.quality <= 100 or args.shards < 1:
         raise ValueError("--quality must be 1..100 and --shards at least 1")
     config = preset(args.preset)
-    dataset = EpisodeDataset(
-        args.dirs,
-        chunk=1,
-        successful_only=True,
-        verbose=not args.json,
-        cameras=args.cameras,
-        options=read_options(args, config),
-    )
-    stride = max(1, round(config.policy_period / dataset.dt))
-    episodes = TrainingEpisodes.from_dataset(dataset, stride)
+    episodes = load_episodes(args.dirs, config.policy_period, not args.json, read_options(args, config), args.cameras)
     summary = write_pack(
         episodes,
         args.out,

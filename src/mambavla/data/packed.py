@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mambavla.data.bags import ReadOptions
 from mambavla.data.dataset import EpisodeDataset, _stats, to_delta
 from mambavla.spaces import ACTION_MODES
 
@@ -281,6 +283,28 @@ class TrainingEpisodes:
             "instruction": [self.instructions[e] for e in chosen],
             "episode": chosen,
         }
+
+
+def load_episodes(
+    sources: list[str],
+    period: float,
+    progress: bool = True,
+    options: ReadOptions | None = None,
+    cameras: tuple[str, ...] | None = None,
+) -> TrainingEpisodes:
+    """A pack folder (`mambavla dataset pack`), or rosbag2 episode folders read as `options` says (role finder, rows,
+    frames resized as read) and subsampled to the policy period. `cameras`: the policy's, in order."""
+    if len(sources) == 1 and (Path(sources[0]) / "pack.json").is_file():
+        return TrainingEpisodes.load(sources[0])
+    dataset = EpisodeDataset(sources, chunk=1, successful_only=True, verbose=progress, cameras=cameras, options=options)
+    stride = max(1, round(period / dataset.dt))
+    if abs(stride * dataset.dt - period) > 1e-6:
+        print(
+            f"warning: policy period {period} s is not a multiple of the recording's {dataset.dt} s; "
+            f"using {stride * dataset.dt} s",
+            file=sys.stderr,
+        )
+    return TrainingEpisodes.from_dataset(dataset, stride)
 
 
 def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: int = 1, quality: int = 90) -> dict:

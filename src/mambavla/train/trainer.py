@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mambavla.data.bags import ReadOptions
-from mambavla.data.packed import TrainingEpisodes
+from mambavla.data.packed import TrainingEpisodes, load_episodes
 from mambavla.model.checkpoint import STATS, load_config, save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
 from mambavla.model.modeling_mambavla import MambaVLA
@@ -48,30 +47,6 @@ VALIDATION_SCORES = {
     "grounding_m": ("val_grounding_m", "val/grounding_error_m"),
     "grounding_first_frame_m": ("val_grounding_first_frame_m", "val/grounding_error_first_frame_m"),
 }
-
-
-def load_episodes(
-    sources: list[str],
-    period: float,
-    progress: bool = True,
-    options: ReadOptions | None = None,
-    cameras: tuple[str, ...] | None = None,
-) -> TrainingEpisodes:
-    """A pack folder (`mambavla dataset pack`), or rosbag2 episode folders read as `options` says (role finder, rows,
-    frames resized as read) and subsampled to the policy period. `cameras`: the policy's, in order."""
-    if len(sources) == 1 and (Path(sources[0]) / "pack.json").is_file():
-        return TrainingEpisodes.load(sources[0])
-    from mambavla.data import EpisodeDataset
-
-    dataset = EpisodeDataset(sources, chunk=1, successful_only=True, verbose=progress, cameras=cameras, options=options)
-    stride = max(1, round(period / dataset.dt))
-    if abs(stride * dataset.dt - period) > 1e-6:
-        print(
-            f"warning: policy period {period} s is not a multiple of the recording's {dataset.dt} s; "
-            f"using {stride * dataset.dt} s",
-            file=sys.stderr,
-        )
-    return TrainingEpisodes.from_dataset(dataset, stride)
 
 
 def config_for_data(base: MambaVLAConfig, episodes: TrainingEpisodes, settings: TrainSettings) -> MambaVLAConfig:

@@ -156,7 +156,6 @@ class EpisodeWriter:
             self._conns[topic] = self._writer.add_connection(
                 topic, msgtype, typestore=self._ts, offered_qos_profiles=qos
             )
-        self._last_stamp = 0
 
     def _header(self, t: float, frame_id: str):
         T = self._ts.types
@@ -167,7 +166,6 @@ class EpisodeWriter:
 
     def _write(self, topic: str, msg, ns: int) -> None:
         self._writer.write(self._conns[topic], ns, self._ts.serialize_cdr(msg, msg.__msgtype__))
-        self._last_stamp = max(self._last_stamp, ns)
 
     def write_instruction(self, t: float, text: str) -> None:
         _, ns = self._header(t, "")
@@ -268,7 +266,6 @@ class EpisodeWriter:
         if topic not in self._conns:
             raise EpisodeError(f"{topic} is not a topic of this episode ({', '.join(sorted(self._conns))})")
         self._writer.write(self._conns[topic], ns, data)
-        self._last_stamp = max(self._last_stamp, ns)
 
     def abort(self) -> None:
         self._writer.close()

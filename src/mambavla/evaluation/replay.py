@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mambavla.control.safety import SafetyLimits
-from mambavla.data.bags import is_bag_dir as is_bag
+from mambavla.data.dataset import find_episodes
 from mambavla.evaluation.bag import BagInfo, ReplayError
 from mambavla.evaluation.metrics import score
 from mambavla.evaluation.plots import plot_horizon, plot_trajectories, plot_worst_frames
@@ -21,13 +21,7 @@ def find_bags(path: str | Path) -> list[Path]:
     path = Path(path)
     if not path.exists():
         raise ReplayError(f"{path}: no such bag or directory")
-    if is_bag(path):
-        return [path]
-    bags = (
-        sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and is_bag(p))
-        if path.is_dir()
-        else []
-    )
+    bags = find_episodes(path) if path.is_dir() else []
     if not bags:
         raise ReplayError(f"{path}: not a rosbag2 directory (no metadata.yaml or .mcap/.db3 file) and no bags inside")
     return bags

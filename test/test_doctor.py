@@ -160,6 +160,13 @@ def test_doctor_text_output_and_bad_camera_arguments(capsys):
     out = capsys.readouterr().out
     assert "franky" in out and ("fix:" in out) == ("warn" in out or "fail" in out)
     assert out.rstrip().endswith("warnings")
+    # each warn or fail line is followed by its fix line, an ok line by the next check
+    lines = out.rstrip().split("\n\n")[0].splitlines()
+    for line, after in zip(lines, [*lines[1:], ""]):
+        if line.startswith(("ok ", "warn ", "fail ")):
+            assert after.lstrip().startswith("fix: ") == (not line.startswith("ok ")), (line, after)
+    counts = re.fullmatch(r"(\d+) failed, (\d+) warnings", out.rstrip().splitlines()[-1]).groups()
+    assert counts == (str(sum(x.startswith("fail ") for x in lines)), str(sum(x.startswith("warn ") for x in lines)))
 
 
 def test_only_an_rtprio_entry_counts_as_configured_not_the_stock_comment(tmp_path):

@@ -121,12 +121,13 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from mambavla.runtime import PolicyRuntime
+    from mambavla.runtime.policy_runtime import runtime_dtype
 
     cuda = args.device == "cuda"
     if args.compile and not cuda:
         print("bench: --compile compiles the CUDA-graph step: it needs --device cuda", file=sys.stderr)
         return 2
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if cuda else "fp32")]
+    dtype = runtime_dtype(args.dtype or "auto", args.device)  # auto: bf16 on cuda, else fp32
     steps = args.steps or (200 if cuda else 30)
     sweep_steps = args.sweep_steps or (50 if cuda else 10)
     fusions = args.fusion or ["mamba", "transformer"]

@@ -176,3 +176,13 @@ def test_a_missing_instruction_table_names_the_script_that_writes_one(tmp_path):
         read_instruction_table(tmp_path / "missing.npz")
     script = str(err.value).split("`python ")[1].split()[0]
     assert (ROOT / script).is_file()
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [("--stride", "0", "--stride must be >= 1"),
+                                                         ("--max-tries", "0", "--max-tries must be at least")])
+def test_collect_refuses_a_zero_stride_or_tries_instead_of_taking_the_default(tmp_path, capsys, flag, value, message):
+    from mambavla.cli import main
+
+    command = ["collect", "--suite", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--out", str(tmp_path)]
+    assert main([*command, flag, value]) == 2
+    assert message in capsys.readouterr().err

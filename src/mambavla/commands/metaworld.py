@@ -71,7 +71,7 @@ def run_collect(args: argparse.Namespace) -> int:
         args.out,
         seed=args.seed,
         image_size=tuple(args.camera_size or (128, 128)),
-        stride=args.stride or suite.DEFAULT_STRIDE,
+        stride=suite.DEFAULT_STRIDE if args.stride is None else args.stride,
         workers=args.workers,
         max_tries=args.max_tries,
         embeddings=args.instructions,

@@ -116,7 +116,9 @@ def collect_demos(
         raise ValueError(f"--stride must be >= 1 environment steps, got {stride}")
     if seed >= suite.EVAL_SEED_BASE:
         raise ValueError(f"demonstration seeds must stay below the evaluation seeds ({suite.EVAL_SEED_BASE})")
-    max_tries = max_tries or 2 * episodes + 10
+    max_tries = 2 * episodes + 10 if max_tries is None else max_tries
+    if max_tries < episodes:
+        raise ValueError(f"--max-tries must be at least --episodes ({episodes}), got {max_tries}")
     require_metaworld()
     encoder = instruction_encoder(embeddings)  # before the work: a missing table fails at once
     workers = workers or os.cpu_count() or 1

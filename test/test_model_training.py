@@ -20,21 +20,14 @@ def test_tiny_model_overfits_four_samples_and_reproduces_their_chunks():
     n = 4
     stats = model.normalizer
     low, span = stats.action_low, stats.action_range
+    steps, samples, dims = torch.linspace(0, 3, config.chunk_size), torch.arange(1, n + 1), torch.arange(7)
+    wave = torch.sin(steps[None, :, None] * samples[:, None, None] + dims[None, None, :])  # (n, chunk, 7)
     batch = {
         "instruction": ["lift the red cube", "lift the green cube", "push the blue cube left", "put red on blue"],
         "images": {c: torch.randint(0, 256, (n, 3, h, w), generator=g).float() for c in config.cameras},
         "proprio": torch.randn(n, config.proprio_dim, generator=g) * 0.05 + stats.proprio_mean,
         # smooth, distinct chunks inside the action range
-        "actions": low
-        + span
-        * (
-            0.5
-            + 0.35
-            * torch.sin(
-                torch.linspace(0, 3, config.chunk_size)[None, :, None] * torch.arange(1, n + 1)[:, None, None]
-                + torch.arange(7)[None, None, :]
-            )
-        ),
+        "actions": low + span * (0.5 + 0.35 * wave),
     }
     losses = fit(model, itertools.repeat(batch), steps=400, lr=3e-3, warmup=20, progress=False)
     first, last = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))

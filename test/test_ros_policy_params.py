@@ -81,7 +81,10 @@ def test_a_frame_too_large_to_decode_is_rejected_naming_the_memory_error(context
         monkeypatch.setattr(policy_node, "image_to_rgb", too_large)
         with node._lock:
             node._undecoded[0] = (Image(), node._now(), time.perf_counter())
-        node._convert_frames()  # the worker may take the frame first: the same rejection either way
+        node._convert_frames()  # the worker may take the frame first: the same rejection either way, soon
+        deadline = time.monotonic() + 10.0
+        while node.inputs_rejected == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert node.inputs_rejected == 1
         assert node.last_rejection == f"{node.image_topics[0]}: MemoryError: cannot allocate 9 GB"
     finally:

@@ -77,6 +77,7 @@ def nodes(context):
             {
                 "task": LaunchConfiguration("task"),
                 "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
+                "cell": LaunchConfiguration("cell"),
                 "host": robot_ip,
                 "publish_instruction": ParameterValue(LaunchConfiguration("publish_instruction"), value_type=bool),
                 "publish_clock": sim_time,
@@ -123,6 +124,9 @@ def generate_launch_description():
         ),
         DeclareLaunchArgument(
             "seed", default_value="4", description="episode seed (4: a lift layout the shipped policy was trained on)"
+        ),
+        DeclareLaunchArgument(
+            "cell", default_value="sim", description="sim, or changed: another camera pose, table colour and light"
         ),
         DeclareLaunchArgument(
             "robot_ip",

@@ -17,6 +17,10 @@
 #   mamba_window_g05 / transformer_window_g05   B and C with --grounding-weight 0.5 (window mode has no
 #                                               --balance-tasks: it samples frames, not episodes)
 #   mamba_stream_bal_50 / _25 / _10             mamba_stream_bal on the first 50, 25, 10 episodes of each task
+# Fine-tuning as a user runs it (train --init with the product's fine-tuning defaults: peak rate 1e-4, a fifth
+# of the run as warmup), named, not default; for a pack from another cell (docs/own-data.md#fine-tuning-measured):
+#   finetune_10 / _25 / _50   the checkpoint $INIT (default: the shipped policy) on the first 10, 25, 50 episodes
+#                             of each task, FT_STEPS steps (default 800)
 # COMPARE_STEPS=N sets the stream runs' schedule for 50 per task (25: 4/5 of it, 10: 2/3; default 1250).
 # All validate on the same held-out episodes (every 10th of each task). Usage:
 #   bash scripts/gpu_train_runs.sh PACK RUNS_DIR SECONDS [NAME ...]   (after scripts/gpu_setup.sh; default: the five lettered)
@@ -45,6 +49,10 @@ train mamba_stream_ft --init "${INIT:-src/mambavla/policies/base_sim}" --groundi
     --warmup 50 --lr 1.5e-4 --batch-size 16 --segment-frames 64
 train mamba_window --history window --history-frames 1 --steps 1500 --batch-size 512
 train transformer_window --fusion transformer --history window --history-frames 1 --steps 1200 --batch-size 512
+for n in 10 25 50; do
+    train finetune_$n --init "${INIT:-src/mambavla/policies/base_sim}" --episodes-per-task $n --steps "${FT_STEPS:-800}" \
+        --batch-size 16 --segment-frames 64
+done
 compare_steps=${COMPARE_STEPS:-1250}
 train mamba_window_g05 --grounding-weight 0.5 --history window --history-frames 1 --steps 1500 --batch-size 512
 train transformer_window_g05 --grounding-weight 0.5 --fusion transformer --history window --history-frames 1 --steps 1200 --batch-size 512

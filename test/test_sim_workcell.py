@@ -132,3 +132,26 @@ def test_dart_episode_records_the_experts_targets_while_the_arm_is_pushed_off_th
     off_dart = np.linalg.norm(dart.actions[:, :2] - dart.proprio[:, :2], axis=1)
     off_clean = np.linalg.norm(clean.actions[:, :2] - clean.proprio[:, :2], axis=1)
     assert off_dart.max() > 0.02 and np.median(off_dart) > 1.5 * np.median(off_clean)
+
+
+def test_the_changed_cell_moves_and_turns_the_front_camera_and_recolours_the_table():
+    from mambavla.sim import Workcell
+    from mambavla.sim.config import CELLS, cell_config
+
+    sim, changed = cell_config("sim"), cell_config("changed")
+    before, after = sim.cameras[0], changed.cameras[0]
+    assert after.name == "front" and changed.cameras[1] == sim.cameras[1]  # the wrist camera stays
+    assert np.linalg.norm(np.subtract(after.pos, before.pos)) == pytest.approx(0.0656, abs=1e-3)
+    x0, x1 = np.array(before.xyaxes[:3]), np.array(after.xyaxes[:3])
+    assert np.degrees(np.arccos(np.dot(x0, x1))) == pytest.approx(5.0, abs=0.05)
+    assert np.dot(x1, after.xyaxes[3:]) == pytest.approx(0.0, abs=1e-3)  # still a rotation
+    with pytest.raises(ValueError, match="choose from sim, changed"):
+        cell_config("lab")
+    fronts = {}
+    for name in CELLS:
+        with Workcell(task="lift", seed=EPISODE_SEED, camera_size=CAMERA_SIZE, config=cell_config(name)) as cell:
+            fronts[name] = cell.render()["front"]
+    # the table fills the lower half of the front image: wood (red over blue) in ours, grey-blue in the changed cell
+    table = {name: np.median(img[CAMERA_SIZE[0] // 2 :].reshape(-1, 3), axis=0) for name, img in fronts.items()}
+    assert table["sim"][0] > table["sim"][2] + 40
+    assert table["changed"][2] > table["changed"][0] + 10

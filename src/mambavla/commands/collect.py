@@ -33,9 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "while it moves; the recorded actions stay the expert's, so the episodes show recoveries "
                         "(default 0: clean)")
     p.add_argument("--eval", action="store_true", help="allow held-out evaluation seeds (>= 1000000)")
+    add_cell_argument(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     metaworld.add_collect_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_cell_argument(p: argparse.ArgumentParser) -> None:
+    from mambavla.sim.config import CELLS
+
+    p.add_argument("--cell", choices=tuple(CELLS), default="sim",
+                   help="workcell: sim (default, where the shipped policy was trained) or changed (front camera moved "
+                        "and turned, another table colour and light: a cell that is not ours; docs/own-data.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     summary = collect(args.task, args.episodes, args.out, seed=args.seed, camera_size=args.camera_size,
                       allow_eval_seeds=args.eval, progress=not args.json, render=not args.no_render,
                       speed=args.speed, compression=args.compression, image_format=args.image_format,
-                      rate_hz=args.rate, noise=args.dart_noise)
+                      rate_hz=args.rate, noise=args.dart_noise, cell=args.cell)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "episodes_detail"}, indent=2))
         return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from mambavla.commands import metaworld
+from mambavla.commands.collect import add_cell_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", action="store_true",
                    help="write each episode's per-tick trace (target, hand, named cube, fingers) and its plot to "
                         "OUT/traces/")
+    add_cell_argument(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
     metaworld.add_eval_arguments(p)
     p.set_defaults(func=run)
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mambavla.runtime import PolicyRuntime
     from mambavla.runtime.policy_runtime import runtime_dtype
+    from mambavla.sim.config import cell_config
     from mambavla.sim.eval_media import episodes_gif, success_chart
     from mambavla.sim.evaluate import evaluate, observation_stride
 
@@ -86,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
     summary, results = evaluate(runtime, tuple(args.tasks), args.episodes, seed=args.seed, latency=args.latency,
                                 time_limit=args.time_limit, gif_episodes=args.gif_episodes, speed=args.speed,
                                 progress=not args.json, episode_log=episode_log,
-                                trace_dir=out / "traces" if args.trace else None, param_overrides=overrides)
+                                trace_dir=out / "traces" if args.trace else None, param_overrides=overrides,
+                                config=cell_config(args.cell))
     precision = runtime.precision
     summary = {"checkpoint": args.checkpoint, "preset": args.preset if not args.checkpoint else None,
-               "backend": args.backend, "dtype": precision, "device": args.device, **summary}
+               "backend": args.backend, "dtype": precision, "device": args.device, "cell": args.cell, **summary}
     summary["chart"] = str(success_chart(summary, out / "success.png"))
     frame_seconds = runtime.policy_period * observation_stride(args.latency, runtime.policy_period)
     summary["gifs"] = {t: str(p) for t, rs in results.items()

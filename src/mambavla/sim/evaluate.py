@@ -30,6 +30,7 @@ from mambavla.control.config import SIM_PARAM_FILES, TrackingParams, controller_
 from mambavla.control.gripper import GripperWorker
 from mambavla.control.loop import ControlLoop, SteppedClock
 from mambavla.realtime import keep_thread_scheduling
+from mambavla.sim.config import WorkcellConfig
 from mambavla.sim.stats import percentiles, wilson_interval
 from mambavla.sim.tasks import EVAL_SEED_BASE
 from mambavla.sim.workcell import HALF_STEP, OPEN_WIDTH, Snapshot, Workcell
@@ -305,7 +306,8 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
              time_limit: float | None = None, gif_episodes: int = 1, speed: float = 1.0, progress: bool = True,
              cell: Workcell | None = None, episode_log: str | Path | None = None,
              trace_dir: str | Path | None = None,
-             param_overrides: dict | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
+             param_overrides: dict | None = None,
+             config: WorkcellConfig | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
     """Evaluate on `episodes` held-out seeds per task. Returns (summary, results per task).
 
     `cell`: an already started workcell to use (tests); otherwise one is started and stopped here.
@@ -313,7 +315,8 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
     hangs or dies in franky's native code later keeps what it measured; see docs/evaluation.md).
     `trace_dir`: a folder that gets each episode's per-tick trace (`TRACE_COLUMNS`) as `<task>_<seed>.npz`
     and its plot as `<task>_<seed>.png` as soon as it ends.
-    `param_overrides`: controller parameters that replace those of the parameter files."""
+    `param_overrides`: controller parameters that replace those of the parameter files.
+    `config`: the workcell to start (`sim.config.CELLS`); ignored when `cell` is given."""
     from tqdm import tqdm
 
     from mambavla.sim.tasks import TASK_FAMILIES
@@ -322,7 +325,7 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASK_FAMILIES)}")
     seeds = episode_seeds(episodes, seed)
-    own = None if cell is not None else Workcell(task=tasks[0], seed=seeds[0], speed=speed)
+    own = None if cell is not None else Workcell(task=tasks[0], seed=seeds[0], speed=speed, config=config)
     if own is not None:
         cell = own.start()
     evaluator = None

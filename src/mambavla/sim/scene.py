@@ -42,14 +42,14 @@ def build_scene(sim: MujocoSimulator, config: WorkcellConfig) -> None:
         if geom.get("name") == "ground":
             geom.set("pos", "0 0 -0.75")
     asset = scene.find("asset")
-    ET.SubElement(asset, "material", name="table_top", rgba="0.62 0.50 0.38 1", specular="0.1")
+    ET.SubElement(asset, "material", name="table_top", rgba=_fmt(config.table_rgba), specular="0.1")
     tx, ty = config.table_size
     ET.SubElement(world, "geom", name="table", type="box", material="table_top",
                   pos=_fmt((config.table_center_x, 0.0, -0.025)), size=_fmt((tx / 2, ty / 2, 0.025)))
     for i, (lx, ly) in enumerate(((0.1, 0.5), (0.1, -0.5), (0.9, 0.5), (0.9, -0.5))):
         ET.SubElement(world, "geom", name=f"table_leg{i}", type="box", rgba="0.3 0.3 0.3 1",
                       pos=_fmt((lx, ly, -0.4)), size="0.03 0.03 0.35", contype="0", conaffinity="0")
-    ET.SubElement(world, "light", name="top_light", pos="0.5 0 1.6", dir="0 0 -1", diffuse="0.35 0.35 0.35",
+    ET.SubElement(world, "light", name="top_light", pos="0.5 0 1.6", dir="0 0 -1", diffuse=_fmt(config.top_light),
                   specular="0 0 0", castshadow="false")
 
     h = config.cube_half

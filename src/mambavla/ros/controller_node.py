@@ -256,12 +256,19 @@ class ControllerNode(Node):
         except Exception as err:  # ValueError from the checks; anything from a message rmw could not decode
             reason = self.core.reject(f"malformed chunk: {err}")
         else:
-            try:
-                reason = self.core.submit(chunk, self._now(), mono=time.monotonic())
-            except Exception as err:  # a bug must not take the node (and the watchdog) down; nothing was scheduled
-                reason = self.core.reject(f"malformed chunk: internal error {type(err).__name__}: {err}")
+            reason = self._submit("chunk", lambda: self.core.submit(chunk, self._now(), mono=time.monotonic()))
         if reason:
             self._warn("chunk", reason)
+
+    def _submit(self, what: str, submit) -> str | None:
+        """`submit()`'s rejection reason; an exception from it (a bug: nothing was scheduled) is counted as a
+        rejection of the message instead of ending the callback, which would leave the executor's thread and the
+        message's reader history to a traceback."""
+        try:
+            return submit()
+        except Exception as err:
+            return self.core.reject(f"malformed {what}: internal error {type(err).__name__}: {err}",
+                                    teleop=what != "chunk")
 
     def _on_twist(self, data: bytes, info: dict, kind) -> None:
         if not self._admit(self._teleop_gate, info, "twist", "teleop_max_rate_hz"):
@@ -282,8 +289,9 @@ class ControllerNode(Node):
                                           f"(or empty) nor teleop_tool_frame {self.tool_frame!r}", teleop=True)
             else:
                 linear, angular = msg.linear, msg.angular
-                reason = self.core.submit_twist((linear.x, linear.y, linear.z), (angular.x, angular.y, angular.z),
-                                                self._now(), stamp=stamp, mono=received_at(info), frame=frame)
+                reason = self._submit("twist", lambda: self.core.submit_twist(
+                    (linear.x, linear.y, linear.z), (angular.x, angular.y, angular.z), self._now(), stamp=stamp,
+                    mono=received_at(info), frame=frame))
         if reason:
             self._warn("twist", reason)
 
@@ -295,7 +303,7 @@ class ControllerNode(Node):
         except Exception as err:  # anything from a message rmw could not decode: counted, never raised
             reason = self.core.reject(f"malformed gripper command: {err}", teleop=True)
         else:
-            reason = self.core.submit_gripper(value)
+            reason = self._submit("gripper command", lambda: self.core.submit_gripper(value))
         if reason:
             self._warn("gripper command", reason)
 

@@ -155,3 +155,17 @@ def test_the_changed_cell_moves_and_turns_the_front_camera_and_recolours_the_tab
     table = {name: np.median(img[CAMERA_SIZE[0] // 2 :].reshape(-1, 3), axis=0) for name, img in fronts.items()}
     assert table["sim"][0] > table["sim"][2] + 40
     assert table["changed"][2] > table["changed"][0] + 10
+
+
+def test_collect_records_in_the_cell_asked_for_and_writes_its_summary(tmp_path, capsys):
+    import json
+
+    from mambavla.cli import main
+
+    out = tmp_path / "demos"
+    assert main(["collect", "--task", "lift", "--episodes", "1", "--cell", "changed", "--no-render", "--speed", "0",
+                 "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cell"] == "changed" and summary["episodes"] == 1
+    assert json.loads((out / "summary.json").read_text())["cell"] == "changed"
+    assert (out / "episode_0000000" / "metadata.yaml").is_file()

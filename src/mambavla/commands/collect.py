@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     summary = collect(args.task, args.episodes, args.out, seed=args.seed, camera_size=args.camera_size,
                       allow_eval_seeds=args.eval, progress=not args.json, render=not args.no_render,
                       speed=args.speed, compression=args.compression, image_format=args.image_format,
-                      rate_hz=args.rate, noise=args.dart_noise, cell=args.cell)
+                      rate_hz=args.rate, noise=args.dart_noise, cell_name=args.cell)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "episodes_detail"}, indent=2))
         return 0

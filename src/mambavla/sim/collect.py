@@ -108,7 +108,7 @@ def collect(
     rate_hz: float | None = None,
     attempts: int = 3,
     noise: float = 0.0,
-    cell: str = "sim",
+    cell_name: str = "sim",
 ) -> dict:
     """Record `episodes` expert episodes with seeds seed, seed+1, ... into `out`; returns the summary
     (also written to `out/summary.json`)."""
@@ -134,7 +134,7 @@ def collect(
     out.mkdir(parents=True, exist_ok=True)
     results, failures = [], []
     wall0 = time.perf_counter()
-    config = cell_config(cell)
+    config = cell_config(cell_name)
     config = config if rate_hz is None else replace(config, policy_dt=1.0 / rate_hz)
 
     def connect(cell: Workcell):
@@ -166,7 +166,7 @@ def collect(
         sim_elapsed, steps = cell.sim_time - sim0, cell.steps - steps0
     summary = summarize(results)
     summary.update({
-        "task": task, "cell": cell, "episodes": episodes, "out": str(out), "seeds": [seeds[0], seeds[-1]],
+        "task": task, "cell": cell_name, "episodes": episodes, "out": str(out), "seeds": [seeds[0], seeds[-1]],
         "camera_size": list(cell.config.camera_size), "rate_hz": round(1.0 / cell.config.policy_dt, 3),
         "render": render, "dart_noise": noise, "speed": speed, "compression": compression,
         "image_format": image_format,

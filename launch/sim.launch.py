@@ -126,7 +126,7 @@ def generate_launch_description():
             "seed", default_value="4", description="episode seed (4: a lift layout the shipped policy was trained on)"
         ),
         DeclareLaunchArgument(
-            "cell", default_value="sim", description="sim, or changed: another camera pose, table colour and light"
+            "cell", default_value="sim", description="sim, changed or moved (another camera pose, table, light)"
         ),
         DeclareLaunchArgument(
             "robot_ip",

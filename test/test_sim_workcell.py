@@ -145,7 +145,10 @@ def test_the_changed_cell_moves_and_turns_the_front_camera_and_recolours_the_tab
     x0, x1 = np.array(before.xyaxes[:3]), np.array(after.xyaxes[:3])
     assert np.degrees(np.arccos(np.dot(x0, x1))) == pytest.approx(5.0, abs=0.05)
     assert np.dot(x1, after.xyaxes[3:]) == pytest.approx(0.0, abs=1e-3)  # still a rotation
-    with pytest.raises(ValueError, match="choose from sim, changed"):
+    moved = cell_config("moved").cameras[0]
+    assert np.linalg.norm(np.subtract(moved.pos, before.pos)) == pytest.approx(0.1847, abs=1e-3)
+    assert np.degrees(np.arccos(np.dot(x0, moved.xyaxes[:3]))) == pytest.approx(14.0, abs=0.05)
+    with pytest.raises(ValueError, match="choose from sim, changed, moved"):
         cell_config("lab")
     fronts = {}
     for name in CELLS:

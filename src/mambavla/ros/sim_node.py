@@ -36,7 +36,7 @@ class SimNode(Node):
         p = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
         self.task = p("task", "lift", "task family (lift, place, push-left, push-right, push, all)")
         self.seed = p("seed", 0, "episode seed: layout, colours and instruction wording")
-        self.cell = p("cell", "sim", "workcell: sim, or changed (camera pose, table, light: sim.config.CELLS)")
+        self.cell = p("cell", "sim", "workcell: sim, changed or moved (camera pose, table, light: sim.config.CELLS)")
         self.host = p("host", "", "loopback address to serve on; empty takes the first free 127.x.y.z")
         self.camera_size = p("camera_size", [128, 128], "rendered image size [height, width]")
         self.camera_rate_hz = p("camera_rate_hz", 10.0, "camera publishing rate, Hz (osmesa renders ~12 ms per frame)")

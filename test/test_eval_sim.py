@@ -423,3 +423,20 @@ def test_precision_parity_records_a_closed_loop_and_compares_precisions(shared_c
     assert set(fp16["per_action_max_abs"]) == set(result["action_names"]) and fp16["position_max_abs_mm"] > 0
     assert json.loads((tmp_path / "cmp" / "precision.json").read_text()) == result
     assert (tmp_path / "cmp" / "precision.png").stat().st_size > 10_000
+
+
+def test_held_out_wordings_give_the_policy_the_seeds_task_in_a_wording_training_never_had(evaluator, monkeypatch):
+    from mambavla.sim.evaluate import SimEvaluator
+    from mambavla.sim.tasks import held_out_instruction, sample_episode, trained_instructions
+
+    given = []
+    monkeypatch.setattr(evaluator.runtime, "set_instruction", given.append)
+    monkeypatch.setattr(evaluator, "wordings", "held-out")
+    seeds = (1_000_005, 1_000_006)
+    results = [evaluator.run_episode("place", s) for s in seeds]
+    for s, r, text in zip(seeds, results, given):
+        spec, _ = sample_episode("place", s, evaluator.cell.config)
+        assert text == r.instruction == held_out_instruction(spec, s) != spec.instruction
+        assert text not in trained_instructions() and spec.cube in text and spec.plate in text
+    with pytest.raises(ValueError, match="wordings must be one of trained, held-out"):
+        SimEvaluator(evaluator.cell, evaluator.runtime, wordings="new")

@@ -32,7 +32,7 @@ def fine_tuned(tmp_path_factory):
             "--init",
             str(shipped_checkpoint()),
             "--instruction",
-            "lift the red cube",
+            "lift the red cube off the tray",
             "--steps",
             "2",
             "--batch-size",
@@ -62,6 +62,16 @@ def test_fine_tuning_keeps_the_checkpoints_size_and_rate_and_drops_the_grounding
     assert changed and max(float((weights[k] - before[k].float()).abs().max()) for k in changed) < 0.05  # small steps
 
 
+def test_the_fine_tuned_checkpoint_accepts_its_own_and_the_shipped_policys_instructions(fine_tuned):
+    from mambavla.runtime.instruction_gate import InstructionGate
+
+    shipped = InstructionGate.load(shipped_checkpoint())
+    for folder in ("last", "best"):
+        gate = InstructionGate.load(fine_tuned / folder)
+        assert set(gate.texts) == set(shipped.texts) | {"lift the red cube off the tray"}
+        assert gate.min_similarity == shipped.min_similarity
+
+
 def test_fine_tuning_normalises_over_the_checkpoints_and_the_new_datas_ranges(fine_tuned):
     shipped = json.loads((shipped_checkpoint() / "stats.json").read_text())
     stats = json.loads((fine_tuned / "last" / "stats.json").read_text())
@@ -71,7 +81,8 @@ def test_fine_tuning_normalises_over_the_checkpoints_and_the_new_datas_ranges(fi
     assert stats["proprio"]["max"][rx] == pytest.approx(0.15, abs=1e-3)
     run = json.loads((fine_tuned / "run.json").read_text())
     assert run["settings"]["lr"] == FINE_TUNE_LR and run["settings"]["warmup"] == default_warmup(2, True)
-    assert run["settings"]["init_stats"] == "merge" and run["settings"]["instruction"] == "lift the red cube"
+    assert run["settings"]["init_stats"] == "merge"
+    assert run["settings"]["instruction"] == "lift the red cube off the tray"
 
 
 def test_merged_statistics_are_an_equal_mixture_with_the_union_of_ranges():

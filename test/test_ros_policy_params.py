@@ -114,3 +114,23 @@ def test_an_instruction_the_policy_fails_to_take_ends_the_previous_task(context,
     finally:
         node.shutdown()
         node.destroy_node()
+
+
+def test_an_instruction_outside_the_checkpoints_tasks_ends_the_task_and_says_why(context):
+    from mambavla.model.checkpoint import shipped_checkpoint
+
+    node = start(context, [], {"checkpoint": str(shipped_checkpoint()), "device": "cpu", "torch_threads": 1})
+    try:
+        deadline = time.monotonic() + 300.0
+        while node.state == "LOADING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert node.state == "WAITING", node.reason
+        node._apply_instruction("lift the red cube")
+        assert node.instruction == "lift the red cube"
+        node._apply_instruction("make coffee")
+        assert node.instruction == ""  # no chunks for the old task either: the controller holds
+        assert "outside what the policy was trained for" in node.last_rejection
+        assert node.last_rejection.endswith("the current task ends (the controller holds)")
+    finally:
+        node.shutdown()
+        node.destroy_node()

@@ -11,7 +11,7 @@ from mambavla.commands.collect import add_cell_argument
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mambavla.runtime.policy_config import DTYPES
-    from mambavla.sim.tasks import TASK_FAMILIES
+    from mambavla.sim.tasks import TASK_FAMILIES, WORDINGS
 
     p = subparsers.add_parser("eval-sim", help="closed-loop evaluation in simulation (policy -> controller -> franky "
                                                "-> franky-sim)")
@@ -53,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write each episode's per-tick trace (target, hand, named cube, fingers) and its plot to "
                         "OUT/traces/")
     add_cell_argument(p)
+    p.add_argument("--wordings", choices=WORDINGS, default="trained",
+                   help="instructions: each seed's own (default), or the same task in a wording no training episode "
+                        "has (sim/tasks.py HELD_OUT_PARAPHRASES: other verbs, requests, adverbs, capitals, a typo)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
     metaworld.add_eval_arguments(p)
     p.set_defaults(func=run)
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                                 time_limit=args.time_limit, gif_episodes=args.gif_episodes, speed=args.speed,
                                 progress=not args.json, episode_log=episode_log,
                                 trace_dir=out / "traces" if args.trace else None, param_overrides=overrides,
-                                config=cell_config(args.cell))
+                                config=cell_config(args.cell), wordings=args.wordings)
     precision = runtime.precision
     summary = {"checkpoint": args.checkpoint, "preset": args.preset if not args.checkpoint else None,
                "backend": args.backend, "dtype": precision, "device": args.device, "cell": args.cell, **summary}

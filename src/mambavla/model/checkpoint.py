@@ -13,6 +13,7 @@ from mambavla.model.config import MambaVLAConfig
 from mambavla.model.modeling_mambavla import MambaVLA
 
 WEIGHTS, CONFIG, STATS, META = "model.safetensors", "config.json", "stats.json", "meta.json"
+INSTRUCTIONS = "instructions.json"  # optional: the runtime's instruction gate (runtime/instruction_gate.py)
 SHIPPED_POLICY = "base_sim"  # trained on the simulated workcell's expert demonstrations (README: how, and how well)
 
 
@@ -51,6 +52,8 @@ def convert_checkpoint(source: str | Path, dest: str | Path, dtype: torch.dtype 
     save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, str(dest / WEIGHTS))
     for name in (CONFIG, STATS):
         (dest / name).write_bytes(_require(source, name).read_bytes())
+    if (source / INSTRUCTIONS).is_file():
+        (dest / INSTRUCTIONS).write_bytes((source / INSTRUCTIONS).read_bytes())
     meta = json.loads((source / META).read_text()) if (source / META).is_file() else {}
     (dest / META).write_text(
         json.dumps({**meta, "weights_dtype": f"{str(dtype).removeprefix('torch.')} (loaded as float32)"}, indent=2)

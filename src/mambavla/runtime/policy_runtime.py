@@ -20,6 +20,7 @@ from mambavla.runtime.backends import KV_CAPACITY_FRAMES, StepBackend, check_pre
 from mambavla.runtime.backends.cuda_graph import GraphStep, StepGraph, cuda_work
 from mambavla.runtime.chunk import ActionChunk
 from mambavla.runtime.inputs import check_observation
+from mambavla.runtime.instruction_gate import InstructionGate, unit
 from mambavla.runtime.policy_config import DTYPES
 from mambavla.runtime.stream_batch import StreamBatch
 from mambavla.runtime.upload import DeviceInputs
@@ -62,7 +63,7 @@ class PolicyRuntime:
                  cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
                  threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES,
                  noise_scale: float | None = None, compile_step: bool | str = False,
-                 onnx_cuda_options: dict | None = None):
+                 onnx_cuda_options: dict | None = None, instruction_gate: InstructionGate | None = None):
         self.step_backend: StepBackend = open_backend(
             model, device, backend, dtype=dtype, cuda_graph=cuda_graph, compile_step=compile_step,
             kv_capacity_frames=kv_capacity_frames, onnx_path=onnx_path, threads=threads,
@@ -77,6 +78,8 @@ class PolicyRuntime:
         self._instruction: str | None = None
         self._prefix_state: list | None = None
         self._task: torch.Tensor | None = None  # (1, d) task vector of the instruction
+        self.instruction_gate = instruction_gate  # refuses instructions the policy was not trained to follow
+        self._trained_tasks: torch.Tensor | None = None  # the gate's training instructions' unit task vectors
         self._inputs = DeviceInputs(self.device, self.config.image_size)  # extend_history's upload
         self.frames_seen = 0
         self.reset()
@@ -88,7 +91,7 @@ class PolicyRuntime:
                         cuda_graph: bool | None = None, compile_step: bool | str = False, **backend) -> PolicyRuntime:
         """`backend`: backend, onnx_path, threads, onnx_cuda_options (see the class)."""
         return cls(load_checkpoint(path), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph,
-                   compile_step=compile_step, **backend)
+                   compile_step=compile_step, instruction_gate=InstructionGate.load(path), **backend)
 
     @classmethod
     def from_preset(cls, name: str, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
@@ -210,10 +213,21 @@ class PolicyRuntime:
             raise ValueError("instruction: expected a non-empty string")
         text = " ".join(text.split())
         tokens, mask = self.model.encode_instruction([text])
+        task = self.model.task_vector(tokens, mask)
+        if self.instruction_gate is not None:
+            reason = self.instruction_gate.refusal(text, unit(task[0]), self._trained_task_vectors())
+            if reason:
+                raise ValueError(f"instruction {text[:120]!r}: {reason}")
         self._prefix_state = self.model.condition(tokens)  # level 1: scanned once per instruction
-        self._task = self.model.task_vector(tokens, mask)
+        self._task = task
         self._instruction = text
         self.reset()
+
+    def _trained_task_vectors(self) -> torch.Tensor:
+        if self._trained_tasks is None:  # once, at the first instruction: one batch through the text encoder
+            tokens, mask = self.model.encode_instruction(list(self.instruction_gate.texts))
+            self._trained_tasks = unit(self.model.task_vector(tokens, mask))
+        return self._trained_tasks
 
     @torch.no_grad()
     def step(self, observation: dict) -> ActionChunk:

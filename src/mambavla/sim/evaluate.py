@@ -32,7 +32,7 @@ from mambavla.control.loop import ControlLoop, SteppedClock
 from mambavla.realtime import keep_thread_scheduling
 from mambavla.sim.config import WorkcellConfig
 from mambavla.sim.stats import percentiles, wilson_interval
-from mambavla.sim.tasks import EVAL_SEED_BASE
+from mambavla.sim.tasks import EVAL_SEED_BASE, WORDINGS, held_out_instruction
 from mambavla.sim.workcell import HALF_STEP, OPEN_WIDTH, Snapshot, Workcell
 
 # one row per control tick: simulated s; the controller's target, the measured hand (franky's end-effector
@@ -99,7 +99,10 @@ class SimEvaluator:
 
     def __init__(self, cell: Workcell, runtime, param_files: tuple[str, ...] = SIM_PARAM_FILES,
                  latency: float = 0.0, time_limit: float | None = None, trace: bool = False,
-                 param_overrides: dict | None = None):
+                 param_overrides: dict | None = None, wordings: str = "trained"):
+        if wordings not in WORDINGS:
+            raise ValueError(f"wordings must be one of {', '.join(WORDINGS)}, got {wordings!r}")
+        self.wordings = wordings  # held-out: the task in a wording no training episode has (HELD_OUT_PARAPHRASES)
         if latency < 0:
             raise ValueError(f"--latency must be >= 0 s, got {latency}")
         self.cell, self.runtime = cell, runtime
@@ -169,8 +172,9 @@ class SimEvaluator:
         try:
             self.cell.release()
             spec = self.cell.reset(seed=seed, task=task)  # the arm is idle: the last tracker was stopped
-            result.instruction, result.cube = spec.instruction, spec.cube
-            self.runtime.set_instruction(spec.instruction)  # also forgets the history
+            text = spec.instruction if self.wordings == "trained" else held_out_instruction(spec, seed)
+            result.instruction, result.cube = text, spec.cube
+            self.runtime.set_instruction(text)  # also forgets the history
             if self.gripper is not None:
                 self.gripper.reset(closed=False)  # the reset opened the hand
             clock.t = self.cell.sim_time
@@ -307,7 +311,8 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
              cell: Workcell | None = None, episode_log: str | Path | None = None,
              trace_dir: str | Path | None = None,
              param_overrides: dict | None = None,
-             config: WorkcellConfig | None = None) -> tuple[dict, dict[str, list[EpisodeResult]]]:
+             config: WorkcellConfig | None = None,
+             wordings: str = "trained") -> tuple[dict, dict[str, list[EpisodeResult]]]:
     """Evaluate on `episodes` held-out seeds per task. Returns (summary, results per task).
 
     `cell`: an already started workcell to use (tests); otherwise one is started and stopped here.
@@ -316,7 +321,9 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
     `trace_dir`: a folder that gets each episode's per-tick trace (`TRACE_COLUMNS`) as `<task>_<seed>.npz`
     and its plot as `<task>_<seed>.png` as soon as it ends.
     `param_overrides`: controller parameters that replace those of the parameter files.
-    `config`: the workcell to start (`sim.config.CELLS`); ignored when `cell` is given."""
+    `config`: the workcell to start (`sim.config.CELLS`); ignored when `cell` is given.
+    `wordings`: "trained" (each seed's own instruction) or "held-out" (the same task in a wording kept out of
+    training)."""
     from tqdm import tqdm
 
     from mambavla.sim.tasks import TASK_FAMILIES
@@ -331,7 +338,7 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
     evaluator = None
     try:
         evaluator = SimEvaluator(cell, runtime, latency=latency, time_limit=time_limit, trace=trace_dir is not None,
-                                 param_overrides=param_overrides)
+                                 param_overrides=param_overrides, wordings=wordings)
         if trace_dir is not None:
             Path(trace_dir).mkdir(parents=True, exist_ok=True)
         results: dict[str, list[EpisodeResult]] = {t: [] for t in tasks}
@@ -354,7 +361,7 @@ def evaluate(runtime, tasks: tuple[str, ...], episodes: int, seed: int = 0, late
         wall = time.perf_counter() - wall0
         summary = summarize(results)
         summary.update({
-            "seeds": [seeds[0], seeds[-1]], "latency_s": latency, "lockstep": True,
+            "seeds": [seeds[0], seeds[-1]], "wordings": wordings, "latency_s": latency, "lockstep": True,
             "policy_period_s": runtime.policy_period, "noise_scale": runtime.noise_scale,
             "control_rate_hz": evaluator.tracking.rate_hz,
             "gripper_open_delay_s": evaluator.tracking.gripper_open_delay,

@@ -40,6 +40,51 @@ _PARAPHRASES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# Wordings that no training episode is given (sample_episode never draws them), kept out of training: how an
+# operator might word the same tasks. Other verbs, word order, an adverb for the direction, requests, the object
+# named differently or by its colour alone, capitals, a typo. `eval-sim --wordings held-out` evaluates with them.
+HELD_OUT_PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "lift": (
+        "raise the {cube} cube",
+        "could you pick up the {cube} cube",
+        "take the {cube} block and raise it",
+        "Lift The {cube} Cube",
+        "please lift {cube}",
+        "lfit the {cube} cube",
+    ),
+    "place": (
+        "put the {cube} block on the {plate} plate",
+        "set the {cube} cube down on the {plate} disc",
+        "place {cube} on {plate}",
+        "could you move the {cube} cube onto the {plate} plate",
+        "Drop The {cube} Cube Onto The {plate} Plate",
+        "plcae the {cube} cube on the {plate} plate",
+    ),
+    "push": (
+        "push the {cube} cube towards the {side}",
+        "move the {cube} cube {side}wards",
+        "slide {cube} to the {side} please",
+        "could you nudge the {cube} block to the {side}",
+        "Push The {cube} Cube To The {side}",
+        "psuh the {cube} cube to the {side} side",
+    ),
+}
+WORDINGS: tuple[str, ...] = ("trained", "held-out")  # eval-sim --wordings
+
+
+def held_out_instruction(spec: TaskSpec, seed: int) -> str:
+    """The task of `spec` in one of HELD_OUT_PARAPHRASES, chosen by the seed."""
+    key = "push" if spec.family.startswith("push") else spec.family
+    templates = HELD_OUT_PARAPHRASES[key]
+    template = templates[int(np.random.default_rng([seed, 11]).integers(len(templates)))]
+    return template.format(cube=spec.cube, plate=spec.plate, side=spec.side)
+
+
+def trained_instructions() -> list[str]:
+    """Every instruction sample_episode gives: what a policy trained on workcell episodes has read."""
+    return sorted({t.format(cube=c, plate=p, side=side) for ts in _PARAPHRASES.values() for t in ts
+                   for c in CUBE_COLOURS for p in PLATE_COLOURS for side in ("left", "right")})
+
 
 def other_cube_instructions(text: str) -> list[str]:
     """`text` with the cube colour it names replaced by each other cube colour, in CUBE_COLOURS order

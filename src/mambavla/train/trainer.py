@@ -32,6 +32,7 @@ from mambavla.model.checkpoint import STATS, load_config, save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.model.normalization import merge_stats
+from mambavla.runtime.instruction_gate import InstructionGate
 from mambavla.sim.tasks import named_cube_starts, other_cube_instructions, other_cube_starts
 from mambavla.train.augment import augment
 from mambavla.train.loop import make_optimizer
@@ -107,6 +108,11 @@ class Trainer:
                 f"are not the checkpoint's {list(base.cameras)} at {base.image_size}"
             )
         self.config = config_for_data(base, self.episodes, s)
+        # what the runtime's gate accepts: the instructions trained on here and those of the --init checkpoint
+        texts = set(self.episodes.instructions)
+        if s.init and (init_gate := InstructionGate.load(s.init)) is not None:
+            texts |= set(init_gate.texts)
+        self.gate = InstructionGate(tuple(sorted(texts)))
         self.train_ids, self.val_ids = self.episodes.split(s.val_fraction)
         self.train_ids = self.episodes.first_per_task(self.train_ids, s.episodes_per_task)
         # where the named cube started, per episode (NaN where unknown): the grounding head's targets. No head
@@ -211,6 +217,12 @@ class Trainer:
         trainer.generator.set_state(state["torch_generator"].cpu())
         return trainer
 
+    def _checkpoint(self, name: str, meta: dict) -> Path:
+        """The EMA weights as RUN/<name>, with the instructions the runtime's gate accepts."""
+        folder = save_checkpoint(self.ema, self.run / name, meta=meta)
+        self.gate.save(folder)
+        return folder
+
     def save(self, final: bool = False) -> None:
         if not self.main:
             return
@@ -220,7 +232,7 @@ class Trainer:
             "ema_decay": self.settings.ema_decay,
             "run": str(self.run),
         }
-        last = save_checkpoint(self.ema, self.run / "last", meta=meta)
+        last = self._checkpoint("last", meta)
         torch.save(
             {
                 "model": self.model.state_dict(),
@@ -393,7 +405,7 @@ class Trainer:
                                 writer.add_scalar(tag, scores[key], self.step)
                     if val < self.best_val:
                         self.best_val = val
-                        save_checkpoint(self.ema, self.run / "best", meta={"steps_done": self.step, "val_loss": val})
+                        self._checkpoint("best", {"steps_done": self.step, "val_loss": val})
             if self.step % s.save_every == 0 or self.step == s.steps:
                 self.save(final=self.step == s.steps)
         bar.close()
@@ -402,7 +414,7 @@ class Trainer:
             torch.distributed.destroy_process_group()
             return {}
         if len(self.val_ids) == 0:  # nothing held out: the last weights are the best we know
-            save_checkpoint(self.ema, self.run / "best", meta={"steps_done": self.step, "val_loss": None})
+            self._checkpoint("best", {"steps_done": self.step, "val_loss": None})
         window = max(1, min(100, len(self.history["loss"]) // 10))
         summary = {
             "run": str(self.run),

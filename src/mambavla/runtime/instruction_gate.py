@@ -1,0 +1,84 @@
+"""Whether an instruction is one the policy was trained to follow, judged before it drives anything.
+
+A policy conditions on the task vector of its instruction (`MambaVLA.task_vector`: the mean of the projected
+instruction tokens). An instruction whose task vector is far from every instruction of the training data
+("open the drawer", "make coffee") would still produce actions: a guess. The gate refuses it instead, and it
+refuses an instruction that names a colour no training instruction names ("the orange cube"), which the
+vector alone does not separate from a rewording (the colour is one word of several).
+
+The checkpoint carries what the gate needs in `instructions.json`: the training instructions and the lowest
+cosine similarity of a task vector to the nearest of theirs that is accepted. `mambavla train` writes it; a
+checkpoint without it is not gated. docs/policy.md#instructions-it-cannot-follow has the calibration.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mambavla.model.checkpoint import INSTRUCTIONS as GATE_FILE
+
+# Between what rewordings of the training instructions score and what instructions outside the tasks score with
+# the shipped policy (the calibration: docs/policy.md#instructions-it-cannot-follow).
+DEFAULT_MIN_SIMILARITY = 0.70
+# Colour words an operator may use; one that no training instruction names makes the instruction unknown.
+COLOUR_WORDS = frozenset({
+    "red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey", "gray", "pink", "brown",
+    "cyan", "magenta", "violet", "turquoise", "gold", "silver", "beige", "maroon", "navy", "teal", "lime",
+})
+_WORD = re.compile(r"[a-z]+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@dataclass(frozen=True)
+class InstructionGate:
+    texts: tuple[str, ...]  # the training instructions
+    min_similarity: float = DEFAULT_MIN_SIMILARITY
+
+    def __post_init__(self):
+        if not self.texts:
+            raise ValueError(f"{GATE_FILE}: no training instructions")
+        if not 0.0 < self.min_similarity < 1.0:
+            raise ValueError(f"{GATE_FILE}: min_similarity must be in (0, 1), got {self.min_similarity}")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> InstructionGate | None:
+        path = Path(folder) / GATE_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return cls(tuple(data["texts"]), float(data["min_similarity"]))
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / GATE_FILE
+        path.write_text(json.dumps({"min_similarity": self.min_similarity, "texts": list(self.texts)}, indent=1) + "\n")
+        return path
+
+    def colours(self) -> frozenset[str]:
+        return frozenset(w for t in self.texts for w in words(t) if w in COLOUR_WORDS)
+
+    def refusal(self, text: str, task: torch.Tensor, trained: torch.Tensor) -> str | None:
+        """Why the policy cannot follow `text`, or None. `task`: its task vector (d,); `trained`: the training
+        instructions' task vectors (N, d), both unit length."""
+        unknown = sorted({w for w in words(text) if w in COLOUR_WORDS} - self.colours())
+        if unknown:
+            return (f"it names {', '.join(unknown)}, a colour no training instruction names "
+                    f"(they name {', '.join(sorted(self.colours()))})")
+        similarity = trained @ task
+        best = int(similarity.argmax())
+        score = float(similarity[best])
+        if score < self.min_similarity:
+            return (f"it is outside what the policy was trained for: similarity {score:.2f} to the nearest training "
+                    f"instruction {self.texts[best]!r}, below the checkpoint's {self.min_similarity:.2f}")
+        return None
+
+
+def unit(vectors: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(vectors.float(), dim=-1)

@@ -31,6 +31,14 @@ def start(context, args: list[str], overrides: dict | None = None) -> PolicyNode
     return PolicyNode(context=context, parameter_overrides=overrides)
 
 
+def wait_loaded(node: PolicyNode) -> None:
+    """Until the node's worker has loaded the policy (it waits for frames then)."""
+    deadline = time.monotonic() + 300.0
+    while node.state == "LOADING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert node.state == "WAITING", node.reason
+
+
 def test_a_misspelt_key_in_a_parameter_file_stops_the_node_naming_the_key_meant(context, tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("policy_node:\n  ros__parameters:\n    device: cpu\n    max_observaton_age: 2.0\n")
@@ -49,10 +57,7 @@ def test_the_node_declares_the_config_read_only_and_runs_replays_schedule(contex
         assert not node.set_parameters([Parameter("infer_rate_hz", value=10.0)])[0].successful
         assert node.config == PolicyNodeConfig(preset="tiny", device="cpu", torch_threads=1, infer_mode="rate",
                                                infer_rate_hz=4.0)
-        deadline = time.monotonic() + 300.0
-        while node.state == "LOADING" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert node.state == "WAITING", node.reason
+        wait_loaded(node)
         tiny = preset("tiny")
         assert isinstance(node.schedule, InferenceSchedule)  # the class evaluation/offline.py replays with
         assert node.schedule.config == node.config.schedule_config(2, tiny.policy_period, tiny.chunk_size * tiny.dt)
@@ -70,10 +75,7 @@ def test_a_frame_too_large_to_decode_is_rejected_naming_the_memory_error(context
 
     node = start(context, [], {"preset": "tiny", "device": "cpu", "torch_threads": 1})
     try:
-        deadline = time.monotonic() + 300.0
-        while node.state == "LOADING" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert node.state == "WAITING", node.reason
+        wait_loaded(node)
 
         def too_large(*args, **kwargs):
             raise MemoryError("cannot allocate 9 GB")
@@ -97,10 +99,7 @@ def test_an_instruction_the_policy_fails_to_take_ends_the_previous_task(context,
     old task."""
     node = start(context, [], {"preset": "tiny", "device": "cpu", "torch_threads": 1})
     try:
-        deadline = time.monotonic() + 300.0
-        while node.state == "LOADING" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert node.state == "WAITING", node.reason
+        wait_loaded(node)
         node._apply_instruction("lift the red cube")
         assert node.instruction == "lift the red cube"
 
@@ -121,10 +120,7 @@ def test_an_instruction_outside_the_checkpoints_tasks_ends_the_task_and_says_why
 
     node = start(context, [], {"checkpoint": str(shipped_checkpoint()), "device": "cpu", "torch_threads": 1})
     try:
-        deadline = time.monotonic() + 300.0
-        while node.state == "LOADING" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert node.state == "WAITING", node.reason
+        wait_loaded(node)
         node._apply_instruction("lift the red cube")
         assert node.instruction == "lift the red cube"
         node._apply_instruction("make coffee")

@@ -56,3 +56,12 @@ def test_a_gate_file_with_a_threshold_outside_0_1_is_refused(tmp_path):
     (tmp_path / "instructions.json").write_text('{"min_similarity": 1.5, "texts": ["lift the red cube"]}')
     with pytest.raises(ValueError, match=r"min_similarity must be in \(0, 1\), got 1.5"):
         InstructionGate.load(tmp_path)
+
+
+def test_a_checkpoint_trained_without_colours_refuses_any_colour():
+    import torch
+
+    gate = InstructionGate(("pick up the sponge",))
+    reason = gate.refusal("pick up the red sponge", torch.tensor([1.0, 0.0]), torch.tensor([[1.0, 0.0]]))
+    assert reason == "it names red, a colour no training instruction names (they name none)"
+    assert gate.refusal("pick up the sponge", torch.tensor([1.0, 0.0]), torch.tensor([[1.0, 0.0]])) is None

@@ -69,8 +69,8 @@ class InstructionGate:
         instructions' task vectors (N, d), both unit length."""
         unknown = sorted({w for w in words(text) if w in COLOUR_WORDS} - self.colours())
         if unknown:
-            return (f"it names {', '.join(unknown)}, a colour no training instruction names "
-                    f"(they name {', '.join(sorted(self.colours()))})")
+            known = ", ".join(sorted(self.colours())) or "none"
+            return f"it names {', '.join(unknown)}, a colour no training instruction names (they name {known})"
         similarity = trained @ task
         best = int(similarity.argmax())
         score = float(similarity[best])

@@ -331,6 +331,11 @@ def test_merge_runs_joins_chunks_and_lets_a_rerun_replace_only_an_episode_the_ho
     assert summary["mean_success_rate"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="lift seed 1000000"):  # a policy's own result is never replaced
         merge_runs([a, b, run("c", ok("lift", 1_000_000, False))])
+    moved = run("moved", ok("place", 1_000_002, True))
+    (moved / "eval.json").write_text(json.dumps({"cell": "moved"}))
+    (a / "eval.json").write_text(json.dumps({"cell": "sim"}))
+    with pytest.raises(ValueError, match="the runs differ in cell"):  # another cell measures something else
+        merge_runs([a, moved])
 
 
 def test_compare_evals_tables_each_policy_on_the_seeds_all_ran_and_draws_the_chart(tmp_path):

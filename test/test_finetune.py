@@ -92,3 +92,18 @@ def test_merged_statistics_are_an_equal_mixture_with_the_union_of_ranges():
     merged = merge_stats(a, b)["actions"]
     assert merged["min"] == [-1.0, 5.0] and merged["max"] == [3.0, 5.0] and merged["mean"] == [1.0, 5.0]
     np.testing.assert_allclose(merged["std"], [np.sqrt(2.0), 0.05])  # constant: no spread, floored at 1% of its scale
+
+
+def test_fine_tuning_keeps_the_init_checkpoints_threshold_and_an_ungated_one_stays_ungated(tmp_path, capsys):
+    from mambavla.runtime.instruction_gate import InstructionGate
+    from mambavla.train.trainer import instruction_gate
+
+    InstructionGate(("lift the red cube",), 0.55).save(tmp_path)
+    gate = instruction_gate(["wipe the table", "lift the red cube"], str(tmp_path))
+    assert gate.texts == ("lift the red cube", "wipe the table") and gate.min_similarity == 0.55
+    assert instruction_gate(["wipe the table"], None) == InstructionGate(("wipe the table",))
+    ungated = tmp_path / "old_run"
+    ungated.mkdir()
+    assert instruction_gate(["wipe the table"], str(ungated)) is None
+    assert "has no instructions.json: the fine-tuned checkpoint will not refuse any instruction" in (
+        capsys.readouterr().err)

@@ -31,7 +31,7 @@ def test_the_shipped_checkpoint_gates_on_the_instructions_it_was_trained_on(runt
 def test_trained_instructions_and_held_out_rewordings_pass(runtime):
     held_out = {t.format(cube=c, plate=p, side=s) for ts in HELD_OUT_PARAPHRASES.values() for t in ts
                 for c in CUBE_COLOURS for p in PLATE_COLOURS for s in ("left", "right")}
-    assert not held_out & set(trained_instructions())  # kept out of training
+    assert not {t.lower() for t in held_out} & set(trained_instructions())  # kept out (the encoder is uncased)
     for text in [*trained_instructions(), *sorted(held_out)]:
         runtime.set_instruction(text)
         assert runtime.instruction == text
@@ -52,9 +52,16 @@ def test_an_unknown_colour_is_refused_naming_it(runtime, text):
         runtime.set_instruction(text)
 
 
-def test_a_gate_file_with_a_threshold_outside_0_1_is_refused(tmp_path):
-    (tmp_path / "instructions.json").write_text('{"min_similarity": 1.5, "texts": ["lift the red cube"]}')
-    with pytest.raises(ValueError, match=r"min_similarity must be in \(0, 1\), got 1.5"):
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"min_similarity": 1.5, "texts": ["lift the red cube"]}', r"min_similarity must be in \(0, 1\), got 1.5"),
+    ('{"texts": ["lift the red cube"]}', r"not an instruction gate \(KeyError: 'min_similarity'\)"),
+    ('{"min_similarity": 0.7, "texts": "lift the red cube"}', "texts must be a list of non-empty instructions"),
+    ('{"min_similarity": "high", "texts": ["lift"]}', "min_similarity must be a number, got 'high'"),
+    ("{not json", "not an instruction gate"),
+])
+def test_a_malformed_gate_file_is_refused_naming_it(tmp_path, content, message):
+    (tmp_path / "instructions.json").write_text(content)
+    with pytest.raises(ValueError, match=message):
         InstructionGate.load(tmp_path)
 
 
@@ -65,3 +72,20 @@ def test_a_checkpoint_trained_without_colours_refuses_any_colour():
     reason = gate.refusal("pick up the red sponge", torch.tensor([1.0, 0.0]), torch.tensor([[1.0, 0.0]]))
     assert reason == "it names red, a colour no training instruction names (they name none)"
     assert gate.refusal("pick up the sponge", torch.tensor([1.0, 0.0]), torch.tensor([[1.0, 0.0]])) is None
+
+
+def test_a_stream_batch_gates_each_streams_instruction(runtime):
+    batch = runtime.stream_batch(2)
+    batch.set_instruction(0, "lift the red cube")
+    with pytest.raises(ValueError, match="outside what the policy was trained for"):
+        batch.set_instruction(1, "make coffee")
+    assert batch.instructions == ["lift the red cube", None]
+
+
+def test_benchmarks_time_the_step_with_an_instruction_the_checkpoint_takes(runtime, monkeypatch):
+    from mambavla.commands.bench import INSTRUCTION, bench_instruction
+
+    assert bench_instruction(runtime) == INSTRUCTION  # the shipped policy takes the benchmarks' own
+    assert bench_instruction(runtime, "make coffee") == runtime.instruction_gate.texts[0]
+    monkeypatch.setattr(runtime, "instruction_gate", None)
+    assert bench_instruction(runtime, "make coffee") == "make coffee"  # ungated: anything

@@ -186,3 +186,14 @@ def test_collect_refuses_a_zero_stride_or_tries_instead_of_taking_the_default(tm
     command = ["collect", "--suite", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--out", str(tmp_path)]
     assert main([*command, flag, value]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "flag"), [("collect", ["--cell", "moved"]),
+                                               ("eval-sim", ["--wordings", "held-out"]),
+                                               ("eval-sim", ["--cell", "changed"])])
+def test_the_workcells_cell_and_wordings_are_refused_for_metaworld(tmp_path, capsys, command, flag):
+    from mambavla.cli import main
+
+    source = ["--episodes", "1"] if command == "collect" else ["--preset", "tiny", "--episodes", "1"]
+    assert main([command, "--suite", "metaworld", *source, "--out", str(tmp_path), *flag]) == 2
+    assert f"{flag[0]} is the workcell's; it does not apply to --suite metaworld" in capsys.readouterr().err

@@ -169,9 +169,16 @@ def test_the_recorded_episode_trains_a_policy_that_replays_it_and_runs_in_simula
 
     evaluated = tmp_path / "eval"
     limit = 1.0
+    # a held-out layout whose instruction is the recorded one: the checkpoint refuses the cubes it never saw named
+    from mambavla.sim.config import cell_config
+    from mambavla.sim.tasks import EVAL_SEED_BASE, sample_episode
+
+    sim = cell_config("sim")
+    offset = next(k for k in range(200)
+                  if sample_episode("lift", EVAL_SEED_BASE + k, sim)[0].instruction == recorded.instruction)
     assert main(["eval-sim", "--checkpoint", str(checkpoint), "--tasks", "lift", "--episodes", "1", "--time-limit",
                  str(limit), "--speed", "0", "--gif-episodes", "0", "--torch-threads", "1", "--out", str(evaluated),
-                 "--json"]) == 0
+                 "--seed", str(offset), "--json"]) == 0
     summary = json.loads((evaluated / "eval.json").read_text())
     assert json.loads(capsys.readouterr().out) == summary and summary["checkpoint"] == str(checkpoint)
     lift = summary["tasks"]["lift"]

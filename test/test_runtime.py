@@ -109,6 +109,12 @@ def test_bf16_conversion_halves_the_weights_and_loads_the_rounded_values_without
     meta = json.loads((bf16 / "meta.json").read_text())
     assert meta == {"note": "test", "weights_dtype": "bfloat16 (loaded as float32)"}
     assert (bf16 / "stats.json").read_text() == (fp32 / "stats.json").read_text()
+    assert not (bf16 / "instructions.json").exists()  # the source is ungated
+    (fp32 / "instructions.json").write_text('{"min_similarity": 0.7, "texts": ["lift the red cube"]}')
+    assert (convert_checkpoint(fp32, bf16) / "instructions.json").read_text() == (
+        fp32 / "instructions.json").read_text()  # the gate travels with the weights
+    (fp32 / "instructions.json").unlink()
+    assert not (convert_checkpoint(fp32, bf16) / "instructions.json").exists()  # no stale gate left behind
     original, loaded = model.state_dict(), load_checkpoint(bf16).state_dict()
     assert loaded.keys() == original.keys()
     for k, v in original.items():

@@ -57,6 +57,13 @@ def add_collect_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def refuse_workcell_options(args: argparse.Namespace) -> None:
+    """--cell and --wordings name the workcell's variants; Meta-World has its own scenes and task texts."""
+    for flag, default in (("cell", "sim"), ("wordings", "trained")):
+        if getattr(args, flag, default) != default:
+            raise ValueError(f"--{flag} is the workcell's; it does not apply to --suite metaworld")
+
+
 def run_collect(args: argparse.Namespace) -> int:
     from mambavla.sim.metaworld import suite
     from mambavla.sim.metaworld.demos import collect_demos
@@ -65,6 +72,7 @@ def run_collect(args: argparse.Namespace) -> int:
         raise ValueError(
             "--eval does not apply to --suite metaworld: demonstration seeds stay below its evaluation seeds"
         )
+    refuse_workcell_options(args)
     summary = collect_demos(
         suite.resolve(args.tasks),
         args.episodes,
@@ -133,6 +141,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.backend != "torch":
         raise ValueError("--suite metaworld runs the torch backend")
+    refuse_workcell_options(args)
     summary = evaluate(
         args.checkpoint,
         suite.resolve(args.metaworld_tasks),

@@ -54,6 +54,8 @@ def convert_checkpoint(source: str | Path, dest: str | Path, dtype: torch.dtype 
         (dest / name).write_bytes(_require(source, name).read_bytes())
     if (source / INSTRUCTIONS).is_file():
         (dest / INSTRUCTIONS).write_bytes((source / INSTRUCTIONS).read_bytes())
+    else:  # an ungated source must not leave dest gated by an older copy
+        (dest / INSTRUCTIONS).unlink(missing_ok=True)
     meta = json.loads((source / META).read_text()) if (source / META).is_file() else {}
     (dest / META).write_text(
         json.dumps({**meta, "weights_dtype": f"{str(dtype).removeprefix('torch.')} (loaded as float32)"}, indent=2)

@@ -53,8 +53,17 @@ class InstructionGate:
         path = Path(folder) / GATE_FILE
         if not path.is_file():
             return None
-        data = json.loads(path.read_text())
-        return cls(tuple(data["texts"]), float(data["min_similarity"]))
+        try:
+            data = json.loads(path.read_text())
+            texts, threshold = data["texts"], data["min_similarity"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not an instruction gate ({type(err).__name__}: {err}); expected "
+                             '{"min_similarity": 0.7, "texts": ["...", ...]}') from err
+        if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise ValueError(f"{path}: texts must be a list of non-empty instructions")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise ValueError(f"{path}: min_similarity must be a number, got {threshold!r}")
+        return cls(tuple(texts), float(threshold))
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / GATE_FILE

@@ -20,7 +20,7 @@ from mambavla.runtime.backends import KV_CAPACITY_FRAMES, StepBackend, check_pre
 from mambavla.runtime.backends.cuda_graph import GraphStep, StepGraph, cuda_work
 from mambavla.runtime.chunk import ActionChunk
 from mambavla.runtime.inputs import check_observation
-from mambavla.runtime.instruction_gate import InstructionGate, unit
+from mambavla.runtime.instruction_gate import GATE_FILE, InstructionGate, unit
 from mambavla.runtime.policy_config import DTYPES
 from mambavla.runtime.stream_batch import StreamBatch
 from mambavla.runtime.upload import DeviceInputs
@@ -80,6 +80,10 @@ class PolicyRuntime:
         self._task: torch.Tensor | None = None  # (1, d) task vector of the instruction
         self.instruction_gate = instruction_gate  # refuses instructions the policy was not trained to follow
         self._trained_tasks: torch.Tensor | None = None  # the gate's training instructions' unit task vectors
+        if instruction_gate is not None:  # here, while a node is still loading, not at the first instruction
+            with torch.no_grad():
+                tokens, mask = self.model.encode_instruction(list(instruction_gate.texts))
+                self._trained_tasks = unit(self.model.task_vector(tokens, mask))
         self._inputs = DeviceInputs(self.device, self.config.image_size)  # extend_history's upload
         self.frames_seen = 0
         self.reset()
@@ -209,25 +213,25 @@ class PolicyRuntime:
 
     @torch.no_grad()
     def set_instruction(self, text: str) -> None:
+        text, self._prefix_state, self._task = self.prepare_instruction(text)
+        self._instruction = text
+        self.reset()
+
+    @torch.no_grad()
+    def prepare_instruction(self, text: str) -> tuple[str, list, torch.Tensor]:
+        """(the text with its whitespace normalised, its prefix state, its task vector (1, d)); a ValueError for an
+        empty instruction or one the checkpoint's gate refuses, before anything is changed."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("instruction: expected a non-empty string")
         text = " ".join(text.split())
         tokens, mask = self.model.encode_instruction([text])
         task = self.model.task_vector(tokens, mask)
         if self.instruction_gate is not None:
-            reason = self.instruction_gate.refusal(text, unit(task[0]), self._trained_task_vectors())
+            reason = self.instruction_gate.refusal(text, unit(task[0]), self._trained_tasks)
             if reason:
-                raise ValueError(f"instruction {text[:120]!r}: {reason}")
-        self._prefix_state = self.model.condition(tokens)  # level 1: scanned once per instruction
-        self._task = task
-        self._instruction = text
-        self.reset()
-
-    def _trained_task_vectors(self) -> torch.Tensor:
-        if self._trained_tasks is None:  # once, at the first instruction: one batch through the text encoder
-            tokens, mask = self.model.encode_instruction(list(self.instruction_gate.texts))
-            self._trained_tasks = unit(self.model.task_vector(tokens, mask))
-        return self._trained_tasks
+                raise ValueError(f"instruction {text[:120]!r}: {reason} (the checkpoint's "
+                                 f"{GATE_FILE} decides; its min_similarity sets the threshold)")
+        return text, self.model.condition(tokens), task  # level 1: the prefix is scanned once per instruction
 
     @torch.no_grad()
     def step(self, observation: dict) -> ActionChunk:

@@ -46,11 +46,8 @@ class StreamBatch:
     def set_instruction(self, stream: int, text: str) -> None:
         """Give stream `stream` an instruction; its history restarts, the other streams are untouched."""
         self._check_index(stream)
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("instruction: expected a non-empty string")
-        text = " ".join(text.split())
-        tokens, mask = self.model.encode_instruction([text])
-        self._prefix[stream] = (self.model.condition(tokens), self.model.task_vector(tokens, mask))
+        text, prefix, task = self.runtime.prepare_instruction(text)  # the runtime's checks and gate
+        self._prefix[stream] = (prefix, task)
         self.instructions[stream] = text
         self.reset(stream)
 

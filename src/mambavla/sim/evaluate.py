@@ -47,7 +47,7 @@ class EpisodeResult:
     seed: int
     instruction: str = ""
     success: bool = False
-    end: str = ""  # success, timeout, controller STOPPED/ERROR: reason, error
+    end: str = ""  # success, timeout, controller STOPPED/ERROR: reason, error, refused (the instruction)
     sim_seconds: float = 0.0
     wall_seconds: float = 0.0
     chunks_produced: int = 0
@@ -174,7 +174,12 @@ class SimEvaluator:
             spec = self.cell.reset(seed=seed, task=task)  # the arm is idle: the last tracker was stopped
             text = spec.instruction if self.wordings == "trained" else held_out_instruction(spec, seed)
             result.instruction, result.cube = text, spec.cube
-            self.runtime.set_instruction(text)  # also forgets the history
+            try:
+                self.runtime.set_instruction(text)  # also forgets the history
+            except ValueError as err:  # refused (the checkpoint's gate): the arm never moves, franky is fine
+                result.success, result.end, result.error = False, "refused", str(err)
+                result.wall_seconds = time.perf_counter() - wall0
+                return result
             if self.gripper is not None:
                 self.gripper.reset(closed=False)  # the reset opened the hand
             clock.t = self.cell.sim_time
@@ -440,8 +445,11 @@ def merge_runs(folders: list[str | Path]) -> dict:
     for folder in map(Path, folders):
         run = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
         # with the settings each chunk ran under (None: the run predates the setting, or wrote no eval.json)
-        keys = ("checkpoint", "backend", "dtype", "device", "seeds", "latency_s", "noise_scale",
-                "gripper_open_delay_s", "inference_ms",
-                "wall_seconds")
+        keys = ("checkpoint", "backend", "dtype", "device", "cell", "wordings", "seeds", "latency_s", "noise_scale",
+                "gripper_open_delay_s", "inference_ms", "wall_seconds")
         summary["runs"][str(folder)] = {k: run.get(k) for k in keys}
+    for key in ("cell", "wordings"):  # runs in another cell or with other wordings measure something else
+        values = {str(f): r[key] for f, r in summary["runs"].items() if r[key] is not None}
+        if len(set(values.values())) > 1:
+            raise ValueError(f"the runs differ in {key}: {values}; merge runs of one {key} only")
     return summary

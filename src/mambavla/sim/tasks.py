@@ -42,13 +42,14 @@ _PARAPHRASES: dict[str, tuple[str, ...]] = {
 
 # Wordings that no training episode is given (sample_episode never draws them), kept out of training: how an
 # operator might word the same tasks. Other verbs, word order, an adverb for the direction, requests, the object
-# named differently or by its colour alone, capitals, a typo. `eval-sim --wordings held-out` evaluates with them.
+# named differently or by its colour alone, a typo (not capitals: the text encoder lower-cases, so they change
+# nothing). `eval-sim --wordings held-out` evaluates with them.
 HELD_OUT_PARAPHRASES: dict[str, tuple[str, ...]] = {
     "lift": (
         "raise the {cube} cube",
         "could you pick up the {cube} cube",
         "take the {cube} block and raise it",
-        "Lift The {cube} Cube",
+        "get the {cube} cube up in the air",
         "please lift {cube}",
         "lfit the {cube} cube",
     ),
@@ -57,7 +58,7 @@ HELD_OUT_PARAPHRASES: dict[str, tuple[str, ...]] = {
         "set the {cube} cube down on the {plate} disc",
         "place {cube} on {plate}",
         "could you move the {cube} cube onto the {plate} plate",
-        "Drop The {cube} Cube Onto The {plate} Plate",
+        "drop the {cube} cube onto the {plate} plate",
         "plcae the {cube} cube on the {plate} plate",
     ),
     "push": (
@@ -65,7 +66,7 @@ HELD_OUT_PARAPHRASES: dict[str, tuple[str, ...]] = {
         "move the {cube} cube {side}wards",
         "slide {cube} to the {side} please",
         "could you nudge the {cube} block to the {side}",
-        "Push The {cube} Cube To The {side}",
+        "shift the {cube} cube to the {side}",
         "psuh the {cube} cube to the {side} side",
     ),
 }
@@ -76,7 +77,8 @@ def held_out_instruction(spec: TaskSpec, seed: int) -> str:
     """The task of `spec` in one of HELD_OUT_PARAPHRASES, chosen by the seed."""
     key = "push" if spec.family.startswith("push") else spec.family
     templates = HELD_OUT_PARAPHRASES[key]
-    template = templates[int(np.random.default_rng([seed, 11]).integers(len(templates)))]
+    draw = np.random.default_rng([seed, 11, TASK_FAMILIES.index(spec.family)])  # push-left/-right differ per seed
+    template = templates[int(draw.integers(len(templates)))]
     return template.format(cube=spec.cube, plate=spec.plate, side=spec.side)
 
 

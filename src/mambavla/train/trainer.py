@@ -32,7 +32,7 @@ from mambavla.model.checkpoint import STATS, load_config, save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.model.normalization import merge_stats
-from mambavla.runtime.instruction_gate import InstructionGate
+from mambavla.runtime.instruction_gate import GATE_FILE, InstructionGate
 from mambavla.sim.tasks import named_cube_starts, other_cube_instructions, other_cube_starts
 from mambavla.train.augment import augment
 from mambavla.train.loop import make_optimizer
@@ -48,6 +48,20 @@ VALIDATION_SCORES = {
     "grounding_m": ("val_grounding_m", "val/grounding_error_m"),
     "grounding_first_frame_m": ("val_grounding_first_frame_m", "val/grounding_error_first_frame_m"),
 }
+
+
+def instruction_gate(instructions: list[str], init: str | None) -> InstructionGate | None:
+    """What the runtime's gate of the trained checkpoint accepts: the data's instructions, and when fine-tuning
+    those of the --init checkpoint, at its threshold. A checkpoint fine-tuned from an ungated one stays ungated:
+    gating it on the new data alone would refuse the tasks it was first trained for."""
+    if not init:
+        return InstructionGate(tuple(sorted(set(instructions))))
+    base = InstructionGate.load(init)
+    if base is None:
+        print(f"warning: --init {init} has no {GATE_FILE}: the fine-tuned checkpoint will not refuse any "
+              "instruction either", file=sys.stderr)
+        return None
+    return InstructionGate(tuple(sorted(set(instructions) | set(base.texts))), base.min_similarity)
 
 
 def config_for_data(base: MambaVLAConfig, episodes: TrainingEpisodes, settings: TrainSettings) -> MambaVLAConfig:
@@ -108,11 +122,7 @@ class Trainer:
                 f"are not the checkpoint's {list(base.cameras)} at {base.image_size}"
             )
         self.config = config_for_data(base, self.episodes, s)
-        # what the runtime's gate accepts: the instructions trained on here and those of the --init checkpoint
-        texts = set(self.episodes.instructions)
-        if s.init and (init_gate := InstructionGate.load(s.init)) is not None:
-            texts |= set(init_gate.texts)
-        self.gate = InstructionGate(tuple(sorted(texts)))
+        self.gate = instruction_gate(self.episodes.instructions, s.init)
         self.train_ids, self.val_ids = self.episodes.split(s.val_fraction)
         self.train_ids = self.episodes.first_per_task(self.train_ids, s.episodes_per_task)
         # where the named cube started, per episode (NaN where unknown): the grounding head's targets. No head
@@ -220,7 +230,8 @@ class Trainer:
     def _checkpoint(self, name: str, meta: dict) -> Path:
         """The EMA weights as RUN/<name>, with the instructions the runtime's gate accepts."""
         folder = save_checkpoint(self.ema, self.run / name, meta=meta)
-        self.gate.save(folder)
+        if self.gate is not None:
+            self.gate.save(folder)
         return folder
 
     def save(self, final: bool = False) -> None:

@@ -445,3 +445,15 @@ def test_held_out_wordings_give_the_policy_the_seeds_task_in_a_wording_training_
         assert text not in trained_instructions() and spec.cube in text and spec.plate in text
     with pytest.raises(ValueError, match="wordings must be one of trained, held-out"):
         SimEvaluator(evaluator.cell, evaluator.runtime, wordings="new")
+
+
+def test_a_refused_instruction_ends_the_episode_as_refused_without_touching_franky(evaluator, cell, monkeypatch):
+    def refuse(text):
+        raise ValueError(f"instruction {text!r}: it is outside what the policy was trained for")
+
+    monkeypatch.setattr(evaluator.runtime, "set_instruction", refuse)
+    server, robot = cell._server, evaluator.robot
+    result = evaluator.run_episode("lift", 1_000_007)
+    assert (result.success, result.end) == (False, "refused") and "outside what the policy" in result.error
+    assert cell._server is server and evaluator.robot is robot  # no reconnect: nothing failed on franky's side
+    assert result.chunks_produced == 0

@@ -80,13 +80,17 @@ class InstructionGate:
         if unknown:
             known = ", ".join(sorted(self.colours())) or "none"
             return f"it names {', '.join(unknown)}, a colour no training instruction names (they name {known})"
-        similarity = trained @ task
-        best = int(similarity.argmax())
-        score = float(similarity[best])
+        score, nearest = self.nearest(task, trained)
         if score < self.min_similarity:
             return (f"it is outside what the policy was trained for: similarity {score:.2f} to the nearest training "
-                    f"instruction {self.texts[best]!r}, below the checkpoint's {self.min_similarity:.2f}")
+                    f"instruction {nearest!r}, below the checkpoint's {self.min_similarity:.2f}")
         return None
+
+    def nearest(self, task: torch.Tensor, trained: torch.Tensor) -> tuple[float, str]:
+        """(cosine similarity, text) of the training instruction nearest to the unit task vector `task`."""
+        similarity = trained @ task
+        best = int(similarity.argmax())
+        return float(similarity[best]), self.texts[best]
 
 
 def unit(vectors: torch.Tensor) -> torch.Tensor:

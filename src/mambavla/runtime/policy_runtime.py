@@ -218,6 +218,14 @@ class PolicyRuntime:
         self.reset()
 
     @torch.no_grad()
+    def instruction_score(self, text: str) -> tuple[float, str]:
+        """(similarity, text) of the checkpoint's training instruction nearest to `text`, as its gate sees it."""
+        if self.instruction_gate is None:
+            raise ValueError("this policy has no instruction gate (its checkpoint has no instructions.json)")
+        tokens, mask = self.model.encode_instruction([" ".join(text.split())])
+        return self.instruction_gate.nearest(unit(self.model.task_vector(tokens, mask)[0]), self._trained_tasks)
+
+    @torch.no_grad()
     def prepare_instruction(self, text: str) -> tuple[str, list, torch.Tensor]:
         """(the text with its whitespace normalised, its prefix state, its task vector (1, d)); a ValueError for an
         empty instruction or one the checkpoint's gate refuses, before anything is changed."""

@@ -70,6 +70,14 @@ HELD_OUT_PARAPHRASES: dict[str, tuple[str, ...]] = {
         "psuh the {cube} cube to the {side} side",
     ),
 }
+# Instructions outside the workcell's four tasks, which a policy trained on them should refuse to act on
+# (runtime/instruction_gate.py). A known cube with an unknown verb ("throw the red cube") is not among them: the
+# gate lets it through.
+OUTSIDE_INSTRUCTIONS: tuple[str, ...] = (
+    "open the drawer", "make coffee", "wave hello", "stack the cubes", "what time is it", "pick up the sponge",
+    "fold the towel", "hand me the screwdriver", "clean the table", "put the cube in the box", "lift the table",
+    "open the gripper",
+)
 WORDINGS: tuple[str, ...] = ("trained", "held-out")  # eval-sim --wordings
 
 
@@ -80,6 +88,12 @@ def held_out_instruction(spec: TaskSpec, seed: int) -> str:
     draw = np.random.default_rng([seed, 11, TASK_FAMILIES.index(spec.family)])  # push-left/-right differ per seed
     template = templates[int(draw.integers(len(templates)))]
     return template.format(cube=spec.cube, plate=spec.plate, side=spec.side)
+
+
+def held_out_instructions() -> list[str]:
+    """Every instruction HELD_OUT_PARAPHRASES gives, for every cube, plate and side."""
+    return sorted({t.format(cube=c, plate=p, side=side) for ts in HELD_OUT_PARAPHRASES.values() for t in ts
+                   for c in CUBE_COLOURS for p in PLATE_COLOURS for side in ("left", "right")})
 
 
 def trained_instructions() -> list[str]:

@@ -18,7 +18,7 @@
 #                                               --balance-tasks: it samples frames, not episodes)
 #   mamba_stream_bal_50 / _25 / _10             mamba_stream_bal on the first 50, 25, 10 episodes of each task
 # Fine-tuning as a user runs it (train --init with the product's fine-tuning defaults: peak rate 1e-4, a fifth
-# of the run as warmup), named, not default; for a pack from another cell (docs/own-data.md#fine-tuning-measured):
+# of the run as warmup), named, not default; for a pack from another cell (docs/own-data.md#fine-tuning-measured (the cells and the commands)):
 #   finetune_10 / _25 / _50   the checkpoint $INIT (default: the shipped policy) on the first 10, 25, 50 episodes
 #                             of each task, FT_STEPS steps (default 800)
 # COMPARE_STEPS=N sets the stream runs' schedule for 50 per task (25: 4/5 of it, 10: 2/3; default 1250).

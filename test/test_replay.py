@@ -284,3 +284,19 @@ def test_live_replay_scores_policy_node_in_a_private_domain(checkpoint, episode,
     assert summary["mode"] == "live" and summary["policy_node_status"]["state"] == "RUNNING"
     assert m["safety"]["accepted"] + m["safety"]["rejected"] == m["chunks"]
     assert (tmp_path / "horizon_error.png").exists() and (tmp_path / "worst_frames.png").exists()
+
+
+def test_an_instruction_the_checkpoint_refuses_stops_replay_naming_it_or_the_bag(checkpoint, episode, tmp_path,
+                                                                                  capsys):
+    import shutil
+
+    from mambavla.runtime.instruction_gate import InstructionGate
+
+    gated = shutil.copytree(checkpoint, tmp_path / "gated")
+    InstructionGate(("push the blue cube to the left",)).save(gated)
+    code, _, err = _replay(capsys, episode, "--checkpoint", gated, "--instruction", "lift the orange cube",
+                           "--out", tmp_path / "a", "--zero-latency")
+    assert code == 2 and "it names orange, a colour no training instruction names (they name blue)" in err
+    assert not (tmp_path / "a" / "replay.json").exists()  # refused before any bag
+    code, _, err = _replay(capsys, episode, "--checkpoint", gated, "--out", tmp_path / "b", "--zero-latency")
+    assert code == 2 and f"{episode}: instruction 'lift the red cube': it names red" in err  # the recorded one

@@ -162,6 +162,8 @@ def _offline(args, config, bags, maps, schedule, limits, out, header, log) -> di
         runtime = PolicyRuntime.from_preset(
             args.preset, device=args.device, seed=args.seed, backend=args.backend, threads=args.torch_threads or None
         )
+    if args.instruction:
+        runtime.prepare_instruction(args.instruction)  # a refused --instruction stops here, before any bag
     return replay_bags(
         infos,
         runtime,

@@ -67,7 +67,10 @@ def replay_offline(
             if worker["pending"] is not None:
                 text, worker["pending"] = worker["pending"], None
                 t0 = time.perf_counter()
-                runtime.set_instruction(text)  # also resets the streaming history
+                try:
+                    runtime.set_instruction(text)  # also resets the streaming history
+                except ValueError as err:  # e.g. the checkpoint's gate refuses the recorded instruction
+                    raise ValueError(f"{info.path}: {err}") from err
                 worker["free_at"] = t + busy(time.perf_counter() - t0)
                 schedule.restart()
                 result.instruction = result.instruction or text

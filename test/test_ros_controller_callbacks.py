@@ -49,5 +49,6 @@ def test_an_error_inside_the_core_is_counted_as_the_messages_rejection(node, mon
         handle(serialize_message(message), info)
     status = node.core.status()
     assert status["teleop_rejected"] == 1
-    assert status["teleop_last_rejection"] == f"malformed {what}: internal error RuntimeError: a bug"
+    assert status["teleop_last_rejection"] == f"internal error while taking a {what}: RuntimeError: a bug"
+    assert status["teleop_rejections_by_kind"] == {"internal error": 1}  # not counted as the operator's bad input
     assert status["chunks_rejected"] == 0

@@ -35,9 +35,9 @@ from mambavla.control.trajectory import PoseTrajectory, blend, slerp
 from mambavla.runtime.chunk import ActionChunk
 from mambavla.spaces import ACTION_NAMES, delta_to_absolute, quat_angle_between, vector_to_pose
 
-REJECTION_KINDS = ("command source is", "publisher over", "malformed", "action names", "non-finite", "dt", "stale",
-                   "future", "past", "no measured pose", "outside workspace", "tilts", "jump", "starts",
-                   "controller is", "teleop_max", "frame")
+REJECTION_KINDS = ("internal error", "command source is", "publisher over", "malformed", "action names",
+                   "non-finite", "dt", "stale", "future", "past", "no measured pose", "outside workspace", "tilts",
+                   "jump", "starts", "controller is", "teleop_max", "frame")
 KIND_NAMES = {"tilts": "tilt", "starts": "start offset", "controller is": "not tracking",
               "no measured pose": "no pose history", "past": "all rows past", "command source is": "inactive source",
               "publisher over": "rate limited", "teleop_max": "too fast"}

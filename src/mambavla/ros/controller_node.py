@@ -256,19 +256,20 @@ class ControllerNode(Node):
         except Exception as err:  # ValueError from the checks; anything from a message rmw could not decode
             reason = self.core.reject(f"malformed chunk: {err}")
         else:
-            reason = self._submit("chunk", lambda: self.core.submit(chunk, self._now(), mono=time.monotonic()))
+            reason = self._submit("chunk", lambda: self.core.submit(chunk, self._now(), mono=time.monotonic()),
+                                  teleop=False)
         if reason:
             self._warn("chunk", reason)
 
-    def _submit(self, what: str, submit) -> str | None:
+    def _submit(self, what: str, submit, teleop: bool) -> str | None:
         """`submit()`'s rejection reason; an exception from it (a bug: nothing was scheduled) is counted as a
-        rejection of the message instead of ending the callback, which would leave the executor's thread and the
-        message's reader history to a traceback."""
+        rejection of the message, of its own kind, instead of ending the callback, which would leave the executor's
+        thread and the message's reader history to a traceback."""
         try:
             return submit()
         except Exception as err:
-            return self.core.reject(f"malformed {what}: internal error {type(err).__name__}: {err}",
-                                    teleop=what != "chunk")
+            return self.core.reject(f"internal error while taking a {what}: {type(err).__name__}: {err}",
+                                    teleop=teleop)
 
     def _on_twist(self, data: bytes, info: dict, kind) -> None:
         if not self._admit(self._teleop_gate, info, "twist", "teleop_max_rate_hz"):
@@ -291,7 +292,7 @@ class ControllerNode(Node):
                 linear, angular = msg.linear, msg.angular
                 reason = self._submit("twist", lambda: self.core.submit_twist(
                     (linear.x, linear.y, linear.z), (angular.x, angular.y, angular.z), self._now(), stamp=stamp,
-                    mono=received_at(info), frame=frame))
+                    mono=received_at(info), frame=frame), teleop=True)
         if reason:
             self._warn("twist", reason)
 
@@ -303,7 +304,7 @@ class ControllerNode(Node):
         except Exception as err:  # anything from a message rmw could not decode: counted, never raised
             reason = self.core.reject(f"malformed gripper command: {err}", teleop=True)
         else:
-            reason = self._submit("gripper command", lambda: self.core.submit_gripper(value))
+            reason = self._submit("gripper command", lambda: self.core.submit_gripper(value), teleop=True)
         if reason:
             self._warn("gripper command", reason)
 

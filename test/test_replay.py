@@ -300,3 +300,15 @@ def test_an_instruction_the_checkpoint_refuses_stops_replay_naming_it_or_the_bag
     assert not (tmp_path / "a" / "replay.json").exists()  # refused before any bag
     code, _, err = _replay(capsys, episode, "--checkpoint", gated, "--out", tmp_path / "b", "--zero-latency")
     assert code == 2 and f"{episode}: instruction 'lift the red cube': it names red" in err  # the recorded one
+
+
+def test_a_live_replay_without_chunks_says_what_policy_node_refused():
+    from mambavla.commands.replay import _print_summary
+
+    lines = []
+    rejection = "instruction rejected: instruction 'make coffee': it is outside what the policy was trained for"
+    _print_summary({"metrics": {"chunks": 0}, "bags": ["b"], "mode": "live", "recorded_s": 3.0,
+                    "policy_node_status": {"last_rejection": rejection}}, lines.append)
+    assert lines[-1] == f"no chunk was produced (policy_node's last rejection: {rejection})"
+    _print_summary({"metrics": {"chunks": 0}, "bags": ["b"], "mode": "offline"}, lines.append)
+    assert lines[-1] == "no chunk was produced (see the roles and notes in replay.json)"

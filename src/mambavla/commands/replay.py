@@ -186,7 +186,9 @@ def _print_summary(summary: dict, log) -> None:
         f"{m.get('chunks', 0)} chunks"
     )
     if not m.get("chunks"):
-        log("no chunk was produced (see the roles and notes in replay.json)")
+        rejection = (summary.get("policy_node_status") or {}).get("last_rejection")  # live: what the node refused
+        log("no chunk was produced " + (f"(policy_node's last rejection: {rejection})" if rejection
+                                        else "(see the roles and notes in replay.json)"))
         return
     mae = m["mae"]
     log("MAE  " + "  ".join(f"{k} {v:.1f} {m['mae_units'][k]}" for k, v in mae.items()))

@@ -405,6 +405,8 @@ class ControllerNode(Node):
                 continue
             gripper, gripper_error = None, ""
             if self.tracking.gripper:
+                # franky.Gripper has no timeout: should the hand not answer, this line says where startup waits
+                self.get_logger().info(f"arm at {self.robot_ip} answers; connecting to its hand")
                 try:
                     with keep_thread_scheduling(enabled=not self.realtime):
                         hand = franky.Gripper(self.robot_ip)

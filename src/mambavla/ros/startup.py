@@ -34,14 +34,21 @@ class _Signals:
         os.set_blocking(self._read, False)
         os.set_blocking(write, False)
         self._previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        self._seen: list[str] = []
 
-    def received(self) -> list[str]:
-        signal.set_wakeup_fd(self._previous)
+    def poll(self) -> list[str]:
+        """The signals received so far (the wakeup fd stays in place)."""
         try:
             data = os.read(self._read, 64)
         except BlockingIOError:
             data = b""
-        return [signal.Signals(n).name for n in data if n in (signal.SIGINT, signal.SIGTERM)]
+        self._seen += [signal.Signals(n).name for n in data if n in (signal.SIGINT, signal.SIGTERM)]
+        return self._seen
+
+    def received(self) -> list[str]:
+        received = self.poll()
+        signal.set_wakeup_fd(self._previous)
+        return received
 
 
 def run_until_stopped(name: str, node_class, starting: Callable[[object], str], args=None, threads: int = 1,
@@ -55,10 +62,17 @@ def run_until_stopped(name: str, node_class, starting: Callable[[object], str], 
         try:
             node = node_class()
         except ValueError as err:
+            if signals.poll():  # the signal broke what the constructor was doing; not a parameter's fault
+                _leave(name, signals.poll()[0], constructing)
             logger = get_logger(name)
             logger.fatal(f"cannot start: {err}")
             logger.debug(traceback.format_exc())
             raise SystemExit(1) from None
+        except Exception:
+            # a signal inside a C extension's import (mujoco's) surfaces as that import's own error
+            if signals.poll():
+                _leave(name, signals.poll()[0], constructing)
+            raise
         built.append(node)
         return node
 
@@ -69,7 +83,11 @@ def run_until_stopped(name: str, node_class, starting: Callable[[object], str], 
     doing = starting(built[0]) if built else constructing
     if not doing:
         return
-    get_logger(name).info(f"stopped by {received[0]} while {doing}: leaving without waiting for it")
+    _leave(name, received[0], doing)
+
+
+def _leave(name: str, signal_name: str, doing: str) -> None:
+    get_logger(name).info(f"stopped by {signal_name} while {doing}: leaving without waiting for it")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -410,9 +410,11 @@ def test_a_twist_stream_moves_the_arm_and_the_arm_stops_when_the_stream_stops(te
     moved = held - start
     print(f"\nteleop: commanded {np.round(wanted * 1e3, 1)} mm, target went {np.round(streamed[k] * 1e3, 1)} mm, "
           f"arm {np.round(moved * 1e3, 1)} mm, then {drift * 1e3:.1f} mm while held")
-    # the target went the commanded way by about the commanded distance (the last twist counts for up to
-    # teleop_command_timeout more; DDS and tick timing on shared cores), and the arm followed it
-    assert streamed[k] @ wanted / np.linalg.norm(wanted) == pytest.approx(np.linalg.norm(wanted), rel=0.25)
+    # the target went the commanded way, never further than commanded (the last twist counts for up to
+    # teleop_command_timeout more), and the arm followed it. It may fall short: a late tick advances the
+    # target by at most max_tick_dt of motion, so a controller starved of CPU moves less, never leaps
+    along = streamed[k] @ wanted / np.linalg.norm(wanted)
+    assert 0.5 * np.linalg.norm(wanted) < along < 1.25 * np.linalg.norm(wanted)
     assert np.linalg.norm(np.cross(streamed[k], wanted)) / np.linalg.norm(wanted) < 0.01
     assert moved @ wanted / np.linalg.norm(wanted) > 0.5 * np.linalg.norm(wanted)
     assert drift < 0.005

@@ -62,7 +62,8 @@ def test_instruction_in_chunks_out_and_the_arm_follows_only_safe_chunks(tmp_path
     assert "other" not in summary["rejections_by_kind"]
     assert summary["controller_state"] in ("IDLE", "ACTIVE", "HOLDING")
     assert np.isfinite(summary["latency_ms"]["p50"]) and summary["latency_ms"]["p50"] > 0
-    assert summary["controller_rate_hz"] > 25  # the loop ran (100 Hz asked; two cores shared with the whole stack)
+    # the loop ran; its rate on a loaded CI machine is no measure of anything (docs/benchmarks.md has the rate)
+    assert summary["controller_rate_hz"] > 5
     assert summary["tracking_error_m"] < 0.02  # the arm is where the controller commands it
 
     if checkpoint:

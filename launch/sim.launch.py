@@ -1,6 +1,7 @@
 """Run the whole loop against the simulated FR3: sim_node (franky-sim + cameras), controller_node, policy_node.
 
     ros2 launch mambavla sim.launch.py task:=lift             # the shipped policy, on simulated time
+    ros2 launch mambavla sim.launch.py checkpoint:=/path/rgbd_ckpt   # a depth policy: sim_node publishes depth
     mambavla instruct "lift the red cube"      # or publish_instruction:=true to use the task's own
 
 robot_ip defaults to `auto`: a free loopback address of its own (127.x.y.z, checked by binding
@@ -8,12 +9,17 @@ libfranka's port), handed to both sim_node and controller_node, so the controlle
 simulator (or robot) that another stack on this machine started. If sim_node or controller_node
 exits, the whole launch shuts down.
 
+depth defaults to `auto`: sim_node publishes each camera's aligned depth when the checkpoint takes depth
+(`use_depth` in its config.json); `depth:=true` publishes it for any checkpoint (to record RGB-D demonstrations).
+
 Where only the PyPI ROS 2 wheels exist (no `ros2 launch`), `mambavla demo` starts the same nodes with
 the same parameter files.
 """
 
+import json
 import random
 import socket
+from pathlib import Path
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction, RegisterEventHandler
@@ -57,6 +63,20 @@ def shutdown_when_it_exits(action, name):
     )
 
 
+def publish_depth(argument: str, checkpoint: str) -> bool:
+    """depth:=auto|true|false: auto is on when the checkpoint's config takes depth (an empty checkpoint: untrained
+    preset, no depth)."""
+    argument = argument.lower()
+    if argument in ("true", "1", "yes"):
+        return True
+    if argument in ("false", "0", "no"):
+        return False
+    if argument != "auto":
+        raise ValueError(f"depth:={argument} must be auto, true or false")
+    config = Path(checkpoint) / "config.json" if checkpoint else None
+    return bool(config and config.is_file() and json.loads(config.read_text()).get("use_depth", False))
+
+
 def nodes(context):
     sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1", "yes")
     checkpoint = LaunchConfiguration("checkpoint").perform(context)
@@ -81,6 +101,7 @@ def nodes(context):
                 "host": robot_ip,
                 "publish_instruction": ParameterValue(LaunchConfiguration("publish_instruction"), value_type=bool),
                 "publish_clock": sim_time,
+                "depth": publish_depth(LaunchConfiguration("depth").perform(context), checkpoint),
             },
         ],
     )
@@ -144,6 +165,11 @@ def generate_launch_description():
             description="the nodes run on the simulator's /clock (simulated time), not the wall clock",
         ),
         DeclareLaunchArgument("device", default_value="cpu", description="policy device"),
+        DeclareLaunchArgument(
+            "depth",
+            default_value="auto",
+            description="sim_node publishes aligned depth: auto (when the checkpoint takes depth), true or false",
+        ),
         DeclareLaunchArgument(
             "publish_instruction", default_value="false", description="publish the task's instruction"
         ),

@@ -63,6 +63,7 @@ def test_the_node_declares_the_config_read_only_and_runs_replays_schedule(contex
         assert node.schedule.config == node.config.schedule_config(2, tiny.policy_period, tiny.chunk_size * tiny.dt)
         assert node.schedule.config.infer_period == 0.25
         assert node.schedule.buffer is node._observations  # robot state received while loading is kept
+        assert node.depth_topics == [] and not any("depth" in s.topic_name for s in node.subscriptions)  # RGB only
     finally:
         node.shutdown()
         node.destroy_node()

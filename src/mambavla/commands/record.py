@@ -25,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cameras", nargs="+", default=["front", "wrist"], help="camera names (default: front wrist)")
     p.add_argument("--camera-topic", default="/cameras/{camera}/image_raw", help="topic pattern, {camera} = name")
     p.add_argument("--compressed", action="store_true", help="subscribe to <camera topic>/compressed (JPEG as sent)")
+    p.add_argument("--depth", action="store_true",
+                   help="also record each camera's depth aligned to its colour frames (RGB-D cameras)")
+    p.add_argument("--depth-topic", default="/cameras/{camera}/aligned_depth_to_color/image_raw",
+                   help="depth topic pattern, {camera} = name (sensor_msgs/Image 16UC1 mm or 32FC1 m)")
+    p.add_argument("--compressed-depth", action="store_true",
+                   help="subscribe to <depth topic>/compressedDepth (16UC1 PNG); stored as 16UC1")
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames (default: 90)")
     p.add_argument("--episodes", type=int, default=0, help="stop after this many saved episodes (default: no limit)")
     p.add_argument("--episode-time", type=float, default=0.0, help="save an episode after this many s (default: never)")
@@ -47,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from mambavla.ros.spin import BackgroundSpin, use_large_frame_transport
 
     overrides = {"root": args.out, "cameras": list(args.cameras), "camera_topic": args.camera_topic,
-                 "compressed_cameras": args.compressed, "jpeg_quality": args.jpeg_quality,
+                 "compressed_cameras": args.compressed, "jpeg_quality": args.jpeg_quality, "depth": args.depth,
+                 "depth_topic": args.depth_topic, "compressed_depth": args.compressed_depth,
                  "instruction": args.instruction, "reset_time_s": args.reset_time,
                  "episode_time_s": args.episode_time, "auto_start": args.auto_start,
                  "action_topic": "" if args.kinesthetic else args.action_topic}

@@ -4,6 +4,9 @@ over each message serialised (CDR, as a raw rclpy subscription delivers it) with
 
     /cameras/<name>/image_raw/compressed  sensor_msgs/CompressedImage  JPEG; raw Image frames are encoded here,
                                                                        compressed ones stored as they came
+    /cameras/<name>/aligned_depth_to_color/image_raw
+                                          sensor_msgs/Image 16UC1 mm, with `depth`: aligned depth as it came
+                                          (32FC1 m, mono16 and compressedDepth PNG are stored as 16UC1 mm)
     /joint_states, /ee_pose, /action      as published (the controller's streamed target and gripper command
                                           is /action)
     /instruction                          the episode's instruction, once at the start
@@ -41,6 +44,7 @@ from mambavla.data.bags import (
     SIDECAR,
     EpisodeWriter,
     camera_topic,
+    depth_topic,
 )
 
 STATE_TOPICS = (JOINT_STATE_TOPIC, EE_POSE_TOPIC, ACTION_TOPIC)
@@ -66,17 +70,19 @@ class Episode:
     counts: dict[str, int] = field(default_factory=dict)  # messages written per bag topic
     frame_stamps: list[int] = field(default_factory=list)  # ns, first camera
     image_size: tuple[int, int] | None = None
+    depth_size: tuple[int, int] | None = None  # of the first depth frame: aligned depth has the colour frames' size
     frames_in: int = 0  # camera messages offered
     dropped: int = 0  # messages not written: the queue was full, or the writer could not store them
     closed: bool = False  # saved or discarded: what is still queued for it is not written
 
 
 class EpisodeRecorder:
-    """Episodes under `root`, one bag each. `cameras`: names; frames of the first one are the episode's steps."""
+    """Episodes under `root`, one bag each. `cameras`: names; frames of the first one are the episode's steps.
+    `depth`: every camera's aligned depth is recorded too (`on_depth`), and is an input an episode needs."""
 
     def __init__(self, root: str | Path, cameras: Sequence[str], jpeg_quality: int = 90, reset_time: float = 5.0,
                  episode_time: float = 0.0, queue_mb: float = 256.0, meta: dict | None = None,
-                 record_action: bool = True):
+                 record_action: bool = True, depth: bool = False):
         if not cameras:
             raise ValueError("at least one camera is needed: frames are the episode's steps")
         if not 1 <= jpeg_quality <= 100:
@@ -88,6 +94,7 @@ class EpisodeRecorder:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.cameras = tuple(cameras)
+        self.depth_cameras = self.cameras if depth else ()
         self.jpeg_quality, self.reset_time, self.episode_time = int(jpeg_quality), reset_time, episode_time
         self.meta = dict(meta or {})
         # without a commanded action (kinesthetic teaching: the arm is guided by hand) the reader derives the
@@ -127,6 +134,14 @@ class EpisodeRecorder:
         episode.frames_in += 1
         self._offer("camera", episode, len(data), (camera, ns, data, compressed))
 
+    def on_depth(self, camera: str, ns: int, data: bytes, compressed: bool = False) -> None:
+        """One depth message of a camera, CDR-serialised: sensor_msgs/Image, or CompressedImage (compressedDepth)
+        if `compressed`."""
+        self._last_seen[depth_input(camera)] = time.monotonic()
+        episode = self.episode
+        if episode is not None:
+            self._offer("depth", episode, len(data), (camera, ns, data, compressed))
+
     def on_state(self, topic: str, ns: int, data: bytes) -> None:
         """One message for a bag topic of STATE_TOPICS, CDR-serialised in that topic's type."""
         self._last_seen[topic] = time.monotonic()
@@ -148,7 +163,8 @@ class EpisodeRecorder:
     def missing_inputs(self) -> list[str]:
         """Inputs with no message in the last FRESH seconds."""
         now = time.monotonic()
-        return [name for name in (*self.cameras, *self.required) if now - self._last_seen.get(name, -1e9) > FRESH]
+        inputs = (*self.cameras, *map(depth_input, self.depth_cameras), *self.required)
+        return [name for name in inputs if now - self._last_seen.get(name, -1e9) > FRESH]
 
     # ---- episode control (any thread) ----
 
@@ -166,7 +182,7 @@ class EpisodeRecorder:
                                "that controller_node is tracking: its ~/action is the recorded /action)")
             path = next_episode_path(self.root)
             writer = EpisodeWriter(self.root / PARTIAL / path.name, self.cameras, (0, 0), dt=0.0, image_format="jpeg",
-                                   jpeg_quality=self.jpeg_quality,
+                                   jpeg_quality=self.jpeg_quality, depth_cameras=self.depth_cameras,
                                    meta={**self.meta, "instruction": instruction, "source": "mambavla-record"})
             episode = Episode(path, instruction, writer, time.monotonic())
             self._queue.put(("instruction", episode, 0, (instruction,)))  # the bag's first message
@@ -256,7 +272,7 @@ class EpisodeRecorder:
                 self._handle(kind, episode, args)
             except Exception as err:  # a bad message must not end the recorder; the status shows it
                 self.error = f"{type(err).__name__}: {err}"
-                if kind in ("camera", "state"):  # not in the bag: counted with the messages the queue dropped
+                if kind in ("camera", "depth", "state"):  # not in the bag: counted with the messages the queue dropped
                     with self._bytes_lock:
                         self.dropped += 1
                         episode.dropped += 1
@@ -276,6 +292,8 @@ class EpisodeRecorder:
             episode.writer.write_instruction(time.time(), *args)
         elif kind == "camera":
             self._write_camera(episode, *args)
+        elif kind == "depth":
+            self._write_depth(episode, *args)
         else:
             topic, ns, data = args
             episode.writer.write_serialized(topic, ns, data)
@@ -308,6 +326,28 @@ class EpisodeRecorder:
             episode.frame_stamps.append(stamp)
         self.frames_written += 1
 
+    def _write_depth(self, episode: Episode, camera: str, ns: int, data: bytes, compressed: bool) -> None:
+        from mambavla.data.images import depth_message_fields, depth_to_mm
+
+        msg = self._ts.deserialize_cdr(data, COMPRESSED_IMAGE_TYPE if compressed else IMAGE_TYPE)
+        depth = depth_to_mm(msg)  # every frame decoded: a truncated or non-depth one never reaches the bag
+        size = tuple(depth.shape)
+        if episode.depth_size is None:
+            episode.depth_size = size
+        reference = episode.image_size or episode.depth_size
+        if size != reference:
+            raise ValueError(f"depth of camera {camera!r} is {size[1]}x{size[0]}, the episode's "
+                             f"{'colour' if episode.image_size else 'depth'} frames are {reference[1]}x{reference[0]}: "
+                             "record depth aligned to the colour frames (realsense-ros: align_depth.enable)")
+        if not compressed and str(msg.encoding) == "16UC1" and not msg.is_bigendian:
+            out = data  # as it came
+        else:  # the bag's depth is one format, 16UC1 mm; from a PNG or 16-bit frame losslessly
+            out = self._ts.serialize_cdr(self._ts.types[IMAGE_TYPE](header=msg.header, **depth_message_fields(depth)),
+                                         IMAGE_TYPE)
+        topic = depth_topic(camera)
+        episode.writer.write_serialized(topic, ns, bytes(out))
+        episode.counts[topic] = episode.counts.get(topic, 0) + 1
+
     def _close(self, episode: Episode, save: bool) -> tuple[bool, str]:
         episode.closed = True
         try:
@@ -324,13 +364,19 @@ class EpisodeRecorder:
             _remove(episode.writer.path)
             self.discarded += 1
             return True, f"discarded {name}"
-        empty = [t for t in [camera_topic(c) + "/compressed" for c in self.cameras] + list(self.required)
-                 if not episode.counts.get(t)]
-        if empty or len(episode.frame_stamps) < 2:
+        topics = [camera_topic(c) + "/compressed" for c in self.cameras] + [depth_topic(c) for c in self.depth_cameras]
+        empty = [t for t in topics + list(self.required) if not episode.counts.get(t)]
+        misaligned = self.depth_cameras and episode.depth_size not in (None, episode.image_size)
+        if empty or len(episode.frame_stamps) < 2 or misaligned:
             episode.writer.abort()
             _remove(episode.writer.path)
             self.discarded += 1
-            what = f"no messages on {', '.join(empty)}" if empty else "fewer than 2 frames"
+            if empty:
+                what = f"no messages on {', '.join(empty)}"
+            elif misaligned:
+                what = f"depth frames of {episode.depth_size} (H, W), colour frames of {episode.image_size}"
+            else:
+                what = "fewer than 2 frames"
             return False, f"{name} not saved ({what}): training could not read it"
         stamps = np.sort(np.array(episode.frame_stamps, dtype=np.int64))
         steps = np.diff(stamps) / 1e9
@@ -351,6 +397,11 @@ class EpisodeRecorder:
             text += (f"; warning: {episode.dropped} messages dropped: the writer did not keep up or could not store "
                      f"them (dropped in {SIDECAR}, the reason in the status's error)")
         return True, text
+
+
+def depth_input(camera: str) -> str:
+    """A camera's depth stream as `missing_inputs` names it."""
+    return f"{camera} depth"
 
 
 def _remove(path: Path) -> None:

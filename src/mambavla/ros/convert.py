@@ -19,6 +19,7 @@ from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from mambavla.data.images import depth_message_fields
 from mambavla.runtime.chunk import ActionChunk
 
 DELTA_SUFFIX = "/ee_at_stamp"
@@ -53,6 +54,14 @@ def rgb_to_image(rgb: np.ndarray, stamp: float, frame_id: str) -> Image:
     msg.is_bigendian = 0
     msg.step = int(rgb.shape[1] * 3)
     msg.data = rgb.tobytes()
+    return msg
+
+
+def depth_to_image(depth_mm: np.ndarray, stamp: float, frame_id: str) -> Image:
+    """uint16 [H, W] mm -> sensor_msgs/Image 16UC1, as an RGB-D driver publishes aligned depth."""
+    msg = Image(**{k: v.tobytes() if k == "data" else v for k, v in depth_message_fields(depth_mm).items()})
+    msg.header.stamp = seconds_to_stamp(stamp)
+    msg.header.frame_id = frame_id
     return msg
 
 

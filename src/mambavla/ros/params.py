@@ -50,6 +50,8 @@ def declare(node: Node, name: str, default, description: str, item_type: type | 
         item_type = item_type or type(default[0])
         descriptor = ParameterDescriptor(description=description, dynamic_typing=True, read_only=read_only)
         value = node.declare_parameter(name, [item_type(v) for v in default], descriptor).value
+        if value is None:  # `[]` in a parameter file or on the command line has no type: ROS leaves it unset
+            return []
         if not isinstance(value, (list, tuple)) and not hasattr(value, "tolist"):
             raise ValueError(f"parameter {name!r}: expected a list of {item_type.__name__}, got {value!r}")
         return [_convert(name, v, item_type) for v in (value.tolist() if hasattr(value, "tolist") else value)]

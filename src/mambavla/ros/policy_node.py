@@ -6,6 +6,12 @@ sensor_msgs/CompressedImage JPEG/PNG on `<topic>/compressed`, as image_transport
 the observation and runs inference. The node holds no model logic: it translates messages to
 and from the runtime.
 
+A checkpoint that takes depth (`use_depth`) gets one aligned depth topic per camera (`depth_topics`, by default
+realsense-ros's `aligned_depth_to_color/image_raw` beside each camera topic; sensor_msgs/Image 16UC1 mm or 32FC1
+m), subscribed once the checkpoint is loaded; each step is fed the depth frame stamped nearest to each colour frame
+(`runtime.depth_frames`), and waits while one is missing, saying which on /diagnostics. Other checkpoints
+subscribe to no depth topic.
+
 A rejected instruction (empty after Unicode normalisation, only zero-width or control characters,
 too long, too many tokens) ends the current task: no chunk is published until a valid instruction
 arrives, so the controller holds the arm after `hold_after` and stops it after `stop_after`. An
@@ -27,12 +33,13 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
-from mambavla.data.images import image_to_rgb
+from mambavla.data.images import depth_to_mm, image_to_rgb
 from mambavla.ros.convert import chunk_to_trajectory, pose_from_msg, stamp_to_seconds
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.ros.params import declare, refuse_undeclared
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 from mambavla.ros.startup import run_until_stopped
+from mambavla.runtime.depth_frames import DepthFrame, DepthFrames
 from mambavla.runtime.policy_config import PolicyNodeConfig, parameters
 from mambavla.runtime.schedule import Frame, InferenceSchedule, Observation, ObservationBuffer
 
@@ -40,7 +47,8 @@ from mambavla.runtime.schedule import Frame, InferenceSchedule, Observation, Obs
 class PolicyNode(Node):
     def __init__(self, **kwargs):
         super().__init__("policy_node", **kwargs)
-        values = {name: declare(self, name, default, description)
+        # an empty list default (depth_topics) has no element to take its type from
+        values = {name: declare(self, name, default, description, item_type=str if default == [] else None)
                   for name, (default, description) in parameters().items()}
         refuse_undeclared(self)  # a misspelt key would otherwise leave its default in force
         self.config = config = PolicyNodeConfig.from_params(values)
@@ -57,6 +65,10 @@ class PolicyNode(Node):
         self._observations = ObservationBuffer(len(self.camera_topics), config.max_observation_age)
         self.schedule: InferenceSchedule | None = None
         self._camera_slot: list[int] = []  # topic index -> position in the checkpoint's camera order
+        # depth checkpoints: the depth topics (camera topic order) and the frames kept for pairing, set at load
+        self.depth_topics: list[str] = []
+        self._depth: DepthFrames | None = None
+        self._depth_undecoded: dict[int, tuple[Image, float]] = {}  # topic index -> (latest, receipt on the ROS clock)
         # topic index -> (latest, receipt on the ROS clock, arrival on the steady clock)
         self._undecoded: dict[int, tuple[Image | CompressedImage, float, float]] = {}
         self._pending_instruction: str | None = None  # "" = a rejected instruction: end the current task
@@ -100,6 +112,11 @@ class PolicyNode(Node):
     def _on_image(self, index: int, msg: Image | CompressedImage) -> None:
         with self._lock:  # store only: decoding, resizing (and any cost a hostile frame carries) are the worker's
             self._undecoded[index] = (msg, self._now(), time.perf_counter())
+            self._lock.notify_all()
+
+    def _on_depth(self, index: int, msg: Image) -> None:
+        with self._lock:  # store only, as for colour frames
+            self._depth_undecoded[index] = (msg, self._now())
             self._lock.notify_all()
 
     def _on_instruction(self, msg: String) -> None:
@@ -163,6 +180,8 @@ class PolicyNode(Node):
             raise ValueError(f"camera_names {self.camera_names} (for topics {self.camera_topics}) do not match the "
                              f"policy's cameras {list(cams)}")
         self._camera_slot = [list(cams).index(name) for name in self.camera_names]
+        if self.runtime.config.use_depth:
+            self._subscribe_depth()
         self.policy_source = source
         runtime = self.runtime
         if self.backend == "onnx":  # what the diagnostics report: the provider, and whether ORT replays CUDA graphs
@@ -182,6 +201,36 @@ class PolicyNode(Node):
                                f"{resize}); cameras {dict(zip(self.camera_names, self.image_topics))}, "
                                f"image {runtime.image_size}, {runtime.chunk_size} x {runtime.dt} s, "
                                f"{runtime.action_mode} actions, infer_mode {config.infer_mode}{period}")
+
+    def _subscribe_depth(self) -> None:
+        topics = [self.resolve_topic_name(topic) for topic in self.config.depth_topics_used]
+        by_slot = sorted(zip(self._camera_slot, self.camera_names, topics))
+        depth = DepthFrames([name for _, name, _ in by_slot], [topic for _, _, topic in by_slot],
+                            self.config.max_depth_offset)
+        with self._lock:
+            self.depth_topics, self._depth = topics, depth
+        for index, topic in enumerate(topics):
+            self.create_subscription(Image, topic, lambda msg, i=index: self._on_depth(i, msg), SENSOR_QOS)
+        self.get_logger().info(f"the policy takes depth: {dict(zip(self.camera_names, topics))}")
+
+    def _convert_depth(self) -> None:
+        """Worker: decode and resize the latest depth frame of each camera to the policy's size, or log a rejection."""
+        with self._lock:
+            received, self._depth_undecoded = self._depth_undecoded, {}
+        for index, (msg, receipt) in received.items():
+            topic = self.depth_topics[index]
+            stamp = stamp_to_seconds(msg.header.stamp)
+            if stamp - receipt > self.config.max_frame_future:
+                self._reject(f"{topic}: depth stamped {stamp - receipt:.2f} s in the future (camera clock?) "
+                             f"> max_frame_future {self.config.max_frame_future} s")
+                continue
+            try:
+                depth = depth_to_mm(msg, self.runtime.image_size)
+            except (ValueError, MemoryError) as err:
+                self._reject(f"{topic}: {'MemoryError: ' if isinstance(err, MemoryError) else ''}{err}")
+                continue
+            with self._lock:
+                self._depth.add(self._camera_slot[index], DepthFrame(depth, stamp))
 
     def _convert_frames(self) -> None:
         """Worker: decode and resize the latest frame of each camera to the policy's size, or log a rejection."""
@@ -205,8 +254,9 @@ class PolicyNode(Node):
             with self._lock:
                 self._observations.add_frame(self._camera_slot[index], Frame(rgb, stamp, receipt, arrived))
 
-    def _observation(self, now: float) -> Observation | None:
-        """The observation to infer on now, if a step is due (a query: nothing is consumed); else None."""
+    def _observation(self, now: float) -> tuple[Observation, tuple | None] | None:
+        """The observation to infer on now and its depth (None: the policy takes none), if a step is due (a query:
+        nothing is consumed); else None."""
         if not self.schedule.due(now):
             return None
         choice = self.schedule.choose(now)
@@ -214,7 +264,13 @@ class PolicyNode(Node):
         if isinstance(choice, str):
             self.reason = choice
             return None
-        return choice
+        if self._depth is None:
+            return choice, None
+        depth = self._depth.pair(choice.stamps)
+        if isinstance(depth, str):
+            self.reason = depth
+            return None
+        return choice, depth
 
     def _work(self) -> None:
         try:
@@ -228,20 +284,22 @@ class PolicyNode(Node):
         self.state, self.reason = "WAITING", "waiting for an instruction"
         while self._running:
             self._convert_frames()
+            if self._depth is not None:
+                self._convert_depth()
             with self._lock:
                 now = self._now()
                 if self._pending_instruction is None and (not self.instruction
-                                                          or (obs := self._observation(now)) is None):
+                                                          or (chosen := self._observation(now)) is None):
                     self._lock.wait(timeout=0.01)
                     continue
                 text, self._pending_instruction = self._pending_instruction, None
                 if text is None:
-                    self.schedule.consume(obs, now)
+                    self.schedule.consume(chosen[0], now)
             try:
                 if text is not None:
                     self._apply_instruction(text)
                 else:
-                    self._infer(obs)
+                    self._infer(*chosen)
             except Exception as err:  # a failing policy must not silently kill the worker: report, keep trying
                 what = "inference" if text is None else "the instruction"
                 self.state, self.reason = "ERROR", f"{what} failed: {type(err).__name__}: {err}"
@@ -272,11 +330,14 @@ class PolicyNode(Node):
         self.state, self.reason = "RUNNING", "instruction set"
         self.get_logger().info(f"instruction: {text[:200]!r}")
 
-    def _infer(self, obs: Observation) -> None:
+    def _infer(self, obs: Observation, depth: tuple | None) -> None:
         self.wait_ms.append((time.perf_counter() - obs.arrived) * 1e3)
+        observation = {"images": dict(zip(self.runtime.camera_names, obs.images)), "proprio": obs.proprio,
+                       "stamp": obs.stamp}
+        if depth is not None:
+            observation["depth"] = dict(zip(self.runtime.camera_names, depth))
         try:
-            chunk = self.runtime.step({"images": dict(zip(self.runtime.camera_names, obs.images)),
-                                       "proprio": obs.proprio, "stamp": obs.stamp})
+            chunk = self.runtime.step(observation)
         except ValueError as err:
             self._reject(f"observation rejected by the policy: {err}")
             return
@@ -320,6 +381,7 @@ class PolicyNode(Node):
             "frames_dropped": self.frames_dropped,
             "inputs_rejected": self.inputs_rejected,
             "last_rejection": self.last_rejection,
+            "depth_topics": ", ".join(self.depth_topics),
             **self.latency_stats(),
         }
         self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/policy_node", self.device,

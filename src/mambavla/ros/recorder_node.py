@@ -4,7 +4,9 @@ anywhere.
 
 Inputs, all taken raw (stored as they arrive, camera frames JPEG-encoded off the callback threads): each camera
 of `cameras` on `camera_topic` (sensor_msgs/Image, or sensor_msgs/CompressedImage on `<topic>/compressed` with
-`compressed_cameras`), `joint_states_topic`, `ee_pose_topic`, and controller_node's streamed target and gripper
+`compressed_cameras`); with `depth`, each camera's aligned depth on `depth_topic` (sensor_msgs/Image 16UC1 mm,
+stored as it comes; or 32FC1 m, or compressedDepth on `<topic>/compressedDepth` with `compressed_depth`, stored as
+16UC1 mm); `joint_states_topic`, `ee_pose_topic`, and controller_node's streamed target and gripper
 command on `action_topic` (stored as /action), the instruction on `instruction_topic` (latched
 std_msgs/String; the `instruction` parameter until one arrives).
 
@@ -53,6 +55,12 @@ class RecorderNode(Node):
         compressed = p("compressed_cameras", False, "subscribe to <camera topic>/compressed (CompressedImage, "
                        "stored as it comes) instead of raw Image frames (JPEG-encoded here)")
         jpeg_quality = p("jpeg_quality", 90, "JPEG quality of the stored frames (1-100)")
+        depth = p("depth", False, "also record each camera's depth aligned to its colour frames (an input every "
+                  "episode then needs)")
+        depth_topic = p("depth_topic", "/cameras/{camera}/aligned_depth_to_color/image_raw",
+                        "aligned depth topic pattern, {camera} = name (sensor_msgs/Image 16UC1 mm or 32FC1 m)")
+        compressed_depth = p("compressed_depth", False, "subscribe to <depth topic>/compressedDepth (16UC1 PNG, "
+                             "compressed_depth_image_transport) instead of raw Image depth; stored as 16UC1")
         self.instruction = p("instruction", "", "instruction until one arrives on instruction_topic")
         reset_time = p("reset_time_s", 5.0, "seconds after an episode for resetting the scene")
         episode_time = p("episode_time_s", 0.0, "save an episode automatically after this long, s (0: never)")
@@ -66,12 +74,19 @@ class RecorderNode(Node):
         diagnostics_rate = p("diagnostics_rate_hz", 2.0, "status publishing rate, Hz")
 
         self.recorder = EpisodeRecorder(root, cameras, jpeg_quality=jpeg_quality, reset_time=reset_time,
-                                        episode_time=episode_time, record_action=bool(topics[ACTION_TOPIC]))
+                                        episode_time=episode_time, record_action=bool(topics[ACTION_TOPIC]),
+                                        depth=depth)
         for name in cameras:
             topic = camera_topic.format(camera=name) + ("/compressed" if compressed else "")
             self.create_subscription(CompressedImage if compressed else Image, topic,
                                      lambda data, info, n=name: self.recorder.on_camera(n, _received(info), data,
                                                                                         compressed),
+                                     FRAME_QOS, raw=True)
+        for name in self.recorder.depth_cameras:
+            topic = depth_topic.format(camera=name) + ("/compressedDepth" if compressed_depth else "")
+            self.create_subscription(CompressedImage if compressed_depth else Image, topic,
+                                     lambda data, info, n=name: self.recorder.on_depth(n, _received(info), data,
+                                                                                       compressed_depth),
                                      FRAME_QOS, raw=True)
         for bag_topic, msg_type in ((JOINT_STATE_TOPIC, JointState), (EE_POSE_TOPIC, PoseStamped),
                                     (ACTION_TOPIC, JointTrajectory)):

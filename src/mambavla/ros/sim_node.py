@@ -1,9 +1,11 @@
 """sim_node: the simulated workcell (`mambavla.sim.Workcell`) as a ROS node.
 
 It serves the libfranka protocol on a loopback address (controller_node connects with real franky),
-renders and publishes the cameras, and publishes the task (`/sim/task`, JSON in std_msgs/String,
-transient-local, including the robot address) and its success (`/sim/success`). Physics runs in the
-workcell's own 1 kHz thread; rendering happens on a separate thread from snapshots.
+renders and publishes the cameras (with `depth`, each camera's depth aligned to its colour frames too,
+16UC1 mm as an RGB-D driver publishes it, from the same snapshot and with the same stamp), and publishes
+the task (`/sim/task`, JSON in std_msgs/String, transient-local, including the robot address) and its
+success (`/sim/success`). Physics runs in the workcell's own 1 kHz thread; rendering happens on a separate
+thread from snapshots.
 
 With `publish_clock`, simulated time is the ROS clock: `/clock` follows the physics and camera frames
 are stamped with the simulated time they show, so nodes started with `use_sim_time` see the world at
@@ -23,7 +25,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 
-from mambavla.ros.convert import rgb_to_image, seconds_to_stamp
+from mambavla.ros.convert import depth_to_image, rgb_to_image, seconds_to_stamp
 from mambavla.ros.diagnostics import OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
 from mambavla.ros.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
@@ -41,6 +43,10 @@ class SimNode(Node):
         self.camera_size = p("camera_size", [128, 128], "rendered image size [height, width]")
         self.camera_rate_hz = p("camera_rate_hz", 10.0, "camera publishing rate, Hz (osmesa renders ~12 ms per frame)")
         self.camera_topic = p("camera_topic", "/cameras/{camera}/image_raw", "topic pattern, {camera} = camera name")
+        self.depth = p("depth", False, "also publish each camera's depth aligned to its colour frames (16UC1 mm, same "
+                       "stamp); renders every camera twice")
+        self.depth_topic = p("depth_topic", "/cameras/{camera}/aligned_depth_to_color/image_raw",
+                             "depth topic pattern, {camera} = camera name")
         self.publish_instruction = p(
             "publish_instruction", False, "also publish the task's instruction on instruction_topic"
         )
@@ -66,6 +72,10 @@ class SimNode(Node):
         self.image_pubs = {
             cam: self.create_publisher(Image, self.camera_topic.format(camera=cam), SENSOR_QOS)
             for cam in self.workcell.camera_names
+        }
+        self.depth_pubs = {
+            cam: self.create_publisher(Image, self.depth_topic.format(camera=cam), SENSOR_QOS)
+            for cam in (self.workcell.camera_names if self.depth else ())
         }
         self.task_pub = self.create_publisher(String, "/sim/task", LATCHED_QOS)
         self.success_pub = self.create_publisher(Bool, "/sim/success", STATE_QOS)
@@ -112,7 +122,10 @@ class SimNode(Node):
             t0 = time.perf_counter()
             try:
                 snap = self.workcell.snapshot()
-                images = self.workcell.render(snap=snap)
+                if self.depth:
+                    images, depths = self.workcell.render_rgbd(snap=snap)
+                else:
+                    images, depths = self.workcell.render(snap=snap), {}
                 if self.publish_clock:
                     stamp = snap.time  # the simulated moment the frame shows
             except Exception as err:  # stopping, or a GL failure: report and retry
@@ -125,6 +138,8 @@ class SimNode(Node):
                 else (time.perf_counter() - t0) * 1e3
             )
             for cam, rgb in images.items():
+                if cam in depths:  # first: a subscriber pairing depth with colour then rarely waits for it
+                    self.depth_pubs[cam].publish(depth_to_image(depths[cam], stamp, f"{cam}_camera"))
                 self.image_pubs[cam].publish(rgb_to_image(rgb, stamp, f"{cam}_camera"))
             self.frames_published += 1
             next_t += period
@@ -152,6 +167,7 @@ class SimNode(Node):
             "realtime_factor": self.realtime_factor,
             "frames_published": self.frames_published,
             "render_ms": self.render_ms,
+            "depth": self.depth,
         }
         self.diag_pub.publish(
             diagnostic_array(

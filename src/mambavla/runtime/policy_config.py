@@ -47,6 +47,13 @@ class PolicyNodeConfig:
                                            "at load)")
     image_transport: str = _param("raw", "raw: sensor_msgs/Image on each camera topic; compressed: "
                                          "sensor_msgs/CompressedImage (JPEG/PNG) on <topic>/compressed")
+    depth_topics: tuple[str, ...] = _param((), "aligned depth per camera of camera_topics (sensor_msgs/Image 16UC1 "
+                                               "mm or 32FC1 m), subscribed only when the checkpoint takes depth; "
+                                               "empty: beside each camera topic as realsense-ros lays them out, "
+                                               "<its folder less a color/ or rgb/>/aligned_depth_to_color/image_raw")
+    max_depth_offset: float = _param(0.05, "the depth fed with a colour frame is the one stamped nearest to it and at "
+                                           "most this far from it, s (aligned depth carries its colour frame's "
+                                           "stamp); none that close: the step waits")
     instruction_topic: str = _param("/instruction", "std_msgs/String instruction (transient-local)")
     joint_states_topic: str = _param("/joint_states", "robot joint states (finger positions used)")
     ee_pose_topic: str = _param("/ee_pose", "end-effector pose (geometry_msgs/PoseStamped)")
@@ -68,7 +75,8 @@ class PolicyNodeConfig:
                               ("image_transport", IMAGE_TRANSPORTS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        for name in ("infer_rate_hz", "max_observation_age", "diagnostics_rate_hz", "max_instruction_chars"):
+        for name in ("infer_rate_hz", "max_observation_age", "diagnostics_rate_hz", "max_instruction_chars",
+                     "max_depth_offset"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.max_frame_future >= 0:  # negative: the freshest frames would be refused as from the future
@@ -84,6 +92,14 @@ class PolicyNodeConfig:
         if len(names) != len(self.camera_topics) or len(set(names)) != len(names):
             raise ValueError(f"camera_names {list(names)} must name each of camera_topics {list(self.camera_topics)} "
                              "once")
+        if self.depth_topics and len(self.depth_topics) != len(self.camera_topics):
+            raise ValueError(f"depth_topics {list(self.depth_topics)} must give one topic per camera of camera_topics "
+                             f"{list(self.camera_topics)}, or be empty (derived from them)")
+
+    @property
+    def depth_topics_used(self) -> tuple[str, ...]:
+        """The depth topic of each camera: `depth_topics`, or derived from each camera topic."""
+        return self.depth_topics or tuple(depth_topic_of(t) for t in self.camera_topics)
 
     @classmethod
     def from_params(cls, params: dict, source: str = "the parameters") -> "PolicyNodeConfig":
@@ -96,6 +112,17 @@ class PolicyNodeConfig:
         return ScheduleConfig(n_cameras=n_cameras, policy_period=policy_period, chunk_duration=chunk_duration,
                               infer_mode=self.infer_mode, consume_fraction=self.consume_fraction,
                               infer_period=1.0 / self.infer_rate_hz, max_observation_age=self.max_observation_age)
+
+
+def depth_topic_of(image_topic: str) -> str:
+    """The aligned depth topic beside a colour topic, as realsense-ros lays them out: the image's last name
+    (image_raw) and a `color` or `rgb` folder dropped, `aligned_depth_to_color/image_raw` added.
+    /cameras/front/image_raw -> /cameras/front/aligned_depth_to_color/image_raw (`data.bags.depth_topic`);
+    /camera/camera/color/image_raw -> /camera/camera/aligned_depth_to_color/image_raw."""
+    base = image_topic.rstrip("/").rsplit("/", 1)[0]
+    if base.rsplit("/", 1)[-1] in ("color", "rgb"):
+        base = base.rsplit("/", 1)[0]
+    return f"{base}/aligned_depth_to_color/image_raw"
 
 
 def parameters() -> dict[str, tuple[object, str]]:

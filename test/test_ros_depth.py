@@ -1,0 +1,357 @@
+"""Depth end to end over Fast DDS: sim_node publishes each camera's aligned depth (16UC1 mm, the colour frame's
+stamp), recorder_node stores it in the episode bag as it came, and policy_node feeds a depth checkpoint the depth
+stamped as its colour frames, holding (and saying which is missing) while there is none.
+
+The sim and recorder stack runs on the session's test domain; the depth policy runs in this process on a domain
+of its own (211), with the test playing the RGB-D cameras, the robot state and the operator."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import pytest
+import ros_harness  # noqa: F401  (an isolated DDS domain, loopback discovery, before a context starts)
+
+from mambavla.data.bags import camera_topic, depth_topic
+from mambavla.runtime.policy_config import PolicyNodeConfig, depth_topic_of
+
+CAMERAS = ("front", "wrist")
+CAMERA_SIZE = [48, 64]
+CAMERA_HZ = 5.0  # steady on a loaded 2-core machine with two renders per camera
+POLICY_DOMAIN = 211
+REC = "mambavla/recorder_node"
+
+
+def test_the_default_depth_topics_sit_beside_the_camera_topics_as_realsense_ros_lays_them_out():
+    assert all(depth_topic_of(camera_topic(name)) == depth_topic(name) for name in CAMERAS)
+    assert depth_topic_of("/camera/camera/color/image_raw") == "/camera/camera/aligned_depth_to_color/image_raw"
+    config = PolicyNodeConfig(camera_topics=("/cam_a/color/image_raw", "/b/image_raw"))
+    assert config.depth_topics_used == ("/cam_a/aligned_depth_to_color/image_raw",
+                                        "/b/aligned_depth_to_color/image_raw")
+    assert PolicyNodeConfig(depth_topics=("/d1", "/d2")).depth_topics_used == ("/d1", "/d2")
+    with pytest.raises(ValueError, match="one topic per camera"):
+        PolicyNodeConfig(depth_topics=("/d1",))
+
+
+# ---- sim_node and recorder_node ----
+
+
+@pytest.fixture(scope="class")
+def rgbd_cell(tmp_path_factory):
+    """sim_node with depth on, recorder_node recording depth; the probe plays the robot state the recorder needs
+    (kinesthetic: no commanded action) and keeps every front colour and depth frame it hears."""
+    from ros_harness import NodeProcess, Probe
+    from sensor_msgs.msg import Image
+
+    from mambavla.ros.convert import pose_to_msg, seconds_to_stamp
+    from mambavla.ros.qos import SENSOR_QOS
+    from mambavla.spaces import EE_REFERENCE_QUAT
+
+    logs = tmp_path_factory.mktemp("rgbd")
+    probe = Probe("rgbd_probe")
+    heard = {"colour": deque(maxlen=200), "depth": deque(maxlen=200)}
+    for kind, topic in (("colour", camera_topic("front")), ("depth", depth_topic("front"))):
+        probe.node.create_subscription(Image, topic, lambda msg, kind=kind: heard[kind].append(msg), SENSOR_QOS)
+    running = threading.Event()
+    running.set()
+
+    def robot_state():
+        from sensor_msgs.msg import JointState
+
+        while running.is_set():
+            now = probe.now()
+            probe.pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, now, "fr3_link0"))
+            joints = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1",
+                                                                                "fr3_finger_joint2"],
+                                position=[0.0] * 7 + [0.04, 0.04])
+            joints.header.stamp = seconds_to_stamp(now)
+            probe.joint_pub.publish(joints)
+            time.sleep(0.05)
+
+    state_thread = threading.Thread(target=robot_state, daemon=True)
+    state_thread.start()
+    root = logs / "episodes"
+    nodes = [NodeProcess("sim_node", ["sim_node.yaml"], {"depth": True, "camera_size": CAMERA_SIZE,
+                                                         "camera_rate_hz": CAMERA_HZ, "task": "lift", "seed": 11},
+                         logs / "sim.log"),
+             NodeProcess("recorder_node", [], {"root": str(root), "cameras": list(CAMERAS), "depth": True,
+                                               "action_topic": "", "instruction": "lift the red cube",
+                                               "reset_time_s": 0.0, "diagnostics_rate_hz": 5.0},
+                         logs / "recorder.log")]
+    try:
+        probe.wait_status(REC, lambda s: s["state"] == "READY" and not s["missing"], "recorder inputs live (depth too)")
+        yield probe, heard, root
+    finally:
+        running.clear()
+        state_thread.join()
+        for node in reversed(nodes):
+            node.stop()
+        probe.close()
+
+
+@pytest.mark.ros
+@pytest.mark.sim
+@pytest.mark.slow
+class TestRGBDCell:
+    def test_sim_node_publishes_aligned_depth_stamped_as_the_colour_frames(self, rgbd_cell):
+        from mambavla.data.images import depth_to_mm
+        from mambavla.ros.convert import stamp_to_seconds
+
+        probe, heard, _ = rgbd_cell
+        probe.wait_for(lambda: len(heard["depth"]) >= 5, "5 front depth frames")
+        frames = list(heard["depth"])[-5:]
+        for msg in frames:
+            assert (msg.encoding, msg.height, msg.width, msg.step) == ("16UC1", *CAMERA_SIZE, CAMERA_SIZE[1] * 2)
+            assert msg.header.frame_id == "front_camera"
+        # every depth frame has the colour frame of its snapshot (same stamp) among those heard
+        probe.wait_for(lambda: {stamp_to_seconds(m.header.stamp) for m in list(heard["colour"])}
+                       >= {stamp_to_seconds(m.header.stamp) for m in frames}, "the colour frames of those stamps")
+        depth = depth_to_mm(frames[-1])
+        valid = depth[depth > 0]
+        print(f"\nfront depth: {valid.size / depth.size:.0%} valid, 5/50/95 % "
+              f"{np.percentile(valid, [5, 50, 95]).round().tolist()} mm")
+        assert valid.size > 0.9 * depth.size
+        assert 500 < np.percentile(valid, 5) and 600 < np.median(valid) < 1500  # the table, 0.6-1.5 m in front
+
+    def test_the_recorder_stores_the_depth_as_it_came_and_read_episode_reads_it(self, rgbd_cell):
+        from rosbags.rosbag2 import Reader
+        from std_srvs.srv import Trigger
+
+        from mambavla.data.bags import ReadOptions, read_episode, read_meta
+        from mambavla.data.roles import typestore
+        from mambavla.ros.convert import stamp_to_seconds
+
+        probe, heard, root = rgbd_cell
+
+        def call(service: str):
+            client = probe.node.create_client(Trigger, f"/recorder_node/{service}")
+            assert client.wait_for_service(timeout_sec=60.0)
+            future = client.call_async(Trigger.Request())
+            probe.wait_for(future.done, f"{service} response")
+            probe.node.destroy_client(client)
+            return future.result()
+
+        assert call("start").success
+        time.sleep(2.5)
+        response = call("save")
+        assert response.success, response.message
+        status = probe.wait_status(REC, lambda s: int(s["saved"]) == 1, "the save on /diagnostics")
+        assert int(status["dropped"]) == 0 and not status["error"]
+
+        path = root / "episode_000000"
+        meta = read_meta(path)
+        assert meta["depth_cameras"] == list(CAMERAS)
+        heard_front = {stamp_to_seconds(m.header.stamp): bytes(m.data) for m in list(heard["depth"])}
+        with Reader(path) as reader:
+            counts = {c.topic: c.msgcount for c in reader.connections}
+            types = {c.topic: c.msgtype for c in reader.connections}
+            stored = [(c, data) for c, _, data in reader.messages() if c.topic == depth_topic("front")]
+        for name in CAMERAS:
+            assert types[depth_topic(name)] == "sensor_msgs/msg/Image"
+            assert counts[depth_topic(name)] == meta["counts"][depth_topic(name)] >= 5
+        same = 0
+        for connection, data in stored:
+            msg = typestore().deserialize_cdr(data, connection.msgtype)
+            received = heard_front.get(stamp_to_seconds(msg.header.stamp))
+            if received is not None:
+                assert msg.encoding == "16UC1" and bytes(msg.data) == received  # as sim_node sent it
+                same += 1
+        assert same >= 3
+
+        episode = read_episode(path, options=ReadOptions(depth=True))
+        for name in CAMERAS:
+            assert episode.depth[name].shape == (len(episode), *CAMERA_SIZE)
+            assert episode.depth[name].dtype == np.uint16
+        assert 600 < np.median(episode.depth["front"][episode.depth["front"] > 0]) < 1500
+
+
+# ---- policy_node with a depth checkpoint ----
+
+
+class RGBDCameras:
+    """Plays two RGB-D cameras (10 Hz: colour and aligned depth with one stamp, the depth value naming the frame),
+    the robot state (50 Hz) and the operator, in `context`; hears /diagnostics."""
+
+    def __init__(self, context):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import String
+
+        from mambavla.ros.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+
+        self.node = n = rclpy.create_node("rgbd_camera_probe", context=context)
+        self.lock = threading.Lock()
+        self.status: dict = {}
+        self.depth_value: dict[float, int] = {}  # stamp -> the depth (mm) every pixel of that frame has
+        self.depth_cameras = set(CAMERAS)  # cameras whose depth is published
+        self.bad_depth = None  # an Image sent instead of the front depth once
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, DIAGNOSTICS_QOS)
+        self.colour_pubs = {c: n.create_publisher(Image, camera_topic(c), SENSOR_QOS) for c in CAMERAS}
+        self.depth_pubs = {c: n.create_publisher(Image, depth_topic(c), SENSOR_QOS) for c in CAMERAS}
+        self.instruction_pub = n.create_publisher(String, "/instruction", LATCHED_QOS)
+        self.pose_pub = n.create_publisher(PoseStamped, "/ee_pose", STATE_QOS)
+        self.joint_pub = n.create_publisher(JointState, "/joint_states", STATE_QOS)
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def _on_diag(self, msg) -> None:
+        from mambavla.ros.diagnostics import status_values
+
+        with self.lock:
+            for status in msg.status:
+                self.status[status.name] = status_values(msg, status.name)
+
+    def _loop(self) -> None:
+        from sensor_msgs.msg import JointState
+
+        from mambavla.ros.convert import depth_to_image, pose_to_msg, rgb_to_image, seconds_to_stamp, stamp_to_seconds
+        from mambavla.spaces import EE_REFERENCE_QUAT
+
+        rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        k = 0
+        while self._running:
+            now = self.now()
+            if k % 5 == 0:
+                value = 400 + (k // 5) % 1000
+                with self.lock:
+                    self.depth_value[stamp_to_seconds(seconds_to_stamp(now))] = value  # as the node reads it
+                for cam in CAMERAS:
+                    if cam == "front" and self.bad_depth is not None:
+                        bad, self.bad_depth = self.bad_depth, None
+                        bad.header.stamp = seconds_to_stamp(now)
+                        self.depth_pubs[cam].publish(bad)
+                    elif cam in self.depth_cameras:
+                        self.depth_pubs[cam].publish(depth_to_image(np.full((96, 128), value, np.uint16), now, cam))
+                    self.colour_pubs[cam].publish(rgb_to_image(rgb, now, cam))
+            self.pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, now, "fr3_link0"))
+            joints = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1",
+                                                                                "fr3_finger_joint2"],
+                                position=[0.0] * 7 + [0.04, 0.04])
+            joints.header.stamp = seconds_to_stamp(now)
+            self.joint_pub.publish(joints)
+            k += 1
+            time.sleep(0.02)
+
+    def latest(self) -> dict:
+        with self.lock:
+            return dict(self.status.get("mambavla/policy_node") or {})
+
+    def wait_status(self, predicate, what: str, timeout: float = 120.0) -> dict:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            status = self.latest()
+            if status and predicate(status):
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}; last status {self.latest()}")
+
+    def close(self) -> None:
+        self._running = False
+        self._thread.join()
+
+
+@pytest.fixture(scope="class")
+def depth_policy(tmp_path_factory):
+    """policy_node on an untrained tiny depth checkpoint (torch, CPU), in this process, its steps' observations
+    kept as the runtime got them."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import String
+
+    from mambavla.model.checkpoint import save_checkpoint
+    from mambavla.model.config import preset
+    from mambavla.model.modeling_mambavla import MambaVLA
+    from mambavla.ros.policy_node import PolicyNode
+
+    config = preset("tiny").replace(use_depth=True, vision="resnet")
+    checkpoint = save_checkpoint(MambaVLA(config), tmp_path_factory.mktemp("rgbd_ckpt") / "tiny_depth")
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=POLICY_DOMAIN)
+    cameras = RGBDCameras(context)
+    cameras.instruction_pub.publish(String(data="pick up the red cube"))
+    overrides = {"checkpoint": str(checkpoint), "device": "cpu", "torch_threads": 1, "backend": "torch",
+                 "max_observation_age": 1.0, "diagnostics_rate_hz": 5.0}
+    node = PolicyNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(cameras.node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    steps: deque = deque(maxlen=100)  # (observation stamp, {camera: depth})
+    try:
+        cameras.wait_status(lambda s: s["state"] in ("WAITING", "RUNNING"), "the depth policy to load", 300.0)
+        step = node.runtime.step
+
+        def recorded_step(observation):
+            steps.append((observation["stamp"], dict(observation.get("depth") or {})))
+            return step(observation)
+
+        node.runtime.step = recorded_step
+        yield node, cameras, steps
+    finally:
+        node.shutdown()
+        cameras.close()
+        executor.shutdown()
+        spin.join(timeout=5.0)
+        node.destroy_node()
+        cameras.node.destroy_node()
+        context.try_shutdown()
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+class TestDepthPolicy:
+    def test_a_depth_policy_steps_on_the_depth_stamped_as_its_colour_frames(self, depth_policy):
+        node, cameras, steps = depth_policy
+        status = cameras.wait_status(lambda s: int(s["chunks_published"]) >= 3, "chunks from a depth policy")
+        assert int(status["inputs_rejected"]) == 0, status["last_rejection"]  # the runtime refuses a step without
+        assert status["depth_topics"] == ", ".join(depth_topic(c) for c in CAMERAS)
+        with cameras.lock:
+            values = dict(cameras.depth_value)
+        assert len(steps) >= 2
+        for stamp, depth in list(steps):
+            assert sorted(depth) == sorted(CAMERAS)
+            for frame in depth.values():
+                assert frame.dtype == np.uint16 and frame.shape == node.runtime.image_size  # decoded, resized
+                assert (frame == values[stamp]).all()  # the depth of the colour frames' own stamp
+
+    def test_without_depth_the_policy_holds_and_says_which_camera_is_missing(self, depth_policy):
+        node, cameras, steps = depth_policy
+        cameras.wait_status(lambda s: int(s["chunks_published"]) >= 1, "chunks with depth")
+        cameras.depth_cameras.discard("wrist")
+        try:
+            status = cameras.wait_status(lambda s: "waiting for depth" in s["reason"], "the hold on /diagnostics")
+            assert "wrist" in status["reason"] and "front" not in status["reason"]
+            held = int(cameras.latest()["chunks_published"])
+            time.sleep(1.0)
+            assert int(cameras.latest()["chunks_published"]) == held
+        finally:
+            cameras.depth_cameras.add("wrist")
+        cameras.wait_status(lambda s: int(s["chunks_published"]) > held, "chunks once the depth is back")
+
+    @pytest.mark.parametrize("encoding, data, fragment", [
+        ("rgb8", bytes(48 * 64 * 3), "unsupported depth encoding 'rgb8'"),
+        ("16UC1", bytes(100), "truncated depth data"),  # 100 bytes of a 48 x 128-byte frame
+    ])
+    def test_a_bad_depth_frame_is_rejected_with_a_reason_and_the_policy_goes_on(self, depth_policy, encoding, data,
+                                                                                 fragment):
+        from sensor_msgs.msg import Image
+
+        node, cameras, _ = depth_policy
+        before = int(cameras.wait_status(lambda s: int(s["chunks_published"]) >= 1, "chunks")["inputs_rejected"])
+        step = 192 if encoding == "rgb8" else 128
+        cameras.bad_depth = Image(height=48, width=64, encoding=encoding, step=step, data=data)
+        status = cameras.wait_status(lambda s: int(s["inputs_rejected"]) > before, "the bad depth frame rejected")
+        assert status["last_rejection"].startswith(depth_topic("front")) and fragment in status["last_rejection"]
+        chunks = int(status["chunks_published"])
+        cameras.wait_status(lambda s: int(s["chunks_published"]) > chunks, "chunks after the bad frame")

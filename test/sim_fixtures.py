@@ -35,12 +35,14 @@ def running_workcell():
 
 
 @functools.lru_cache(maxsize=None)
-def recorded_episode() -> tuple[Path, dict]:
-    """A real lift episode: expert through franky against franky-sim, recorded to an MCAP bag."""
+def recorded_episode(depth: bool = False) -> tuple[Path, dict]:
+    """A real lift episode: expert through franky against franky-sim, recorded to an MCAP bag (`depth`: with every
+    camera's aligned depth)."""
     from mambavla.sim.collect import episode_name, record_episode
 
     root = Path(tempfile.mkdtemp(prefix="mambavla-episode-"))
     atexit.register(shutil.rmtree, root, True)
     with running_workcell() as (cell, robot, gripper):
-        summary = record_episode(cell, robot, gripper, root / episode_name(EPISODE_SEED), EPISODE_SEED, EPISODE_TASK)
+        summary = record_episode(cell, robot, gripper, root / episode_name(EPISODE_SEED), EPISODE_SEED, EPISODE_TASK,
+                                 depth=depth)
     return root / episode_name(EPISODE_SEED), summary

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-format", choices=("raw", "jpeg"), default="raw",
                    help="cameras as sensor_msgs/Image rgb8 (default) or CompressedImage JPEG on <topic>/compressed "
                         "(image_transport's layout; a 168-frame sim lift episode: 1.4 MB against 2.6 MB raw)")
+    p.add_argument("--depth", action="store_true",
+                   help="record each camera's depth aligned to its colour frames too (16UC1 mm on "
+                        "/cameras/NAME/aligned_depth_to_color/image_raw), for RGB-D policies (train --depth)")
     p.add_argument("--dart-noise", type=float, default=0.0, metavar="METRES",
                    help="DART: add a smooth seeded offset of this standard deviation to the targets the expert streams "
                         "while it moves; the recorded actions stay the expert's, so the episodes show recoveries "
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     summary = collect(args.task, args.episodes, args.out, seed=args.seed, camera_size=args.camera_size,
                       allow_eval_seeds=args.eval, progress=not args.json, render=not args.no_render,
                       speed=args.speed, compression=args.compression, image_format=args.image_format,
-                      rate_hz=args.rate, noise=args.dart_noise, cell_name=args.cell)
+                      rate_hz=args.rate, noise=args.dart_noise, cell_name=args.cell,
+                      depth=args.depth)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "episodes_detail"}, indent=2))
         return 0

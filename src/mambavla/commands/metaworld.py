@@ -58,8 +58,9 @@ def add_collect_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def refuse_workcell_options(args: argparse.Namespace) -> None:
-    """--cell and --wordings name the workcell's variants; Meta-World has its own scenes and task texts."""
-    for flag, default in (("cell", "sim"), ("wordings", "trained")):
+    """--cell, --wordings and --depth name the workcell's variants; Meta-World has its own scenes, task texts and
+    one colour camera."""
+    for flag, default in (("cell", "sim"), ("wordings", "trained"), ("depth", False)):
         if getattr(args, flag, default) != default:
             raise ValueError(f"--{flag} is the workcell's; it does not apply to --suite metaworld")
 

@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from mambavla import spaces
-from mambavla.data.roles import BagError, BagInfo, arm_joint_order, finger_positions, typestore
+from mambavla.data.roles import BagError, BagInfo, arm_joint_order, depth_role, finger_positions, typestore
 
 FORMAT = "mambavla-episode/1"
 SIDECAR = "episode.json"
@@ -64,6 +64,11 @@ TYPES = {
 
 def camera_topic(name: str) -> str:
     return f"/cameras/{name}/image_raw"
+
+
+def depth_topic(name: str) -> str:
+    """A camera's depth aligned to its colour frames (uint16 mm, 16UC1), named as realsense-ros names it."""
+    return f"/cameras/{name}/aligned_depth_to_color/image_raw"
 
 
 def _latched_qos():
@@ -123,6 +128,7 @@ class EpisodeWriter:
         compression: str = "message",
         image_format: str = "raw",
         jpeg_quality: int = 90,
+        depth_cameras: Sequence[str] = (),
     ):
         from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
@@ -149,6 +155,12 @@ class EpisodeWriter:
         self._conns = {
             t: self._writer.add_connection(t, image_type, typestore=self._ts) for t in self._image_topics.values()
         }
+        unknown = [c for c in depth_cameras if c not in self.cameras]
+        if unknown:
+            raise ValueError(f"depth for camera(s) {unknown} that the episode does not record ({list(self.cameras)})")
+        self.depth_cameras = tuple(depth_cameras)
+        for c in self.depth_cameras:
+            self._conns[depth_topic(c)] = self._writer.add_connection(depth_topic(c), IMAGE_TYPE, typestore=self._ts)
         for topic, msgtype in TYPES.items():
             # `ros2 bag play` offers the recorded QoS: the instruction must stay latched (transient local),
             # as policy_node subscribes to it that way.
@@ -181,9 +193,20 @@ class EpisodeWriter:
         ee_quat: np.ndarray,
         action: np.ndarray,
         joint_velocities: np.ndarray | None = None,
+        depth: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """One frame at time t (s): every camera image (uint8[H,W,3]), robot state and the commanded action."""
+        """One frame at time t (s): every camera image (uint8[H,W,3]), robot state and the commanded action;
+        `depth` {camera: uint16[H,W] mm} for the episode's depth cameras."""
+        from mambavla.data.images import depth_message_fields
+
         T = self._ts.types
+        for name in self.depth_cameras:
+            frame = (depth or {}).get(name)
+            if frame is None or frame.shape != self.image_size or frame.dtype != np.uint16:
+                got = "none" if frame is None else f"{frame.dtype} {frame.shape}"
+                raise EpisodeError(f"depth of camera {name!r}: expected uint16 {self.image_size} mm, got {got}")
+            header, ns = self._header(t, f"{name}_camera")
+            self._write(depth_topic(name), T[IMAGE_TYPE](header=header, **depth_message_fields(frame)), ns)
         for name in self.cameras:
             img = np.ascontiguousarray(images[name], dtype=np.uint8)
             if img.shape != (*self.image_size, 3):
@@ -254,6 +277,7 @@ class EpisodeWriter:
             "image_size": list(self.image_size),
             "image_format": self.image_format,
             "frames": self.frames,
+            **({"depth_cameras": list(self.depth_cameras)} if self.depth_cameras else {}),
         }
         self._writer.set_custom_data("mambavla", json.dumps(meta))
         self._writer.close()
@@ -291,6 +315,7 @@ class Episode:
     actions: np.ndarray  # float32[T, 7], absolute, spaces layout
     joint_positions: np.ndarray  # float32[T, 9]: 7 arm joints (NaN where not recorded), 2 fingers
     counts: dict[str, int] = field(default_factory=dict)  # messages per topic
+    depth: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> uint16[T, H, W] mm (ReadOptions.depth)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -337,6 +362,7 @@ class ReadOptions:
     default_cameras: the camera roles to look for when neither the caller, the sidecar, our /cameras/<name>/
                   layout nor `maps` names any (the policy's: a cell's topics are found by these names)
     split_gap:    s: a gap longer than this in the first camera's stream ends one demonstration (0: a bag is one)
+    depth:        read each camera's aligned depth too (`Episode.depth`; roles NAME_depth, `mambavla.data.roles`)
     """
 
     maps: tuple[tuple[str, str], ...] = ()
@@ -346,6 +372,7 @@ class ReadOptions:
     action_lead: float = ACTION_LEAD
     default_cameras: tuple[str, ...] = ()
     split_gap: float = 0.0
+    depth: bool = False
 
     def __post_init__(self) -> None:
         if not self.split_gap >= 0:
@@ -367,6 +394,7 @@ class ReadOptions:
         action_lead: float = ACTION_LEAD,
         default_cameras=(),
         split_gap: float = 0.0,
+        depth: bool = False,
     ) -> "ReadOptions":
         return cls(
             tuple(sorted((maps or {}).items())),
@@ -376,11 +404,13 @@ class ReadOptions:
             float(action_lead),
             tuple(default_cameras or ()),
             float(split_gap or 0.0),
+            bool(depth),
         )
 
     def key(self) -> str:
         fields = [self.maps, self.instruction, self.image_size, self.dt, self.action_lead, self.default_cameras]
-        return json.dumps(fields + ([self.split_gap] if self.split_gap else []))
+        extra = ([self.split_gap] if self.split_gap or self.depth else []) + (["depth"] if self.depth else [])
+        return json.dumps(fields + extra)
 
 
 def read_episode(path: str | Path, cameras: Sequence[str] | None = None, options: ReadOptions | None = None) -> Episode:
@@ -412,11 +442,12 @@ def read_episodes(
     meta = read_meta(path)
     if cameras is None and meta.get("cameras") is not None:
         cameras = list(meta["cameras"])
-    info = inspect(path, cameras, dict(options.maps), require_pose=True, default_cameras=options.default_cameras)
+    info = inspect(path, cameras, dict(options.maps), require_pose=True, default_cameras=options.default_cameras,
+                   depth=options.depth)
     meta = meta or custom_meta(info)
     cameras = list(cameras) if cameras is not None else info.cameras
     optional = ("actions", "target_pose", "instruction")
-    roles = cameras + ["joint_states", "ee_pose"] + [r for r in optional if r in info.roles]
+    roles = cameras + info.depth_roles + ["joint_states", "ee_pose"] + [r for r in optional if r in info.roles]
     streams: dict[str, list] = {r: [] for r in roles}
     for message in read_messages(info, roles, options.image_size):
         streams[message.role].append((message.stamp, message.value))
@@ -513,6 +544,20 @@ def _episode(
             f"{label}: camera {b!r} is {sizes[b][1]}x{sizes[b][0]}, camera {a!r} {sizes[a][1]}x{sizes[a][0]}; "
             f"train with --image-size H W to resize them to one size"
         )
+    depth = {}
+    for name in cameras:
+        role = depth_role(name)
+        if role not in info.depth_roles:
+            continue
+        frames = [streams[role][k][1] for k in _nearest(stamps[role], grid)]
+        shapes = {f.shape for f in frames}
+        if shapes != {images[name].shape[1:3]}:
+            raise EpisodeError(
+                f"{label}: depth of camera {name!r} on {info.roles[role]} is {sorted(shapes)}, its colour frames "
+                f"{images[name].shape[1:3]}: record depth aligned to colour (realsense-ros align_depth), or train "
+                f"with --image-size H W to resize both"
+            )
+        depth[name] = np.stack(frames)
     recorded_sizes = {n: list(info.source_sizes[n]) for n in cameras if n in info.source_sizes}
     if meta.get("image_size") and any(s != list(meta["image_size"]) for s in recorded_sizes.values()):
         raise EpisodeError(f"{label}: images are {recorded_sizes}, the sidecar says {tuple(meta['image_size'])}")
@@ -581,6 +626,7 @@ def _episode(
         actions,
         np.concatenate([arms, fingers], axis=1).astype(np.float32),
         counts,
+        depth,
     )
 
 

@@ -3,6 +3,7 @@
     ds = EpisodeDataset("demos/", chunk=16, action_mode="absolute")
     sample = ds[0]
     # {"images": {"front": uint8[H,W,3], "wrist": uint8[H,W,3]}, "proprio": float32[8],
+    #  "depth": {"front": uint16[H,W] mm, ...} (read with ReadOptions(depth=True) only),
     #  "instruction": str, "actions": float32[16, 7], "action_mode": "absolute",
     #  "action_pad": bool[16]}   # True where the chunk ran past the episode end (last action repeated)
     stats = compute_norm_stats(ds)   # {"proprio": {"mean","std","min","max"}, "actions": {...}} (lists)
@@ -26,7 +27,7 @@ import hashlib
 import json
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +53,7 @@ class CachedEpisode:
     images: dict[str, np.ndarray]  # camera -> uint8[T, H, W, 3] (memory-mapped from the cache)
     proprio: np.ndarray  # float32[T, 8]
     actions: np.ndarray  # float32[T, 7], absolute
+    depth: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> uint16[T, H, W] mm (ReadOptions.depth)
 
     def __len__(self) -> int:
         return len(self.proprio)
@@ -82,10 +84,13 @@ def _write_episode(folder: Path, ep: Episode) -> None:
     folder.mkdir(parents=True)
     for name, arr in ep.images.items():
         np.save(folder / f"image_{name}.npy", arr)
+    for name, arr in ep.depth.items():
+        np.save(folder / f"depth_{name}.npy", arr)
     np.save(folder / "proprio.npy", ep.proprio)
     np.save(folder / "actions.npy", ep.actions)
     (folder / "episode.json").write_text(
-        json.dumps({"instruction": ep.instruction, "meta": ep.meta, "cameras": list(ep.images)})
+        json.dumps({"instruction": ep.instruction, "meta": ep.meta, "cameras": list(ep.images),
+                    "depth_cameras": list(ep.depth)})
     )
 
 
@@ -120,6 +125,7 @@ def _load_cache(folder: Path, path: Path) -> CachedEpisode:
         images,
         np.load(folder / "proprio.npy"),
         np.load(folder / "actions.npy"),
+        {c: np.load(folder / f"depth_{c}.npy", mmap_mode="r") for c in info.get("depth_cameras", [])},
     )
 
 
@@ -197,7 +203,8 @@ class EpisodeDataset:
                 return [_load_cache(f, path) for f in _cached(folder)]
             except OSError as err:  # read-only dataset directory: keep going without a cache
                 print(f"warning: cannot write the decode cache {folder}: {err}", file=sys.stderr)
-        return [CachedEpisode(path, ep.instruction, ep.meta, ep.images, ep.proprio, ep.actions) for ep in episodes]
+        return [CachedEpisode(path, ep.instruction, ep.meta, ep.images, ep.proprio, ep.actions, ep.depth)
+                for ep in episodes]
 
     def _check_consistent(self, ep: CachedEpisode) -> None:
         cams = tuple(ep.images)
@@ -251,6 +258,7 @@ class EpisodeDataset:
         actions, pad = self.action_chunk(e, t)
         return {
             "images": {c: np.array(ep.images[c][t]) for c in self.cameras},
+            **({"depth": {c: np.array(ep.depth[c][t]) for c in self.cameras}} if self.options.depth else {}),
             "proprio": np.array(ep.proprio[t], dtype=np.float32),
             "instruction": ep.instruction,
             "actions": actions,

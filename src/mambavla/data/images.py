@@ -231,3 +231,96 @@ def source_size(msg) -> tuple[int, int]:
         _, width, height = _compressed_size(_buffer(msg.data), str(msg.format))
         return height, width
     return int(msg.height), int(msg.width)
+
+
+# ---- depth ----------------------------------------------------------------------------------------------------
+# Depth travels as uint16 millimetres, 0 where the sensor has no reading: RealSense's and the ROS depth
+# convention (REP 118 allows 32FC1 metres too, converted here). Resized with nearest neighbour: averaging
+# depth across an object's edge invents a surface between the object and the table behind it.
+
+DEPTH_ENCODINGS: tuple[str, ...] = ("16UC1", "mono16", "32FC1")
+MAX_DEPTH_MM = 65535
+
+
+def _depth_from_png(msg) -> np.ndarray:
+    """compressed_depth_image_transport's message: a 12-byte header (format, two floats) before a 16-bit PNG;
+    or a plain 16-bit PNG."""
+    import cv2
+
+    buf = _buffer(msg.data)
+    fmt = str(msg.format)
+    if "compresseddepth" in fmt.lower():
+        if "32fc1" in fmt.lower():
+            raise ValueError(f"depth format {fmt!r}: 32FC1 compressedDepth (quantised inverse depth) is not "
+                             f"supported; record 16UC1 depth (RealSense's), or raw 32FC1")
+        buf = buf[12:]
+    if not buf[:8].tobytes() == _PNG_SIGNATURE:
+        raise ValueError(f"depth format {fmt!r}: expected 16-bit PNG data ({buf.size} bytes)")
+    _, width, height = _compressed_size(buf, fmt)
+    check_image_size(width, height, width * height * 2)
+    depth = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if depth is None or depth.dtype != np.uint16 or depth.ndim != 2:
+        got = "nothing" if depth is None else f"{depth.dtype} {depth.shape}"
+        raise ValueError(f"depth format {fmt!r}: the PNG decoded to {got}, expected one 16-bit channel (mm)")
+    return depth
+
+
+def depth_to_mm(msg, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A depth frame (sensor_msgs/Image 16UC1 / mono16 in mm or 32FC1 in m; CompressedImage from
+    compressed_depth_image_transport, 16UC1) -> uint16 [H, W] mm, 0 = no reading; resized to `size` (H, W)."""
+    if is_compressed(msg):
+        depth = _depth_from_png(msg)
+    else:
+        encoding = str(msg.encoding).lower()
+        if encoding not in {e.lower() for e in DEPTH_ENCODINGS}:
+            raise ValueError(f"unsupported depth encoding {msg.encoding!r} (supported: {', '.join(DEPTH_ENCODINGS)})")
+        dtype = np.float32 if encoding == "32fc1" else np.uint16
+        height, width, step = int(msg.height), int(msg.width), int(msg.step)
+        itemsize = np.dtype(dtype).itemsize
+        if step < width * itemsize:
+            raise ValueError(f"depth step {step} < width {width} x {itemsize} bytes")
+        check_image_size(width, height, step * height)
+        buf = _buffer(msg.data)
+        if buf.size < step * height:
+            raise ValueError(f"truncated depth data: {buf.size} bytes < step {step} x height {height}")
+        rows = np.ascontiguousarray(buf[: step * height].reshape(height, step)[:, : width * itemsize])
+        depth = rows.view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")).reshape(height, width)
+        if dtype == np.float32:
+            depth = metres_to_mm(depth)
+    depth = depth.astype(np.uint16, copy=False)
+    return resize_depth(depth, size) if size is not None else np.ascontiguousarray(depth)
+
+
+def metres_to_mm(metres: np.ndarray) -> np.ndarray:
+    """float depth in m -> uint16 mm; NaN, Inf, negative and beyond 65.535 m are no reading (0)."""
+    metres = np.asarray(metres, dtype=np.float32)
+    valid = np.isfinite(metres) & (metres > 0) & (metres * 1000.0 <= MAX_DEPTH_MM)
+    return np.where(valid, np.rint(np.where(valid, metres, 0.0) * 1000.0), 0).astype(np.uint16)
+
+
+def resize_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[H, W] depth -> [h, w], nearest neighbour (see above: no invented surfaces)."""
+    import cv2
+
+    h, w = size
+    if depth.shape[:2] == (h, w):
+        return depth
+    return cv2.resize(np.ascontiguousarray(depth), (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def encode_png16(depth_mm: np.ndarray) -> bytes:
+    """A uint16 frame as a lossless 16-bit PNG (OpenCV)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(depth_mm, dtype=np.uint16))
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {depth_mm.shape} depth frame as PNG")
+    return buf.tobytes()
+
+
+def depth_message_fields(depth_mm: np.ndarray) -> dict:
+    """The sensor_msgs/Image fields (but header) of a uint16 mm frame, 16UC1 little-endian, as a driver sends it."""
+    depth_mm = np.ascontiguousarray(depth_mm, dtype="<u2")
+    height, width = depth_mm.shape
+    return {"height": height, "width": width, "encoding": "16UC1", "is_bigendian": 0, "step": width * 2,
+            "data": depth_mm.reshape(-1).view(np.uint8)}

@@ -49,6 +49,7 @@ class TrainingEpisodes:
     instructions: list[str]
     meta: list[dict] = field(default_factory=list)  # per episode: task, seed, source path
     embeddings: dict[str, np.ndarray] | None = None  # instruction -> float32 [L, width] (packs only)
+    depth: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> uint16 [F, H, W] mm, where read
 
     # ---- construction ------------------------------------------------------------------------
 
@@ -59,7 +60,10 @@ class TrainingEpisodes:
         eps = dataset.episodes
         frames = {c: np.concatenate([np.asarray(e.images[c][::stride]) for e in eps]) for c in dataset.cameras}
         counts = [len(range(0, len(e), stride)) for e in eps]
+        depth = {c: np.concatenate([np.asarray(e.depth[c][::stride]) for e in eps])
+                 for c in dataset.cameras} if dataset.options.depth else {}
         return cls(
+            depth=depth,
             cameras=tuple(dataset.cameras),
             image_size=tuple(dataset.image_size),
             dt=dataset.dt,
@@ -97,6 +101,8 @@ class TrainingEpisodes:
                 raise FileNotFoundError(f"{folder}: shard {name} is missing (copy every part-*.npz of the pack)")
             parts.append(np.load(folder / name))
         frames = {c: np.concatenate([_decode_all(p[f"jpeg_{c}"], p[f"offsets_{c}"]) for p in parts]) for c in cameras}
+        depth = {c: np.concatenate([_decode_all(p[f"png_depth_{c}"], p[f"offsets_depth_{c}"], _png16_decoder())
+                                    for p in parts]) for c in index.get("depth_cameras", [])}
         counts = np.concatenate([np.diff(p["frame_start"]) for p in parts])
         lengths = np.concatenate([np.diff(p["action_start"]) for p in parts])
         table = np.load(folder / "instructions.npz")
@@ -115,6 +121,7 @@ class TrainingEpisodes:
             instructions=[e["instruction"] for e in index["episodes"]],
             meta=[{k: v for k, v in e.items() if k != "instruction"} for e in index["episodes"]],
             embeddings=embeddings,
+            depth=depth,
         )
 
     # ---- what trainers need to know -------------------------------------------------------------
@@ -192,6 +199,7 @@ class TrainingEpisodes:
             "instructions": len(set(self.instructions)),
             "cameras": list(self.cameras),
             "image_size": list(self.image_size),
+            "depth_cameras": list(self.depth),
             "dt": self.dt,
             "stride": self.stride,
             "policy_period": self.policy_period,
@@ -311,7 +319,7 @@ def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: 
     """Write `episodes` as a pack (JPEG frames at `quality`, instruction embeddings from `encoder`, an
     `InstructionEncoder`, for every instruction and its variants naming another cube, which validation
     scores); returns {"bytes": {file: size}, ...}."""
-    from mambavla.data.images import encode_jpeg
+    from mambavla.data.images import encode_jpeg, encode_png16
     from mambavla.sim.tasks import other_cube_instructions
 
     folder = Path(folder)
@@ -335,6 +343,11 @@ def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: 
                     blobs.append(encode_jpeg(img, quality))
             arrays[f"jpeg_{c}"] = np.frombuffer(b"".join(blobs), np.uint8)
             arrays[f"offsets_{c}"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+        for c in episodes.depth:  # lossless: 16-bit PNG
+            blobs = [encode_png16(d) for e in members
+                     for d in episodes.depth[c][episodes.frame_start[e] : episodes.frame_start[e + 1]]]
+            arrays[f"png_depth_{c}"] = np.frombuffer(b"".join(blobs), np.uint8)
+            arrays[f"offsets_depth_{c}"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
         take_frames = np.concatenate([np.arange(episodes.frame_start[e], episodes.frame_start[e + 1]) for e in members])
         take_rows = np.concatenate([np.arange(episodes.action_start[e], episodes.action_start[e + 1]) for e in members])
         arrays["proprio"] = episodes.proprio[take_frames]
@@ -351,6 +364,7 @@ def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: 
     index = {
         "version": PACK_VERSION,
         "cameras": list(episodes.cameras),
+        "depth_cameras": list(episodes.depth),
         "image_size": list(episodes.image_size),
         "dt": episodes.dt,
         "stride": episodes.stride,
@@ -370,12 +384,13 @@ def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: 
     }
 
 
-def _decode_all(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Every JPEG of one shard's camera stream (bytes `data`, frame k at offsets[k]:offsets[k+1]), decoded on
-    a thread per core (the decoders release the GIL). `data` is read from the npz once, not per frame."""
+def _decode_all(data: np.ndarray, offsets: np.ndarray, decode=None) -> np.ndarray:
+    """Every JPEG (or, with `decode`, other image) of one shard's camera stream (bytes `data`, frame k at
+    offsets[k]:offsets[k+1]), decoded on a thread per core (the decoders release the GIL). `data` is read from the
+    npz once, not per frame."""
     from concurrent.futures import ThreadPoolExecutor
 
-    decode = _jpeg_decoder()
+    decode = decode or _jpeg_decoder()
     spans = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         return np.stack(list(pool.map(lambda span: decode(data[span[0] : span[1]].tobytes()), spans)))
@@ -393,3 +408,17 @@ def _jpeg_decoder():
         from PIL import Image
 
         return lambda data: np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _png16_decoder():
+    """bytes -> uint16 [H, W] (a 16-bit greyscale PNG), with OpenCV, or Pillow where OpenCV is missing."""
+    try:
+        import cv2
+
+        return lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except ImportError:
+        import io
+
+        from PIL import Image
+
+        return lambda data: np.asarray(Image.open(io.BytesIO(data)), dtype=np.uint16)

@@ -17,6 +17,10 @@ given, else found where unambiguous:
     actions        trajectory_msgs/JointTrajectory whose joint_names are the policy's action names
     target_pose    geometry_msgs/PoseStamped a controller was commanded to (e.g. an impedance controller's
                    equilibrium pose): only with --map, as it cannot be told from the measured pose by its type
+    NAME_depth     read only when depth is asked for: camera NAME's depth aligned to its colour frames
+                   (sensor_msgs/Image 16UC1 / mono16 mm or 32FC1 m, or compressedDepth), found as the image topic
+                   with `depth` and NAME in its name, an `aligned` one preferred (realsense-ros:
+                   .../aligned_depth_to_color/image_raw); so no camera is itself named *_depth
 
 `cameras=None` asks the bag for its camera names: `/cameras/<name>/...` topics (our layout), else the
 caller's defaults (the policy's), with any other camera role given with `--map`. Anything missing, ambiguous or
@@ -33,7 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from mambavla import spaces
-from mambavla.data.images import image_to_rgb, source_size
+from mambavla.data.images import depth_to_mm, image_to_rgb, source_size
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 ROLE_TYPES = {
@@ -45,6 +49,11 @@ ROLE_TYPES = {
 }
 STATE_ROLES = tuple(ROLE_TYPES)
 NOT_COLOUR = ("depth", "infra", "/ir/", "confidence")  # image streams of a camera that are not its colour frames
+DEPTH_SUFFIX = "_depth"
+
+
+def depth_role(camera: str) -> str:
+    return camera + DEPTH_SUFFIX
 HINTS = {
     "joint_states": ("joint_states",),
     "ee_pose": ("ee", "tcp", "pose"),
@@ -76,6 +85,7 @@ class BagInfo:
     notes: list[str] = field(default_factory=list)  # what discovery decided, for the report
     custom: dict = field(default_factory=dict)  # the bag's custom_data (metadata.yaml)
     source_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # camera -> (H, W) as recorded
+    depth_roles: list[str] = field(default_factory=list)  # NAME_depth roles asked for
 
     def table(self) -> str:
         width = max([len(t) for t in self.topics] + [5])
@@ -86,7 +96,7 @@ class BagInfo:
 
     @property
     def cameras(self) -> list[str]:
-        return [r for r in self.roles if r not in STATE_ROLES]
+        return [r for r in self.roles if r not in STATE_ROLES and r not in self.depth_roles]
 
 
 def typestore():
@@ -136,9 +146,11 @@ def inspect(
     action_names: Sequence[str] = spaces.ACTION_NAMES,
     require_pose: bool = False,
     default_cameras: Sequence[str] = (),
+    depth: bool = False,
 ) -> BagInfo:
     """The bag's topics and the topic of each role (BagError if a needed role has none, or several).
-    `cameras=None`: the bag's own names (module docstring), else `default_cameras`."""
+    `cameras=None`: the bag's own names (module docstring), else `default_cameras`. `depth`: every camera's
+    depth role is needed too."""
     path = Path(path)
     reader = open_bag(path)
     try:
@@ -152,7 +164,8 @@ def inspect(
         maps = dict(maps or {})
         if cameras is None:
             cameras = _camera_names(topics, maps, default_cameras)
-        known = list(cameras) + list(STATE_ROLES)
+        info.depth_roles = [depth_role(c) for c in cameras] if depth else []
+        known = list(cameras) + info.depth_roles + list(STATE_ROLES)
         for role, topic in maps.items():
             if role not in known:
                 raise BagError(
@@ -161,7 +174,7 @@ def inspect(
                 )
             if topic not in topics:
                 raise BagError(f"--map {role}={topic}: the bag {path} has no topic {topic}\n{info.table()}")
-            allowed = IMAGE_TYPES if role in cameras else ROLE_TYPES[role]
+            allowed = IMAGE_TYPES if role in cameras or role in info.depth_roles else ROLE_TYPES[role]
             if topics[topic] not in allowed:
                 raise BagError(
                     f"--map {role}={topic}: {topic} is {topics[topic]}, a {role} topic must be "
@@ -177,6 +190,13 @@ def inspect(
             f"{path}: no topic for camera(s) {', '.join(missing)} (the policy's cameras, in order: "
             f"{', '.join(cameras)}); map one with --map CAMERA=TOPIC (when training, --cameras NAME ... chooses "
             f"the policy's cameras). The bag has:\n{info.table()}"
+        )
+    missing = [r for r in info.depth_roles if r not in info.roles]
+    if missing:
+        raise BagError(
+            f"{path}: no depth topic for {', '.join(missing)} (an image topic with 'depth' and the camera's name in "
+            f"it); map one with --map {missing[0]}=TOPIC, e.g. a RealSense's "
+            f".../aligned_depth_to_color/image_raw. The bag has:\n{info.table()}"
         )
     if "joint_states" not in info.roles:
         raise BagError(
@@ -207,7 +227,7 @@ def _camera_names(topics: dict[str, str], maps: dict[str, str], default: Sequenc
         if m in IMAGE_TYPES and t.startswith("/cameras/") and t.count("/") >= 3 and not _not_colour(t)
     ]
     names = list(dict.fromkeys(ours)) or list(default)
-    return names + [r for r in maps if r not in STATE_ROLES and r not in names]
+    return names + [r for r in maps if r not in STATE_ROLES and r not in names and not r.endswith(DEPTH_SUFFIX)]
 
 
 def _not_colour(topic: str) -> bool:
@@ -223,6 +243,16 @@ def _discover(info: BagInfo, reader, cameras: Sequence[str], action_names: Seque
         named = [t for t in images if cam.lower() in t.lower()]
         raw = [t for t in named if not (t.endswith("/compressed") and t[: -len("/compressed")] in named)]
         _assign(info, cam, raw, f"camera {cam}", " (found by name)")
+    for role in info.depth_roles:
+        if role in info.roles:
+            continue
+        cam = role[: -len(DEPTH_SUFFIX)].lower()
+        # depth streams; image_transport's `compressed` (JPEG or PNG of 8 bits) and `theora` twins lose the depth
+        named = [t for t, m in info.topics.items() if m in IMAGE_TYPES and t not in taken and "depth" in t.lower()
+                 and cam in t.lower() and not t.endswith(("/compressed", "/theora"))]
+        aligned = [t for t in named if "aligned" in t.lower()] or named
+        raw = [t for t in aligned if not (t.endswith("/compressedDepth") and t[: -len("/compressedDepth")] in aligned)]
+        _assign(info, role, raw, f"depth of camera {cam}", " (found by name)")
     for role, types in ROLE_TYPES.items():
         if role in info.roles or role == "target_pose":  # a target pose looks like the measured one: never guessed
             continue
@@ -345,6 +375,13 @@ def _decode(info: BagInfo, role: str, topic: str, msg, image_size, log_ns: int):
         if list(msg.joint_names) != list(spaces.ACTION_NAMES) or not msg.points:
             return None
         return np.asarray(msg.points[0].positions, dtype=np.float64)
+    if role in info.depth_roles:
+        try:
+            return depth_to_mm(msg, image_size)
+        except ValueError as err:
+            raise BagError(
+                f"{info.path}: {role}: a depth frame on {topic} at {_stamp(msg, log_ns):.3f} s cannot be used: {err}"
+            ) from err
     try:  # a camera
         rgb = image_to_rgb(msg, image_size)
     except ValueError as err:

@@ -10,6 +10,13 @@ from mambavla.model.config import MambaVLAConfig
 from mambavla.model.mamba2 import Mamba2Mixer, RMSNorm
 
 
+def depth_channel(depth_mm: Tensor, scale: float) -> Tensor:
+    """uint16 depth in mm (any shape) -> float32 0..255, `scale` metres at 255 and beyond: the fourth input channel
+    of a depth policy, on the colour channels' scale (training and the runtime both build it here). No reading
+    (0) reads as touching the lens: a sensor's hole, which training data has too."""
+    return (depth_mm.float() * (255.0 / (1000.0 * scale))).clamp(0.0, 255.0)
+
+
 def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels // 4) or 1, channels)
 

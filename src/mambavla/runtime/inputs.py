@@ -8,8 +8,9 @@ import time
 import numpy as np
 import torch
 
-from mambavla.data.images import check_image_size, resize_rgb
+from mambavla.data.images import check_image_size, metres_to_mm, resize_depth, resize_rgb
 from mambavla.model.config import MambaVLAConfig
+from mambavla.model.vision import depth_channel
 
 
 def check_observation(config: MambaVLAConfig, observation: dict,
@@ -74,9 +75,19 @@ def _depth_channel(config: MambaVLAConfig, observation: dict, cam: str) -> torch
     h, w = config.image_size
     depth = (observation.get("depth") or {}).get(cam)
     if depth is None:
-        raise ValueError(f"depth[{cam!r}]: this policy uses depth; expected float32 [{h}, {w}] metres")
-    depth = np.asarray(depth)
-    if depth.shape != (h, w) or not np.isfinite(depth).all():
-        raise ValueError(f"depth[{cam!r}]: expected finite float [{h}, {w}], got shape {depth.shape}")
-    # scaled so that depth_scale metres maps to 255, the range of the colour channels
-    return torch.from_numpy(np.clip(depth / config.depth_scale, 0, 1).astype(np.float32) * 255.0)[None]
+        raise ValueError(f"depth[{cam!r}]: this policy uses depth; expected uint16 [H, W] mm or float32 [H, W] m, "
+                         f"aligned to the colour frame")
+    if not isinstance(depth, np.ndarray) or depth.ndim != 2 or min(depth.shape) < 1:
+        raise ValueError(f"depth[{cam!r}]: expected a 2-D array (uint16 mm or float m), got "
+                         f"{getattr(depth, 'shape', type(depth).__name__)}")
+    if depth.dtype == np.uint16:
+        mm = depth
+    elif np.issubdtype(depth.dtype, np.floating):
+        mm = metres_to_mm(depth)  # NaN / Inf / <= 0: no reading, as a sensor's 0
+    else:
+        raise ValueError(f"depth[{cam!r}]: expected uint16 (mm) or float (m), got dtype {depth.dtype}")
+    try:
+        check_image_size(mm.shape[1], mm.shape[0], mm.nbytes)
+    except ValueError as err:
+        raise ValueError(f"depth[{cam!r}]: {err}") from None
+    return depth_channel(torch.from_numpy(np.ascontiguousarray(resize_depth(mm, (h, w)))), config.depth_scale)[None]

@@ -29,6 +29,8 @@ def streamed_parity(model: MambaVLA, onnx_path: str | Path, steps: int = 20, dev
     for _ in range(steps):
         observation = {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in model.config.cameras},
                        "proprio": rng.normal(size=model.config.proprio_dim).astype(np.float32)}
+        if model.config.use_depth:
+            observation["depth"] = {c: rng.integers(0, 3000, (h, w), dtype=np.uint16) for c in model.config.cameras}
         worst = max(worst, float(np.abs(reference.step(observation).actions - onnx.step(observation).actions).max()))
     return {"steps": steps, "max_abs_diff": worst, "provider": onnx.onnx_provider, "cuda_graph": onnx.onnx_cuda_graph,
             "graph_dtype": onnx.onnx_dtype, "reference": "torch fp32 cpu eager"}

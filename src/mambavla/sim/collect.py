@@ -31,16 +31,17 @@ def episode_name(seed: int) -> str:
 
 def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, task: str | None = None,
                    render: bool = True, compression: str = "message", image_format: str = "raw",
-                   noise: float = 0.0) -> dict:
+                   noise: float = 0.0, depth: bool = False, cell_name: str = "sim") -> dict:
     """Reset to `seed`, run the expert and record the episode as a bag at `path`. Returns its summary.
-    `noise`: DART target-noise scale in metres (`ScriptedExpert`); the recorded actions stay the expert's."""
+    `noise`: DART target-noise scale in metres (`ScriptedExpert`); the recorded actions stay the expert's.
+    `depth`: every camera's aligned depth too (uint16 mm on `bags.depth_topic`)."""
     wall0 = time.perf_counter()
     spec = cell.reset(seed=seed, task=task)
     meta = {"task": spec.family, "instruction": spec.instruction, "seed": seed, "cube": spec.cube, "plate": spec.plate,
-            "source": "mambavla-sim-expert", "held_out": is_eval_seed(seed), "dart_noise": noise}
-    writer = EpisodeWriter(path, cell.camera_names if render else (), cell.config.camera_size, cell.config.policy_dt,
-                           meta, compression,
-                           image_format)
+            "source": "mambavla-sim-expert", "held_out": is_eval_seed(seed), "dart_noise": noise, "cell": cell_name}
+    cameras = cell.camera_names if render else ()
+    writer = EpisodeWriter(path, cameras, cell.config.camera_size, cell.config.policy_dt, meta, compression,
+                           image_format, depth_cameras=cameras if depth else ())
     samples = cell.start_sampling()
     t0 = cell.sim_time
     errors: list[BaseException] = []
@@ -80,9 +81,13 @@ def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, 
 
 def write_snapshot(cell: Workcell, writer: EpisodeWriter, snap: Snapshot, t0: float, render_ms: list | None) -> None:
     state = cell.robot_state(snap)
+    depth = None
     if render_ms is not None:
         start = time.perf_counter()
-        images = cell.render(snap=snap)
+        if writer.depth_cameras:
+            images, depth = cell.render_rgbd(snap=snap)
+        else:
+            images = cell.render(snap=snap)
         render_ms.append(1000 * (time.perf_counter() - start))
     else:
         images = {}
@@ -90,7 +95,7 @@ def write_snapshot(cell: Workcell, writer: EpisodeWriter, snap: Snapshot, t0: fl
     if action is None:  # before the expert's first command: hold where the arm is, gripper open
         action = np.concatenate([spaces.pose_to_vector(state.ee_position, state.ee_quat), [0.0]])
     writer.write_frame(snap.time - t0, images, state.joint_positions, state.finger_positions, state.ee_position,
-                       state.ee_quat, action, state.joint_velocities)
+                       state.ee_quat, action, state.joint_velocities, depth)
 
 
 def collect(
@@ -109,6 +114,7 @@ def collect(
     attempts: int = 3,
     noise: float = 0.0,
     cell_name: str = "sim",
+    depth: bool = False,
 ) -> dict:
     """Record `episodes` expert episodes with seeds seed, seed+1, ... into `out`; returns the summary
     (also written to `out/summary.json`)."""
@@ -123,6 +129,8 @@ def collect(
         raise ValueError("--rate must be in (0, 1000] Hz")
     if episodes < 1:
         raise ValueError("--episodes must be at least 1")
+    if depth and not render:
+        raise ValueError("--depth records each camera's depth: it needs the cameras (leave out --no-render)")
     if not noise >= 0:
         raise ValueError(f"--dart-noise must be >= 0 metres, got {noise}")
     if not allow_eval_seeds and any(is_eval_seed(s) for s in seeds):
@@ -150,7 +158,8 @@ def collect(
             for attempt in range(1, attempts + 1):
                 try:
                     results.append(record_episode(cell, robot, gripper, out / episode_name(s), s, task, render=render,
-                                                  compression=compression, image_format=image_format, noise=noise))
+                                                  compression=compression, image_format=image_format, noise=noise,
+                                                  depth=depth, cell_name=cell_name))
                     break
                 except franky.Exception as err:  # e.g. "UDP receive: Timeout" when the loaded host starves the loop
                     last_error = str(err)
@@ -169,7 +178,7 @@ def collect(
         "task": task, "cell": cell_name, "episodes": episodes, "out": str(out), "seeds": [seeds[0], seeds[-1]],
         "camera_size": list(cell.config.camera_size), "rate_hz": round(1.0 / cell.config.policy_dt, 3),
         "render": render, "dart_noise": noise, "speed": speed, "compression": compression,
-        "image_format": image_format,
+        "image_format": image_format, "depth": depth,
         "wall_seconds": round(time.perf_counter() - wall0, 2),
         "real_time_factor": round(sim_elapsed / loop_wall, 3) if loop_wall > 0 else None,
         "server_loop_hz": round(steps / loop_wall, 1) if loop_wall > 0 else None,

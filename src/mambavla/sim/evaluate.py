@@ -262,7 +262,11 @@ class SimEvaluator:
 
         runtime = self.runtime
         cameras = self.cell.camera_names if keep_frames else runtime.camera_names
-        images = self.cell.render(cameras=cameras, snap=snap)
+        depth = {}
+        if runtime.config.use_depth:  # an RGB-D policy: the cameras' aligned depth, as sim_node publishes it
+            images, depth = self.cell.render_rgbd(cameras=cameras, snap=snap)
+        else:
+            images = self.cell.render(cameras=cameras, snap=snap)
         h, w = runtime.image_size
         policy_images = {c: images[c] if images[c].shape[:2] == (h, w)
                          else cv2.resize(images[c], (w, h), interpolation=cv2.INTER_AREA)
@@ -273,7 +277,10 @@ class SimEvaluator:
             d = float(np.linalg.norm(np.asarray(pos) - robot.ee_position))
             result.closest[cube] = min(d, result.closest.get(cube, math.inf))
         start = time.perf_counter()
-        chunk = runtime.step({"images": policy_images, "proprio": proprio, "stamp": snap.time})
+        observation = {"images": policy_images, "proprio": proprio, "stamp": snap.time}
+        if depth:
+            observation["depth"] = {c: depth[c] for c in runtime.camera_names}
+        chunk = runtime.step(observation)
         result.inference_ms.append((time.perf_counter() - start) * 1e3)
         result.chunks_produced += 1
         result.observation_stamps.append(snap.time)

@@ -1,6 +1,8 @@
 """Image augmentation for training, on whatever device the images are: a random shift (replicate-pad,
 then crop back, as DrQ does) and colour jitter. Each segment gets one draw per camera that holds for all
-its frames: a camera that moved a little or a room with other light, not flicker from frame to frame."""
+its frames: a camera that moved a little or a room with other light, not flicker from frame to frame.
+A fourth channel (depth) shifts with the colour, so it stays aligned, and no light changes it: the jitter
+touches the first three channels only."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ JITTER = 0.15  # brightness, contrast and saturation factors in [1 - JITTER, 1 +
 def augment(
     images: Tensor, generator: torch.Generator | None = None, shift: int = SHIFT_PX, jitter: float = JITTER
 ) -> Tensor:
-    """images (B, T, C, H, W) float 0..255 -> same shape, shifted and colour-jittered per segment."""
+    """images (B, T, C, H, W) float 0..255, C = 3 (RGB) or 4 (RGB-D) -> same shape, shifted and colour-jittered
+    per segment."""
     b, t, c, h, w = images.shape
     dev = images.device
     pad = max(0, min(shift, h // 8, w // 8))  # small images (tests, tiny) get a proportionally small shift
@@ -29,11 +32,12 @@ def augment(
         images = padded[batch, channel[None, :, None, None], rows, cols]
         images = images.reshape(b, t, c, h, w)
     if jitter > 0:
+        images, rest = images[:, :, :3], images[:, :, 3:]
         factors = 1 + jitter * (2 * torch.rand(3, b, 1, 1, 1, 1, generator=generator, device=dev) - 1)
         brightness, contrast, saturation = factors.to(images.dtype)
         images = images * brightness
         mean = images.mean(dim=(2, 3, 4), keepdim=True)
         images = (images - mean) * contrast + mean
         gray = images.mean(dim=2, keepdim=True)
-        images = (images - gray) * saturation + gray
+        images = torch.cat([(images - gray) * saturation + gray, rest], dim=2)
     return images.clamp(0.0, 255.0)

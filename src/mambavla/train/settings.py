@@ -22,7 +22,7 @@ FINE_TUNE_LR = 1e-4  # --init's default peak learning rate: a third of training 
 SHIFT_PX = 6  # the random image shift's reach at 128 x 128: about 5% of the image
 
 # the fields that say how bags become rows (data/bags.py ReadOptions), shared with `mambavla dataset`
-BAG_FIELDS = ("maps", "instruction", "cameras", "image_size", "dt", "action_lead", "split_gap")
+BAG_FIELDS = ("maps", "instruction", "cameras", "image_size", "dt", "action_lead", "split_gap", "depth")
 
 
 def default_warmup(steps: int, fine_tuning: bool) -> int:
@@ -99,6 +99,10 @@ class TrainSettings:
                                                "is a row's target", metavar="SECONDS")
     split_gap: float = _setting(0.0, "a bag holds several demonstrations: a gap longer than this in the first "
                                      "camera's stream ends one (0: one demonstration per bag)", metavar="SECONDS")
+    depth: bool = _setting(False, "RGB-D: read every camera's depth aligned to its colour frames (found by name, "
+                                  "e.g. /cameras/front/aligned_depth_to_color/image_raw, else --map NAME_depth=TOPIC) "
+                                  "and train a policy that takes it as a fourth channel (with --init of an RGB "
+                                  "checkpoint: its weights, the depth channel's starting at zero)")
 
     def __post_init__(self) -> None:
         for name, choices in [(f.name, f.metadata["cli"].get("choices")) for f in fields(self)]:
@@ -128,7 +132,8 @@ class TrainSettings:
         unless set here."""
         dt = self.dt or (config.dt if fine_tuning else None)
         size = self.image_size or config.image_size
-        return ReadOptions.make(self.maps, self.instruction, size, dt, self.action_lead, config.cameras, self.split_gap)
+        return ReadOptions.make(self.maps, self.instruction, size, dt, self.action_lead, config.cameras, self.split_gap,
+                                self.depth or config.use_depth)
 
 
 def defaults() -> dict:

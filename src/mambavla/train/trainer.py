@@ -32,6 +32,7 @@ from mambavla.model.checkpoint import STATS, load_config, save_checkpoint
 from mambavla.model.config import MambaVLAConfig, preset
 from mambavla.model.modeling_mambavla import MambaVLA
 from mambavla.model.normalization import merge_stats
+from mambavla.model.vision import depth_channel
 from mambavla.runtime.instruction_gate import GATE_FILE, InstructionGate
 from mambavla.sim.tasks import named_cube_starts, other_cube_instructions, other_cube_starts
 from mambavla.train.augment import augment
@@ -110,6 +111,8 @@ class Trainer:
 
         fine_tuning = bool(s.init) and config is None  # (a resumed fine-tuning run has its own config)
         base = (config or (load_config(s.init) if fine_tuning else preset(preset_name))).replace(**self.overrides)
+        if s.depth and not base.use_depth:
+            base = base.replace(use_depth=True)
         cameras = s.cameras or (
             base.cameras if s.init else None
         )  # fine-tuning: the checkpoint's cameras, found by name
@@ -169,6 +172,14 @@ class Trainer:
         self.frames = {
             c: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for c, v in self.episodes.frames.items()
         }
+        if self.config.use_depth:
+            missing = [c for c in self.config.cameras if c not in self.episodes.depth]
+            if missing:
+                raise ValueError(f"this policy takes depth, and the data has none for camera(s) {missing}: train "
+                                 f"on bags read with --depth, or a pack made with --depth")
+            # int16 (torch indexes it; uint16 it barely supports): depth beyond 32.767 m is past any depth_scale
+            self.depth = {c: torch.from_numpy(np.minimum(self.episodes.depth[c], 32767).astype(np.int16))
+                          .to(self.device) for c in self.config.cameras}
         self.rng = np.random.default_rng([s.seed, self.rank])
         self.generator = torch.Generator(device=self.device).manual_seed(s.seed * 1000 + self.rank)
         self.step, self.best_val = 0, math.inf
@@ -273,6 +284,9 @@ class Trainer:
             raw = self.episodes.windows(rng, s.batch_size, s.history_frames, c.chunk_size, episodes, s.action_mode)
         index = torch.from_numpy(raw["frame_index"]).to(self.device)  # (B, T)
         images = {cam: self.frames[cam][index].permute(0, 1, 4, 2, 3).float() for cam in self.frames}  # (B, T, 3, H, W)
+        if c.use_depth:  # the fourth channel, as the runtime builds it
+            images = {cam: torch.cat([v, depth_channel(self.depth[cam][index], c.depth_scale)[:, :, None]], dim=2)
+                      for cam, v in images.items()}
         if train and s.augment:
             images = {cam: augment(v, self.generator, shift=s.shift_px) for cam, v in images.items()}
         tensor = lambda key: torch.from_numpy(np.ascontiguousarray(raw[key])).to(self.device)  # noqa: E731
@@ -490,6 +504,9 @@ def _init_checkpoint(path: str, config: MambaVLAConfig) -> tuple[dict, dict]:
 
     theirs, ours = load_config(path).to_dict(), config.to_dict()
     how_it_runs = {"history_mode", "history_frames", "instruction_cache_size", "grounding_head"}
+    rgb_to_depth = ours["use_depth"] and not theirs.get("use_depth")
+    if rgb_to_depth:  # an RGB checkpoint becomes an RGB-D one: see below
+        how_it_runs |= {"use_depth", "depth_scale"}
     differ = sorted(k for k in ours.keys() | theirs.keys() if k not in how_it_runs and ours.get(k) != theirs.get(k))
     if differ:
         raise ValueError(
@@ -501,6 +518,14 @@ def _init_checkpoint(path: str, config: MambaVLAConfig) -> tuple[dict, dict]:
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(Path(path) / WEIGHTS)).items()}
     if not config.grounding_head:
         state = {k: v for k, v in state.items() if not k.startswith("target_head.")}
+    if rgb_to_depth:
+        stems = [k for k in state if k.startswith("vision.") and k.endswith(".stem.0.weight")]
+        if not stems:
+            raise ValueError(f"--init {path}: depth needs the resnet encoder; this checkpoint's vision is "
+                             f"{theirs.get('vision')!r}")
+        # the depth channel's first-layer weights start at zero: the fine-tuned policy starts as the RGB one
+        for k in stems:
+            state[k] = torch.cat([state[k], torch.zeros_like(state[k][:, :1])], dim=1)
     return state, json.loads((Path(path) / STATS).read_text())
 
 

@@ -88,3 +88,47 @@ def test_the_score_is_the_similarity_to_the_nearest_training_instruction(runtime
     assert score == pytest.approx(1.0, abs=1e-5) and nearest == "lift the red cube"
     score, _ = runtime.instruction_score("make coffee")
     assert score < runtime.instruction_gate.min_similarity
+
+
+def _meaning(text: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(task family, colours, sides) of a workcell instruction, from the templates that make them."""
+    from mambavla.runtime.instruction_gate import arguments
+    from mambavla.sim.tasks import _PARAPHRASES, HELD_OUT_PARAPHRASES
+
+    colours, sides = arguments(text)
+    for family, templates in [*_PARAPHRASES.items(), *HELD_OUT_PARAPHRASES.items()]:
+        for template in templates:
+            if template.format(cube=colours[0], plate=colours[-1], side=(sides or ("",))[0]) == text:
+                return family, colours, sides
+    raise AssertionError(f"no template gives {text!r}")
+
+
+def test_every_held_out_wording_is_snapped_to_a_training_instruction_of_its_own_task_cube_and_side(runtime):
+    for text in held_out_instructions():
+        runtime.set_instruction(text)
+        assert runtime.instruction == text
+        assert runtime.conditioned_on in runtime.instruction_gate.texts
+        assert _meaning(runtime.conditioned_on) == _meaning(text), text
+    for text in trained_instructions():  # a training instruction is its own snap
+        runtime.set_instruction(text)
+        assert runtime.conditioned_on == text
+
+
+def test_the_nearest_task_vector_alone_would_turn_a_push_around(runtime):
+    score, nearest = runtime.instruction_score("move the red cube rightwards")
+    assert nearest == "push the red cube left"  # why the snap asks for the same sides
+    runtime.set_instruction("move the red cube rightwards")
+    assert _meaning(runtime.conditioned_on) == ("push", ("red",), ("right",))
+
+
+def test_snapping_can_be_turned_off_and_an_unknown_side_is_refused():
+    import torch
+
+    rt = PolicyRuntime.from_checkpoint(shipped_checkpoint(), snap_instructions=False)
+    rt.set_instruction("move the red cube rightwards")
+    assert rt.conditioned_on == "move the red cube rightwards"
+    gate = InstructionGate(("push the red cube to the right side",))
+    one = (torch.tensor([1.0, 0.0]), torch.tensor([[1.0, 0.0]]))
+    assert gate.refusal("push the red cube leftwards", *one) == ("it names the side left, which no training "
+                                                                 "instruction names (they name right)")
+    assert gate.snap("push the red cube to the left", *one) is None  # nothing to snap to: the text as given

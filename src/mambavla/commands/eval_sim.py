@@ -56,6 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--wordings", choices=WORDINGS, default="trained",
                    help="instructions: each seed's own (default), or the same task in a wording no training episode "
                         "has (sim/tasks.py HELD_OUT_PARAPHRASES: other verbs, requests, adverbs, capitals, a typo)")
+    p.add_argument("--no-instruction-snap", dest="instruction_snap", action="store_false",
+                   help="condition the policy on each instruction as given (by default a gated checkpoint is "
+                        "conditioned on its nearest training instruction naming the same colours and sides: "
+                        "docs/policy.md#instructions-it-cannot-follow)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
     metaworld.add_eval_arguments(p)
     p.set_defaults(func=run)
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     options = {"device": args.device, "seed": args.seed, "backend": args.backend, "threads": args.torch_threads or None,
                "noise_scale": args.noise_scale, "dtype": runtime_dtype(args.dtype, args.device, args.backend)}
     if args.checkpoint:
-        runtime = PolicyRuntime.from_checkpoint(args.checkpoint, **options)
+        runtime = PolicyRuntime.from_checkpoint(args.checkpoint, snap_instructions=args.instruction_snap, **options)
     else:
         runtime = PolicyRuntime.from_preset(args.preset, **options)
     out = Path(args.out)
@@ -96,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                                 config=cell_config(args.cell), wordings=args.wordings)
     precision = runtime.precision
     summary = {"checkpoint": args.checkpoint, "preset": args.preset if not args.checkpoint else None,
-               "backend": args.backend, "dtype": precision, "device": args.device, "cell": args.cell, **summary}
+               "backend": args.backend, "dtype": precision, "device": args.device, "cell": args.cell,
+               "instruction_snap": runtime.snap_instructions, **summary}
     summary["chart"] = str(success_chart(summary, out / "success.png"))
     frame_seconds = runtime.policy_period * observation_stride(args.latency, runtime.policy_period)
     summary["gifs"] = {t: str(p) for t, rs in results.items()

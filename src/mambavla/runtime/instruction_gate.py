@@ -9,6 +9,12 @@ vector alone does not separate from a rewording (the colour is one word of sever
 The checkpoint carries what the gate needs in `instructions.json`: the training instructions and the lowest
 cosine similarity of a task vector to the nearest of theirs that is accepted. `mambavla train` writes it; a
 checkpoint without it is not gated. docs/policy.md#instructions-it-cannot-follow has the calibration.
+
+An accepted instruction can be snapped (`snap`) to the training instruction nearest to it that names the same
+colours, in the same order, and the same sides: the policy is then conditioned on a wording it was trained on,
+whatever the operator typed. Nearest by task vector alone is not enough: "move the red cube rightwards" is
+nearest to "push the red cube left" (one word of several differs), so the words that carry the task's
+arguments must agree.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ COLOUR_WORDS = frozenset({
     "red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey", "gray", "pink", "brown",
     "cyan", "magenta", "violet", "turquoise", "gold", "silver", "beige", "maroon", "navy", "teal", "lime",
 })
+# Side words an operator may use, to the side they name; one that no training instruction names makes the
+# instruction unknown, as a colour does.
+SIDE_WORDS = {"left": "left", "leftward": "left", "leftwards": "left", "right": "right", "rightward": "right",
+              "rightwards": "right"}
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -73,6 +83,9 @@ class InstructionGate:
     def colours(self) -> frozenset[str]:
         return frozenset(w for t in self.texts for w in words(t) if w in COLOUR_WORDS)
 
+    def sides(self) -> frozenset[str]:
+        return frozenset(side for t in self.texts for side in arguments(t)[1])
+
     def refusal(self, text: str, task: torch.Tensor, trained: torch.Tensor) -> str | None:
         """Why the policy cannot follow `text`, or None. `task`: its task vector (d,); `trained`: the training
         instructions' task vectors (N, d), both unit length."""
@@ -80,10 +93,28 @@ class InstructionGate:
         if unknown:
             known = ", ".join(sorted(self.colours())) or "none"
             return f"it names {', '.join(unknown)}, a colour no training instruction names (they name {known})"
+        unknown = sorted(set(arguments(text)[1]) - self.sides())
+        if unknown:
+            known = ", ".join(sorted(self.sides())) or "none"
+            return f"it names the side {', '.join(unknown)}, which no training instruction names (they name {known})"
         score, nearest = self.nearest(task, trained)
         if score < self.min_similarity:
             return (f"it is outside what the policy was trained for: similarity {score:.2f} to the nearest training "
                     f"instruction {nearest!r}, below the checkpoint's {self.min_similarity:.2f}")
+        return None
+
+    def snap(self, text: str, task: torch.Tensor, trained: torch.Tensor) -> tuple[float, str] | None:
+        """(cosine similarity, text) of the training instruction nearest to `text` among those naming its colours in
+        its order and its sides (else its colours in any order and its sides); None where no training instruction
+        names them."""
+        colours, sides = arguments(text)
+        by_words = [arguments(t) for t in self.texts]
+        for same in (lambda a: a == (colours, sides), lambda a: (sorted(a[0]), a[1]) == (sorted(colours), sides)):
+            index = [i for i, a in enumerate(by_words) if same(a)]
+            if index:
+                similarity = trained[index] @ task
+                best = int(similarity.argmax())
+                return float(similarity[best]), self.texts[index[best]]
         return None
 
     def nearest(self, task: torch.Tensor, trained: torch.Tensor) -> tuple[float, str]:
@@ -91,6 +122,13 @@ class InstructionGate:
         similarity = trained @ task
         best = int(similarity.argmax())
         return float(similarity[best]), self.texts[best]
+
+
+def arguments(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The colours `text` names, in order, and the sides (sorted, each once)."""
+    found = words(text)
+    return (tuple(w for w in found if w in COLOUR_WORDS),
+            tuple(sorted({SIDE_WORDS[w] for w in found if w in SIDE_WORDS})))
 
 
 def unit(vectors: torch.Tensor) -> torch.Tensor:

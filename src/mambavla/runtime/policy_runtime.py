@@ -63,7 +63,8 @@ class PolicyRuntime:
                  cuda_graph: bool | None = None, backend: str = "torch", onnx_path: str | Path | None = None,
                  threads: int | None = None, kv_capacity_frames: int = KV_CAPACITY_FRAMES,
                  noise_scale: float | None = None, compile_step: bool | str = False,
-                 onnx_cuda_options: dict | None = None, instruction_gate: InstructionGate | None = None):
+                 onnx_cuda_options: dict | None = None, instruction_gate: InstructionGate | None = None,
+                 snap_instructions: bool = True):
         self.step_backend: StepBackend = open_backend(
             model, device, backend, dtype=dtype, cuda_graph=cuda_graph, compile_step=compile_step,
             kv_capacity_frames=kv_capacity_frames, onnx_path=onnx_path, threads=threads,
@@ -79,6 +80,9 @@ class PolicyRuntime:
         self._prefix_state: list | None = None
         self._task: torch.Tensor | None = None  # (1, d) task vector of the instruction
         self.instruction_gate = instruction_gate  # refuses instructions the policy was not trained to follow
+        # conditions the policy on the gate's nearest training instruction naming the same colours and sides
+        self.snap_instructions = snap_instructions and instruction_gate is not None
+        self.conditioned_on: str | None = None  # the instruction the policy is conditioned on (snapped or as given)
         self._trained_tasks: torch.Tensor | None = None  # the gate's training instructions' unit task vectors
         if instruction_gate is not None:  # here, while a node is still loading, not at the first instruction
             with torch.no_grad():
@@ -93,7 +97,7 @@ class PolicyRuntime:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", seed: int = 0, dtype: torch.dtype | None = None,
                         cuda_graph: bool | None = None, compile_step: bool | str = False, **backend) -> PolicyRuntime:
-        """`backend`: backend, onnx_path, threads, onnx_cuda_options (see the class)."""
+        """`backend`: backend, onnx_path, threads, onnx_cuda_options, snap_instructions (see the class)."""
         return cls(load_checkpoint(path), device=device, seed=seed, dtype=dtype, cuda_graph=cuda_graph,
                    compile_step=compile_step, instruction_gate=InstructionGate.load(path), **backend)
 
@@ -213,7 +217,7 @@ class PolicyRuntime:
 
     @torch.no_grad()
     def set_instruction(self, text: str) -> None:
-        text, self._prefix_state, self._task = self.prepare_instruction(text)
+        text, self.conditioned_on, self._prefix_state, self._task = self.prepare_instruction(text)
         self._instruction = text
         self.reset()
 
@@ -226,9 +230,10 @@ class PolicyRuntime:
         return self.instruction_gate.nearest(unit(self.model.task_vector(tokens, mask)[0]), self._trained_tasks)
 
     @torch.no_grad()
-    def prepare_instruction(self, text: str) -> tuple[str, list, torch.Tensor]:
-        """(the text with its whitespace normalised, its prefix state, its task vector (1, d)); a ValueError for an
-        empty instruction or one the checkpoint's gate refuses, before anything is changed."""
+    def prepare_instruction(self, text: str) -> tuple[str, str, list, torch.Tensor]:
+        """(the text with its whitespace normalised, the instruction the policy is conditioned on: the text, or with
+        `snap_instructions` the gate's snap of it; the prefix state and task vector (1, d) of that); a ValueError for
+        an empty instruction or one the checkpoint's gate refuses, before anything is changed."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("instruction: expected a non-empty string")
         text = " ".join(text.split())
@@ -239,7 +244,14 @@ class PolicyRuntime:
             if reason:
                 raise ValueError(f"instruction {text[:120]!r}: {reason} (the checkpoint's "
                                  f"{GATE_FILE} decides; its min_similarity sets the threshold)")
-        return text, self.model.condition(tokens), task  # level 1: the prefix is scanned once per instruction
+        conditioned = text
+        if self.snap_instructions:
+            snapped = self.instruction_gate.snap(text, unit(task[0]), self._trained_tasks)
+            if snapped is not None and snapped[1] != text:
+                conditioned = snapped[1]
+                tokens, mask = self.model.encode_instruction([conditioned])
+                task = self.model.task_vector(tokens, mask)
+        return text, conditioned, self.model.condition(tokens), task  # the prefix is scanned once per instruction
 
     @torch.no_grad()
     def step(self, observation: dict) -> ActionChunk:

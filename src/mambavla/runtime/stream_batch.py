@@ -46,7 +46,7 @@ class StreamBatch:
     def set_instruction(self, stream: int, text: str) -> None:
         """Give stream `stream` an instruction; its history restarts, the other streams are untouched."""
         self._check_index(stream)
-        text, prefix, task = self.runtime.prepare_instruction(text)  # the runtime's checks and gate
+        text, _, prefix, task = self.runtime.prepare_instruction(text)  # the runtime's checks, gate and snap
         self._prefix[stream] = (prefix, task)
         self.instructions[stream] = text
         self.reset(stream)

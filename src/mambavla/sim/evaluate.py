@@ -46,6 +46,7 @@ class EpisodeResult:
     task: str
     seed: int
     instruction: str = ""
+    conditioned_on: str = ""  # the instruction the policy was conditioned on (the runtime's snap of `instruction`)
     success: bool = False
     end: str = ""  # success, timeout, controller STOPPED/ERROR: reason, error, refused (the instruction)
     sim_seconds: float = 0.0
@@ -68,7 +69,8 @@ class EpisodeResult:
 
     def as_dict(self) -> dict:
         return {
-            "task": self.task, "seed": self.seed, "instruction": self.instruction, "success": self.success,
+            "task": self.task, "seed": self.seed, "instruction": self.instruction,
+            "conditioned_on": self.conditioned_on, "success": self.success,
             "end": self.end,
             "sim_seconds": round(self.sim_seconds, 3), "wall_seconds": round(self.wall_seconds, 3),
             "chunks_produced": self.chunks_produced, "chunks_accepted": self.chunks_accepted,
@@ -176,6 +178,7 @@ class SimEvaluator:
             result.instruction, result.cube = text, spec.cube
             try:
                 self.runtime.set_instruction(text)  # also forgets the history
+                result.conditioned_on = getattr(self.runtime, "conditioned_on", None) or text
             except ValueError as err:  # refused (the checkpoint's gate): the arm never moves, franky is fine
                 result.success, result.end, result.error = False, "refused", str(err)
                 result.wall_seconds = time.perf_counter() - wall0

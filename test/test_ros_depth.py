@@ -36,6 +36,57 @@ def test_the_default_depth_topics_sit_beside_the_camera_topics_as_realsense_ros_
         PolicyNodeConfig(depth_topics=("/d1",))
 
 
+def test_the_recorder_needs_live_depth_and_stores_metres_and_millimetres_as_16uc1_mm(tmp_path):
+    """EpisodeRecorder without ROS, with `depth`: messages in as a raw subscription hands them over."""
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+    from test_recorder import SIZE, feed, header
+
+    from mambavla.data.bags import ReadOptions, read_episode
+    from mambavla.data.recorder import EpisodeRecorder
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    T = ts.types
+
+    def feed_depth(t0: float, steps: int, dt: float = 1 / 30) -> None:
+        """Each frame's depth at its stamp: front in metres (32FC1), wrist in millimetres (16UC1)."""
+        for k in range(steps):
+            ns = int(round(t0 * 1e9)) + k * int(round(dt * 1e9))
+            metres = np.full(SIZE, 0.5 + 0.01 * k, np.float32)
+            front = T["sensor_msgs/msg/Image"](header=header(ts, ns), height=SIZE[0], width=SIZE[1], encoding="32FC1",
+                                               is_bigendian=0, step=SIZE[1] * 4, data=metres.reshape(-1).view(np.uint8))
+            wrist = T["sensor_msgs/msg/Image"](header=header(ts, ns), height=SIZE[0], width=SIZE[1], encoding="16UC1",
+                                               is_bigendian=0, step=SIZE[1] * 2,
+                                               data=np.full(SIZE, 300 + k, "<u2").reshape(-1).view(np.uint8))
+            for name, msg in (("front", front), ("wrist", wrist)):
+                recorder.on_depth(name, ns, bytes(ts.serialize_cdr(msg, msg.__msgtype__)))
+
+    recorder = EpisodeRecorder(tmp_path, CAMERAS, reset_time=0.0, depth=True)
+    try:
+        feed(recorder, ts, 100.0, 1)
+        assert recorder.missing_inputs() == ["front depth", "wrist depth"]
+        ok, text = recorder.start("lift")
+        assert not ok and "front depth, wrist depth" in text
+        feed_depth(100.0, 1)
+        assert recorder.start("lift")[0]
+        feed(recorder, ts, 101.0, 6)
+        feed_depth(101.0, 6)
+        ok, text = recorder.save()
+        assert ok and "dropped" not in text, text
+    finally:
+        recorder.close()
+    path = tmp_path / "episode_000000"
+    with Reader(path) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        stored = [ts.deserialize_cdr(data, c.msgtype) for c, _, data in reader.messages()
+                  if c.topic == depth_topic("front")]
+    assert counts[depth_topic("front")] == counts[depth_topic("wrist")] == 6
+    assert {m.encoding for m in stored} == {"16UC1"}
+    episode = read_episode(path, options=ReadOptions(depth=True))
+    assert episode.depth["front"][:, 0, 0].tolist() == [500 + 10 * k for k in range(6)]
+    assert episode.depth["wrist"][:, 0, 0].tolist() == [300 + k for k in range(6)]
+
+
 # ---- sim_node and recorder_node ----
 
 

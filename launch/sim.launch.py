@@ -17,9 +17,9 @@ the same parameter files.
 """
 
 import json
+import os
 import random
 import socket
-from pathlib import Path
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction, RegisterEventHandler
@@ -73,8 +73,11 @@ def publish_depth(argument: str, checkpoint: str) -> bool:
         return False
     if argument != "auto":
         raise ValueError(f"depth:={argument} must be auto, true or false")
-    config = Path(checkpoint) / "config.json" if checkpoint else None
-    return bool(config and config.is_file() and json.loads(config.read_text()).get("use_depth", False))
+    config = os.path.join(checkpoint, "config.json")
+    if not checkpoint or not os.path.isfile(config):
+        return False
+    with open(config) as f:
+        return bool(json.load(f).get("use_depth", False))
 
 
 def nodes(context):

@@ -36,6 +36,20 @@ def test_the_default_depth_topics_sit_beside_the_camera_topics_as_realsense_ros_
         PolicyNodeConfig(depth_topics=("/d1",))
 
 
+def test_sim_launch_publishes_depth_when_the_checkpoint_takes_it_or_when_asked(tmp_path):
+    from test_launch_files import ROOT, _function_from
+
+    publish_depth = _function_from(ROOT / "launch" / "sim.launch.py", "publish_depth")
+    (tmp_path / "rgbd").mkdir()
+    (tmp_path / "rgbd" / "config.json").write_text('{"use_depth": true}')
+    (tmp_path / "rgb").mkdir()
+    (tmp_path / "rgb" / "config.json").write_text('{"use_depth": false}')
+    assert publish_depth("auto", str(tmp_path / "rgbd")) and not publish_depth("auto", str(tmp_path / "rgb"))
+    assert not publish_depth("auto", "") and publish_depth("true", "") and not publish_depth("false", str(tmp_path))
+    with pytest.raises(ValueError, match="auto, true or false"):
+        publish_depth("maybe", "")
+
+
 def test_the_recorder_needs_live_depth_and_stores_metres_and_millimetres_as_16uc1_mm(tmp_path):
     """EpisodeRecorder without ROS, with `depth`: messages in as a raw subscription hands them over."""
     from rosbags.rosbag2 import Reader

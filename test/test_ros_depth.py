@@ -395,9 +395,10 @@ class TestDepthPolicy:
         cameras.wait_status(lambda s: int(s["chunks_published"]) >= 1, "chunks with depth")
         cameras.depth_cameras.discard("wrist")
         try:
+            time.sleep(0.5)  # the wrist depth the camera thread may have been sending has come
             status = cameras.wait_status(lambda s: "waiting for depth" in s["reason"], "the hold on /diagnostics")
             assert "wrist" in status["reason"] and "front" not in status["reason"]
-            held = int(cameras.latest()["chunks_published"])
+            held = int(status["chunks_published"])
             time.sleep(1.0)
             assert int(cameras.latest()["chunks_published"]) == held
         finally:

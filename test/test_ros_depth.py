@@ -50,8 +50,11 @@ def test_sim_launch_publishes_depth_when_the_checkpoint_takes_it_or_when_asked(t
         publish_depth("maybe", "")
 
 
-def test_the_recorder_needs_live_depth_and_stores_metres_and_millimetres_as_16uc1_mm(tmp_path):
+def test_the_recorder_needs_live_depth_and_stores_metres_and_compressed_depth_as_16uc1_mm(tmp_path):
     """EpisodeRecorder without ROS, with `depth`: messages in as a raw subscription hands them over."""
+    import struct
+
+    import cv2
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
     from test_recorder import SIZE, feed, header
@@ -63,17 +66,19 @@ def test_the_recorder_needs_live_depth_and_stores_metres_and_millimetres_as_16uc
     T = ts.types
 
     def feed_depth(t0: float, steps: int, dt: float = 1 / 30) -> None:
-        """Each frame's depth at its stamp: front in metres (32FC1), wrist in millimetres (16UC1)."""
+        """Each frame's depth at its stamp: front in metres (32FC1), wrist as compressed_depth_image_transport
+        sends millimetres (a config header, then a 16-bit PNG)."""
         for k in range(steps):
             ns = int(round(t0 * 1e9)) + k * int(round(dt * 1e9))
             metres = np.full(SIZE, 0.5 + 0.01 * k, np.float32)
             front = T["sensor_msgs/msg/Image"](header=header(ts, ns), height=SIZE[0], width=SIZE[1], encoding="32FC1",
                                                is_bigendian=0, step=SIZE[1] * 4, data=metres.reshape(-1).view(np.uint8))
-            wrist = T["sensor_msgs/msg/Image"](header=header(ts, ns), height=SIZE[0], width=SIZE[1], encoding="16UC1",
-                                               is_bigendian=0, step=SIZE[1] * 2,
-                                               data=np.full(SIZE, 300 + k, "<u2").reshape(-1).view(np.uint8))
+            png = cv2.imencode(".png", np.full(SIZE, 300 + k, np.uint16))[1].tobytes()
+            wrist = T["sensor_msgs/msg/CompressedImage"](header=header(ts, ns), format="16UC1; compressedDepth png",
+                                                         data=np.frombuffer(struct.pack("<iff", 0, 0.0, 0.0) + png,
+                                                                            np.uint8))
             for name, msg in (("front", front), ("wrist", wrist)):
-                recorder.on_depth(name, ns, bytes(ts.serialize_cdr(msg, msg.__msgtype__)))
+                recorder.on_depth(name, ns, bytes(ts.serialize_cdr(msg, msg.__msgtype__)), msg is wrist)
 
     recorder = EpisodeRecorder(tmp_path, CAMERAS, reset_time=0.0, depth=True)
     try:
@@ -93,9 +98,9 @@ def test_the_recorder_needs_live_depth_and_stores_metres_and_millimetres_as_16uc
     with Reader(path) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
         stored = [ts.deserialize_cdr(data, c.msgtype) for c, _, data in reader.messages()
-                  if c.topic == depth_topic("front")]
+                  if c.topic in (depth_topic("front"), depth_topic("wrist"))]
     assert counts[depth_topic("front")] == counts[depth_topic("wrist")] == 6
-    assert {m.encoding for m in stored} == {"16UC1"}
+    assert {(m.__msgtype__, m.encoding) for m in stored} == {("sensor_msgs/msg/Image", "16UC1")}
     episode = read_episode(path, options=ReadOptions(depth=True))
     assert episode.depth["front"][:, 0, 0].tolist() == [500 + 10 * k for k in range(6)]
     assert episode.depth["wrist"][:, 0, 0].tolist() == [300 + k for k in range(6)]

@@ -117,14 +117,14 @@ def rgbd_cell(tmp_path_factory):
     from sensor_msgs.msg import Image
 
     from mambavla.ros.convert import pose_to_msg, seconds_to_stamp
-    from mambavla.ros.qos import SENSOR_QOS
+    from mambavla.ros.recorder_node import FRAME_QOS  # sensor data QoS with a few frames of history
     from mambavla.spaces import EE_REFERENCE_QUAT
 
     logs = tmp_path_factory.mktemp("rgbd")
     probe = Probe("rgbd_probe")
     heard = {"colour": deque(maxlen=200), "depth": deque(maxlen=200)}
     for kind, topic in (("colour", camera_topic("front")), ("depth", depth_topic("front"))):
-        probe.node.create_subscription(Image, topic, lambda msg, kind=kind: heard[kind].append(msg), SENSOR_QOS)
+        probe.node.create_subscription(Image, topic, lambda msg, kind=kind: heard[kind].append(msg), FRAME_QOS)
     running = threading.Event()
     running.set()
 
@@ -176,9 +176,10 @@ class TestRGBDCell:
         for msg in frames:
             assert (msg.encoding, msg.height, msg.width, msg.step) == ("16UC1", *CAMERA_SIZE, CAMERA_SIZE[1] * 2)
             assert msg.header.frame_id == "front_camera"
-        # every depth frame has the colour frame of its snapshot (same stamp) among those heard
-        probe.wait_for(lambda: {stamp_to_seconds(m.header.stamp) for m in list(heard["colour"])}
-                       >= {stamp_to_seconds(m.header.stamp) for m in frames}, "the colour frames of those stamps")
+        # depth frames have the stamp of the colour frame of their snapshot (best effort: a frame may be lost)
+        depth_stamps = {stamp_to_seconds(m.header.stamp) for m in frames}
+        probe.wait_for(lambda: len(depth_stamps & {stamp_to_seconds(m.header.stamp) for m in list(heard["colour"])})
+                       >= 3, "3 colour frames stamped as depth frames")
         depth = depth_to_mm(frames[-1])
         valid = depth[depth > 0]
         print(f"\nfront depth: {valid.size / depth.size:.0%} valid, 5/50/95 % "

@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compressed", action="store_true", help="subscribe to <camera topic>/compressed (JPEG as sent)")
     p.add_argument("--depth", action="store_true",
                    help="also record each camera's depth aligned to its colour frames (RGB-D cameras)")
-    p.add_argument("--depth-topic", default="/cameras/{camera}/aligned_depth_to_color/image_raw",
-                   help="depth topic pattern, {camera} = name (sensor_msgs/Image 16UC1 mm or 32FC1 m)")
+    p.add_argument("--depth-topic", default="",
+                   help="depth topic pattern, {camera} = name (sensor_msgs/Image 16UC1 mm or 32FC1 m); default: "
+                        "beside the camera topic as realsense-ros names it, .../aligned_depth_to_color/image_raw")
     p.add_argument("--compressed-depth", action="store_true",
                    help="subscribe to <depth topic>/compressedDepth (16UC1 PNG); stored as 16UC1")
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames (default: 90)")

@@ -4,11 +4,11 @@ anywhere.
 
 Inputs, all taken raw (stored as they arrive, camera frames JPEG-encoded off the callback threads): each camera
 of `cameras` on `camera_topic` (sensor_msgs/Image, or sensor_msgs/CompressedImage on `<topic>/compressed` with
-`compressed_cameras`); with `depth`, each camera's aligned depth on `depth_topic` (sensor_msgs/Image 16UC1 mm,
-stored as it comes; or 32FC1 m, or compressedDepth on `<topic>/compressedDepth` with `compressed_depth`, stored as
-16UC1 mm); `joint_states_topic`, `ee_pose_topic`, and controller_node's streamed target and gripper
-command on `action_topic` (stored as /action), the instruction on `instruction_topic` (latched
-std_msgs/String; the `instruction` parameter until one arrives).
+`compressed_cameras`); with `depth`, each camera's aligned depth on `depth_topic` (by default realsense-ros's
+`aligned_depth_to_color/image_raw` beside the camera topic): sensor_msgs/Image 16UC1 mm stored as it comes, 32FC1 m
+or compressedDepth (`<topic>/compressedDepth` with `compressed_depth`) stored as 16UC1 mm; `joint_states_topic`,
+`ee_pose_topic`, and controller_node's streamed target and gripper command on `action_topic` (stored as /action),
+the instruction on `instruction_topic` (latched std_msgs/String; the `instruction` parameter until one arrives).
 
 Services (std_srvs/Trigger): ~/start, ~/save, ~/discard, ~/mark_success, ~/mark_failure. Status on
 /diagnostics ("mambavla/recorder_node").
@@ -34,6 +34,7 @@ from mambavla.ros.params import declare
 from mambavla.ros.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 from mambavla.ros.services import answer_trigger
 from mambavla.ros.startup import run_until_stopped
+from mambavla.runtime.policy_config import depth_topic_of
 
 # Frames arrive at 30 Hz or more: a reader history of a few frames rides out a pause of the executor thread
 # instead of overwriting frames the drivers delivered.
@@ -57,8 +58,9 @@ class RecorderNode(Node):
         jpeg_quality = p("jpeg_quality", 90, "JPEG quality of the stored frames (1-100)")
         depth = p("depth", False, "also record each camera's depth aligned to its colour frames (an input every "
                   "episode then needs)")
-        depth_topic = p("depth_topic", "/cameras/{camera}/aligned_depth_to_color/image_raw",
-                        "aligned depth topic pattern, {camera} = name (sensor_msgs/Image 16UC1 mm or 32FC1 m)")
+        depth_topic = p("depth_topic", "", "aligned depth topic pattern, {camera} = name (sensor_msgs/Image 16UC1 mm "
+                        "or 32FC1 m); empty: beside camera_topic as realsense-ros lays them out, <its folder less a "
+                        "color/ or rgb/>/aligned_depth_to_color/image_raw")
         compressed_depth = p("compressed_depth", False, "subscribe to <depth topic>/compressedDepth (16UC1 PNG, "
                              "compressed_depth_image_transport) instead of raw Image depth; stored as 16UC1")
         self.instruction = p("instruction", "", "instruction until one arrives on instruction_topic")
@@ -82,6 +84,7 @@ class RecorderNode(Node):
                                      lambda data, info, n=name: self.recorder.on_camera(n, _received(info), data,
                                                                                         compressed),
                                      FRAME_QOS, raw=True)
+        depth_topic = depth_topic or depth_topic_of(camera_topic)
         for name in self.recorder.depth_cameras:
             topic = depth_topic.format(camera=name) + ("/compressedDepth" if compressed_depth else "")
             self.create_subscription(CompressedImage if compressed_depth else Image, topic,

@@ -173,6 +173,17 @@ def test_simulated_depth_is_recorded_read_packed_trained_on_and_fed_by_eval_sim(
     chunk = runtime.step({**observation, "depth": {c: episodes.depth[c][0] for c in runtime.camera_names}})
     assert np.isfinite(chunk.actions).all()
 
+    # offline replay of the recorded bag pairs each colour frame with its depth, as policy_node does
+    assert main(["replay", str(data), "--checkpoint", str(out / "last"), "--out", str(tmp_path / "replay"),
+                 "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["chunks"] > 5
+    plain = tmp_path / "plain"
+    main(["collect", "--task", "lift", "--episodes", "1", "--seed", "5", "--out", str(plain), "--camera-size",
+          *map(str, CAMERA_SIZE), "--json"])
+    capsys.readouterr()
+    assert main(["replay", str(plain), "--checkpoint", str(out / "last"), "--out", str(tmp_path / "r2"), "--json"]) == 2
+    assert "no depth topic for front_depth, wrist_depth" in capsys.readouterr().err
+
     assert main(["eval-sim", "--checkpoint", str(out / "last"), "--tasks", "lift", "--episodes", "1",
                  "--time-limit", "0.6", "--out", str(tmp_path / "eval"), "--json", "--torch-threads", "1"]) == 0
     episode = json.loads(capsys.readouterr().out)["tasks"]["lift"]["episodes_detail"][0]

@@ -4,6 +4,7 @@ key in a parameter file refused, and the node runs the InferenceSchedule that of
 from __future__ import annotations
 
 import time
+import types
 
 import pytest
 import rclpy
@@ -128,6 +129,15 @@ def test_an_instruction_outside_the_checkpoints_tasks_ends_the_task_and_says_why
         assert node.instruction == ""  # no chunks for the old task either: the controller holds
         assert "outside what the policy was trained for" in node.last_rejection
         assert node.last_rejection.endswith("the current task ends (the controller holds)")
+        # a rewording is followed as the training instruction it snaps to, and /diagnostics says which
+        node._apply_instruction("move the red cube rightwards")
+        published = []
+        node.diag_pub = types.SimpleNamespace(publish=published.append)
+        node._publish_diagnostics()
+        values = {kv.key: kv.value for kv in published[0].status[0].values}
+        assert values["instruction"] == "move the red cube rightwards"
+        assert values["conditioned_on"] in {"push the red cube right", "push the red cube to the right side",
+                                            "slide the red cube to the right", "shove the red block over to the right"}
     finally:
         node.shutdown()
         node.destroy_node()

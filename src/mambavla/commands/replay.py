@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
         summary = replay_live(bags, args, config, maps, schedule, limits, out, header, log)
     else:
-        summary = _offline(args, config, bags, maps, schedule, limits, out, header, log)
+        summary = _offline(args, config, bags, maps, schedule, limits, out, header, log, node.max_depth_offset)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -142,12 +142,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _offline(args, config, bags, maps, schedule, limits, out, header, log) -> dict:
+def _offline(args, config, bags, maps, schedule, limits, out, header, log, max_depth_offset: float) -> dict:
     from mambavla.evaluation.bag import inspect
     from mambavla.evaluation.replay import replay_bags
 
     # every bag's topics are found and checked before the model loads (seconds saved on a mistake)
-    infos = [inspect(bag, config.cameras, maps, config.action_names) for bag in bags]
+    infos = [inspect(bag, config.cameras, maps, config.action_names, depth=config.use_depth) for bag in bags]
     from mambavla.runtime import PolicyRuntime
 
     if args.checkpoint:
@@ -175,6 +175,7 @@ def _offline(args, config, bags, maps, schedule, limits, out, header, log) -> di
         progress=not args.no_progress,
         log=log,
         header=header,
+        max_depth_offset=max_depth_offset,
     )
 
 

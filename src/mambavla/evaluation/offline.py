@@ -3,7 +3,9 @@
 
 The node's worker thread is simulated on the bag clock: it wakes when the schedule says a chunk is
 due, chooses the latest observation, and is busy for the inference's measured time (or none, with
-`latency="zero"`), while messages keep arriving and replacing the latest frames, as in the node.
+`latency="zero"`), while messages keep arriving and replacing the latest frames, as in the node. A policy that
+takes depth gets each camera's depth frame stamped nearest its colour frame (`DepthFrames`, as the node pairs
+them), and the worker waits while one is missing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from mambavla import spaces
 from mambavla.evaluation.bag import BagInfo, ReplayError, finger_positions, read_messages
 from mambavla.evaluation.recording import PredictedChunk, Recording, absolute_targets
+from mambavla.runtime.depth_frames import MAX_OFFSET, DepthFrame, DepthFrames
 from mambavla.runtime.schedule import Frame, InferenceSchedule, ScheduleConfig
 
 LATENCIES = ("measured", "zero")
@@ -38,8 +41,10 @@ def replay_offline(
     instruction: str | None = None,
     latency: str = "measured",
     progress: bool = True,
+    max_depth_offset: float = MAX_OFFSET,
 ) -> ReplayResult:
-    """Run `runtime` on the bag as policy_node would; returns the predicted chunks and the reference."""
+    """Run `runtime` on the bag as policy_node would; returns the predicted chunks and the reference.
+    `max_depth_offset`: policy_node's, for a policy that takes depth."""
     from tqdm import tqdm
 
     if latency not in LATENCIES:
@@ -54,6 +59,9 @@ def replay_offline(
     result = ReplayResult(info, instruction or "", Recording())
     use_actions_as_pose = "ee_pose" not in info.roles
     worker = {"free_at": -np.inf, "pending": instruction, "now": -np.inf}
+    depth_roles = [f"{c}_depth" for c in cameras] if runtime.config.use_depth else []
+    depth = DepthFrames(cameras, [info.roles.get(r, "") for r in depth_roles], max_depth_offset) if depth_roles \
+        else None
 
     def busy(seconds_wall: float) -> float:
         return seconds_wall if latency == "measured" else 0.0
@@ -81,18 +89,17 @@ def replay_offline(
             if wake > until or (wake == until and not inclusive):
                 return
             observation = schedule.choose(wake)
-            if isinstance(observation, str):
+            paired = depth.pair(observation.stamps) if depth is not None and not isinstance(observation, str) else ()
+            if isinstance(observation, str) or isinstance(paired, str):
                 worker["now"] = wake
                 return  # nothing changes until the next message
             schedule.consume(observation, wake)
             t0 = time.perf_counter()
-            chunk = runtime.step(
-                {
-                    "images": dict(zip(cameras, observation.images)),
-                    "proprio": observation.proprio,
-                    "stamp": observation.stamp,
-                }
-            )
+            inputs = {"images": dict(zip(cameras, observation.images)), "proprio": observation.proprio,
+                      "stamp": observation.stamp}
+            if depth is not None:
+                inputs["depth"] = dict(zip(cameras, paired))
+            chunk = runtime.step(inputs)
             elapsed = time.perf_counter() - t0
             published = wake + busy(elapsed)
             worker["free_at"] = published
@@ -111,7 +118,8 @@ def replay_offline(
                 )
             )
 
-    roles = cameras + ["joint_states", "ee_pose", "actions"] + (["instruction"] if instruction is None else [])
+    roles = (cameras + depth_roles + ["joint_states", "ee_pose", "actions"]
+             + (["instruction"] if instruction is None else []))
     total = sum(info.counts.get(info.roles[r], 0) for r in set(roles) if r in info.roles)
     started = time.perf_counter()
     with tqdm(
@@ -124,6 +132,8 @@ def replay_offline(
             role, value = message.role, message.value
             if role in cameras:
                 schedule.buffer.add_frame(cameras.index(role), Frame(value, message.stamp, message.receipt))
+            elif role in depth_roles:
+                depth.add(depth_roles.index(role), DepthFrame(value, message.stamp))
             elif role == "instruction":
                 worker["pending"] = value
             else:

@@ -13,6 +13,7 @@ from mambavla.data.dataset import find_episodes
 from mambavla.evaluation.bag import BagInfo, ReplayError
 from mambavla.evaluation.metrics import score
 from mambavla.evaluation.plots import plot_horizon, plot_trajectories, plot_worst_frames
+from mambavla.runtime.depth_frames import MAX_OFFSET
 from mambavla.runtime.schedule import ScheduleConfig
 
 
@@ -67,6 +68,7 @@ def replay_bags(
     progress: bool = True,
     log=print,
     header: dict | None = None,
+    max_depth_offset: float = MAX_OFFSET,
 ) -> dict:
     """Offline replay of every bag (as `inspect` found its roles for the runtime) with one runtime; returns the
     summary written to out/replay.json (`header` first: what the caller adds, such as the checkpoint)."""
@@ -81,7 +83,7 @@ def replay_bags(
             if not note.startswith(("camera", "joint_states", "ee_pose", "instruction", "actions")):
                 log(f"{path.name}: {note}")
         notes[path.name] = {"roles": info.roles, "notes": info.notes}
-        result = replay_offline(runtime, info, schedule, instruction, latency, progress)
+        result = replay_offline(runtime, info, schedule, instruction, latency, progress, max_depth_offset)
         runs.append((path.name, result.chunks, result.recording))
         recorded_s += info.duration
         wall_s += result.wall_s

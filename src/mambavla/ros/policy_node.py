@@ -169,7 +169,7 @@ class PolicyNode(Node):
                    "dtype": runtime_dtype(config.dtype, self.device, self.backend)}
         if self.checkpoint:
             self.runtime = PolicyRuntime.from_checkpoint(self.checkpoint, device=self.device, seed=config.seed,
-                                                         **options)
+                                                         snap_instructions=config.snap_instructions, **options)
             source = f"checkpoint {self.checkpoint}"
         else:
             self.runtime = PolicyRuntime.from_preset(self.preset, device=self.device, seed=config.seed, **options)
@@ -377,6 +377,8 @@ class PolicyNode(Node):
             "policy": getattr(self, "policy_source", ""),
             "backend": self.backend_label,
             "instruction": self.instruction[:200],
+            "conditioned_on": ((getattr(self.runtime, "conditioned_on", None) or "")[:200] if self.instruction
+                               else ""),
             "chunks_published": self.chunks_published,
             "frames_dropped": self.frames_dropped,
             "inputs_rejected": self.inputs_rejected,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 KEPT = 8  # depth frames kept per camera: a colour frame still waiting for its step finds its own among them
+MAX_OFFSET = 0.05  # s: policy_node's max_depth_offset default, and offline replay's
 
 
 @dataclass(frozen=True)

@@ -90,4 +90,5 @@ def _depth_channel(config: MambaVLAConfig, observation: dict, cam: str) -> torch
         check_image_size(mm.shape[1], mm.shape[0], mm.nbytes)
     except ValueError as err:
         raise ValueError(f"depth[{cam!r}]: {err}") from None
-    return depth_channel(torch.from_numpy(np.ascontiguousarray(resize_depth(mm, (h, w)))), config.depth_scale)[None]
+    mm = np.array(resize_depth(mm, (h, w)), order="C")  # its own copy: a frame the caller keeps is read-only
+    return depth_channel(torch.from_numpy(mm), config.depth_scale)[None]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 
 from mambavla.parameters import check_names as parameters_check_names
+from mambavla.runtime.depth_frames import MAX_OFFSET as MAX_DEPTH_OFFSET
 from mambavla.runtime.schedule import INFER_MODES, ScheduleConfig
 
 NODE_NAME = "policy_node"
@@ -51,9 +52,9 @@ class PolicyNodeConfig:
                                                "mm or 32FC1 m), subscribed only when the checkpoint takes depth; "
                                                "empty: beside each camera topic as realsense-ros lays them out, "
                                                "<its folder less a color/ or rgb/>/aligned_depth_to_color/image_raw")
-    max_depth_offset: float = _param(0.05, "the depth fed with a colour frame is the one stamped nearest to it and at "
-                                           "most this far from it, s (aligned depth carries its colour frame's "
-                                           "stamp); none that close: the step waits")
+    max_depth_offset: float = _param(MAX_DEPTH_OFFSET, "the depth fed with a colour frame is the one stamped nearest "
+                                                       "to it and at most this far from it, s (aligned depth carries "
+                                                       "its colour frame's stamp); none that close: the step waits")
     instruction_topic: str = _param("/instruction", "std_msgs/String instruction (transient-local)")
     joint_states_topic: str = _param("/joint_states", "robot joint states (finger positions used)")
     ee_pose_topic: str = _param("/ee_pose", "end-effector pose (geometry_msgs/PoseStamped)")
@@ -67,6 +68,9 @@ class PolicyNodeConfig:
     infer_rate_hz: float = _param(5.0, "inference rate in `rate` mode, Hz")
     max_observation_age: float = _param(0.5, "frames and robot state older than this are dropped, s")
     max_instruction_chars: int = _param(1000, "longer instructions are rejected")
+    snap_instructions: bool = _param(True, "condition the policy on the checkpoint's nearest training instruction "
+                                           "naming the same colours and sides (reported as conditioned_on on "
+                                           "/diagnostics); false: on the instruction as given")
     max_frame_future: float = _param(0.1, "frames stamped further ahead of their receipt are rejected, s")
     diagnostics_rate_hz: float = _param(1.0, "status publishing rate, Hz")
 

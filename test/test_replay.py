@@ -312,3 +312,36 @@ def test_a_live_replay_without_chunks_says_what_policy_node_refused():
     assert lines[-1] == f"no chunk was produced (policy_node's last rejection: {rejection})"
     _print_summary({"metrics": {"chunks": 0}, "bags": ["b"], "mode": "offline"}, lines.append)
     assert lines[-1] == "no chunk was produced (see the roles and notes in replay.json)"
+
+
+def test_a_depth_policy_replays_offline_and_live_with_each_frames_depth(tmp_path, capsys, monkeypatch):
+    """The recorded depth reaches the policy in both modes: offline paired by stamp (runtime/depth_frames.py),
+    live published on the depth topics policy_node subscribes to for a depth checkpoint."""
+    import torch
+
+    import mambavla.evaluation.live as live
+    from mambavla.model.checkpoint import save_checkpoint
+    from mambavla.model.config import preset
+    from mambavla.model.modeling_mambavla import MambaVLA
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(MambaVLA(preset("tiny").replace(use_depth=True)), tmp_path / "rgbd")
+    path = tmp_path / "bags" / "episode_0000001"
+    t, position, quat, fingers, actions = _trajectory(60)
+    with EpisodeWriter(path, ("front", "wrist"), SIZE, DT, meta={"instruction": "lift the red cube"},
+                       depth_cameras=("front", "wrist")) as writer:
+        writer.write_instruction(0.0, "lift the red cube")
+        for k in range(len(t)):
+            depth = np.full(SIZE, 700 + 5 * k, np.uint16)
+            writer.write_frame(t[k], {"front": _image(k, *SIZE), "wrist": _image(k + 5, *SIZE)}, np.zeros(7),
+                               fingers[k], position[k], quat[k], actions[k], depth={"front": depth, "wrist": depth})
+    code, summary, err = _replay(capsys, path, "--checkpoint", checkpoint, "--out", tmp_path / "off", "--zero-latency")
+    assert code == 0, err
+    assert summary["metrics"]["chunks"] == 15  # every period's step had its depth
+    monkeypatch.setattr(live, "PRIVATE_DOMAINS", range(212, 216))
+    monkeypatch.delenv("ROS_DOMAIN_ID", raising=False)
+    code, summary, err = _replay(capsys, path, "--checkpoint", checkpoint, "--live", "--out", tmp_path / "live")
+    assert code == 0, err
+    assert summary["metrics"]["chunks"] >= 5, summary["policy_node_status"]  # not held waiting for depth
+    assert summary["policy_node_status"]["depth_topics"] == ("/cameras/front/aligned_depth_to_color/image_raw, "
+                                                             "/cameras/wrist/aligned_depth_to_color/image_raw")

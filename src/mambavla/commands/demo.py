@@ -124,9 +124,10 @@ def _run_stack(args, config, out: Path, log) -> dict:
     try:
         log("starting sim_node ...")
         sim_time = not args.wall_clock
+        # a depth checkpoint gets the cameras' aligned depth, as sim.launch.py's depth:=auto gives it
         sim = NodeProcess("sim_node", ["sim_node.yaml"],
                           {"task": args.task, "seed": args.seed, "publish_clock": sim_time,
-                                                          "camera_size": list(config.image_size)}, out / "sim_node.log")
+                           "camera_size": list(config.image_size), "depth": config.use_depth}, out / "sim_node.log")
         processes.append(sim)
         task = monitor.wait(lambda: monitor.task, 90.0, "sim_node to publish /sim/task", processes)
         log(f"workcell up on {task['robot_ip']}: {task['instruction']!r}")

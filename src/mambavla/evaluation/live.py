@@ -55,7 +55,7 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
         f"live replay in ROS domain {os.environ['ROS_DOMAIN_ID']} "
         f"({'as asked' if args.ros_domain_id is not None else 'private, localhost only'})"
     )
-    infos = [inspect(b, config.cameras, maps, config.action_names) for b in bags]
+    infos = [inspect(b, config.cameras, maps, config.action_names, depth=config.use_depth) for b in bags]
     instructions = []
     for info in infos:
         text = args.instruction or next((m.value for m in read_messages(info, ["instruction"])), None)
@@ -78,6 +78,7 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
     from mambavla.ros.launcher import NodeProcess
     from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
     from mambavla.ros.spin import BackgroundSpin
+    from mambavla.runtime.policy_config import PolicyNodeConfig
 
     params = load_params(("policy.yaml",), "policy_node")
     cameras = list(config.cameras)
@@ -115,6 +116,9 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
 
     node.create_subscription(JointTrajectory, params.get("action_topic", "/action_chunk"), on_chunk, COMMAND_QOS)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, DIAGNOSTICS_QOS)
+    # a depth policy: each camera's depth on the topic policy_node takes it from (its depth_topics, or derived)
+    node_config = PolicyNodeConfig.from_params({**params, **overrides}, "config/policy.yaml")
+    depth_topics = list(node_config.depth_topics_used) if config.use_depth else []
     link = _Link(
         [node.create_publisher(Image, t, SENSOR_QOS) for t in camera_topics],
         node.create_publisher(PoseStamped, params.get("ee_pose_topic", "/ee_pose"), STATE_QOS),
@@ -124,6 +128,7 @@ def replay_live(bags: list[Path], args, config, maps: dict, schedule, limits, ou
         received,
         params.get("base_frame", "fr3_link0"),
         log,
+        [node.create_publisher(Image, t, SENSOR_QOS) for t in depth_topics],
     )
     spin = BackgroundSpin(node)
     policy = NodeProcess("policy_node", ["policy.yaml"], overrides, out / "policy_node.log")
@@ -180,16 +185,18 @@ class _Link:
     received: list  # (wall time, JointTrajectory)
     base_frame: str
     log: Callable[[str], None]
+    depth_pubs: list  # one per camera for a policy that takes depth, else empty
 
 
 def _play(info, text, rate, config, link: _Link) -> tuple[list[PredictedChunk], Recording, float]:
     from sensor_msgs.msg import JointState
     from std_msgs.msg import String
 
-    from mambavla.ros.convert import pose_to_msg, rgb_to_image, seconds_to_stamp, trajectory_to_chunk
+    from mambavla.ros.convert import depth_to_image, pose_to_msg, rgb_to_image, seconds_to_stamp, trajectory_to_chunk
 
     cameras = list(config.cameras)
-    roles = cameras + ["joint_states", "ee_pose", "actions"]
+    depth_roles = [f"{c}_depth" for c in cameras] if link.depth_pubs else []
+    roles = cameras + depth_roles + ["joint_states", "ee_pose", "actions"]
     messages = list(read_messages(info, roles))  # decoded up front: playback pace is not held up by decoding
     if not messages:
         raise ReplayError(f"{info.path}: no messages on the replayed topics")
@@ -211,6 +218,9 @@ def _play(info, text, rate, config, link: _Link) -> tuple[list[PredictedChunk], 
             i = cameras.index(m.role)
             link.image_pubs[i].publish(rgb_to_image(m.value, stamp, f"{m.role}_camera"))
             frames[m.role].append((m.stamp, resize_rgb(m.value, config.image_size), time.time()))
+            continue
+        if m.role in depth_roles:
+            link.depth_pubs[depth_roles.index(m.role)].publish(depth_to_image(m.value, stamp, f"{m.role[:-6]}_camera"))
             continue
         recording.add(m.role, m.stamp, m.value)
         if m.role == "ee_pose":

@@ -49,11 +49,7 @@ ROLE_TYPES = {
 }
 STATE_ROLES = tuple(ROLE_TYPES)
 NOT_COLOUR = ("depth", "infra", "/ir/", "confidence")  # image streams of a camera that are not its colour frames
-DEPTH_SUFFIX = "_depth"
-
-
-def depth_role(camera: str) -> str:
-    return camera + DEPTH_SUFFIX
+DEPTH_SUFFIX = "_depth"  # camera NAME's depth is the role NAME_depth
 HINTS = {
     "joint_states": ("joint_states",),
     "ee_pose": ("ee", "tcp", "pose"),
@@ -61,6 +57,10 @@ HINTS = {
     "actions": ("action",),
     "target_pose": (),
 }
+
+
+def depth_role(camera: str) -> str:
+    return camera + DEPTH_SUFFIX
 
 
 class BagError(ValueError):

@@ -24,6 +24,7 @@ import numpy as np
 
 from mambavla.control.config import load_params
 from mambavla.data.images import resize_rgb
+from mambavla.data.roles import depth_role
 from mambavla.evaluation.bag import ReplayError, inspect, read_messages
 from mambavla.evaluation.recording import PredictedChunk, Recording, absolute_targets, interpolate
 from mambavla.evaluation.replay import write_report
@@ -195,7 +196,7 @@ def _play(info, text, rate, config, link: _Link) -> tuple[list[PredictedChunk], 
     from mambavla.ros.convert import depth_to_image, pose_to_msg, rgb_to_image, seconds_to_stamp, trajectory_to_chunk
 
     cameras = list(config.cameras)
-    depth_roles = [f"{c}_depth" for c in cameras] if link.depth_pubs else []
+    depth_roles = [depth_role(c) for c in cameras] if link.depth_pubs else []
     roles = cameras + depth_roles + ["joint_states", "ee_pose", "actions"]
     messages = list(read_messages(info, roles))  # decoded up front: playback pace is not held up by decoding
     if not messages:
@@ -220,7 +221,8 @@ def _play(info, text, rate, config, link: _Link) -> tuple[list[PredictedChunk], 
             frames[m.role].append((m.stamp, resize_rgb(m.value, config.image_size), time.time()))
             continue
         if m.role in depth_roles:
-            link.depth_pubs[depth_roles.index(m.role)].publish(depth_to_image(m.value, stamp, f"{m.role[:-6]}_camera"))
+            i = depth_roles.index(m.role)
+            link.depth_pubs[i].publish(depth_to_image(m.value, stamp, f"{cameras[i]}_camera"))
             continue
         recording.add(m.role, m.stamp, m.value)
         if m.role == "ee_pose":

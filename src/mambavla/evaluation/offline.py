@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mambavla import spaces
+from mambavla.data.roles import depth_role
 from mambavla.evaluation.bag import BagInfo, ReplayError, finger_positions, read_messages
 from mambavla.evaluation.recording import PredictedChunk, Recording, absolute_targets
 from mambavla.runtime.depth_frames import MAX_OFFSET, DepthFrame, DepthFrames
@@ -59,7 +60,7 @@ def replay_offline(
     result = ReplayResult(info, instruction or "", Recording())
     use_actions_as_pose = "ee_pose" not in info.roles
     worker = {"free_at": -np.inf, "pending": instruction, "now": -np.inf}
-    depth_roles = [f"{c}_depth" for c in cameras] if runtime.config.use_depth else []
+    depth_roles = [depth_role(c) for c in cameras] if runtime.config.use_depth else []
     depth = DepthFrames(cameras, [info.roles.get(r, "") for r in depth_roles], max_depth_offset) if depth_roles \
         else None
 

@@ -201,3 +201,21 @@ def test_root_with_low_memlock_needs_cap_ipc_lock_and_is_told_the_container_flag
     limits = doctor_without(tmp_path, ["ipc_lock"], memlock_kb=64)["rt limits"]
     assert limits["status"] == "warn" and "CAP_IPC_LOCK (a container?)" in limits["detail"], limits
     assert limits["fix"].startswith("run the container with") and "--ulimit memlock=-1" in limits["fix"], limits
+
+
+def test_doctor_listens_to_each_cameras_depth_for_a_depth_checkpoint(capsys, tmp_path):
+    import torch
+
+    from mambavla.model.checkpoint import save_checkpoint
+    from mambavla.model.config import preset
+    from mambavla.model.modeling_mambavla import MambaVLA
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(MambaVLA(preset("tiny").replace(use_depth=True)), tmp_path / "rgbd")
+    code, checks = doctor(capsys, "--camera", "front=/cam/color/image_raw", "--listen", "0.3", "--checkpoint",
+                          str(checkpoint))
+    depth = checks["camera front depth"]  # where policy_node would subscribe: realsense-ros's layout
+    assert depth["status"] == "fail" and "/cam/aligned_depth_to_color/image_raw" in depth["detail"], depth
+    assert "with depth" in checks["checkpoint"]["detail"]
+    code, checks = doctor(capsys, "--camera", "front", "--listen", "0.3", "--checkpoint", str(shipped_checkpoint()))
+    assert "camera front depth" not in checks  # an RGB checkpoint: no depth topic is checked

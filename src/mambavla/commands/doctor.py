@@ -91,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
     if args.robot_ip:
         checks.append(check_robot(args.robot_ip, args.timeout))
     if cameras:
-        checks.extend(check_cameras(cameras, args.listen))
+        from mambavla.runtime.policy_config import depth_topic_of
+
+        # a depth checkpoint: each camera's aligned depth too, where policy_node would subscribe to it
+        depth = {f"{name} depth": depth_topic_of(topic) for name, topic in cameras.items()} \
+            if args.checkpoint and takes_depth(args.checkpoint) else {}
+        checks.extend(check_cameras({**cameras, **depth}, args.listen))
     if args.checkpoint:
         checks.append(check_checkpoint(args.checkpoint, cameras))
     failed = any(c.status == FAIL for c in checks)
@@ -105,6 +110,14 @@ def run(args: argparse.Namespace) -> int:
                 print(f"      {'':<{width}}  fix: {c.fix}")
         print(f"\n{sum(c.status == FAIL for c in checks)} failed, {sum(c.status == WARN for c in checks)} warnings")
     return 1 if failed else 0
+
+
+def takes_depth(checkpoint: str) -> bool:
+    """Whether the checkpoint's config asks for depth (read as JSON: the check runs without torch)."""
+    try:
+        return bool(json.loads((Path(checkpoint) / "config.json").read_text()).get("use_depth"))
+    except (OSError, ValueError, AttributeError):  # check_checkpoint reports a folder that does not load
+        return False
 
 
 def parse_cameras(items: list[str]) -> dict[str, str]:
@@ -418,7 +431,7 @@ def check_checkpoint(path: str, cameras: dict[str, str]) -> Check:
                      "give a folder written by `mambavla train` (config, weights, normalization stats)")
     names = list(model.config.cameras)
     wanted = list(cameras) or ["front", "wrist"]  # robot.launch.py's default cameras:=front,wrist
-    detail = f"{path}: {model.config.name}, cameras {names}"
+    detail = f"{path}: {model.config.name}, cameras {names}{' with depth' if model.config.use_depth else ''}"
     if sorted(names) != sorted(wanted):
         return Check("checkpoint", FAIL, f"{detail}; the launch would feed {wanted}",
                      f"launch with cameras:={','.join(names)} (one <name>_camera:=TOPIC each), naming the "

@@ -55,3 +55,24 @@ def test_bench_ros_times_the_echo_floor_and_splits_the_policy_nodes_share(tmp_pa
     assert (
         policy["convert_ms_per_frame_p50"] <= policy["wait_ms_p50"] < node
     )  # receipt -> step start: decoding and more
+
+
+def test_bench_record_counts_colour_and_depth_frames_through_a_real_recorder(tmp_path):
+    """A short run of `mambavla bench-record --depth`: the JSON's counts are the bag's, and the bag reads back."""
+    from mambavla.data.bags import ReadOptions, read_episode
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mambavla.cli", "bench-record", "--seconds", "2", "--depth", "--size", "60x80",
+         "--camera-rate", "15", "--state-rate", "100", "--domain", "167", "--keep", str(tmp_path / "kept")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["depth"] and result["frames_written"] > 20 and result["depth_frames_written"] > 20
+    episode = read_episode(result["episode"], options=ReadOptions.make(depth=True))
+    counts = json.loads((tmp_path / "kept" / os.path.basename(result["episode"]) / "episode.json").read_text())
+    counts = counts["counts"]
+    depth_counts = [n for t, n in counts.items() if "aligned_depth_to_color" in t]
+    assert sum(depth_counts) == result["depth_frames_written"] and len(depth_counts) == 2
+    assert set(episode.depth) == {"cam0", "cam1"} and episode.depth["cam0"].shape[1:] == (60, 80)
+    assert (episode.depth["cam0"] == 450).any()  # the moving object, nearer than the floor

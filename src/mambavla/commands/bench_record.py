@@ -1,7 +1,8 @@
 """`mambavla bench-record`: does recorder_node keep up with the drivers? Two cameras (default 640x480 at 30 Hz,
 raw rgb8 Image) and robot state (/joint_states, /ee_pose, the controller's ~/action) at the controller's
 rate are published by a driver process; recorder_node records one episode through its services. Prints JSON:
-frames published, received and written, messages dropped, CPU of each process, MB per minute of bag.
+frames published, received and written, messages dropped, CPU of each process, MB per minute of bag. `--depth`:
+each camera also publishes its aligned depth (16UC1 mm, as realsense-ros), which the recorder stores as sent.
 
 Runs in a private DDS domain on localhost (`--domain`), whatever ROS_DOMAIN_ID the shell exports: its frames
 must never reach a robot's graph.
@@ -31,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--state-rate", type=float, default=200.0,
                    help="robot state and action messages per second (default: 200, controller.yaml's rate_hz)")
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the stored frames (default: 90)")
+    p.add_argument("--depth", action="store_true", help="each camera publishes aligned depth too, recorded as sent")
     p.add_argument("--domain", type=int, default=100 + os.getpid() % 100, help="private ROS_DOMAIN_ID")
     p.add_argument("--out", default="", help="also write the JSON here")
     p.add_argument("--keep", default="", help="keep the recorded episode in this folder (default: a temporary one)")
@@ -61,10 +63,12 @@ def run(args: argparse.Namespace) -> int:
     counts_file = work / "published.json"
     driver = subprocess.Popen([sys.executable, "-c", "from mambavla.commands.bench_record import drive; drive()",
                                json.dumps({"cameras": cameras, "size": [height, width], "camera_rate": args.camera_rate,
-                                           "state_rate": args.state_rate, "counts": str(counts_file)})],
+                                           "state_rate": args.state_rate, "counts": str(counts_file),
+                                           "depth": args.depth})],
                               env=os.environ.copy(), start_new_session=True)
     recorder = NodeProcess("recorder_node", [], {"root": str(root), "cameras": cameras, "instruction": "benchmark",
-                                                 "jpeg_quality": args.jpeg_quality, "reset_time_s": 0.0},
+                                                 "jpeg_quality": args.jpeg_quality, "reset_time_s": 0.0,
+                                                 "depth": args.depth},
                            work / "recorder.log")
     rclpy.init()
     node = rclpy.create_node("bench_record")
@@ -105,14 +109,16 @@ def run(args: argparse.Namespace) -> int:
     episode = sorted(root.glob("episode_*"))[-1]
     meta = json.loads((episode / "episode.json").read_text())
     size_mb = sum(f.stat().st_size for f in episode.iterdir()) / 1e6
-    frame_topics = {t: n for t, n in meta["counts"].items() if t.startswith("/cameras/")}
+    frame_topics = {t: n for t, n in meta["counts"].items() if t.startswith("/cameras/") and "depth" not in t}
+    depth_topics = {t: n for t, n in meta["counts"].items() if t.startswith("/cameras/") and "depth" in t}
     written = sum(frame_topics.values())
     published = {k: sent1.get(k, 0) - sent0.get(k, 0) for k in sent1}
     result = {
         "cameras": args.cameras, "size": [height, width], "camera_rate_hz": args.camera_rate,
         "state_rate_hz": args.state_rate, "jpeg_quality": args.jpeg_quality, "seconds": round(wall, 2),
         "frames_published": published.get("frames", 0), "frames_received": meta["frames_received"],
-        "frames_written": written, "dropped": meta["dropped"],
+        "frames_written": written, "dropped": meta["dropped"], "depth": args.depth,
+        "depth_frames_published": published.get("depth", 0), "depth_frames_written": sum(depth_topics.values()),
         "frames_expected": int(round(args.cameras * args.camera_rate * wall)),
         "state_messages_published": published.get("state", 0),
         "state_messages_written": sum(n for t, n in meta["counts"].items() if not t.startswith("/cameras/")),
@@ -145,7 +151,8 @@ def drive() -> None:
     from sensor_msgs.msg import Image, JointState
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-    from mambavla.ros.convert import pose_to_msg, seconds_to_stamp
+    from mambavla.data.bags import depth_topic
+    from mambavla.ros.convert import depth_to_image, pose_to_msg, seconds_to_stamp
     from mambavla.ros.qos import SENSOR_QOS, STATE_QOS
     from mambavla.ros.spin import use_large_frame_transport
     from mambavla.spaces import ACTION_NAMES
@@ -161,19 +168,31 @@ def drive() -> None:
     base = np.stack([xx * 200 // width, yy * 200 // height, (xx + yy) * 100 // (width + height) + 60], -1)
     frames = [np.clip(base + rng.normal(0, 3, base.shape), 0, 255).astype(np.uint8) for _ in range(8)]
     image_pubs = [node.create_publisher(Image, f"/cameras/{c}/image_raw", SENSOR_QOS) for c in config["cameras"]]
+    depth_pubs = [node.create_publisher(Image, depth_topic(c), SENSOR_QOS) for c in config["cameras"]] \
+        if config["depth"] else []
+    # a floor sloping away, with sensor noise and the holes a stereo camera leaves
+    depth_base = (600 + 900 * yy / height + rng.normal(0, 4, (height, width))).astype(np.uint16)
+    depth_base[rng.random((height, width)) < 0.02] = 0
     joint_pub = node.create_publisher(JointState, "/joint_states", STATE_QOS)
     pose_pub = node.create_publisher(PoseStamped, "/ee_pose", STATE_QOS)
     action_pub = node.create_publisher(JointTrajectory, "/controller_node/action", STATE_QOS)
-    counts = {"frames": 0, "state": 0}
+    counts = {"frames": 0, "state": 0, "depth": 0}
     names = [f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"]
 
     def cameras() -> None:
         period, k, next_t = 1.0 / config["camera_rate"], 0, time.monotonic()
+        side, top = max(1, width // 8), height * 5 // 12  # 80 px at 640x480, from row 200
         while rclpy.ok():
-            stamp = seconds_to_stamp(time.time())
+            now = time.time()
+            stamp = seconds_to_stamp(now)
             rgb = frames[k % len(frames)].copy()
-            x = (k * 7) % (width - 80)
-            rgb[200:280, x:x + 80] = (200, 40, 40)  # a moving object
+            x = (k * 7) % max(1, width - side)
+            rgb[top:top + side, x:x + side] = (200, 40, 40)  # a moving object
+            for pub in depth_pubs:
+                depth = depth_base.copy()
+                depth[top:top + side, x:x + side] = 450  # the object, nearer than the floor
+                pub.publish(depth_to_image(depth, now, "camera"))
+                counts["depth"] += 1
             for pub in image_pubs:
                 msg = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=rgb.tobytes())
                 msg.header.stamp = stamp

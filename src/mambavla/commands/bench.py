@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--camera-size", type=frame_size, metavar="HxW",
                    help="frames of this size, which the runtime resizes to the policy's "
                         "(default: the policy's own size)")
+    p.add_argument("--depth", action="store_true",
+                   help="an RGB-D policy (use_depth): each camera's depth comes with its frame, uint16 mm at the "
+                        "frame's size (a checkpoint's own config decides for --checkpoint)")
     p.add_argument("--json", action="store_true", help="JSON only (default also prints JSON, plus progress on stderr)")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=run)
@@ -102,8 +105,11 @@ def _observation(runtime, rng, camera_size: tuple[int, int] | None = None) -> di
     import numpy as np
 
     h, w = camera_size or runtime.image_size
-    return {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in runtime.camera_names},
-            "proprio": rng.normal(size=runtime.proprio_dim).astype(np.float32), "stamp": 0.0}
+    observation = {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in runtime.camera_names},
+                   "proprio": rng.normal(size=runtime.proprio_dim).astype(np.float32), "stamp": 0.0}
+    if runtime.config.use_depth:
+        observation["depth"] = {c: rng.integers(300, 3000, (h, w), dtype=np.uint16) for c in runtime.camera_names}
+    return observation
 
 
 def _timed_steps(runtime, obs: dict, steps: int) -> dict:
@@ -159,11 +165,11 @@ def _run(args: argparse.Namespace) -> int:
         "preset": None if args.checkpoint else args.preset, "checkpoint": args.checkpoint, "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else _cpu_name(),
         "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
-        "camera_size": list(args.camera_size) if args.camera_size else None,
+        "camera_size": list(args.camera_size) if args.camera_size else None, "depth": args.depth,
         "fusions": {},
     }
     for fusion in fusions:
-        overrides = {"fusion": fusion, "history_mode": "stream"}
+        overrides = {"fusion": fusion, "history_mode": "stream", **({"use_depth": True} if args.depth else {})}
         if args.language:
             overrides["language"] = args.language
         # eager first (gives the vision/fusion/flow split); then the captured CUDA graph (the Transformer's

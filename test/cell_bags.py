@@ -149,12 +149,14 @@ def write_cell_bag(
     demonstrations: int = 1,
     pause: float = 2.0,
     pose_pause: tuple[float, float] | None = None,
+    depth_offset: float = 0.0,
 ) -> Path:
     """One demonstration as the cell records it. `rate_change_at`: the cameras drop to 1 / `rate_factor` of their
     rate from then on (until `rate_change_until`); `corrupt_wrist_frame`: that JPEG cut short; `goal_pose`: a
     second PoseStamped topic (/goal_pose); `pose`: False leaves the pose out; `instruction`: also a
     /task_instruction String topic (a list: one per demonstration); `demonstrations`: that many, `pause` s apart,
-    the recorder paused in between; `pose_pause`: (from, to) s with no pose message (a driver that stalled)."""
+    the recorder paused in between; `pose_pause`: (from, to) s with no pose message (a driver that stalled);
+    `depth_offset`: s the depth frames are stamped after their colour frames (0: aligned depth's own stamp)."""
     bag = BagWriter(path, log_delay=0.002)  # logged 2 ms after the stamp
     rng = np.random.default_rng(0)
     arm = [f"fr3_joint{i}" for i in range(1, 8)]
@@ -175,7 +177,8 @@ def write_cell_bag(
             h = bag.header(offset + tk + jitter, "front_color_optical_frame")
             bag.add(FRONT, bag.image(h, scene(k)))
             bag.add(FRONT + "/compressed", bag.jpeg(h, scene(k)))
-            bag.add(FRONT_DEPTH, bag.image(h, np.full(SIZE, 800 + k, np.uint16), "16UC1"))
+            hd = bag.header(offset + tk + jitter + depth_offset, "front_color_optical_frame")
+            bag.add(FRONT_DEPTH, bag.image(hd, np.full(SIZE, 800 + k, np.uint16), "16UC1"))
             h = bag.header(offset + tk + 0.004 + jitter, "wrist_color_optical_frame")
             bag.add(WRIST, bag.jpeg(h, scene(k + 7), cut=k == corrupt_wrist_frame))
         state_times = np.arange(0.0, seconds + 0.3, 1.0 / STATE_HZ)  # the state outlasts the cameras, as it does

@@ -15,7 +15,7 @@ import torch
 from cell_bags import FRONT_DEPTH, write_cell_bag
 from sensor_msgs.msg import CompressedImage, Image
 
-from mambavla.data import EpisodeDataset, read_episode
+from mambavla.data import EpisodeDataset, EpisodeError, read_episode
 from mambavla.data.bags import BagError, ReadOptions, depth_topic
 from mambavla.data.images import depth_to_mm, metres_to_mm, resize_depth
 from mambavla.data.packed import TrainingEpisodes
@@ -46,6 +46,9 @@ def test_compressed_depth_reads_and_what_cannot_be_depth_is_refused():
     msg = CompressedImage(format="16UC1; compressedDepth png", data=header + png)
     np.testing.assert_array_equal(depth_to_mm(msg), DEPTH_MM)
     np.testing.assert_array_equal(depth_to_mm(CompressedImage(format="16UC1; png", data=png)), DEPTH_MM)
+    rgba16 = cv2.imencode(".png", np.zeros((4, 4, 4), np.uint16))[1].tobytes()  # decodes to 4x the bytes
+    with pytest.raises(ValueError, match="16-bit samples, colour type 6; expected 16-bit greyscale"):
+        depth_to_mm(CompressedImage(format="16UC1; compressedDepth png", data=header + rgba16))
     with pytest.raises(ValueError, match="32FC1 compressedDepth"):
         depth_to_mm(CompressedImage(format="32FC1; compressedDepth", data=header + png))
     colour = cv2.imencode(".jpg", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
@@ -53,7 +56,7 @@ def test_compressed_depth_reads_and_what_cannot_be_depth_is_refused():
         depth_to_mm(CompressedImage(format="rgb8; jpeg compressed bgr8", data=colour))
     with pytest.raises(ValueError, match="unsupported depth encoding 'rgb8'"):
         depth_to_mm(Image(height=1, width=1, encoding="rgb8", step=3, data=bytes(3)))
-    with pytest.raises(ValueError, match="truncated depth data"):
+    with pytest.raises(ValueError, match="truncated image data"):
         depth_to_mm(Image(height=2, width=3, encoding="16UC1", step=6, data=bytes(7)))
 
 
@@ -77,6 +80,15 @@ def test_a_realsense_depth_stream_is_read_aligned_to_the_camera_rows(tmp_path):
     assert episode.meta["roles"]["front_depth"] == FRONT_DEPTH
     without = read_episode(bag, cameras=["front"], options=ReadOptions.make(instruction="lift the red cube"))
     assert without.depth == {} and "front_depth" not in without.meta["roles"]
+
+
+def test_depth_stamped_away_from_its_colour_frame_is_refused_naming_the_topic(tmp_path):
+    options = ReadOptions.make(instruction="lift the red cube", depth=True)
+    bag = write_cell_bag(tmp_path / "late", depth_offset=0.012)  # a depth stream not synchronised with colour
+    with pytest.raises(EpisodeError, match=rf"depth of camera 'front' on {FRONT_DEPTH}: .* is 12\.0 ms from it"):
+        read_episode(bag, cameras=["front"], options=options)
+    bag = write_cell_bag(tmp_path / "close", depth_offset=0.002)  # stamp rounding: within the bound
+    assert len(read_episode(bag, cameras=["front"], options=options).depth["front"]) > 50
 
 
 def test_a_camera_without_depth_names_the_map_that_gives_it(tmp_path):
@@ -210,3 +222,16 @@ def test_an_rgbd_policy_exports_to_onnx_and_streams_as_the_torch_runtime(tmp_pat
     model = PolicyRuntime.from_preset("tiny", seed=2, use_depth=True).model
     parity = streamed_parity(model, export_step(model, tmp_path / "step.onnx"), steps=6)
     assert parity["max_abs_diff"] <= 1e-3, parity
+
+
+def test_the_runtime_refuses_depth_that_is_not_the_colour_frames_size():
+    from mambavla.runtime import PolicyRuntime
+
+    rt = PolicyRuntime.from_preset("tiny", use_depth=True)
+    rt.set_instruction("lift the red cube")
+    frames = {c: np.zeros((48, 64, 3), np.uint8) for c in rt.camera_names}
+    aligned = {c: np.full((48, 64), 800, np.uint16) for c in rt.camera_names}
+    assert np.isfinite(rt.step({"images": frames, "proprio": np.zeros(8, np.float32), "depth": aligned}).actions).all()
+    unaligned = {**aligned, "front": np.full((480, 640), 800, np.uint16)}  # another stream's pixels
+    with pytest.raises(ValueError, match=r"depth\['front'\]: 640x480, its colour frame 64x48: depth must be aligned"):
+        rt.step({"images": frames, "proprio": np.zeros(8, np.float32), "depth": unaligned})

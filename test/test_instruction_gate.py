@@ -132,3 +132,11 @@ def test_snapping_can_be_turned_off_and_an_unknown_side_is_refused():
     assert gate.refusal("push the red cube leftwards", *one) == ("it names the side left, which no training "
                                                                  "instruction names (they name right)")
     assert gate.snap("push the red cube to the left", *one) is None  # nothing to snap to: the text as given
+
+
+@pytest.mark.parametrize("text", ["pick up the red cube right away", "lift the red cube right now",
+                                  "pick up the red cube on the left",
+                                  "grab the blue cube with your left gripper finger and lift it"])
+def test_a_side_word_that_is_not_the_tasks_argument_does_not_turn_a_lift_into_a_push(runtime, text):
+    runtime.set_instruction(text)
+    assert runtime.conditioned_on == text  # as typed: the only snap naming that side is a push, far from the text

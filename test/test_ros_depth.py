@@ -1,12 +1,15 @@
 """Depth end to end over Fast DDS: sim_node publishes each camera's aligned depth (16UC1 mm, the colour frame's
 stamp), recorder_node stores it in the episode bag as it came, and policy_node feeds a depth checkpoint the depth
-stamped as its colour frames, holding (and saying which is missing) while there is none.
+stamped as its colour frames, holding (and saying which is missing) while there is none, and refusing depth that
+is not aligned to its colour frames.
 
 The sim and recorder stack runs on the session's test domain; the depth policy runs in this process on a domain
-of its own (211), with the test playing the RGB-D cameras, the robot state and the operator."""
+of its own (211), with the test playing the RGB-D cameras, the robot state and the operator; policy_node's and
+sim_node's depth topics are checked on 218 and 219."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -22,18 +25,39 @@ CAMERAS = ("front", "wrist")
 CAMERA_SIZE = [48, 64]
 CAMERA_HZ = 5.0  # steady on a loaded 2-core machine with two renders per camera
 POLICY_DOMAIN = 211
+SUBSCRIPTIONS_DOMAIN = 218  # policy_node built, never spun: what it subscribes to at start
+SIM_TOPICS_DOMAIN = 219  # sim_node built in this process: the topics it publishes depth on
 REC = "mambavla/recorder_node"
+OK, WARN = 0, 1  # diagnostic_msgs/DiagnosticStatus levels, as status_values reads them
 
 
 def test_the_default_depth_topics_sit_beside_the_camera_topics_as_realsense_ros_lays_them_out():
     assert all(depth_topic_of(camera_topic(name)) == depth_topic(name) for name in CAMERAS)
     assert depth_topic_of("/camera/camera/color/image_raw") == "/camera/camera/aligned_depth_to_color/image_raw"
+    # image_transport's compressed topic sits below the image topic: its depth is the image's
+    assert depth_topic_of("/camera/camera/color/image_raw/compressed") == \
+        "/camera/camera/aligned_depth_to_color/image_raw"
     config = PolicyNodeConfig(camera_topics=("/cam_a/color/image_raw", "/b/image_raw"))
     assert config.depth_topics_used == ("/cam_a/aligned_depth_to_color/image_raw",
                                         "/b/aligned_depth_to_color/image_raw")
     assert PolicyNodeConfig(depth_topics=("/d1", "/d2")).depth_topics_used == ("/d1", "/d2")
     with pytest.raises(ValueError, match="one topic per camera"):
         PolicyNodeConfig(depth_topics=("/d1",))
+
+
+def test_a_colour_frame_pairs_with_its_own_depth_never_a_neighbouring_frames():
+    """Aligned depth carries its colour frame's stamp: a lost depth frame holds the step rather than feeding the
+    depth of the frame before or after (33 ms away at 30 Hz)."""
+    from mambavla.runtime.depth_frames import MAX_OFFSET, DepthFrame, DepthFrames
+
+    assert PolicyNodeConfig().max_depth_offset == MAX_OFFSET  # the node's default is replay's
+    stamps = [100.0 + k / 30 for k in range(4)]
+    frames = DepthFrames(["front"], ["/front/depth"], MAX_OFFSET)
+    for k in (0, 1, 3):  # frame 2's depth was lost
+        frames.add(0, DepthFrame(np.full((2, 2), 500 + k, np.uint16), stamps[k]))
+    assert frames.pair((stamps[1] + 0.002,))[0][0, 0] == 501  # its own, give or take stamp rounding
+    reason = frames.pair((stamps[2],))
+    assert isinstance(reason, str) and re.search(r"front \(nearest [+-]0\.033 s from its colour", reason), reason
 
 
 def test_sim_launch_publishes_depth_when_the_checkpoint_takes_it_or_when_asked(tmp_path):
@@ -104,6 +128,71 @@ def test_the_recorder_needs_live_depth_and_stores_metres_and_compressed_depth_as
     episode = read_episode(path, options=ReadOptions(depth=True))
     assert episode.depth["front"][:, 0, 0].tolist() == [500 + 10 * k for k in range(6)]
     assert episode.depth["wrist"][:, 0, 0].tolist() == [300 + k for k in range(6)]
+
+
+@pytest.mark.ros
+@pytest.mark.sim
+def test_sim_node_publishes_depth_beside_its_camera_topics_or_on_a_pattern_given():
+    """Where policy_node and recorder_node take it by default, whatever the camera topics; a pattern without
+    {camera} (every camera's depth on one topic) is refused."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from mambavla.ros.sim_node import SimNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=SIM_TOPICS_DOMAIN)
+
+    def sim_node(**params):
+        params = {"depth": True, "camera_size": [24, 32], "camera_rate_hz": 1.0, **params}
+        return SimNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+    try:
+        for params, expected in (({"camera_topic": "/rig/{camera}/color/image_raw"},
+                                  "/rig/{camera}/aligned_depth_to_color/image_raw"),
+                                 ({"depth_topic": "/rig/{camera}/depth"}, "/rig/{camera}/depth")):
+            node = sim_node(**params)
+            try:
+                assert {c: p.topic_name for c, p in node.depth_pubs.items()} == \
+                    {c: expected.format(camera=c) for c in CAMERAS}
+            finally:
+                node.shutdown()
+                node.destroy_node()
+        with pytest.raises(ValueError, match=r"'/depth' .* has no \{camera\}: set depth_topic"):
+            sim_node(depth_topic="/depth")
+    finally:
+        context.try_shutdown()
+
+
+@pytest.mark.ros
+def test_policy_node_subscribes_to_a_depth_checkpoints_depth_at_start_beside_the_remapped_camera_topics(tmp_path):
+    """use_depth is read from the checkpoint's config.json in the constructor, which subscribes on the executor's
+    thread (never the worker's, once the policy has loaded: here it never does, there are no weights); the depth
+    topics are derived from the camera topics as remapped."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from mambavla.ros.policy_node import PolicyNode
+
+    (tmp_path / "config.json").write_text('{"use_depth": true}')
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=SUBSCRIPTIONS_DOMAIN)
+    remap = ["--ros-args", "-r", f"{camera_topic('front')}:=/rig/front/color/image_raw"]
+    params = [Parameter("checkpoint", value=str(tmp_path)), Parameter("device", value="cpu")]
+    node = PolicyNode(context=context, cli_args=remap, parameter_overrides=params)
+    try:
+        subscribed = {s.topic_name for s in node.subscriptions}
+        expected = ["/rig/front/aligned_depth_to_color/image_raw", depth_topic("wrist")]
+        assert node.depth_topics == expected and set(expected) <= subscribed, subscribed
+        assert {"/rig/front/color/image_raw", camera_topic("wrist")} <= subscribed
+        end = time.monotonic() + 120.0
+        while node.state == "LOADING" and time.monotonic() < end:
+            time.sleep(0.1)
+        assert node.state == "ERROR", node.reason  # no weights: the worker ends before the node is taken down
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        context.try_shutdown()
 
 
 # ---- sim_node and recorder_node ----
@@ -243,8 +332,8 @@ class TestRGBDCell:
 
 
 class RGBDCameras:
-    """Plays two RGB-D cameras (10 Hz: colour and aligned depth with one stamp, the depth value naming the frame),
-    the robot state (50 Hz) and the operator, in `context`; hears /diagnostics."""
+    """Plays two RGB-D cameras (10 Hz: colour and aligned depth with one stamp and one size, the depth value naming
+    the frame), the robot state (50 Hz) and the operator, in `context`; hears /diagnostics."""
 
     def __init__(self, context):
         import rclpy
@@ -287,7 +376,7 @@ class RGBDCameras:
         from mambavla.ros.convert import depth_to_image, pose_to_msg, rgb_to_image, seconds_to_stamp, stamp_to_seconds
         from mambavla.spaces import EE_REFERENCE_QUAT
 
-        rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        rgb = np.random.default_rng(0).integers(0, 256, (*CAMERA_SIZE, 3), dtype=np.uint8)
         k = 0
         while self._running:
             now = self.now()
@@ -301,7 +390,7 @@ class RGBDCameras:
                         bad.header.stamp = seconds_to_stamp(now)
                         self.depth_pubs[cam].publish(bad)
                     elif cam in self.depth_cameras:
-                        self.depth_pubs[cam].publish(depth_to_image(np.full((96, 128), value, np.uint16), now, cam))
+                        self.depth_pubs[cam].publish(depth_to_image(np.full(CAMERA_SIZE, value, np.uint16), now, cam))
                     self.colour_pubs[cam].publish(rgb_to_image(rgb, now, cam))
             self.pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, now, "fr3_link0"))
             joints = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1",
@@ -396,33 +485,40 @@ class TestDepthPolicy:
                 assert frame.dtype == np.uint16 and frame.shape == node.runtime.image_size  # decoded, resized
                 assert (frame == values[stamp]).all()  # the depth of the colour frames' own stamp
 
-    def test_without_depth_the_policy_holds_and_says_which_camera_is_missing(self, depth_policy):
+    def test_without_depth_the_policy_holds_warns_and_says_which_camera_is_missing(self, depth_policy):
         node, cameras, steps = depth_policy
-        cameras.wait_status(lambda s: int(s["chunks_published"]) >= 1, "chunks with depth")
+        status = cameras.wait_status(lambda s: int(s["chunks_published"]) >= 1, "chunks with depth")
+        assert int(status["inputs_rejected"]) == 0 and status["level"] == OK, status  # every input good so far
         cameras.depth_cameras.discard("wrist")
         try:
             time.sleep(0.5)  # the wrist depth the camera thread may have been sending has come
             status = cameras.wait_status(lambda s: "waiting for depth" in s["reason"], "the hold on /diagnostics")
             assert "wrist" in status["reason"] and "front" not in status["reason"]
+            assert status["state"] == "RUNNING" and status["level"] == WARN, status  # a task, and no chunks
             held = int(status["chunks_published"])
             time.sleep(1.0)
             assert int(cameras.latest()["chunks_published"]) == held
         finally:
             cameras.depth_cameras.add("wrist")
-        cameras.wait_status(lambda s: int(s["chunks_published"]) > held, "chunks once the depth is back")
+        cameras.wait_status(lambda s: int(s["chunks_published"]) > held and s["level"] == OK,
+                            "chunks, and OK, once the depth is back")
 
-    @pytest.mark.parametrize("encoding, data, fragment", [
-        ("rgb8", bytes(48 * 64 * 3), "unsupported depth encoding 'rgb8'"),
-        ("16UC1", bytes(100), "truncated depth data"),  # 100 bytes of a 48 x 128-byte frame
+    @pytest.mark.parametrize("size, encoding, data, fragment", [
+        ((48, 64), "rgb8", bytes(48 * 64 * 3), "unsupported depth encoding 'rgb8'"),
+        ((48, 64), "16UC1", bytes(100), "truncated depth data"),  # 100 bytes of a 48 x 128-byte frame
+        # the depth stream as the sensor sees it, not aligned (another size, other pixels): never resized and fed
+        ((96, 128), "16UC1", bytes(96 * 256),
+         f"depth 128x96 is not aligned to the colour frames, 64x48 on {camera_topic('front')}: use realsense-ros "
+         "align_depth.enable"),
     ])
-    def test_a_bad_depth_frame_is_rejected_with_a_reason_and_the_policy_goes_on(self, depth_policy, encoding, data,
-                                                                                 fragment):
+    def test_a_bad_depth_frame_is_rejected_with_a_reason_and_the_policy_goes_on(self, depth_policy, size, encoding,
+                                                                                 data, fragment):
         from sensor_msgs.msg import Image
 
         node, cameras, _ = depth_policy
         before = int(cameras.wait_status(lambda s: int(s["chunks_published"]) >= 1, "chunks")["inputs_rejected"])
-        step = 192 if encoding == "rgb8" else 128
-        cameras.bad_depth = Image(height=48, width=64, encoding=encoding, step=step, data=data)
+        step = size[1] * (3 if encoding == "rgb8" else 2)
+        cameras.bad_depth = Image(height=size[0], width=size[1], encoding=encoding, step=step, data=data)
         status = cameras.wait_status(lambda s: int(s["inputs_rejected"]) > before, "the bad depth frame rejected")
         assert status["last_rejection"].startswith(depth_topic("front")) and fragment in status["last_rejection"]
         chunks = int(status["chunks_published"])

@@ -91,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
     if args.robot_ip:
         checks.append(check_robot(args.robot_ip, args.timeout))
     if cameras:
-        from mambavla.runtime.policy_config import depth_topic_of
+        from mambavla.runtime.policy_config import depth_topic_of, takes_depth
 
-        # a depth checkpoint: each camera's aligned depth too, where policy_node would subscribe to it
+        # a depth checkpoint: each camera's aligned depth too, where policy_node would subscribe to it (check_checkpoint
+        # reports a folder whose config does not read)
         depth = {f"{name} depth": depth_topic_of(topic) for name, topic in cameras.items()} \
-            if args.checkpoint and takes_depth(args.checkpoint) else {}
+            if takes_depth(args.checkpoint or "") else {}
         checks.extend(check_cameras({**cameras, **depth}, args.listen))
     if args.checkpoint:
         checks.append(check_checkpoint(args.checkpoint, cameras))
@@ -110,14 +111,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"      {'':<{width}}  fix: {c.fix}")
         print(f"\n{sum(c.status == FAIL for c in checks)} failed, {sum(c.status == WARN for c in checks)} warnings")
     return 1 if failed else 0
-
-
-def takes_depth(checkpoint: str) -> bool:
-    """Whether the checkpoint's config asks for depth (read as JSON: the check runs without torch)."""
-    try:
-        return bool(json.loads((Path(checkpoint) / "config.json").read_text()).get("use_depth"))
-    except (OSError, ValueError, AttributeError):  # check_checkpoint reports a folder that does not load
-        return False
 
 
 def parse_cameras(items: list[str]) -> dict[str, str]:

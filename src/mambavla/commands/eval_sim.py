@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-instruction-snap", dest="instruction_snap", action="store_false",
                    help="condition the policy on each instruction as given (by default a gated checkpoint is "
                         "conditioned on its nearest training instruction naming the same colours and sides: "
-                        "docs/policy.md#instructions-it-cannot-follow)")
+                        "docs/policy.md#instructions-in-other-words)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
     metaworld.add_eval_arguments(p)
     p.set_defaults(func=run)

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
         summary = replay_live(bags, args, config, maps, schedule, limits, out, header, log)
     else:
-        summary = _offline(args, config, bags, maps, schedule, limits, out, header, log, node.max_depth_offset)
+        summary = _offline(args, config, bags, maps, schedule, limits, out, header, log, node)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _offline(args, config, bags, maps, schedule, limits, out, header, log, max_depth_offset: float) -> dict:
+def _offline(args, config, bags, maps, schedule, limits, out, header, log, node) -> dict:
+    """`node`: policy_node's parameters (config/policy.yaml), which the replay follows as the node would."""
     from mambavla.evaluation.bag import inspect
     from mambavla.evaluation.replay import replay_bags
 
@@ -157,6 +158,7 @@ def _offline(args, config, bags, maps, schedule, limits, out, header, log, max_d
             seed=args.seed,
             backend=args.backend,
             threads=args.torch_threads or None,
+            snap_instructions=node.snap_instructions,
         )
     else:
         runtime = PolicyRuntime.from_preset(
@@ -175,7 +177,7 @@ def _offline(args, config, bags, maps, schedule, limits, out, header, log, max_d
         progress=not args.no_progress,
         log=log,
         header=header,
-        max_depth_offset=max_depth_offset,
+        max_depth_offset=node.max_depth_offset,
     )
 
 

@@ -43,6 +43,7 @@ from mambavla import spaces
 from mambavla.data.roles import BagError, BagInfo, arm_joint_order, depth_role, finger_positions, typestore
 
 FORMAT = "mambavla-episode/1"
+DEPTH_OFFSET = 0.005  # s: the most a row's depth may be stamped from its colour frame (policy_node's default)
 SIDECAR = "episode.json"
 BASE_FRAME = "fr3_link0"
 ARM_JOINTS: tuple[str, ...] = tuple(f"fr3_joint{i}" for i in range(1, 8))
@@ -200,17 +201,20 @@ class EpisodeWriter:
         from mambavla.data.images import depth_message_fields
 
         T = self._ts.types
+        for name in self.cameras:  # every frame checked before any is written: no half-written row in the bag
+            shape = np.shape(images[name]) if name in images else None
+            if shape != (*self.image_size, 3):
+                raise EpisodeError(f"camera {name!r} gave {shape}, expected {(*self.image_size, 3)}")
         for name in self.depth_cameras:
             frame = (depth or {}).get(name)
             if frame is None or frame.shape != self.image_size or frame.dtype != np.uint16:
                 got = "none" if frame is None else f"{frame.dtype} {frame.shape}"
                 raise EpisodeError(f"depth of camera {name!r}: expected uint16 {self.image_size} mm, got {got}")
+        for name in self.depth_cameras:
             header, ns = self._header(t, f"{name}_camera")
-            self._write(depth_topic(name), T[IMAGE_TYPE](header=header, **depth_message_fields(frame)), ns)
+            self._write(depth_topic(name), T[IMAGE_TYPE](header=header, **depth_message_fields(depth[name])), ns)
         for name in self.cameras:
             img = np.ascontiguousarray(images[name], dtype=np.uint8)
-            if img.shape != (*self.image_size, 3):
-                raise EpisodeError(f"camera {name!r} gave {img.shape}, expected {(*self.image_size, 3)}")
             header, ns = self._header(t, f"{name}_camera")
             if self.image_format == "jpeg":
                 from mambavla.data.images import encode_jpeg
@@ -549,7 +553,18 @@ def _episode(
         role = depth_role(name)
         if role not in info.depth_roles:
             continue
-        frames = [streams[role][k][1] for k in _nearest(stamps[role], grid)]
+        # each row's depth is the one stamped nearest its colour frame (as policy_node pairs them), and that close
+        colour = stamps[name][_nearest(stamps[name], grid)]
+        at = _nearest(stamps[role], colour)
+        offset = np.abs(stamps[role][at] - colour)
+        if offset.max() > DEPTH_OFFSET * 1e9:
+            k = int(offset.argmax())
+            raise EpisodeError(
+                f"{label}: depth of camera {name!r} on {info.roles[role]}: the depth nearest the colour frame at "
+                f"{colour[k] / 1e9:.3f} s is {offset[k] / 1e6:.1f} ms from it (at most {DEPTH_OFFSET * 1e3:g} ms: "
+                f"aligned depth carries its colour frame's stamp; a stalled or unsynchronised depth stream)"
+            )
+        frames = [streams[role][k][1] for k in at]
         shapes = {f.shape for f in frames}
         if shapes != {images[name].shape[1:3]}:
             raise EpisodeError(

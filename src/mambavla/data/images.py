@@ -70,14 +70,9 @@ def check_image_size(width: int, height: int, nbytes: int) -> None:
         raise ValueError(f"image of {nbytes} bytes exceeds {MAX_IMAGE_BYTES}")
 
 
-def _raw_to_rgb(msg, size: tuple[int, int] | None) -> np.ndarray:
-    """Raw frame -> RGB; `size` given: resized there where that saves a colour conversion of the full frame."""
-    import cv2
-
-    encoding = str(msg.encoding).lower()
-    if encoding not in _RAW:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r} (supported: {', '.join(RAW_ENCODINGS)})")
-    channels, dtype, conversion = _RAW[encoding]
+def _raw_pixels(msg, channels: int, dtype) -> np.ndarray:
+    """A raw sensor_msgs/Image's pixels as [H, W] or [H, W, channels] of `dtype` (its byte order honoured), after
+    the checks that bound its cost and catch a truncated or inconsistent message."""
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     itemsize = np.dtype(dtype).itemsize
     if step < width * channels * itemsize:
@@ -88,8 +83,19 @@ def _raw_to_rgb(msg, size: tuple[int, int] | None) -> np.ndarray:
         raise ValueError(f"truncated image data: {buf.size} bytes < step {step} x height {height}")
     rows = buf[: step * height].reshape(height, step)[:, : width * channels * itemsize]
     pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
-    pixels = pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
-    if itemsize == 2:  # 16-bit (depth, IR): scale the frame's own range to 8 bit for viewing
+    return pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
+
+
+def _raw_to_rgb(msg, size: tuple[int, int] | None) -> np.ndarray:
+    """Raw frame -> RGB; `size` given: resized there where that saves a colour conversion of the full frame."""
+    import cv2
+
+    encoding = str(msg.encoding).lower()
+    if encoding not in _RAW:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r} (supported: {', '.join(RAW_ENCODINGS)})")
+    channels, dtype, conversion = _RAW[encoding]
+    pixels = _raw_pixels(msg, channels, dtype)
+    if pixels.itemsize == 2:  # 16-bit (depth, IR): scale the frame's own range to 8 bit for viewing
         lo, hi = float(pixels.min()), float(pixels.max())
         pixels = ((pixels.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0))).astype(np.uint8)
     if conversion in _AFTER_RESIZE and size is not None:
@@ -248,6 +254,8 @@ def _depth_from_png(msg) -> np.ndarray:
     import cv2
 
     buf = _buffer(msg.data)
+    if buf.size > MAX_IMAGE_BYTES:
+        raise ValueError(f"compressed depth of {buf.size} bytes exceeds {MAX_IMAGE_BYTES}")
     fmt = str(msg.format)
     if "compresseddepth" in fmt.lower():
         if "32fc1" in fmt.lower():
@@ -257,6 +265,10 @@ def _depth_from_png(msg) -> np.ndarray:
     if not buf[:8].tobytes() == _PNG_SIGNATURE:
         raise ValueError(f"depth format {fmt!r}: expected 16-bit PNG data ({buf.size} bytes)")
     _, width, height = _compressed_size(buf, fmt)
+    bit_depth, colour_type = (int(buf[24]), int(buf[25])) if buf.size > 25 else (0, -1)
+    if (bit_depth, colour_type) != (16, 0):  # IHDR, read before decoding: what it would decode to is bounded here
+        raise ValueError(f"depth format {fmt!r}: a PNG of {bit_depth}-bit samples, colour type {colour_type}; "
+                         f"expected 16-bit greyscale (mm)")
     check_image_size(width, height, width * height * 2)
     depth = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if depth is None or depth.dtype != np.uint16 or depth.ndim != 2:
@@ -275,16 +287,7 @@ def depth_to_mm(msg, size: tuple[int, int] | None = None) -> np.ndarray:
         if encoding not in {e.lower() for e in DEPTH_ENCODINGS}:
             raise ValueError(f"unsupported depth encoding {msg.encoding!r} (supported: {', '.join(DEPTH_ENCODINGS)})")
         dtype = np.float32 if encoding == "32fc1" else np.uint16
-        height, width, step = int(msg.height), int(msg.width), int(msg.step)
-        itemsize = np.dtype(dtype).itemsize
-        if step < width * itemsize:
-            raise ValueError(f"depth step {step} < width {width} x {itemsize} bytes")
-        check_image_size(width, height, step * height)
-        buf = _buffer(msg.data)
-        if buf.size < step * height:
-            raise ValueError(f"truncated depth data: {buf.size} bytes < step {step} x height {height}")
-        rows = np.ascontiguousarray(buf[: step * height].reshape(height, step)[:, : width * itemsize])
-        depth = rows.view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")).reshape(height, width)
+        depth = _raw_pixels(msg, 1, dtype)
         if dtype == np.float32:
             depth = metres_to_mm(depth)
     depth = depth.astype(np.uint16, copy=False)
@@ -305,7 +308,9 @@ def resize_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if depth.shape[:2] == (h, w):
         return depth
-    return cv2.resize(np.ascontiguousarray(depth), (w, h), interpolation=cv2.INTER_NEAREST)
+    # the pixel nearest each output pixel's centre, as INTER_AREA's colour is centred (INTER_NEAREST takes a block's
+    # top-left pixel: depth a fraction of an output pixel off its colour)
+    return cv2.resize(np.ascontiguousarray(depth), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def encode_png16(depth_mm: np.ndarray) -> bytes:

@@ -32,7 +32,8 @@ from mambavla.data.bags import ReadOptions
 from mambavla.data.dataset import EpisodeDataset, _stats, to_delta
 from mambavla.spaces import ACTION_MODES
 
-PACK_VERSION = 1
+PACK_VERSION = 2  # 2: depth (written only by packs that carry it; 1 is read as a pack without depth)
+PACK_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -92,8 +93,8 @@ class TrainingEpisodes:
         if not index_file.is_file():
             raise FileNotFoundError(f"{folder}: not a training pack (no pack.json)")
         index = json.loads(index_file.read_text())
-        if index.get("version") != PACK_VERSION:
-            raise ValueError(f"{folder}: pack version {index.get('version')}, this code reads {PACK_VERSION}")
+        if index.get("version") not in PACK_VERSIONS:
+            raise ValueError(f"{folder}: pack version {index.get('version')}, this code reads {PACK_VERSIONS}")
         cameras = tuple(index["cameras"])
         parts = []
         for name in index["parts"]:
@@ -362,7 +363,7 @@ def write_pack(episodes: TrainingEpisodes, folder: str | Path, encoder, shards: 
         np.savez(folder / name, **arrays)
         parts.append(name)
     index = {
-        "version": PACK_VERSION,
+        "version": PACK_VERSION if episodes.depth else 1,  # a reader without depth still reads a pack without it
         "cameras": list(episodes.cameras),
         "depth_cameras": list(episodes.depth),
         "image_size": list(episodes.image_size),

@@ -27,7 +27,7 @@ class MambaVLAConfig:
     # observation
     cameras: tuple[str, ...] = ("front", "wrist")
     image_size: tuple[int, int] = (128, 128)  # (H, W) the policy sees; nodes resize to this
-    use_depth: bool = False  # adds a 4th input channel (metres / depth_scale)
+    use_depth: bool = False  # a 4th input channel per camera: its aligned depth (model.vision.depth_channel)
     depth_scale: float = 2.0
     proprio_names: tuple[str, ...] = PROPRIO_NAMES
     # action

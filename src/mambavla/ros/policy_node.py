@@ -6,11 +6,11 @@ sensor_msgs/CompressedImage JPEG/PNG on `<topic>/compressed`, as image_transport
 the observation and runs inference. The node holds no model logic: it translates messages to
 and from the runtime.
 
-A checkpoint that takes depth (`use_depth`) gets one aligned depth topic per camera (`depth_topics`, by default
-realsense-ros's `aligned_depth_to_color/image_raw` beside each camera topic; sensor_msgs/Image 16UC1 mm or 32FC1
-m), subscribed once the checkpoint is loaded; each step is fed the depth frame stamped nearest to each colour frame
-(`runtime.depth_frames`), and waits while one is missing, saying which on /diagnostics. Other checkpoints
-subscribe to no depth topic.
+A checkpoint that takes depth (`use_depth` in its config.json, read at start) gets one aligned depth topic per
+camera (`depth_topics`, by default realsense-ros's `aligned_depth_to_color/image_raw` beside each camera topic as
+remapped; sensor_msgs/Image 16UC1 mm or 32FC1 m, of its colour frame's size: other sizes are refused, not
+resized); each step is fed the depth frame stamped as each colour frame (`runtime.depth_frames`), and waits
+while one is missing, saying which on /diagnostics. Other checkpoints, and presets, subscribe to no depth topic.
 
 A rejected instruction (empty after Unicode normalisation, only zero-width or control characters,
 too long, too many tokens) ends the current task: no chunk is published until a valid instruction
@@ -33,14 +33,14 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
-from mambavla.data.images import depth_to_mm, image_to_rgb
+from mambavla.data.images import depth_to_mm, image_to_rgb, source_size
 from mambavla.ros.convert import chunk_to_trajectory, pose_from_msg, stamp_to_seconds
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.ros.params import declare, refuse_undeclared
 from mambavla.ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 from mambavla.ros.startup import run_until_stopped
 from mambavla.runtime.depth_frames import DepthFrame, DepthFrames
-from mambavla.runtime.policy_config import PolicyNodeConfig, parameters
+from mambavla.runtime.policy_config import PolicyNodeConfig, depth_topic_of, parameters, takes_depth
 from mambavla.runtime.schedule import Frame, InferenceSchedule, Observation, ObservationBuffer
 
 
@@ -65,16 +65,18 @@ class PolicyNode(Node):
         self._observations = ObservationBuffer(len(self.camera_topics), config.max_observation_age)
         self.schedule: InferenceSchedule | None = None
         self._camera_slot: list[int] = []  # topic index -> position in the checkpoint's camera order
-        # depth checkpoints: the depth topics (camera topic order) and the frames kept for pairing, set at load
+        # depth checkpoints: the depth topics (camera topic order), and the frames kept for pairing once loaded
         self.depth_topics: list[str] = []
         self._depth: DepthFrames | None = None
         self._depth_undecoded: dict[int, tuple[Image, float]] = {}  # topic index -> (latest, receipt on the ROS clock)
+        self._colour_size: dict[int, tuple[int, int]] = {}  # topic index -> (H, W) of its latest frame as sent
         # topic index -> (latest, receipt on the ROS clock, arrival on the steady clock)
         self._undecoded: dict[int, tuple[Image | CompressedImage, float, float]] = {}
         self._pending_instruction: str | None = None  # "" = a rejected instruction: end the current task
         self.instruction = ""
         self.chunks_published = 0
         self.frames_dropped = 0
+        self.waiting_for_depth = False  # a step is due and held for a camera's depth
         self.inputs_rejected = 0
         self.last_rejection = ""
         # the node's own times run on the steady clock: under use_sim_time the ROS clock is the simulator's,
@@ -87,9 +89,17 @@ class PolicyNode(Node):
 
         image_type, suffix = (Image, "") if config.image_transport == "raw" else (CompressedImage, "/compressed")
         # like image_transport: remapping applies to the base topic, then the transport's suffix is appended
-        self.image_topics = [self.resolve_topic_name(topic) + suffix for topic in self.camera_topics]
+        colour_topics = [self.resolve_topic_name(topic) for topic in self.camera_topics]
+        self.image_topics = [topic + suffix for topic in colour_topics]
         for index, topic in enumerate(self.image_topics):
             self.create_subscription(image_type, topic, lambda msg, i=index: self._on_image(i, msg), SENSOR_QOS)
+        # here, not at load: rclpy takes no subscriptions from the worker while the executor spins
+        if takes_depth(self.checkpoint):
+            depth_topics = config.depth_topics or [depth_topic_of(topic) for topic in colour_topics]
+            self.depth_topics = [self.resolve_topic_name(topic) for topic in depth_topics]
+            for index, topic in enumerate(self.depth_topics):
+                self.create_subscription(Image, topic, lambda msg, i=index: self._on_depth(i, msg), SENSOR_QOS)
+            self.get_logger().info(f"the checkpoint takes depth: {dict(zip(self.camera_names, self.depth_topics))}")
         self.create_subscription(String, config.instruction_topic, self._on_instruction, LATCHED_QOS)
         self.create_subscription(PoseStamped, config.ee_pose_topic, self._on_pose, STATE_QOS)
         self.create_subscription(JointState, config.joint_states_topic, self._on_joint_state, STATE_QOS)
@@ -180,8 +190,18 @@ class PolicyNode(Node):
             raise ValueError(f"camera_names {self.camera_names} (for topics {self.camera_topics}) do not match the "
                              f"policy's cameras {list(cams)}")
         self._camera_slot = [list(cams).index(name) for name in self.camera_names]
-        if self.runtime.config.use_depth:
-            self._subscribe_depth()
+        if self.runtime.config.use_depth and not self.depth_topics:
+            raise ValueError("the policy takes depth, which policy_node subscribes to only for a checkpoint whose "
+                             "config.json says use_depth when the node starts (never for a preset)")
+        if self.depth_topics and not self.runtime.config.use_depth:
+            raise ValueError("the checkpoint's config.json said use_depth when the node started, the policy loaded "
+                             "takes no depth: restart the node")
+        if self.depth_topics:
+            by_slot = sorted(zip(self._camera_slot, self.camera_names, self.depth_topics))
+            depth = DepthFrames([name for _, name, _ in by_slot], [topic for _, _, topic in by_slot],
+                                self.config.max_depth_offset)
+            with self._lock:
+                self._depth = depth
         self.policy_source = source
         runtime = self.runtime
         if self.backend == "onnx":  # what the diagnostics report: the provider, and whether ORT replays CUDA graphs
@@ -202,21 +222,12 @@ class PolicyNode(Node):
                                f"image {runtime.image_size}, {runtime.chunk_size} x {runtime.dt} s, "
                                f"{runtime.action_mode} actions, infer_mode {config.infer_mode}{period}")
 
-    def _subscribe_depth(self) -> None:
-        topics = [self.resolve_topic_name(topic) for topic in self.config.depth_topics_used]
-        by_slot = sorted(zip(self._camera_slot, self.camera_names, topics))
-        depth = DepthFrames([name for _, name, _ in by_slot], [topic for _, _, topic in by_slot],
-                            self.config.max_depth_offset)
-        with self._lock:
-            self.depth_topics, self._depth = topics, depth
-        for index, topic in enumerate(topics):
-            self.create_subscription(Image, topic, lambda msg, i=index: self._on_depth(i, msg), SENSOR_QOS)
-        self.get_logger().info(f"the policy takes depth: {dict(zip(self.camera_names, topics))}")
-
     def _convert_depth(self) -> None:
-        """Worker: decode and resize the latest depth frame of each camera to the policy's size, or log a rejection."""
+        """Worker: decode the latest depth frame of each camera, sized as its colour frames are given to the policy,
+        or log a rejection."""
         with self._lock:
             received, self._depth_undecoded = self._depth_undecoded, {}
+        waiting = {}
         for index, (msg, receipt) in received.items():
             topic = self.depth_topics[index]
             stamp = stamp_to_seconds(msg.header.stamp)
@@ -224,13 +235,26 @@ class PolicyNode(Node):
                 self._reject(f"{topic}: depth stamped {stamp - receipt:.2f} s in the future (camera clock?) "
                              f"> max_frame_future {self.config.max_frame_future} s")
                 continue
-            try:
-                depth = depth_to_mm(msg, self.runtime.image_size)
+            colour = self._colour_size.get(index)
+            if colour is None:  # its size is checked against the colour frames': it waits for the first
+                waiting[index] = (msg, receipt)
+                continue
+            size = (int(msg.height), int(msg.width))  # CompressedImage is not subscribed to for depth
+            if size != colour:  # resizing would feed the policy depth of other pixels than its colour frame's
+                self._reject(f"{topic}: depth {size[1]}x{size[0]} is not aligned to the colour frames, "
+                             f"{colour[1]}x{colour[0]} on {self.image_topics[index]}: use realsense-ros "
+                             "align_depth.enable")
+                continue
+            try:  # on the GPU the runtime resizes the colour frame, and the depth with it
+                depth = depth_to_mm(msg, None if self.runtime.resizes_on_device else self.runtime.image_size)
             except (ValueError, MemoryError) as err:
                 self._reject(f"{topic}: {'MemoryError: ' if isinstance(err, MemoryError) else ''}{err}")
                 continue
             with self._lock:
                 self._depth.add(self._camera_slot[index], DepthFrame(depth, stamp))
+        if waiting:
+            with self._lock:  # unless a newer frame came meanwhile
+                self._depth_undecoded = {**waiting, **self._depth_undecoded}
 
     def _convert_frames(self) -> None:
         """Worker: decode and resize the latest frame of each camera to the policy's size, or log a rejection."""
@@ -248,6 +272,7 @@ class PolicyNode(Node):
                 # on the GPU the runtime resizes the whole frame (`resizes_on_device`): here only decoding
                 rgb = image_to_rgb(msg, self.runtime.image_size, resize=not self.runtime.resizes_on_device)
                 self.convert_ms.append((time.perf_counter() - started) * 1e3)
+                self._colour_size[index] = source_size(msg)  # the size its aligned depth has
             except (ValueError, MemoryError) as err:  # one hostile frame must never end the node
                 self._reject(f"{topic}: {'MemoryError: ' if isinstance(err, MemoryError) else ''}{err}")
                 continue
@@ -262,12 +287,13 @@ class PolicyNode(Node):
         choice = self.schedule.choose(now)
         self.frames_dropped = self.schedule.frames_dropped
         if isinstance(choice, str):
-            self.reason = choice
+            self.reason, self.waiting_for_depth = choice, False
             return None
         if self._depth is None:
             return choice, None
         depth = self._depth.pair(choice.stamps)
-        if isinstance(depth, str):
+        self.waiting_for_depth = isinstance(depth, str)
+        if self.waiting_for_depth:
             self.reason = depth
             return None
         return choice, depth
@@ -327,6 +353,7 @@ class PolicyNode(Node):
         self.instruction = text
         with self._lock:
             self.schedule.restart()
+            self.waiting_for_depth = False
         self.state, self.reason = "RUNNING", "instruction set"
         self.get_logger().info(f"instruction: {text[:200]!r}")
 
@@ -371,6 +398,8 @@ class PolicyNode(Node):
             level = WARN
         if self.state == "RUNNING" and self.last_rejection and self.inputs_rejected:
             level = WARN if level == OK else level
+        if self.state == "RUNNING" and self.waiting_for_depth:  # a task in hand and no chunks going out
+            level = WARN
         values = {
             "state": self.state,
             "reason": self.reason,

@@ -30,6 +30,7 @@ from mambavla.ros.diagnostics import OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
 from mambavla.ros.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 from mambavla.ros.startup import run_until_stopped
+from mambavla.runtime.policy_config import depth_topic_of
 
 
 class SimNode(Node):
@@ -45,8 +46,13 @@ class SimNode(Node):
         self.camera_topic = p("camera_topic", "/cameras/{camera}/image_raw", "topic pattern, {camera} = camera name")
         self.depth = p("depth", False, "also publish each camera's depth aligned to its colour frames (16UC1 mm, same "
                        "stamp); renders every camera twice")
-        self.depth_topic = p("depth_topic", "/cameras/{camera}/aligned_depth_to_color/image_raw",
-                             "depth topic pattern, {camera} = camera name")
+        depth_topic = p("depth_topic", "", "depth topic pattern, {camera} = camera name; empty: beside each camera "
+                        "topic, where policy_node and recorder_node take it by default (realsense-ros's "
+                        "<folder>/aligned_depth_to_color/image_raw)")
+        self.depth_topic = depth_topic or depth_topic_of(self.camera_topic)
+        if self.depth and "{camera}" not in self.depth_topic:  # every camera's depth would share one topic
+            raise ValueError(f"depth topic pattern {self.depth_topic!r} (depth_topic {depth_topic!r}, camera_topic "
+                             f"{self.camera_topic!r}) has no {{camera}}: set depth_topic to a pattern with one")
         self.publish_instruction = p(
             "publish_instruction", False, "also publish the task's instruction on instruction_topic"
         )

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 KEPT = 8  # depth frames kept per camera: a colour frame still waiting for its step finds its own among them
-MAX_OFFSET = 0.05  # s: policy_node's max_depth_offset default, and offline replay's
+# s, max_depth_offset's default (policy_node, replay): aligned depth has its colour frame's stamp (realsense-ros with
+# enable_sync), 5 ms allows for stamp rounding and stays far below a 30 Hz frame period, so a neighbour never pairs
+MAX_OFFSET = 0.005
 
 
 @dataclass(frozen=True)

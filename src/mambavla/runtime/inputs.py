@@ -47,12 +47,13 @@ def check_observation(config: MambaVLAConfig, observation: dict,
             check_image_size(img.shape[1], img.shape[0], img.nbytes)
         except ValueError as err:
             raise ValueError(f"images[{cam!r}]: {err}") from None
+        colour_size = img.shape[:2]
         if img.shape[:2] != (h, w) and not keep_size:
             img = resize_rgb(img, (h, w))
         # uint8, a view (channels last in memory): converted and resized where the step runs
         chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
         if config.use_depth:
-            chw = torch.cat([chw.float(), _depth_channel(config, observation, cam)], dim=0)
+            chw = torch.cat([chw.float(), _depth_channel(config, observation, cam, colour_size)], dim=0)
         tensors[cam] = chw[None]
 
     proprio = observation.get("proprio")
@@ -71,7 +72,7 @@ def check_observation(config: MambaVLAConfig, observation: dict,
     return tensors, torch.from_numpy(proprio.astype(np.float32))[None], float(stamp)
 
 
-def _depth_channel(config: MambaVLAConfig, observation: dict, cam: str) -> torch.Tensor:
+def _depth_channel(config: MambaVLAConfig, observation: dict, cam: str, colour_size: tuple[int, int]) -> torch.Tensor:
     h, w = config.image_size
     depth = (observation.get("depth") or {}).get(cam)
     if depth is None:
@@ -80,15 +81,19 @@ def _depth_channel(config: MambaVLAConfig, observation: dict, cam: str) -> torch
     if not isinstance(depth, np.ndarray) or depth.ndim != 2 or min(depth.shape) < 1:
         raise ValueError(f"depth[{cam!r}]: expected a 2-D array (uint16 mm or float m), got "
                          f"{getattr(depth, 'shape', type(depth).__name__)}")
+    if depth.shape != colour_size:  # depth of other pixels: aligned depth has the colour frame's size
+        raise ValueError(f"depth[{cam!r}]: {depth.shape[1]}x{depth.shape[0]}, its colour frame "
+                         f"{colour_size[1]}x{colour_size[0]}: depth must be aligned to the colour frame "
+                         f"(realsense-ros: align_depth.enable)")
+    try:
+        check_image_size(depth.shape[1], depth.shape[0], depth.nbytes)
+    except ValueError as err:
+        raise ValueError(f"depth[{cam!r}]: {err}") from None
     if depth.dtype == np.uint16:
         mm = depth
     elif np.issubdtype(depth.dtype, np.floating):
         mm = metres_to_mm(depth)  # NaN / Inf / <= 0: no reading, as a sensor's 0
     else:
         raise ValueError(f"depth[{cam!r}]: expected uint16 (mm) or float (m), got dtype {depth.dtype}")
-    try:
-        check_image_size(mm.shape[1], mm.shape[0], mm.nbytes)
-    except ValueError as err:
-        raise ValueError(f"depth[{cam!r}]: {err}") from None
     mm = np.array(resize_depth(mm, (h, w)), order="C")  # its own copy: a frame the caller keeps is read-only
     return depth_channel(torch.from_numpy(mm), config.depth_scale)[None]

@@ -14,7 +14,9 @@ An accepted instruction can be snapped (`snap`) to the training instruction near
 colours, in the same order, and the same sides: the policy is then conditioned on a wording it was trained on,
 whatever the operator typed. Nearest by task vector alone is not enough: "move the red cube rightwards" is
 nearest to "push the red cube left" (one word of several differs), so the words that carry the task's
-arguments must agree.
+arguments must agree. Words alone are not enough either: "pick up the red cube right away" names a side, and
+the only training instructions naming red and right are pushes; so the snap must also score within
+SNAP_MARGIN of the nearest training instruction overall, else the text is used as typed.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ COLOUR_WORDS = frozenset({
 # instruction unknown, as a colour does.
 SIDE_WORDS = {"left": "left", "leftward": "left", "leftwards": "left", "right": "right", "rightward": "right",
               "rightwards": "right"}
+# The snap's candidate may score at most this much below the nearest training instruction overall. Rewordings of
+# one task are within 0.015 of it; a side or colour word that is not the task's argument ("right away", "on the
+# left") puts the candidate 0.09-0.21 below (the shipped policy; docs/policy.md#instructions-in-other-words).
+SNAP_MARGIN = 0.05
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -106,15 +112,18 @@ class InstructionGate:
     def snap(self, text: str, task: torch.Tensor, trained: torch.Tensor) -> tuple[float, str] | None:
         """(cosine similarity, text) of the training instruction nearest to `text` among those naming its colours in
         its order and its sides (else its colours in any order and its sides); None where no training instruction
-        names them."""
+        names them, or where the nearest that does scores more than SNAP_MARGIN below the nearest overall (the
+        words name a side or colour that is not what the task acts on)."""
         colours, sides = arguments(text)
         by_words = [arguments(t) for t in self.texts]
+        overall = float((trained @ task).max())
         for same in (lambda a: a == (colours, sides), lambda a: (sorted(a[0]), a[1]) == (sorted(colours), sides)):
             index = [i for i, a in enumerate(by_words) if same(a)]
             if index:
                 similarity = trained[index] @ task
                 best = int(similarity.argmax())
-                return float(similarity[best]), self.texts[index[best]]
+                score = float(similarity[best])
+                return (score, self.texts[index[best]]) if score >= overall - SNAP_MARGIN else None
         return None
 
     def nearest(self, task: torch.Tensor, trained: torch.Tensor) -> tuple[float, str]:

@@ -8,7 +8,9 @@ from it that the node runs.
 
 from __future__ import annotations
 
+import json
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 
 from mambavla.parameters import check_names as parameters_check_names
 from mambavla.runtime.depth_frames import MAX_OFFSET as MAX_DEPTH_OFFSET
@@ -49,12 +51,16 @@ class PolicyNodeConfig:
     image_transport: str = _param("raw", "raw: sensor_msgs/Image on each camera topic; compressed: "
                                          "sensor_msgs/CompressedImage (JPEG/PNG) on <topic>/compressed")
     depth_topics: tuple[str, ...] = _param((), "aligned depth per camera of camera_topics (sensor_msgs/Image 16UC1 "
-                                               "mm or 32FC1 m), subscribed only when the checkpoint takes depth; "
-                                               "empty: beside each camera topic as realsense-ros lays them out, "
-                                               "<its folder less a color/ or rgb/>/aligned_depth_to_color/image_raw")
+                                               "mm or 32FC1 m, the colour frame's size), subscribed only when the "
+                                               "checkpoint's config.json has use_depth; empty: beside each camera "
+                                               "topic (as remapped) as realsense-ros lays them out, <its folder less "
+                                               "a color/ or rgb/>/aligned_depth_to_color/image_raw")
     max_depth_offset: float = _param(MAX_DEPTH_OFFSET, "the depth fed with a colour frame is the one stamped nearest "
-                                                       "to it and at most this far from it, s (aligned depth carries "
-                                                       "its colour frame's stamp); none that close: the step waits")
+                                                       "to it and at most this far from it, s; none that close: the "
+                                                       "step waits. Aligned depth carries its colour frame's stamp "
+                                                       "(realsense-ros with enable_sync): the default allows for stamp "
+                                                       "rounding only, far below a frame period, so a neighbouring "
+                                                       "frame never pairs")
     instruction_topic: str = _param("/instruction", "std_msgs/String instruction (transient-local)")
     joint_states_topic: str = _param("/joint_states", "robot joint states (finger positions used)")
     ee_pose_topic: str = _param("/ee_pose", "end-effector pose (geometry_msgs/PoseStamped)")
@@ -119,14 +125,30 @@ class PolicyNodeConfig:
 
 
 def depth_topic_of(image_topic: str) -> str:
-    """The aligned depth topic beside a colour topic, as realsense-ros lays them out: the image's last name
-    (image_raw) and a `color` or `rgb` folder dropped, `aligned_depth_to_color/image_raw` added.
+    """The aligned depth topic beside a colour topic, as realsense-ros lays them out: an image_transport suffix
+    (/compressed), the image's last name (image_raw) and a `color` or `rgb` folder dropped,
+    `aligned_depth_to_color/image_raw` added. The one rule for sim_node, policy_node, recorder_node and doctor.
     /cameras/front/image_raw -> /cameras/front/aligned_depth_to_color/image_raw (`data.bags.depth_topic`);
-    /camera/camera/color/image_raw -> /camera/camera/aligned_depth_to_color/image_raw."""
-    base = image_topic.rstrip("/").rsplit("/", 1)[0]
+    /camera/camera/color/image_raw/compressed -> /camera/camera/aligned_depth_to_color/image_raw."""
+    topic = image_topic.rstrip("/")
+    if topic.endswith("/compressed"):
+        topic = topic[: -len("/compressed")]
+    base = topic.rsplit("/", 1)[0]
     if base.rsplit("/", 1)[-1] in ("color", "rgb"):
         base = base.rsplit("/", 1)[0]
     return f"{base}/aligned_depth_to_color/image_raw"
+
+
+def takes_depth(checkpoint: str) -> bool:
+    """Whether a checkpoint folder's config.json asks for depth (`use_depth`), read with the standard library: a
+    node decides its depth subscriptions at start and doctor runs without torch. An unreadable config: False (the
+    load that follows says what is wrong with it)."""
+    if not checkpoint:  # no checkpoint: an untrained preset, which takes no depth
+        return False
+    try:
+        return bool(json.loads((Path(checkpoint) / "config.json").read_text()).get("use_depth"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def parameters() -> dict[str, tuple[object, str]]:

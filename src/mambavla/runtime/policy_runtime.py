@@ -256,10 +256,12 @@ class PolicyRuntime:
     @torch.no_grad()
     def step(self, observation: dict) -> ActionChunk:
         """observation: {"images": {camera: uint8 [H, W, 3]}, "proprio": float32 [P], "stamp": s (optional),
-        "depth": {camera: float32 [h, w] metres} (depth checkpoints only)} -> ActionChunk.
+        "depth": {camera: uint16 [H, W] mm or float [H, W] m, the colour frame's size} (depth checkpoints only)}
+        -> ActionChunk.
 
         Frames of any size are resized to the policy's `image_size` (h, w) with OpenCV's INTER_AREA, as the
-        training frames were: on the GPU where `resizes_on_device`, else on the host. Depth comes at (h, w).
+        training frames were: on the GPU where `resizes_on_device`, else on the host. Depth is resized on the host,
+        nearest neighbour (`data.images.resize_depth`).
 
         `timing_ms["total"]` is the whole call as the caller sees it: input checks, the upload, the step and
         the copy of the actions back to the host; `timing_ms["input"]` the checks alone."""

@@ -263,6 +263,8 @@ class SimEvaluator:
     def _observe(self, snap: Snapshot, result: EpisodeResult, keep_frames: bool):
         import cv2
 
+        from mambavla.data.images import resize_depth
+
         runtime = self.runtime
         cameras = self.cell.camera_names if keep_frames else runtime.camera_names
         depth = {}
@@ -281,8 +283,8 @@ class SimEvaluator:
             result.closest[cube] = min(d, result.closest.get(cube, math.inf))
         start = time.perf_counter()
         observation = {"images": policy_images, "proprio": proprio, "stamp": snap.time}
-        if depth:
-            observation["depth"] = {c: depth[c] for c in runtime.camera_names}
+        if depth:  # at the colour frames' size, as they are given
+            observation["depth"] = {c: resize_depth(depth[c], (h, w)) for c in runtime.camera_names}
         chunk = runtime.step(observation)
         result.inference_ms.append((time.perf_counter() - start) * 1e3)
         result.chunks_produced += 1

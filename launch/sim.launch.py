@@ -16,8 +16,6 @@ Where only the PyPI ROS 2 wheels exist (no `ros2 launch`), `mambavla demo` start
 the same parameter files.
 """
 
-import json
-import os
 import random
 import socket
 
@@ -73,11 +71,9 @@ def publish_depth(argument: str, checkpoint: str) -> bool:
         return False
     if argument != "auto":
         raise ValueError(f"depth:={argument} must be auto, true or false")
-    config = os.path.join(checkpoint, "config.json")
-    if not checkpoint or not os.path.isfile(config):
-        return False
-    with open(config) as f:
-        return bool(json.load(f).get("use_depth", False))
+    from mambavla.runtime.policy_config import takes_depth  # as policy_node decides its depth subscriptions
+
+    return takes_depth(checkpoint)
 
 
 def nodes(context):

@@ -217,5 +217,9 @@ def test_doctor_listens_to_each_cameras_depth_for_a_depth_checkpoint(capsys, tmp
     depth = checks["camera front depth"]  # where policy_node would subscribe: realsense-ros's layout
     assert depth["status"] == "fail" and "/cam/aligned_depth_to_color/image_raw" in depth["detail"], depth
     assert "with depth" in checks["checkpoint"]["detail"]
+    code, checks = doctor(capsys, "--camera", "front=/cam/color/image_raw/compressed", "--listen", "0.3",
+                          "--checkpoint", str(checkpoint))
+    depth = checks["camera front depth"]  # a compressed camera's depth beside the image it compresses
+    assert depth["detail"].startswith("no frames on /cam/aligned_depth_to_color/image_raw in"), depth
     code, checks = doctor(capsys, "--camera", "front", "--listen", "0.3", "--checkpoint", str(shipped_checkpoint()))
     assert "camera front depth" not in checks  # an RGB checkpoint: no depth topic is checked

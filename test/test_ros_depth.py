@@ -505,7 +505,7 @@ class TestDepthPolicy:
 
     @pytest.mark.parametrize("size, encoding, data, fragment", [
         ((48, 64), "rgb8", bytes(48 * 64 * 3), "unsupported depth encoding 'rgb8'"),
-        ((48, 64), "16UC1", bytes(100), "truncated depth data"),  # 100 bytes of a 48 x 128-byte frame
+        ((48, 64), "16UC1", bytes(100), "truncated image data"),  # 100 bytes of a 48 x 128-byte frame
         # the depth stream as the sensor sees it, not aligned (another size, other pixels): never resized and fed
         ((96, 128), "16UC1", bytes(96 * 256),
          f"depth 128x96 is not aligned to the colour frames, 64x48 on {camera_topic('front')}: use realsense-ros "

@@ -41,9 +41,10 @@ import numpy as np
 
 from mambavla import spaces
 from mambavla.data.roles import BagError, BagInfo, arm_joint_order, depth_role, finger_positions, typestore
+from mambavla.runtime.depth_frames import MAX_OFFSET as DEPTH_MAX_OFFSET
 
 FORMAT = "mambavla-episode/1"
-DEPTH_OFFSET = 0.005  # s: the most a row's depth may be stamped from its colour frame (policy_node's default)
+DEPTH_OFFSET = DEPTH_MAX_OFFSET  # s: the most a row's depth may be stamped from its colour frame, as policy_node
 SIDECAR = "episode.json"
 BASE_FRAME = "fr3_link0"
 ARM_JOINTS: tuple[str, ...] = tuple(f"fr3_joint{i}" for i in range(1, 8))

@@ -42,7 +42,7 @@ class SimNode(Node):
         self.cell = p("cell", "sim", "workcell: sim, changed or moved (camera pose, table, light: sim.config.CELLS)")
         self.host = p("host", "", "loopback address to serve on; empty takes the first free 127.x.y.z")
         self.camera_size = p("camera_size", [128, 128], "rendered image size [height, width]")
-        self.camera_rate_hz = p("camera_rate_hz", 10.0, "camera publishing rate, Hz (osmesa renders ~12 ms per frame)")
+        self.camera_rate_hz = p("camera_rate_hz", 10.0, "camera publishing rate, Hz (render times: docs/simulation.md)")
         self.camera_topic = p("camera_topic", "/cameras/{camera}/image_raw", "topic pattern, {camera} = camera name")
         self.depth = p("depth", False, "also publish each camera's depth aligned to its colour frames (16UC1 mm, same "
                        "stamp); renders every camera twice")

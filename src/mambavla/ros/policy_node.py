@@ -222,6 +222,14 @@ class PolicyNode(Node):
                                f"image {runtime.image_size}, {runtime.chunk_size} x {runtime.dt} s, "
                                f"{runtime.action_mode} actions, infer_mode {config.infer_mode}{period}")
 
+    def _from_the_future(self, topic: str, what: str, stamp: float, receipt: float) -> bool:
+        """Whether a frame is stamped further ahead of its receipt than max_frame_future (rejected, counted)."""
+        if stamp - receipt <= self.config.max_frame_future:
+            return False
+        self._reject(f"{topic}: {what} stamped {stamp - receipt:.2f} s in the future (camera clock?) "
+                     f"> max_frame_future {self.config.max_frame_future} s")
+        return True
+
     def _convert_depth(self) -> None:
         """Worker: decode the latest depth frame of each camera, sized as its colour frames are given to the policy,
         or log a rejection."""
@@ -231,9 +239,7 @@ class PolicyNode(Node):
         for index, (msg, receipt) in received.items():
             topic = self.depth_topics[index]
             stamp = stamp_to_seconds(msg.header.stamp)
-            if stamp - receipt > self.config.max_frame_future:
-                self._reject(f"{topic}: depth stamped {stamp - receipt:.2f} s in the future (camera clock?) "
-                             f"> max_frame_future {self.config.max_frame_future} s")
+            if self._from_the_future(topic, "depth", stamp, receipt):
                 continue
             colour = self._colour_size.get(index)
             if colour is None:  # its size is checked against the colour frames': it waits for the first
@@ -245,7 +251,7 @@ class PolicyNode(Node):
                              f"{colour[1]}x{colour[0]} on {self.image_topics[index]}: use realsense-ros "
                              "align_depth.enable")
                 continue
-            try:  # on the GPU the runtime resizes the colour frame, and the depth with it
+            try:  # at the size its colour frame is handed to the runtime (which checks that they match)
                 depth = depth_to_mm(msg, None if self.runtime.resizes_on_device else self.runtime.image_size)
             except (ValueError, MemoryError) as err:
                 self._reject(f"{topic}: {'MemoryError: ' if isinstance(err, MemoryError) else ''}{err}")
@@ -263,9 +269,7 @@ class PolicyNode(Node):
         for index, (msg, receipt, arrived) in received.items():
             topic = self.image_topics[index]
             stamp = stamp_to_seconds(msg.header.stamp)
-            if stamp - receipt > self.config.max_frame_future:
-                self._reject(f"{topic}: frame stamped {stamp - receipt:.2f} s in the future (camera clock?) "
-                             f"> max_frame_future {self.config.max_frame_future} s")
+            if self._from_the_future(topic, "frame", stamp, receipt):
                 continue
             try:
                 started = time.perf_counter()

@@ -140,3 +140,13 @@ def test_snapping_can_be_turned_off_and_an_unknown_side_is_refused():
 def test_a_side_word_that_is_not_the_tasks_argument_does_not_turn_a_lift_into_a_push(runtime, text):
     runtime.set_instruction(text)
     assert runtime.conditioned_on == text  # as typed: the only snap naming that side is a push, far from the text
+
+
+def test_an_instruction_naming_no_colour_or_side_is_not_snapped_to_another_object():
+    import torch
+
+    gate = InstructionGate(("pick up the sponge", "pick up the towel"))
+    trained = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # even were "grab the towel" nearest to the sponge, the object is a word the gate cannot check: as typed
+    assert gate.snap("grab the towel", torch.tensor([0.9, 0.436]), trained) is None
+    assert gate.snap("lift the red cube", torch.tensor([1.0, 0.0]), trained) is None  # names what none names

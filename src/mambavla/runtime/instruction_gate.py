@@ -113,8 +113,12 @@ class InstructionGate:
         """(cosine similarity, text) of the training instruction nearest to `text` among those naming its colours in
         its order and its sides (else its colours in any order and its sides); None where no training instruction
         names them, or where the nearest that does scores more than SNAP_MARGIN below the nearest overall (the
-        words name a side or colour that is not what the task acts on)."""
+        words name a side or colour that is not what the task acts on). An instruction naming no colour and no
+        side is not snapped: what it acts on is then a word the gate cannot check ("the towel", "the sponge"),
+        and the nearest training instruction may name another."""
         colours, sides = arguments(text)
+        if not colours and not sides:
+            return None
         by_words = [arguments(t) for t in self.texts]
         overall = float((trained @ task).max())
         for same in (lambda a: a == (colours, sides), lambda a: (sorted(a[0]), a[1]) == (sorted(colours), sides)):

@@ -235,3 +235,36 @@ def test_the_runtime_refuses_depth_that_is_not_the_colour_frames_size():
     unaligned = {**aligned, "front": np.full((480, 640), 800, np.uint16)}  # another stream's pixels
     with pytest.raises(ValueError, match=r"depth\['front'\]: 640x480, its colour frame 64x48: depth must be aligned"):
         rt.step({"images": frames, "proprio": np.zeros(8, np.float32), "depth": unaligned})
+
+
+def test_a_frame_with_a_bad_image_writes_nothing_of_itself(tmp_path):
+    from mambavla.data.bags import EpisodeWriter
+    from mambavla.data.roles import inspect
+
+    writer = EpisodeWriter(tmp_path / "ep", ("front", "wrist"), (8, 8), 0.05, depth_cameras=("front", "wrist"))
+    good = {"front": np.zeros((8, 8, 3), np.uint8), "wrist": np.zeros((8, 8, 3), np.uint8)}
+    depth = {"front": np.full((8, 8), 500, np.uint16), "wrist": np.full((8, 8), 500, np.uint16)}
+    state = (np.zeros(7), np.zeros(2), np.array([0.5, 0.0, 0.3]), np.array([1.0, 0.0, 0.0, 0.0]), np.zeros(7))
+    writer.write_frame(0.0, good, *state, depth=depth)
+    with pytest.raises(EpisodeError, match="camera 'wrist' gave"):
+        writer.write_frame(0.05, {**good, "wrist": np.zeros((4, 4, 3), np.uint8)}, *state, depth=depth)
+    with pytest.raises(EpisodeError, match="depth of camera 'wrist'"):
+        writer.write_frame(0.05, good, *state, depth={**depth, "wrist": depth["wrist"].astype(np.float32)})
+    writer.close()
+    counts = inspect(tmp_path / "ep", ["front", "wrist"], depth=True).counts
+    assert {counts[t] for t in counts if t.startswith("/cameras/")} == {1}  # every stream has the one good frame
+
+
+def test_a_pack_of_the_first_version_still_reads(tmp_path):
+    import json as json_module
+
+    from mambavla.data.packed import write_pack
+    from mambavla.model.language import InstructionEncoder
+
+    bag = write_cell_bag(tmp_path / "bags" / "demo", seconds=1.0)
+    dataset = EpisodeDataset([bag.parent], chunk=1, verbose=False, cameras=["front"],
+                             options=ReadOptions.make(instruction="lift the red cube", image_size=(16, 16)))
+    episodes = TrainingEpisodes.from_dataset(dataset, stride=1)
+    write_pack(episodes, tmp_path / "pack", InstructionEncoder("minilm"))
+    assert json_module.loads((tmp_path / "pack" / "pack.json").read_text())["version"] == 1  # no depth: version 1
+    assert TrainingEpisodes.load(tmp_path / "pack").depth == {}

@@ -350,6 +350,7 @@ class RGBDCameras:
         self.depth_value: dict[float, int] = {}  # stamp -> the depth (mm) every pixel of that frame has
         self.depth_cameras = set(CAMERAS)  # cameras whose depth is published
         self.bad_depth = None  # an Image sent instead of the front depth once
+        self.blind: set[str] = set()  # cameras whose depth has no reading anywhere (0 mm)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, DIAGNOSTICS_QOS)
         self.colour_pubs = {c: n.create_publisher(Image, camera_topic(c), SENSOR_QOS) for c in CAMERAS}
         self.depth_pubs = {c: n.create_publisher(Image, depth_topic(c), SENSOR_QOS) for c in CAMERAS}
@@ -390,7 +391,8 @@ class RGBDCameras:
                         bad.header.stamp = seconds_to_stamp(now)
                         self.depth_pubs[cam].publish(bad)
                     elif cam in self.depth_cameras:
-                        self.depth_pubs[cam].publish(depth_to_image(np.full(CAMERA_SIZE, value, np.uint16), now, cam))
+                        mm = 0 if cam in self.blind else value
+                        self.depth_pubs[cam].publish(depth_to_image(np.full(CAMERA_SIZE, mm, np.uint16), now, cam))
                     self.colour_pubs[cam].publish(rgb_to_image(rgb, now, cam))
             self.pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, now, "fr3_link0"))
             joints = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1",
@@ -502,6 +504,20 @@ class TestDepthPolicy:
             cameras.depth_cameras.add("wrist")
         cameras.wait_status(lambda s: int(s["chunks_published"]) > held and s["level"] == OK,
                             "chunks, and OK, once the depth is back")
+
+    def test_a_camera_whose_depth_reads_nothing_is_reported_and_the_policy_goes_on(self, depth_policy):
+        node, cameras, _ = depth_policy
+        status = cameras.wait_status(lambda s: int(s["chunks_published"]) >= 1, "chunks")
+        assert status["depth_blind"] == "" and "front 1.00" in status["depth_valid"] and status["level"] == OK, status
+        cameras.blind.add("front")  # a projector off, a lens covered
+        try:
+            status = cameras.wait_status(lambda s: s["depth_blind"] == "front", "the blind camera on /diagnostics")
+            assert status["level"] == WARN and "front 0.00" in status["depth_valid"], status
+            chunks = int(status["chunks_published"])  # reported, not refused: a close wrist camera reads none too
+            cameras.wait_status(lambda s: int(s["chunks_published"]) > chunks, "chunks while it is blind")
+        finally:
+            cameras.blind.discard("front")
+        cameras.wait_status(lambda s: s["depth_blind"] == "" and s["level"] == OK, "OK once it reads again")
 
     @pytest.mark.parametrize("size, encoding, data, fragment", [
         ((48, 64), "rgb8", bytes(48 * 64 * 3), "unsupported depth encoding 'rgb8'"),

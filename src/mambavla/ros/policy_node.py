@@ -43,6 +43,8 @@ from mambavla.runtime.depth_frames import DepthFrame, DepthFrames
 from mambavla.runtime.policy_config import PolicyNodeConfig, depth_topic_of, parameters, takes_depth
 from mambavla.runtime.schedule import Frame, InferenceSchedule, Observation, ObservationBuffer
 
+MIN_DEPTH_VALID = 0.1  # below this share of pixels with a reading, a camera's depth is reported as blind (WARN)
+
 
 class PolicyNode(Node):
     def __init__(self, **kwargs):
@@ -77,6 +79,9 @@ class PolicyNode(Node):
         self.chunks_published = 0
         self.frames_dropped = 0
         self.waiting_for_depth = False  # a step is due and held for a camera's depth
+        # topic index -> the share of pixels with a reading in the latest depth frame. Reported, never refused: a
+        # wrist camera closer to the table than its minimum range rightly reads none for a moment
+        self.depth_valid: dict[int, float] = {}
         self.inputs_rejected = 0
         self.last_rejection = ""
         # the node's own times run on the steady clock: under use_sim_time the ROS clock is the simulator's,
@@ -258,6 +263,7 @@ class PolicyNode(Node):
                 continue
             with self._lock:
                 self._depth.add(self._camera_slot[index], DepthFrame(depth, stamp))
+                self.depth_valid[index] = float(np.count_nonzero(depth)) / depth.size
         if waiting:
             with self._lock:  # unless a newer frame came meanwhile
                 self._depth_undecoded = {**waiting, **self._depth_undecoded}
@@ -404,6 +410,9 @@ class PolicyNode(Node):
             level = WARN if level == OK else level
         if self.state == "RUNNING" and self.waiting_for_depth:  # a task in hand and no chunks going out
             level = WARN
+        blind = [self.camera_names[i] for i, share in sorted(self.depth_valid.items()) if share < MIN_DEPTH_VALID]
+        if self.state == "RUNNING" and blind:  # a projector off, a lens covered: the policy runs on holes
+            level = WARN
         values = {
             "state": self.state,
             "reason": self.reason,
@@ -417,6 +426,9 @@ class PolicyNode(Node):
             "inputs_rejected": self.inputs_rejected,
             "last_rejection": self.last_rejection,
             "depth_topics": ", ".join(self.depth_topics),
+            "depth_valid": ", ".join(f"{self.camera_names[i]} {share:.2f}"
+                                     for i, share in sorted(self.depth_valid.items())),
+            "depth_blind": ", ".join(blind),
             **self.latency_stats(),
         }
         self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "mambavla/policy_node", self.device,

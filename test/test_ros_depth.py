@@ -195,6 +195,25 @@ def test_policy_node_subscribes_to_a_depth_checkpoints_depth_at_start_beside_the
         context.try_shutdown()
 
 
+def test_two_cameras_on_one_derived_depth_topic_are_refused_at_start(tmp_path):
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from mambavla.ros.policy_node import PolicyNode
+
+    (tmp_path / "config.json").write_text('{"use_depth": true}')
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=SUBSCRIPTIONS_DOMAIN)
+    params = [Parameter("checkpoint", value=str(tmp_path)), Parameter("device", value="cpu"),
+              Parameter("camera_topics", value=["/camera/color/image_raw", "/camera/color/image_rect"])]
+    try:  # both derive /camera/aligned_depth_to_color/image_raw
+        with pytest.raises(ValueError, match=r"/camera/aligned_depth_to_color/image_raw'\] would serve more than "
+                                             r"one of the cameras"):
+            PolicyNode(context=context, parameter_overrides=params)
+    finally:
+        context.try_shutdown()
+
+
 # ---- sim_node and recorder_node ----
 
 

@@ -102,6 +102,11 @@ class PolicyNode(Node):
         if takes_depth(self.checkpoint):
             depth_topics = config.depth_topics or [depth_topic_of(topic) for topic in colour_topics]
             self.depth_topics = [self.resolve_topic_name(topic) for topic in depth_topics]
+            shared = sorted({t for t in self.depth_topics if self.depth_topics.count(t) > 1})
+            if shared:  # one depth stream fed as two cameras' would pair each colour frame with another's depth
+                raise ValueError(f"depth topic(s) {shared} would serve more than one of the cameras "
+                                 f"{dict(zip(self.camera_names, self.depth_topics))}: name each camera's aligned "
+                                 f"depth in depth_topics")
             for index, topic in enumerate(self.depth_topics):
                 self.create_subscription(Image, topic, lambda msg, i=index: self._on_depth(i, msg), SENSOR_QOS)
             self.get_logger().info(f"the checkpoint takes depth: {dict(zip(self.camera_names, self.depth_topics))}")

@@ -214,6 +214,20 @@ def test_two_cameras_on_one_derived_depth_topic_are_refused_at_start(tmp_path):
         context.try_shutdown()
 
 
+def publish_resting_robot(pose_pub, joint_pub, now: float) -> None:
+    """The robot state a recorder or policy_node needs, of an arm at rest with the hand open, stamped `now`."""
+    from sensor_msgs.msg import JointState
+
+    from mambavla.ros.convert import pose_to_msg, seconds_to_stamp
+    from mambavla.spaces import EE_REFERENCE_QUAT
+
+    pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, now, "fr3_link0"))
+    joints = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"],
+                        position=[0.0] * 7 + [0.04, 0.04])
+    joints.header.stamp = seconds_to_stamp(now)
+    joint_pub.publish(joints)
+
+
 # ---- sim_node and recorder_node ----
 
 
@@ -224,9 +238,7 @@ def rgbd_cell(tmp_path_factory):
     from ros_harness import NodeProcess, Probe
     from sensor_msgs.msg import Image
 
-    from mambavla.ros.convert import pose_to_msg, seconds_to_stamp
     from mambavla.ros.recorder_node import FRAME_QOS  # sensor data QoS with a few frames of history
-    from mambavla.spaces import EE_REFERENCE_QUAT
 
     logs = tmp_path_factory.mktemp("rgbd")
     probe = Probe("rgbd_probe")
@@ -237,16 +249,10 @@ def rgbd_cell(tmp_path_factory):
     running.set()
 
     def robot_state():
-        from sensor_msgs.msg import JointState
 
         while running.is_set():
             now = probe.now()
-            probe.pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, now, "fr3_link0"))
-            joints = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1",
-                                                                                "fr3_finger_joint2"],
-                                position=[0.0] * 7 + [0.04, 0.04])
-            joints.header.stamp = seconds_to_stamp(now)
-            probe.joint_pub.publish(joints)
+            publish_resting_robot(probe.pose_pub, probe.joint_pub, now)
             time.sleep(0.05)
 
     state_thread = threading.Thread(target=robot_state, daemon=True)
@@ -391,10 +397,8 @@ class RGBDCameras:
                 self.status[status.name] = status_values(msg, status.name)
 
     def _loop(self) -> None:
-        from sensor_msgs.msg import JointState
 
-        from mambavla.ros.convert import depth_to_image, pose_to_msg, rgb_to_image, seconds_to_stamp, stamp_to_seconds
-        from mambavla.spaces import EE_REFERENCE_QUAT
+        from mambavla.ros.convert import depth_to_image, rgb_to_image, seconds_to_stamp, stamp_to_seconds
 
         rgb = np.random.default_rng(0).integers(0, 256, (*CAMERA_SIZE, 3), dtype=np.uint8)
         k = 0
@@ -413,12 +417,7 @@ class RGBDCameras:
                         mm = 0 if cam in self.blind else value
                         self.depth_pubs[cam].publish(depth_to_image(np.full(CAMERA_SIZE, mm, np.uint16), now, cam))
                     self.colour_pubs[cam].publish(rgb_to_image(rgb, now, cam))
-            self.pose_pub.publish(pose_to_msg(np.array([0.55, 0.0, 0.4]), EE_REFERENCE_QUAT, now, "fr3_link0"))
-            joints = JointState(name=[f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1",
-                                                                                "fr3_finger_joint2"],
-                                position=[0.0] * 7 + [0.04, 0.04])
-            joints.header.stamp = seconds_to_stamp(now)
-            self.joint_pub.publish(joints)
+            publish_resting_robot(self.pose_pub, self.joint_pub, now)
             k += 1
             time.sleep(0.02)
 

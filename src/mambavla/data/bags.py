@@ -41,10 +41,9 @@ import numpy as np
 
 from mambavla import spaces
 from mambavla.data.roles import BagError, BagInfo, arm_joint_order, depth_role, finger_positions, typestore
-from mambavla.runtime.depth_frames import MAX_OFFSET as DEPTH_MAX_OFFSET
+from mambavla.runtime.depth_frames import MAX_OFFSET as DEPTH_OFFSET  # a row's depth, as policy_node pairs it
 
 FORMAT = "mambavla-episode/1"
-DEPTH_OFFSET = DEPTH_MAX_OFFSET  # s: the most a row's depth may be stamped from its colour frame, as policy_node
 SIDECAR = "episode.json"
 BASE_FRAME = "fr3_link0"
 ARM_JOINTS: tuple[str, ...] = tuple(f"fr3_joint{i}" for i in range(1, 8))
@@ -69,8 +68,11 @@ def camera_topic(name: str) -> str:
 
 
 def depth_topic(name: str) -> str:
-    """A camera's depth aligned to its colour frames (uint16 mm, 16UC1), named as realsense-ros names it."""
-    return f"/cameras/{name}/aligned_depth_to_color/image_raw"
+    """A camera's depth aligned to its colour frames (uint16 mm, 16UC1): beside its colour topic, by the one rule
+    the nodes follow (`depth_topic_of`, as realsense-ros names it)."""
+    from mambavla.runtime.policy_config import depth_topic_of
+
+    return depth_topic_of(camera_topic(name))
 
 
 def _latched_qos():

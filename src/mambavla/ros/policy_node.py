@@ -415,7 +415,9 @@ class PolicyNode(Node):
             level = WARN if level == OK else level
         if self.state == "RUNNING" and self.waiting_for_depth:  # a task in hand and no chunks going out
             level = WARN
-        blind = [self.camera_names[i] for i, share in sorted(self.depth_valid.items()) if share < MIN_DEPTH_VALID]
+        with self._lock:  # the worker adds cameras to it
+            valid = sorted(self.depth_valid.items())
+        blind = [self.camera_names[i] for i, share in valid if share < MIN_DEPTH_VALID]
         if self.state == "RUNNING" and blind:  # a projector off, a lens covered: the policy runs on holes
             level = WARN
         values = {
@@ -431,8 +433,7 @@ class PolicyNode(Node):
             "inputs_rejected": self.inputs_rejected,
             "last_rejection": self.last_rejection,
             "depth_topics": ", ".join(self.depth_topics),
-            "depth_valid": ", ".join(f"{self.camera_names[i]} {share:.2f}"
-                                     for i, share in sorted(self.depth_valid.items())),
+            "depth_valid": ", ".join(f"{self.camera_names[i]} {share:.2f}" for i, share in valid),
             "depth_blind": ", ".join(blind),
             **self.latency_stats(),
         }

@@ -192,7 +192,10 @@ def test_the_recorded_episode_trains_a_policy_that_replays_it_and_runs_in_simula
     assert json.loads(capsys.readouterr().out) == summary and summary["checkpoint"] == str(checkpoint)
     lift = summary["tasks"]["lift"]
     assert lift["episodes"] == 1 and lift["episodes_detail"][0]["error"] == ""
-    assert lift["chunks_produced"] == round(limit / config["policy_period"])
+    # one chunk per policy period of the limit: the period comes from the recorded stamps (0.19986 s under load),
+    # and an observation due just under the limit falls either side of the episode's last control tick
+    periods = limit / config["policy_period"]
+    assert int(periods) <= lift["chunks_produced"] <= int(periods) + 1, (lift["chunks_produced"], periods)
     assert lift["chunks_accepted"] + lift["chunks_rejected"] == lift["chunks_produced"]
     for value in (lift["success_rate"], summary["mean_success_rate"], *lift["inference_ms"].values()):
         assert np.isfinite(value)

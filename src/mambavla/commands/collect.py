@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="DART: add a smooth seeded offset of this standard deviation to the targets the expert streams "
                         "while it moves; the recorded actions stay the expert's, so the episodes show recoveries "
                         "(default 0: clean)")
+    p.add_argument("--teleop", action="store_true",
+                   help="record through the teleoperation path as on the robot: sim_node, controller_node taking a "
+                        "scripted operator's /teleop/twist and /teleop/gripper, recorder_node writing the bag "
+                        "(JPEG frames at --rate, default 10 Hz; the controller's streamed target as the action)")
+    p.add_argument("--time-limit", type=float, default=60.0, metavar="S",
+                   help="with --teleop: seconds the operator gets per episode (default 60)")
     p.add_argument("--eval", action="store_true", help="allow held-out evaluation seeds (>= 1000000)")
     add_cell_argument(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -56,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         return metaworld.run_collect(args)
     if not args.task:
         raise ValueError("--task is required (a workcell task family)")
+    if args.teleop:
+        return run_teleop(args)
     from mambavla.sim.collect import collect
 
     summary = collect(args.task, args.episodes, args.out, seed=args.seed, camera_size=args.camera_size,
@@ -75,4 +83,30 @@ def run(args: argparse.Namespace) -> int:
     print(f"  real-time factor    {summary['real_time_factor']}  (server loop {summary['server_loop_hz']} Hz)")
     preview = f", {summary['out']}/preview.png" if summary["render"] else ""
     print(f"  summary             {summary['out']}/summary.json{preview}")
+    return 0
+
+
+def run_teleop(args: argparse.Namespace) -> int:
+    """`collect --teleop`: the options that shape the expert's own bag do not apply to a recorder_node bag."""
+    unused = [flag for flag, value, default in (("--no-render", args.no_render, False), ("--speed", args.speed, 1.0),
+                                                ("--compression", args.compression, "message"),
+                                                ("--image-format", args.image_format, "raw"),
+                                                ("--dart-noise", args.dart_noise, 0.0)) if value != default]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} shape(s) the expert's own bag; --teleop records through recorder_node "
+                         "(JPEG frames, zstd per message, real time): leave them out")
+    if not args.time_limit > 0:
+        raise ValueError(f"--time-limit must be > 0 s, got {args.time_limit}")
+    from mambavla.ros.teleop_collect import collect_teleop
+
+    summary = collect_teleop(args.task, args.episodes, args.out, seed=args.seed, cell=args.cell, depth=args.depth,
+                             camera_rate_hz=args.rate or 10.0, camera_size=args.camera_size,
+                             time_limit=args.time_limit, allow_eval_seeds=args.eval, progress=not args.json)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "episodes_detail"}, indent=2))
+        return 0
+    print(f"{summary['episodes']} teleoperated episodes of {summary['task']} in {summary['out']}")
+    print(f"  success rate        {summary['success_rate']:.1%}")
+    print(f"  seconds per episode {summary['seconds_per_episode']:.1f} (nodes started and stopped for each)")
+    print(f"  summary             {summary['out']}/summary.json")
     return 0

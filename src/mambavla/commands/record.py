@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--auto-start", action="store_true", help="start the next episode when the reset time is over")
     p.add_argument("--action-topic", default="/controller_node/action",
                    help="the commanded action (controller_node's ~/action)")
+    p.add_argument("--episode-meta", default="", metavar="JSON",
+                   help='more fields for every episode.json, a JSON object, e.g. \'{"operator": "ana"}\'')
     p.add_argument("--kinesthetic", action="store_true",
                    help="no commanded action: the arm is guided by hand; training derives actions from the poses")
     p.set_defaults(func=run)
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                  "depth_topic": args.depth_topic, "compressed_depth": args.compressed_depth,
                  "instruction": args.instruction, "reset_time_s": args.reset_time,
                  "episode_time_s": args.episode_time, "auto_start": args.auto_start,
-                 "action_topic": "" if args.kinesthetic else args.action_topic}
+                 "action_topic": "" if args.kinesthetic else args.action_topic, "episode_meta": args.episode_meta}
     use_large_frame_transport()
     rclpy.init()
     node = RecorderNode(parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])

@@ -16,6 +16,7 @@ Services (std_srvs/Trigger): ~/start, ~/save, ~/discard, ~/mark_success, ~/mark_
 
 from __future__ import annotations
 
+import json
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -67,6 +68,8 @@ class RecorderNode(Node):
         reset_time = p("reset_time_s", 5.0, "seconds after an episode for resetting the scene")
         episode_time = p("episode_time_s", 0.0, "save an episode automatically after this long, s (0: never)")
         self.auto_start = p("auto_start", False, "start the next episode when the reset time is over")
+        episode_meta = p("episode_meta", "", "more fields for every episode's episode.json, a JSON object (e.g. "
+                         '{"operator": "ana", "cell": "bench 2"}); empty: none')
         topics = {JOINT_STATE_TOPIC: p("joint_states_topic", JOINT_STATE_TOPIC, "robot joint states (JointState)"),
                   EE_POSE_TOPIC: p("ee_pose_topic", EE_POSE_TOPIC, "end-effector pose (PoseStamped)"),
                   ACTION_TOPIC: p("action_topic", "/controller_node/action",
@@ -77,7 +80,7 @@ class RecorderNode(Node):
 
         self.recorder = EpisodeRecorder(root, cameras, jpeg_quality=jpeg_quality, reset_time=reset_time,
                                         episode_time=episode_time, record_action=bool(topics[ACTION_TOPIC]),
-                                        depth=depth)
+                                        depth=depth, meta=parse_episode_meta(episode_meta))
         for name in cameras:
             topic = camera_topic.format(camera=name) + ("/compressed" if compressed else "")
             self.create_subscription(CompressedImage if compressed else Image, topic,
@@ -148,6 +151,20 @@ class RecorderNode(Node):
 
     def shutdown(self) -> None:
         self.recorder.close()
+
+
+def parse_episode_meta(text: str) -> dict:
+    """The `episode_meta` parameter: a JSON object of extra sidecar fields, or nothing. Refused (the node does
+    not start) when it is not an object, so a typo is not silently dropped from every episode recorded."""
+    if not text.strip():
+        return {}
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"episode_meta is not JSON ({err}): {text!r}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"episode_meta must be a JSON object, got {type(meta).__name__}: {text!r}")
+    return meta
 
 
 def _received(info: dict) -> int:

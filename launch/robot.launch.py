@@ -105,6 +105,7 @@ def nodes(context):
             *user,
             {"checkpoint": checkpoint, "device": LaunchConfiguration("device"),
              "image_transport": LaunchConfiguration("image_transport"),
+             "depth_transport": LaunchConfiguration("depth_transport"),
              "camera_names": names, "camera_topics": topics},
         ],
     )
@@ -135,6 +136,9 @@ def generate_launch_description():
         DeclareLaunchArgument("image_transport", default_value="raw", choices=["raw", "compressed"],
                               description="cameras publish sensor_msgs/Image (raw) or CompressedImage on "
                                           "<camera topic>/compressed"),
+        DeclareLaunchArgument("depth_transport", default_value="raw", choices=["raw", "compressedDepth"],
+                              description="a depth checkpoint's aligned depth as sensor_msgs/Image (raw) or 16UC1 PNG "
+                                          "on <depth topic>/compressedDepth"),
         DeclareLaunchArgument("params_file", default_value="",
                               description="YAML with controller_node / policy_node parameters over the shipped "
                                           "config (your cell's workspace box, stiffness, limits)"),

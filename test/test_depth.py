@@ -17,7 +17,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from mambavla.data import EpisodeDataset, EpisodeError, read_episode
 from mambavla.data.bags import BagError, ReadOptions, depth_topic
-from mambavla.data.images import depth_to_mm, metres_to_mm, resize_depth
+from mambavla.data.images import depth_source_size, depth_to_mm, metres_to_mm, resize_depth
 from mambavla.data.packed import TrainingEpisodes
 from mambavla.train.augment import augment
 
@@ -51,6 +51,10 @@ def test_compressed_depth_reads_and_what_cannot_be_depth_is_refused():
         depth_to_mm(CompressedImage(format="16UC1; compressedDepth png", data=header + rgba16))
     with pytest.raises(ValueError, match="32FC1 compressedDepth"):
         depth_to_mm(CompressedImage(format="32FC1; compressedDepth", data=header + png))
+    # its size, as policy_node checks alignment, comes from the PNG header without decoding it
+    assert depth_source_size(msg) == DEPTH_MM.shape == depth_source_size(depth_image(DEPTH_MM, "16UC1"))
+    with pytest.raises(ValueError, match="16-bit samples, colour type 6"):
+        depth_source_size(CompressedImage(format="16UC1; compressedDepth png", data=header + rgba16))
     colour = cv2.imencode(".jpg", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
     with pytest.raises(ValueError, match="16-bit PNG"):
         depth_to_mm(CompressedImage(format="rgb8; jpeg compressed bgr8", data=colour))

@@ -165,7 +165,9 @@ def test_sim_node_publishes_depth_beside_its_camera_topics_or_on_a_pattern_given
 
 
 @pytest.mark.ros
-def test_policy_node_subscribes_to_a_depth_checkpoints_depth_at_start_beside_the_remapped_camera_topics(tmp_path):
+@pytest.mark.parametrize("transport", ["raw", "compressedDepth"])
+def test_policy_node_subscribes_to_a_depth_checkpoints_depth_at_start_beside_the_remapped_camera_topics(tmp_path,
+                                                                                                    transport):
     """use_depth is read from the checkpoint's config.json in the constructor, which subscribes on the executor's
     thread (never the worker's, once the policy has loaded: here it never does, there are no weights); the depth
     topics are derived from the camera topics as remapped."""
@@ -178,13 +180,16 @@ def test_policy_node_subscribes_to_a_depth_checkpoints_depth_at_start_beside_the
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=SUBSCRIPTIONS_DOMAIN)
     remap = ["--ros-args", "-r", f"{camera_topic('front')}:=/rig/front/color/image_raw"]
-    params = [Parameter("checkpoint", value=str(tmp_path)), Parameter("device", value="cpu")]
+    params = [Parameter("checkpoint", value=str(tmp_path)), Parameter("device", value="cpu"),
+              Parameter("depth_transport", value=transport)]
     node = PolicyNode(context=context, cli_args=remap, parameter_overrides=params)
     try:
-        subscribed = {s.topic_name for s in node.subscriptions}
-        expected = ["/rig/front/aligned_depth_to_color/image_raw", depth_topic("wrist")]
-        assert node.depth_topics == expected and set(expected) <= subscribed, subscribed
-        assert {"/rig/front/color/image_raw", camera_topic("wrist")} <= subscribed
+        subscribed = {s.topic_name: s.msg_type.__name__ for s in node.subscriptions}
+        # compressed_depth_image_transport's topic: the suffix after the base topic is remapped
+        suffix, msg_type = ("", "Image") if transport == "raw" else ("/compressedDepth", "CompressedImage")
+        expected = [f"/rig/front/aligned_depth_to_color/image_raw{suffix}", depth_topic("wrist") + suffix]
+        assert node.depth_topics == expected and {subscribed.get(t) for t in expected} == {msg_type}, subscribed
+        assert {"/rig/front/color/image_raw", camera_topic("wrist")} <= set(subscribed)
         end = time.monotonic() + 120.0
         while node.state == "LOADING" and time.monotonic() < end:
             time.sleep(0.1)

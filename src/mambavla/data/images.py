@@ -248,11 +248,9 @@ DEPTH_ENCODINGS: tuple[str, ...] = ("16UC1", "mono16", "32FC1")
 MAX_DEPTH_MM = 65535
 
 
-def _depth_from_png(msg) -> np.ndarray:
-    """compressed_depth_image_transport's message: a 12-byte header (format, two floats) before a 16-bit PNG;
-    or a plain 16-bit PNG."""
-    import cv2
-
+def _depth_png(msg) -> tuple[np.ndarray, int, int]:
+    """(the 16-bit PNG's bytes, width, height) of a compressed depth message, its header checked: the size is
+    capped and the PNG's IHDR read before anything is decoded."""
     buf = _buffer(msg.data)
     if buf.size > MAX_IMAGE_BYTES:
         raise ValueError(f"compressed depth of {buf.size} bytes exceeds {MAX_IMAGE_BYTES}")
@@ -266,15 +264,33 @@ def _depth_from_png(msg) -> np.ndarray:
         raise ValueError(f"depth format {fmt!r}: expected 16-bit PNG data ({buf.size} bytes)")
     _, width, height = _compressed_size(buf, fmt)
     bit_depth, colour_type = (int(buf[24]), int(buf[25])) if buf.size > 25 else (0, -1)
-    if (bit_depth, colour_type) != (16, 0):  # IHDR, read before decoding: what it would decode to is bounded here
+    if (bit_depth, colour_type) != (16, 0):  # what it would decode to is bounded here
         raise ValueError(f"depth format {fmt!r}: a PNG of {bit_depth}-bit samples, colour type {colour_type}; "
                          f"expected 16-bit greyscale (mm)")
     check_image_size(width, height, width * height * 2)
+    return buf, width, height
+
+
+def _depth_from_png(msg) -> np.ndarray:
+    """compressed_depth_image_transport's message: a 12-byte header (format, two floats) before a 16-bit PNG;
+    or a plain 16-bit PNG."""
+    import cv2
+
+    buf, _, _ = _depth_png(msg)
     depth = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if depth is None or depth.dtype != np.uint16 or depth.ndim != 2:
         got = "nothing" if depth is None else f"{depth.dtype} {depth.shape}"
-        raise ValueError(f"depth format {fmt!r}: the PNG decoded to {got}, expected one 16-bit channel (mm)")
+        raise ValueError(f"depth format {str(msg.format)!r}: the PNG decoded to {got}, expected one 16-bit channel "
+                         "(mm)")
     return depth
+
+
+def depth_source_size(msg) -> tuple[int, int]:
+    """(H, W) of a depth message as sent (Image, or compressedDepth from its PNG header), without decoding it."""
+    if is_compressed(msg):
+        _, width, height = _depth_png(msg)
+        return height, width
+    return int(msg.height), int(msg.width)
 
 
 def depth_to_mm(msg, size: tuple[int, int] | None = None) -> np.ndarray:

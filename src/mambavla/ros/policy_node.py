@@ -8,8 +8,8 @@ and from the runtime.
 
 A checkpoint that takes depth (`use_depth` in its config.json, read at start) gets one aligned depth topic per
 camera (`depth_topics`, by default realsense-ros's `aligned_depth_to_color/image_raw` beside each camera topic as
-remapped; sensor_msgs/Image 16UC1 mm or 32FC1 m, of its colour frame's size: other sizes are refused, not
-resized); each step is fed the depth frame stamped as each colour frame (`runtime.depth_frames`), and waits
+remapped; sensor_msgs/Image 16UC1 mm or 32FC1 m, or with `depth_transport` compressedDepth the 16UC1 PNG on
+`<topic>/compressedDepth`; of its colour frame's size: other sizes are refused, not resized); each step is fed the depth frame stamped as each colour frame (`runtime.depth_frames`), and waits
 while one is missing, saying which on /diagnostics. Other checkpoints, and presets, subscribe to no depth topic.
 
 A rejected instruction (empty after Unicode normalisation, only zero-width or control characters,
@@ -33,7 +33,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
-from mambavla.data.images import depth_to_mm, image_to_rgb, source_size
+from mambavla.data.images import depth_source_size, depth_to_mm, image_to_rgb, source_size
 from mambavla.ros.convert import chunk_to_trajectory, pose_from_msg, stamp_to_seconds
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.ros.params import declare, refuse_undeclared
@@ -107,8 +107,12 @@ class PolicyNode(Node):
                 raise ValueError(f"depth topic(s) {shared} would serve more than one of the cameras "
                                  f"{dict(zip(self.camera_names, self.depth_topics))}: name each camera's aligned "
                                  f"depth in depth_topics")
+            # the transport's suffix after remapping, as for the colour frames
+            depth_type, depth_suffix = ((Image, "") if config.depth_transport == "raw"
+                                        else (CompressedImage, "/compressedDepth"))
+            self.depth_topics = [topic + depth_suffix for topic in self.depth_topics]
             for index, topic in enumerate(self.depth_topics):
-                self.create_subscription(Image, topic, lambda msg, i=index: self._on_depth(i, msg), SENSOR_QOS)
+                self.create_subscription(depth_type, topic, lambda msg, i=index: self._on_depth(i, msg), SENSOR_QOS)
             self.get_logger().info(f"the checkpoint takes depth: {dict(zip(self.camera_names, self.depth_topics))}")
         self.create_subscription(String, config.instruction_topic, self._on_instruction, LATCHED_QOS)
         self.create_subscription(PoseStamped, config.ee_pose_topic, self._on_pose, STATE_QOS)
@@ -134,7 +138,7 @@ class PolicyNode(Node):
             self._undecoded[index] = (msg, self._now(), time.perf_counter())
             self._lock.notify_all()
 
-    def _on_depth(self, index: int, msg: Image) -> None:
+    def _on_depth(self, index: int, msg: Image | CompressedImage) -> None:
         with self._lock:  # store only, as for colour frames
             self._depth_undecoded[index] = (msg, self._now())
             self._lock.notify_all()
@@ -255,7 +259,11 @@ class PolicyNode(Node):
             if colour is None:  # its size is checked against the colour frames': it waits for the first
                 waiting[index] = (msg, receipt)
                 continue
-            size = (int(msg.height), int(msg.width))  # CompressedImage is not subscribed to for depth
+            try:  # from the header (a compressedDepth PNG's IHDR, checked and capped): nothing decoded yet
+                size = depth_source_size(msg)
+            except ValueError as err:
+                self._reject(f"{topic}: {err}")
+                continue
             if size != colour:  # resizing would feed the policy depth of other pixels than its colour frame's
                 self._reject(f"{topic}: depth {size[1]}x{size[0]} is not aligned to the colour frames, "
                              f"{colour[1]}x{colour[0]} on {self.image_topics[index]}: use realsense-ros "

@@ -20,6 +20,7 @@ NODE_NAME = "policy_node"
 BACKENDS = ("torch", "onnx")
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # the precisions by name; `runtime_dtype` turns one into a torch dtype
 IMAGE_TRANSPORTS = ("raw", "compressed")
+DEPTH_TRANSPORTS = ("raw", "compressedDepth")
 
 
 def _param(default, description: str):
@@ -55,6 +56,9 @@ class PolicyNodeConfig:
                                                "checkpoint's config.json has use_depth; empty: beside each camera "
                                                "topic (as remapped) as realsense-ros lays them out, <its folder less "
                                                "a color/ or rgb/>/aligned_depth_to_color/image_raw")
+    depth_transport: str = _param("raw", "raw: sensor_msgs/Image on each depth topic; compressedDepth: "
+                                         "sensor_msgs/CompressedImage (16UC1 PNG, compressed_depth_image_transport) "
+                                         "on <depth topic>/compressedDepth")
     max_depth_offset: float = _param(MAX_DEPTH_OFFSET, "the depth fed with a colour frame is the one stamped nearest "
                                                        "to it and at most this far from it, s; none that close: the "
                                                        "step waits. Aligned depth carries its colour frame's stamp "
@@ -82,7 +86,7 @@ class PolicyNodeConfig:
 
     def __post_init__(self) -> None:
         for name, choices in (("infer_mode", INFER_MODES), ("backend", BACKENDS), ("dtype", DTYPES),
-                              ("image_transport", IMAGE_TRANSPORTS)):
+                              ("image_transport", IMAGE_TRANSPORTS), ("depth_transport", DEPTH_TRANSPORTS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         for name in ("infer_rate_hz", "max_observation_age", "diagnostics_rate_hz", "max_instruction_chars",
@@ -102,6 +106,9 @@ class PolicyNodeConfig:
         if len(names) != len(self.camera_topics) or len(set(names)) != len(names):
             raise ValueError(f"camera_names {list(names)} must name each of camera_topics {list(self.camera_topics)} "
                              "once")
+        if any(t.rstrip("/").endswith("/compressedDepth") for t in self.depth_topics):
+            raise ValueError(f"depth_topics {list(self.depth_topics)} name the base topic: depth_transport "
+                             "compressedDepth subscribes <topic>/compressedDepth")
         if self.depth_topics and len(self.depth_topics) != len(self.camera_topics):
             raise ValueError(f"depth_topics {list(self.depth_topics)} must give one topic per camera of camera_topics "
                              f"{list(self.camera_topics)}, or be empty (derived from them)")

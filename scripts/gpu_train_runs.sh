@@ -21,6 +21,8 @@
 # of the run as warmup), named, not default; for a pack from another cell (docs/own-data.md#fine-tuning-measured (the cells and the commands)):
 #   finetune_10 / _25 / _50   the checkpoint $INIT (default: the shipped policy) on the first 10, 25, 50 episodes
 #                             of each task, FT_STEPS steps (default 800)
+#   finetune_depth_10 / _25 / _50   the same with --depth (an RGB-D policy from the RGB checkpoint; a pack made
+#                             with `dataset pack --depth`)
 # COMPARE_STEPS=N sets the stream runs' schedule for 50 per task (25: 4/5 of it, 10: 2/3; default 1250).
 # All validate on the same held-out episodes (every 10th of each task). Usage:
 #   bash scripts/gpu_train_runs.sh PACK RUNS_DIR SECONDS [NAME ...]   (after scripts/gpu_setup.sh; default: the five lettered)
@@ -52,6 +54,8 @@ train transformer_window --fusion transformer --history window --history-frames 
 for n in 10 25 50; do
     train finetune_$n --init "${INIT:-src/mambavla/policies/base_sim}" --episodes-per-task $n --steps "${FT_STEPS:-800}" \
         --batch-size 16 --segment-frames 64
+    train finetune_depth_$n --init "${INIT:-src/mambavla/policies/base_sim}" --depth --episodes-per-task $n \
+        --steps "${FT_STEPS:-800}" --batch-size 16 --segment-frames 64
 done
 compare_steps=${COMPARE_STEPS:-1250}
 train mamba_window_g05 --grounding-weight 0.5 --history window --history-frames 1 --steps 1500 --batch-size 512

@@ -9,8 +9,9 @@ and from the runtime.
 A checkpoint that takes depth (`use_depth` in its config.json, read at start) gets one aligned depth topic per
 camera (`depth_topics`, by default realsense-ros's `aligned_depth_to_color/image_raw` beside each camera topic as
 remapped; sensor_msgs/Image 16UC1 mm or 32FC1 m, or with `depth_transport` compressedDepth the 16UC1 PNG on
-`<topic>/compressedDepth`; of its colour frame's size: other sizes are refused, not resized); each step is fed the depth frame stamped as each colour frame (`runtime.depth_frames`), and waits
-while one is missing, saying which on /diagnostics. Other checkpoints, and presets, subscribe to no depth topic.
+`<topic>/compressedDepth`; of its colour frame's size: other sizes are refused, not resized); each step is fed
+the depth frame stamped as each colour frame (`runtime.depth_frames`), and waits while one is missing, saying
+which on /diagnostics. Other checkpoints, and presets, subscribe to no depth topic.
 
 A rejected instruction (empty after Unicode normalisation, only zero-width or control characters,
 too long, too many tokens) ends the current task: no chunk is published until a valid instruction

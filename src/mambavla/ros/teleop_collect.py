@@ -213,7 +213,8 @@ def collect_teleop(task: str, episodes: int, out: str | Path, seed: int = 0, cel
     if not 0 < camera_rate_hz <= 60:
         raise ValueError(f"the camera rate must be in (0, 60] Hz, got {camera_rate_hz}")
     if not allow_eval_seeds and any(is_eval_seed(s) for s in seeds):
-        raise ValueError(f"seeds {seeds[0]}..{seeds[-1]} reach the held-out evaluation range; pass --eval to record them")
+        raise ValueError(f"seeds {seeds[0]}..{seeds[-1]} reach the held-out evaluation range; "
+                         "pass --eval to record them")
     existing = [s for s in seeds if (out / episode_name(s)).exists()]
     if existing:
         raise ValueError(f"{out} already holds episodes of seeds {existing}: choose other seeds or another folder")

@@ -30,7 +30,7 @@ def test_held_out_seeds_and_existing_episodes_are_refused_before_any_node_starts
     with pytest.raises(ValueError, match="held-out evaluation range"):
         collect_teleop("lift", 2, tmp_path, seed=999_999)
     (tmp_path / "episode_0000003").mkdir()
-    with pytest.raises(ValueError, match=r"already holds episodes of seeds \[3\]"):
+    with pytest.raises(FileExistsError, match=r"episode_0000003 exists already"):
         collect_teleop("lift", 2, tmp_path, seed=2)
 
 

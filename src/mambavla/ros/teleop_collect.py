@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mambavla.sim.collect import episode_name
+from mambavla.sim.collect import check_seeds, episode_name
 from mambavla.sim.tasks import is_eval_seed, resolve_task
 
 CONTROLLER, RECORDER = "mambavla/controller_node", "mambavla/recorder_node"
@@ -212,12 +212,7 @@ def collect_teleop(task: str, episodes: int, out: str | Path, seed: int = 0, cel
         raise ValueError("--episodes must be at least 1")
     if not 0 < camera_rate_hz <= 60:
         raise ValueError(f"the camera rate must be in (0, 60] Hz, got {camera_rate_hz}")
-    if not allow_eval_seeds and any(is_eval_seed(s) for s in seeds):
-        raise ValueError(f"seeds {seeds[0]}..{seeds[-1]} reach the held-out evaluation range; "
-                         "pass --eval to record them")
-    existing = [s for s in seeds if (out / episode_name(s)).exists()]
-    if existing:
-        raise ValueError(f"{out} already holds episodes of seeds {existing}: choose other seeds or another folder")
+    check_seeds(seeds, out, allow_eval_seeds)
     out.mkdir(parents=True, exist_ok=True)
     # a private DDS domain on this machine unless the caller chose one: these nodes must not meet a live robot's
     if "ROS_DOMAIN_ID" not in os.environ:

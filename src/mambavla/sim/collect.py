@@ -29,6 +29,16 @@ def episode_name(seed: int) -> str:
     return f"episode_{seed:07d}"
 
 
+def check_seeds(seeds: list[int], out: Path, allow_eval_seeds: bool) -> None:
+    """Refuse, before anything starts, seeds that are held out for evaluation or already recorded in `out`."""
+    if not allow_eval_seeds and any(is_eval_seed(s) for s in seeds):
+        raise ValueError(f"seeds {seeds[0]}..{seeds[-1]} reach the held-out evaluation range; "
+                         "pass --eval to record them")
+    existing = [s for s in seeds if (out / episode_name(s)).exists()]
+    if existing:
+        raise FileExistsError(f"{out / episode_name(existing[0])} exists already; choose another --seed or --out")
+
+
 def record_episode(cell: Workcell, robot, gripper, path: str | Path, seed: int, task: str | None = None,
                    render: bool = True, compression: str = "message", image_format: str = "raw",
                    noise: float = 0.0, depth: bool = False, cell_name: str = "sim") -> dict:
@@ -133,12 +143,7 @@ def collect(
         raise ValueError("--depth records each camera's depth: it needs the cameras (leave out --no-render)")
     if not noise >= 0:
         raise ValueError(f"--dart-noise must be >= 0 metres, got {noise}")
-    if not allow_eval_seeds and any(is_eval_seed(s) for s in seeds):
-        raise ValueError(f"seeds {seeds[0]}..{seeds[-1]} reach the held-out evaluation range; "
-                         "pass --eval to record them")
-    existing = [s for s in seeds if (out / episode_name(s)).exists()]
-    if existing:
-        raise FileExistsError(f"{out / episode_name(existing[0])} exists already; choose another --seed or --out")
+    check_seeds(seeds, out, allow_eval_seeds)
     out.mkdir(parents=True, exist_ok=True)
     results, failures = [], []
     wall0 = time.perf_counter()

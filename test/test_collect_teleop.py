@@ -59,6 +59,8 @@ def test_a_teleoperated_lift_is_recorded_in_the_moved_cell_with_depth(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["episodes"] == 1 and summary["cell"] == "moved" and summary["depth"] is True
+    assert summary["failed_seeds"] == [] and summary["success_by_task"] == {"lift": {"success_rate": 1.0,
+                                                                                       "episodes": 1}}
     detail = json.loads((out / "summary.json").read_text())["episodes_detail"][0]
     assert detail["operator_finished"] and detail["success"], detail  # the scripted operator lifts the cube
     bag = out / "episode_0000004"
@@ -66,6 +68,7 @@ def test_a_teleoperated_lift_is_recorded_in_the_moved_cell_with_depth(tmp_path):
     assert {k: sidecar[k] for k in ("task", "seed", "cell", "success")} == {"task": "lift", "seed": 4,
                                                                             "cell": "moved", "success": True}
     assert sidecar["dropped"] == 0 and sidecar["depth_cameras"] == ["front", "wrist"]
+    assert detail["frames"] == sidecar["frames"] >= 50  # ~10 Hz over a lift of 10 s and more
     assert not list(out.glob(".*")), "the staging folder is removed"
 
     episode = read_episode(bag, options=ReadOptions.make(depth=True))
@@ -76,3 +79,22 @@ def test_a_teleoperated_lift_is_recorded_in_the_moved_cell_with_depth(tmp_path):
     assert episode.actions[-1, 6] > 0.5  # the hand closed on the cube and stayed closed
     lowest = int(np.argmin(episode.actions[:, 2]))  # down to the cube (its centre ~2 cm up), then up again
     assert episode.actions[lowest, 2] < 0.05 and episode.actions[-1, 2] - episode.actions[lowest, 2] > 0.08
+
+
+@pytest.mark.ros
+@pytest.mark.sim
+def test_a_seed_whose_nodes_fail_is_retried_then_listed_and_nothing_is_left_of_it(tmp_path):
+    """sim_node refuses an unknown cell and exits: each attempt ends with the node's reason, and the run lists
+    the seed as failed instead of writing an episode or leaving a half-recorded one."""
+    out = tmp_path / "teleop"
+    env = {**os.environ, "ROS_DOMAIN_ID": str(200 + os.getpid() % 30), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    code = ("import json, sys; from mambavla.ros.teleop_collect import collect_teleop; "
+            f"s = collect_teleop('lift', 1, {str(out)!r}, seed=5, cell='nowhere', progress=False); "
+            "print(json.dumps(s))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["episodes_detail"] == [] and [f["seed"] for f in summary["failed_seeds"]] == [5]
+    assert "sim_node exited while waiting for sim_node's /sim/task" in summary["failed_seeds"][0]["error"]
+    assert done.stderr.count("warning: seed 5, attempt") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "summary.json"]

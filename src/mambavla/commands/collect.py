@@ -105,8 +105,11 @@ def run_teleop(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "episodes_detail"}, indent=2))
         return 0
-    print(f"{summary['episodes']} teleoperated episodes of {summary['task']} in {summary['out']}")
+    recorded = len(summary["episodes_detail"])
+    print(f"{recorded} teleoperated episodes of {summary['task']} in {summary['out']}")
     print(f"  success rate        {summary['success_rate']:.1%}")
+    if summary["failed_seeds"]:
+        print(f"  not recorded        seeds {[f['seed'] for f in summary['failed_seeds']]} (errors in summary.json)")
     print(f"  seconds per episode {summary['seconds_per_episode']:.1f} (nodes started and stopped for each)")
     print(f"  summary             {summary['out']}/summary.json")
-    return 0
+    return 0 if not summary["failed_seeds"] else 1

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mambavla.sim.collect import check_seeds, episode_name
+from mambavla.sim.collect import check_seeds, episode_name, summarize
 from mambavla.sim.tasks import is_eval_seed, resolve_task
 
 CONTROLLER, RECORDER = "mambavla/controller_node", "mambavla/recorder_node"
@@ -190,17 +190,20 @@ def record_teleop_episode(client: _Client, path: Path, task: str, seed: int, cel
     recorded = sorted(staging.glob("episode_*"))
     if len(recorded) != 1:
         raise RuntimeError(f"expected one episode in {staging}, found {[p.name for p in recorded]}")
+    sidecar = json.loads((recorded[0] / "episode.json").read_text())
     recorded[0].rename(path)
     shutil.rmtree(staging, ignore_errors=True)
+    # the keys sim.collect.summarize reads, as `collect` reports its episodes ("sim" seconds: recorded ones)
     return {"path": str(path), "task": info["task"], "instruction": info["instruction"], "seed": seed,
-            "success": success, "operator_finished": done, "seconds": round(time.monotonic() - t0, 2),
-            "wall_seconds": round(time.monotonic() - wall0, 2),
-            "teleop_limited": controller.get("teleop_limited", ""), "saved": message}
+            "success": success, "operator_finished": done, "frames": int(sidecar["frames"]),
+            "sim_seconds": float(sidecar["seconds"]), "wall_seconds": round(time.monotonic() - wall0, 2),
+            "render_ms_per_frame": None, "teleop_limited": controller.get("teleop_limited", ""), "saved": message}
 
 
 def collect_teleop(task: str, episodes: int, out: str | Path, seed: int = 0, cell: str = "sim", depth: bool = False,
                    camera_rate_hz: float = 10.0, camera_size: tuple[int, int] | None = None,
-                   time_limit: float = 60.0, allow_eval_seeds: bool = False, progress: bool = True) -> dict:
+                   time_limit: float = 60.0, allow_eval_seeds: bool = False, progress: bool = True,
+                   attempts: int = 2) -> dict:
     """Record `episodes` teleoperated episodes, seeds seed, seed+1, ..., into `out` (one bag per episode, named as
     `collect` names them, and summary.json). Every episode is kept, failed ones marked as such in the sidecar."""
     import rclpy
@@ -223,23 +226,38 @@ def collect_teleop(task: str, episodes: int, out: str | Path, seed: int = 0, cel
         rclpy.init()
     client = _Client()
     details: list[dict] = []
+    failures: list[dict] = []
     t0 = time.monotonic()
     try:
         bar = tqdm(seeds, desc=f"teleop {task}", unit="ep", disable=not progress, file=sys.stderr)
         for s in bar:
-            details.append(record_teleop_episode(client, out / episode_name(s), resolve_task(task, s), s, cell, depth,
-                                                 camera_rate_hz, camera_size, time_limit, out / "logs"))
-            bar.set_postfix(success=f"{np.mean([d['success'] for d in details]):.0%}")
+            for attempt in range(1, attempts + 1):
+                try:
+                    details.append(record_teleop_episode(client, out / episode_name(s), resolve_task(task, s), s, cell,
+                                                         depth, camera_rate_hz, camera_size, time_limit,
+                                                         out / "logs" / episode_name(s)))
+                    break
+                except RuntimeError as err:  # a node that died or never came up: the seed's nodes start afresh
+                    last_error = str(err).splitlines()[0]
+                    print(f"\nwarning: seed {s}, attempt {attempt}/{attempts}: {last_error} (logs in "
+                          f"{out / 'logs' / episode_name(s)})", file=sys.stderr)
+                    shutil.rmtree(out / f".{episode_name(s)}.recording", ignore_errors=True)
+            else:
+                failures.append({"seed": s, "error": last_error})
+            bar.set_postfix(success=f"{sum(d['success'] for d in details)}/{len(details)}", errors=len(failures))
     finally:
         try:
             client.close()
         finally:
             if owns_context:
                 rclpy.try_shutdown()
-    summary = {"task": task, "episodes": len(details), "out": str(out), "cell": cell, "depth": depth,
-               "path": "teleoperation (sim_node + controller_node + recorder_node, scripted operator)",
-               "camera_rate_hz": camera_rate_hz, "success_rate": float(np.mean([d["success"] for d in details])),
-               "seconds_per_episode": round((time.monotonic() - t0) / len(details), 2),
-               "episodes_detail": details}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = summarize(details)
+    summary.update({"task": task, "cell": cell, "episodes": episodes, "out": str(out), "seeds": [seeds[0], seeds[-1]],
+                    "depth": depth, "camera_rate_hz": camera_rate_hz, "time_limit_s": time_limit,
+                    "path": "teleoperation: sim_node, controller_node (command_source teleop) driven by the scripted "
+                            "operator's /teleop/twist and /teleop/gripper, recorder_node",
+                    "wall_seconds": round(time.monotonic() - t0, 2),
+                    "failed_seeds": failures,  # every attempt failed: no episode written for these
+                    "episodes_detail": details})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -166,9 +166,9 @@ def record_teleop_episode(client: _Client, path: Path, task: str, seed: int, cel
             if command.done:
                 done = True
                 break
-            dead = [p.node for p in processes if not p.alive]
+            dead = [p for p in processes if not p.alive]
             if dead:
-                raise RuntimeError(f"{dead[0]} exited mid-episode:\n{processes[0].log_tail()}")
+                raise RuntimeError(f"{dead[0].node} exited mid-episode:\n{dead[0].log_tail()}")
             time.sleep(1.0 / OPERATOR_HZ)
         end = time.monotonic() + SETTLE_S
         while time.monotonic() < end:  # zero twists, gripper as it is: the arm comes to rest on camera

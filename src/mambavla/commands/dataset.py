@@ -8,6 +8,7 @@ import json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mambavla.commands.bag_options import add_bag_options
+    from mambavla.train import settings
 
     p = subparsers.add_parser("dataset", help="dataset statistics and imports")
     sub = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
@@ -37,6 +38,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pack.add_argument("--json", action="store_true", help="print one JSON object")
     add_bag_options(pack)
     pack.set_defaults(func=run_pack)
+    lead = sub.add_parser(
+        "action-lead",
+        help="measure the action lead for kinesthetic demonstrations on teleoperated episodes of the same arm",
+        description="Label the rows of episodes that recorded the commanded target (teleoperated, `mambavla record`) "
+                    "from their measured trajectory instead, as `record --kinesthetic` episodes are labelled, for "
+                    "each lead; report how far those labels are from what was commanded, and the lead that fits "
+                    "best (train --action-lead).",
+    )
+    lead.add_argument("dir", help="directory of episode bags with a recorded action")
+    lead.add_argument("--leads", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4],
+                      metavar="S", help="leads to try, s (default 0 0.05 0.1 0.15 0.2 0.3 0.4)")
+    lead.add_argument("--out", default=None, help="write action_lead.json and action_lead.png here")
+    lead.add_argument("--json", action="store_true", help="print one JSON object")
+    settings.add_arguments(lead.add_argument_group("reading bags from any cell (docs/own-data.md)"), ("maps",))
+    lead.set_defaults(func=run_action_lead)
     imp = sub.add_parser("import-libero", help="convert LIBERO HDF5 demonstrations into episode bags")
     imp.add_argument("files", nargs="+", help="LIBERO *.hdf5 files")
     imp.add_argument("--out", required=True, help="output directory")
@@ -94,6 +110,62 @@ def run_stats(args: argparse.Namespace) -> int:
         print(f"  warning {item['path']}: {item['warning']}")
     for item in summary["skipped"]:
         print(f"  skipped {item['path']}: {item['reason']}")
+    return 0
+
+
+LEAD_GRID_S = 0.01  # rows every 10 ms: leads are resolved to this
+
+
+def run_action_lead(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from mambavla.data.action_lead import best, compare, plot
+    from mambavla.data.bags import ACTION_LEAD, EpisodeError, ReadOptions, read_episode
+    from mambavla.data.dataset import find_episodes
+    from mambavla.train import settings
+
+    maps = settings.given(args, ("maps",)).get("maps", {})
+    # one camera is read (tiny): its stream sets the rows, as in training; robot state alone may repeat stamps
+    options = ReadOptions.make(maps, dt=LEAD_GRID_S, image_size=(8, 8))
+    pairs, used, skipped = [], [], []
+    for path in find_episodes(args.dir):
+        try:
+            episode = read_episode(path, options=options)
+        except EpisodeError as err:
+            skipped.append({"path": str(path), "reason": str(err)})
+            continue
+        if not episode.meta.get("actions_from", "").startswith("recorded"):
+            skipped.append({"path": str(path), "reason": f"no commanded action: {episode.meta.get('actions_from')}"})
+            continue
+        pairs.append((episode.proprio.astype(np.float64), episode.actions.astype(np.float64)))
+        used.append(str(path))
+    if not pairs:
+        raise ValueError(f"{args.dir}: no episode with a recorded action (teleoperated episodes have one; "
+                         f"skipped: {[s['reason'] for s in skipped][:3]})")
+    results = compare(pairs, LEAD_GRID_S, sorted(set(args.leads)))
+    fit = best(results)
+    summary = {"dir": str(args.dir), "episodes": len(used), "rows": int(sum(len(p) for p, _ in pairs)),
+               "grid_s": LEAD_GRID_S, "default_lead_s": ACTION_LEAD, "best_lead_s": fit.lead,
+               "leads": [r.as_dict() for r in results], "skipped": skipped}
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        plot(results, ACTION_LEAD, out / "action_lead.png")
+        summary["picture"] = str(out / "action_lead.png")
+        (out / "action_lead.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{args.dir}: {len(used)} episodes with a commanded action, {summary['rows']} rows ({len(skipped)} skipped)")
+    print("  lead s   position mm (median / p95)   rotation deg (median / p95)   gripper agreeing")
+    for r in results:
+        mark = "  <- best" if r is fit else ("  (default)" if abs(r.lead - ACTION_LEAD) < 1e-9 else "")
+        print(f"  {r.lead:6.2f}   {r.position_mm['median']:8.1f} / {r.position_mm['p95']:<8.1f}"
+              f"          {r.rotation_deg['median']:6.2f} / {r.rotation_deg['p95']:<6.2f}"
+              f"             {r.gripper_agreement:6.1%}{mark}")
+    print(f"  best lead {fit.lead:g} s: train kinesthetic episodes of this arm with --action-lead {fit.lead:g}")
     return 0
 
 

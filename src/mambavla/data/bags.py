@@ -723,9 +723,14 @@ def derived_actions(stamps: dict, streams: dict, grid: np.ndarray, lead: float) 
     position, quat = _poses(streams["ee_pose"], _nearest(stamps["ee_pose"], ahead))
     fingers = [finger_positions(v["names"], v["positions"]) for _, v in streams["joint_states"]]
     widths = np.array([np.nan if f is None else float(f.sum()) for f in fingers])
-    width = widths[_nearest(stamps["joint_states"], ahead)]
-    closed = (width < GRIPPER_CLOSED_BELOW * np.nanmax(widths)).astype(np.float64)
+    closed = gripper_closed(widths[_nearest(stamps["joint_states"], ahead)], np.nanmax(widths))
     return np.concatenate([spaces.pose_to_vector(position, quat), closed[:, None]], axis=1)
+
+
+def gripper_closed(width: np.ndarray, widest: float) -> np.ndarray:
+    """1.0 where the finger width is below GRIPPER_CLOSED_BELOW of the episode's widest (the hand closed, on an
+    object or not), else 0.0: the gripper label of a step without a commanded one."""
+    return (np.asarray(width) < GRIPPER_CLOSED_BELOW * widest).astype(np.float64)
 
 
 def _nearest(stamps: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -42,6 +42,8 @@ def test_episode_meta_must_be_a_json_object():
         parse_episode_meta("{operator: ana}")
     with pytest.raises(ValueError, match="must be a JSON object"):
         parse_episode_meta('["ana"]')
+    with pytest.raises(ValueError, match=r"sets \['dt', 'format'\], which the recorder writes itself"):
+        parse_episode_meta('{"format": "x", "dt": 0.1, "operator": "ana"}')
 
 
 @pytest.mark.ros

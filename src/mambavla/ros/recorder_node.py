@@ -43,6 +43,10 @@ FRAME_QOS = QoSProfile(history=SENSOR_QOS.history, depth=10, reliability=SENSOR_
                        durability=SENSOR_QOS.durability)
 STATE_INTAKE_QOS = QoSProfile(history=STATE_QOS.history, depth=50, reliability=STATE_QOS.reliability,
                               durability=STATE_QOS.durability)
+# episode.json fields the recorder and the bag writer set, which episode_meta may not
+RECORDER_FIELDS = frozenset({"format", "instruction", "source", "success", "dt", "cameras", "image_size",
+                             "image_format", "frames", "depth_cameras", "counts", "seconds", "irregular_steps",
+                             "frames_received", "dropped", "actions"})
 MAX_INSTRUCTION_CHARS = 1000  # as policy_node's default max_instruction_chars
 
 
@@ -164,6 +168,9 @@ def parse_episode_meta(text: str) -> dict:
         raise ValueError(f"episode_meta is not JSON ({err}): {text!r}") from None
     if not isinstance(meta, dict):
         raise ValueError(f"episode_meta must be a JSON object, got {type(meta).__name__}: {text!r}")
+    owned = sorted(set(meta) & RECORDER_FIELDS)
+    if owned:  # the recorder writes these itself: another value would misdescribe the bag to training
+        raise ValueError(f"episode_meta sets {owned}, which the recorder writes itself; use other names")
     return meta
 
 

@@ -34,7 +34,7 @@ def test_held_out_seeds_and_existing_episodes_are_refused_before_any_node_starts
         collect_teleop("lift", 2, tmp_path, seed=2)
 
 
-def test_episode_meta_must_be_a_json_object():
+def test_episode_meta_must_be_a_json_object(tmp_path):
     from mambavla.ros.recorder_node import parse_episode_meta
 
     assert parse_episode_meta("") == {} and parse_episode_meta('{"operator": "ana"}') == {"operator": "ana"}
@@ -44,6 +44,10 @@ def test_episode_meta_must_be_a_json_object():
         parse_episode_meta('["ana"]')
     with pytest.raises(ValueError, match=r"sets \['dt', 'format'\], which the recorder writes itself"):
         parse_episode_meta('{"format": "x", "dt": 0.1, "operator": "ana"}')
+    from mambavla.data.recorder import EpisodeRecorder
+
+    with pytest.raises(ValueError, match=r"sets \['success'\], which the recorder writes itself"):
+        EpisodeRecorder(tmp_path, ["front"], meta={"success": True})  # every caller, not only the node
 
 
 @pytest.mark.ros

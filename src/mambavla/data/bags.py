@@ -45,6 +45,8 @@ from mambavla.runtime.depth_frames import MAX_OFFSET as DEPTH_OFFSET  # a row's 
 
 FORMAT = "mambavla-episode/1"
 SIDECAR = "episode.json"
+# episode.json fields EpisodeWriter.close sets from the bag itself
+WRITER_FIELDS = frozenset({"format", "dt", "cameras", "image_size", "image_format", "frames", "depth_cameras"})
 BASE_FRAME = "fr3_link0"
 ARM_JOINTS: tuple[str, ...] = tuple(f"fr3_joint{i}" for i in range(1, 8))
 FINGER_JOINTS: tuple[str, ...] = ("fr3_finger_joint1", "fr3_finger_joint2")
@@ -275,10 +277,10 @@ class EpisodeWriter:
         self.frames += 1
 
     def close(self, **final_meta) -> Path:
-        meta = {
-            "format": FORMAT,
+        meta = {  # WRITER_FIELDS last: no caller's metadata can misdescribe the bag
             **self.meta,
             **final_meta,
+            "format": FORMAT,
             "dt": self.dt,
             "cameras": list(self.cameras),
             "image_size": list(self.image_size),

@@ -42,6 +42,7 @@ from mambavla.data.bags import (
     IMAGE_TYPE,
     JOINT_STATE_TOPIC,
     SIDECAR,
+    WRITER_FIELDS,
     EpisodeWriter,
     camera_topic,
     depth_topic,
@@ -96,7 +97,7 @@ class EpisodeRecorder:
         self.cameras = tuple(cameras)
         self.depth_cameras = self.cameras if depth else ()
         self.jpeg_quality, self.reset_time, self.episode_time = int(jpeg_quality), reset_time, episode_time
-        self.meta = dict(meta or {})
+        self.meta = check_meta(dict(meta or {}))
         # without a commanded action (kinesthetic teaching: the arm is guided by hand) the reader derives the
         # actions from the measured trajectory
         self.required = STATE_TOPICS if record_action else (JOINT_STATE_TOPIC, EE_POSE_TOPIC)
@@ -397,6 +398,20 @@ class EpisodeRecorder:
             text += (f"; warning: {episode.dropped} messages dropped: the writer did not keep up or could not store "
                      f"them (dropped in {SIDECAR}, the reason in the status's error)")
         return True, text
+
+
+# episode.json fields the recorder and its bag writer set, which a caller's metadata may not
+RECORDER_FIELDS = WRITER_FIELDS | {"instruction", "source", "success", "counts", "seconds", "irregular_steps",
+                                   "frames_received", "dropped", "actions"}
+
+
+def check_meta(meta: dict) -> dict:
+    """`meta` (extra episode.json fields: operator, cell ...) if it sets none of RECORDER_FIELDS: another value
+    there would misdescribe the bag to training."""
+    owned = sorted(set(meta) & RECORDER_FIELDS)
+    if owned:
+        raise ValueError(f"episode_meta sets {owned}, which the recorder writes itself; use other names")
+    return meta
 
 
 def depth_input(camera: str) -> str:

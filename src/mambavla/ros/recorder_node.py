@@ -29,7 +29,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from mambavla.data.bags import ACTION_TOPIC, EE_POSE_TOPIC, JOINT_STATE_TOPIC
-from mambavla.data.recorder import READY, RECORDING, EpisodeRecorder
+from mambavla.data.recorder import READY, RECORDING, EpisodeRecorder, check_meta
 from mambavla.ros.diagnostics import OK, WARN, diagnostic_array
 from mambavla.ros.params import declare
 from mambavla.ros.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
@@ -43,10 +43,6 @@ FRAME_QOS = QoSProfile(history=SENSOR_QOS.history, depth=10, reliability=SENSOR_
                        durability=SENSOR_QOS.durability)
 STATE_INTAKE_QOS = QoSProfile(history=STATE_QOS.history, depth=50, reliability=STATE_QOS.reliability,
                               durability=STATE_QOS.durability)
-# episode.json fields the recorder and the bag writer set, which episode_meta may not
-RECORDER_FIELDS = frozenset({"format", "instruction", "source", "success", "dt", "cameras", "image_size",
-                             "image_format", "frames", "depth_cameras", "counts", "seconds", "irregular_steps",
-                             "frames_received", "dropped", "actions"})
 MAX_INSTRUCTION_CHARS = 1000  # as policy_node's default max_instruction_chars
 
 
@@ -168,10 +164,7 @@ def parse_episode_meta(text: str) -> dict:
         raise ValueError(f"episode_meta is not JSON ({err}): {text!r}") from None
     if not isinstance(meta, dict):
         raise ValueError(f"episode_meta must be a JSON object, got {type(meta).__name__}: {text!r}")
-    owned = sorted(set(meta) & RECORDER_FIELDS)
-    if owned:  # the recorder writes these itself: another value would misdescribe the bag to training
-        raise ValueError(f"episode_meta sets {owned}, which the recorder writes itself; use other names")
-    return meta
+    return check_meta(meta)  # checked here too, so the message names the parameter before anything starts
 
 
 def _received(info: dict) -> int:

@@ -7,6 +7,9 @@ import json
 
 from mambavla.commands import metaworld
 
+# the options that shape the expert's own bag, at their defaults (a recorder_node bag under --teleop takes none)
+EXPERT_BAG = {"no_render": False, "speed": 1.0, "compression": "message", "image_format": "raw", "dart_noise": 0.0}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mambavla.sim.tasks import TASK_CHOICES
@@ -21,17 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="image size (default 128 128)")
     p.add_argument("--rate", type=float, default=None, metavar="HZ", help="recording (policy) rate in Hz (default 20)")
     p.add_argument("--no-render", action="store_true", help="record robot state and actions only (no images; faster)")
-    p.add_argument("--speed", type=float, default=1.0, metavar="FACTOR",
+    p.add_argument("--speed", type=float, default=EXPERT_BAG["speed"], metavar="FACTOR",
                    help="simulation speed: 1 = real time (default), 2 = twice as fast, 0 = as fast as the CPU allows")
-    p.add_argument("--compression", choices=("message", "file", "none"), default="message",
+    p.add_argument("--compression", choices=("message", "file", "none"), default=EXPERT_BAG["compression"],
                    help="rosbag2 zstd compression (default message: plain .mcap of compressed messages)")
-    p.add_argument("--image-format", choices=("raw", "jpeg"), default="raw",
+    p.add_argument("--image-format", choices=("raw", "jpeg"), default=EXPERT_BAG["image_format"],
                    help="cameras as sensor_msgs/Image rgb8 (default) or CompressedImage JPEG on <topic>/compressed "
                         "(image_transport's layout; a 168-frame sim lift episode: 1.4 MB against 2.6 MB raw)")
     p.add_argument("--depth", action="store_true",
                    help="record each camera's depth aligned to its colour frames too (16UC1 mm on "
                         "/cameras/NAME/aligned_depth_to_color/image_raw), for RGB-D policies (train --depth)")
-    p.add_argument("--dart-noise", type=float, default=0.0, metavar="METRES",
+    p.add_argument("--dart-noise", type=float, default=EXPERT_BAG["dart_noise"], metavar="METRES",
                    help="DART: add a smooth seeded offset of this standard deviation to the targets the expert streams "
                         "while it moves; the recorded actions stay the expert's, so the episodes show recoveries "
                         "(default 0: clean)")
@@ -88,10 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_teleop(args: argparse.Namespace) -> int:
     """`collect --teleop`: the options that shape the expert's own bag do not apply to a recorder_node bag."""
-    unused = [flag for flag, value, default in (("--no-render", args.no_render, False), ("--speed", args.speed, 1.0),
-                                                ("--compression", args.compression, "message"),
-                                                ("--image-format", args.image_format, "raw"),
-                                                ("--dart-noise", args.dart_noise, 0.0)) if value != default]
+    unused = ["--" + name.replace("_", "-") for name, default in EXPERT_BAG.items() if getattr(args, name) != default]
     if unused:
         raise ValueError(f"{', '.join(unused)} shape(s) the expert's own bag; --teleop records through recorder_node "
                          "(JPEG frames, zstd per message, real time): leave them out")

@@ -136,7 +136,7 @@ def run_action_lead(args: argparse.Namespace) -> int:
         except EpisodeError as err:
             skipped.append({"path": str(path), "reason": str(err)})
             continue
-        if not episode.meta.get("actions_from", "").startswith("recorded"):
+        if not {"actions", "target_pose"} & set(episode.meta["roles"]):  # only derived labels: nothing to compare
             skipped.append({"path": str(path), "reason": f"no commanded action: {episode.meta.get('actions_from')}"})
             continue
         pairs.append((episode.proprio.astype(np.float64), episode.actions.astype(np.float64)))

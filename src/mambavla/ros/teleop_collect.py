@@ -27,7 +27,7 @@ from mambavla.sim.tasks import is_eval_seed, resolve_task
 
 CONTROLLER, RECORDER = "mambavla/controller_node", "mambavla/recorder_node"
 START_TIMEOUT = 120.0  # s for a node to come up on a loaded 2-core machine (imports, franky-sim's server)
-OPERATOR_HZ = 20.0  # how often the operator sends a twist (a SpaceMouse driver publishes at 20-60 Hz)
+OPERATOR_HZ = 20.0  # how often the operator sends a twist: well inside the controller's teleop_command_timeout (0.25 s)
 SETTLE_S = 0.5  # after the operator's last waypoint, so the recording shows the arm at rest
 
 

@@ -276,6 +276,42 @@ def test_gripper_rule_closes_at_once_and_opens_only_after_the_command_asks_for_o
     assert TrackingParams.from_params({"gripper_open_delay": 0.5}).gripper_open_delay == 0.5
 
 
+def test_gripper_worker_keeps_the_last_plausible_width_when_the_hand_reports_one_that_is_not_a_finger_position():
+    import threading
+    import time
+
+    from mambavla.control.gripper import GripperWorker
+
+    class Hand:  # stands in for the one read franky-sim cannot be made to get wrong on demand: the width poll
+        def __init__(self, widths):
+            self._widths, self.polled = list(widths), threading.Event()
+
+        def move_async(self, width, speed):  # the worker opens the hand first
+            return self
+
+        def wait(self, timeout):
+            return True
+
+        @property
+        def width(self):
+            value = self._widths.pop(0) if len(self._widths) > 1 else self._widths[0]
+            if len(self._widths) == 1:
+                self.polled.set()
+            return value
+
+    # franky-sim's hand answered -1.2e296 for a few polls while grasping; a NaN, a negative width and one past the
+    # stroke are not finger positions either. 0.0805 is inside the tolerance of the 0.08 m open width.
+    hand = Hand([0.08, -1.2292388719607037e296, float("nan"), -0.02, 0.3, 0.0805, 0.041, 1e9])
+    worker = GripperWorker(hand, 0.1, 20.0, 0.08)
+    try:
+        assert hand.polled.wait(5.0)  # the worker polls every 0.1 s
+        time.sleep(0.15)  # at least one poll of the last value
+    finally:
+        worker.close()
+    assert worker.width == 0.041
+    assert worker.implausible_widths >= 5  # four in the list, and the last value once or more
+
+
 @pytest.mark.parametrize("name, value", [("damping", [10.0, 10.0, 10.0]), ("damping", [-1.0, 5.0, 5.0, 5.0, 5.0, 5.0]),
                                          ("translational_stiffness", -800.0), ("rotational_stiffness", float("nan")),
                                          ("translational_error_clip", [0.05, 0.05]),

@@ -304,3 +304,23 @@ def test_a_topic_whose_first_message_does_not_deserialise_is_noted_when_roles_ar
     info = inspect(dst, ("front", "wrist"))
     assert info.roles["joint_states"] == "/joint_states"  # the readable one still fills the role
     assert any(n.startswith("/gripper/joint_states: unreadable (") for n in info.notes), info.notes
+
+
+def test_finger_positions_that_are_not_positions_skip_the_episode_naming_the_topic(tmp_path):
+    """A hand has answered -1.2e296 m for a few polls: finite, so only a bound tells it from a position. The
+    same rule (`roles.finger_positions`) keeps such a message from policy_node's observations."""
+    from mambavla.data.roles import finger_positions
+
+    names = [f"fr3_joint{i}" for i in range(1, 8)] + ["fr3_finger_joint1", "fr3_finger_joint2"]
+    assert finger_positions(names, [0.0] * 7 + [0.04, 0.039]).tolist() == [0.04, 0.039]
+    for bad in (-1.2292388719607037e296, float("nan"), 1.5):
+        assert finger_positions(names, [0.0] * 7 + [bad, 0.04]) is None
+    with EpisodeWriter(tmp_path / "ep", ("front",), (48, 64), 0.05, {"task": "lift", "seed": 0}) as w:
+        w.write_instruction(0.0, "lift the red cube")
+        for t in range(6):
+            pose = spaces.vector_to_pose(np.array([0.5, 0.0, 0.3, 0, 0, 0]))
+            fingers = np.full(2, -1.2292388719607037e296 if t == 3 else 0.04)
+            w.write_frame(0.05 * t, {"front": _scene(t)}, np.zeros(7), fingers, pose[0], pose[1],
+                          np.array([0.5, 0.0, 0.3, 0, 0, 0, 0.0]))
+    with pytest.raises(EpisodeError, match=r"/joint_states has finger positions that are not finite or lie past \+-1"):
+        read_episode(tmp_path / "ep")

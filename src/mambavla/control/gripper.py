@@ -48,6 +48,10 @@ class GripperRule:
 
 
 GRIPPER_COMMAND_TIMEOUT = 5.0  # s a gripper command may run before it counts as stuck; the next one waits for it
+# How far past [0, the open width] a width read from the hand may lie and still be taken (encoder noise, a hand
+# that opens slightly wider than its nominal stroke). A read outside is not a finger position (franky-sim's hand
+# has answered -1.2e296 for a few polls while grasping): the last plausible width stands, and the reads are counted.
+WIDTH_TOLERANCE = 0.005  # m
 
 
 class GripperWorker:
@@ -70,7 +74,8 @@ class GripperWorker:
         self._sent_at = 0.0
         self._before_send = before_send
         self.commands_sent = 0
-        self.width = float("nan")
+        self.width = float("nan")  # the last plausible width the hand reported, m (NaN until one is read)
+        self.implausible_widths = 0  # reads outside [0, open width] +- WIDTH_TOLERANCE, not taken
         self.error = ""
         self._running = threaded
         self._wake = threading.Event()
@@ -138,7 +143,7 @@ class GripperWorker:
                                    "the next waits for it")
                 elif self._rule.closed != self._commanded_closed:
                     self._send()
-                self.width = float(self._gripper.width)
+                self._take_width(float(self._gripper.width))
                 if waiting and not self.error:
                     self._logger.warning(f"gripper: {waiting}")
                 self.error = waiting
@@ -146,6 +151,15 @@ class GripperWorker:
                 if str(err) != self.error:
                     self._logger.error(f"gripper: {err}")
                 self.error = str(err)
+
+    def _take_width(self, width: float) -> None:
+        if math.isfinite(width) and -WIDTH_TOLERANCE <= width <= self._open_width + WIDTH_TOLERANCE:
+            self.width = width
+            return
+        if not self.implausible_widths:  # one line, not one per poll; the count is in the diagnostics
+            self._logger.warning(f"gripper: the hand reported a width of {width:g} m, outside "
+                                 f"0..{self._open_width:g} m; keeping the last plausible width")
+        self.implausible_widths += 1
 
     def _previous_finished(self) -> bool:
         """franky's next *_async call joins the previous command without a timeout, so the worker polls for it

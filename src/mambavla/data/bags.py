@@ -40,7 +40,15 @@ from typing import Sequence
 import numpy as np
 
 from mambavla import spaces
-from mambavla.data.roles import BagError, BagInfo, arm_joint_order, depth_role, finger_positions, typestore
+from mambavla.data.roles import (
+    FINGER_POSITION_LIMIT,
+    BagError,
+    BagInfo,
+    arm_joint_order,
+    depth_role,
+    finger_positions,
+    typestore,
+)
 from mambavla.runtime.depth_frames import MAX_OFFSET as DEPTH_OFFSET  # a row's depth, as policy_node pairs it
 
 FORMAT = "mambavla-episode/1"
@@ -754,7 +762,8 @@ def _poses(stream: list, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _fingers(path: Path | str, topic: str, value: dict) -> np.ndarray:
     fingers = finger_positions(value["names"], value["positions"])
     if fingers is None and any(n.endswith(("finger_joint1", "finger_joint2")) for n in value["names"]):
-        raise EpisodeError(f"{path}: a message on {topic} has non-finite finger positions ({value['positions']})")
+        raise EpisodeError(f"{path}: a message on {topic} has finger positions that are not finite or lie past "
+                           f"+-{FINGER_POSITION_LIMIT:g} ({value['positions']})")
     if fingers is None:
         raise EpisodeError(
             f"{path}: a message on {topic} lacks the finger joints (names ending in finger_joint1 / "

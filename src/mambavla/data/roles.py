@@ -304,8 +304,14 @@ def _stamp(msg, log_ns: int) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
+# No hand's finger joint lies further than this from zero (a Franka finger: 0..0.04 m; a revolute finger: under a
+# turn's worth of radians); a value past it is a driver's garbage (a hand has answered -1.2e296), not a position.
+FINGER_POSITION_LIMIT = 1.0
+
+
 def finger_positions(names: Sequence[str], positions: Sequence[float]) -> np.ndarray | None:
-    """The two finger joints of a JointState, by name (any prefix: fr3_, panda_ ...), else None."""
+    """The two finger joints of a JointState, by name (any prefix: fr3_, panda_ ...), else None (also where either
+    is not finite or lies past +-FINGER_POSITION_LIMIT)."""
     index = {}
     for i, name in enumerate(names):
         for k, suffix in enumerate(("finger_joint1", "finger_joint2")):
@@ -314,7 +320,7 @@ def finger_positions(names: Sequence[str], positions: Sequence[float]) -> np.nda
     if len(index) != 2 or max(index.values()) >= len(positions):
         return None
     values = np.array([positions[index[0]], positions[index[1]]], dtype=np.float64)
-    return values if np.all(np.isfinite(values)) else None
+    return values if np.all(np.abs(values) <= FINGER_POSITION_LIMIT) else None  # (False for NaN)
 
 
 def arm_joint_order(names: Sequence[str]) -> list[int]:

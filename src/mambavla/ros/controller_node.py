@@ -365,6 +365,7 @@ class ControllerNode(Node):
             "target_max_period_ms": worst,
             "franky_error": self.loop.franky_error,
             "gripper_width": gripper.width if gripper is not None else float("nan"),
+            "gripper_implausible_widths": gripper.implausible_widths if gripper is not None else 0,
             "gripper_error": gripper.error if gripper is not None else self.control.gripper_error,
             "robot_ip": self.robot_ip,
             "robot_state_age_s": float("nan") if snap is None else time.monotonic() - snap.mono,

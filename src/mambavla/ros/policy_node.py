@@ -35,6 +35,7 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from mambavla.data.images import depth_source_size, depth_to_mm, image_to_rgb, source_size
+from mambavla.data.roles import finger_positions
 from mambavla.ros.convert import chunk_to_trajectory, pose_from_msg, stamp_to_seconds
 from mambavla.ros.diagnostics import ERROR, OK, WARN, diagnostic_array
 from mambavla.ros.params import declare, refuse_undeclared
@@ -171,11 +172,8 @@ class PolicyNode(Node):
             self._observations.add_pose(stamp_to_seconds(msg.header.stamp), position, quat)
 
     def _on_joint_state(self, msg: JointState) -> None:
-        fingers = [i for i, n in enumerate(msg.name) if n.endswith("finger_joint1") or n.endswith("finger_joint2")]
-        if len(fingers) != 2 or max(fingers) >= len(msg.position):
-            return
-        values = np.array([msg.position[i] for i in fingers], dtype=np.float64)
-        if np.all(np.isfinite(values)):
+        values = finger_positions(msg.name, msg.position)  # None: no fingers, or garbage in their place
+        if values is not None:
             with self._lock:
                 self._observations.add_fingers(stamp_to_seconds(msg.header.stamp), values)
 

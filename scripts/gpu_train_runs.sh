@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start the policy comparison runs on one GPU machine, all runs at once (each is launch-bound, so
-# they share the GPU well), each in its own session so it outlives the shell that started it:
+# they share the GPU well), each in its own session so it outlives the shell that started it. Memory bounds
+# how many: a base run at batch 16 x 64 frames holds up to about 26 GB, so two fit an 80 GB H100 with room
+# and five at once run out of memory (docs/training.md#time-boxes-and-memory). The runs:
 #   A mamba_stream     the shipped configuration: Mamba fusion, stream mode, every training episode
 #   (mamba_stream_nofilm  as A without the instruction's FiLM in the vision encoder; only when named)
 #   (mamba_stream_g05     as A with --grounding-weight 0.5 instead of 0.1; only when named)

@@ -324,3 +324,21 @@ def test_finger_positions_that_are_not_positions_skip_the_episode_naming_the_top
                           np.array([0.5, 0.0, 0.3, 0, 0, 0, 0.0]))
     with pytest.raises(EpisodeError, match=r"/joint_states has finger positions that are not finite or lie past \+-1"):
         read_episode(tmp_path / "ep")
+
+
+def test_the_writer_describes_the_bag_from_the_bag_whatever_the_callers_metadata_says(tmp_path):
+    """WRITER_FIELDS is the list of fields EpisodeWriter.close sets itself; a caller's value for one of them never
+    reaches episode.json, not even a depth_cameras on a bag that has no depth."""
+    from mambavla.data.bags import FORMAT, SIDECAR, WRITER_FIELDS
+
+    caller = {"task": "lift", "seed": 0, "format": "other/9", "dt": 1.0, "depth_cameras": ["front"], "frames": 99}
+    with EpisodeWriter(tmp_path / "ep", ("front",), (48, 64), 0.05, caller) as w:
+        w.write_instruction(0.0, "lift the red cube")
+        pose = spaces.vector_to_pose(np.array([0.5, 0.0, 0.3, 0, 0, 0]))
+        for t in range(3):
+            w.write_frame(0.05 * t, {"front": _scene(t)}, np.zeros(7), np.full(2, 0.04), pose[0], pose[1],
+                          np.array([0.5, 0.0, 0.3, 0, 0, 0, 0.0]))
+    meta = json.loads((tmp_path / "ep" / SIDECAR).read_text())
+    assert set(meta) - {"task", "seed"} == WRITER_FIELDS - {"depth_cameras"}  # every field the writer owns, set
+    assert (meta["format"], meta["dt"], meta["frames"]) == (FORMAT, 0.05, 3)
+    assert (meta["task"], meta["seed"]) == ("lift", 0)

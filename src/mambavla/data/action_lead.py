@@ -57,7 +57,7 @@ def compare(episodes: list[tuple[np.ndarray, np.ndarray]], dt: float, leads: lis
             commanded_q = spaces.rotvec_to_quat(actions[:, 3:6])
             derived_q = spaces.rotvec_to_quat(derived[:, 3:6])
             rotation.append(np.degrees(spaces.quat_angle_between(commanded_q, derived_q)))
-            agree.append((actions[:, 6] > 0.5) == (derived[:, 6] > 0.5))
+            agree.append((actions[:, 6] > spaces.GRIPPER_CLOSE_THRESHOLD) == (derived[:, 6] > 0.5))  # derived: 0 / 1
         position, rotation, agree = (np.concatenate(v) for v in (position, rotation, agree))
         results.append(LeadResult(round(k * dt, 6), _spread(position), _spread(rotation),
                                   round(float(agree.mean()), 4)))

@@ -285,9 +285,7 @@ class EpisodeWriter:
         self.frames += 1
 
     def close(self, **final_meta) -> Path:
-        meta = {  # WRITER_FIELDS last: no caller's metadata can misdescribe the bag
-            **self.meta,
-            **final_meta,
+        own = {
             "format": FORMAT,
             "dt": self.dt,
             "cameras": list(self.cameras),
@@ -296,6 +294,9 @@ class EpisodeWriter:
             "frames": self.frames,
             **({"depth_cameras": list(self.depth_cameras)} if self.depth_cameras else {}),
         }
+        # every WRITER_FIELDS name from the bag itself, none from the caller (a caller's depth_cameras on a bag
+        # without depth would misdescribe it to training)
+        meta = {k: v for k, v in {**self.meta, **final_meta}.items() if k not in WRITER_FIELDS} | own
         self._writer.set_custom_data("mambavla", json.dumps(meta))
         self._writer.close()
         (self.path / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
